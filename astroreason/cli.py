@@ -1,0 +1,48 @@
+"""The `astroreason` command: parse, dispatch to the library, turn deliberate failures into exit statuses.
+
+Each command group lives beside its library code in a module exposing `add_parser(subparsers)`, which registers
+its sub-commands with `set_defaults(func=...)`. A `func` takes the parsed namespace and returns an exit status
+(or None for 0). `UserError` exits 2 and `CheckFailed` exits 1, each with one line on stderr and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import CheckFailed, UserError
+
+# Command groups, in the order `astroreason --help` lists them.
+COMMAND_MODULES = [
+    "astroreason.data.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="astroreason",
+        description="Galaxy morphology with Qwen-VL models: data, tokens, training, evaluation, integrity, sweeps.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except (UserError, CheckFailed) as err:
+        print(f"astroreason: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("astroreason: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

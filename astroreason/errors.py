@@ -1,0 +1,17 @@
+"""The two ways a command fails on purpose, each with its exit status (shared/DESIGN.md, "Exit status").
+
+Library code raises these with one line naming the file or field and what is wrong; `astroreason.cli.main`
+prints that line (no traceback) and exits with the status.
+"""
+
+
+class UserError(Exception):
+    """Bad usage or bad input (a missing file, a malformed config, a corrupt HDF5). Exit status 2."""
+
+    exit_code = 2
+
+
+class CheckFailed(Exception):
+    """The check ran and found a problem (audit failure, suspect result, budget refusal). Exit status 1."""
+
+    exit_code = 1
