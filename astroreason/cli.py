@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import CheckFailed, UserError
+from .errors import exit_status
 
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [
@@ -33,15 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        status = args.func(args)
-    except (UserError, CheckFailed) as err:
-        print(f"astroreason: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("astroreason: interrupted", file=sys.stderr)
-        return 130
-    return int(status or 0)
+    return exit_status(args.func, args)
 
 
 if __name__ == "__main__":

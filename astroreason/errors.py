@@ -15,3 +15,18 @@ class CheckFailed(Exception):
     """The check ran and found a problem (audit failure, suspect result, budget refusal). Exit status 1."""
 
     exit_code = 1
+
+
+def exit_status(main, *args, **kwargs) -> int:
+    """Run an entry point; a deliberate failure becomes one line on stderr and its exit status, never a traceback."""
+    import sys
+
+    try:
+        status = main(*args, **kwargs)
+    except (UserError, CheckFailed) as err:
+        print(f"astroreason: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("astroreason: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
