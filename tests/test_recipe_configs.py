@@ -42,3 +42,16 @@ def test_vllm_extra_inside_trl_range():
     for version in ["0.21.0", "0.22.0", "0.25.1", "0.31.0", "0.31.1", "0.32.0", "0.33.0"]:
         if version in ours:
             assert version in trls, version
+
+
+def test_vllm_server_template_matches_trl():
+    """The dedicated vLLM node serves with exactly the flags TRL's trainers rely on (weight sync, logprobs)."""
+    from trl.scripts.vllm_serve import ScriptArguments, build_command
+
+    command = build_command(ScriptArguments(model="M"))
+    template = (ROOT / "slurm" / "grpo_vllm_server.slurm").read_text()
+    imposed = command[command.index("--weight-transfer-config") :]
+    for flag, value in zip(imposed[::2], imposed[1::2]):
+        assert flag in template, flag
+        assert (value if flag != "--weight-transfer-config" else "'" + value + "'") in template, (flag, value)
+    assert "VLLM_SERVER_DEV_MODE=1" in template and "--vllm_mode server" in template

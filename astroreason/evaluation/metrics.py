@@ -1,0 +1,103 @@
+"""Classification metrics with bootstrap intervals, and the paired comparison of two runs on the same samples.
+
+A prediction is a class index or None (an unparseable answer). An unparseable answer counts as wrong everywhere and is
+never mapped to a class; it is reported as its own rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, f1_score, recall_score
+
+PARSE_FAIL = -1  # the column of the confusion matrix that holds unparseable answers
+
+
+def _encode(predictions: Sequence[int | None]) -> np.ndarray:
+    return np.array([PARSE_FAIL if p is None else int(p) for p in predictions], dtype=np.int64)
+
+
+def _point_metrics(y: np.ndarray, p: np.ndarray, labels: list[int]) -> dict:
+    return {
+        "accuracy": float(np.mean(y == p)),
+        # Balanced accuracy is the mean recall over the classes present (sklearn's definition), computed through
+        # recall_score so an unparseable "class" in the predictions is simply wrong rather than a warning.
+        "balanced_accuracy": float(recall_score(y, p, labels=np.unique(y), average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
+    }
+
+
+def bootstrap_interval(values_fn, n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap of every metric `values_fn(indices)` returns, resampling the n samples."""
+    rng = np.random.default_rng(seed)
+    draws = [values_fn(rng.integers(0, n, size=n)) for _ in range(n_boot)]
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    return {k: [float(np.percentile([d[k] for d in draws], lo)), float(np.percentile([d[k] for d in draws], hi))]
+            for k in draws[0]}
+
+
+def classification_metrics(
+    labels: Sequence[int],
+    predictions: Sequence[int | None],
+    num_classes: int,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Accuracy, balanced accuracy, macro-F1 (each with a 95 % bootstrap interval), per-class recall, the confusion
+    matrix (rows: true class; last column: unparseable) and the parse-failure rate."""
+    y, p = np.asarray(labels, dtype=np.int64), _encode(predictions)
+    if len(y) == 0:
+        raise ValueError("no samples to score")
+    classes = list(range(num_classes))
+    point = _point_metrics(y, p, classes)
+    interval = bootstrap_interval(lambda idx: _point_metrics(y[idx], p[idx], classes), len(y), n_boot=n_boot, seed=seed)
+    matrix = confusion_matrix(y, p, labels=classes + [PARSE_FAIL])[:num_classes]
+    recall = recall_score(y, p, labels=classes, average=None, zero_division=0)
+    counts = np.bincount(y, minlength=num_classes)
+    return {
+        "n": int(len(y)),
+        **point,
+        "interval": interval,
+        "parse_failure_rate": float(np.mean(p == PARSE_FAIL)),
+        "per_class_recall": [float(r) if c else None for r, c in zip(recall, counts)],
+        "class_counts": counts.tolist(),
+        "majority_rate": float(counts.max() / len(y)),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def paired_comparison(
+    labels: Sequence[int],
+    predictions_a: Sequence[int | None],
+    predictions_b: Sequence[int | None],
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Compare two runs on the same samples: exact McNemar test on the discordant pairs and a paired bootstrap
+    95 % interval of the accuracy difference (a - b)."""
+    if not (len(labels) == len(predictions_a) == len(predictions_b)) or len(labels) == 0:
+        raise ValueError("paired comparison needs the same, non-empty set of samples in both runs")
+    y = np.asarray(labels, dtype=np.int64)
+    a, b = _encode(predictions_a) == y, _encode(predictions_b) == y
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    discordant = only_a + only_b
+    # Exact McNemar: under H0 each discordant pair favours a or b with probability 1/2.
+    p_value = float(binomtest(only_a, discordant, 0.5).pvalue) if discordant else 1.0
+    diff = a.astype(float) - b.astype(float)
+    interval = bootstrap_interval(lambda idx: {"d": float(diff[idx].mean())}, len(y), n_boot=n_boot, seed=seed)["d"]
+    return {
+        "n": int(len(y)),
+        "accuracy_a": float(a.mean()),
+        "accuracy_b": float(b.mean()),
+        "accuracy_difference": float(diff.mean()),
+        "difference_interval": interval,
+        "only_a_correct": only_a,
+        "only_b_correct": only_b,
+        "both_correct": int(np.sum(a & b)),
+        "both_wrong": int(np.sum(~a & ~b)),
+        "mcnemar_p_value": p_value,
+    }
