@@ -16,6 +16,9 @@ from .errors import exit_status
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [
     "astroreason.data.commands",
+    "astroreason.tokens.commands",
+    "astroreason.model_commands",
+    "astroreason.evaluation.commands",
 ]
 
 

@@ -1,0 +1,83 @@
+"""`astroreason data synth|inspect|prepare|download`."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import UserError
+from .surrogate import add_synth_parser
+
+
+def add_parser(subparsers) -> None:
+    from .download import DEFAULT_DIR, RELEASES
+    from .inspect import DEFAULT_RADIUS_ARCSEC
+    from .splits import DEFAULT_FRACTIONS, SUBSETS
+
+    parser = subparsers.add_parser("data", help="Galaxy10 data: surrogate, inspection, splits, download")
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    add_synth_parser(sub)
+
+    p = sub.add_parser("inspect", help="schema, class counts, row order, NaNs, duplicate groups and label conflicts")
+    p.add_argument("file", help="Galaxy10-schema HDF5 file")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
+                   help=f"near-duplicate radius on the sky, arcsec (default {DEFAULT_RADIUS_ARCSEC})")
+    p.add_argument("--sha256", help="verify the file's SHA-256 first")
+    p.set_defaults(func=run_inspect)
+
+    p = sub.add_parser("prepare", help="seeded, stratified, deduplicated splits and their datasets views")
+    p.add_argument("file", help="Galaxy10-schema HDF5 file")
+    p.add_argument("--out", required=True, help="prepared directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)),
+                   help="train,val,test shares per class (default 0.8,0.1,0.1)")
+    p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
+                   help="rows this close on the sky are one galaxy, kept in one split (arcsec)")
+    p.add_argument("--subset", choices=SUBSETS, default="all", help="flux: only rows with a finite g,r,i,z cutout")
+    p.add_argument("--include-rows", help="file of source row indices to keep (one per line, or .npy), e.g. the "
+                   "rows a flux cross-match covers, so both modalities split the same galaxies")
+    p.add_argument("--sha256", help="verify the file's SHA-256 first")
+    p.set_defaults(func=run_prepare)
+
+    p = sub.add_parser("download", help="fetch Galaxy10 from Zenodo, checksum-verified")
+    p.add_argument("--release", choices=sorted(RELEASES), default="decals")
+    p.add_argument("--out", default=str(DEFAULT_DIR), help=f"directory to put the file in (default {DEFAULT_DIR}/)")
+    p.add_argument("--url", help="a mirror to fetch from instead of Zenodo")
+    p.add_argument("--sha256", help="expected SHA-256 (default: the release's)")
+    p.set_defaults(func=run_download)
+
+
+def run_inspect(args) -> int:
+    from .inspect import inspect_file, print_report
+
+    report = inspect_file(args.file, radius_arcsec=args.radius, sha256=args.sha256)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print_report(report)
+    return 0
+
+
+def run_prepare(args) -> int:
+    from .splits import load_manifest, prepare
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+    except ValueError:
+        raise UserError(f"--fractions: expected three comma-separated numbers, got {args.fractions!r}") from None
+    out = prepare(args.file, args.out, seed=args.seed, fractions=fractions, radius_arcsec=args.radius,
+                  subset=args.subset, include_rows=args.include_rows, sha256=args.sha256, progress=True)
+    m = load_manifest(out)
+    sizes = ", ".join(f"{k} {v}" for k, v in m.split_sizes().items())
+    print(f"{out}: {sizes} galaxies (seed {m.seed}); {len(m.groups)} duplicate groups kept whole, "
+          f"{len(m.dropped)} conflicting groups dropped ({sum(len(d['rows']) for d in m.dropped)} rows), "
+          f"{m.excluded} rows outside the subset; manifest {m.hash[:12]}")
+    return 0
+
+
+def run_download(args) -> int:
+    from .download import download
+
+    path = download(args.release, args.out, url=args.url, sha256=args.sha256, progress=True)
+    print(f"{path}: SHA-256 verified")
+    return 0

@@ -1,0 +1,260 @@
+"""What a Galaxy10-schema file holds, and what would make a naive split of it leak.
+
+`inspect_file` reports the schema, class counts, whether rows are ordered by class (the real file is: a first-N
+slice is single-class and a row index is a label), NaN counts, and duplicate groups: rows at the same sky position
+(exact), rows within a radius of each other (near), and rows with byte-identical images, each with its label
+conflicts. `splits.prepare` uses the same grouping (`duplicate_groups`) to keep each group inside one split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .reader import CHUNK_ROWS, COLUMN_KEYS, Galaxy10File, open_galaxy10
+
+DEFAULT_RADIUS_ARCSEC = 5.0
+# Two rows closer than this are "the same position" (the real file's 59 exact pairs have identical coordinates).
+EXACT_ARCSEC = 1e-3
+MAX_RUNS_LISTED = 50  # a shuffled file has thousands of class runs: list them only when there are few
+
+
+# --- grouping (shared with splits.prepare) -----------------------------------------------------------------------
+
+
+def position_pairs(ra: np.ndarray, dec: np.ndarray, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row pairs (i < j) within `radius_arcsec` on the sky, and their separations in arcsec.
+
+    Rows without a finite position take part in no pair.
+    """
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord, search_around_sky
+
+    rows = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
+    empty = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    if len(rows) < 2 or radius_arcsec <= 0:
+        return empty
+    coords = SkyCoord(ra=ra[rows] * u.deg, dec=dec[rows] * u.deg)
+    i, j, sep, _ = search_around_sky(coords, coords, radius_arcsec * u.arcsec)
+    keep = i < j  # each pair once, no self-matches
+    return rows[i[keep]], rows[j[keep]], sep.arcsec[keep]
+
+
+def hash_pairs(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (first row of a hash, another row with the same hash): enough to join identical images."""
+    first: dict[str, int] = {}
+    i, j = [], []
+    for row, h in enumerate(hashes):
+        if h in first:
+            i.append(first[h])
+            j.append(row)
+        else:
+            first[h] = row
+    return np.asarray(i, np.int64), np.asarray(j, np.int64)
+
+
+def groups_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
+    """Connected components (union-find over the pairs) with two or more rows, each sorted, ordered by first row."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if len(i) == 0:
+        return []
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    order = np.argsort(component, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(component[order]) != 0])
+    groups = [g for g in np.split(order, starts[1:]) if len(g) > 1]
+    return sorted(groups, key=lambda g: g[0])
+
+
+@dataclass
+class DuplicateGroups:
+    """Duplicate groups of one file: by exact position, by near position, by identical image, and all combined."""
+
+    exact: list[np.ndarray]
+    near: list[np.ndarray]
+    image: list[np.ndarray]
+    combined: list[np.ndarray]  # position within the radius OR identical image: what a split must keep together
+    separations: dict[tuple[int, int], float]  # arcsec, for each position pair
+
+
+def duplicate_groups(ra, dec, hashes: list[str], radius_arcsec: float) -> DuplicateGroups:
+    """Group rows that show the same galaxy. `ra`/`dec` may be None (the SDSS release has no positions)."""
+    n = len(hashes)
+    if ra is not None and dec is not None:
+        pi, pj, sep = position_pairs(ra, dec, radius_arcsec)
+    else:
+        pi, pj, sep = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    exact = sep < EXACT_ARCSEC
+    exact_groups = groups_from_pairs(n, pi[exact], pj[exact])
+    exact_sets = {tuple(g) for g in exact_groups}
+    near_groups = [g for g in groups_from_pairs(n, pi, pj) if tuple(g) not in exact_sets]
+    hi, hj = hash_pairs(hashes)
+    combined = groups_from_pairs(n, np.r_[pi, hi], np.r_[pj, hj])
+    separations = {(int(a), int(b)): float(s) for a, b, s in zip(pi, pj, sep)}
+    return DuplicateGroups(exact_groups, near_groups, groups_from_pairs(n, hi, hj), combined, separations)
+
+
+def describe_group(rows: np.ndarray, labels: np.ndarray, classes, separations=None) -> dict:
+    """A group as JSON: its rows, their labels, whether the labels conflict, and its widest separation."""
+    rows = [int(r) for r in rows]
+    group_labels = [int(labels[r]) for r in rows]
+    out = {
+        "rows": rows,
+        "labels": group_labels,
+        "label_names": [classes[c] for c in group_labels],
+        "conflict": len(set(group_labels)) > 1,
+    }
+    if separations is not None:
+        member = set(rows)
+        seps = [s for (a, b), s in separations.items() if a in member and b in member]
+        out["max_sep_arcsec"] = round(max(seps), 4) if seps else None
+    return out
+
+
+# --- ordering and counts -----------------------------------------------------------------------------------------
+
+
+def class_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
+    """(label, start, stop) for each maximal run of equal labels in row order."""
+    if len(labels) == 0:
+        return []
+    starts = np.flatnonzero(np.r_[True, np.diff(labels) != 0])
+    stops = np.r_[starts[1:], len(labels)]
+    return [(int(labels[a]), int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def ordering(labels: np.ndarray, classes) -> dict:
+    """Is the file ordered by class? Sorted (labels never decrease), grouped (one run per class), or neither;
+    and how often neighbours share a label compared with a shuffled file."""
+    runs = class_runs(labels)
+    share = np.bincount(labels, minlength=len(classes)) / len(labels)
+    return {
+        "sorted_by_class": bool(np.all(np.diff(labels) >= 0)),
+        "grouped_by_class": len(runs) == len(np.unique(labels)),
+        "n_runs": len(runs),
+        "runs": [{"label": c, "name": classes[c], "start": a, "stop": b} for c, a, b in runs]
+        if len(runs) <= MAX_RUNS_LISTED
+        else None,
+        "adjacent_same_label": float(np.mean(labels[1:] == labels[:-1])) if len(labels) > 1 else None,
+        "adjacent_same_label_if_shuffled": float(np.sum(share**2)),
+    }
+
+
+def nan_counts(g10: Galaxy10File) -> dict[str, int]:
+    """NaN values per one-value-per-row field, and rows of `flux` with any non-finite value."""
+    counts = {}
+    for key in COLUMN_KEYS:
+        col = g10.column(key)
+        if col is not None:
+            counts[key] = int(np.isnan(col).sum())
+    if g10.has_flux:
+        counts["flux (rows)"] = int(g10.n_rows - g10.finite_flux_rows().sum())
+    return counts
+
+
+# --- the report ----------------------------------------------------------------------------------------------------
+
+
+def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: str | None = None) -> dict:
+    """Everything `astroreason data inspect` shows, as a JSON-ready dict."""
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    if not radius_arcsec >= 0:
+        raise UserError(f"--radius: must be >= 0 arcsec, got {radius_arcsec}")
+    with open_galaxy10(path, sha256=sha256) as g10:
+        labels, classes = g10.labels, g10.classes
+        counts = np.bincount(labels, minlength=len(classes))
+        hashes = g10.image_hashes(CHUNK_ROWS)
+        groups = duplicate_groups(g10.column("ra"), g10.column("dec"), hashes, radius_arcsec)
+        describe = lambda gs, seps=None: [describe_group(g, labels, classes, seps) for g in gs]  # noqa: E731
+        dupes = {
+            "radius_arcsec": radius_arcsec,
+            "exact_arcsec": EXACT_ARCSEC,
+            "positions_checked": g10.has_positions,
+            "exact_position": describe(groups.exact, groups.separations),
+            "near_position": describe(groups.near, groups.separations),
+            "identical_image": describe(groups.image),
+            "combined": describe(groups.combined),
+        }
+        dupes["conflicts"] = {k: sum(g["conflict"] for g in dupes[k])
+                              for k in ("exact_position", "near_position", "identical_image", "combined")}
+        return {
+            "path": str(Path(path)),
+            "size_bytes": Path(path).stat().st_size,
+            "sha256": sha256.lower() if sha256 else None,
+            "release": g10.release.name,
+            "n_rows": g10.n_rows,
+            "image_size": [g10.height, g10.width],
+            "schema": g10.schema(),
+            "classes": [{"label": c, "name": classes[c], "count": int(counts[c])} for c in range(len(classes))],
+            "ordering": ordering(labels, classes),
+            "nan_counts": nan_counts(g10),
+            "duplicates": dupes,
+        }
+
+
+def print_report(report: dict, console=None) -> None:
+    """The report as rich tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"[bold]{report['path']}[/bold]: Galaxy10 {report['release']}, {report['n_rows']} rows, "
+                  f"{report['image_size'][0]} x {report['image_size'][1]} px, {report['size_bytes']:,} bytes"
+                  + (" (SHA-256 verified)" if report["sha256"] else ""))
+
+    schema = Table(title="Schema")
+    for col in ("key", "shape", "dtype", "NaN"):
+        schema.add_column(col)
+    nans = report["nan_counts"]
+    for key, info in report["schema"].items():
+        nan = nans.get(key, nans.get(f"{key} (rows)", ""))
+        schema.add_row(key, str(tuple(info["shape"])) if info["shape"] else "-", info["dtype"], str(nan))
+    console.print(schema)
+
+    n = report["n_rows"]
+    classes = Table(title="Classes")
+    for col, justify in (("label", "right"), ("name", "left"), ("count", "right"), ("share", "right")):
+        classes.add_column(col, justify=justify)
+    for c in report["classes"]:
+        classes.add_row(str(c["label"]), c["name"], str(c["count"]), f"{100 * c['count'] / n:.1f} %")
+    console.print(classes)
+
+    order = report["ordering"]
+    verdict = ("[red]sorted by class[/red]" if order["sorted_by_class"]
+               else "[red]grouped by class[/red]" if order["grouped_by_class"] else "not ordered by class")
+    same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
+    console.print(f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
+                  f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)")
+    if order["runs"] and (order["sorted_by_class"] or order["grouped_by_class"]):
+        runs = Table(title="Class runs (row boundaries)")
+        for col in ("label", "name", "rows"):
+            runs.add_column(col)
+        for r in order["runs"]:
+            runs.add_row(str(r["label"]), r["name"], f"{r['start']}-{r['stop'] - 1}")
+        console.print(runs)
+
+    dupes = report["duplicates"]
+    if not dupes["positions_checked"]:
+        console.print("No sky positions in this file: duplicates checked by image content only.")
+    table = Table(title=f"Duplicate groups (near: within {dupes['radius_arcsec']} arcsec)")
+    for col in ("kind", "rows", "labels", "sep (arcsec)", "conflict"):
+        table.add_column(col)
+    for kind in ("exact_position", "near_position", "identical_image"):
+        for g in dupes[kind]:
+            sep = g.get("max_sep_arcsec")
+            table.add_row(kind.replace("_", " "), ", ".join(map(str, g["rows"])), ", ".join(g["label_names"]),
+                          "" if sep is None else f"{sep:.2f}", "[red]yes[/red]" if g["conflict"] else "no")
+    console.print(table)
+    c = dupes["conflicts"]
+    console.print(
+        f"{len(dupes['exact_position'])} exact-position groups ({c['exact_position']} with conflicting labels), "
+        f"{len(dupes['near_position'])} near groups ({c['near_position']} conflicting), "
+        f"{len(dupes['identical_image'])} identical-image groups ({c['identical_image']} conflicting); "
+        f"{len(dupes['combined'])} groups in all, {c['combined']} of them conflicting."
+    )

@@ -1,0 +1,335 @@
+"""Seeded, stratified, deduplicated train/val/test splits, and the Hugging Face `datasets` views of each split.
+
+`prepare(source, out)` writes a prepared directory:
+
+    manifest.json        the split: rows of each split, seed, fractions, source file hash, per-split content hashes,
+                         the duplicate groups kept together and the conflicting ones dropped; hashed (`hash`)
+    splits/<name>/       a `datasets.save_to_disk` view per split: `image` (PIL), `label` (ClassLabel), `label_name`
+
+Nothing depends on row order. Every galaxy is placed by the content of its image (SHA-256 of its pixels), not by
+its row: the same file with its rows permuted gives the same galaxies in the same splits, and a class-sorted file is
+split exactly like a shuffled one. Rows that show the same galaxy (same sky position within a radius, or identical
+pixels) form one unit that goes to one split; a unit whose labels disagree is dropped and listed. Within each split
+the rows are a seeded shuffle, so "the first N rows of a split" is a random sample, never one class.
+
+The manifest is written once: preparing again into the same directory with the same inputs reuses it, with other
+inputs it is refused. Later steps (`load_split`, the token cache, evaluation) read it and never re-split.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import atomic_path, sha256_bytes, sha256_file, sha256_json
+from .inspect import DEFAULT_RADIUS_ARCSEC, duplicate_groups
+from .reader import open_galaxy10
+
+MANIFEST_NAME = "manifest.json"
+SPLITS_DIR = "splits"
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+SUBSETS = ("all", "flux")
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Manifest:
+    """A prepared split, as saved in `manifest.json`.
+
+    Args:
+        source_path: The Galaxy10-schema HDF5 file split (absolute path at preparation time).
+        source_sha256: SHA-256 of that file: every later step checks its data against it.
+        release: `decals` or `sdss`.
+        classes: Class names, by label.
+        n_source_rows: Rows in the source file.
+        seed: Seed of the split.
+        fractions: Share of train, val and test, per class.
+        radius_arcsec: Rows closer than this on the sky are one galaxy.
+        subset: `all`, or `flux` (only rows with a finite multi-band flux cutout).
+        include_rows_sha256: Hash of the row list a split was restricted to (e.g. the galaxy10-aion cross-match).
+        rows: Source rows of each split, in the split's (seeded, shuffled) order.
+        split_sha256: Per split, a hash of its rows' image hashes and labels in order: the content of the split.
+        groups: Duplicate groups kept whole inside one split (source rows).
+        dropped: Duplicate groups dropped because their labels conflict: rows and labels.
+        excluded: Rows left out by the subset or the row list, counted.
+        hash: SHA-256 of everything above: the manifest's identity in every result.
+    """
+
+    source_path: str
+    source_sha256: str
+    release: str
+    classes: list[str]
+    n_source_rows: int
+    seed: int
+    fractions: list[float]
+    radius_arcsec: float
+    subset: str
+    include_rows_sha256: str | None
+    rows: dict[str, list[int]]
+    split_sha256: dict[str, str]
+    groups: list[list[int]]
+    dropped: list[dict]
+    excluded: int
+    version: int = MANIFEST_VERSION
+    hash: str = field(default="")
+
+    def body(self) -> dict:
+        out = asdict(self)
+        out.pop("hash")
+        return out
+
+    def compute_hash(self) -> str:
+        return sha256_json(self.body())
+
+    def to_json(self) -> dict:
+        return {**self.body(), "hash": self.compute_hash()}
+
+    def split_sizes(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.rows.items()}
+
+
+def load_manifest(prepared_dir) -> Manifest:
+    """The manifest of a prepared directory; refuses a missing, malformed or hand-edited one (one line)."""
+    path = Path(prepared_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{prepared_dir}: no {MANIFEST_NAME}; prepare it first: astroreason data prepare FILE --out {prepared_dir}")
+    try:
+        obj = json.loads(path.read_text())
+        manifest = Manifest(**obj)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise UserError(f"{path}: not a split manifest ({str(err).splitlines()[0]})") from None
+    if manifest.hash != manifest.compute_hash():
+        raise UserError(f"{path}: its content does not match its hash (edited by hand?); prepare again into a new directory")
+    return manifest
+
+
+def _parse_fractions(fractions) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise UserError(f"fractions: expected three numbers (train, val, test), got {fractions!r}") from None
+    if len(values) != 3 or min(values) < 0 or values[0] <= 0 or abs(sum(values) - 1) > 1e-6:
+        raise UserError(f"fractions: expected three non-negative numbers summing to 1 with train > 0, got {list(fractions)}")
+    return values
+
+
+def _read_row_list(path) -> np.ndarray:
+    """Source rows to keep, one integer per line (or a .npy array): e.g. the Galaxy10 rows galaxy10-aion covers."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: row list not found")
+    try:
+        rows = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except ValueError as err:
+        raise UserError(f"{path}: expected one integer row index per line ({str(err).splitlines()[0]})") from None
+    return np.unique(np.asarray(rows, dtype=np.int64))
+
+
+def assign_units(unit_labels: np.ndarray, unit_sizes: np.ndarray, unit_keys: list[str], fractions, seed: int) -> np.ndarray:
+    """Split index (0 train, 1 val, 2 test) of each unit, stratified by class.
+
+    Units of one class are ordered by content key, shuffled with `seed`, and dealt in that order to the split whose
+    share of the class's rows is furthest below its target. The order of the units given does not matter.
+    """
+    out = np.empty(len(unit_labels), np.int64)
+    target = np.asarray(fractions)
+    for label in np.unique(unit_labels):
+        members = np.flatnonzero(unit_labels == label)
+        members = members[np.argsort([unit_keys[i] for i in members], kind="stable")]
+        rng = np.random.default_rng([seed, int(label)])
+        members = members[rng.permutation(len(members))]
+        filled = np.zeros(3)
+        total = unit_sizes[members].sum()
+        for unit in members:
+            # Deficit after placing this unit: pick the split that stays furthest below its share.
+            deficit = target * total - filled
+            deficit[target == 0] = -np.inf
+            k = int(np.argmax(deficit))
+            out[unit] = k
+            filled[k] += unit_sizes[unit]
+    return out
+
+
+def make_manifest(
+    source,
+    *,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    radius_arcsec: float = DEFAULT_RADIUS_ARCSEC,
+    subset: str = "all",
+    include_rows=None,
+    sha256: str | None = None,
+) -> Manifest:
+    """Compute the split of a Galaxy10-schema file (nothing written)."""
+    fractions = _parse_fractions(fractions)
+    if subset not in SUBSETS:
+        raise UserError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
+    if not radius_arcsec >= 0:
+        raise UserError(f"radius: must be >= 0 arcsec, got {radius_arcsec}")
+    source = Path(source)
+    with open_galaxy10(source, sha256=sha256) as g10:
+        labels, n = g10.labels, g10.n_rows
+        hashes = g10.image_hashes()
+        keep = np.ones(n, bool)
+        if subset == "flux":
+            if not g10.has_flux:
+                raise UserError(f"{source}: subset=flux needs a `flux` key, and the file has none")
+            keep &= g10.finite_flux_rows()
+        include_sha = None
+        if include_rows is not None:
+            wanted = _read_row_list(include_rows)
+            if len(wanted) and (wanted.min() < 0 or wanted.max() >= n):
+                raise UserError(f"{include_rows}: row {int(wanted.max() if wanted.max() >= n else wanted.min())} is outside 0-{n - 1}")
+            mask = np.zeros(n, bool)
+            mask[wanted] = True
+            keep &= mask
+            include_sha = sha256_json(wanted.tolist())
+        groups = duplicate_groups(g10.column("ra"), g10.column("dec"), hashes, radius_arcsec).combined
+        release, classes = g10.release.name, list(g10.classes)
+    source_sha = sha256 or sha256_file(source)
+
+    # Units: each duplicate group, and every other row alone. A group with conflicting labels is dropped whole.
+    unit_of = np.arange(n)
+    kept_groups, dropped = [], []
+    in_group = np.zeros(n, bool)
+    for g in groups:
+        in_group[g] = True
+        group_labels = labels[g]
+        if len(set(group_labels.tolist())) > 1:
+            dropped.append({"rows": g.tolist(), "labels": group_labels.tolist()})
+            keep[g] = False
+        else:
+            unit_of[g] = g[0]
+            if keep[g].any():
+                kept_groups.append(g[keep[g]].tolist())
+    excluded = int(n - keep.sum() - sum(len(d["rows"]) for d in dropped))
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        raise UserError(f"{source}: no rows left to split (subset {subset!r}, {len(dropped)} conflicting groups dropped)")
+    units, unit_index = np.unique(unit_of[rows], return_inverse=True)
+    unit_sizes = np.bincount(unit_index)
+    unit_labels = labels[units]
+    # A unit's content key: the smallest image hash among its rows (independent of which row comes first).
+    unit_keys = [""] * len(units)
+    for r, u in zip(rows, unit_index):
+        unit_keys[u] = hashes[r] if not unit_keys[u] else min(unit_keys[u], hashes[r])
+    split_of_unit = assign_units(unit_labels, unit_sizes, unit_keys, fractions, seed)
+    split_of_row = split_of_unit[unit_index]
+
+    split_rows, split_sha = {}, {}
+    for k, name in enumerate(SPLIT_NAMES):
+        members = rows[split_of_row == k]
+        # Content order, then a seeded shuffle: row order never shows through.
+        members = members[np.argsort([hashes[r] for r in members], kind="stable")]
+        members = members[np.random.default_rng([seed, 100 + k]).permutation(len(members))]
+        split_rows[name] = [int(r) for r in members]
+        split_sha[name] = sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in members))
+    return Manifest(
+        source_path=str(source.resolve()), source_sha256=source_sha, release=release, classes=classes,
+        n_source_rows=int(n), seed=int(seed), fractions=list(fractions), radius_arcsec=float(radius_arcsec),
+        subset=subset, include_rows_sha256=include_sha, rows=split_rows, split_sha256=split_sha,
+        groups=kept_groups, dropped=dropped, excluded=excluded,
+    )
+
+
+def _features(classes):
+    from datasets import ClassLabel, Features, Image, Value
+
+    return Features({"image": Image(), "label": ClassLabel(names=list(classes)), "label_name": Value("string")})
+
+
+def _split_rows(source: Path, rows: list[int], classes: list[str], batch: int = 64):
+    """Generator of split examples, read from the HDF5 file a batch at a time (memory stays flat)."""
+    with open_galaxy10(source) as g10:
+        rows = np.asarray(rows, np.int64)
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            order = np.argsort(chunk)
+            block = g10._read("images", np.sort(chunk))  # h5py reads increasing indices
+            images = np.empty_like(block)
+            images[order] = block
+            for row, image in zip(chunk, images):
+                label = int(g10.labels[row])
+                yield {"image": image, "label": label, "label_name": classes[label]}
+
+
+def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
+    """One `datasets` view per split under `out_dir/splits/`, streamed from the source file."""
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
+    source = Path(manifest.source_path)
+    if not progress:
+        disable_progress_bar()
+    try:
+        for name, rows in manifest.rows.items():
+            cache = out_dir / ".cache"
+            dataset = Dataset.from_generator(
+                _split_rows, gen_kwargs={"source": str(source), "rows": tuple(rows), "classes": tuple(manifest.classes)},
+                features=_features(manifest.classes), cache_dir=str(cache), keep_in_memory=False,
+                writer_batch_size=256,
+            ) if rows else Dataset.from_dict({"image": [], "label": [], "label_name": []}, features=_features(manifest.classes))
+            dataset.save_to_disk(str(out_dir / SPLITS_DIR / name))
+            del dataset
+            shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        if not progress:
+            enable_progress_bar()
+
+
+def prepare(
+    source,
+    out,
+    *,
+    seed: int = 0,
+    fractions=DEFAULT_FRACTIONS,
+    radius_arcsec: float = DEFAULT_RADIUS_ARCSEC,
+    subset: str = "all",
+    include_rows=None,
+    sha256: str | None = None,
+    progress: bool = False,
+) -> Path:
+    """Split `source` and write the prepared directory `out` (atomically); returns `out`.
+
+    If `out` already holds a manifest made from the same file with the same settings, it is reused as it is;
+    a different one is refused, so a split is never silently replaced under the runs that used it.
+    """
+    out = Path(out)
+    manifest = make_manifest(source, seed=seed, fractions=fractions, radius_arcsec=radius_arcsec, subset=subset,
+                             include_rows=include_rows, sha256=sha256)
+    if out.exists():
+        if (out / MANIFEST_NAME).is_file():
+            existing = load_manifest(out)
+            if existing.hash == manifest.compute_hash() and all((out / SPLITS_DIR / s).is_dir() for s in existing.rows):
+                return out
+            raise UserError(f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
+                            "choose another --out")
+        if not out.is_dir() or any(out.iterdir()):
+            raise UserError(f"{out}: exists and is not a prepared directory; choose another --out")
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        write_views(manifest, tmp, progress=progress)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def load_split(prepared_dir, split: str):
+    """The `datasets` view of one split: `image` (PIL), `label`, `label_name`, in the manifest's order."""
+    from datasets import load_from_disk
+
+    manifest = load_manifest(prepared_dir)
+    if split not in manifest.rows:
+        raise UserError(f"split: {prepared_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
+    path = Path(prepared_dir) / SPLITS_DIR / split
+    if not path.is_dir():
+        raise UserError(f"{path}: missing; the prepared directory is incomplete, prepare it again")
+    dataset = load_from_disk(str(path))
+    if len(dataset) != len(manifest.rows[split]):
+        raise UserError(f"{path}: {len(dataset)} rows, but the manifest lists {len(manifest.rows[split])}")
+    return dataset

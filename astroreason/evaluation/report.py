@@ -1,0 +1,170 @@
+"""Reports generated from results files only: a Markdown page and PNG figures where every number is read from a run's
+`result.json` / `samples.jsonl` and carries that run's provenance. Regenerating from the same files gives the same page.
+"""
+
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+from ..data.galaxy10 import DECALS_CLASSES
+from ..errors import UserError
+from ..io import atomic_path, sha256_file, write_text_atomic
+from .metrics import paired_comparison
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """A finished evaluation: its result and its per-sample records in split order."""
+    run_dir = Path(run_dir)
+    result_path, samples_path = run_dir / "result.json", run_dir / "samples.jsonl"
+    if not result_path.exists():
+        raise UserError(f"{run_dir}: no result.json (run `astroreason eval` into it first)")
+    try:
+        result = json.loads(result_path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{result_path}: not valid JSON ({err.msg})") from None
+    from .harness import read_cache
+
+    by_index = {r["index"]: r for r in read_cache(samples_path).values()}
+    n = result["metrics"]["n"]
+    if sorted(by_index)[:n] != list(range(n)):
+        raise UserError(f"{samples_path}: per-sample records do not cover the {n} samples of result.json")
+    return {
+        "name": run_dir.name,
+        "dir": str(run_dir),
+        "result": result,
+        "records": [by_index[i] for i in range(n)],
+        "files_sha256": {"result.json": sha256_file(result_path), "samples.jsonl": sha256_file(samples_path)},
+    }
+
+
+def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
+    """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
+    pa, pb = a["result"]["provenance"], b["result"]["provenance"]
+    if pa.get("manifest_sha256") != pb.get("manifest_sha256") or a["result"]["config"]["split"] != b["result"]["config"]["split"]:
+        raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
+    labels_a = [r["label"] for r in a["records"]]
+    if labels_a != [r["label"] for r in b["records"]]:
+        raise UserError(f"{a['name']} and {b['name']} disagree on the labels of their samples: not the same galaxies")
+    return paired_comparison(
+        labels_a, [r["prediction"] for r in a["records"]], [r["prediction"] for r in b["records"]], seed=seed
+    )
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _figures(runs: list[dict], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = []
+    # Confusion matrices, one panel per run (rows normalised to recall).
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        m = np.array(run["result"]["metrics"]["confusion_matrix"], dtype=float)
+        m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(f"{run['name']}: confusion (recall)")
+        ax.set_xticks(range(m.shape[1]), [str(i) for i in range(m.shape[1] - 1)] + ["?"])
+        ax.set_yticks(range(m.shape[0]))
+        ax.set_xlabel("predicted (? = unparseable)")
+        ax.set_ylabel("true class")
+    fig.tight_layout()
+    names.append("confusion.png")
+    fig.savefig(out_dir / names[-1], dpi=110)
+    plt.close(fig)
+
+    # Per-class recall, runs side by side.
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(runs)
+    for k, run in enumerate(runs):
+        recall = [r if r is not None else 0 for r in run["result"]["metrics"]["per_class_recall"]]
+        ax.bar(np.arange(len(recall)) + k * width, recall, width, label=run["name"])
+    ax.set_xticks(np.arange(len(DECALS_CLASSES)) + 0.4 - width / 2, [c[:14] for c in DECALS_CLASSES], rotation=35,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("recall")
+    ax.legend()
+    fig.tight_layout()
+    names.append("per_class_recall.png")
+    fig.savefig(out_dir / names[-1], dpi=110)
+    plt.close(fig)
+
+    # Accuracy against prompt cost (tokens per galaxy), with the interval.
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for run in runs:
+        m = run["result"]["metrics"]
+        cost = run["result"]["prompt_tokens"] / m["n"]
+        lo, hi = m["interval"]["accuracy"]
+        ax.errorbar([cost], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o", capsize=4,
+                    label=run["name"])
+    majority = runs[0]["result"]["metrics"]["majority_rate"]
+    ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
+    ax.set_xscale("log")
+    ax.set_xlabel("prompt tokens per galaxy")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    names.append("accuracy_vs_cost.png")
+    fig.savefig(out_dir / names[-1], dpi=110)
+    plt.close(fig)
+    return names
+
+
+def render_report(runs: list[dict], comparisons: dict) -> str:
+    lines = ["# astroreason comparison report", "",
+             "Every number below is read from the results files listed under Provenance.", "",
+             "| run | modality | n | accuracy [95 % CI] | balanced acc. | macro-F1 | unparseable | majority rate | prompt tokens / galaxy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        r, m = run["result"], run["result"]["metrics"]
+        lo, hi = m["interval"]["accuracy"]
+        lines.append(
+            f"| {run['name']} | {r['config']['modality']} | {m['n']} | {_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}] "
+            f"| {_pct(m['balanced_accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['parse_failure_rate'])} "
+            f"| {_pct(m['majority_rate'])} | {r['prompt_tokens'] / m['n']:.0f} |"
+        )
+    if comparisons:
+        lines += ["", "## Paired comparisons (same galaxies)", "",
+                  "| a vs b | acc. a - b [95 % CI] | only a right | only b right | exact McNemar p |", "|---|---|---|---|---|"]
+        for (a, b), c in comparisons.items():
+            lo, hi = c["difference_interval"]
+            lines.append(f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
+                         f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |")
+    lines += ["", "## Figures", "", "![confusion](confusion.png)", "", "![recall](per_class_recall.png)", "",
+              "![cost](accuracy_vs_cost.png)", "", "## Provenance", "",
+              "| run | commit | dirty | config sha256 | manifest sha256 | data sha256 | seed | result.json sha256 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        p = run["result"]["provenance"]
+        short = lambda h: (h or "-")[:12]  # noqa: E731
+        lines.append(f"| {run['name']} | {short(p['commit'])} | {p['dirty']} | {short(p['config_sha256'])} "
+                     f"| {short(p['manifest_sha256'])} | {short(p['data_sha256'])} | {p['seed']} "
+                     f"| {short(run['files_sha256']['result.json'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+    """Write `report.md`, `report.json` and the figures for these runs into `out_dir` (atomically)."""
+    runs = [load_run(d) for d in run_dirs]
+    comparisons = {}
+    for a, b in combinations(runs, 2):
+        if a["result"]["provenance"].get("manifest_sha256") == b["result"]["provenance"].get("manifest_sha256"):
+            comparisons[(a["name"], b["name"])] = compare_runs(a, b)
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        _figures(runs, tmp)
+        write_text_atomic(tmp / "report.md", render_report(runs, comparisons))
+        summary = {
+            "runs": {r["name"]: {"dir": r["dir"], "metrics": r["result"]["metrics"], "files_sha256": r["files_sha256"]}
+                     for r in runs},
+            "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
+        }
+        write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return out_dir / "report.md"

@@ -1,0 +1,33 @@
+"""`astroreason model`: build a tiny random Qwen-VL offline (for tests, demos and dry runs of the recipes)."""
+
+from __future__ import annotations
+
+
+def run_tiny(args) -> int:
+    from .models import build_record, build_tiny_model
+
+    out = build_tiny_model(args.out, arch=args.arch, seed=args.seed, size=args.size)
+    record = build_record(out)
+    print(
+        f"Built a random {record['arch']} ({record['size']}, seed {record['seed']}, "
+        f"{record['parameters']:,} parameters, vocabulary {record['vocab_size']}) in {out}"
+    )
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    from .models import ARCHS, SIZES
+
+    p = subparsers.add_parser("model", help="Model utilities (a tiny offline Qwen-VL).")
+    sub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    tiny = sub.add_parser(
+        "tiny",
+        help="Build a tiny random Qwen-VL with a locally trained tokenizer; no network needed.",
+        description="Build a tiny random Qwen-VL (model, tokenizer, image processor, chat template) in --out. "
+        "The same arguments give the same weights.",
+    )
+    tiny.add_argument("--out", required=True, help="Directory to create (must not exist or be empty).")
+    tiny.add_argument("--arch", choices=ARCHS, default="qwen2_5_vl", help="Architecture (default: qwen2_5_vl).")
+    tiny.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default: 0).")
+    tiny.add_argument("--size", choices=SIZES, default="tiny", help="tiny (~0.2 M parameters) or small.")
+    tiny.set_defaults(func=run_tiny)

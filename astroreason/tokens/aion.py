@@ -1,0 +1,181 @@
+"""The AION-1 image codec behind the `Codec` interface, and a reader for the galaxy10-aion flux cutouts.
+
+The codec (optional extra `aion` = PyPI `polymathic-aion`) loads from a LOCAL directory: its weights live on the
+Hugging Face Hub (polymathic-ai/aion-base, `codecs/image/`), which nothing here reaches. AION's traps are handled
+here, not by the caller (shared/FACTS.md): `encode` mutates its input (we pass a copy), inputs under 96 px are
+silently mis-cropped (we refuse them), an unknown band raises a bare KeyError (we check band names first).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..data.galaxy10 import FLUX_BANDS
+from ..errors import UserError
+from ..io import sha256_bytes, sha256_file
+from .codec import Codec, InputSpec
+
+AION_INPUT_SIZE = 96  # AION centre-crops to 96 px; smaller inputs come out as fewer tokens
+AION_HUB_REPO = "polymathic-ai/aion-base"
+HOW_TO_GET = (
+    f"download it once on a machine with network: hf download {AION_HUB_REPO} --include 'codecs/image/*' "
+    "--local-dir DIR, then pass DIR"
+)
+
+
+def _import_aion():
+    try:
+        from aion.codecs import ImageCodec
+        from aion.modalities import LegacySurveyImage
+    except ImportError:
+        raise UserError("the AION-1 codec needs the optional extra: pip install 'astroreason[aion]' (PyPI polymathic-aion)") from None
+    return ImageCodec, LegacySurveyImage
+
+
+def find_codec_dir(path) -> Path:
+    """The folder holding AION's image codec `config.json` + `model.safetensors` under a local aion-base copy."""
+    path = Path(path)
+    for candidate in (path / "codecs" / "image", path):
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise UserError(f"{path}: no AION image codec weights (codecs/image/config.json + model.safetensors); {HOW_TO_GET}")
+
+
+class AionCodec(Codec):
+    """AION-1's image codec: 4-band DES g,r,i,z flux in nanomaggies, 96 px -> 24x24 = 576 ids in [0, 4374]."""
+
+    def __init__(self, codec, config: dict, *, name: str, config_sha256: str, weights_sha256: str):
+        self.codec = codec.eval()
+        self.name = name
+        self.config = config
+        self.input_spec = InputSpec(kind="flux", channels=len(FLUX_BANDS), size=AION_INPUT_SIZE, bands=tuple(FLUX_BANDS))
+        self.vocab_size = math.prod(config["quantizer_levels"])
+        side = AION_INPUT_SIZE // 2 ** int(config.get("n_compressions", 2))
+        self.grid_shape = (side, side)
+        self._hash = sha256_bytes("aion-image", config_sha256, weights_sha256)
+
+    @property
+    def codec_hash(self) -> str:
+        return self._hash
+
+    @classmethod
+    def load(cls, path) -> "AionCodec":
+        """Build AION's `ImageCodec` from its local config and load the weights with safetensors, strictly.
+
+        (AION's own `from_pretrained` cannot open a local folder and loads non-strictly, so we do not use it.)
+        """
+        from safetensors.torch import load_file
+
+        ImageCodec, _ = _import_aion()
+        folder = find_codec_dir(path)
+        config_path, weights = folder / "config.json", folder / "model.safetensors"
+        try:
+            config = json.loads(config_path.read_text())
+            codec = ImageCodec(**config)
+        except (json.JSONDecodeError, TypeError) as err:
+            raise UserError(f"{config_path}: not an AION ImageCodec config ({err})") from None
+        try:
+            codec.load_state_dict(load_file(str(weights)), strict=True)
+        except RuntimeError as err:
+            raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
+        return cls(codec, config, name=f"aion-{Path(path).name}", config_sha256=sha256_file(config_path), weights_sha256=sha256_file(weights))
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        _, LegacySurveyImage = _import_aion()
+        flux = torch.tensor(x, dtype=torch.float32)  # a fresh copy: AION clamps and rescales its input in place
+        with torch.inference_mode():
+            tokens = self.codec.encode(LegacySurveyImage(flux=flux, bands=list(self.input_spec.bands)))
+        n = self.grid_shape[0] * self.grid_shape[1]
+        if tokens.ndim != 2 or tokens.shape[1] != n:
+            raise UserError(f"AION codec {self.name}: produced {tuple(tokens.shape)} tokens, expected [B, {n}]")
+        return tokens.reshape(len(tokens), *self.grid_shape).numpy()
+
+    def decode(self, codes) -> np.ndarray:
+        import torch
+
+        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
+            raise UserError(f"codes: expected [B, {self.grid_shape[0]}, {self.grid_shape[1]}], got {list(codes.shape)}")
+        with torch.inference_mode():
+            image = self.codec.decode(codes.reshape(len(codes), -1), bands=list(self.input_spec.bands))
+        return image.flux.numpy()
+
+
+# --- galaxy10-aion: 96x96 g,r,i,z flux cutouts keyed by their Galaxy10 row ------------------------------------------
+
+# Column names tried in order. The public dataset (astronolan/galaxy10-aion, parquet under data/) stores the
+# flux as `image_bands` (4 x 96 x 96, g,r,i,z nanomaggies) and the Galaxy10 row as `Galaxy10_DECals_index`.
+FLUX_COLUMNS = ("image_bands", "image_flux", "flux", "image")
+INDEX_COLUMNS = ("Galaxy10_DECals_index", "galaxy10_index", "g10_index", "index")
+
+
+class Galaxy10AionFlux:
+    """A local copy of galaxy10-aion: `rows` (Galaxy10 row indices) and `flux(positions)` -> [n, 4, 96, 96].
+
+    Accepts a `datasets.save_to_disk` directory (a Dataset or a DatasetDict, all splits concatenated) or a directory
+    of parquet files (searched recursively, e.g. data/train-*.parquet and data/test-*.parquet). The flux column is
+    the first of FLUX_COLUMNS present, the Galaxy10 index the first of INDEX_COLUMNS. Bands are assumed to be
+    g, r, i, z in that order (the dataset card's; the files carry no band names).
+    """
+
+    bands = tuple(FLUX_BANDS)
+
+    def __init__(self, path):
+        import datasets
+
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise UserError(f"{self.path}: galaxy10-aion directory not found")
+        self.files = self._data_files()
+        try:
+            if (self.path / "dataset_dict.json").is_file() or (self.path / "state.json").is_file():
+                loaded = datasets.load_from_disk(str(self.path))
+                parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
+                dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+            elif any(f.suffix == ".parquet" for f in self.files):
+                parquet = [str(f) for f in self.files if f.suffix == ".parquet"]
+                dataset = datasets.load_dataset("parquet", data_files=parquet, split="train")
+            else:
+                raise UserError(f"{self.path}: neither a datasets.save_to_disk directory nor parquet files")
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(f"{self.path}: cannot read as galaxy10-aion ({err})") from None
+        self.flux_column = next((c for c in FLUX_COLUMNS if c in dataset.column_names), None)
+        self.index_column = next((c for c in INDEX_COLUMNS if c in dataset.column_names), None)
+        if self.flux_column is None or self.index_column is None:
+            raise UserError(
+                f"{self.path}: need a flux column ({' or '.join(FLUX_COLUMNS)}) and a Galaxy10 index column "
+                f"({' or '.join(INDEX_COLUMNS)}); found {dataset.column_names}"
+            )
+        self.dataset = dataset
+        self.rows = np.asarray(dataset[self.index_column], dtype=np.int64)
+        if len(np.unique(self.rows)) != len(self.rows):
+            raise UserError(f"{self.path}:{self.index_column}: the same Galaxy10 row appears more than once")
+        self.labels = np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names else None
+
+    def _data_files(self) -> list[Path]:
+        return sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".json"))
+
+    def fingerprint(self) -> dict:
+        """Names, sizes and one hash of the data files: what the token cache keys on."""
+        files = [(str(f.relative_to(self.path)), f.stat().st_size, sha256_file(f)) for f in self.files]
+        return {"path": str(self.path.resolve()), "sha256": sha256_bytes(*(f"{n}:{s}:{h}" for n, s, h in files))}
+
+    def flux(self, positions) -> np.ndarray:
+        """Flux [n, 4, H, W] float32 for dataset positions (not Galaxy10 rows; see `positions_of`)."""
+        table = self.dataset.select_columns([self.flux_column]).with_format("numpy")
+        block = table[np.asarray(positions, dtype=np.int64)][self.flux_column]
+        try:
+            return np.stack([np.asarray(np.stack(list(b)) if b.dtype == object else b, dtype=np.float32) for b in block])
+        except ValueError as err:
+            raise UserError(f"{self.path}:{self.flux_column}: flux cutouts are not equally shaped arrays ({err})") from None
+
+    def positions_of(self, galaxy10_rows) -> np.ndarray:
+        """Dataset position of each Galaxy10 row, -1 where the row has no flux cutout."""
+        lookup = {int(r): i for i, r in enumerate(self.rows)}
+        return np.array([lookup.get(int(r), -1) for r in galaxy10_rows], dtype=np.int64)

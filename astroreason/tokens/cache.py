@@ -1,0 +1,256 @@
+"""The token cache: codes for every row of a prepared split manifest, encoded once and reused by every later step.
+
+A cache is a directory with `codes.safetensors` (`rows`: Galaxy10 row indices, `codes`: [N, H', W'] ids) and
+`meta.json`, keyed by the manifest hash, the source data hash and the codec hash. `load_codes` refuses a cache whose
+key does not match the data and codec in hand: a changed codec or dataset never reuses stale codes. By default it
+lives in the prepared directory, `tokens/<codec name>-<codec hash[:12]>/`.
+
+`token_split` turns a split into the token arm's dataset with the same rows, in the same order, as the image arm's
+`load_split` (restricted, for a galaxy10-aion flux source, to the galaxies that have flux; `matched_image_split`
+gives the image arm exactly those).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import atomic_path, sha256_file, write_json_atomic
+from .codec import Codec, check_bands, load_codec, read_inputs
+from .render import check_rendering, render
+
+CODES_NAME = "codes.safetensors"
+META_NAME = "meta.json"
+CACHE_VERSION = 1
+
+
+def _manifest(prepared_dir):
+    from ..data.splits import load_manifest
+
+    return load_manifest(prepared_dir)
+
+
+def _source_path(manifest, prepared_dir) -> Path:
+    path = Path(manifest.source_path)
+    if not path.is_absolute() and not path.exists() and (Path(prepared_dir) / path).exists():
+        path = Path(prepared_dir) / path
+    return path
+
+
+def manifest_rows(manifest) -> np.ndarray:
+    """Every source row named by the manifest, sorted, each once."""
+    return np.unique(np.concatenate([np.asarray(r, dtype=np.int64) for r in manifest.rows.values()]))
+
+
+def _file_stat(path) -> dict:
+    st = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _unchanged(recorded: dict, sha256: str) -> bool:
+    """A file still holds what was recorded: same size and mtime, or else (touched, copied) the same SHA-256."""
+    path = Path(recorded["path"])
+    if not path.is_file():
+        return False
+    st = path.stat()
+    if st.st_size == recorded["size"] and st.st_mtime_ns == recorded["mtime_ns"]:
+        return True
+    return st.st_size == recorded["size"] and sha256_file(path) == sha256
+
+
+def default_cache_dir(prepared_dir, codec: Codec) -> Path:
+    return Path(prepared_dir) / "tokens" / f"{codec.name}-{codec.codec_hash[:12]}"
+
+
+class TokenCache:
+    """Codes of one codec for the rows of one prepared manifest."""
+
+    def __init__(self, path: Path, rows: np.ndarray, codes: np.ndarray, meta: dict):
+        self.path, self.rows, self.codes, self.meta = path, rows, codes, meta
+        self._position = {int(r): i for i, r in enumerate(rows)}
+
+    def __contains__(self, row) -> bool:
+        return int(row) in self._position
+
+    def codes_for(self, rows) -> np.ndarray:
+        """Codes [n, H', W'] for source rows, in the order given; refuses a row the cache does not hold."""
+        try:
+            return self.codes[[self._position[int(r)] for r in rows]]
+        except KeyError as err:
+            raise UserError(f"{self.path}: no codes for source row {err.args[0]}") from None
+
+
+def _key(manifest, codec: Codec) -> dict:
+    return {
+        "manifest_hash": manifest.hash,
+        "source_sha256": manifest.source_sha256,
+        "codec_hash": codec.codec_hash,
+    }
+
+
+def encode_prepared(prepared_dir, codec, *, out=None, flux_source=None, batch_size: int = 256, force: bool = False) -> Path:
+    """Encode every row of a prepared manifest once and write the cache (atomically); returns its directory.
+
+    The codec's input comes from the source file's `flux` key (flux codecs) or `images` key (rgb codecs), or, with
+    `flux_source`, from a local galaxy10-aion copy joined by Galaxy10 row: rows without flux are left out, and a
+    row whose label there disagrees with the source file's is refused. An up-to-date cache is kept unless `force`.
+    """
+    from safetensors.numpy import save_file
+
+    codec = load_codec(codec)
+    prepared_dir = Path(prepared_dir)
+    manifest = _manifest(prepared_dir)
+    out = Path(out) if out else default_cache_dir(prepared_dir, codec)
+    key = _key(manifest, codec)
+    if not force and (out / META_NAME).is_file():
+        try:
+            load_codes(out, codec, prepared_dir=prepared_dir)
+            return out
+        except UserError:
+            pass  # stale or foreign: rebuilt below
+    source = _source_path(manifest, prepared_dir)
+    if not source.is_file():
+        raise UserError(f"{source}: source data file of {prepared_dir} not found")
+    rows = manifest_rows(manifest)
+    meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
+    meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())
+    meta.update(prepared_dir=str(prepared_dir.resolve()), source=_file_stat(source))
+    if flux_source is None:
+        batches = read_inputs(source, rows, codec.input_spec, batch_size=batch_size)
+        where = f"{source}:{codec.input_spec.h5_key}"
+        meta["input"] = f"source:{codec.input_spec.h5_key}"
+    else:
+        from .aion import Galaxy10AionFlux
+
+        if codec.input_spec.kind != "flux":
+            raise UserError(f"--flux-source: codec {codec.name} takes rgb images, not flux")
+        flux = Galaxy10AionFlux(flux_source)
+        check_bands(flux.bands, codec.input_spec, source=str(flux.path))
+        positions = flux.positions_of(rows)
+        rows, positions = rows[positions >= 0], positions[positions >= 0]
+        if not len(rows):
+            raise UserError(f"{flux.path}: none of the {len(manifest_rows(manifest))} manifest rows has a flux cutout; wrong index column?")
+        _check_labels(flux, positions, source, rows)
+        batches = (flux.flux(positions[i : i + batch_size]) for i in range(0, len(positions), batch_size))
+        where = f"{flux.path}:{flux.flux_column}"
+        meta["input"] = "galaxy10-aion"
+        meta["flux_source"] = {**flux.fingerprint(), "files": [_file_stat(f) for f in flux.files]}
+    codes = np.concatenate([codec.encode(b, source=where) for b in batches]) if len(rows) else np.zeros((0, *codec.grid_shape), np.int32)
+    meta["n_rows"] = int(len(rows))
+    meta["n_manifest_rows"] = int(len(manifest_rows(manifest)))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_file({"rows": rows.astype(np.int64), "codes": codes.astype(np.int32)}, str(tmp / CODES_NAME))
+        write_json_atomic(tmp / META_NAME, meta)
+    return out
+
+
+def _check_labels(flux, positions, source, rows) -> None:
+    """The join is by row index: a label that disagrees with the source file means the index is not Galaxy10's."""
+    if flux.labels is None:
+        return
+    import h5py
+
+    with h5py.File(source, "r") as f:
+        ans = np.asarray(f["ans"][np.asarray(rows)]).astype(np.int64)
+    bad = np.flatnonzero(flux.labels[positions] != ans)
+    if len(bad):
+        i = bad[0]
+        raise UserError(
+            f"{flux.path}: {len(bad)} of {len(rows)} joined galaxies disagree on the label with {source} "
+            f"(Galaxy10 row {int(rows[i])}: {int(flux.labels[positions[i]])} vs {int(ans[i])}); is {flux.index_column} a Galaxy10 row index?"
+        )
+
+
+def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
+    """Open a token cache (or the default one of a prepared directory), refusing one built for other data or codec.
+
+    `path` is a cache directory or a prepared directory. The data key is checked against `prepared_dir` when given,
+    else against the prepared directory the cache was built from.
+    """
+    from safetensors.numpy import load_file
+
+    codec = load_codec(codec)
+    path = Path(path)
+    if not (path / META_NAME).is_file():
+        prepared_dir = prepared_dir or path
+        path = default_cache_dir(path, codec)
+        if not (path / META_NAME).is_file():
+            raise UserError(
+                f"{prepared_dir}: no token cache for codec {codec.name} ({codec.codec_hash[:12]}); "
+                f"run: astroreason tokens encode --data {prepared_dir} --codec DIR"
+            )
+    try:
+        meta = json.loads((path / META_NAME).read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path / META_NAME}: not valid JSON ({err})") from None
+    if meta.get("version") != CACHE_VERSION:
+        raise UserError(f"{path}: token cache version {meta.get('version')}, expected {CACHE_VERSION}; re-run tokens encode")
+    if meta["codec_hash"] != codec.codec_hash:
+        raise UserError(
+            f"{path}: codes were made by codec {meta.get('codec_name')} ({meta['codec_hash'][:12]}), not {codec.name} "
+            f"({codec.codec_hash[:12]}); re-run tokens encode"
+        )
+    prepared_dir = Path(prepared_dir or meta["prepared_dir"])
+    manifest = _manifest(prepared_dir)
+    for field, now in _key(manifest, codec).items():
+        if meta[field] != now:
+            raise UserError(f"{path}: built for other data ({field} {meta[field][:12]} != {now[:12]} of {prepared_dir}); re-run tokens encode")
+    if not _unchanged(meta["source"], manifest.source_sha256):
+        raise UserError(f"{meta['source']['path']}: source data changed since the codes were made; re-prepare and re-encode")
+    if "flux_source" in meta:
+        from .aion import Galaxy10AionFlux
+
+        recorded = meta["flux_source"]
+        files = recorded["files"]
+        if not all(Path(f["path"]).is_file() and os.stat(f["path"]).st_size == f["size"] and os.stat(f["path"]).st_mtime_ns == f["mtime_ns"] for f in files):
+            if Galaxy10AionFlux(recorded["path"]).fingerprint()["sha256"] != recorded["sha256"]:
+                raise UserError(f"{recorded['path']}: flux source changed since the codes were made; re-run tokens encode")
+    arrays = load_file(str(path / CODES_NAME))
+    rows, codes = arrays["rows"], arrays["codes"]
+    if codes.shape[1:] != tuple(codec.grid_shape) or len(rows) != len(codes):
+        raise UserError(f"{path / CODES_NAME}: codes of shape {codes.shape} do not fit codec grid {codec.grid_shape}")
+    return TokenCache(path, rows, codes, meta)
+
+
+def _split_positions(prepared_dir, split: str, cache: TokenCache) -> np.ndarray:
+    manifest = _manifest(prepared_dir)
+    if split not in manifest.rows:
+        raise UserError(f"split: {prepared_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
+    rows = np.asarray(manifest.rows[split], dtype=np.int64)
+    if cache.meta.get("input") != "galaxy10-aion":
+        return np.arange(len(rows))
+    return np.flatnonzero([r in cache for r in rows])
+
+
+def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=None):
+    """The token arm's dataset for one split: columns `tokens_text`, `label`, `label_name`.
+
+    Same rows, same order as `load_split(prepared_dir, split)` (for a galaxy10-aion cache: those rows that have flux,
+    the same as `matched_image_split`). The text holds the codes only. Codes come from the prepared directory's
+    default cache, or from `cache_dir` (checked against `prepared_dir`).
+    """
+    from ..data.splits import load_manifest, load_split
+
+    check_rendering(rendering)
+    codec = load_codec(codec)
+    cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir)
+    positions = _split_positions(prepared_dir, split, cache)
+    rows = np.asarray(load_manifest(prepared_dir).rows[split], dtype=np.int64)[positions]
+    texts = [render(grid, rendering) for grid in cache.codes_for(rows)]
+    labels = load_split(prepared_dir, split).select_columns(["label", "label_name"]).select(positions)
+    return labels.add_column("tokens_text", texts).select_columns(["tokens_text", "label", "label_name"])
+
+
+def matched_image_split(prepared_dir, split: str, codec, *, cache_dir=None):
+    """The image arm's `load_split` restricted to the galaxies `token_split` holds, in the same order."""
+    from ..data.splits import load_split
+
+    codec = load_codec(codec)
+    cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir)
+    positions = _split_positions(prepared_dir, split, cache)
+    return load_split(prepared_dir, split).select(positions)

@@ -1,0 +1,233 @@
+"""The codec interface: a galaxy (RGB image or multi-band flux) <-> an integer grid of discrete tokens.
+
+Every codec (the built-in FSQ autoencoder, the AION-1 adapter) has the same surface: `encode` a batch into an
+integer grid [B, H', W'], `decode` it back into the input's units, its `vocab_size`, `grid_shape`, `input_spec` and a
+stable `codec_hash` (config + weights) that keys the token cache. `load_codec(path)` opens either kind from a local
+directory.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+from ..data.galaxy10 import FLUX_BANDS
+from ..errors import UserError
+
+CONFIG_NAME = "codec.json"
+WEIGHTS_NAME = "model.safetensors"
+METRICS_NAME = "metrics.json"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a codec eats.
+
+    Args:
+        kind: `rgb`: uint8 images [B, H, W, 3], the Galaxy10 `images` key. `flux`: float flux in nanomaggies
+            [B, C, H, W], the Galaxy10-schema `flux` key or the galaxy10-aion cutouts.
+        channels: 3 for `rgb`; the number of bands for `flux`.
+        size: Side in pixels the codec works at. Larger inputs are resized (`rgb`, keeping the field of view, as the
+            image arm does) or centre-cropped (`flux`, as AION does); smaller inputs are refused.
+        bands: Band names of a `flux` input, in channel order.
+    """
+
+    kind: Literal["rgb", "flux"]
+    channels: int
+    size: int
+    bands: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.kind not in ("rgb", "flux"):
+            raise UserError(f"input kind: expected rgb or flux, got {self.kind!r}")
+        if self.kind == "rgb" and self.channels != 3:
+            raise UserError(f"input channels: an rgb codec takes 3 channels, got {self.channels}")
+        if self.kind == "flux" and len(self.bands) != self.channels:
+            raise UserError(f"input bands: {self.channels} channels need {self.channels} band names, got {list(self.bands)}")
+
+    @property
+    def h5_key(self) -> str:
+        """The Galaxy10-schema HDF5 key this input is read from."""
+        return "images" if self.kind == "rgb" else "flux"
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "bands": list(self.bands)}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "InputSpec":
+        return cls(kind=obj["kind"], channels=int(obj["channels"]), size=int(obj["size"]), bands=tuple(obj.get("bands", ())))
+
+
+def flux_spec(size: int = 96, bands: Sequence[str] = FLUX_BANDS) -> InputSpec:
+    return InputSpec(kind="flux", channels=len(bands), size=size, bands=tuple(bands))
+
+
+def rgb_spec(size: int = 96) -> InputSpec:
+    return InputSpec(kind="rgb", channels=3, size=size)
+
+
+class Codec(ABC):
+    """A discrete image tokenizer. Subclasses set `input_spec`, `vocab_size`, `grid_shape` and implement the rest."""
+
+    name: str
+    input_spec: InputSpec
+    vocab_size: int
+    grid_shape: tuple[int, int]
+
+    @property
+    @abstractmethod
+    def codec_hash(self) -> str:
+        """SHA-256 of what determines the codes (config and weights): a changed codec never reuses cached codes."""
+
+    @abstractmethod
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        """Encode inputs already checked and fitted to `input_spec` (see `check_inputs`) -> int [B, H', W']."""
+
+    @abstractmethod
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes [B, H', W'] -> inputs in the codec's units: uint8 [B, S, S, 3] (rgb) or nanomaggies [B, C, S, S]."""
+
+    def encode(self, x, *, source: str = "input") -> np.ndarray:
+        """Inputs in the layout of `input_spec` -> int32 codes [B, H', W'], each in [0, vocab_size).
+
+        `source` names the inputs in error messages (a file and key, usually).
+        """
+        codes = np.asarray(self._encode(check_inputs(x, self.input_spec, source=source)))
+        expected = (len(codes), *self.grid_shape)
+        if codes.shape != expected or codes.size and not (0 <= codes.min() and codes.max() < self.vocab_size):
+            raise UserError(
+                f"codec {self.name}: produced codes of shape {codes.shape} in [{codes.min()}, {codes.max()}], "
+                f"expected {expected} in [0, {self.vocab_size - 1}]"
+            )
+        return codes.astype(np.int32, copy=False)
+
+    def describe(self) -> str:
+        s = self.input_spec
+        return (
+            f"{self.name}: {s.kind} {s.channels}x{s.size}x{s.size} -> {self.grid_shape[0]}x{self.grid_shape[1]} codes, "
+            f"vocabulary {self.vocab_size}, hash {self.codec_hash[:12]}"
+        )
+
+
+def check_bands(bands: Sequence[str], spec: InputSpec, *, source: str) -> None:
+    """Refuse flux whose bands are not the codec's, in the codec's order (one line naming both)."""
+    bands = [b.decode() if isinstance(b, bytes) else str(b) for b in bands]
+    if spec.kind == "flux" and list(bands) != list(spec.bands):
+        raise UserError(f"{source}: bands {bands} do not match the codec's {list(spec.bands)} (count and order)")
+
+
+def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
+    """Validate a batch against `spec` and fit it to the codec's size; a copy, never the caller's array.
+
+    rgb: uint8 [B, H, W, 3], resized to `spec.size` with antialiasing when larger. flux: finite float [B, C, H, W],
+    centre-cropped to `spec.size` when larger. Smaller inputs are refused: AION silently mis-crops them.
+    """
+    import torch
+
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.ndim != 4:
+        raise UserError(f"{source}: expected a batch of 4 dimensions, got shape {arr.shape}")
+    if spec.kind == "rgb":
+        if arr.shape[-1] != 3:
+            raise UserError(f"{source}: an rgb codec takes [B, H, W, 3] images, got shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            raise UserError(f"{source}: an rgb codec takes uint8 images, got {arr.dtype}")
+        height, width = arr.shape[1:3]
+    else:
+        if arr.shape[1] != spec.channels:
+            raise UserError(f"{source}: the codec takes {spec.channels} bands {list(spec.bands)}, got {arr.shape[1]} (shape {arr.shape})")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise UserError(f"{source}: flux must be floating point nanomaggies, got {arr.dtype}")
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            raise UserError(f"{source}: {int(bad.sum())} NaN or infinite flux values (first at batch row {first[0]}, band {first[1]})")
+        height, width = arr.shape[2:4]
+    if min(height, width) < spec.size:
+        raise UserError(f"{source}: images are {height}x{width} px, smaller than the codec's {spec.size} px input; refusing to pad")
+    if spec.kind == "rgb":
+        return _resize_rgb(arr, spec.size)
+    top, left = (height - spec.size) // 2, (width - spec.size) // 2
+    return np.array(arr[:, :, top : top + spec.size, left : left + spec.size], dtype=np.float32)
+
+
+def _resize_rgb(images: np.ndarray, size: int) -> np.ndarray:
+    if images.shape[1:3] == (size, size):
+        return images.copy()
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def read_inputs(path, rows: Sequence[int], spec: InputSpec, *, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """Yield the codec's input for Galaxy10-schema HDF5 rows, in the order given, `batch_size` rows at a time.
+
+    Reads lazily (h5py, sorted indices per batch): a real 3 GB file is never loaded whole. The `flux` key's band
+    names come from its `bands` attribute (the file's, else the key's); without one, the schema order
+    (DES-G, DES-R, DES-I, DES-Z) is assumed.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as err:
+        raise UserError(f"{path}: cannot open as HDF5 ({err})") from None
+    with f:
+        key = spec.h5_key
+        if key not in f:
+            raise UserError(f"{path}: no `{key}` key; a {spec.kind} codec needs it (keys: {', '.join(sorted(f))})")
+        data = f[key]
+        if spec.kind == "flux":
+            bands = data.attrs.get("bands", f.attrs.get("bands", FLUX_BANDS))
+            check_bands(list(bands), spec, source=f"{path}:{key}")
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(data)):
+            raise UserError(f"{path}:{key}: row {int(rows.max())} out of range for {len(data)} rows")
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            order = np.argsort(chunk, kind="stable")
+            unique, inverse = np.unique(chunk[order], return_inverse=True)
+            block = data[unique][inverse]  # h5py wants increasing, unique indices
+            out = np.empty_like(block)
+            out[order] = block
+            yield out
+
+
+def read_config(path) -> dict:
+    path = Path(path)
+    try:
+        return json.loads((path / CONFIG_NAME).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no {CONFIG_NAME}; not a codec directory (train one with `astroreason tokens train`)") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path / CONFIG_NAME}: not valid JSON ({err})") from None
+
+
+def load_codec(path) -> Codec:
+    """Open a codec from a local directory: a built-in FSQ codec (`codec.json` + `model.safetensors`) or an AION-1
+    image codec (a local copy of polymathic-ai/aion-base holding `codecs/image/`, or that folder itself)."""
+    if isinstance(path, Codec):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: codec directory not found")
+    if (path / CONFIG_NAME).is_file():
+        kind = read_config(path).get("type")
+        if kind == "fsq":
+            from .fsq import FSQCodec
+
+            return FSQCodec.load(path)
+        if kind != "aion":
+            raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq or aion)")
+    from .aion import AionCodec
+
+    return AionCodec.load(path)

@@ -1,0 +1,235 @@
+"""`astroreason tokens train|encode|cost`: train the built-in codec, fill the token cache, measure prompt cost."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..io import sha256_file, write_json_atomic
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("tokens", help="discrete image tokens: train a codec, encode a dataset, prompt cost")
+    sub = parser.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("train", help="train the built-in FSQ codec on Galaxy10-schema data")
+    p.add_argument("--data", required=True, help="prepared split directory, or a Galaxy10-schema HDF5 file")
+    p.add_argument("--out", required=True, help="codec directory to write, e.g. tokenizers/<name>/")
+    p.add_argument("--config", help="JSON file of codec fields (see tokenizers/*.json); flags below override it")
+    p.add_argument("--input", choices=["rgb", "flux"], help="rgb images (`images`) or g,r,i,z flux (`flux`)")
+    p.add_argument("--size", type=int, help="input side in pixels, a multiple of 4 (default 96 -> 24x24 codes)")
+    p.add_argument("--levels", help="FSQ levels, comma-separated (default 7,5,5,5,5 = 4375 codes, like AION)")
+    p.add_argument("--hidden", type=int, help="convolution channels (default 32)")
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps (default 400)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and batches (default 0)")
+    p.add_argument("--max-images", type=int, default=4096, help="cap on training images held in memory (default 4096)")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("encode", help="encode every row of a prepared manifest once into the token cache")
+    p.add_argument("--data", required=True, help="prepared split directory")
+    p.add_argument("--codec", required=True, help="codec directory (built-in FSQ, or a local AION-1 codec)")
+    p.add_argument("--out", help="cache directory (default: PREPARED/tokens/<codec>-<hash>/)")
+    p.add_argument("--flux-source", help="local galaxy10-aion copy (parquet or save_to_disk) to take flux from")
+    p.add_argument("--batch-size", type=int, default=256, help="images per encode batch (default 256)")
+    p.add_argument("--force", action="store_true", help="re-encode even when the cache is up to date")
+    p.set_defaults(func=run_encode)
+
+    p = sub.add_parser("cost", help="LM tokens per galaxy of each rendering vs the image's visual tokens")
+    p.add_argument("--codec", required=True, help="codec directory")
+    p.add_argument("--model", required=True, help="model directory whose tokenizer and image processor count")
+    p.add_argument("--rendering", default="all", help="ints, rows, special, or all (default), comma-separated")
+    p.add_argument("--data", help="prepared directory: measure real galaxies of --split (default: random code grids)")
+    p.add_argument("--split", default="test", help="split of --data to measure (default test)")
+    p.add_argument("--n", type=int, default=16, help="galaxies to measure (default 16)")
+    p.add_argument("--image-size", type=int, help="side of the image the image arm shows (default: the data's, "
+                   "else the codec's input size)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(func=run_cost)
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+
+
+def _training_rows(data: Path, seed: int):
+    """(source file, train rows, held-out rows, description) from a prepared directory or an HDF5 file."""
+    if data.is_dir():
+        from ..data.splits import load_manifest
+
+        from .cache import _source_path
+
+        manifest = load_manifest(data)
+        held = "val" if "val" in manifest.rows else next(s for s in manifest.rows if s != "train")
+        return _source_path(manifest, data), np.asarray(manifest.rows["train"]), np.asarray(manifest.rows[held]), {
+            "prepared_dir": str(data), "manifest_hash": manifest.hash, "held_out_split": held,
+        }
+    if not data.is_file():
+        raise UserError(f"{data}: neither a prepared directory nor an HDF5 file")
+    import h5py
+
+    try:
+        with h5py.File(data, "r") as f:
+            n = len(f["ans"]) if "ans" in f else len(f["images"])
+    except (OSError, KeyError) as err:
+        raise UserError(f"{data}: not a Galaxy10-schema HDF5 file ({err})") from None
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = max(1, n // 10)
+    return data, np.sort(perm[cut:]), np.sort(perm[:cut]), {"source_sha256": sha256_file(data), "held_out": "seeded 10 % of rows"}
+
+
+def _load_inputs(source, rows, spec) -> np.ndarray:
+    from .codec import check_inputs, read_inputs
+
+    where = f"{source}:{spec.h5_key}"
+    return np.concatenate([check_inputs(b, spec, source=where) for b in read_inputs(source, rows, spec)])
+
+
+def run_train(args) -> int:
+    from .fsq import FSQConfig, TrainConfig, train_fsq
+
+    fields_json = {}
+    if args.config:
+        try:
+            fields_json = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"{args.config}: cannot read codec config ({err})") from None
+        fields_json = fields_json.get("config", fields_json)  # also accepts a trained codec's codec.json
+    overrides = {"input": args.input, "size": args.size, "hidden": args.hidden}
+    if args.levels:
+        try:
+            overrides["levels"] = [int(v) for v in args.levels.split(",")]
+        except ValueError:
+            raise UserError(f"--levels: expected comma-separated integers, got {args.levels!r}") from None
+    config = FSQConfig.from_json({**fields_json, **{k: v for k, v in overrides.items() if v is not None}})
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_images=args.max_images)
+    for name in ("steps", "batch_size", "max_images"):
+        if getattr(train, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(train, name)}")
+
+    source, train_rows, eval_rows, provenance = _training_rows(Path(args.data), train.seed)
+    rng = np.random.default_rng(train.seed)
+    if len(train_rows) > train.max_images:
+        train_rows = np.sort(rng.choice(train_rows, train.max_images, replace=False))
+    if len(eval_rows) > train.max_eval_images:
+        eval_rows = np.sort(rng.choice(eval_rows, train.max_eval_images, replace=False))
+    spec = config.input_spec
+    train_inputs, eval_inputs = _load_inputs(source, train_rows, spec), _load_inputs(source, eval_rows, spec)
+    out = Path(args.out)
+    print(f"training codec {out.name}: {spec.kind} {spec.channels}x{spec.size}x{spec.size}, levels {config.levels} "
+          f"({config.vocab_size} codes), {len(train_inputs)} train / {len(eval_inputs)} held-out images from {source}")
+    codec, metrics = train_fsq(
+        config, train_inputs, eval_inputs, train, name=out.name,
+        progress=lambda step, loss: print(f"  step {step}/{train.steps}  loss {loss:.5f}", flush=True),
+    )
+    training = {**asdict(train), **provenance, "source_path": str(source)}
+    codec.save(out, training=training, metrics=metrics)
+    m = metrics["held_out"]
+    print(f"wrote {out} ({codec.describe()})")
+    print(f"held-out: MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
+          f"perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)")
+    return 0
+
+
+# --- encode -------------------------------------------------------------------------------------------------------
+
+
+def run_encode(args) -> int:
+    from .cache import META_NAME, encode_prepared, load_codes
+    from .codec import load_codec
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    codec = load_codec(args.codec)
+    out = encode_prepared(args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force)
+    cache = load_codes(out, codec, prepared_dir=args.data)
+    meta = json.loads((Path(out) / META_NAME).read_text())
+    print(f"{out}: codes for {meta['n_rows']} of {meta['n_manifest_rows']} manifest rows "
+          f"({len(cache.codes)} x {cache.codes.shape[1]}x{cache.codes.shape[2]}), {codec.describe()}")
+    return 0
+
+
+# --- cost ---------------------------------------------------------------------------------------------------------
+
+
+def _load_model_parts(model_dir: Path):
+    """(tokenizer, image processor) of a local model directory."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    if not model_dir.is_dir():
+        raise UserError(f"{model_dir}: model directory not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        image_processor = AutoImageProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{model_dir}: cannot load its tokenizer and image processor ({str(err).splitlines()[0]})") from None
+    return tokenizer, image_processor
+
+
+def _galaxy_codes(args, codec):
+    """Code grids to measure and the side of the matching images, with a description of where they come from."""
+    if args.data is None:
+        rng = np.random.default_rng(0)
+        codes = rng.integers(0, codec.vocab_size, size=(args.n, *codec.grid_shape))
+        return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
+    import h5py
+
+    from ..data.splits import load_manifest
+    from .cache import _source_path, load_codes
+    from .codec import read_inputs
+
+    manifest = load_manifest(args.data)
+    if args.split not in manifest.rows:
+        raise UserError(f"--split: {args.data} has no split {args.split!r} (has {', '.join(manifest.rows)})")
+    rows = np.asarray(manifest.rows[args.split])[: args.n]
+    source = _source_path(manifest, args.data)
+    try:
+        cache = load_codes(args.data, codec)
+        rows = np.asarray([r for r in rows if r in cache])
+        codes, how = cache.codes_for(rows), "from the token cache"
+    except UserError:
+        spec = codec.input_spec
+        codes = np.concatenate([codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)])
+        how = "encoded now"
+    with h5py.File(source, "r") as f:
+        side = int(f["images"].shape[1])
+    return codes, args.image_size or side, f"{len(codes)} galaxies of {args.data} split {args.split} ({how})"
+
+
+def run_cost(args) -> int:
+    from .codec import load_codec
+    from .cost import prompt_costs, visual_tokens
+    from .render import RENDERINGS, check_fits, check_rendering
+
+    renderings = RENDERINGS if args.rendering == "all" else tuple(check_rendering(r.strip()) for r in args.rendering.split(","))
+    if args.n < 1:
+        raise UserError(f"--n: must be at least 1, got {args.n}")
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"--image-size: must be positive, got {args.image_size}")
+    codec = load_codec(args.codec)
+    model_dir = Path(args.model)
+    tokenizer, image_processor = _load_model_parts(model_dir)
+    for r in renderings:
+        check_fits(r, codec.vocab_size)
+    codes, side, where = _galaxy_codes(args, codec)
+    costs = prompt_costs(codes, tokenizer, vocab_size=codec.vocab_size, renderings=renderings, model_dir=model_dir)
+    n_visual = visual_tokens(image_processor, side)
+
+    print(codec.describe())
+    print(f"model {model_dir}: {type(tokenizer).__name__}, {type(image_processor).__name__}; {where}")
+    print(f"{'rendering':<10} {'LM tokens/galaxy':>17} {'min-max':>13} {'tokens/code':>12}")
+    for c in costs:
+        note = f"  ({c.note})" if c.note else ""
+        print(f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} {c.tokens_per_code:>12.3f}{note}")
+    print(f"{'image':<10} {n_visual:>17d} {'':>13} {'':>12}  (visual tokens of a {side}x{side} px image)")
+    if args.json:
+        write_json_atomic(args.json, {
+            "codec": {"name": codec.name, "hash": codec.codec_hash, "vocab_size": codec.vocab_size, "grid_shape": list(codec.grid_shape)},
+            "model": str(model_dir), "galaxies": where, "renderings": [c.to_json() for c in costs],
+            "image": {"side_px": side, "visual_tokens": n_visual},
+        })
+    return 0

@@ -1,0 +1,130 @@
+"""Codec grids as prompt text, selectable by name.
+
+- `ints`: the AION prompt form, one flat list: `[3513, 3555, ...]`.
+- `rows`: one line per grid row, ids separated by spaces.
+- `special`: one added special token per code, `<|g_3513|><|g_3555|>...`, one LM token per code once
+  `add_code_tokens` has put them in the tokenizer (and grown the model's embeddings to match).
+
+The text holds the codes and nothing else: no index, id or coordinate of the galaxy.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+RENDERINGS = ("ints", "rows", "special")
+CODE_TOKEN = "<|g_{}|>"
+_CODE_TOKEN_RE = re.compile(r"<\|g_(\d+)\|>")
+
+
+def code_token(code: int) -> str:
+    return CODE_TOKEN.format(int(code))
+
+
+def code_tokens(vocab_size: int) -> list[str]:
+    return [code_token(i) for i in range(vocab_size)]
+
+
+def check_rendering(rendering: str) -> str:
+    if rendering not in RENDERINGS:
+        raise UserError(f"rendering: expected one of {', '.join(RENDERINGS)}, got {rendering!r}")
+    return rendering
+
+
+def render(codes, rendering: str) -> str:
+    """One galaxy's grid [H', W'] as prompt text."""
+    check_rendering(rendering)
+    grid = np.asarray(codes)
+    if grid.ndim != 2:
+        raise UserError(f"codes: expected one galaxy's grid [H, W], got shape {grid.shape}")
+    if rendering == "ints":
+        return "[" + ", ".join(map(str, grid.ravel().tolist())) + "]"
+    if rendering == "rows":
+        return "\n".join(" ".join(map(str, row)) for row in grid.tolist())
+    return "".join(map(code_token, grid.ravel().tolist()))
+
+
+def parse(text: str, rendering: str, grid_shape: tuple[int, int]) -> np.ndarray:
+    """The inverse of `render`: prompt text -> grid [H', W']; refuses text that is not a whole grid."""
+    check_rendering(rendering)
+    if rendering == "special":
+        ids = [int(m) for m in _CODE_TOKEN_RE.findall(text)]
+        leftover = _CODE_TOKEN_RE.sub("", text)
+    else:
+        ids = [int(m) for m in re.findall(r"\d+", text)]
+        leftover = re.sub(r"[\d\s,\[\]]", "", text)
+    if leftover or len(ids) != grid_shape[0] * grid_shape[1]:
+        raise UserError(f"tokens text: not a {rendering} rendering of a {grid_shape[0]}x{grid_shape[1]} grid")
+    return np.asarray(ids, dtype=np.int64).reshape(grid_shape)
+
+
+def _tokenizer_of(processor_or_tokenizer):
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def missing_code_tokens(tokenizer, vocab_size: int) -> int:
+    """How many of the codec's special code tokens the tokenizer does not hold as single tokens."""
+    vocab = _tokenizer_of(tokenizer).get_vocab()
+    return sum(1 for t in code_tokens(vocab_size) if t not in vocab)
+
+
+def check_fits(rendering: str, vocab_size: int, tokenizer=None, *, model_dir: str | Path | None = None) -> None:
+    """Refuse a codec whose vocabulary the rendering or the model cannot carry (one line)."""
+    check_rendering(rendering)
+    if vocab_size < 1:
+        raise UserError(f"codec vocabulary: must be at least 1, got {vocab_size}")
+    if rendering == "special" and tokenizer is not None:
+        tok = _tokenizer_of(tokenizer)
+        missing = missing_code_tokens(tok, vocab_size)
+        where = model_dir or "the model"
+        if missing:
+            have = vocab_size - missing
+            raise UserError(
+                f"{where}: tokenizer holds {have} of the codec's {vocab_size} code tokens {code_token(0)}.. "
+                "(add them with astroreason.tokens.render.add_code_tokens, or choose the ints or rows rendering)"
+            )
+        # Code tokens beyond the largest the codec can emit would never be trained: a codec/model mismatch.
+        if code_token(vocab_size) in tok.get_vocab():
+            raise UserError(f"{where}: tokenizer holds more code tokens than the codec's vocabulary {vocab_size}: built for another codec")
+
+
+def add_code_tokens(tokenizer, model, vocab_size: int) -> int:
+    """Add one special token per code id to the tokenizer and grow the model's embeddings to match.
+
+    Returns the number of tokens added (0 when they are all there already). The embedding matrix grows to the
+    tokenizer's length only when it is too small (Qwen models carry spare rows), with new rows initialised at the
+    mean of the old ones (transformers' `mean_resizing`).
+    """
+    tok = _tokenizer_of(tokenizer)
+    present = tok.get_vocab()
+    new = [t for t in code_tokens(vocab_size) if t not in present]
+    added = tok.add_tokens(new, special_tokens=True) if new else 0
+    if model is not None:
+        rows = model.get_input_embeddings().weight.shape[0]
+        if len(tok) > rows:
+            model.resize_token_embeddings(len(tok), mean_resizing=True)
+        top = tok.convert_tokens_to_ids(code_token(vocab_size - 1))
+        if top >= model.get_input_embeddings().weight.shape[0]:
+            raise UserError(f"model embeddings: {model.get_input_embeddings().weight.shape[0]} rows cannot hold token id {top}")
+    return added
+
+
+def save_with_code_tokens(model_dir, out_dir, vocab_size: int) -> Path:
+    """Load a model and its processor, add the code tokens, and save both to `out_dir` (atomically)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from ..io import atomic_path
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    add_code_tokens(processor, model, vocab_size)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out_dir
