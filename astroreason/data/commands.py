@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from ..errors import UserError
-from .surrogate import add_synth_parser
 
 
 def add_parser(subparsers) -> None:
@@ -15,7 +14,16 @@ def add_parser(subparsers) -> None:
 
     parser = subparsers.add_parser("data", help="Galaxy10 data: surrogate, inspection, splits, download")
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    add_synth_parser(sub)
+    p = sub.add_parser("synth", help="write a GalSim surrogate of Galaxy10 DECaLS (HDF5, same schema)")
+    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p.add_argument("--n", type=int, default=2000, help="rows (default 2000)")
+    p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sorted", action="store_true", help="order rows by class, as the real file is")
+    p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
+    p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
+    p.add_argument("--workers", type=int, default=None, help="rendering processes (default: available cores)")
+    p.set_defaults(func=run_synth)
 
     p = sub.add_parser("inspect", help="schema, class counts, row order, NaNs, duplicate groups and label conflicts")
     p.add_argument("file", help="Galaxy10-schema HDF5 file")
@@ -45,6 +53,18 @@ def add_parser(subparsers) -> None:
     p.add_argument("--url", help="a mirror to fetch from instead of Zenodo")
     p.add_argument("--sha256", help="expected SHA-256 (default: the release's)")
     p.set_defaults(func=run_download)
+
+
+def run_synth(args) -> int:
+    # GalSim and scipy.signal take seconds to import: only `synth` pays for them.
+    from .surrogate import synthesize
+
+    path = synthesize(
+        args.out, n=args.n, size=args.size, seed=args.seed, sort_by_class=args.sorted, flux=args.flux,
+        flux_size=args.flux_size, workers=args.workers, progress=True,
+    )
+    print(f"wrote {path} ({args.n} galaxies, {args.size} px{', with flux' if args.flux else ''})")
+    return 0
 
 
 def run_inspect(args) -> int:

@@ -289,7 +289,7 @@ def _spiral(bulge_range, arm_range, pitch_deg, m3_prob, knot_range, bar: bool):
         phase0 = u(0, 2 * np.pi)
         chirality = rng.choice([-1.0, 1.0])
         if bar:
-            a_bar, q_bar, f_bar = h * u(0.9, 1.5), u(0.18, 0.32), u(0.08, 0.2)
+            a_bar, q_bar, f_bar = h * u(0.8, 1.5), u(0.18, 0.4), u(0.05, 0.2)
             bar_obj = galsim.Sersic(n=0.5, half_light_radius=0.55 * a_bar * math.sqrt(q_bar))
             bar_obj = bar_obj.shear(q=q_bar, beta=phase0 * galsim.radians)
             b.add(_incline(bar_obj, q, pa, centre), _OLD, flux * f_bar)
@@ -324,10 +324,12 @@ def _disturbed(b: _Builder, r50, flux, pa, centre):
     lopsided = _lopsided(centre, q, pa, u(0.4, 0.8), theta1, h)
     b.add(_incline(galsim.Exponential(scale_radius=h), q, pa, centre), _DISK,
           flux * (1 - bt - f_off - f_knot - f_plume), lopsided)
-    # An offset diffuse lump of young stars: the light is no longer symmetric about the nucleus.
-    d = h * u(0.6, 1.2)
+    # An offset lump of young stars: the light is no longer symmetric about the nucleus. Often it is diffuse; in a
+    # third of them it is compact, a second knot that looks like the nucleus of a merging companion.
+    d = h * u(0.6, 1.4)
     off = np.asarray(centre) + d * np.array([math.cos(theta1), math.sin(theta1)])
-    b.add(_incline(galsim.Exponential(scale_radius=h * u(0.6, 1.2)), u(0.4, 1.0), u(0, np.pi), off), _YOUNG, flux * f_off)
+    lump = h * (u(0.2, 0.35) if rng.random() < 0.35 else u(0.6, 1.2))
+    b.add(_incline(galsim.Exponential(scale_radius=lump), u(0.4, 1.0), u(0, np.pi), off), _YOUNG, flux * f_off)
     k = int(rng.integers(3, 8))
     xy = off + rng.normal(0, 1.0 * h, (k, 2))
     b.add_points(xy, _YOUNG, _split_flux(rng, flux * f_knot, k))
@@ -339,8 +341,8 @@ def _disturbed(b: _Builder, r50, flux, pa, centre):
 
 def _merging(b: _Builder, r50, flux, pa, centre):
     rng, u = b.rng, b.rng.uniform
-    ratio = u(0.35, 1.0)  # companion / primary flux
-    sep = r50 * u(1.0, 2.6)
+    ratio = u(0.25, 1.0)  # companion / primary flux
+    sep = r50 * u(0.7, 2.6)  # the closest pairs overlap into one lumpy, asymmetric body, as disturbed galaxies look
     angle = u(0, 2 * np.pi)
     direction = np.array([math.cos(angle), math.sin(angle)])
     f1, f2 = flux / (1 + ratio), flux * ratio / (1 + ratio)
@@ -366,12 +368,12 @@ _RECIPES = (
     _merging,  # 1 Merging
     _smooth(q_range=(0.75, 1.0), n_range=(3.0, 5.5), hlr_range=(0.55, 0.9)),  # 2 Round Smooth
     _smooth(q_range=(0.42, 0.82), n_range=(2.0, 4.5), hlr_range=(0.6, 1.0)),  # 3 In-between Round Smooth
-    _smooth(q_range=(0.2, 0.42), n_range=(1.0, 2.5), hlr_range=(0.45, 0.7), population=(0.74, 0.42)),  # 4 Cigar
-    _spiral((0.08, 0.25), (0.35, 0.55), (15, 28), 0.0, (0.03, 0.08), bar=True),  # 5 Barred Spiral
-    _spiral((0.15, 0.35), (0.30, 0.50), (9, 15), 0.3, (0.02, 0.06), bar=False),  # 6 Unbarred Tight Spiral
-    _spiral((0.02, 0.15), (0.45, 0.65), (22, 38), 0.25, (0.05, 0.12), bar=False),  # 7 Unbarred Loose Spiral
-    _edge_on(bulge_range=(0.0, 0.08), q_range=(0.07, 0.18), dust_prob=0.3, dust_tau=(0.2, 0.5)),  # 8 without bulge
-    _edge_on(bulge_range=(0.25, 0.55), q_range=(0.08, 0.22), dust_prob=0.6, dust_tau=(0.4, 0.9)),  # 9 with bulge
+    _smooth(q_range=(0.22, 0.45), n_range=(1.5, 3.0), hlr_range=(0.45, 0.7)),  # 4 Cigar Shaped Smooth
+    _spiral((0.08, 0.28), (0.35, 0.55), (13, 30), 0.0, (0.03, 0.08), bar=True),  # 5 Barred Spiral
+    _spiral((0.12, 0.35), (0.30, 0.50), (9, 19), 0.3, (0.02, 0.07), bar=False),  # 6 Unbarred Tight Spiral
+    _spiral((0.03, 0.20), (0.42, 0.65), (16, 38), 0.25, (0.04, 0.12), bar=False),  # 7 Unbarred Loose Spiral
+    _edge_on(bulge_range=(0.0, 0.15), q_range=(0.07, 0.18), dust_prob=0.3, dust_tau=(0.2, 0.5)),  # 8 without bulge
+    _edge_on(bulge_range=(0.10, 0.50), q_range=(0.08, 0.22), dust_prob=0.6, dust_tau=(0.4, 0.9)),  # 9 with bulge
 )
 
 

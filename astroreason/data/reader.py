@@ -13,7 +13,6 @@ side, e.g. the surrogate's) and the older Galaxy10 SDSS (`Galaxy10.h5`, 69 px, a
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -170,8 +169,14 @@ def open_galaxy10(path, *, sha256: str | None = None) -> Galaxy10File:
         raise UserError(f"{path}: no such file")
     if path.is_dir():
         raise UserError(f"{path}: is a directory, not a Galaxy10 HDF5 file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"{path}: not readable (permission denied)")
+    # Try to read rather than ask os.access: root passes access() checks that a real read may still fail.
+    try:
+        with open(path, "rb") as probe:
+            probe.read(1)
+    except PermissionError:
+        raise UserError(f"{path}: not readable (permission denied)") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({_first_line(err)})") from None
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file (0 bytes)")
     if sha256 is not None:
@@ -185,6 +190,10 @@ def open_galaxy10(path, *, sha256: str | None = None) -> Galaxy10File:
     try:
         release = _validate(path, handle)
         return Galaxy10File(path, handle, release)
+    except (OSError, KeyError, RuntimeError) as err:
+        # h5py reports damaged metadata or data blocks (a truncated file) as these.
+        handle.close()
+        raise UserError(f"{path}: cannot read, truncated or damaged ({_first_line(err)})") from None
     except BaseException:
         handle.close()
         raise

@@ -57,7 +57,8 @@ class Manifest:
         split_sha256: Per split, a hash of its rows' image hashes and labels in order: the content of the split.
         groups: Duplicate groups kept whole inside one split (source rows).
         dropped: Duplicate groups dropped because their labels conflict: rows and labels.
-        excluded: Rows left out by the subset or the row list, counted.
+        excluded: Rows left out by the subset or the row list, counted (dropped rows are counted in `dropped`,
+            unless the subset left them out already).
         hash: SHA-256 of everything above: the manifest's identity in every result.
     """
 
@@ -90,6 +91,12 @@ class Manifest:
     def to_json(self) -> dict:
         return {**self.body(), "hash": self.compute_hash()}
 
+    def identity(self) -> str:
+        """Hash of the split itself: everything but where the source file lay (a moved file splits the same)."""
+        body = self.body()
+        body.pop("source_path")
+        return sha256_json(body)
+
     def split_sizes(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.rows.items()}
 
@@ -102,8 +109,10 @@ def load_manifest(prepared_dir) -> Manifest:
     try:
         obj = json.loads(path.read_text())
         manifest = Manifest(**obj)
-    except (json.JSONDecodeError, TypeError) as err:
-        raise UserError(f"{path}: not a split manifest ({str(err).splitlines()[0]})") from None
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a split manifest ({_first_line(err)})") from None
+    if manifest.version != MANIFEST_VERSION:
+        raise UserError(f"{path}: manifest version {manifest.version}, this astroreason reads {MANIFEST_VERSION}; prepare again")
     if manifest.hash != manifest.compute_hash():
         raise UserError(f"{path}: its content does not match its hash (edited by hand?); prepare again into a new directory")
     return manifest
@@ -124,11 +133,25 @@ def _read_row_list(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: row list not found")
+    import warnings
+
     try:
-        rows = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
-    except ValueError as err:
-        raise UserError(f"{path}: expected one integer row index per line ({str(err).splitlines()[0]})") from None
-    return np.unique(np.asarray(rows, dtype=np.int64))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file is an empty list, said below
+            rows = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (ValueError, OSError, EOFError) as err:
+        raise UserError(f"{path}: expected one integer row index per line ({_first_line(err)})") from None
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+        raise UserError(f"{path}: expected a 1-D list of integer row indices, got {rows.dtype} of shape {rows.shape}")
+    if rows.size == 0:
+        raise UserError(f"{path}: the row list is empty")
+    return np.unique(rows.astype(np.int64))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def assign_units(unit_labels: np.ndarray, unit_sizes: np.ndarray, unit_keys: list[str], fractions, seed: int) -> np.ndarray:
@@ -190,25 +213,25 @@ def make_manifest(
             mask[wanted] = True
             keep &= mask
             include_sha = sha256_json(wanted.tolist())
-        groups = duplicate_groups(g10.column("ra"), g10.column("dec"), hashes, radius_arcsec).combined
+        ra, dec = g10.column("ra"), g10.column("dec")
+        groups = duplicate_groups(ra, dec, hashes, radius_arcsec).combined
         release, classes = g10.release.name, list(g10.classes)
-    source_sha = sha256 or sha256_file(source)
+    source_sha = sha256.strip().lower() if sha256 else sha256_file(source)
 
-    # Units: each duplicate group, and every other row alone. A group with conflicting labels is dropped whole.
+    # Units: each duplicate group, and every other row alone. A group with conflicting labels is dropped whole,
+    # even where the subset leaves out some of its rows: the kept label of a contradicted galaxy is suspect too.
+    excluded = int(n - keep.sum())
     unit_of = np.arange(n)
     kept_groups, dropped = [], []
-    in_group = np.zeros(n, bool)
     for g in groups:
-        in_group[g] = True
         group_labels = labels[g]
         if len(set(group_labels.tolist())) > 1:
             dropped.append({"rows": g.tolist(), "labels": group_labels.tolist()})
             keep[g] = False
         else:
             unit_of[g] = g[0]
-            if keep[g].any():
+            if keep[g].sum() > 1:
                 kept_groups.append(g[keep[g]].tolist())
-    excluded = int(n - keep.sum() - sum(len(d["rows"]) for d in dropped))
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         raise UserError(f"{source}: no rows left to split (subset {subset!r}, {len(dropped)} conflicting groups dropped)")
@@ -222,11 +245,13 @@ def make_manifest(
     split_of_unit = assign_units(unit_labels, unit_sizes, unit_keys, fractions, seed)
     split_of_row = split_of_unit[unit_index]
 
+    # Content order (image hash; identical images then by position), then a seeded shuffle: row order never shows.
+    hash_rank = np.unique(np.asarray(hashes), return_inverse=True)[1]
+    content_keys = [hash_rank] + ([np.nan_to_num(ra, nan=-1.0), np.nan_to_num(dec, nan=-99.0)] if ra is not None else [])
     split_rows, split_sha = {}, {}
     for k, name in enumerate(SPLIT_NAMES):
         members = rows[split_of_row == k]
-        # Content order, then a seeded shuffle: row order never shows through.
-        members = members[np.argsort([hashes[r] for r in members], kind="stable")]
+        members = members[np.lexsort([key[members] for key in reversed(content_keys)])]
         members = members[np.random.default_rng([seed, 100 + k]).permutation(len(members))]
         split_rows[name] = [int(r) for r in members]
         split_sha[name] = sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in members))
@@ -261,7 +286,7 @@ def _split_rows(source: Path, rows: list[int], classes: list[str], batch: int = 
 
 def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
     """One `datasets` view per split under `out_dir/splits/`, streamed from the source file."""
-    from datasets import Dataset
+    from datasets import Dataset, NamedSplit
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
     source = Path(manifest.source_path)
@@ -273,8 +298,9 @@ def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) ->
             dataset = Dataset.from_generator(
                 _split_rows, gen_kwargs={"source": str(source), "rows": tuple(rows), "classes": tuple(manifest.classes)},
                 features=_features(manifest.classes), cache_dir=str(cache), keep_in_memory=False,
-                writer_batch_size=256,
-            ) if rows else Dataset.from_dict({"image": [], "label": [], "label_name": []}, features=_features(manifest.classes))
+                writer_batch_size=256, split=NamedSplit(name),
+            ) if rows else Dataset.from_dict({"image": [], "label": [], "label_name": []},
+                                             features=_features(manifest.classes), split=NamedSplit(name))
             dataset.save_to_disk(str(out_dir / SPLITS_DIR / name))
             del dataset
             shutil.rmtree(cache, ignore_errors=True)
@@ -301,17 +327,22 @@ def prepare(
     a different one is refused, so a split is never silently replaced under the runs that used it.
     """
     out = Path(out)
-    manifest = make_manifest(source, seed=seed, fractions=fractions, radius_arcsec=radius_arcsec, subset=subset,
-                             include_rows=include_rows, sha256=sha256)
-    if out.exists():
+    existing = None
+    if out.exists():  # refuse early, before reading the whole file
         if (out / MANIFEST_NAME).is_file():
             existing = load_manifest(out)
-            if existing.hash == manifest.compute_hash() and all((out / SPLITS_DIR / s).is_dir() for s in existing.rows):
-                return out
+        elif not out.is_dir() or any(out.iterdir()):
+            raise UserError(f"{out}: exists and is not a prepared directory; choose another --out")
+    manifest = make_manifest(source, seed=seed, fractions=fractions, radius_arcsec=radius_arcsec, subset=subset,
+                             include_rows=include_rows, sha256=sha256)
+    if existing is not None:
+        if existing.identity() != manifest.identity():
             raise UserError(f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
                             "choose another --out")
-        if not out.is_dir() or any(out.iterdir()):
-            raise UserError(f"{out}: exists and is not a prepared directory; choose another --out")
+        missing = [s for s in existing.rows if not (out / SPLITS_DIR / s).is_dir()]
+        if missing:
+            raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
+        return out
     with atomic_path(out) as tmp:
         tmp.mkdir()
         write_views(manifest, tmp, progress=progress)

@@ -34,15 +34,17 @@ _STREAM_LABELS, _STREAM_SKY = 1, 2  # seed streams beside the per-row ones
 
 
 def class_counts(n: int) -> np.ndarray:
-    """Rows per class for `n` rows, proportional to Galaxy10 DECaLS (largest remainder); every class present
-    once n >= 10."""
+    """Rows per class for `n` rows, proportional to Galaxy10 DECaLS (largest remainder, so n = 17736 gives the real
+    counts exactly); every class present once n >= 10, each missing one taken from the largest class."""
     weights = np.asarray(DECALS_COUNTS, float) / sum(DECALS_COUNTS)
-    floor = 1 if n >= len(weights) else 0
-    counts = np.full(len(weights), floor)
-    share = weights * (n - counts.sum())
-    counts += np.floor(share).astype(int)
+    share = weights * n
+    counts = np.floor(share).astype(int)
     remainder = n - counts.sum()
-    counts[np.argsort(-(share - np.floor(share)), kind="stable")[:remainder]] += 1
+    counts[np.argsort(-(share - counts), kind="stable")[:remainder]] += 1
+    if n >= len(counts):
+        for c in np.flatnonzero(counts == 0):
+            counts[np.argmax(counts)] -= 1
+            counts[c] = 1
     return counts
 
 
@@ -218,26 +220,3 @@ def contact_sheet(h5_path, out_png, *, per_class: int = 6) -> Path:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return out_png
-
-
-def add_synth_parser(subparsers) -> None:
-    """Register `synth` under the `data` command group."""
-    p = subparsers.add_parser("synth", help="write a GalSim surrogate of Galaxy10 DECaLS (HDF5, same schema)")
-    p.add_argument("--out", required=True, help="HDF5 file to write")
-    p.add_argument("--n", type=int, default=2000, help="rows (default 2000)")
-    p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sorted", action="store_true", help="order rows by class, as the real file is")
-    p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
-    p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
-    p.add_argument("--workers", type=int, default=None, help="rendering processes (default: available cores)")
-    p.set_defaults(func=_run_synth)
-
-
-def _run_synth(args) -> int:
-    path = synthesize(
-        args.out, n=args.n, size=args.size, seed=args.seed, sort_by_class=args.sorted, flux=args.flux,
-        flux_size=args.flux_size, workers=args.workers, progress=True,
-    )
-    print(f"wrote {path} ({args.n} galaxies, {args.size} px{', with flux' if args.flux else ''})")
-    return 0
