@@ -146,6 +146,8 @@ class Galaxy10AionFlux:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: galaxy10-aion directory not found")
         self.files = self._data_files()
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # a command's stderr is for its one-line errors
         try:
             if (self.path / "dataset_dict.json").is_file() or (self.path / "state.json").is_file():
                 loaded = datasets.load_from_disk(str(self.path))
@@ -158,6 +160,9 @@ class Galaxy10AionFlux:
                 raise UserError(f"{self.path}: neither a datasets.save_to_disk directory nor parquet files")
         except (FileNotFoundError, ValueError) as err:
             raise UserError(f"{self.path}: cannot read as galaxy10-aion ({err})") from None
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
         self.flux_column = next((c for c in FLUX_COLUMNS if c in dataset.column_names), None)
         self.index_column = next((c for c in INDEX_COLUMNS if c in dataset.column_names), None)
         if self.flux_column is None or self.index_column is None:
