@@ -64,23 +64,35 @@ class AionCodec(Codec):
 
     @classmethod
     def load(cls, path) -> "AionCodec":
-        """Build AION's `ImageCodec` from its local config and load the weights with safetensors, strictly.
+        """Build AION's `ImageCodec` from its local `config.json` and load `model.safetensors` strictly.
 
-        (AION's own `from_pretrained` cannot open a local folder and loads non-strictly, so we do not use it.)
+        This is what AION's own `ImageCodec.from_pretrained(repo, modality=LegacySurveyImage)` does (huggingface_hub's
+        `PyTorchModelHubMixin`: constructor arguments taken from config.json, other keys ignored; weights through
+        `safetensors.torch.load_model`), minus the Hub lookup and with `strict=True` (the mixin's default is lenient:
+        a mismatched checkpoint would load half-random).
         """
-        from safetensors.torch import load_file
+        import inspect
+
+        from safetensors.torch import load_model
 
         ImageCodec, _ = _import_aion()
         folder = find_codec_dir(path)
         config_path, weights = folder / "config.json", folder / "model.safetensors"
         try:
-            config = json.loads(config_path.read_text())
+            saved = json.loads(config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{config_path}: not valid JSON ({err})") from None
+        if not isinstance(saved, dict) or "quantizer_levels" not in saved:
+            raise UserError(f"{config_path}: not an AION ImageCodec config (no quantizer_levels)")
+        params = inspect.signature(ImageCodec.__init__).parameters
+        config = {k: v for k, v in saved.items() if k in params and k != "self"}
+        try:
             codec = ImageCodec(**config)
-        except (json.JSONDecodeError, TypeError) as err:
+        except (TypeError, ValueError) as err:
             raise UserError(f"{config_path}: not an AION ImageCodec config ({err})") from None
         try:
-            codec.load_state_dict(load_file(str(weights)), strict=True)
-        except RuntimeError as err:
+            load_model(codec, str(weights), strict=True)
+        except (RuntimeError, OSError) as err:
             raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
         return cls(codec, config, name=f"aion-{Path(path).name}", config_sha256=sha256_file(config_path), weights_sha256=sha256_file(weights))
 
@@ -88,7 +100,8 @@ class AionCodec(Codec):
         import torch
 
         _, LegacySurveyImage = _import_aion()
-        flux = torch.tensor(x, dtype=torch.float32)  # a fresh copy: AION clamps and rescales its input in place
+        # A fresh tensor: AION's Clamp writes into its input (a view of the caller's tensor after the centre crop).
+        flux = torch.tensor(x, dtype=torch.float32)
         with torch.inference_mode():
             tokens = self.codec.encode(LegacySurveyImage(flux=flux, bands=list(self.input_spec.bands)))
         n = self.grid_shape[0] * self.grid_shape[1]
@@ -133,6 +146,8 @@ class Galaxy10AionFlux:
         if not self.path.is_dir():
             raise UserError(f"{self.path}: galaxy10-aion directory not found")
         self.files = self._data_files()
+        bars = datasets.utils.logging.is_progress_bar_enabled()
+        datasets.disable_progress_bars()  # a command's stderr is for its one-line errors
         try:
             if (self.path / "dataset_dict.json").is_file() or (self.path / "state.json").is_file():
                 loaded = datasets.load_from_disk(str(self.path))
@@ -145,6 +160,9 @@ class Galaxy10AionFlux:
                 raise UserError(f"{self.path}: neither a datasets.save_to_disk directory nor parquet files")
         except (FileNotFoundError, ValueError) as err:
             raise UserError(f"{self.path}: cannot read as galaxy10-aion ({err})") from None
+        finally:
+            if bars:
+                datasets.enable_progress_bars()
         self.flux_column = next((c for c in FLUX_COLUMNS if c in dataset.column_names), None)
         self.index_column = next((c for c in INDEX_COLUMNS if c in dataset.column_names), None)
         if self.flux_column is None or self.index_column is None:

@@ -97,7 +97,8 @@ def encode_prepared(prepared_dir, codec, *, out=None, flux_source=None, batch_si
 
     The codec's input comes from the source file's `flux` key (flux codecs) or `images` key (rgb codecs), or, with
     `flux_source`, from a local galaxy10-aion copy joined by Galaxy10 row: rows without flux are left out, and a
-    row whose label there disagrees with the source file's is refused. An up-to-date cache is kept unless `force`.
+    row whose label there disagrees with the source file's is refused. An up-to-date cache is kept unless `force`; a cache at `out` made for other data or another codec is
+    refused (one line) unless `force`, so stale codes are never served and a shared cache is never clobbered.
     """
     from safetensors.numpy import save_file
 
@@ -109,12 +110,15 @@ def encode_prepared(prepared_dir, codec, *, out=None, flux_source=None, batch_si
     if not force and (out / META_NAME).is_file():
         try:
             load_codes(out, codec, prepared_dir=prepared_dir)
-            return out
-        except UserError:
-            pass  # stale or foreign: rebuilt below
+            return out  # up to date: written once, reused
+        except UserError as err:
+            # Never overwrite silently: the cache may serve another prepared directory or codec.
+            raise UserError(f"{err} (or pass --force to overwrite {out})") from None
     source = _source_path(manifest, prepared_dir)
     if not source.is_file():
         raise UserError(f"{source}: source data file of {prepared_dir} not found")
+    if sha256_file(source) != manifest.source_sha256:
+        raise UserError(f"{source}: changed since {prepared_dir} was prepared (SHA-256 differs); prepare it again")
     rows = manifest_rows(manifest)
     meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
     meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())

@@ -155,7 +155,7 @@ class ResBlock(nn.Module):
 
 
 class FSQAutoencoder(nn.Module):
-    """Conv encoder (two stride-2 convolutions: 4x downsampling) -> FSQ -> mirrored decoder."""
+    """Conv encoder (two stride-2 convolutions: 4x downsampling, group-normalised latent) -> FSQ -> mirrored decoder."""
 
     def __init__(self, config: FSQConfig):
         super().__init__()
@@ -165,6 +165,9 @@ class FSQAutoencoder(nn.Module):
             nn.SiLU(),
             nn.Conv2d(h, h, 4, stride=2, padding=1),
             *[ResBlock(h) for _ in range(config.blocks)],
+            # Normalised features keep the latent at unit scale: without this it starts near 0, every position
+            # rounds to the centre code and the codebook collapses to one id (seen: usage 1/4375 after 60 steps).
+            nn.GroupNorm(min(8, h), h),
             nn.SiLU(),
             nn.Conv2d(h, d, 1),
         )
@@ -352,7 +355,7 @@ def train_fsq(config: FSQConfig, train_inputs: np.ndarray, eval_inputs: np.ndarr
         loss.backward()
         optimizer.step()
         schedule.step()
-        loss_value = float(loss)
+        loss_value = loss.item()
         if progress is not None and (step % 25 == 0 or step == train.steps):
             progress(step, loss_value)
     model.eval()

@@ -19,6 +19,8 @@ from ..errors import UserError
 
 RENDERINGS = ("ints", "rows", "special")
 CODE_TOKEN = "<|g_{}|>"
+# One added token per code grows the embedding matrix by that many rows: past this it is a misconfigured codec.
+MAX_SPECIAL_CODES = 65536
 _CODE_TOKEN_RE = re.compile(r"<\|g_(\d+)\|>")
 
 
@@ -78,6 +80,11 @@ def check_fits(rendering: str, vocab_size: int, tokenizer=None, *, model_dir: st
     check_rendering(rendering)
     if vocab_size < 1:
         raise UserError(f"codec vocabulary: must be at least 1, got {vocab_size}")
+    if rendering == "special" and vocab_size > MAX_SPECIAL_CODES:
+        raise UserError(
+            f"codec vocabulary: {vocab_size} codes would add {vocab_size} tokens to the model; the special rendering "
+            f"takes at most {MAX_SPECIAL_CODES} (choose ints or rows, or a codec with fewer levels)"
+        )
     if rendering == "special" and tokenizer is not None:
         tok = _tokenizer_of(tokenizer)
         missing = missing_code_tokens(tok, vocab_size)
@@ -100,6 +107,7 @@ def add_code_tokens(tokenizer, model, vocab_size: int) -> int:
     tokenizer's length only when it is too small (Qwen models carry spare rows), with new rows initialised at the
     mean of the old ones (transformers' `mean_resizing`).
     """
+    check_fits("special", vocab_size)
     tok = _tokenizer_of(tokenizer)
     present = tok.get_vocab()
     new = [t for t in code_tokens(vocab_size) if t not in present]
@@ -116,13 +124,12 @@ def add_code_tokens(tokenizer, model, vocab_size: int) -> int:
 
 def save_with_code_tokens(model_dir, out_dir, vocab_size: int) -> Path:
     """Load a model and its processor, add the code tokens, and save both to `out_dir` (atomically)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     from ..io import atomic_path
+    from ..models import load_model_and_processor
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    processor = AutoProcessor.from_pretrained(model_dir)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    check_fits("special", vocab_size)
+    model, processor = load_model_and_processor(model_dir)  # image-only processor where torchvision is missing
     add_code_tokens(processor, model, vocab_size)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
