@@ -101,7 +101,7 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
 
 
 VLLM_MODES = ("colocate", "server")
-VLLM_RANGE = ">=0.22.0,<=0.31.0"  # TRL 1.16's supported range; pyproject's `vllm` extra pins the same
+VLLM_RANGE = ">=0.30.0,<=0.31.0"  # pyproject's `vllm` extra: inside TRL 1.16's 0.22-0.31, 0.30+ for multimodal server mode
 
 
 def check_vllm(training_args) -> None:
@@ -127,12 +127,29 @@ def check_vllm(training_args) -> None:
             "needs a GPU) or pass --use_vllm false"
         ) from None
     if Version(Version(installed).base_version) not in SpecifierSet(VLLM_RANGE):
-        raise UserError(f"use_vllm: vLLM {installed} is outside TRL 1.16's supported range vllm{VLLM_RANGE}")
+        raise UserError(f"use_vllm: vLLM {installed} is outside the supported range vllm{VLLM_RANGE} (pyproject's vllm extra)")
     try:
         import vllm  # noqa: F401  (an installed but broken vLLM, e.g. on a CPU-only machine)
     except Exception as err:  # noqa: BLE001  any import failure is the same user-facing problem
         raise UserError(f"use_vllm: vLLM {installed} is installed but cannot be imported ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def check_launch() -> None:
+    """Refuse the one launch that silently trains on fewer processes than asked.
+
+    `accelerate launch --cpu --num_processes N` (N > 1) starts a single process in accelerate 1.15 (its multi-CPU
+    path needs an MPI hostfile); it sets MASTER_ADDR/MASTER_PORT for N processes but no WORLD_SIZE. That run would
+    look like data-parallel training and be one process.
+    """
+    env = os.environ
+    single = "WORLD_SIZE" not in env and not any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env and single:
+        raise UserError(
+            "accelerate launch: --cpu with --num_processes > 1 starts only ONE process (accelerate needs an MPI "
+            "hostfile for multi-CPU); for N CPU processes run `accelerate launch --config_file "
+            "recipes/accelerate/cpu.yaml --num_processes N ...` (no --cpu), or drop --num_processes"
+        )
 
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
@@ -169,7 +186,8 @@ def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     The Trainer writes a checkpoint in place and `trainer_state.json` last, so a job killed while saving leaves a
     checkpoint without it; resuming from that one would fail, so it is skipped (with a line saying so).
     """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TRAINER_STATE_NAME
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
@@ -231,6 +249,7 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
 def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
     from trl import SFTTrainer
 
+    check_launch()
     check_output_dir(args, training_args.output_dir)
     prepare_inputs(args, model_args)
     model, processor = load_model(model_args, training_args)
@@ -253,6 +272,7 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
 
     from .rewards import get_reward_funcs
 
+    check_launch()
     check_output_dir(args, training_args.output_dir)
     check_vllm(training_args)
     prepare_inputs(args, model_args)
