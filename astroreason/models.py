@@ -303,9 +303,11 @@ def _torch_dtype(dtype):
 
 
 def load_model_and_processor(
-    name_or_path: str | Path, *, dtype=None, trust_remote_code: bool = False, device_map=None
+    name_or_path: str | Path, *, dtype=None, trust_remote_code: bool = False, device_map=None, attn_implementation=None
 ):
     """(model, processor) from a local directory or a Hub name (read from the local Hugging Face cache when offline).
+
+    A directory holding a peft adapter (a LoRA run's output) loads its base model with the adapter applied.
 
     `trust_remote_code` stays off unless asked: a checkpoint must not run its own code by default.
     """
@@ -314,6 +316,18 @@ def load_model_and_processor(
     name = str(name_or_path)
     path = Path(name).expanduser()
     looks_local = path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
+    if looks_local and (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        # A LoRA run's output (peft adapter): its base model, with the adapter on top.
+        from peft import PeftModel
+
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise UserError(f"model: {path}/adapter_config.json names no base_model_name_or_path")
+        model, processor = load_model_and_processor(
+            base, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+            attn_implementation=attn_implementation,
+        )
+        return PeftModel.from_pretrained(model, str(path)), processor
     if looks_local and not (path / "config.json").is_file():
         raise UserError(f"model: {name} is not a model directory (no config.json there)")
     source = str(path) if looks_local else name
@@ -322,6 +336,8 @@ def load_model_and_processor(
         kwargs["dtype"] = _torch_dtype(dtype)
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     try:
         processor = load_processor(source, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)

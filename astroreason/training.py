@@ -100,14 +100,77 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
     return dataset.map(to_conversation, remove_columns=drop, desc=f"{args.modality} {split} prompts")
 
 
+VLLM_MODES = ("colocate", "server")
+VLLM_RANGE = ">=0.30.0,<=0.31.0"  # pyproject's `vllm` extra: inside TRL 1.16's 0.22-0.31, 0.30+ for multimodal server mode
+
+
+def check_vllm(training_args) -> None:
+    """With `use_vllm`, refuse up front (one line) a vLLM that is missing or outside TRL's range, or a bad mode.
+
+    TRL would otherwise fail deep inside the trainer after the model is loaded, or only warn on a version it does
+    not support.
+    """
+    if not getattr(training_args, "use_vllm", False):
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    if training_args.vllm_mode not in VLLM_MODES:
+        raise UserError(f"vllm_mode: expected one of {', '.join(VLLM_MODES)}, got {training_args.vllm_mode!r}")
+    try:
+        installed = version("vllm")
+    except PackageNotFoundError:
+        raise UserError(
+            f"use_vllm: vLLM is not installed; install the extra (`pip install 'astroreason[vllm]'`, vllm{VLLM_RANGE}, "
+            "needs a GPU) or pass --use_vllm false"
+        ) from None
+    if Version(Version(installed).base_version) not in SpecifierSet(VLLM_RANGE):
+        raise UserError(f"use_vllm: vLLM {installed} is outside the supported range vllm{VLLM_RANGE} (pyproject's vllm extra)")
+    try:
+        import vllm  # noqa: F401  (an installed but broken vLLM, e.g. on a CPU-only machine)
+    except Exception as err:  # noqa: BLE001  any import failure is the same user-facing problem
+        raise UserError(f"use_vllm: vLLM {installed} is installed but cannot be imported ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def check_launch() -> None:
+    """Refuse the one launch that silently trains on fewer processes than asked.
+
+    `accelerate launch --cpu --num_processes N` (N > 1) starts a single process in accelerate 1.15 (its multi-CPU
+    path needs an MPI hostfile); it sets MASTER_ADDR/MASTER_PORT for N processes but no WORLD_SIZE. That run would
+    look like data-parallel training and be one process.
+    """
+    env = os.environ
+    single = "WORLD_SIZE" not in env and not any(k in env for k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"))
+    if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env and single:
+        raise UserError(
+            "accelerate launch: --cpu with --num_processes > 1 starts only ONE process (accelerate needs an MPI "
+            "hostfile for multi-CPU); for N CPU processes run `accelerate launch --config_file "
+            "recipes/accelerate/cpu.yaml --num_processes N ...` (no --cpu), or drop --num_processes"
+        )
+
+
+def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
+    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`); nothing else."""
+    from .defaults import ensure_tiny_defaults
+
+    ensure_tiny_defaults(args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None)
+
+
 def load_model(model_args, training_args):
-    """The policy and its processor, from a local path or a Hub name; `trust_remote_code` only when asked."""
+    """The policy and its processor, from a local path or a Hub name; `trust_remote_code` (a field of TRL's
+    SFTConfig/GRPOConfig) only when asked."""
     from .models import load_model_and_processor
 
+    if not model_args.model_name_or_path:
+        raise UserError("model_name_or_path: no model given (a local directory or a Hub name)")
     return load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
     )
 
 
@@ -118,22 +181,50 @@ def peft_config(model_args):
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` in `output_dir`, or None.
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    The Trainer writes a checkpoint in place and `trainer_state.json` last, so a job killed while saving leaves a
+    checkpoint without it; resuming from that one would fail, so it is skipped (with a line saying so).
+    """
+    from transformers.trainer import TRAINER_STATE_NAME
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name.rsplit("-", 1)[1]), p)
+        for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()
+    )
+    for _, path in reversed(steps):
+        if (path / TRAINER_STATE_NAME).is_file():
+            return str(path)
+        print(f"astroreason: skipping {path}: incomplete (no {TRAINER_STATE_NAME}; the job died while saving it)")
+    return None
+
+
+def has_checkpoints(output_dir: str | os.PathLike) -> str | None:
+    """The name of some `checkpoint-N` directory in `output_dir` (complete or not), or None."""
+    output_dir = Path(output_dir)
+    found = sorted(p.name for p in output_dir.glob("checkpoint-*") if p.is_dir()) if output_dir.is_dir() else []
+    return found[-1] if found else None
+
+
+def check_output_dir(args: GalaxyScriptArguments, output_dir: str) -> None:
+    """Refuse, before anything is built, to start a fresh run over a run's own checkpoints."""
+    if not args.resume and (found := has_checkpoints(output_dir)):
+        raise UserError(
+            f"output_dir: {output_dir} already holds {found}; pass --resume true to continue it "
+            "or choose another --output_dir"
+        )
 
 
 def resume_point(args: GalaxyScriptArguments, output_dir: str) -> str | None:
     """The checkpoint to resume from, or None for a fresh run; refuses to train over a run's own checkpoints."""
-    checkpoint = last_checkpoint(output_dir)
-    if args.resume:
-        return checkpoint  # --resume with nothing saved yet is a fresh start: a requeued job that died early
-    if checkpoint is not None:
-        raise UserError(
-            f"output_dir: {output_dir} already holds {Path(checkpoint).name}; pass --resume to continue it "
-            "or choose another --output_dir"
-        )
-    return None
+    check_output_dir(args, output_dir)
+    # --resume with nothing saved yet is a fresh start: a requeued job that died before its first checkpoint.
+    return last_checkpoint(output_dir) if args.resume else None
 
 
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
@@ -141,18 +232,26 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
     output_dir = trainer.args.output_dir
     checkpoint = resume_point(args, output_dir)
     if checkpoint:
-        step = int(Path(checkpoint).name.split("-")[-1])
+        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
         trainer.accelerator.print(f"Resuming from {checkpoint} (global step {step})")
+    elif args.resume:
+        trainer.accelerator.print(f"Nothing to resume in {output_dir}: starting from step 0")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process and trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(output_dir)
-    trainer.accelerator.print(f"Model saved to {output_dir} after {trainer.state.global_step} steps")
+    trainer.accelerator.print(
+        f"Model saved to {output_dir} after {trainer.state.global_step} steps "
+        f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
+    )
 
 
 def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
     from trl import SFTTrainer
 
+    check_launch()
+    check_output_dir(args, training_args.output_dir)
+    prepare_inputs(args, model_args)
     model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples)
     evaluation = None
@@ -173,6 +272,10 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
 
     from .rewards import get_reward_funcs
 
+    check_launch()
+    check_output_dir(args, training_args.output_dir)
+    check_vllm(training_args)
+    prepare_inputs(args, model_args)
     model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     evaluation = None

@@ -55,3 +55,11 @@ def test_vllm_server_template_matches_trl():
         assert flag in template, flag
         assert (value if flag != "--weight-transfer-config" else "'" + value + "'") in template, (flag, value)
     assert "VLLM_SERVER_DEV_MODE=1" in template and "--vllm_mode server" in template
+
+
+def test_vllm_guard_uses_the_pinned_range():
+    """The run-time check refuses exactly what the `vllm` extra does not admit."""
+    from astroreason.training import VLLM_RANGE
+
+    ours = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    assert str(Requirement(ours[0]).specifier) == str(Requirement("vllm" + VLLM_RANGE).specifier)
