@@ -275,48 +275,52 @@ class OpenAIBackend:
         return len(prompt_text(prompt).encode()) + self._overhead + (self.image_tokens_bound if image is not None else 0)
 
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
+        """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
+        submitted; a refusal while requests are in flight waits for them to settle (their real cost is usually
+        below their reservation) and tries again, so the run stops only when the next request cannot fit at all."""
+        from .budget import BudgetExhausted
+
         images = images if images is not None else [None] * len(prompts)
-        order = iter(range(len(prompts)))
+        queue = list(range(len(prompts)))
         stop: Exception | None = None
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
-            pending = set()
-
-            def submit_next():
-                for i in order:
-                    pending.add(pool.submit(self._one, i, prompts[i], images[i], budget))
-                    return
-
-            for _ in range(self.concurrency):
-                submit_next()
-            while pending:
+            pending: dict = {}
+            while queue or pending:
+                while queue and stop is None and len(pending) < self.concurrency:
+                    i = queue[0]
+                    bound = self.prompt_bound(prompts[i], images[i])
+                    try:
+                        reservation = None if budget is None else budget.reserve(
+                            requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens)
+                    except BudgetExhausted as err:
+                        if not pending:
+                            stop = err
+                        break
+                    queue.pop(0)
+                    pending[pool.submit(self._one, prompts[i], images[i], bound, budget, reservation)] = i
+                if not pending:
+                    break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    pending.discard(future)
+                    i = pending.pop(future)
                     try:
-                        result = future.result()
-                    except (CheckFailed, UserError) as err:  # budget refused, or the server failed for good
+                        generation = future.result()
+                    except (CheckFailed, UserError) as err:  # the server failed for good: send nothing more
                         stop = stop or err
                         continue
-                    if stop is None:
-                        submit_next()
-                    yield [result]
+                    yield [(i, generation)]
         if stop is not None:
             raise stop
 
-    def _one(self, i: int, prompt, image, budget) -> tuple[int, Generation]:
-        bound = self.prompt_bound(prompt, image)
-        reservation = None
-        if budget is not None:
-            reservation = budget.reserve(requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens)
+    def _one(self, prompt, image, bound: int, budget, reservation) -> Generation:
         try:
             payload, attempts = self._send(self._body(prompt, image))
         except _NotSent as err:
             if budget is not None:
-                budget.release(reservation, attempts=err.attempts, reason=err.kind)
-            raise BackendError(self._scrub(str(err))) from None
-        except _MaybeBilled as err:
-            if budget is not None:
-                budget.charge_worst_case(reservation, attempts=err.attempts, reason=err.kind)
+                if isinstance(err, _MaybeBilled):
+                    budget.charge_worst_case(reservation, attempts=err.attempts, reason=err.kind)
+                else:
+                    budget.release(reservation, attempts=err.attempts, reason=err.kind)
             raise BackendError(self._scrub(str(err))) from None
         try:
             text, prompt_tokens, completion_tokens = self._parse(payload)
@@ -334,7 +338,7 @@ class OpenAIBackend:
             else:
                 dollars = budget.charge(reservation, requests=1, prompt_tokens=prompt_tokens,
                                         completion_tokens=completion_tokens, attempts=attempts)
-        return i, Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempts, dollars)
+        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempts, dollars)
 
     def _send(self, body: bytes) -> tuple[dict | bytes, int]:
         """POST with retries; returns (raw response bytes, attempts). Retries 429/5xx, timeouts and refused

@@ -103,8 +103,10 @@ def add_parser(subparsers) -> None:
     r.add_argument("--out", default="runs/report", help="Report directory (replaced atomically).")
     r.set_defaults(func=run_report)
 
+    # prefix_chars="+": every `--key value` goes through untouched to the TRL-style parser of EvalConfig.
     p = subparsers.add_parser(
-        "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False
+        "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False,
+        prefix_chars="+",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: run_eval(args.argv))
@@ -118,7 +120,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--max-dollars", type=float, help="Show what remains under this cap.")
     s.set_defaults(func=run_budget_status)
     e = sub.add_parser(
-        "estimate", add_help=False,
+        "estimate", add_help=False, prefix_chars="+",
         help="Run a stratified pilot of an eval config (--pilot_samples N, default 10) and print the cost of the rest.",
     )
     e.add_argument("argv", nargs=argparse.REMAINDER)

@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CheckFailed, UserError
-from ..io import sha256_bytes, sha256_json, write_json_atomic
+from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
 from ..provenance import provenance
 from .backends import BACKENDS, SamplingSettings
 from .budget import DEFAULT_LEDGER, DEFAULT_PRICES, Budget, BudgetExhausted, Caps, Ledger
 
-CACHE_NAME, RESULT_NAME = "samples.jsonl", "result.json"
+# samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
+# predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
+CACHE_NAME, PREDICTIONS_NAME, RESULT_NAME = "samples.jsonl", "predictions.jsonl", "result.json"
 
 
 @dataclass
@@ -273,13 +275,19 @@ class Evaluation:
         self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.dataset]
         self.out.mkdir(parents=True, exist_ok=True)
         self.done = read_cache(self.cache_path)
-        self.n_from_cache = sum(k in self.done for k in self.keys)
+        self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
         self.started = time.monotonic()
         self.budget: Budget | None = None
 
     def todo(self) -> list[int]:
-        return [i for i, k in enumerate(self.keys) if k not in self.done]
+        """Positions still to ask, one per distinct key: galaxies with identical input share one paid answer."""
+        seen, out = set(), []
+        for i, k in enumerate(self.keys):
+            if k not in self.done and k not in seen:
+                seen.add(k)
+                out.append(i)
+        return out
 
     def _budget(self) -> Budget:
         if self.budget is None:
@@ -352,7 +360,8 @@ class Evaluation:
         from ..data.galaxy10 import DECALS_CLASSES
         from .metrics import classification_metrics
 
-        finished = [self.done[k] for k in self.keys if k in self.done]
+        finished = [{**self.done[k], "index": i, "label": self.labels[i]} for i, k in enumerate(self.keys)
+                    if k in self.done]
         metrics = None
         if finished:
             metrics = classification_metrics(
@@ -375,16 +384,19 @@ class Evaluation:
             "weights_sha256": self.weights,
             "n_total": len(self.keys),
             "n_done": len(finished),
+            "n_distinct_inputs": len(set(self.keys)),
             "n_asked_this_run": self.n_asked,
             "n_from_cache": self.n_from_cache,
             "seconds": round(time.monotonic() - self.started, 3),
             "prompt_tokens": sum(r["prompt_tokens"] for r in finished),
             "completion_tokens": sum(r["completion_tokens"] for r in finished),
-            "dollars": sum(r.get("dollars", 0.0) for r in finished),
             "spend": spend,
             "estimate": estimate,
             "metrics": metrics,
         }
+        fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
+        write_text_atomic(self.out / PREDICTIONS_NAME,
+                          "".join(json.dumps({f: r[f] for f in fields}, sort_keys=True) + "\n" for r in finished))
         write_json_atomic(self.out / RESULT_NAME, result)
         return result
 
@@ -430,6 +442,6 @@ def result_summary(result: dict) -> dict:
     return summary
 
 
-def print_result_line(result: dict, file=sys.stdout) -> None:
+def print_result_line(result: dict, file=None) -> None:
     """The one line a script or an agent reads: `RESULT {json}`."""
-    print("RESULT " + json.dumps(result_summary(result), sort_keys=True), file=file, flush=True)
+    print("RESULT " + json.dumps(result_summary(result), sort_keys=True), file=file or sys.stdout, flush=True)

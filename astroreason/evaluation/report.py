@@ -15,27 +15,33 @@ from .metrics import paired_comparison
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """A finished evaluation: its result and its per-sample records in split order."""
+    """A finished evaluation: its result and its per-galaxy predictions in split order."""
+    from .harness import PREDICTIONS_NAME, RESULT_NAME
+
     run_dir = Path(run_dir)
-    result_path, samples_path = run_dir / "result.json", run_dir / "samples.jsonl"
+    result_path, predictions_path = run_dir / RESULT_NAME, run_dir / PREDICTIONS_NAME
     if not result_path.exists():
         raise UserError(f"{run_dir}: no result.json (run `astroreason eval` into it first)")
     try:
         result = json.loads(result_path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{result_path}: not valid JSON ({err.msg})") from None
-    from .harness import read_cache
-
-    by_index = {r["index"]: r for r in read_cache(samples_path).values()}
+    if result.get("status") != "complete":
+        raise UserError(f"{run_dir}: the run is not complete (status {result.get('status')}: "
+                        f"{result.get('n_done')} of {result.get('n_total')} samples); resume it before reporting")
+    try:
+        records = [json.loads(line) for line in predictions_path.read_text().splitlines()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{predictions_path}: unreadable ({err})") from None
     n = result["metrics"]["n"]
-    if sorted(by_index)[:n] != list(range(n)):
-        raise UserError(f"{samples_path}: per-sample records do not cover the {n} samples of result.json")
+    if [r["index"] for r in records] != list(range(n)):
+        raise UserError(f"{predictions_path}: per-sample records do not cover the {n} samples of result.json")
     return {
         "name": run_dir.name,
         "dir": str(run_dir),
         "result": result,
-        "records": [by_index[i] for i in range(n)],
-        "files_sha256": {"result.json": sha256_file(result_path), "samples.jsonl": sha256_file(samples_path)},
+        "records": records,
+        "files_sha256": {RESULT_NAME: sha256_file(result_path), PREDICTIONS_NAME: sha256_file(predictions_path)},
     }
 
 
