@@ -390,6 +390,8 @@ class Evaluation:
             "seconds": round(time.monotonic() - self.started, 3),
             "prompt_tokens": sum(r["prompt_tokens"] for r in finished),
             "completion_tokens": sum(r["completion_tokens"] for r in finished),
+            # What the answers in use cost when they were bought (each distinct input paid once, whichever run).
+            "dollars": sum(self.done[k].get("dollars", 0.0) for k in set(self.keys) if k in self.done),
             "spend": spend,
             "estimate": estimate,
             "metrics": metrics,
