@@ -107,7 +107,7 @@ def load_model(model_args, training_args):
     return load_model_and_processor(
         model_args.model_name_or_path,
         dtype=model_args.dtype,
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=getattr(model_args, "trust_remote_code", False),  # trl 1.16 ModelConfig has no such field
     )
 
 
