@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,14 +44,21 @@ class LocalSlurm:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.conf = self.root / "etc" / "slurm.conf"
-        self.socket = self.root / "munge-run" / "munge.socket"
+        self.socket_dir: Path | None = None
         self.pids: dict[str, Path] = {d: self.root / "run" / f"{d}.pid" for d in DAEMONS}
 
     # ---- configuration -------------------------------------------------------------------------------------------
+    @property
+    def socket(self) -> Path:
+        return self.socket_dir / "munge.socket"
+
     def write_config(self) -> None:
-        for sub in ("etc", "run", "log", "state", "spool", "munge-run"):
+        # munged wants every directory above its socket executable by all, and a socket path is limited to 107
+        # bytes: the socket lives in its own short directory under /tmp (removed by stop()), not under `root`.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="astroreason-munge-"))
+        self.socket_dir.chmod(0o755)
+        for sub in ("etc", "run", "log", "state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "munge-run").chmod(0o755)  # munged wants its socket directory executable by all
         key_dir = self.root / "munge-key"
         key_dir.mkdir(mode=0o700, exist_ok=True)
         key = key_dir / "munge.key"
@@ -180,6 +188,8 @@ class LocalSlurm:
                 killed.append(f"pid {pid}")
             except ProcessLookupError:
                 pass
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
         return killed
 
     def daemon_pids(self) -> dict[str, int]:

@@ -72,7 +72,7 @@ def write_sweep(path: Path, base: Path, **fields) -> Path:
     for key, value in fields.items():
         if value is DROP:
             del sweep[key]
-        elif isinstance(value, dict) and isinstance(sweep.get(key), dict):
+        elif key in ("resources", "evaluation", "budget"):  # sections: change only the keys given
             sweep[key] = {**sweep[key], **value}
         else:
             sweep[key] = value
