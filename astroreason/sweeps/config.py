@@ -41,6 +41,7 @@ class Resources:
         account: `--account`, or None.
         signal_lead_s: Seconds before the time limit at which SLURM sends USR1 to the batch script
             (`--signal=B:USR1@N`): the task checkpoints and requeues itself. Leave room for one checkpoint save.
+            SLURM checks every 30 s and may signal up to a minute early, so keep the time limit well above this.
         max_requeues: Requeues allowed per task; the task's total wall-clock is at most `time x (1 + max_requeues)`,
             which is what the budget estimate charges.
         extra_sbatch: Further `sbatch` options, passed as they are (e.g. `--constraint=a100`).

@@ -104,15 +104,23 @@ def trainer_classes(trainer: str):
     return GalaxyScriptArguments, TrainingConfig, ModelConfig
 
 
-def parse_task_config(config_path: str | Path, trainer: str):
-    """(script_args, training_args, model_args) of a task config, the TRL way; bad settings are one line."""
+def parse_task_config(config_path: str | Path, trainer: str, *, planning: bool = False):
+    """(script_args, training_args, model_args) of a task config, the TRL way; bad settings are one line.
+
+    `planning`: the config is only being checked, maybe on a login node without the GPUs the tasks will get; parse it
+    as if on CPU so that `bf16: true` is not refused for want of a GPU here (the task itself parses it as written).
+    """
+    import torch
     from trl import TrlParser
 
     parser = TrlParser(trainer_classes(trainer))
+    argv = ["--config", str(config_path)]
+    if planning and not torch.cuda.is_available():
+        argv += ["--use_cpu", "true"]
     try:
         with warnings.catch_warnings():  # deprecation notes of TrainingArguments, once per task, are noise here
             warnings.simplefilter("ignore", FutureWarning)
-            return parser.parse_args_and_config(args=["--config", str(config_path)])
+            return parser.parse_args_and_config(args=argv)
     except UserError as err:
         raise UserError(f"{config_path}: {err}") from None
     except (ValueError, TypeError) as err:
@@ -182,7 +190,7 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
     if check_configs:
         seen: dict[str, Task] = {}
         for task in tasks:
-            key = experiment_key(parse_task_config(task.config, config.trainer)) + f"/{task.seed}"
+            key = experiment_key(parse_task_config(task.config, config.trainer, planning=True)) + f"/{task.seed}"
             if key in seen:
                 first = seen[key]
                 raise UserError(f"{sweep_path}: tasks {first.index} ({first.arm}, seed {first.seed}) and {task.index} "
