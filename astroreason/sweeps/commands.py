@@ -1,0 +1,129 @@
+"""`astroreason sweep plan|submit|status|collect|run`: a grid of recipe runs as one SLURM array job, or locally.
+
+    astroreason sweep plan    SWEEP.yaml           write the manifest (one row per task) and the task configs
+    astroreason sweep submit  SWEEP.yaml           one `sbatch --array=I%K` job for the unfinished tasks
+    astroreason sweep status  SWEEP.yaml|DIR       task states (state files + squeue)
+    astroreason sweep collect SWEEP.yaml|DIR       results.jsonl and the comparison report
+    astroreason sweep run --local SWEEP.yaml       the same tasks on this machine, resumable
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def _manifest(target: str):
+    from .config import load_sweep
+    from .plan import MANIFEST, load_manifest
+
+    path = Path(target)
+    if path.is_dir() or path.name == MANIFEST:
+        return load_manifest(path)
+    return load_manifest(load_sweep(path).output_dir / MANIFEST)
+
+
+def run_plan(args) -> int:
+    from .plan import plan
+    from .spend import task_estimate
+
+    manifest = plan(args.sweep)
+    tasks, sweep = manifest.tasks, manifest.sweep
+    arms = sorted({t.arm for t in tasks})
+    print(f"{manifest.path}: {len(tasks)} tasks ({len(arms)} arms x {len(tasks) // len(arms)} seeds), "
+          f"worst case ${task_estimate(sweep) * len(tasks):.2f}")
+    for t in tasks:
+        print(f"  {t.index:>3}  {t.arm}  seed {t.seed}  {t.dir}")
+    return 0
+
+
+def run_submit(args) -> int:
+    from .plan import plan
+    from .slurm import submit
+
+    record = submit(plan(args.sweep), python=args.python)
+    if record["job_id"] is None:
+        print(record["message"])
+        return 0
+    print(f"submitted array job {record['job_id']} for tasks {record['indices']} "
+          f"(worst case ${record['estimate_dollars']:.2f})")
+    return 0
+
+
+def run_status(args) -> int:
+    from .collect import print_table, task_table
+    from .slurm import queued, submissions
+
+    manifest = _manifest(args.sweep)
+    jobs = [s["job_id"] for s in submissions(manifest)]
+    states = queued(jobs) if jobs else {}
+    rows = task_table(manifest, states)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows, ["index", "name", "status", "slurm", "attempts", "elapsed_s", "step", "checkpoint",
+                           "accuracy"], f"sweep {manifest.sweep.name} (jobs {', '.join(jobs) or 'none'})")
+    return 0
+
+
+def run_collect(args) -> int:
+    from .collect import collect, print_table
+
+    manifest = _manifest(args.sweep)
+    out = collect(manifest, partial=args.partial)
+    print_table(out["rows"], ["task", "arm", "seed", "accuracy", "balanced_accuracy", "macro_f1", "attempts",
+                              "elapsed_s"], f"sweep {manifest.sweep.name}: {len(out['rows'])} results")
+    for name, c in out["comparisons"].items():
+        p = c["pooled"]
+        print(f"{name}: accuracy difference {p['accuracy_difference']:+.3f} "
+              f"[{p['difference_interval'][0]:+.3f}, {p['difference_interval'][1]:+.3f}], "
+              f"McNemar p {p['mcnemar_p_value']:.3g} over {len(c['seeds'])} seeds")
+    print(f"results: {manifest.out_dir / 'results.jsonl'}; report: {out['report']}/sweep.md")
+    return 0
+
+
+def run_local_cmd(args) -> int:
+    from .local import run_local
+    from .plan import plan
+
+    if not args.local:
+        raise UserError("sweep run: runs the tasks on this machine; pass --local (or `sweep submit` for SLURM)")
+    if args.jobs < 1:
+        raise UserError(f"--jobs: must be >= 1, got {args.jobs}")
+    run_local(plan(args.sweep), jobs=args.jobs, python=args.python)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    import sys
+
+    p = subparsers.add_parser("sweep", help="Grids of arms x seeds as SLURM array jobs (or locally), and their report.")
+    sub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND", required=True)
+
+    s = sub.add_parser("plan", help="Write the manifest (one row per task) and each task's recipe config.")
+    s.add_argument("sweep", help="Sweep file (YAML).")
+    s.set_defaults(func=run_plan)
+
+    s = sub.add_parser("submit", help="Submit the unfinished tasks as one `sbatch --array` job (budget-checked).")
+    s.add_argument("sweep", help="Sweep file (YAML).")
+    s.add_argument("--python", default=sys.executable, help="Python that runs each task (default: this one).")
+    s.set_defaults(func=run_submit)
+
+    s = sub.add_parser("status", help="Task states: state files, squeue, results.")
+    s.add_argument("sweep", help="Sweep file (YAML) or sweep directory.")
+    s.add_argument("--json", action="store_true", help="Print the rows as JSON.")
+    s.set_defaults(func=run_status)
+
+    s = sub.add_parser("collect", help="results.jsonl and the comparison report (per arm over seeds, paired tests).")
+    s.add_argument("sweep", help="Sweep file (YAML) or sweep directory.")
+    s.add_argument("--partial", action="store_true", help="Collect the finished tasks even if some are not done.")
+    s.set_defaults(func=run_collect)
+
+    s = sub.add_parser("run", help="Run the sweep's tasks on this machine (--local), resuming unfinished ones.")
+    s.add_argument("sweep", help="Sweep file (YAML).")
+    s.add_argument("--local", action="store_true", help="Run here, without SLURM.")
+    s.add_argument("--jobs", type=int, default=1, help="Tasks at a time (default 1).")
+    s.add_argument("--python", default=sys.executable, help="Python that runs each task (default: this one).")
+    s.set_defaults(func=run_local_cmd)

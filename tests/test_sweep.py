@@ -1,0 +1,197 @@
+"""Sweep files, manifests, the budget gate and the local runner (no SLURM needed).
+
+Every task trains the shared tiny Qwen2.5-VL for a few steps on the shared prepared surrogate and evaluates it on a
+handful of test galaxies; the data and model are built once per session (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DROP = object()  # write_sweep(..., key=DROP) leaves the key out
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `astroreason ARGS...` in this process (the real entry point: parsing, exit statuses, messages)."""
+    from astroreason.cli import main
+
+    def run(*args: str, cwd: Path) -> Outcome:
+        monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        code = main(list(args))
+        out = capsys.readouterr()
+        return Outcome(code, out.out, out.err)
+
+    return run
+
+
+def subprocess_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def write_base_config(path: Path, prepared_dir, tiny_model_dir, *, max_steps: int, save_steps: int) -> Path:
+    """The tiny SFT recipe config every sweep task starts from (image arm, 56 px = 4 visual tokens)."""
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": str(tiny_model_dir), "dtype": "float32",
+        "data_dir": str(prepared_dir), "modality": "image", "image_size": 56,
+        "use_cpu": True, "bf16": False, "learning_rate": 1.0e-3, "lr_scheduler_type": "constant",
+        "per_device_train_batch_size": 2, "max_steps": max_steps, "max_length": None, "logging_steps": 1,
+        "save_strategy": "steps", "save_steps": save_steps, "dataloader_num_workers": 0, "report_to": "none",
+        "disable_tqdm": True,
+    }))
+    return path
+
+
+def write_sweep(path: Path, base: Path, **fields) -> Path:
+    sweep = {
+        "name": path.stem, "base_config": str(base), "out_dir": str(path.parent / f"{path.stem}-out"),
+        "grid": {"learning_rate": [1.0e-3, 1.0e-2]}, "seeds": 2, "array_throttle": 2,
+        "evaluation": {"split": "test", "max_samples": 8, "batch_size": 8, "max_new_tokens": 8, "n_boot": 100},
+        "resources": {"time": "00:10:00", "cpus_per_task": 1, "signal_lead_s": 60, "max_requeues": 2},
+        "budget": {"ledger": str(path.parent / "ledger.jsonl"), "max_dollars": 5.0, "gpu_hour": 1.0},
+    }
+    for key, value in fields.items():
+        if value is DROP:
+            del sweep[key]
+        elif key in ("resources", "evaluation", "budget"):  # sections: change only the keys given
+            sweep[key] = {**sweep[key], **value}
+        else:
+            sweep[key] = value
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_config(prepared_dir, tiny_model_dir, tmp_path_factory):
+    return write_base_config(tmp_path_factory.mktemp("base") / "sft_tiny.yaml", prepared_dir, tiny_model_dir,
+                             max_steps=4, save_steps=2)
+
+
+def test_plan_writes_manifest_with_distinct_seeds_and_fixed_dirs(cli, base_config, tmp_path):
+    sweep = write_sweep(tmp_path / "grid.yaml", base_config)
+    first = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    manifest = json.loads((tmp_path / "grid-out" / "manifest.json").read_text())
+    tasks = manifest["tasks"]
+    assert [t["index"] for t in tasks] == [0, 1, 2, 3]
+    assert sorted({t["arm"] for t in tasks}) == ["learning_rate=0.001", "learning_rate=0.01"]
+    seeds = [t["seed"] for t in tasks]
+    assert len(set(seeds)) == 2 and seeds[:2] == seeds[2:]  # two derived seeds, the same in both arms
+    assert len({t["dir"] for t in tasks}) == 4
+    for t in tasks:
+        config = yaml.safe_load(Path(t["config"]).read_text())
+        assert config["seed"] == t["seed"] and config["resume"] is True
+        assert config["output_dir"] == str(Path(t["dir"]) / "train")
+        assert config["learning_rate"] == t["values"]["learning_rate"]
+    # Planning again gives the same manifest; a changed grid into the same directory is refused.
+    again = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0 and json.loads((tmp_path / "grid-out" / "manifest.json").read_text())["tasks"] == tasks
+    write_sweep(sweep, base_config, grid={"learning_rate": [1.0e-3, 3.0e-3]})
+    changed = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert changed.returncode == 2 and "different plan" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1 and "Traceback" not in changed.stderr
+
+
+def test_plan_refuses_duplicate_config_and_seed(cli, base_config, tmp_path):
+    # 0.001 and 1e-3 are the same learning rate once parsed: the two arms would be the same experiment.
+    sweep = write_sweep(tmp_path / "dup.yaml", base_config, grid={"learning_rate": [0.001, "1e-3"]})
+    out = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "same config with the same seed" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    # An explicit seed list with a repeat is refused the same way.
+    sweep = write_sweep(tmp_path / "dupseed.yaml", base_config, grid={"seed": [7, 7]}, seeds=DROP)
+    out = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert out.returncode == 2 and "same config with the same seed" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"grid": {"output_dir": ["a", "b"]}}, "grid.output_dir: set by the sweep"),
+        ({"resources": {"time": "ten minutes"}}, "resources.time: not a SLURM time"),
+        ({"resources": {"signal_lead_s": 900}}, "resources.signal_lead_s"),
+        ({"array_throttle": 0}, "array_throttle: must be an integer >= 1"),
+        ({"budget": {"surprise": 1}}, "budget.surprise: unknown key"),
+        ({"overrides": {"no_such_setting": 1}}, "Unknown arguments from config file"),
+    ],
+)
+def test_bad_sweep_files_are_one_line_exit_2(cli, base_config, tmp_path, fields, message):
+    sweep = write_sweep(tmp_path / "bad.yaml", base_config, **fields)
+    out = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_submit_refused_when_estimate_exceeds_what_remains(cli, base_config, tmp_path):
+    # 4 tasks x 10 min x 3 attempts x $1/h = $2 worst case; $0.90 of the $2.50 cap is already spent.
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.write_text(json.dumps({"kind": "charge", "id": "x", "run": "earlier", "time": 0, "dollars": 0.9}) + "\n")
+    sweep = write_sweep(tmp_path / "costly.yaml", base_config, budget={"max_dollars": 2.5})
+    out = cli("sweep", "submit", str(sweep), cwd=tmp_path)
+    assert out.returncode == 1, out.stderr
+    assert "may cost up to $2.00" in out.stderr and "only $1.60 remains" in out.stderr
+    assert not (tmp_path / "costly-out" / "submissions.jsonl").exists()
+    assert ledger.read_text().count("\n") == 1  # nothing charged
+
+
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_dir, tmp_path):
+    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=24, save_steps=3)
+    sweep = write_sweep(tmp_path / "local.yaml", base, grid={}, seeds=1)
+    runner = subprocess.Popen([sys.executable, "-m", "astroreason.cli", "sweep", "run", "--local", str(sweep)],
+                              cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        train_dir = _wait_for(lambda: next((tmp_path / "local-out" / "tasks").glob("*/train"), None), 120, "train dir")
+        _wait_for(lambda: (train_dir / "checkpoint-3").is_dir(), 180, "the first checkpoint")
+        runner.send_signal(signal.SIGTERM)
+        out, _ = runner.communicate(timeout=120)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 130, out
+    task_dir = train_dir.parent
+    state = json.loads((task_dir / "state.json").read_text())
+    assert state["status"] == "requeued" and state["attempts"] == 1, state
+    stopped_at = int(state["history"][0]["checkpoint"].split("-")[1])
+    assert 3 <= stopped_at < 24
+    first_elapsed = state["elapsed_s"]
+
+    again = cli("sweep", "run", "--local", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    state = json.loads((task_dir / "state.json").read_text())
+    assert state["status"] == "done" and state["attempts"] == 2
+    assert state["history"][1]["resumed_from"] == f"checkpoint-{stopped_at}"
+    assert state["elapsed_s"] > first_elapsed  # wall-clock carried over the interruption
+    log = (tmp_path / "local-out" / "logs" / "0.log").read_text()
+    assert f"Resuming from {task_dir / 'train' / f'checkpoint-{stopped_at}'} (global step {stopped_at})" in log
+    second = log.split("Resuming from")[1]
+    assert second.count("'loss'") == 24 - stopped_at  # only the remaining steps were trained
+    assert (task_dir / "result.json").exists()
