@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "astroreason.model_commands",
     "astroreason.evaluation.commands",
     "astroreason.sweeps.commands",
+    "astroreason.integrity.commands",
 ]
 
 

@@ -1,0 +1,149 @@
+"""Training alarms: a TrainerCallback that watches the logged metrics for the shapes a shortcut leaves.
+
+A model that finds a shortcut (a row index, a duplicate, a leaked column) learns it fast and completely: the loss
+falls toward zero abruptly, accuracy or reward jumps, every completion of a GRPO group gets the same reward
+(TRL's `frac_reward_zero_std` climbs to 1) and the policy's entropy collapses. Each rule fires once per metric; an
+alarm logs why and marks the run suspect (`SUSPECT.json` in `output_dir`, which the ledger turns into the status
+`suspect`). It does not stop training unless asked: the run finishes and is judged with its mark.
+
+    trainer.add_callback(TrainingAlarms())          # or SFTTrainer(..., callbacks=[TrainingAlarms()])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainerCallback
+
+from .gate import mark_suspect
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AlarmConfig:
+    """Thresholds of the training alarms (defaults suit Galaxy10 SFT/GRPO; every one can be changed).
+
+    Args:
+        warmup_logs: Logs seen before the jump and abrupt-fall rules start (format learning is fast and legitimate).
+        window: Logs whose median a new value is compared with.
+        loss_floor: A training loss below this is "toward zero": a ten-class answer that is not a shortcut keeps
+            some loss (a 90 % classifier spends ~0.3 nats on the class token).
+        loss_drop: An abrupt fall: the loss drops below this fraction of the window's median.
+        jump: An accuracy or reward rising by more than this (absolute) over the window's median.
+        jump_keys: Logged metrics watched for jumps (substring match on the key).
+        zero_std_high: `frac_reward_zero_std` at or above this counts as collapsed ...
+        zero_std_low: ... once it has been below this earlier in the run ...
+        zero_std_patience: ... for this many consecutive logs.
+        entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse ...
+        entropy_floor: ... and so is entropy below this (nats per token).
+        stop_on_alarm: Stop training at the first alarm (default: finish, marked suspect).
+    """
+
+    warmup_logs: int = 3
+    window: int = 5
+    loss_floor: float = 0.02
+    loss_drop: float = 0.2
+    jump: float = 0.3
+    jump_keys: tuple[str, ...] = ("accuracy", "reward")
+    zero_std_high: float = 0.95
+    zero_std_low: float = 0.5
+    zero_std_patience: int = 3
+    entropy_fraction: float = 0.1
+    entropy_floor: float = 0.02
+    stop_on_alarm: bool = False
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
+@dataclass
+class AlarmState:
+    """What the rules remember between logs."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    fired: set = field(default_factory=set)
+    zero_std_run: int = 0
+    zero_std_was_low: bool = False
+
+
+class TrainingAlarms(TrainerCallback):
+    """Watch the trainer's logs; on an alarm, log it and write `SUSPECT.json` into the run's `output_dir`."""
+
+    def __init__(self, config: AlarmConfig | None = None):
+        self.config = config or AlarmConfig()
+        self.state = AlarmState()
+        self.alarms: list[dict] = []
+
+    # --- rules ------------------------------------------------------------------------------------------------------
+    def check(self, logs: dict, step: int) -> list[dict]:
+        """The alarms one log raises (pure: no file written); updates the history."""
+        c, s = self.config, self.state
+        out = []
+        for key, raw in logs.items():
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(value):
+                continue
+            past = s.history.setdefault(key, [])
+            recent = past[-c.window :]
+            warm = len(past) >= c.warmup_logs
+            if key == "loss":
+                if value < c.loss_floor:
+                    out.append(self._alarm("loss_near_zero", key, step, value,
+                                           f"training loss {value:.4g} < {c.loss_floor} (toward zero: a ten-class answer "
+                                           "learned perfectly, most likely a shortcut)"))
+                elif warm and recent and value < c.loss_drop * _median(recent):
+                    out.append(self._alarm("loss_abrupt_fall", key, step, value,
+                                           f"training loss fell abruptly to {value:.4g} from a median "
+                                           f"{_median(recent):.4g} over the last {len(recent)} logs"))
+            elif any(k in key for k in c.jump_keys) and "std" not in key and warm and recent:
+                if value - _median(recent) > c.jump:
+                    out.append(self._alarm("jump", key, step, value,
+                                           f"{key} jumped to {value:.4g} from a median {_median(recent):.4g} over the "
+                                           f"last {len(recent)} logs"))
+            if key == "frac_reward_zero_std":
+                if value < c.zero_std_low:
+                    s.zero_std_was_low = True
+                s.zero_std_run = s.zero_std_run + 1 if value >= c.zero_std_high else 0
+                if s.zero_std_was_low and s.zero_std_run >= c.zero_std_patience:
+                    out.append(self._alarm("reward_variance_collapse", key, step, value,
+                                           f"reward variance collapsed: {key} >= {c.zero_std_high} for "
+                                           f"{s.zero_std_run} logs after being < {c.zero_std_low} (every completion "
+                                           "of a group scores the same)"))
+            if key == "entropy" and past:
+                first = past[0]
+                if value < c.entropy_floor or (first > 0 and value < c.entropy_fraction * first):
+                    out.append(self._alarm("entropy_collapse", key, step, value,
+                                           f"entropy collapsed to {value:.4g} (first logged {first:.4g})"))
+            past.append(value)
+        return [a for a in out if a is not None]
+
+    def _alarm(self, rule: str, key: str, step: int, value: float, reason: str) -> dict | None:
+        if (rule, key) in self.state.fired:
+            return None
+        self.state.fired.add((rule, key))
+        return {"rule": rule, "key": key, "step": int(step), "value": value, "reason": f"step {step}: {reason}"}
+
+    # --- the callback -----------------------------------------------------------------------------------------------
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        alarms = self.check(logs, state.global_step)
+        if not alarms:
+            return
+        self.alarms += alarms
+        for alarm in alarms:
+            logger.warning("astroreason alarm (%s): %s", alarm["rule"], alarm["reason"])
+            if state.is_world_process_zero:
+                mark_suspect(args.output_dir, alarm["rule"], alarm["reason"], key=alarm["key"], step=alarm["step"],
+                             value=alarm["value"])
+        if self.config.stop_on_alarm:
+            control.should_training_stop = True

@@ -1,0 +1,546 @@
+"""The audit's probes: each asks one question a shortcut would answer wrongly, and passes, fails or notes.
+
+Data probes (a Galaxy10-schema file, a prepared directory, or the data behind a run):
+- `row_order`: notes a class-sorted source, then proves the split does not depend on row order: every split's
+  content hash is re-derived from the file, the split is re-derived from the content keys in permuted unit orders,
+  each split's order is the seeded content order, its class mix matches the file's, and its rows are not monotone
+  in label or source row.
+- `duplicates`: no galaxy (same sky position within the manifest's radius, or identical pixels) spans two splits.
+- `metadata`: a scikit-learn classifier trained on everything the prompt carries besides the galaxy (its text with
+  the representation removed: numbers and words) must not beat the majority-class rate (one-sided binomial test).
+  Each metadata column (row index, sky position, redshift, pixel scale) is also scored alone and noted: a column
+  that predicts the label is harmless only while it stays out of the prompt, which is what the lint enforces.
+
+Model controls (a run with a model):
+- `blank_input`: the model answered with a blank image (image arm) or another galaxy's codes (token arm) must fall
+  to about the majority-class rate.
+- `label_permutation`: a short training on permuted labels must stay at chance on the true test labels.
+
+Run records: `seeds` (fingerprints of a sweep's runs) and `ceiling` (a result above the ceiling).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
+MIN_GAIN = 0.05  # ... and by at least this much accuracy (tiny effects on huge splits are not shortcuts)
+
+
+@dataclass
+class ProbeResult:
+    """One probe's verdict: `pass`, `fail`, `note` (informational) or `skip` (does not apply)."""
+
+    name: str
+    status: str
+    summary: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class AuditReport:
+    target: str
+    kind: str
+    probes: list[ProbeResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[ProbeResult]:
+        return [p for p in self.probes if p.status == "fail"]
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "kind": self.kind, "passed": not self.failed,
+                "probes": [asdict(p) for p in self.probes]}
+
+
+def beats_rate(correct: int, n: int, rate: float) -> dict:
+    """One-sided exact binomial test of `correct` out of `n` against a rate; `beats` when significant and large."""
+    from scipy.stats import binomtest
+
+    accuracy = correct / n if n else 0.0
+    p = float(binomtest(int(correct), int(n), min(max(rate, 1e-12), 1 - 1e-12), alternative="greater").pvalue) if n else 1.0
+    return {"accuracy": accuracy, "rate": float(rate), "n": int(n), "p_value": p,
+            "beats": bool(p < ALPHA and accuracy - rate > MIN_GAIN)}
+
+
+# --- the data behind a probe ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SplitData:
+    """A manifest with the per-row facts the data probes need, read once from its source file."""
+
+    manifest: object
+    labels: np.ndarray
+    hashes: list[str]
+    columns: dict[str, np.ndarray]  # ra, dec, redshift, pxscale (those present)
+
+    @property
+    def split_of_row(self) -> dict[int, str]:
+        return {r: name for name, rows in self.manifest.rows.items() for r in rows}
+
+
+def load_split_data(manifest) -> SplitData:
+    from ..data.reader import open_galaxy10
+
+    with open_galaxy10(manifest.source_path) as g10:
+        columns = {k: c for k in ("ra", "dec", "redshift", "pxscale") if (c := g10.column(k)) is not None}
+        return SplitData(manifest, g10.labels, g10.image_hashes(), columns)
+
+
+# --- row order -----------------------------------------------------------------------------------------------------
+
+
+def probe_row_order(data: SplitData, *, n_permutations: int = 3) -> ProbeResult:
+    from scipy.stats import chisquare, spearmanr
+
+    from ..data.inspect import ordering
+    from ..data.splits import SPLIT_NAMES, assign_units
+    from ..io import sha256_bytes
+
+    m, labels, hashes = data.manifest, data.labels, data.hashes
+    order = ordering(labels, m.classes)
+    details = {"source_sorted_by_class": order["sorted_by_class"], "source_grouped_by_class": order["grouped_by_class"]}
+    problems = []
+
+    # 1. The manifest matches the file: each split's content hash, re-derived.
+    for name, rows in m.rows.items():
+        if m.split_sha256.get(name) != sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in rows)):
+            problems.append(f"split {name}: its rows do not hash to the manifest's split_sha256 (the file or the "
+                            "manifest changed)")
+
+    # 2. The split re-derived from content keys alone, in permuted unit orders, is the manifest's split.
+    split_index = {name: k for k, name in enumerate(SPLIT_NAMES)}
+    units = [list(g) for g in m.groups]
+    in_group = {r for g in units for r in g}
+    units += [[r] for rows in m.rows.values() for r in rows if r not in in_group]
+    split_of = data.split_of_row
+    expected = np.array([split_index[split_of[u[0]]] for u in units])
+    keys = [min(hashes[r] for r in u) for u in units]
+    unit_labels = np.array([labels[u[0]] for u in units])
+    sizes = np.array([len(u) for u in units])
+    rng = np.random.default_rng(12345)
+    orders = [np.arange(len(units)), np.arange(len(units))[::-1]] + [rng.permutation(len(units)) for _ in range(n_permutations)]
+    mismatched = 0
+    for perm in orders:
+        got = np.empty(len(units), np.int64)
+        got[perm] = assign_units(unit_labels[perm], sizes[perm], [keys[i] for i in perm], m.fractions, m.seed)
+        mismatched = max(mismatched, int(np.sum(got != expected)))
+    details["units"] = len(units)
+    details["unit_orders_tried"] = len(orders)
+    if mismatched:
+        problems.append(f"{mismatched} of {len(units)} galaxies land in another split when the split is re-derived "
+                        "from their content in another row order: the split depends on row order")
+
+    # 3. Each split's order is the seeded content order; its class mix is the file's; it is not monotone.
+    kept = np.array([r for rows in m.rows.values() for r in rows], np.int64)
+    n_classes = len(m.classes)
+    share = np.bincount(labels[kept], minlength=n_classes) / max(len(kept), 1)
+    details["splits"] = {}
+    for k, name in enumerate(SPLIT_NAMES):
+        rows = np.asarray(m.rows.get(name, []), np.int64)
+        if len(rows) == 0:
+            continue
+        content = rows[np.argsort([hashes[r] for r in rows], kind="stable")]
+        reordered = content[np.random.default_rng([m.seed, 100 + k]).permutation(len(rows))]
+        if not np.array_equal(reordered, rows):
+            problems.append(f"split {name}: its row order is not the seeded content order")
+        counts = np.bincount(labels[rows], minlength=n_classes)
+        present = share > 0
+        p_mix = float(chisquare(counts[present], share[present] * len(rows)).pvalue) if present.sum() > 1 else 1.0
+        deviation = float(np.max(np.abs(counts / len(rows) - share)))
+        info = {"n": int(len(rows)), "class_mix_p": p_mix, "class_mix_max_deviation": deviation}
+        if p_mix < 1e-3 and deviation > 0.05:
+            problems.append(f"split {name}: class mix differs from the file's (max share deviation {deviation:.2f}, "
+                            f"chi-square p={p_mix:.1e})")
+        if len(rows) >= 10:
+            for what, values in (("label", labels[rows]), ("source row", rows)):
+                rho, p = spearmanr(np.arange(len(rows)), values)
+                rho = 0.0 if not np.isfinite(rho) else float(rho)
+                info[f"rank_corr_position_{what.replace(' ', '_')}"] = rho
+                if abs(rho) > 0.5 and p < 1e-3:
+                    problems.append(f"split {name}: rows are ordered by {what} (Spearman rho {rho:.2f}): a first-N "
+                                    "slice would be one class")
+            head = labels[rows[: min(20, len(rows))]]
+            if len(np.unique(labels[rows])) > 1 and len(np.unique(head)) == 1:
+                problems.append(f"split {name}: its first {len(head)} rows are all one class")
+        details["splits"][name] = info
+
+    note = ("source is sorted by class: a row index is a label, so nothing may depend on row order; "
+            if order["sorted_by_class"] or order["grouped_by_class"] else "source is not ordered by class; ")
+    if problems:
+        return ProbeResult("row_order", "fail", note + "; ".join(problems), details)
+    return ProbeResult("row_order", "pass", note + f"the split is a function of content only (re-derived in "
+                       f"{len(orders)} unit orders), class mixes match, no split is ordered by label", details)
+
+
+# --- duplicates ----------------------------------------------------------------------------------------------------
+
+
+def probe_duplicates(data: SplitData) -> ProbeResult:
+    from ..data.inspect import duplicate_groups
+
+    m = data.manifest
+    groups = duplicate_groups(data.columns.get("ra"), data.columns.get("dec"), data.hashes, m.radius_arcsec)
+    split_of = data.split_of_row
+    crossing = {}
+    for kind, found in (("sky_position", groups.exact + groups.near), ("image_content", groups.image)):
+        bad = []
+        for g in found:
+            splits = sorted({split_of[int(r)] for r in g if int(r) in split_of})
+            if len(splits) > 1:
+                bad.append({"rows": [int(r) for r in g], "splits": splits})
+        crossing[kind] = bad
+    dropped_rows = {r for d in m.dropped for r in d["rows"]}
+    leaked_dropped = sorted(r for r in dropped_rows if r in split_of)
+    details = {"radius_arcsec": m.radius_arcsec, "groups": len(groups.combined),
+               "crossing": crossing, "dropped_rows_in_splits": leaked_dropped}
+    n_pos, n_img = len(crossing["sky_position"]), len(crossing["image_content"])
+    if n_pos or n_img or leaked_dropped:
+        return ProbeResult("duplicates", "fail",
+                           f"{n_pos} galaxies span two splits by sky position (within {m.radius_arcsec} arcsec), "
+                           f"{n_img} by identical pixels; {len(leaked_dropped)} rows of conflicting groups are in a "
+                           "split", details)
+    return ProbeResult("duplicates", "pass", f"no duplicate group spans two splits ({len(groups.combined)} groups "
+                       "checked by sky position and image content)", details)
+
+
+# --- metadata-only classifier ----------------------------------------------------------------------------------------
+
+
+def _row_meta(data: SplitData, rows: np.ndarray, positions: np.ndarray) -> list[dict]:
+    m = data.manifest
+    out = []
+    for r, pos in zip(rows, positions):
+        row = {"row_index": int(r), "position": int(pos), "label": int(data.labels[r]),
+               "label_name": m.classes[int(data.labels[r])]}
+        row.update({k: float(c[r]) for k, c in data.columns.items()})
+        out.append(row)
+    return out
+
+
+def text_features(texts: list[str], n_numbers: int = 8, n_words: int = 64) -> np.ndarray:
+    """What a classifier can read from prompt texts: the first numbers written (NaN-padded) and hashed words."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from .lint import _numbers
+
+    numbers = np.full((len(texts), n_numbers), np.nan)
+    for i, t in enumerate(texts):
+        values = _numbers(t)[0][:n_numbers]
+        numbers[i, : len(values)] = values
+    words = HashingVectorizer(n_features=n_words, alternate_sign=False, ngram_range=(1, 2), norm=None)
+    return np.hstack([numbers, words.transform(texts).toarray()])
+
+
+def _fit_score(x_train, y_train, x_eval, y_eval) -> dict:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    majority = np.bincount(y_train).argmax()
+    rate = float(np.mean(y_eval == majority))
+    # Columns that are all NaN or constant carry nothing (and break the binning of an all-NaN column).
+    filled = np.nan_to_num(x_train, nan=-1.0)
+    useful = ~np.all(np.isnan(x_train), axis=0) & np.any(filled != filled[:1], axis=0)
+    x_train, x_eval = x_train[:, useful], x_eval[:, useful]
+    if not useful.any():
+        predictions = np.full(len(y_eval), majority)  # constant features: nothing to learn beyond the prior
+    else:
+        model = HistGradientBoostingClassifier(max_iter=100, min_samples_leaf=3, random_state=0)
+        predictions = model.fit(x_train, y_train).predict(x_eval)
+    return beats_rate(int(np.sum(predictions == y_eval)), len(y_eval), rate)
+
+
+def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
+    """Fit on the train split, score on val + test, for each template (modality -> template)."""
+    from .lint import render_text
+
+    m = data.manifest
+    fit_rows = np.asarray(m.rows.get("train", []), np.int64)
+    eval_parts = [np.asarray(m.rows.get(s, []), np.int64) for s in ("val", "test")]
+    eval_rows = np.concatenate(eval_parts)
+    if len(fit_rows) < 10 or len(eval_rows) < 5:
+        return ProbeResult("metadata", "skip", "too few rows to fit and score a classifier", {})
+    fit_pos = np.arange(len(fit_rows))
+    eval_pos = np.concatenate([np.arange(len(p)) for p in eval_parts])
+    fit_meta, eval_meta = _row_meta(data, fit_rows, fit_pos), _row_meta(data, eval_rows, eval_pos)
+    y_fit, y_eval = data.labels[fit_rows], data.labels[eval_rows]
+
+    details: dict = {"carried": {}, "columns_alone": {}}
+    failures = []
+    for modality, template in templates.items():
+        texts_fit = [render_text(template, modality, r) for r in fit_meta]
+        texts_eval = [render_text(template, modality, r) for r in eval_meta]
+        features = text_features(texts_fit + texts_eval)
+        score = _fit_score(features[: len(fit_rows)], y_fit, features[len(fit_rows):], y_eval)
+        details["carried"][modality] = score
+        if score["beats"]:
+            failures.append(f"{modality} prompt (without the galaxy) predicts the label: accuracy "
+                            f"{score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (p={score['p_value']:.1e})")
+    columns = {"row_index": (fit_rows, eval_rows)}
+    if "ra" in data.columns and "dec" in data.columns:
+        columns["ra_dec"] = tuple(np.c_[data.columns["ra"][r], data.columns["dec"][r]] for r in (fit_rows, eval_rows))
+    for key in ("redshift", "pxscale"):
+        if key in data.columns:
+            columns[key] = (data.columns[key][fit_rows], data.columns[key][eval_rows])
+    predictive = []
+    for key, (a, b) in columns.items():
+        a, b = np.asarray(a, float).reshape(len(fit_rows), -1), np.asarray(b, float).reshape(len(eval_rows), -1)
+        score = _fit_score(a, y_fit, b, y_eval)
+        details["columns_alone"][key] = score
+        if score["beats"]:
+            predictive.append(f"{key} ({score['accuracy']:.2f})")
+    note = (f"; not in any prompt, but predictive alone (must stay out of prompts): {', '.join(predictive)}"
+            if predictive else "")
+    if failures:
+        return ProbeResult("metadata", "fail", "; ".join(failures) + note, details)
+    rates = ", ".join(f"{k} {v['accuracy']:.3f} (majority {v['rate']:.3f})" for k, v in details["carried"].items())
+    return ProbeResult("metadata", "pass", f"prompts without the galaxy do not beat the majority rate: {rates}{note}",
+                       details)
+
+
+# --- model controls ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """What a model control needs to know about a run (read from its `result.json` or `fingerprint.json`)."""
+
+    model: str
+    data_dir: str
+    modality: str = "image"
+    template: str | None = None
+    codec: str | None = None
+    rendering: str = "ints"
+    image_size: int = 112
+    split: str = "test"
+
+
+def control_rows(spec: RunSpec, split: str, *, max_samples: int, galaxy: str = "blank", seed: int = 0):
+    """(prompts, images, labels) of the first rows of a split, rendered with the run's template. `galaxy` is
+    `real` (the galaxy as trained), or `blank`: a black image (image arm) or another galaxy's codes (token arm)."""
+    from PIL import Image
+
+    from ..data.splits import load_manifest, load_split
+    from ..prompts import TEMPLATES
+    from ..training import _resize
+    from .lint import render_text
+
+    manifest = load_manifest(spec.data_dir)
+    view = load_split(spec.data_dir, split)
+    view = view.select(range(min(max_samples, len(view))))
+    labels = np.asarray(view["label"], np.int64)
+    rows = np.asarray(manifest.rows[split][: len(labels)], np.int64)
+    meta = _row_meta(load_split_data(manifest), rows, np.arange(len(rows)))
+    template = spec.template or TEMPLATES[spec.modality]
+    if spec.modality == "image":
+        prompts = [[{"role": "user", "content": render_text(template, "image", r)}] for r in meta]
+        if galaxy == "real":
+            images = [_resize(im, spec.image_size) for im in view["image"]]
+        else:
+            images = [Image.new("RGB", (spec.image_size, spec.image_size), (0, 0, 0))] * len(prompts)
+        return prompts, images, labels
+    from ..tokens import token_split
+
+    texts = list(token_split(spec.data_dir, split, spec.codec, spec.rendering)["tokens_text"][: len(labels)])
+    if galaxy != "real":
+        texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+    prompts = [[{"role": "user", "content": render_text(template, "tokens", r, representation=t)}]
+               for r, t in zip(meta, texts)]
+    return prompts, [None] * len(prompts), labels
+
+
+def _majority_rate(labels: np.ndarray) -> float:
+    return float(np.bincount(labels).max() / len(labels))
+
+
+def _score_backend(backend, prompts, images, labels) -> dict:
+    from ..rewards import parse_answer
+
+    generations = backend.generate(prompts, images)
+    predictions = [parse_answer(g.text) for g in generations]
+    correct = int(sum(p == y for p, y in zip(predictions, labels)))
+    return beats_rate(correct, len(labels), _majority_rate(labels))
+
+
+def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
+    """The run's model with the galaxy removed must not beat the majority-class rate. `backend` is anything with
+    `generate(prompts, images)` (default: the run's model through `TransformersBackend`)."""
+    from ..evaluation.backends import SamplingSettings, TransformersBackend
+
+    prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
+    if backend is None:
+        backend = TransformersBackend.from_pretrained(spec.model, SamplingSettings(max_new_tokens=32), batch_size=16)
+    score = _score_backend(backend, prompts, images, labels)
+    what = "a blank image" if spec.modality == "image" else "another galaxy's codes"
+    line = (f"with {what}, accuracy {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} "
+            f"(n={score['n']}, p={score['p_value']:.1e})")
+    if score["beats"]:
+        return ProbeResult("blank_input", "fail", line + ": the model answers without the galaxy (a shortcut)", score)
+    return ProbeResult("blank_input", "pass", line, score)
+
+
+def probe_label_permutation(spec: RunSpec, *, steps: int = 8, max_train: int = 64, max_samples: int = 64,
+                            seed: int = 0, learning_rate: float = 1e-4) -> ProbeResult:
+    """SFT the run's model for a few steps on permuted training labels (same prompts, same galaxies); scored on the
+    true labels of the evaluation split, it must stay at chance."""
+    import tempfile
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from ..evaluation.backends import SamplingSettings, TransformersBackend
+    from ..models import load_model_and_processor
+    from ..prompts import answer_text
+
+    prompts, images, labels = control_rows(spec, "train", max_samples=max_train, galaxy="real")
+    permuted = labels[np.random.default_rng(seed).permutation(len(labels))]
+    rows = {"prompt": prompts, "completion": [[{"role": "assistant", "content": answer_text(int(c))}] for c in permuted]}
+    if spec.modality == "image":
+        rows["image"] = images
+    model, processor = load_model_and_processor(spec.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=8, learning_rate=learning_rate,
+                           logging_steps=max(steps, 1), report_to=[], save_strategy="no", use_cpu=True, bf16=False,
+                           max_length=None, gradient_checkpointing=False, disable_tqdm=True, seed=seed)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=processor)
+        trainer.train()
+    backend = TransformersBackend(trainer.model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
+    test_prompts, test_images, test_labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
+    score = _score_backend(backend, test_prompts, test_images if spec.modality == "image" else None, test_labels)
+    line = (f"after {steps} steps on permuted labels, accuracy on the true {spec.split} labels {score['accuracy']:.3f} "
+            f"vs majority rate {score['rate']:.3f} (n={score['n']}, p={score['p_value']:.1e})")
+    if score["beats"]:
+        return ProbeResult("label_permutation", "fail", line + ": labels reach the model by another route", score)
+    return ProbeResult("label_permutation", "pass", line, score)
+
+
+# --- run records ---------------------------------------------------------------------------------------------------
+
+
+def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
+    from .fingerprint import compare_fingerprints
+
+    if len(runs) < 2:
+        return ProbeResult("seeds", "skip", "fewer than two runs with a fingerprint", {"runs": sorted(runs)})
+    problems = compare_fingerprints(runs)
+    if problems:
+        return ProbeResult("seeds", "fail", "; ".join(p["reason"] for p in problems), {"problems": problems})
+    return ProbeResult("seeds", "pass", f"{len(runs)} runs: different seeds have different fingerprints, no "
+                       "configuration and seed repeats", {"runs": sorted(runs)})
+
+
+def probe_ceiling(result_path, ceiling: float) -> ProbeResult:
+    from .gate import gate_result
+
+    verdict = gate_result(result_path, ceiling=ceiling)
+    return ProbeResult("ceiling", "fail" if verdict.suspect else "pass", verdict.reason, asdict(verdict))
+
+
+# --- the audit -----------------------------------------------------------------------------------------------------
+
+
+def _is_run_dir(path: Path) -> bool:
+    return any((path / f).is_file() for f in ("result.json", "fingerprint.json", "prompt_lint.json"))
+
+
+def run_spec(run_dir: Path) -> RunSpec | None:
+    """What the run's records say about its model and data (None when they do not say)."""
+    from .fingerprint import read_fingerprint
+    from .lint import read_lint_record
+
+    lint = read_lint_record(run_dir) or {}
+    values: dict = {}
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        config = json.loads(result_path.read_text()).get("config", {})
+        values = {k: config[k] for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split")
+                  if config.get(k) is not None}
+    fingerprint = read_fingerprint(run_dir) or {}
+    for k, v in fingerprint.get("extra", {}).items():
+        if k in ("data_dir", "modality", "codec", "rendering") and k not in values and v not in ("None", ""):
+            values[k] = v
+        if k == "image_size" and "image_size" not in values:
+            values[k] = int(v)
+    if "model" not in values and (run_dir / "config.json").is_file():
+        values["model"] = str(run_dir)
+    if lint.get("template"):
+        values["template"] = lint["template"]
+    if lint.get("modality") and "modality" not in values:
+        values["modality"] = lint["modality"]
+    if not values.get("data_dir"):
+        return None
+    return RunSpec(model=values.pop("model", ""), data_dir=values.pop("data_dir"), **values)
+
+
+def audit(
+    target,
+    *,
+    templates: dict[str, str] | None = None,
+    ceiling: float | None = None,
+    controls: bool = True,
+    max_samples: int = 64,
+    permutation_steps: int = 8,
+    blank_backend=None,
+) -> AuditReport:
+    """Run every probe that applies to `target`: a Galaxy10-schema HDF5 file, a prepared directory, a run directory
+    (training output or evaluation output) or a sweep directory (run directories inside)."""
+    from ..data.splits import MANIFEST_NAME, load_manifest, make_manifest
+    from .fingerprint import read_fingerprint
+    from .gate import DEFAULT_CEILING
+    from .lint import read_lint_record
+
+    ceiling = DEFAULT_CEILING if ceiling is None else ceiling
+    path = Path(target)
+    if not path.exists():
+        raise UserError(f"{target}: no such file or directory")
+    spec, runs, results = None, {}, []
+    if path.is_file():
+        kind, manifest = "data file", make_manifest(path)
+    elif (path / MANIFEST_NAME).is_file():
+        kind, manifest = "prepared data", load_manifest(path)
+    elif _is_run_dir(path):
+        kind, spec = "run", run_spec(path)
+        manifest = load_manifest(spec.data_dir) if spec else None
+        if (fp := read_fingerprint(path)) is not None:
+            runs[path.name] = fp
+        if (path / "result.json").is_file():
+            results.append(path / "result.json")
+    else:
+        subdirs = [d for d in sorted(path.iterdir()) if d.is_dir() and _is_run_dir(d)]
+        if not subdirs:
+            raise UserError(f"{target}: not a Galaxy10 file, a prepared directory, a run or a sweep of runs")
+        kind, manifest = "sweep", None
+        for d in subdirs:
+            if (fp := read_fingerprint(d)) is not None:
+                runs[d.name] = fp
+            if (d / "result.json").is_file():
+                results.append(d / "result.json")
+    report = AuditReport(str(path), kind)
+
+    if manifest is not None:
+        data = load_split_data(manifest)
+        report.probes.append(probe_row_order(data))
+        report.probes.append(probe_duplicates(data))
+        if templates is None:
+            from ..prompts import TEMPLATES
+
+            templates = dict(TEMPLATES)
+            lint = read_lint_record(path) if path.is_dir() else None
+            if lint and lint.get("template"):
+                templates = {lint["modality"]: lint["template"]}
+        report.probes.append(probe_metadata(data, templates))
+    if spec is not None and spec.model and controls:
+        report.probes.append(probe_blank_input(spec, backend=blank_backend, max_samples=max_samples))
+        report.probes.append(probe_label_permutation(spec, steps=permutation_steps, max_samples=max_samples))
+    elif kind == "run" and controls:
+        report.probes.append(ProbeResult("controls", "skip", "no model or data recorded for this run", {}))
+    if kind in ("run", "sweep"):
+        report.probes.append(probe_seeds(runs))
+        for result_path in results:
+            report.probes.append(probe_ceiling(result_path, ceiling))
+    return report

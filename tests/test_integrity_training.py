@@ -1,0 +1,124 @@
+"""Training alarms and seed fingerprints, on real trainers: TRL's SFTTrainer with the tiny Qwen2.5-VL, and
+`transformers.Trainer` with a tiny classifier; plus the alarm rules on log sequences (GRPO's keys)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from datasets import Dataset
+from integrity_helpers import BINS, PromptNumberModel
+from transformers import Trainer, TrainingArguments
+
+from astroreason.cli import main as cli
+from astroreason.integrity import SUSPECT_FILE
+from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms
+from astroreason.integrity.fingerprint import FINGERPRINT_FILE, RunFingerprint, compare_fingerprints, read_fingerprint
+
+
+def test_sft_on_a_trivial_task_raises_alarms(tiny_model_dir, tmp_path):
+    """Every prompt has the same answer: TRL's logged loss falls toward zero and its entropy collapses."""
+    from trl import SFTConfig, SFTTrainer
+
+    from astroreason.models import load_model_and_processor
+    from astroreason.prompts import answer_text
+
+    model, processor = load_model_and_processor(tiny_model_dir)
+    rows = {"prompt": [[{"role": "user", "content": f"Galaxy {i}."}] for i in range(32)],
+            "completion": [[{"role": "assistant", "content": answer_text(2)}]] * 32}
+    alarms, fingerprint = TrainingAlarms(), RunFingerprint(extra={"task": "trivial"})
+    config = SFTConfig(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8, learning_rate=1e-2,
+                       logging_steps=4, report_to=[], save_strategy="no", use_cpu=True, bf16=False, max_length=None,
+                       gradient_checkpointing=False, disable_tqdm=True, lr_scheduler_type="constant", seed=0)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=processor,
+                         callbacks=[alarms, fingerprint])
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged[-1]["loss"] < 0.02 and "entropy" in logged[-1]  # real TRL logs, driven to zero
+    rules = {a["rule"] for a in alarms.alarms}
+    assert {"loss_near_zero", "entropy_collapse"} <= rules
+    suspect = json.loads((tmp_path / SUSPECT_FILE).read_text())
+    assert suspect["suspect"] and {r["rule"] for r in suspect["reasons"]} == rules
+    record = read_fingerprint(tmp_path)
+    assert record["weights_sha256"] and record["first_batch_sha256"] and record["n_forwards"] == 4
+
+
+def feed(alarms: TrainingAlarms, key: str, values) -> list[str]:
+    return [a["rule"] for i, v in enumerate(values) for a in alarms.check({key: v}, step=i + 1)]
+
+
+def test_alarm_rules_on_log_sequences():
+    # GRPO: every group's rewards become identical after having varied.
+    assert feed(TrainingAlarms(), "frac_reward_zero_std", [0.2, 0.3, 0.1, 0.96, 1.0, 1.0, 1.0]) == [
+        "reward_variance_collapse"]
+    # An untrained policy that never varied (all completions wrong from the start) is not a collapse.
+    assert feed(TrainingAlarms(), "frac_reward_zero_std", [1.0] * 10) == []
+    assert feed(TrainingAlarms(), "rewards/accuracy_reward/mean", [0.1, 0.12, 0.15, 0.14, 0.16, 0.9]) == ["jump"]
+    assert feed(TrainingAlarms(), "entropy", [1.2, 1.1, 0.9, 0.08]) == ["entropy_collapse"]
+    assert feed(TrainingAlarms(), "loss", [2.3, 2.0, 1.9, 1.8, 0.2]) == ["loss_abrupt_fall"]
+    # A healthy run: slow, partial progress raises nothing; each rule fires once.
+    healthy = TrainingAlarms()
+    for i in range(30):
+        fired = healthy.check({"loss": 2.3 - 0.03 * i, "reward": 0.15 + 0.01 * i, "entropy": 1.5 - 0.02 * i,
+                               "frac_reward_zero_std": 0.3}, step=i)
+        assert fired == []
+    repeated = TrainingAlarms()
+    assert feed(repeated, "loss", [0.01, 0.005, 0.001]) == ["loss_near_zero"]
+    assert feed(TrainingAlarms(AlarmConfig(loss_floor=0.001)), "loss", [0.01]) == []
+
+
+def train_tiny(out_dir, *, seed, data_seed=None, save_steps=None, resume=None):
+    """A real Trainer run of a tiny classifier whose weights start at zero whatever the seed (forced identical)."""
+    rng = np.random.default_rng(0)
+    data = Dataset.from_dict({"x": rng.random((64, BINS + 1), dtype=np.float32).tolist(),
+                              "labels": rng.integers(0, 10, 64).tolist()})
+    args = TrainingArguments(output_dir=str(out_dir), max_steps=3, per_device_train_batch_size=8, learning_rate=0.1,
+                             report_to=[], save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+                             use_cpu=True, disable_tqdm=True, seed=seed, data_seed=data_seed)
+    trainer = Trainer(model=PromptNumberModel(), args=args, train_dataset=data, callbacks=[RunFingerprint()])
+    trainer.train(resume_from_checkpoint=resume)
+    return read_fingerprint(out_dir)
+
+
+def test_fingerprints_flag_seeds_that_are_not_different(tmp_path, capsys):
+    same = tmp_path / "sweep_forced"
+    a = train_tiny(same / "seed1", seed=1, data_seed=0)
+    b = train_tiny(same / "seed2", seed=2, data_seed=0)  # the data order forced too: one run under two seeds
+    assert a["seed"] != b["seed"] and a["weights_sha256"] == b["weights_sha256"]
+    assert a["first_batch_sha256"] == b["first_batch_sha256"]
+    assert [p["kind"] for p in compare_fingerprints({"seed1": a, "seed2": b})] == ["same_fingerprint"]
+    assert cli(["audit", str(same), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [p["status"] for p in report["probes"] if p["name"] == "seeds"] == ["fail"]
+
+    honest = tmp_path / "sweep_honest"
+    c = train_tiny(honest / "seed3", seed=3)
+    d = train_tiny(honest / "seed4", seed=4)  # same zero init, but the seed reaches the data order
+    assert c["weights_sha256"] == d["weights_sha256"] and c["first_batch_sha256"] != d["first_batch_sha256"]
+    assert compare_fingerprints({"seed3": c, "seed4": d}) == []
+    assert cli(["audit", str(honest)]) == 0
+
+    # The same configuration and seed twice in one sweep is one result counted twice.
+    e = train_tiny(same / "seed1_again", seed=1, data_seed=0)
+    kinds = {p["kind"] for p in compare_fingerprints({"seed1": a, "seed1_again": e})}
+    assert kinds == {"same_config_and_seed"}
+
+
+def test_resumed_run_keeps_its_first_fingerprint(tmp_path):
+    first = train_tiny(tmp_path, seed=5, save_steps=2)
+    assert (tmp_path / "checkpoint-2").is_dir()
+    resumed = train_tiny(tmp_path, seed=6, resume=str(tmp_path / "checkpoint-2"))
+    assert resumed == first and resumed["seed"] == 5
+    fresh = train_tiny(tmp_path / "fresh", seed=6)
+    assert fresh["seed"] == 6 and fresh["first_batch_sha256"] != first["first_batch_sha256"]
+
+
+@pytest.mark.parametrize("value", [0.951, 0.99])
+def test_gate_cli_refuses_above_ceiling(tmp_path, value, capsys):
+    result = {"config": {"modality": "image", "seed": 0}, "provenance": {},
+              "metrics": {"accuracy": value, "interval": {"accuracy": [value - 0.01, value + 0.01]}}}
+    (tmp_path / "result.json").write_text(json.dumps(result))
+    assert cli(["gate", str(tmp_path)]) == 1
+    assert "above the ceiling" in capsys.readouterr().err
+    assert cli(["gate", str(tmp_path / "result.json"), "--ceiling", "0.995"]) == 0
