@@ -207,6 +207,15 @@ def test_prepare_reuses_refuses_and_detects_edits(foreign, prepared, capsys):
         load_split(edited, "train")
     assert main(["data", "prepare", path, "--out", str(edited), "--seed", "3"]) == 2
     assert "edited by hand" in capsys.readouterr().err
+    # A damaged or missing split view is one line too, never a pyarrow traceback.
+    damaged = prepared.parent / "damaged"
+    prepare(path, damaged, seed=3)
+    (damaged / "splits" / "val.arrow").write_bytes(b"not arrow")
+    with pytest.raises(UserError, match="not a readable split view"):
+        load_split(damaged, "val")
+    (damaged / "splits" / "test.arrow").unlink()
+    with pytest.raises(UserError, match="missing"):
+        load_split(damaged, "test")
 
 
 def test_subset_flux_and_include_rows(tmp_path, capsys):

@@ -35,7 +35,7 @@ SPLITS_DIR = "splits"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 SUBSETS = ("all", "flux")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: one Arrow file per split (1 had save_to_disk directories)
 
 
 @dataclass
