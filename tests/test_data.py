@@ -170,16 +170,17 @@ def test_views_carry_image_label_and_name_only(foreign, prepared):
             assert np.array_equal(np.asarray(row["image"]), cols["images"][src])
             assert row["label"] == int(cols["ans"][src]) and row["label_name"] == DECALS_CLASSES[row["label"]]
         assert set(ds["label_name"]) <= set(DECALS_CLASSES)
-    # Nothing else on disk: the arrow files hold exactly these three columns, and no metadata names a row,
-    # an id or a coordinate.
-    for arrow in (prepared / "splits").rglob("*.arrow"):
+    # Nothing else on disk: one Arrow file per split holding exactly these three columns, and no metadata that
+    # names a row, an id or a coordinate.
+    assert sorted(p.name for p in (prepared / "splits").iterdir()) == sorted(f"{s}.arrow" for s in SPLIT_NAMES)
+    for arrow in (prepared / "splits").iterdir():
         with pa.memory_map(str(arrow)) as source:
             schema = pa.ipc.open_stream(source).schema
         assert schema.names == ["image", "label", "label_name"]
-    for meta in (prepared / "splits").rglob("*.json"):
-        names = re.findall(r'"([a-z_]+)"', meta.read_text().lower())
-        assert not set(names) & {"ra", "dec", "row", "rows", "index", "id", "idx", "objid", "redshift"}, meta
-    assert json.loads((prepared / "splits" / "test" / "state.json").read_text())["_split"] == "test"
+        meta = b" ".join(schema.metadata.values()).decode().lower() if schema.metadata else ""
+        names = set(re.findall(r'"([a-z_]+)"', meta))
+        assert not names & {"ra", "dec", "row", "rows", "index", "id", "idx", "objid", "redshift"}, arrow
+    assert load_split(prepared, "test").split == "test"
 
 
 def test_prepare_reuses_refuses_and_detects_edits(foreign, prepared, capsys):
@@ -206,6 +207,15 @@ def test_prepare_reuses_refuses_and_detects_edits(foreign, prepared, capsys):
         load_split(edited, "train")
     assert main(["data", "prepare", path, "--out", str(edited), "--seed", "3"]) == 2
     assert "edited by hand" in capsys.readouterr().err
+    # A damaged or missing split view is one line too, never a pyarrow traceback.
+    damaged = prepared.parent / "damaged"
+    prepare(path, damaged, seed=3)
+    (damaged / "splits" / "val.arrow").write_bytes(b"not arrow")
+    with pytest.raises(UserError, match="not a readable split view"):
+        load_split(damaged, "val")
+    (damaged / "splits" / "test.arrow").unlink()
+    with pytest.raises(UserError, match="missing"):
+        load_split(damaged, "test")
 
 
 def test_subset_flux_and_include_rows(tmp_path, capsys):

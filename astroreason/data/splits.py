@@ -4,7 +4,8 @@
 
     manifest.json        the split: rows of each split, seed, fractions, source file hash, per-split content hashes,
                          the duplicate groups kept together and the conflicting ones dropped; hashed (`hash`)
-    splits/<name>/       a `datasets.save_to_disk` view per split: `image` (PIL), `label` (ClassLabel), `label_name`
+    splits/<name>.arrow  a `datasets` view per split (`Dataset.from_file`): `image` (PIL), `label` (ClassLabel),
+                         `label_name`
 
 Nothing depends on row order. Every galaxy is placed by the content of its image (SHA-256 of its pixels), not by
 its row: the same file with its rows permuted gives the same galaxies in the same splits, and a class-sorted file is
@@ -19,7 +20,6 @@ inputs it is refused. Later steps (`load_split`, the token cache, evaluation) re
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ SPLITS_DIR = "splits"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 SUBSETS = ("all", "flux")
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: one Arrow file per split (1 had save_to_disk directories)
 
 
 @dataclass
@@ -170,7 +170,7 @@ def assign_units(unit_labels: np.ndarray, unit_sizes: np.ndarray, unit_keys: lis
         filled = np.zeros(3)
         total = unit_sizes[members].sum()
         for unit in members:
-            # Deficit after placing this unit: pick the split that stays furthest below its share.
+            # Give the unit to the split furthest below its share of the class (ties: train, val, test).
             deficit = target * total - filled
             deficit[target == 0] = -np.inf
             k = int(np.argmax(deficit))
@@ -284,29 +284,31 @@ def _split_rows(source: Path, rows: list[int], classes: list[str], batch: int = 
                 yield {"image": image, "label": label, "label_name": classes[label]}
 
 
-def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
-    """One `datasets` view per split under `out_dir/splits/`, streamed from the source file."""
-    from datasets import Dataset, NamedSplit
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+def split_path(prepared_dir, name: str) -> Path:
+    """The Arrow file holding one split's view."""
+    return Path(prepared_dir) / SPLITS_DIR / f"{name}.arrow"
 
-    source = Path(manifest.source_path)
-    if not progress:
-        disable_progress_bar()
-    try:
-        for name, rows in manifest.rows.items():
-            cache = out_dir / ".cache"
-            dataset = Dataset.from_generator(
-                _split_rows, gen_kwargs={"source": str(source), "rows": tuple(rows), "classes": tuple(manifest.classes)},
-                features=_features(manifest.classes), cache_dir=str(cache), keep_in_memory=False,
-                writer_batch_size=256, split=NamedSplit(name),
-            ) if rows else Dataset.from_dict({"image": [], "label": [], "label_name": []},
-                                             features=_features(manifest.classes), split=NamedSplit(name))
-            dataset.save_to_disk(str(out_dir / SPLITS_DIR / name))
-            del dataset
-            shutil.rmtree(cache, ignore_errors=True)
-    finally:
-        if not progress:
-            enable_progress_bar()
+
+def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
+    """One Arrow file per split under `out_dir/splits/`, streamed from the source file.
+
+    Written with datasets' own `ArrowWriter`, a batch at a time, straight to its place: no builder cache and no
+    `save_to_disk` copy, whose read-back through a memory map makes the resident set grow with the split.
+    """
+    from datasets.arrow_writer import ArrowWriter
+
+    features = _features(manifest.classes)
+    (out_dir / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
+    for name, rows in manifest.rows.items():
+        examples = _split_rows(Path(manifest.source_path), rows, manifest.classes)
+        if progress:
+            from rich.progress import track
+
+            examples = track(examples, total=len(rows), description=f"writing {name}")
+        with ArrowWriter(features=features, path=str(split_path(out_dir, name)), writer_batch_size=64) as writer:
+            for example in examples:
+                writer.write(features.encode_example(example))
+            writer.finalize()
 
 
 def prepare(
@@ -339,7 +341,7 @@ def prepare(
         if existing.identity() != manifest.identity():
             raise UserError(f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
                             "choose another --out")
-        missing = [s for s in existing.rows if not (out / SPLITS_DIR / s).is_dir()]
+        missing = [s for s in existing.rows if not split_path(out, s).is_file()]
         if missing:
             raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
         return out
@@ -352,15 +354,18 @@ def prepare(
 
 def load_split(prepared_dir, split: str):
     """The `datasets` view of one split: `image` (PIL), `label`, `label_name`, in the manifest's order."""
-    from datasets import load_from_disk
+    from datasets import Dataset, NamedSplit
 
     manifest = load_manifest(prepared_dir)
     if split not in manifest.rows:
         raise UserError(f"split: {prepared_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
-    path = Path(prepared_dir) / SPLITS_DIR / split
-    if not path.is_dir():
+    path = split_path(prepared_dir, split)
+    if not path.is_file():
         raise UserError(f"{path}: missing; the prepared directory is incomplete, prepare it again")
-    dataset = load_from_disk(str(path))
+    try:
+        dataset = Dataset.from_file(str(path), split=NamedSplit(split))
+    except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+        raise UserError(f"{path}: not a readable split view ({_first_line(err)}); prepare again") from None
     if len(dataset) != len(manifest.rows[split]):
         raise UserError(f"{path}: {len(dataset)} rows, but the manifest lists {len(manifest.rows[split])}")
     return dataset
