@@ -22,9 +22,10 @@ from astroreason.tokens import encode_prepared, load_codec, load_codes, matched_
 from astroreason.tokens.codec import check_inputs, read_inputs
 from astroreason.tokens.fsq import FSQCodec, FSQConfig, evaluate
 
-# Small enough to train in seconds on 2 busy cores: 64-px surrogate images resized to 32 px -> 8x8 codes.
+# Small enough to train in seconds on 2 busy cores: 64-px surrogate images resized to 32 px -> 8x8 codes, trained on
+# 16-px crops.
 SIZE, GRID = 32, 8
-TRAIN_ARGS = ["--size", str(SIZE), "--hidden", "8", "--steps", "40", "--batch-size", "16", "--seed", "0"]
+TRAIN_ARGS = ["--size", str(SIZE), "--hidden", "16", "--crop", "16", "--lr", "5e-3", "--steps", "40", "--batch-size", "16", "--seed", "0"]
 
 
 def cli(capsys, *args):
@@ -86,8 +87,8 @@ def test_train_reports_metrics_and_beats_an_untrained_codec(codec_dir, prepared_
     # An untrained codec of the same architecture reconstructs far worse.
     untrained = evaluate(FSQCodec(codec.config), inputs)
     assert held["mse"] < 0.5 * untrained["mse"], (held, untrained)
-    # The codebook did not collapse onto a handful of ids.
-    assert held["perplexity"] > 4 and held["codebook_usage"] > 2 / 4375
+    # The codebook did not collapse onto a handful of ids (seen before the latent was normalised: one id).
+    assert held["perplexity"] > 4 and held["codebook_usage"] * 4375 > 10
 
 
 def test_round_trip_codes_in_range_and_decode(codec_dir, prepared_dir):
@@ -290,3 +291,23 @@ def test_the_config_file_is_read(tmp_path, prepared_dir):
     assert isinstance(codec, FSQCodec) and codec.vocab_size == 125 and codec.grid_shape == (4, 4)
     assert codec.config.stretch == "arcsinh" and codec.config.size == 16
     assert FSQConfig.from_json(json.loads((out / "codec.json").read_text())["config"]) == codec.config
+
+
+def test_the_shipped_demo_config_trains(prepared_dir, tmp_path):
+    """tokenizers/fsq_rgb_96.json: codec fields and training settings; flags override either."""
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "tokenizers" / "fsq_rgb_96.json"
+    spec = json.loads(shipped.read_text())
+    out = tmp_path / "demo"
+    # The surrogate fixture is 64 px, so the 96-px codec is trained smaller here; everything else comes from the file.
+    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), "--config", str(shipped),
+                 "--size", "64", "--hidden", "8", "--steps", "2", "--batch-size", "4"]) == 0
+    meta = json.loads((out / "codec.json").read_text())
+    assert meta["config"]["levels"] == spec["config"]["levels"] and meta["config"]["size"] == 64
+    assert meta["training"]["crop"] == spec["training"]["crop"] and meta["training"]["lr"] == spec["training"]["lr"]
+    assert meta["training"]["steps"] == 2
+    # A trained codec's codec.json is itself a config: retraining from it keeps its settings.
+    again = tmp_path / "again"
+    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(again), "--config", str(out / "codec.json")]) == 0
+    assert json.loads((again / "codec.json").read_text())["codec_hash"] == meta["codec_hash"]  # same seed, same codec

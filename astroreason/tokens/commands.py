@@ -19,16 +19,18 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("train", help="train the built-in FSQ codec on Galaxy10-schema data")
     p.add_argument("--data", required=True, help="prepared split directory, or a Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="codec directory to write, e.g. tokenizers/<name>/")
-    p.add_argument("--config", help="JSON file of codec fields (see tokenizers/*.json); flags below override it")
+    p.add_argument("--config", help="JSON file: {\"config\": codec fields, \"training\": training fields} (see "
+                   "tokenizers/*.json, or a trained codec's codec.json); flags below override it")
     p.add_argument("--input", choices=["rgb", "flux"], help="rgb images (`images`) or g,r,i,z flux (`flux`)")
     p.add_argument("--size", type=int, help="input side in pixels, a multiple of 4 (default 96 -> 24x24 codes)")
     p.add_argument("--levels", help="FSQ levels, comma-separated (default 7,5,5,5,5 = 4375 codes, like AION)")
     p.add_argument("--hidden", type=int, help="convolution channels (default 32)")
-    p.add_argument("--steps", type=int, default=400, help="optimiser steps (default 400)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, sampling and batches (default 0)")
-    p.add_argument("--max-images", type=int, default=4096, help="cap on training images held in memory (default 4096)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--seed", type=int, help="seed for initialisation, sampling and batches (default 0)")
+    p.add_argument("--max-images", type=int, help="cap on training images held in memory (default 4096)")
+    p.add_argument("--crop", type=int, help="train on random crops of this side, a multiple of 4 (default: full size)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("encode", help="encode every row of a prepared manifest once into the token cache")
@@ -90,15 +92,22 @@ def _load_inputs(source, rows, spec) -> np.ndarray:
 
 
 def run_train(args) -> int:
+    from dataclasses import fields as dataclass_fields
+
     from .fsq import FSQConfig, TrainConfig, train_fsq
 
-    fields_json = {}
+    fields_json, training_json = {}, {}
     if args.config:
         try:
-            fields_json = json.loads(Path(args.config).read_text())
+            loaded = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise UserError(f"{args.config}: cannot read codec config ({err})") from None
-        fields_json = fields_json.get("config", fields_json)  # also accepts a trained codec's codec.json
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.config}: expected a JSON object")
+        # {"config": {...}, "training": {...}} (a tokenizers/*.json or a trained codec's codec.json), or bare fields.
+        fields_json = loaded.get("config", loaded) if "config" in loaded else {k: v for k, v in loaded.items() if k != "training"}
+        known = {f.name for f in dataclass_fields(TrainConfig)}
+        training_json = {k: v for k, v in loaded.get("training", {}).items() if k in known}  # codec.json adds provenance
     overrides = {"input": args.input, "size": args.size, "hidden": args.hidden}
     if args.levels:
         try:
@@ -106,7 +115,9 @@ def run_train(args) -> int:
         except ValueError:
             raise UserError(f"--levels: expected comma-separated integers, got {args.levels!r}") from None
     config = FSQConfig.from_json({**fields_json, **{k: v for k, v in overrides.items() if v is not None}})
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, max_images=args.max_images)
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "max_images": args.max_images, "crop": args.crop}
+    train = TrainConfig(**{**training_json, **{k: v for k, v in flags.items() if v is not None}})
     for name in ("steps", "batch_size", "max_images"):
         if getattr(train, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(train, name)}")
