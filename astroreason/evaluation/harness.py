@@ -278,10 +278,11 @@ class Evaluation:
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
         self.weights = model_fingerprint(config)
-        self.dataset = evaluation_dataset(config)
-        self.labels = [int(v) for v in self.dataset["label"]]
+        # Decoded once: the keys hash these exact rows and the backend is sent these exact rows.
+        self.rows = list(evaluation_dataset(config))
+        self.labels = [int(r["label"]) for r in self.rows]
         sampling = config.sampling()
-        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.dataset]
+        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
         self.done = read_cache(self.cache_path)
         self.n_from_cache = len({k for k in self.keys if k in self.done})
@@ -316,7 +317,7 @@ class Evaluation:
         budget = self._budget()
         if self.backend is None:
             self.backend = make_backend(self.config)
-        rows = [self.dataset[i] for i in positions]
+        rows = [self.rows[i] for i in positions]
         with Progress(disable=not self.progress, transient=True) as bar:
             task = bar.add_task(f"eval {self.config.modality} {self.config.split}", total=len(positions))
             for chunk in self.backend.stream([r["prompt"] for r in rows], [r.get("image") for r in rows], budget):
