@@ -422,3 +422,13 @@ class BudgetCallback(_trainer_callback_base()):
             dist.broadcast_object_list(box, src=0)
             return bool(box[0])
         return flag
+
+
+def budget_callback(max_dollars: float | None, *, prices: str = DEFAULT_PRICES, ledger: str = DEFAULT_LEDGER,
+                    price_gpu_hour: float | None = None, price_key: str | None = None, gpus: int | None = None,
+                    run: str | None = None) -> BudgetCallback:
+    """The training recipes' callback: this machine's GPU-hour price (refused if unknown, unless set), the project's
+    ledger and dollar cap. `trainer.add_callback(budget_callback(10.0))`."""
+    device, count = local_device()
+    price = gpu_price(prices, price_key or device, gpu_hour=price_gpu_hour)
+    return BudgetCallback(price, max_dollars, ledger=ledger, gpus=gpus, run=run)

@@ -35,7 +35,7 @@ def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
     except yaml.YAMLError as err:
         raise UserError(f"--config: not valid YAML ({str(err).splitlines()[0]})") from None
     except (ValueError, TypeError) as err:
-        raise UserError(f"--config: {str(err).splitlines()[0]}") from None
+        raise UserError(f"arguments: {str(err).splitlines()[0]}") from None
     return config
 
 
@@ -85,14 +85,11 @@ def run_budget_status(args) -> int:
 
 def run_budget_estimate(args) -> int:
     """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
-    from .harness import Evaluation, stratified_order
+    from .harness import Evaluation
 
     config = parse_eval_config(args.argv, prog="astroreason budget estimate")
     run = Evaluation(config)
-    pilot = stratified_order(run.labels, list(range(len(run.keys))), config.pilot_samples or 10)
-    todo = set(run.todo())
-    run.ask([i for i in pilot if i in todo])
-    estimate = run.estimate(pilot)
+    estimate = run.pilot(config.pilot_samples or 10)
     print("ESTIMATE " + json.dumps(estimate, sort_keys=True))
     return 0 if estimate["fits"] else 1
 

@@ -203,10 +203,19 @@ def append_records(path: Path, records: list[dict]) -> None:
 
 
 def evaluation_dataset(config: EvalConfig):
+    from datasets.utils.logging import disable_progress_bar
+
     from ..training import GalaxyScriptArguments, galaxy_dataset
+
+    disable_progress_bar()  # the harness shows its own progress; stderr stays for the one error line
+    from ..data.splits import load_manifest
 
     if not Path(config.data_dir).is_dir():
         raise UserError(f"data_dir: {config.data_dir} is not a prepared directory (run `astroreason data prepare`)")
+    rows = load_manifest(config.data_dir).rows
+    if config.split in rows and len(rows[config.split]) == 0:
+        # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
+        raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
     args = GalaxyScriptArguments(
         data_dir=config.data_dir, modality=config.modality, codec=config.codec, rendering=config.rendering,
         image_size=config.image_size,
@@ -268,11 +277,12 @@ class Evaluation:
         self.config, self.backend, self.progress = config, backend, progress
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
-        self.dataset = evaluation_dataset(config)
-        self.labels = [int(v) for v in self.dataset["label"]]
         self.weights = model_fingerprint(config)
+        # Decoded once: the keys hash these exact rows and the backend is sent these exact rows.
+        self.rows = list(evaluation_dataset(config))
+        self.labels = [int(r["label"]) for r in self.rows]
         sampling = config.sampling()
-        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.dataset]
+        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
         self.done = read_cache(self.cache_path)
         self.n_from_cache = len({k for k in self.keys if k in self.done})
@@ -307,7 +317,7 @@ class Evaluation:
         budget = self._budget()
         if self.backend is None:
             self.backend = make_backend(self.config)
-        rows = [self.dataset[i] for i in positions]
+        rows = [self.rows[i] for i in positions]
         with Progress(disable=not self.progress, transient=True) as bar:
             task = bar.add_task(f"eval {self.config.modality} {self.config.split}", total=len(positions))
             for chunk in self.backend.stream([r["prompt"] for r in rows], [r.get("image") for r in rows], budget):
@@ -324,9 +334,17 @@ class Evaluation:
                 self.n_asked += len(records)
                 bar.advance(task, len(records))
 
-    def estimate(self, pilot: list[int]) -> dict:
-        """Cost of the samples not yet answered, extrapolated from the answered pilot samples."""
-        answered = [self.done[self.keys[i]] for i in pilot if self.keys[i] in self.done]
+    def pilot(self, n: int) -> dict:
+        """Make sure at least n distinct inputs are answered (topping up with a class-stratified pick), then
+        estimate the cost of the rest from every answer in hand."""
+        answered = len({k for k in self.keys if k in self.done})
+        if answered < n:
+            self.ask(stratified_order(self.labels, self.todo(), n - answered))
+        return self.estimate()
+
+    def estimate(self) -> dict:
+        """Cost of the inputs not yet answered, extrapolated from the answered ones."""
+        answered = [self.done[k] for k in set(self.keys) if k in self.done]
         remaining = len(self.todo())
         if not answered:
             raise CheckFailed("estimate: no pilot sample was answered; nothing to extrapolate from")
@@ -414,9 +432,7 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
     estimate = None
     try:
         if config.pilot_samples > 0 and run.todo():
-            pilot = stratified_order(run.labels, run.todo(), config.pilot_samples)
-            run.ask(pilot)
-            estimate = run.estimate(pilot)
+            estimate = run.pilot(config.pilot_samples)
             print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
             if not estimate["fits"]:
                 message = (f"budget: the estimate for the remaining {estimate['remaining_samples']} samples exceeds "

@@ -38,6 +38,28 @@ def bootstrap_interval(values_fn, n: int, *, n_boot: int = 1000, seed: int = 0, 
             for k in draws[0]}
 
 
+def _bootstrap_point_metrics(y: np.ndarray, p: np.ndarray, num_classes: int, idx: np.ndarray) -> dict:
+    """`_point_metrics` for every resample at once (rows of `idx`), from per-resample confusion counts: the same
+    definitions as sklearn's (checked in the tests) at a thousandth of the cost of calling it a thousand times."""
+    k = num_classes
+    b = len(idx)
+    codes = y[idx] * (k + 1) + (p[idx] + 1) + (np.arange(b) * k * (k + 1))[:, None]  # column 0: unparseable
+    m = np.bincount(codes.ravel(), minlength=b * k * (k + 1)).reshape(b, k, k + 1)
+    tp = np.diagonal(m[:, :, 1:], axis1=1, axis2=2).astype(float)
+    support = m.sum(axis=2)
+    fp = m[:, :, 1:].sum(axis=1) - tp
+    fn = support - tp
+    present = support > 0
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=present)
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {
+        "accuracy": tp.sum(axis=1) / idx.shape[1],
+        "balanced_accuracy": recall.sum(axis=1) / present.sum(axis=1),
+        "macro_f1": f1.mean(axis=1),
+    }
+
+
 def classification_metrics(
     labels: Sequence[int],
     predictions: Sequence[int | None],
@@ -53,7 +75,8 @@ def classification_metrics(
         raise ValueError("no samples to score")
     classes = list(range(num_classes))
     point = _point_metrics(y, p, classes)
-    interval = bootstrap_interval(lambda idx: _point_metrics(y[idx], p[idx], classes), len(y), n_boot=n_boot, seed=seed)
+    draws = _bootstrap_point_metrics(y, p, num_classes, np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y))))
+    interval = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
     matrix = confusion_matrix(y, p, labels=classes + [PARSE_FAIL])[:num_classes]
     recall = recall_score(y, p, labels=classes, average=None, zero_division=0)
     counts = np.bincount(y, minlength=num_classes)

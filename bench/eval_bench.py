@@ -1,0 +1,132 @@
+"""Evaluation harness overhead, measured side by side in one run on the tiny model and the same samples:
+
+1. the full harness (`evaluate`: dataset, cache keys, budget gate + ledger, per-sample fsync, metrics with intervals)
+   against a bare `model.generate` loop over the same prompts and images with the same batch size (target <= 1.10);
+2. batched generation against one prompt at a time (the harness, batch 16 vs batch 1).
+
+Repeats alternate between the variants and the best of each is kept. Prints the figures and writes
+bench/results/eval_bench.json.
+
+    python bench/eval_bench.py [--samples 48] [--max-new-tokens 16] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def bare_loop(model, processor, rows, batch_size: int, max_new_tokens: int) -> float:
+    """The reference: chat template + processor + greedy generate + decode, nothing else."""
+    import torch
+
+    from astroreason.evaluation.backends import chat_messages
+
+    tokenizer = processor.tokenizer
+    tokenizer.padding_side = "left"
+    start = time.perf_counter()
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i : i + batch_size]
+        texts = [processor.apply_chat_template(chat_messages(r["prompt"], r["image"]), tokenize=False,
+                                               add_generation_prompt=True) for r in batch]
+        inputs = processor(text=texts, images=[r["image"] for r in batch], padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return time.perf_counter() - start
+
+
+def harness(config, backend, out_dir: Path) -> float:
+    from dataclasses import replace
+
+    from astroreason.evaluation.harness import evaluate
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    start = time.perf_counter()
+    evaluate(replace(config, output_dir=str(out_dir)), backend, progress=False)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_bench.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    from astroreason.data.splits import prepare
+    from astroreason.data.surrogate import synthesize
+    from astroreason.evaluation.backends import TransformersBackend
+    from astroreason.evaluation.harness import EvalConfig, evaluation_dataset
+    from astroreason.models import build_tiny_model, load_model_and_processor
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    work = Path(tempfile.mkdtemp(prefix="eval_bench."))
+    try:
+        source = synthesize(work / "g10.h5", n=240, size=64, seed=0, flux=False)
+        prepared = prepare(source, work / "prepared", seed=0)
+        model_dir = build_tiny_model(work / "tiny", arch="qwen2_5_vl", seed=0)
+        prices = work / "prices.yaml"
+        prices.write_text("gpu_hour:\n  cpu: 0.0\n")
+        config = EvalConfig(model=str(model_dir), data_dir=str(prepared), split="train", modality="image",
+                            image_size=56, max_samples=args.samples, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens, n_boot=1000, prices=str(prices),
+                            ledger=str(work / "spend.jsonl"), max_dollars=1.0)
+        model, processor = load_model_and_processor(model_dir)
+        model.eval()
+        # The bare loop asks the same prompts and images the harness builds.
+        rows = [dict(r) for r in evaluation_dataset(config)]
+        batched = TransformersBackend(model, processor, config.sampling(), batch_size=args.batch_size)
+        single = TransformersBackend(model, processor, config.sampling(), batch_size=1)
+        from dataclasses import replace
+
+        single_config = replace(config, batch_size=1)
+        bare_loop(model, processor, rows[: args.batch_size], args.batch_size, 2)  # warm-up
+        times = {"bare_generate": [], "harness": [], "harness_batch1": []}
+        for r in range(args.repeats):
+            times["bare_generate"].append(bare_loop(model, processor, rows, args.batch_size, args.max_new_tokens))
+            times["harness"].append(harness(config, batched, work / f"run-{r}"))
+            times["harness_batch1"].append(harness(single_config, single, work / f"run1-{r}"))
+        best = {k: min(v) for k, v in times.items()}
+        result = {
+            "samples": len(rows), "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats, "seconds": times, "best_seconds": best,
+            "harness_over_bare_generate": best["harness"] / best["bare_generate"],
+            "target_harness_over_bare_generate": 1.10,
+            "batched_speedup_over_one_at_a_time": best["harness_batch1"] / best["harness"],
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"samples {result['samples']}, batch {args.batch_size}, {args.max_new_tokens} new tokens, best of {args.repeats}")
+    print(f"bare model.generate loop : {best['bare_generate']:.2f} s")
+    print(f"harness (batch {args.batch_size:>2})      : {best['harness']:.2f} s   "
+          f"ratio {result['harness_over_bare_generate']:.3f} (target <= 1.10)")
+    print(f"harness (batch  1)       : {best['harness_batch1']:.2f} s   "
+          f"batched is {result['batched_speedup_over_one_at_a_time']:.2f}x faster")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
