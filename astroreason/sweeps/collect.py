@@ -16,7 +16,7 @@ from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, UserError
 from ..io import sha256_file, write_json_atomic, write_text_atomic
 from .plan import Manifest
 from .task import DONE, read_state
@@ -101,13 +101,17 @@ def arm_comparisons(manifest: Manifest, by_arm: dict[str, list[dict]]) -> dict:
         if not common:
             continue
         per_seed, labels, pa, pb = {}, [], [], []
-        for seed in common:
-            ra = runs.setdefault(seeds_a[seed]["dir"], load_run(seeds_a[seed]["dir"]))
-            rb = runs.setdefault(seeds_b[seed]["dir"], load_run(seeds_b[seed]["dir"]))
-            per_seed[str(seed)] = compare_runs(ra, rb, seed=seed)  # refuses runs on different galaxies
-            labels += [r["label"] for r in ra["records"]]
-            pa += [r["prediction"] for r in ra["records"]]
-            pb += [r["prediction"] for r in rb["records"]]
+        try:
+            for seed in common:
+                ra = runs.setdefault(seeds_a[seed]["dir"], load_run(seeds_a[seed]["dir"]))
+                rb = runs.setdefault(seeds_b[seed]["dir"], load_run(seeds_b[seed]["dir"]))
+                per_seed[str(seed)] = compare_runs(ra, rb, seed=seed)  # refuses runs on different galaxies
+                labels += [r["label"] for r in ra["records"]]
+                pa += [r["prediction"] for r in ra["records"]]
+                pb += [r["prediction"] for r in rb["records"]]
+        except UserError as err:  # e.g. arms over different data: no paired test, and the report says why
+            comparisons[f"{a} vs {b}"] = {"a": a, "b": b, "seeds": common, "not_paired": str(err)}
+            continue
         comparisons[f"{a} vs {b}"] = {"a": a, "b": b, "seeds": common, "per_seed": per_seed,
                                       "pooled": paired_comparison(labels, pa, pb, seed=0)}
     return comparisons
@@ -132,6 +136,9 @@ def render_sweep(manifest: Manifest, summary: dict, comparisons: dict, rows: lis
                   "| a vs b | seeds | pooled acc. a - b [95 % CI] | exact McNemar p (pooled) | p per seed |",
                   "|---|---|---|---|---|"]
         for name, c in comparisons.items():
+            if "not_paired" in c:
+                lines.append(f"| {name} | {len(c['seeds'])} | not paired: {c['not_paired']} | - | - |")
+                continue
             p = c["pooled"]
             lo, hi = p["difference_interval"]
             per_seed = ", ".join(f"{s}: {v['mcnemar_p_value']:.3g}" for s, v in c["per_seed"].items())

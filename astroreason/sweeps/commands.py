@@ -76,6 +76,9 @@ def run_collect(args) -> int:
     print_table(out["rows"], ["task", "arm", "seed", "accuracy", "balanced_accuracy", "macro_f1", "attempts",
                               "elapsed_s"], f"sweep {manifest.sweep.name}: {len(out['rows'])} results")
     for name, c in out["comparisons"].items():
+        if "not_paired" in c:
+            print(f"{name}: not paired ({c['not_paired']})")
+            continue
         p = c["pooled"]
         print(f"{name}: accuracy difference {p['accuracy_difference']:+.3f} "
               f"[{p['difference_interval'][0]:+.3f}, {p['difference_interval'][1]:+.3f}], "

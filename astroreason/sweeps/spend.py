@@ -33,7 +33,7 @@ class SweepLedger:
         with open(self.path, "rb") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH)
             data = f.read()
-        for n, line in enumerate(data.splitlines(), 1):
+        for line in data.splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
