@@ -1,12 +1,39 @@
-"""Generation backends: each turns a batch of conversational prompts (with an optional image each) into completions
-and reports the tokens it spent, so the budget can charge them.
+"""Generation backends: each turns conversational prompts (with an optional image each) into completions, passing
+every request (or local batch) through the budget gate before it is sent, and reporting what it spent.
+
+- `TransformersBackend`: batched `model.generate` on a local model (the default); charged by GPU-hours.
+- `VLLMBackend`: vLLM offline (`LLM.chat`), optional extra `astroreason[vllm]`; charged by GPU-hours.
+- `OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` server (vllm serve, `transformers serve`, hosted
+  APIs), with a concurrency limit, timeouts, retries with exponential backoff on 429/5xx and the API key read from an
+  environment variable; charged by the token usage each response reports.
+
+`stream(prompts, images, budget)` yields lists of `(position, Generation)` as they finish, so the harness saves each
+answer the moment it exists; `generate` collects them.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Iterator
 
-import torch
+from ..errors import CheckFailed, UserError
+
+BACKENDS = ("transformers", "vllm", "openai")
+
+
+class BackendError(CheckFailed):
+    """The backend could not answer (server unreachable, malformed response, retries exhausted)."""
 
 
 @dataclass
@@ -16,6 +43,8 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    attempts: int = 1
+    dollars: float = 0.0
 
 
 @dataclass
@@ -41,7 +70,74 @@ def chat_messages(prompt: list[dict], image=None) -> list[dict]:
     return prepare_multimodal_messages(prompt, images=[image]) if image is not None else prompt
 
 
-class TransformersBackend:
+def image_data_url(image) -> str:
+    """A PIL image as a base64 PNG data URL (lossless: the pixels the cache key hashed are the pixels sent)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def openai_messages(prompt: list[dict], image=None) -> list[dict]:
+    """OpenAI content parts: the image (as a data URL) before the text, as in training; text-only prompts stay plain."""
+    if image is None:
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    out, placed = [], False
+    for m in prompt:
+        if m["role"] == "user" and not placed:
+            parts = [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                     {"type": "text", "text": m["content"]}]
+            out.append({"role": "user", "content": parts})
+            placed = True
+        else:
+            out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    return "".join(m["content"] if isinstance(m["content"], str) else json.dumps(m["content"]) for m in prompt)
+
+
+class _Batched:
+    """Local backends: one gate reservation per batch. Its GPU time is predicted from the slowest sample so far,
+    so the dollar cap can be overshot by at most one batch."""
+
+    batch_size: int
+    sampling: SamplingSettings
+
+    def _per_sample_seconds(self) -> float:
+        return getattr(self, "_slowest", 0.0)
+
+    def _timed_batch(self, budget, n: int, prompt_tokens: int, run):
+        reservation = None
+        if budget is not None:
+            reservation = budget.reserve(requests=n, prompt_tokens=prompt_tokens,
+                                         completion_tokens=n * self.sampling.max_new_tokens,
+                                         seconds=self._per_sample_seconds() * n)
+        start = time.perf_counter()
+        try:
+            generations = run()
+        except BaseException:
+            if budget is not None:  # the GPU time was spent even if the batch failed
+                budget.charge(reservation, requests=n, seconds=time.perf_counter() - start, failed=True)
+            raise
+        seconds = time.perf_counter() - start
+        self._slowest = max(self._per_sample_seconds(), seconds / max(n, 1))
+        if budget is not None:
+            dollars = budget.charge(reservation, requests=n, seconds=seconds,
+                                    prompt_tokens=sum(g.prompt_tokens for g in generations),
+                                    completion_tokens=sum(g.completion_tokens for g in generations))
+            for g in generations:
+                g.dollars = dollars / n
+        return generations
+
+    def generate(self, prompts: list[list[dict]], images: list | None = None) -> list[Generation]:
+        out: dict[int, Generation] = {}
+        for chunk in self.stream(prompts, images):
+            out.update(chunk)
+        return [out[i] for i in range(len(prompts))]
+
+
+class TransformersBackend(_Batched):
     """Batched `model.generate` on a local model (the default backend)."""
 
     name = "transformers"
@@ -51,6 +147,8 @@ class TransformersBackend:
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
         self.tokenizer = tokenizer
+        eos = self.model.generation_config.eos_token_id
+        self._eos = set(eos if isinstance(eos, list) else [eos])
 
     @classmethod
     def from_pretrained(cls, model_dir: str, sampling: SamplingSettings, *, batch_size: int = 16, **kwargs):
@@ -59,35 +157,258 @@ class TransformersBackend:
         model, processor = load_model_and_processor(model_dir, **kwargs)
         return cls(model, processor, sampling, batch_size=batch_size)
 
-    @torch.no_grad()
-    def generate(self, prompts: list[list[dict]], images: list | None = None) -> list[Generation]:
+    def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
         images = images if images is not None else [None] * len(prompts)
-        out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
-            out += self._generate_batch(prompts[start : start + self.batch_size], images[start : start + self.batch_size])
-        return out
+            batch_prompts, batch_images = prompts[start : start + self.batch_size], images[start : start + self.batch_size]
+            inputs = self._inputs(batch_prompts, batch_images)
+            n_prompt = int(inputs["attention_mask"].sum())
+            generations = self._timed_batch(budget, len(batch_prompts), n_prompt, lambda: self._generate(inputs))
+            yield [(start + k, g) for k, g in enumerate(generations)]
 
-    def _generate_batch(self, prompts, images) -> list[Generation]:
+    def _inputs(self, prompts, images):
         texts = [
             self.processor.apply_chat_template(chat_messages(p, im), tokenize=False, add_generation_prompt=True)
             for p, im in zip(prompts, images)
         ]
         has_images = [im for im in images if im is not None]
-        inputs = self.processor(
-            text=texts, images=has_images or None, padding=True, return_tensors="pt"
-        ).to(self.model.device)
-        torch.manual_seed(self.sampling.seed)
-        generated = self.model.generate(
-            **inputs, **self.sampling.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id
+        return self.processor(text=texts, images=has_images or None, padding=True, return_tensors="pt").to(
+            self.model.device
         )
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
-        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+
+    def _generate(self, inputs) -> list[Generation]:
+        import torch
+
+        with torch.no_grad():
+            torch.manual_seed(self.sampling.seed)
+            generated = self.model.generate(
+                **inputs, **self.sampling.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id
+            )
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
-        for ids, n_prompt in zip(new_tokens, prompt_lengths):
-            # Count completion tokens up to and including the first end-of-sequence token; the rest is padding.
-            eos = self.model.generation_config.eos_token_id
-            eos = set(eos if isinstance(eos, list) else [eos])
-            ids = ids.tolist()
-            n = next((i + 1 for i, t in enumerate(ids) if t in eos), len(ids))
+        for ids, n_prompt in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist()):
+            # Completion tokens run up to and including the first end-of-sequence token; the rest is padding.
+            n = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
             results.append(Generation(self.tokenizer.decode(ids[:n], skip_special_tokens=True), int(n_prompt), n))
         return results
+
+
+class VLLMBackend(_Batched):
+    """vLLM offline inference (`LLM.chat` on a list of conversations); needs `pip install astroreason[vllm]` and a GPU."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, sampling: SamplingSettings, *, batch_size: int = 256, gpu_memory_utilization: float = 0.9,
+                 tensor_parallel_size: int = 1, image_tokens_bound: int = 1536, trust_remote_code: bool = False):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError:
+            raise UserError("backend: vllm is not installed; pip install 'astroreason[vllm]' (needs a GPU) "
+                            "or use --backend transformers") from None
+        self.sampling, self.batch_size, self.image_tokens_bound = sampling, batch_size, image_tokens_bound
+        self.llm = LLM(model=model, seed=sampling.seed, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
+        self.params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=max(sampling.temperature, 0.0),
+                                     top_p=sampling.top_p, seed=sampling.seed)
+
+    def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
+        images = images if images is not None else [None] * len(prompts)
+        for start in range(0, len(prompts), self.batch_size):
+            batch = list(zip(prompts[start : start + self.batch_size], images[start : start + self.batch_size]))
+            conversations = [openai_messages(p, im) for p, im in batch]
+            # Tokens are only known after the call: reserve the byte bound of the text plus the image allowance.
+            bound = sum(len(prompt_text(p).encode()) + 64 + (self.image_tokens_bound if im is not None else 0)
+                        for p, im in batch)
+
+            def run():
+                outputs = self.llm.chat(conversations, sampling_params=self.params, use_tqdm=False)
+                return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
+                        for o in outputs]
+
+            generations = self._timed_batch(budget, len(batch), bound, run)
+            yield [(start + k, g) for k, g in enumerate(generations)]
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible chat-completions server. Each request reserves its worst case (a prompt-token bound plus
+    `max_new_tokens`) before it is sent and is charged the usage its response reports.
+
+    The prompt bound is the prompt's UTF-8 byte count (a byte-level BPE never makes more tokens than bytes) plus a
+    chat-template allowance, plus `image_tokens_bound` per image; a response reporting more raises the allowance.
+    """
+
+    name = "openai"
+    RETRY_STATUS = (429, 500, 502, 503, 504)
+
+    def __init__(self, base_url: str, model: str, sampling: SamplingSettings, *, api_key_env: str | None = None,
+                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0,
+                 image_tokens_bound: int = 1536):
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise UserError(f"base_url: expected an http(s) URL of an OpenAI-compatible server, got {base_url!r}")
+        if concurrency < 1 or max_retries < 0 or timeout <= 0:
+            raise UserError("concurrency must be >= 1, max_retries >= 0 and request_timeout > 0")
+        self.url = base_url.rstrip("/") + ("" if base_url.rstrip("/").endswith("/v1") else "/v1") + "/chat/completions"
+        self.model, self.sampling = model, sampling
+        self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
+        self.image_tokens_bound = image_tokens_bound
+        self._overhead = 64
+        self._lock = threading.Lock()
+        self._key = None
+        if api_key_env:
+            self._key = os.environ.get(api_key_env)
+            if not self._key:
+                raise UserError(f"api_key_env: the environment variable {api_key_env} is not set (the API key is read "
+                                "from the environment only)")
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def _body(self, prompt, image) -> bytes:
+        s = self.sampling
+        body = {"model": self.model, "messages": openai_messages(prompt, image), "max_tokens": s.max_new_tokens,
+                "temperature": max(s.temperature, 0.0), "seed": s.seed, "stream": False}
+        if s.temperature > 0:
+            body["top_p"] = s.top_p
+        return json.dumps(body).encode()
+
+    def prompt_bound(self, prompt, image) -> int:
+        return len(prompt_text(prompt).encode()) + self._overhead + (self.image_tokens_bound if image is not None else 0)
+
+    def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
+        """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
+        submitted; a refusal while requests are in flight waits for them to settle (their real cost is usually
+        below their reservation) and tries again, so the run stops only when the next request cannot fit at all."""
+        from .budget import BudgetExhausted
+
+        images = images if images is not None else [None] * len(prompts)
+        queue = list(range(len(prompts)))
+        stop: Exception | None = None
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
+            pending: dict = {}
+            while queue or pending:
+                while queue and stop is None and len(pending) < self.concurrency:
+                    i = queue[0]
+                    bound = self.prompt_bound(prompts[i], images[i])
+                    try:
+                        reservation = None if budget is None else budget.reserve(
+                            requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens)
+                    except BudgetExhausted as err:
+                        if not pending:
+                            stop = err
+                        break
+                    queue.pop(0)
+                    pending[pool.submit(self._one, prompts[i], images[i], bound, budget, reservation)] = i
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    i = pending.pop(future)
+                    try:
+                        generation = future.result()
+                    except (CheckFailed, UserError) as err:  # the server failed for good: send nothing more
+                        stop = stop or err
+                        continue
+                    yield [(i, generation)]
+        if stop is not None:
+            raise stop
+
+    def _one(self, prompt, image, bound: int, budget, reservation) -> Generation:
+        try:
+            payload, attempts = self._send(self._body(prompt, image))
+        except _NotSent as err:
+            if budget is not None:
+                if isinstance(err, _MaybeBilled):
+                    budget.charge_worst_case(reservation, attempts=err.attempts, reason=err.kind)
+                else:
+                    budget.release(reservation, attempts=err.attempts, reason=err.kind)
+            raise BackendError(self._scrub(str(err))) from None
+        try:
+            text, prompt_tokens, completion_tokens = self._parse(payload)
+        except _Malformed as err:
+            if budget is not None:
+                budget.charge_worst_case(reservation, attempts=attempts, reason="malformed response")
+            raise BackendError(self._scrub(f"{self.url}: malformed response ({err})")) from None
+        if prompt_tokens > bound:
+            with self._lock:  # the template or the image took more than allowed for: widen the bound from now on
+                self._overhead = max(self._overhead, prompt_tokens - (bound - self._overhead))
+        dollars = 0.0
+        if budget is not None:
+            if prompt_tokens < 0:  # no usage reported: charge the worst case rather than guess low
+                dollars = budget.charge_worst_case(reservation, attempts=attempts, reason="no usage in response")
+            else:
+                dollars = budget.charge(reservation, requests=1, prompt_tokens=prompt_tokens,
+                                        completion_tokens=completion_tokens, attempts=attempts)
+        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempts, dollars)
+
+    def _send(self, body: bytes) -> tuple[dict | bytes, int]:
+        """POST with retries; returns (raw response bytes, attempts). Retries 429/5xx, timeouts and refused
+        connections with exponential backoff (and jitter), honouring a numeric Retry-After."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        last, sent = "", False
+        for attempt in range(1, self.max_retries + 2):
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            delay = self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return response.read(), attempt
+            except urllib.error.HTTPError as err:
+                sent = True
+                detail = err.read()[:200].decode(errors="replace").replace("\n", " ")
+                last = f"HTTP {err.code} {detail}".strip()
+                if err.code not in self.RETRY_STATUS:
+                    raise _NotSent(f"{self.url}: the server refused the request: {last}", attempt, "http error")
+                retry_after = err.headers.get("Retry-After", "") if err.headers else ""
+                if retry_after.replace(".", "", 1).isdigit():
+                    delay = min(float(retry_after), 60.0)
+            except urllib.error.URLError as err:
+                reason = err.reason
+                if isinstance(reason, (TimeoutError, socket.timeout)):
+                    sent, last = True, f"timed out after {self.timeout:g} s"
+                else:
+                    last = f"unreachable ({reason})"
+            except (TimeoutError, socket.timeout):
+                sent, last = True, f"timed out after {self.timeout:g} s"
+            except (ConnectionError, OSError) as err:  # reset or closed mid-response
+                sent, last = True, f"connection lost ({err.__class__.__name__})"
+            if attempt <= self.max_retries:
+                time.sleep(delay)
+        message = f"{self.url}: {last} after {self.max_retries + 1} attempts"
+        if sent and not last.startswith("HTTP"):
+            raise _MaybeBilled(message, self.max_retries + 1, "no answer")
+        raise _NotSent(message, self.max_retries + 1, "unreachable" if not sent else "server error")
+
+    @staticmethod
+    def _parse(raw: bytes) -> tuple[str, int, int]:
+        try:
+            payload = json.loads(raw)
+            message = payload["choices"][0]["message"]
+            text = message.get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise _Malformed(f"not JSON: {raw[:60]!r}") from None
+        except (KeyError, IndexError, TypeError, AttributeError) as err:
+            raise _Malformed(f"no choices[0].message.content ({err.__class__.__name__}: {err})") from None
+        usage = payload.get("usage") or {}
+        try:
+            return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        except (KeyError, TypeError, ValueError):
+            return text, -1, -1
+
+
+class _NotSent(Exception):
+    """The request was not served (never reached the server, or was refused): nothing was billed."""
+
+    def __init__(self, message: str, attempts: int, kind: str):
+        super().__init__(message)
+        self.attempts, self.kind = attempts, kind
+
+
+class _MaybeBilled(_NotSent):
+    """The server may have done the work (timeout, connection lost mid-answer): charged at the worst case."""
+
+
+class _Malformed(Exception):
+    pass

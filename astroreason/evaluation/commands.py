@@ -1,27 +1,54 @@
-"""`astroreason eval`: the same entry as eval/run.py, configured the TRL way (`--config file.yaml` plus overrides)."""
+"""`astroreason eval` (the same entry as eval/run.py, configured the TRL way: `--config file.yaml` plus overrides),
+`astroreason report RUN...` and `astroreason budget status|estimate`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 
-def parse_eval_config(argv: list[str]):
+def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
+    """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line."""
+    import yaml
     from trl import TrlParser
 
+    from ..errors import UserError
     from .harness import EvalConfig
 
-    (config,) = TrlParser((EvalConfig,), prog="astroreason eval").parse_args_and_config(args=argv)
+    parser = TrlParser((EvalConfig,), prog=prog)
+
+    def error(message):  # argparse would print the usage and exit; one line instead
+        raise UserError(f"arguments: {message}")
+
+    parser.error = error
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("--config: expected a YAML file")
+        path = argv[i + 1]
+        try:
+            open(path).close()
+        except OSError as err:
+            raise UserError(f"--config: cannot read {path} ({err.strerror})") from None
+    try:
+        (config,) = parser.parse_args_and_config(args=argv)
+    except yaml.YAMLError as err:
+        raise UserError(f"--config: not valid YAML ({str(err).splitlines()[0]})") from None
+    except (ValueError, TypeError) as err:
+        raise UserError(f"arguments: {str(err).splitlines()[0]}") from None
     return config
 
 
 def run_eval(argv: list[str]) -> int:
-    from ..errors import UserError
-    from .harness import evaluate, print_result_line
+    from .harness import IncompleteRun, evaluate, print_result_line
 
     config = parse_eval_config(argv)
-    if not config.model:
-        raise UserError("model: pass --model DIR (a checkpoint directory) or set `model:` in the config")
-    print_result_line(evaluate(config))
+    try:
+        result = evaluate(config)
+    except IncompleteRun as err:
+        print_result_line(err.result)  # the partial outcome, still one machine-readable line
+        raise
+    print_result_line(result)
     return 0
 
 
@@ -33,14 +60,65 @@ def run_report(args) -> int:
     return 0
 
 
+def run_budget_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .budget import Ledger
+
+    ledger = Ledger(args.ledger)
+    totals = ledger.totals()
+    table = Table(title=f"spend ledger {ledger.path}")
+    for column in ("run", "dollars", "requests", "prompt tokens", "completion tokens", "GPU-seconds"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for run, t in sorted(ledger.by_run().items()):
+        table.add_row(run, f"{t.dollars:.6f}", str(t.requests), str(t.prompt_tokens), str(t.completion_tokens),
+                      f"{t.gpu_seconds:.1f}")
+    Console().print(table)
+    status = {"ledger": str(ledger.path), **totals.to_json()}
+    if args.max_dollars is not None:
+        status["max_dollars"] = args.max_dollars
+        status["remaining_dollars"] = args.max_dollars - totals.committed_dollars
+    print("STATUS " + json.dumps(status, sort_keys=True))
+    return 0
+
+
+def run_budget_estimate(args) -> int:
+    """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
+    from .harness import Evaluation
+
+    config = parse_eval_config(args.argv, prog="astroreason budget estimate")
+    run = Evaluation(config)
+    estimate = run.pilot(config.pilot_samples or 10)
+    print("ESTIMATE " + json.dumps(estimate, sort_keys=True))
+    return 0 if estimate["fits"] else 1
+
+
 def add_parser(subparsers) -> None:
     r = subparsers.add_parser("report", help="Markdown + PNG report of evaluation runs, read from their results files.")
     r.add_argument("runs", nargs="+", help="Evaluation output directories (each with result.json and samples.jsonl).")
     r.add_argument("--out", default="runs/report", help="Report directory (replaced atomically).")
     r.set_defaults(func=run_report)
 
+    # prefix_chars="+": every `--key value` goes through untouched to the TRL-style parser of EvalConfig.
     p = subparsers.add_parser(
-        "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False
+        "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False,
+        prefix_chars="+",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: run_eval(args.argv))
+
+    from .budget import DEFAULT_LEDGER
+
+    b = subparsers.add_parser("budget", help="The project's spend ledger: status, or a cost estimate from a pilot.")
+    sub = b.add_subparsers(dest="budget_command", metavar="ACTION", required=True)
+    s = sub.add_parser("status", help="Totals of the spend ledger, per run.")
+    s.add_argument("--ledger", default=DEFAULT_LEDGER, help=f"Ledger file (default {DEFAULT_LEDGER}).")
+    s.add_argument("--max-dollars", type=float, help="Show what remains under this cap.")
+    s.set_defaults(func=run_budget_status)
+    e = sub.add_parser(
+        "estimate", add_help=False, prefix_chars="+",
+        help="Run a stratified pilot of an eval config (--pilot_samples N, default 10) and print the cost of the rest.",
+    )
+    e.add_argument("argv", nargs=argparse.REMAINDER)
+    e.set_defaults(func=run_budget_estimate)

@@ -1,9 +1,11 @@
 """The evaluation harness: a model + a prepared split -> per-sample JSONL (cached by content hash) -> metrics with
-intervals -> `result.json` and one final `RESULT {json}` line.
+intervals -> `result.json` and one final `RESULT {json}` line, every request paid for through the budget gate.
 
 A sample's cache key hashes everything that decides its answer: the exact prompt (template and, for the token arm, the
-token text), the image's pixels, the checkpoint's weights and the sampling settings. A killed run resumes without
-re-asking a finished sample, and a changed checkpoint at the same path is never served from the cache.
+token text), the image's pixels, the checkpoint's weights (or the served model's name) and the sampling settings. A
+killed run resumes without re-asking a finished sample, and a changed checkpoint at the same path is never served
+from the cache. Each answer is appended (and fsync'd) the moment it exists, so a run stopped by a cap, a dead server
+or a kill keeps every answer it paid for.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import sha256_bytes, sha256_json, write_json_atomic
+from ..errors import CheckFailed, UserError
+from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
 from ..provenance import provenance
-from .backends import SamplingSettings
+from .backends import BACKENDS, SamplingSettings
+from .budget import DEFAULT_LEDGER, DEFAULT_PRICES, Budget, BudgetExhausted, Caps, Ledger
+
+# samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
+# predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
+CACHE_NAME, PREDICTIONS_NAME, RESULT_NAME = "samples.jsonl", "predictions.jsonl", "result.json"
 
 
 @dataclass
@@ -26,7 +33,8 @@ class EvalConfig:
     """One evaluation run.
 
     Args:
-        model: Checkpoint directory (or Hub name) of the model to evaluate.
+        model: Checkpoint directory (or Hub name) of the model to evaluate. With `backend: openai` it may name the
+            served checkpoint's local directory (its weights hash then keys the cache) or just the served model.
         data_dir: Prepared split directory (`astroreason data prepare`).
         split: Split to evaluate.
         modality: `image` or `tokens`.
@@ -35,11 +43,37 @@ class EvalConfig:
         image_size: Side in pixels images are resized to (as in training).
         output_dir: Where `samples.jsonl` and `result.json` go; rerunning into it resumes.
         max_samples: Evaluate only the first N rows of the split (rows are a seeded shuffle).
-        batch_size: Prompts per generate call.
-        max_new_tokens: Completion budget per sample.
+        batch_size: Prompts per generate call (local backends).
+        max_new_tokens: Completion budget per sample (also the completion part of each request's worst case).
         temperature: 0 for greedy decoding.
+        top_p: Nucleus sampling mass (when temperature > 0).
         seed: Sampling seed.
         n_boot: Bootstrap resamples for the intervals.
+        backend: `transformers` (local, batched), `vllm` (local, optional extra) or `openai` (an OpenAI-compatible
+            server at `base_url`).
+        base_url: Server URL for `backend: openai`, e.g. http://127.0.0.1:8000/v1.
+        server_model: Model name sent to the server (default: `model`).
+        api_key_env: Name of the environment variable holding the API key; the key itself is never written anywhere.
+        concurrency: Requests in flight at once (`backend: openai`).
+        request_timeout: Seconds before a request is abandoned (and retried).
+        max_retries: Retries of a request after a 429/5xx, a timeout or a refused connection (exponential backoff).
+        retry_backoff: First backoff in seconds; doubled on each retry.
+        image_tokens_bound: Worst-case prompt tokens of one image, reserved before an image request is sent.
+        prices: Price table (YAML): per million input/output tokens for APIs, per GPU-hour for local devices.
+        price_key: Entry of the price table to use (default: the served model for APIs, the device for local).
+        price_input_per_million: Set the API input price yourself (dollars per million tokens).
+        price_output_per_million: Set the API output price yourself (dollars per million tokens).
+        price_gpu_hour: Set the local device price yourself (dollars per GPU-hour).
+        gpus: GPUs a local backend occupies (charged per GPU-hour; default: all visible, 1 on a CPU).
+        max_dollars: Cap on the project's total spend in dollars, as the ledger records it (shared by all runs).
+        max_tokens: Cap on the project's total tokens (prompt + completion) in the ledger.
+        max_requests: Cap on the project's total requests in the ledger.
+        max_seconds: Cap on this run's wall-clock seconds.
+        ledger: The project's spend ledger (JSONL), shared by every run and training job.
+        pilot_samples: Evaluate this many samples first (stratified by class), print the cost estimate of the rest,
+            and refuse to go on if it would not fit under the caps.
+        vllm_gpu_memory_utilization: Share of GPU memory vLLM may take.
+        trust_remote_code: Let a checkpoint run its own code (off by default).
     """
 
     model: str = ""
@@ -54,20 +88,85 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 32
     temperature: float = 0.0
+    top_p: float = 1.0
     seed: int = 0
     n_boot: int = field(default=1000)
+    backend: str = "transformers"
+    base_url: str | None = None
+    server_model: str | None = None
+    api_key_env: str | None = None
+    concurrency: int = 4
+    request_timeout: float = 120.0
+    max_retries: int = 4
+    retry_backoff: float = 1.0
+    image_tokens_bound: int = 1536
+    prices: str = DEFAULT_PRICES
+    price_key: str | None = None
+    price_input_per_million: float | None = None
+    price_output_per_million: float | None = None
+    price_gpu_hour: float | None = None
+    gpus: int | None = None
+    max_dollars: float | None = None
+    max_tokens: int | None = None
+    max_requests: int | None = None
+    max_seconds: float | None = None
+    ledger: str = DEFAULT_LEDGER
+    pilot_samples: int = 0
+    vllm_gpu_memory_utilization: float = 0.9
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise UserError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.modality not in ("image", "tokens"):
+            raise UserError(f"modality: expected image or tokens, got {self.modality!r}")
+        if self.backend == "openai" and not self.base_url:
+            raise UserError("base_url: backend openai needs --base_url http://HOST:PORT/v1")
+        numbers = {"batch_size": int, "max_new_tokens": int, "n_boot": int, "concurrency": int, "max_retries": int,
+                   "pilot_samples": int, "image_tokens_bound": int, "temperature": float, "top_p": float,
+                   "request_timeout": float, "retry_backoff": float}
+        for name, kind in numbers.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                raise UserError(f"{name}: expected a{'n integer' if kind is int else ' number'}, got {value!r}")
+        for name in ("batch_size", "max_new_tokens", "n_boot", "concurrency"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("max_samples", "max_dollars", "max_tokens", "max_requests", "max_seconds", "gpus",
+                     "price_input_per_million", "price_output_per_million", "price_gpu_hour"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise UserError(f"{name}: expected a non-negative number, got {value!r}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise UserError(f"max_samples: must be at least 1, got {self.max_samples}")
 
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed)
+        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                seed=self.seed)
+
+    def caps(self) -> Caps:
+        return Caps(self.max_dollars, self.max_tokens, self.max_requests, self.max_seconds)
 
 
-def model_fingerprint(model: str) -> str:
-    """The weights hash of a local checkpoint (a changed checkpoint at the same path gets a new key)."""
+class IncompleteRun(CheckFailed):
+    """The run stopped before every sample was answered (a cap, a failing server); what it finished is saved and
+    `result` (also in result.json) says how far it got."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
+
+
+def model_fingerprint(config: EvalConfig) -> str:
+    """The weights hash of a local checkpoint (a changed checkpoint at the same path gets a new key); for a served
+    model with no local directory, the served name."""
     from ..models import weights_hash
 
-    if not Path(model).is_dir():
-        return sha256_bytes("hub", model)
-    return weights_hash(model)
+    if Path(config.model).is_dir():
+        return weights_hash(config.model)
+    if config.backend != "openai":
+        raise UserError(f"model: {config.model} is not a checkpoint directory")
+    return sha256_bytes("served", config.server_model or config.model)
 
 
 def sample_key(prompt: list[dict], image, weights: str, sampling: SamplingSettings) -> str:
@@ -89,7 +188,14 @@ def read_cache(path: Path) -> dict[str, dict]:
 
 
 def append_records(path: Path, records: list[dict]) -> None:
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with open(path, "a") as f:
+        if torn:
+            f.write("\n")  # a line torn by a kill stays a line of its own (and is ignored)
         for record in records:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
@@ -97,8 +203,19 @@ def append_records(path: Path, records: list[dict]) -> None:
 
 
 def evaluation_dataset(config: EvalConfig):
+    from datasets.utils.logging import disable_progress_bar
+
     from ..training import GalaxyScriptArguments, galaxy_dataset
 
+    disable_progress_bar()  # the harness shows its own progress; stderr stays for the one error line
+    from ..data.splits import load_manifest
+
+    if not Path(config.data_dir).is_dir():
+        raise UserError(f"data_dir: {config.data_dir} is not a prepared directory (run `astroreason data prepare`)")
+    rows = load_manifest(config.data_dir).rows
+    if config.split in rows and len(rows[config.split]) == 0:
+        # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
+        raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
     args = GalaxyScriptArguments(
         data_dir=config.data_dir, modality=config.modality, codec=config.codec, rendering=config.rendering,
         image_size=config.image_size,
@@ -109,70 +226,239 @@ def evaluation_dataset(config: EvalConfig):
     return dataset
 
 
-def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict:
-    """Run (or resume) one evaluation; returns the result that is also written to `output_dir/result.json`."""
-    from rich.progress import Progress
+def make_price(config: EvalConfig):
+    """The price this run pays, refused (fail closed) when neither the table nor the user sets one."""
+    from .budget import api_price, gpu_price, local_device
 
-    from ..data.galaxy10 import DECALS_CLASSES
-    from ..rewards import parse_answer
-    from .backends import TransformersBackend
-    from .metrics import classification_metrics
+    if config.backend == "openai":
+        key = config.price_key or config.server_model or config.model
+        return api_price(config.prices, key, input_per_million=config.price_input_per_million,
+                         output_per_million=config.price_output_per_million), 1
+    device, count = local_device()
+    return gpu_price(config.prices, config.price_key or device, gpu_hour=config.price_gpu_hour), config.gpus or count
 
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cache_path = out / "samples.jsonl"
-    dataset = evaluation_dataset(config)
+
+def make_backend(config: EvalConfig):
+    from .backends import OpenAIBackend, TransformersBackend, VLLMBackend
+
     sampling = config.sampling()
-    weights = model_fingerprint(config.model)
-    keys = [sample_key(row["prompt"], row.get("image"), weights, sampling) for row in dataset]
-    done = read_cache(cache_path)
-    todo = [i for i, k in enumerate(keys) if k not in done]
-    if todo and backend is None:
-        backend = TransformersBackend.from_pretrained(config.model, sampling, batch_size=config.batch_size)
-
-    started = time.monotonic()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"eval {config.modality} {config.split}", total=len(keys), completed=len(keys) - len(todo))
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start : start + config.batch_size]
-            rows = [dataset[i] for i in batch]
-            generations = backend.generate([r["prompt"] for r in rows], [r.get("image") for r in rows])
-            records = [
-                {"key": keys[i], "index": i, "label": r["label"], "completion": g.text, "prediction": parse_answer(g.text),
-                 "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens}
-                for i, r, g in zip(batch, rows, generations)
-            ]
-            append_records(cache_path, records)
-            done.update({rec["key"]: rec for rec in records})
-            bar.advance(task, len(batch))
-
-    records = [done[k] for k in keys]
-    metrics = classification_metrics(
-        [r["label"] for r in records], [r["prediction"] for r in records], len(DECALS_CLASSES),
-        n_boot=config.n_boot, seed=config.seed,
-    )
-    result = {
-        "config": asdict(config),
-        "provenance": provenance(asdict(config), data_dir=config.data_dir, seed=config.seed),
-        "weights_sha256": weights,
-        "n_asked_this_run": len(todo),
-        "n_from_cache": len(keys) - len(todo),
-        "seconds": round(time.monotonic() - started, 3),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-        "completion_tokens": sum(r["completion_tokens"] for r in records),
-        "metrics": metrics,
-    }
-    write_json_atomic(out / "result.json", result)
-    return result
+    if config.backend == "openai":
+        return OpenAIBackend(config.base_url, config.server_model or config.model, sampling,
+                             api_key_env=config.api_key_env, concurrency=config.concurrency,
+                             timeout=config.request_timeout, max_retries=config.max_retries,
+                             backoff=config.retry_backoff, image_tokens_bound=config.image_tokens_bound)
+    if config.backend == "vllm":
+        return VLLMBackend(config.model, sampling, batch_size=config.batch_size,
+                           gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                           image_tokens_bound=config.image_tokens_bound, trust_remote_code=config.trust_remote_code)
+    return TransformersBackend.from_pretrained(config.model, sampling, batch_size=config.batch_size,
+                                               trust_remote_code=config.trust_remote_code)
 
 
-def print_result_line(result: dict, file=sys.stdout) -> None:
-    """The one line a script or an agent reads: `RESULT {json}`."""
-    m = result["metrics"]
+def stratified_order(labels: list[int], positions: list[int], n: int) -> list[int]:
+    """Up to n of `positions`, dealt round-robin over the classes (in split order within a class)."""
+    by_class: dict[int, list[int]] = {}
+    for p in positions:
+        by_class.setdefault(int(labels[p]), []).append(p)
+    queues, out = [by_class[c] for c in sorted(by_class)], []
+    while len(out) < n and any(queues):
+        for q in queues:
+            if q and len(out) < n:
+                out.append(q.pop(0))
+    return out
+
+
+class Evaluation:
+    """One evaluation run, step by step: `prepare` (data, keys, cache), `ask` (spend), `finish` (metrics, result)."""
+
+    def __init__(self, config: EvalConfig, backend=None, *, progress: bool = True):
+        if not config.model:
+            raise UserError("model: pass --model DIR (a checkpoint directory) or set `model:` in the config")
+        self.config, self.backend, self.progress = config, backend, progress
+        self.out = Path(config.output_dir)
+        self.cache_path = self.out / CACHE_NAME
+        self.weights = model_fingerprint(config)
+        self.dataset = evaluation_dataset(config)
+        self.labels = [int(v) for v in self.dataset["label"]]
+        sampling = config.sampling()
+        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.dataset]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.done = read_cache(self.cache_path)
+        self.n_from_cache = len({k for k in self.keys if k in self.done})
+        self.n_asked = 0
+        self.started = time.monotonic()
+        self.budget: Budget | None = None
+
+    def todo(self) -> list[int]:
+        """Positions still to ask, one per distinct key: galaxies with identical input share one paid answer."""
+        seen, out = set(), []
+        for i, k in enumerate(self.keys):
+            if k not in self.done and k not in seen:
+                seen.add(k)
+                out.append(i)
+        return out
+
+    def _budget(self) -> Budget:
+        if self.budget is None:
+            price, gpus = make_price(self.config)
+            self.budget = Budget(Ledger(self.config.ledger), price, self.config.caps(), gpus=gpus)
+        return self.budget
+
+    def ask(self, positions: list[int]) -> None:
+        """Answer these samples through the gate, saving each answer as it arrives. Raises BudgetExhausted or a
+        BackendError when it has to stop (what finished is saved)."""
+        from rich.progress import Progress
+
+        from ..rewards import parse_answer
+
+        if not positions:
+            return
+        budget = self._budget()
+        if self.backend is None:
+            self.backend = make_backend(self.config)
+        rows = [self.dataset[i] for i in positions]
+        with Progress(disable=not self.progress, transient=True) as bar:
+            task = bar.add_task(f"eval {self.config.modality} {self.config.split}", total=len(positions))
+            for chunk in self.backend.stream([r["prompt"] for r in rows], [r.get("image") for r in rows], budget):
+                records = []
+                for k, g in chunk:
+                    i = positions[k]
+                    records.append({
+                        "key": self.keys[i], "index": i, "label": self.labels[i], "completion": g.text,
+                        "prediction": parse_answer(g.text), "prompt_tokens": g.prompt_tokens,
+                        "completion_tokens": g.completion_tokens, "attempts": g.attempts, "dollars": g.dollars,
+                    })
+                append_records(self.cache_path, records)
+                self.done.update({r["key"]: r for r in records})
+                self.n_asked += len(records)
+                bar.advance(task, len(records))
+
+    def pilot(self, n: int) -> dict:
+        """Make sure at least n distinct inputs are answered (topping up with a class-stratified pick), then
+        estimate the cost of the rest from every answer in hand."""
+        answered = len({k for k in self.keys if k in self.done})
+        if answered < n:
+            self.ask(stratified_order(self.labels, self.todo(), n - answered))
+        return self.estimate()
+
+    def estimate(self) -> dict:
+        """Cost of the inputs not yet answered, extrapolated from the answered ones."""
+        answered = [self.done[k] for k in set(self.keys) if k in self.done]
+        remaining = len(self.todo())
+        if not answered:
+            raise CheckFailed("estimate: no pilot sample was answered; nothing to extrapolate from")
+        mean = lambda field: sum(r.get(field, 0) for r in answered) / len(answered)  # noqa: E731
+        totals = self._budget().ledger.totals()
+        caps = self.config.caps()
+        estimate = {
+            "pilot_samples": len(answered),
+            "remaining_samples": remaining,
+            "dollars_per_sample": mean("dollars"),
+            "tokens_per_sample": mean("prompt_tokens") + mean("completion_tokens"),
+            "estimated_dollars": mean("dollars") * remaining,
+            "estimated_tokens": round((mean("prompt_tokens") + mean("completion_tokens")) * remaining),
+            "estimated_requests": remaining,
+            "ledger_committed_dollars": totals.committed_dollars,
+            "max_dollars": caps.max_dollars,
+        }
+        over = []
+        if caps.max_dollars is not None and totals.committed_dollars + estimate["estimated_dollars"] > caps.max_dollars:
+            over.append("dollars")
+        if caps.max_tokens is not None and totals.committed_tokens + estimate["estimated_tokens"] > caps.max_tokens:
+            over.append("tokens")
+        if caps.max_requests is not None and totals.committed_requests + remaining > caps.max_requests:
+            over.append("requests")
+        estimate["fits"] = not over
+        estimate["over"] = over
+        return estimate
+
+    def finish(self, status: str = "complete", error: str | None = None, estimate: dict | None = None) -> dict:
+        """Metrics over the answered samples and `result.json` (status `complete` only if every sample is in)."""
+        from ..data.galaxy10 import DECALS_CLASSES
+        from .metrics import classification_metrics
+
+        finished = [{**self.done[k], "index": i, "label": self.labels[i]} for i, k in enumerate(self.keys)
+                    if k in self.done]
+        metrics = None
+        if finished:
+            metrics = classification_metrics(
+                [r["label"] for r in finished], [r["prediction"] for r in finished], len(DECALS_CLASSES),
+                n_boot=self.config.n_boot, seed=self.config.seed,
+            )
+        config = asdict(self.config)
+        spend = {}
+        if self.budget is not None:
+            run = self.budget.ledger.by_run().get(self.budget.run)
+            totals = self.budget.ledger.totals()
+            spend = {"run_id": self.budget.run, "price": asdict(self.budget.price), "gpus": self.budget.gpus,
+                     "this_run": run.to_json() if run else None, "ledger": str(self.budget.ledger.path),
+                     "ledger_totals": totals.to_json()}
+        result = {
+            "status": status if len(finished) == len(self.keys) or status != "complete" else "incomplete",
+            "error": error,
+            "config": config,
+            "provenance": provenance(config, data_dir=self.config.data_dir, seed=self.config.seed),
+            "weights_sha256": self.weights,
+            "n_total": len(self.keys),
+            "n_done": len(finished),
+            "n_distinct_inputs": len(set(self.keys)),
+            "n_asked_this_run": self.n_asked,
+            "n_from_cache": self.n_from_cache,
+            "seconds": round(time.monotonic() - self.started, 3),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in finished),
+            "completion_tokens": sum(r["completion_tokens"] for r in finished),
+            # What the answers in use cost when they were bought (each distinct input paid once, whichever run).
+            "dollars": sum(self.done[k].get("dollars", 0.0) for k in set(self.keys) if k in self.done),
+            "spend": spend,
+            "estimate": estimate,
+            "metrics": metrics,
+        }
+        fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
+        write_text_atomic(self.out / PREDICTIONS_NAME,
+                          "".join(json.dumps({f: r[f] for f in fields}, sort_keys=True) + "\n" for r in finished))
+        write_json_atomic(self.out / RESULT_NAME, result)
+        return result
+
+
+def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict:
+    """Run (or resume) one evaluation; returns the result also written to `output_dir/result.json`.
+
+    Raises `IncompleteRun` (exit 1, with the partial result) when a cap or the backend stops it early.
+    """
+    from .backends import BackendError
+
+    run = Evaluation(config, backend, progress=progress)
+    estimate = None
+    try:
+        if config.pilot_samples > 0 and run.todo():
+            estimate = run.pilot(config.pilot_samples)
+            print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
+            if not estimate["fits"]:
+                message = (f"budget: the estimate for the remaining {estimate['remaining_samples']} samples exceeds "
+                           f"the {', '.join(estimate['over'])} cap; nothing more was sent")
+                raise IncompleteRun(message, run.finish("estimate_over_cap", message, estimate))
+        run.ask(run.todo())
+    except BudgetExhausted as err:
+        raise IncompleteRun(str(err), run.finish("budget_exhausted", str(err), estimate)) from None
+    except BackendError as err:
+        raise IncompleteRun(str(err), run.finish("backend_error", str(err), estimate)) from None
+    return run.finish("complete", None, estimate)
+
+
+def result_summary(result: dict) -> dict:
+    m = result.get("metrics") or {}
+    interval = (m.get("interval") or {}).get("accuracy")
     summary = {
-        "accuracy": m["accuracy"], "accuracy_interval": m["interval"]["accuracy"],
-        "balanced_accuracy": m["balanced_accuracy"], "macro_f1": m["macro_f1"],
-        "parse_failure_rate": m["parse_failure_rate"], "majority_rate": m["majority_rate"], "n": m["n"],
+        "status": result.get("status", "complete"), "n": m.get("n", 0), "n_total": result.get("n_total", m.get("n")),
+        "accuracy": m.get("accuracy"), "accuracy_interval": interval,
+        "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
+        "parse_failure_rate": m.get("parse_failure_rate"), "majority_rate": m.get("majority_rate"),
         "modality": result["config"]["modality"], "output_dir": result["config"]["output_dir"],
+        "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
     }
-    print("RESULT " + json.dumps(summary, sort_keys=True), file=file, flush=True)
+    return summary
+
+
+def print_result_line(result: dict, file=None) -> None:
+    """The one line a script or an agent reads: `RESULT {json}`."""
+    print("RESULT " + json.dumps(result_summary(result), sort_keys=True), file=file or sys.stdout, flush=True)

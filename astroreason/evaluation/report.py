@@ -1,5 +1,5 @@
 """Reports generated from results files only: a Markdown page and PNG figures where every number is read from a run's
-`result.json` / `samples.jsonl` and carries that run's provenance. Regenerating from the same files gives the same page.
+`result.json` / `predictions.jsonl` and carries that run's provenance. Regenerating from the same files gives the same page.
 """
 
 from __future__ import annotations
@@ -15,27 +15,38 @@ from .metrics import paired_comparison
 
 
 def load_run(run_dir: str | Path) -> dict:
-    """A finished evaluation: its result and its per-sample records in split order."""
+    """A finished evaluation: its result and its per-galaxy predictions in split order."""
+    from .harness import PREDICTIONS_NAME, RESULT_NAME
+
     run_dir = Path(run_dir)
-    result_path, samples_path = run_dir / "result.json", run_dir / "samples.jsonl"
+    result_path, predictions_path = run_dir / RESULT_NAME, run_dir / PREDICTIONS_NAME
     if not result_path.exists():
         raise UserError(f"{run_dir}: no result.json (run `astroreason eval` into it first)")
     try:
         result = json.loads(result_path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{result_path}: not valid JSON ({err.msg})") from None
-    from .harness import read_cache
-
-    by_index = {r["index"]: r for r in read_cache(samples_path).values()}
+    if result.get("status") != "complete":
+        raise UserError(f"{run_dir}: the run is not complete (status {result.get('status')}: "
+                        f"{result.get('n_done')} of {result.get('n_total')} samples); resume it before reporting")
+    try:
+        records = [json.loads(line) for line in predictions_path.read_text().splitlines()]
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{predictions_path}: unreadable ({err})") from None
     n = result["metrics"]["n"]
-    if sorted(by_index)[:n] != list(range(n)):
-        raise UserError(f"{samples_path}: per-sample records do not cover the {n} samples of result.json")
+    if [r["index"] for r in records] != list(range(n)):
+        raise UserError(f"{predictions_path}: per-sample records do not cover the {n} samples of result.json")
+    log, log_path = training_log(run_dir, result["config"].get("model", ""))
+    files = {RESULT_NAME: sha256_file(result_path), PREDICTIONS_NAME: sha256_file(predictions_path)}
+    if log_path:
+        files["trainer_state.json"] = sha256_file(log_path)
     return {
         "name": run_dir.name,
         "dir": str(run_dir),
         "result": result,
-        "records": [by_index[i] for i in range(n)],
-        "files_sha256": {"result.json": sha256_file(result_path), "samples.jsonl": sha256_file(samples_path)},
+        "records": records,
+        "training_log": log,
+        "files_sha256": files,
     }
 
 
@@ -113,21 +124,50 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
     names.append("accuracy_vs_cost.png")
     fig.savefig(out_dir / names[-1], dpi=110)
     plt.close(fig)
+
+    # Training curves, where a run's trainer_state.json can be found (the run, the checkpoint or its parent).
+    curves = [(run["name"], run["training_log"]) for run in runs if run.get("training_log")]
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, log in curves:
+            points = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        names.append("training_curves.png")
+        fig.savefig(out_dir / names[-1], dpi=110)
+        plt.close(fig)
     return names
 
 
-def render_report(runs: list[dict], comparisons: dict) -> str:
+def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
+    """The log history of the training that made the evaluated checkpoint, if a trainer_state.json is nearby."""
+    candidates = [run_dir / "trainer_state.json"]
+    if model and Path(model).is_dir():
+        candidates += [Path(model) / "trainer_state.json", *sorted(Path(model).glob("checkpoint-*/trainer_state.json"))]
+    for path in candidates:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get("log_history", []), str(path)
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: not valid JSON") from None
+    return [], None
+
+
+def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> str:
     lines = ["# astroreason comparison report", "",
              "Every number below is read from the results files listed under Provenance.", "",
-             "| run | modality | n | accuracy [95 % CI] | balanced acc. | macro-F1 | unparseable | majority rate | prompt tokens / galaxy |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | modality | n | accuracy [95 % CI] | balanced acc. | macro-F1 | unparseable | majority rate | prompt tokens / galaxy | cost $ |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         r, m = run["result"], run["result"]["metrics"]
         lo, hi = m["interval"]["accuracy"]
         lines.append(
             f"| {run['name']} | {r['config']['modality']} | {m['n']} | {_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}] "
             f"| {_pct(m['balanced_accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['parse_failure_rate'])} "
-            f"| {_pct(m['majority_rate'])} | {r['prompt_tokens'] / m['n']:.0f} |"
+            f"| {_pct(m['majority_rate'])} | {r['prompt_tokens'] / m['n']:.0f} | {r.get('dollars', 0.0):.4f} |"
         )
     if comparisons:
         lines += ["", "## Paired comparisons (same galaxies)", "",
@@ -136,8 +176,10 @@ def render_report(runs: list[dict], comparisons: dict) -> str:
             lo, hi = c["difference_interval"]
             lines.append(f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
                          f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |")
-    lines += ["", "## Figures", "", "![confusion](confusion.png)", "", "![recall](per_class_recall.png)", "",
-              "![cost](accuracy_vs_cost.png)", "", "## Provenance", "",
+    lines += ["", "## Figures", ""]
+    for name in figures:
+        lines += [f"![{name[:-4]}]({name})", ""]
+    lines += ["## Provenance", "",
               "| run | commit | dirty | config sha256 | manifest sha256 | data sha256 | seed | result.json sha256 |",
               "|---|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -159,8 +201,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        _figures(runs, tmp)
-        write_text_atomic(tmp / "report.md", render_report(runs, comparisons))
+        figures = _figures(runs, tmp)
+        write_text_atomic(tmp / "report.md", render_report(runs, comparisons, figures))
         summary = {
             "runs": {r["name"]: {"dir": r["dir"], "metrics": r["result"]["metrics"], "files_sha256": r["files_sha256"]}
                      for r in runs},

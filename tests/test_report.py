@@ -1,0 +1,110 @@
+"""Two runs on the same galaxies (image arm and token arm, answered by a real scripted server on 127.0.0.1) -> the
+paired comparison agrees with the per-sample files, the report regenerates to the same page, and every number
+carries its provenance."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from evalkit import ScriptedServer, build_codec
+from scipy.stats import binomtest
+
+from astroreason.cli import main
+
+
+@pytest.fixture(scope="module")
+def two_runs(prepared_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    codec = build_codec(prepared_dir, root / "codec")
+    common = ["--backend", "openai", "--data_dir", str(prepared_dir), "--split", "test", "--max_new_tokens", "16",
+              "--price_input_per_million", "0.5", "--price_output_per_million", "1.5", "--image_tokens_bound", "64",
+              "--ledger", str(root / "spend.jsonl"), "--max_dollars", "1", "--n_boot", "300", "--concurrency", "2"]
+    runs = {}
+    for name, seed, extra in (("image", 0, ["--modality", "image", "--image_size", "56"]),
+                              ("tokens", 1, ["--modality", "tokens", "--codec", str(codec)])):
+        server = ScriptedServer(answer_seed=seed)
+        try:
+            assert main(["eval", "--model", f"scripted-{name}", "--base_url", server.url, *common, *extra,
+                         "--output_dir", str(root / name)]) == 0
+        finally:
+            server.stop()
+        runs[name] = root / name
+    return root, runs
+
+
+def _predictions(run_dir):
+    return [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_comparison_matches_the_per_sample_files(two_runs, capsys):
+    root, runs = two_runs
+    assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(root / "report")]) == 0
+    report = json.loads((root / "report" / "report.json").read_text())
+    comparison = report["comparisons"]["image vs tokens"]
+    a, b = _predictions(runs["image"]), _predictions(runs["tokens"])
+    assert [r["label"] for r in a] == [r["label"] for r in b]  # the same galaxies, in the same order
+    right_a = np.array([r["prediction"] == r["label"] for r in a])
+    right_b = np.array([r["prediction"] == r["label"] for r in b])
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    assert (comparison["only_a_correct"], comparison["only_b_correct"]) == (only_a, only_b)
+    assert only_a + only_b > 0  # the scripted answers differ between the arms: a real test of the p-value
+    assert comparison["mcnemar_p_value"] == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    difference = right_a.mean() - right_b.mean()
+    assert comparison["accuracy_difference"] == pytest.approx(difference)
+    lo, hi = comparison["difference_interval"]
+    assert lo <= difference <= hi and lo < hi
+    # The page shows the same figures, and every run's provenance.
+    page = (root / "report" / "report.md").read_text()
+    assert f"{comparison['mcnemar_p_value']:.3g}" in page
+    for run_dir in runs.values():
+        result = json.loads((run_dir / "result.json").read_text())
+        p = result["provenance"]
+        assert p["commit"] and p["dirty"] in (True, False) and p["manifest_sha256"] and p["data_sha256"]
+        for value in (p["commit"][:12], p["config_sha256"][:12], p["manifest_sha256"][:12], p["data_sha256"][:12]):
+            assert value in page
+        assert f"{100 * result['metrics']['accuracy']:.1f}" in page
+    for figure in ("confusion.png", "per_class_recall.png", "accuracy_vs_cost.png"):
+        assert (root / "report" / figure).stat().st_size > 1000
+
+
+def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_path):
+    root, runs = two_runs
+    first, second = tmp_path / "r1", tmp_path / "r2"
+    assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(first)]) == 0
+    assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(second)]) == 0
+    assert (first / "report.md").read_bytes() == (second / "report.md").read_bytes()
+    assert (first / "report.json").read_bytes() == (second / "report.json").read_bytes()
+    assert not (first / "training_curves.png").exists()
+
+    # A trainer_state.json beside a run (as a real Trainer writes it) adds the training-curve figure.
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
+
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    rows = [{"input_ids": [i % 32] * 8, "labels": [i % 32] * 8} for i in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=4, logging_steps=1, save_steps=4,
+                             per_device_train_batch_size=4, report_to=[], use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=rows).train()
+    with_curve = tmp_path / "image-trained"
+    shutil.copytree(runs["image"], with_curve)
+    shutil.copy(tmp_path / "train" / "checkpoint-4" / "trainer_state.json", with_curve)
+    assert main(["report", str(with_curve), str(runs["tokens"]), "--out", str(tmp_path / "r3")]) == 0
+    assert (tmp_path / "r3" / "training_curves.png").stat().st_size > 1000
+    assert "training_curves.png" in (tmp_path / "r3" / "report.md").read_text()
+
+
+def test_report_refuses_an_incomplete_or_missing_run(two_runs, tmp_path, capsys):
+    root, runs = two_runs
+    partial = tmp_path / "partial"
+    shutil.copytree(runs["image"], partial)
+    result = json.loads((partial / "result.json").read_text())
+    result["status"] = "budget_exhausted"
+    (partial / "result.json").write_text(json.dumps(result))
+    assert main(["report", str(partial), "--out", str(tmp_path / "r")]) == 2
+    assert "not complete" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "no result.json" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
