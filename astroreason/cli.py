@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "astroreason.tokens.commands",
     "astroreason.model_commands",
     "astroreason.evaluation.commands",
+    "astroreason.demo",
 ]
 
 
