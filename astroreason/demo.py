@@ -149,37 +149,50 @@ class Demo:
             rendering=self.config.rendering, image_size=self.config.image_size,
         )
 
-    def train(self, modality: str) -> Path:
-        from trl import GRPOConfig, ModelConfig, SFTConfig
+    def _common(self) -> dict:
+        return dict(use_cpu=True, bf16=False, report_to="none", seed=self.config.seed, save_strategy="no",
+                    logging_steps=10, dataloader_num_workers=0, disable_tqdm=False)
+
+    def sft(self, modality: str) -> Path:
+        """SFT from the pretrained-vision model, with a learning rate per part (`astroreason.optim`)."""
+        from trl import ModelConfig, SFTConfig
 
         from .optim import PartLearningRates, use_part_learning_rates
-        from .training import build_grpo_trainer, build_sft_trainer, run_training
+        from .training import build_sft_trainer, run_training
 
-        c = self.config
-        sft_dir, grpo_dir = self.out / modality / "sft", self.out / modality / "grpo"
-        common = dict(use_cpu=True, bf16=False, report_to="none", seed=c.seed, save_strategy="no", logging_steps=10,
-                      dataloader_num_workers=0, disable_tqdm=False)
+        c, out = self.config, self.out / modality / "sft"
 
-        def sft():
-            args = SFTConfig(output_dir=str(sft_dir), max_steps=c.sft_steps, per_device_train_batch_size=c.sft_batch,
+        def run():
+            args = SFTConfig(output_dir=str(out), max_steps=c.sft_steps, per_device_train_batch_size=c.sft_batch,
                              learning_rate=c.lr_language, lr_scheduler_type="cosine", warmup_steps=0.05,
-                             max_length=None, **common)
+                             max_length=None, **self._common())
             trainer = build_sft_trainer(self.script_args(modality), args, ModelConfig(str(self.model), dtype="float32"))
             use_part_learning_rates(trainer, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
             run_training(trainer, self.script_args(modality))
 
-        def grpo():
-            args = GRPOConfig(output_dir=str(grpo_dir), max_steps=c.grpo_steps, per_device_train_batch_size=8,
+        self.stage(f"SFT, {modality} arm", out / "config.json", run)
+        return out
+
+    def grpo(self, modality: str) -> Path:
+        """GRPO from the SFT model (format + accuracy rewards); the vision blocks stay frozen."""
+        from trl import GRPOConfig, ModelConfig
+
+        from .optim import PartLearningRates, use_part_learning_rates
+        from .training import build_grpo_trainer, run_training
+
+        c, out, start = self.config, self.out / modality / "grpo", self.out / modality / "sft"
+
+        def run():
+            args = GRPOConfig(output_dir=str(out), max_steps=c.grpo_steps, per_device_train_batch_size=8,
                               num_generations=4, max_completion_length=24, temperature=1.0, beta=0.0,
                               learning_rate=c.grpo_lr, lr_scheduler_type="constant", activation_checkpointing=False,
-                              **common)
-            trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(sft_dir), dtype="float32"))
+                              **self._common())
+            trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(start), dtype="float32"))
             use_part_learning_rates(trainer, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
             run_training(trainer, self.script_args(modality))
 
-        self.stage(f"SFT, {modality} arm", sft_dir / "config.json", sft)
-        self.stage(f"GRPO, {modality} arm", grpo_dir / "config.json", grpo)
-        return grpo_dir
+        self.stage(f"GRPO, {modality} arm", out / "config.json", run)
+        return out
 
     def evaluate(self, modality: str, model_dir: Path) -> dict:
         from .evaluation.harness import EvalConfig, evaluate
@@ -211,6 +224,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
 
     config = config or (replace(DemoConfig(), **QUICK) if quick else DemoConfig())
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out} is a file; give a directory for the demo's outputs")
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_NAME
     wanted = json.loads(json.dumps(asdict(config)))
@@ -233,8 +248,8 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     demo.tokens()
     results = {}
     for modality in ("image", "tokens"):
-        model_dir = demo.train(modality)
-        results[modality] = demo.evaluate(modality, model_dir)
+        demo.sft(modality)
+        results[modality] = demo.evaluate(modality, demo.grpo(modality))
     report_started = time.monotonic()
     report = write_report([out / "eval" / "image", out / "eval" / "tokens"], out / "report")
     demo.timings["report"] = round(time.monotonic() - report_started, 1)
