@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "astroreason.evaluation.commands",
     "astroreason.sweeps.commands",
     "astroreason.integrity.commands",
+    "astroreason.demo",
 ]
 
 

@@ -1,0 +1,323 @@
+"""`astroreason demo`: the whole pipeline on the GalSim surrogate, on a CPU, offline, in minutes.
+
+surrogate data -> split manifest -> tiny Qwen2.5-VL -> vision-tower pretraining (on a second, disjoint surrogate
+file) -> codec + token cache -> SFT then GRPO for the image arm and the token arm -> evaluation of both on the same
+test galaxies -> a side-by-side report (table + figures) -> the figures printed, and one `RESULT {json}` line.
+
+Every stage writes into `--out` and is skipped when its output is already there, so a killed demo resumes. The demo
+checks its own claim: the image arm must beat twice the majority-class rate with the lower end of its 95 % interval
+above that rate; otherwise it exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from .errors import CheckFailed, UserError
+from .io import write_json_atomic
+
+CONFIG_NAME = "demo_config.json"
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo; `--quick` shrinks them for a smoke run (its accuracy claim is not checked).
+
+    Args:
+        n_galaxies: Surrogate galaxies split into train / val / test.
+        n_pretrain: Galaxies of the second surrogate file (another seed) the vision tower is pretrained on.
+        fractions: Train, val, test shares of the split.
+        render_size: Side of the rendered surrogate images (px); the arms resize them to `image_size`.
+        image_size: Side the image arm shows (112 px = 16 visual tokens).
+        pretrain_steps: Vision-tower pretraining steps (batch 64).
+        sft_steps: SFT steps per arm.
+        sft_batch: SFT batch size.
+        grpo_steps: GRPO steps per arm.
+        lr_vision: SFT learning rate of the vision blocks (pretrained: they move slowly).
+        lr_merger: SFT learning rate of the merger into the language model.
+        lr_language: SFT learning rate of the language model (random: it learns fast).
+        grpo_lr: GRPO learning rate (language model and merger; the vision blocks are frozen).
+        rendering: How the token arm writes codec ids as text.
+        threads: Torch threads; tiny models are overhead-bound, and one thread is faster on a busy 2-core machine.
+        seed: Seed of everything.
+        check: Whether to enforce the image arm's accuracy claim.
+    """
+
+    n_galaxies: int = 3000
+    n_pretrain: int = 2500
+    fractions: tuple[float, float, float] = (0.8, 0.05, 0.15)
+    render_size: int = 64
+    image_size: int = 112
+    pretrain_steps: int = 300
+    sft_steps: int = 150
+    sft_batch: int = 16
+    grpo_steps: int = 8
+    lr_vision: float = 1e-4
+    lr_merger: float = 1e-3
+    lr_language: float = 5e-3
+    grpo_lr: float = 2e-5
+    rendering: str = "ints"
+    threads: int = 1
+    seed: int = 0
+    check: bool = True
+
+
+QUICK = dict(n_galaxies=300, n_pretrain=200, fractions=(0.7, 0.1, 0.2), pretrain_steps=10, sft_steps=4, grpo_steps=2,
+             check=False)
+
+
+class Demo:
+    """The stages of the demo, each skipped when its output exists."""
+
+    def __init__(self, out: Path, config: DemoConfig):
+        self.out, self.config = out, config
+        self.timings: dict[str, float] = {}
+        self.data_h5 = out / "data" / "surrogate.h5"
+        self.pretrain_h5 = out / "data" / "pretrain_surrogate.h5"
+        self.prepared = out / "prepared"
+        self.base_model = out / "models" / "tiny_random"
+        self.model = out / "models" / "tiny_pretrained_vision"
+        self.codec = out / "codec"
+
+    def stage(self, name: str, done: Path, fn) -> None:
+        if done.exists():
+            print(f"[demo] {name}: reusing {done}", flush=True)
+            return
+        print(f"[demo] {name} ...", flush=True)
+        started = time.monotonic()
+        fn()
+        self.timings[name] = round(time.monotonic() - started, 1)
+        print(f"[demo] {name}: done in {self.timings[name]:.0f} s", flush=True)
+
+    # --- data, model, codec ----------------------------------------------------------------------------------------
+
+    def data(self) -> None:
+        from .data.splits import prepare
+        from .data.surrogate import synthesize
+
+        c = self.config
+        self.stage("render surrogate (evaluation file)", self.data_h5, lambda: synthesize(
+            self.data_h5, n=c.n_galaxies, size=c.render_size, seed=c.seed, progress=True))
+        # A second file from another seed: the galaxies the vision tower is pretrained on are not the ones evaluated.
+        self.stage("render surrogate (pretraining file, another seed)", self.pretrain_h5, lambda: synthesize(
+            self.pretrain_h5, n=c.n_pretrain, size=c.render_size, seed=c.seed + 1000, progress=True))
+        self.stage("split (seeded, stratified, deduplicated)", self.prepared / "manifest.json",
+                   lambda: prepare(self.data_h5, self.prepared, seed=c.seed, fractions=c.fractions))
+
+    def shared_galaxies(self) -> int:
+        """Images present in both the pretraining file and the evaluation file (by the SHA-256 of their pixels)."""
+        import h5py
+
+        from .io import sha256_bytes
+
+        def hashes(path):
+            with h5py.File(path, "r") as f:
+                return {sha256_bytes(im.tobytes()) for im in f["images"]}
+
+        return len(hashes(self.pretrain_h5) & hashes(self.data_h5))
+
+    def models(self) -> dict:
+        from .models import build_tiny_model
+        from .pretrain import PRETRAIN_RECORD, VisionPretrainConfig, pretrain_vision_tower
+
+        c = self.config
+        self.stage("build tiny Qwen2.5-VL", self.base_model, lambda: build_tiny_model(self.base_model, seed=c.seed))
+        self.stage("pretrain vision tower", self.model, lambda: pretrain_vision_tower(
+            self.base_model, self.pretrain_h5, self.model,
+            VisionPretrainConfig(steps=c.pretrain_steps, image_size=c.image_size, seed=c.seed)))
+        return json.loads((self.model / PRETRAIN_RECORD).read_text())
+
+    def tokens(self) -> None:
+        from .defaults import build_tiny_codec
+        from .tokens.cache import encode_prepared
+
+        self.stage("train codec (FSQ)", self.codec, lambda: build_tiny_codec(str(self.codec), str(self.prepared)))
+        started = time.monotonic()
+        encode_prepared(self.prepared, self.codec)  # a no-op when the cache is up to date
+        self.timings["encode tokens"] = round(time.monotonic() - started, 1)
+
+    # --- training and evaluation -----------------------------------------------------------------------------------
+
+    def script_args(self, modality: str):
+        from .training import GalaxyScriptArguments
+
+        return GalaxyScriptArguments(
+            data_dir=str(self.prepared), modality=modality, codec=str(self.codec) if modality == "tokens" else None,
+            rendering=self.config.rendering, image_size=self.config.image_size,
+        )
+
+    def _common(self) -> dict:
+        return dict(use_cpu=True, bf16=False, report_to="none", seed=self.config.seed, save_strategy="no",
+                    logging_steps=10, dataloader_num_workers=0, disable_tqdm=False)
+
+    def sft(self, modality: str) -> Path:
+        """SFT from the pretrained-vision model, with a learning rate per part (`astroreason.optim`)."""
+        from trl import ModelConfig, SFTConfig
+
+        from .optim import PartLearningRates, use_part_learning_rates
+        from .training import build_sft_trainer, run_training
+
+        c, out = self.config, self.out / modality / "sft"
+
+        def run():
+            args = SFTConfig(output_dir=str(out), max_steps=c.sft_steps, per_device_train_batch_size=c.sft_batch,
+                             learning_rate=c.lr_language, lr_scheduler_type="cosine", warmup_steps=0.05,
+                             max_length=None, **self._common())
+            trainer = build_sft_trainer(self.script_args(modality), args, ModelConfig(str(self.model), dtype="float32"))
+            use_part_learning_rates(trainer, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
+            run_training(trainer, self.script_args(modality))
+
+        self.stage(f"SFT, {modality} arm", out / "config.json", run)
+        return out
+
+    def grpo(self, modality: str) -> Path:
+        """GRPO from the SFT model (format + accuracy rewards); the vision blocks stay frozen."""
+        from trl import GRPOConfig, ModelConfig
+
+        from .optim import PartLearningRates, use_part_learning_rates
+        from .training import build_grpo_trainer, run_training
+
+        c, out, start = self.config, self.out / modality / "grpo", self.out / modality / "sft"
+
+        def run():
+            args = GRPOConfig(output_dir=str(out), max_steps=c.grpo_steps, per_device_train_batch_size=8,
+                              num_generations=4, max_completion_length=24, temperature=1.0, beta=0.0,
+                              learning_rate=c.grpo_lr, lr_scheduler_type="constant", activation_checkpointing=False,
+                              **self._common())
+            trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(start), dtype="float32"))
+            use_part_learning_rates(trainer, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
+            run_training(trainer, self.script_args(modality))
+
+        self.stage(f"GRPO, {modality} arm", out / "config.json", run)
+        return out
+
+    def evaluate(self, modality: str, model_dir: Path) -> dict:
+        from .evaluation.harness import EvalConfig, evaluate
+
+        c = self.config
+        out = self.out / "eval" / modality
+        config = EvalConfig(
+            model=str(model_dir), data_dir=str(self.prepared), split="test", modality=modality,
+            codec=str(self.codec) if modality == "tokens" else None, rendering=c.rendering, image_size=c.image_size,
+            output_dir=str(out), batch_size=32, max_new_tokens=24, seed=c.seed,
+            # The demo runs on this machine's CPU: no marginal cost, and its ledger stays inside the demo's folder.
+            price_gpu_hour=0.0, ledger=str(self.out / "ledger" / "spend.jsonl"),
+        )
+        started = time.monotonic()
+        result = evaluate(config)  # resumes from its per-sample cache
+        self.timings[f"evaluate {modality} arm"] = round(time.monotonic() - started, 1)
+        return result
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: DemoConfig | None = None) -> dict:
+    """Run (or resume) the demo into `out`; returns the summary also written to `out/demo_result.json`."""
+    import torch
+
+    from .evaluation.report import write_report
+
+    config = config or (replace(DemoConfig(), **QUICK) if quick else DemoConfig())
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out} is a file; give a directory for the demo's outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / CONFIG_NAME
+    wanted = json.loads(json.dumps(asdict(config)))
+    if saved.exists() and json.loads(saved.read_text()) != wanted:
+        raise UserError(f"out: {out} holds a demo run with other settings ({saved}); choose another --out")
+    write_json_atomic(saved, wanted)
+    torch.set_num_threads(config.threads)
+    started = time.monotonic()
+    demo = Demo(out, config)
+
+    demo.data()
+    shared = demo.shared_galaxies()
+    if shared:
+        raise CheckFailed(f"{demo.pretrain_h5}: {shared} images also in {demo.data_h5}; the pretraining set must be disjoint")
+    pretrain = demo.models()
+    print(f"[demo] NOTE: the image arm's vision tower was pretrained ({config.pretrain_steps} steps, linear head "
+          f"discarded) on {pretrain['n_train']} labelled galaxies of a separate surrogate file (seed "
+          f"{config.seed + 1000}), none of them in the evaluated split (0 shared images); its own held-out accuracy "
+          f"there: {_pct(pretrain['held_out_accuracy'])}.", flush=True)
+    demo.tokens()
+    results = {}
+    for modality in ("image", "tokens"):
+        demo.sft(modality)
+        results[modality] = demo.evaluate(modality, demo.grpo(modality))
+    report_started = time.monotonic()
+    report = write_report([out / "eval" / "image", out / "eval" / "tokens"], out / "report")
+    demo.timings["report"] = round(time.monotonic() - report_started, 1)
+    wall = round(time.monotonic() - started, 1)
+
+    image = results["image"]["metrics"]
+    majority = image["majority_rate"]
+    low, high = image["interval"]["accuracy"]
+    passed = image["accuracy"] > 2 * majority and low > 2 * majority
+    summary = {
+        "wall_seconds_this_run": wall,
+        "stage_seconds": demo.timings,
+        "report": str(report),
+        "figures": sorted(str(p) for p in report.parent.glob("*.png")),
+        "majority_rate": majority,
+        "twice_majority_rate": 2 * majority,
+        "image_beats_twice_majority": passed,
+        "vision_pretraining": pretrain,
+        "arms": {
+            m: {"accuracy": r["metrics"]["accuracy"], "accuracy_interval": r["metrics"]["interval"]["accuracy"],
+                "balanced_accuracy": r["metrics"]["balanced_accuracy"], "macro_f1": r["metrics"]["macro_f1"],
+                "parse_failure_rate": r["metrics"]["parse_failure_rate"], "n": r["metrics"]["n"],
+                "prompt_tokens_per_galaxy": r["prompt_tokens"] / r["metrics"]["n"], "eval_dir": r["config"]["output_dir"]}
+            for m, r in results.items()
+        },
+        "config": wanted,
+    }
+    write_json_atomic(out / "demo_result.json", summary)
+
+    # The end of the output: the side-by-side table and the figures, then one RESULT line.
+    table = [line for line in report.read_text().splitlines() if line.startswith("|")]
+    print("\n" + "\n".join(table[: 2 + len(results)]))
+    for m, a in summary["arms"].items():
+        lo, hi = a["accuracy_interval"]
+        print(f"{m:>6} arm: accuracy {_pct(a['accuracy'])} (95 % CI {_pct(lo)} - {_pct(hi)}), n = {a['n']}, "
+              f"{a['prompt_tokens_per_galaxy']:.0f} prompt tokens per galaxy")
+    print(f"majority-class rate {_pct(majority)}; twice that {_pct(2 * majority)}: image arm "
+          f"{'beats it (point estimate and CI lower end)' if passed else 'does NOT beat it'}")
+    print(f"report: {report}")
+    for fig in summary["figures"]:
+        print(f"figure: {fig}")
+    print(f"demo wall time (this run): {wall:.0f} s")
+    print("RESULT " + json.dumps({
+        "image_accuracy": image["accuracy"], "image_interval": [low, high],
+        "tokens_accuracy": results["tokens"]["metrics"]["accuracy"],
+        "tokens_interval": results["tokens"]["metrics"]["interval"]["accuracy"],
+        "majority_rate": majority, "image_beats_twice_majority": passed, "wall_seconds": wall,
+        "report": str(report),
+    }, sort_keys=True), flush=True)
+    if config.check and not passed:
+        raise CheckFailed(
+            f"image arm accuracy {_pct(image['accuracy'])} (CI low {_pct(low)}) does not beat twice the majority "
+            f"rate {_pct(2 * majority)}"
+        )
+    return summary
+
+
+def _run(args) -> int:
+    run_demo(args.out, quick=args.quick)
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="the whole pipeline on the GalSim surrogate: data, codec, tiny model, SFT+GRPO, both arms, report",
+        description="Surrogate data -> codec -> tiny Qwen2.5-VL (vision tower pretrained on a disjoint surrogate "
+        "file) -> SFT then GRPO for the image and the token arm -> evaluation -> side-by-side report. CPU, offline.",
+    )
+    p.add_argument("--out", default="runs/demo", help="output directory; rerunning into it resumes (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes); its accuracy is not checked")
+    p.set_defaults(func=_run)

@@ -1,0 +1,63 @@
+"""Per-part learning rates for a Qwen-VL model under a Hugging Face / TRL trainer.
+
+A pretrained vision tower should move slowly while the randomly initialised language model learns to read it; one
+learning rate cannot serve both. `use_part_learning_rates` gives the trainer an AdamW whose parameter groups carry a
+learning rate per part; the trainer's scheduler then scales every group alike, and a resumed run reloads its state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PARTS = ("vision", "merger", "language")
+
+
+@dataclass
+class PartLearningRates:
+    """Learning rate of each part of a Qwen-VL model; 0 freezes that part.
+
+    Args:
+        vision: Patch embedding and vision blocks.
+        merger: The merger that projects merged visual tokens into the language model's width.
+        language: Token embeddings, decoder layers and the output head.
+    """
+
+    vision: float = 1e-4
+    merger: float = 1e-3
+    language: float = 3e-3
+
+
+def part_of(name: str) -> str:
+    """`vision`, `merger` or `language`, from a parameter name of a Qwen2.5-VL / Qwen3-VL model."""
+    if ".visual." in f".{name}":
+        return "merger" if ".merger." in name or ".deepstack_merger" in name else "vision"
+    return "language"
+
+
+def part_param_groups(model, rates: PartLearningRates, weight_decay: float = 0.0) -> list[dict]:
+    """AdamW parameter groups, one per part with a non-zero rate; parts with rate 0 are frozen."""
+    groups: dict[str, list] = {part: [] for part in PARTS}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = part_of(name)
+        if getattr(rates, part) == 0:
+            param.requires_grad_(False)
+        else:
+            groups[part].append(param)
+    return [
+        {"params": params, "lr": getattr(rates, part), "weight_decay": weight_decay, "name": part}
+        for part, params in groups.items()
+        if params
+    ]
+
+
+def use_part_learning_rates(trainer, rates: PartLearningRates) -> None:
+    """Give a (not yet trained) HF/TRL trainer an AdamW with one learning rate per part."""
+    import torch
+
+    args = trainer.args
+    groups = part_param_groups(trainer.model, rates, weight_decay=args.weight_decay)
+    trainer.optimizer = torch.optim.AdamW(
+        groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
+    )
