@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/astroreason demo
 
+# One torch thread per process: the tests run several small processes at once on 2 cores.
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=25
 
 bench: install
 	for b in bench/*_bench.py; do $(BIN)/python $$b || exit 1; done

@@ -227,6 +227,23 @@ def resume_point(args: GalaxyScriptArguments, output_dir: str) -> str | None:
     return last_checkpoint(output_dir) if args.resume else None
 
 
+def load_checkpoint_weights(trainer, checkpoint: str) -> bool:
+    """Load a full-model checkpoint's weights into the trainer's model the `from_pretrained` way.
+
+    transformers 5.23's Trainer resumes a full model with a raw `load_state_dict(strict=False)` of the checkpoint
+    file, which skips the key conversion `save_pretrained` applied (Qwen-VL checkpoints hold `visual.*` and
+    `model.layers.*`): every key is reported missing and the run silently continues from its initial weights.
+    Optimizer, scheduler, RNG and step are still restored by the Trainer. PEFT adapters, DeepSpeed and FSDP resume
+    through their own loaders and are left to them.
+    """
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if getattr(model, "peft_config", None) or trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return False
+    reloaded = type(model).from_pretrained(checkpoint, dtype=next(model.parameters()).dtype)
+    model.load_state_dict(reloaded.state_dict(), strict=True)
+    return True
+
+
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
     """Train (resuming if asked), then save the final model and processor in `output_dir`."""
     output_dir = trainer.args.output_dir
@@ -234,6 +251,9 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
     if checkpoint:
         step = int(Path(checkpoint).name.rsplit("-", 1)[1])
         trainer.accelerator.print(f"Resuming from {checkpoint} (global step {step})")
+        if load_checkpoint_weights(trainer, checkpoint):
+            trainer.accelerator.print(f"Weights loaded from {Path(checkpoint).name} with from_pretrained (the "
+                                      "Trainer's own raw load may still report every key missing: it loads nothing)")
     elif args.resume:
         trainer.accelerator.print(f"Nothing to resume in {output_dir}: starting from step 0")
     trainer.train(resume_from_checkpoint=checkpoint)
