@@ -82,7 +82,8 @@ def test_audit_metadata_probe_catches_the_leak(sorted_prepared, tmp_path, capsys
     probes = {p["name"]: p for p in report["probes"]}
     assert probes["metadata"]["status"] == "fail"
     carried = probes["metadata"]["details"]["carried"]["image"]
-    assert carried["accuracy"] > 0.8 and carried["p_value"] < 1e-6
+    # A class-sorted file: the row index alone names the class far above the ~15 % majority rate.
+    assert carried["accuracy"] > 0.6 and carried["p_value"] < 1e-6
     assert probes["row_order"]["status"] == "pass" and probes["row_order"]["details"]["source_sorted_by_class"]
     assert probes["duplicates"]["status"] == "pass"
 

@@ -88,6 +88,7 @@ def test_fingerprints_flag_seeds_that_are_not_different(tmp_path, capsys):
     assert a["seed"] != b["seed"] and a["weights_sha256"] == b["weights_sha256"]
     assert a["first_batch_sha256"] == b["first_batch_sha256"]
     assert [p["kind"] for p in compare_fingerprints({"seed1": a, "seed2": b})] == ["same_fingerprint"]
+    capsys.readouterr()  # drop the trainings' own output: only the audit's JSON is read below
     assert cli(["audit", str(same), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert [p["status"] for p in report["probes"] if p["name"] == "seeds"] == ["fail"]
