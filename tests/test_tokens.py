@@ -15,6 +15,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from astroreason.cli import main
+from cli_helpers import assert_one_line_error, cli
 from astroreason.data.galaxy10 import FLUX_BANDS
 from astroreason.data.splits import load_manifest, load_split, prepare
 from astroreason.errors import UserError
@@ -28,19 +29,7 @@ SIZE, GRID = 32, 8
 TRAIN_ARGS = ["--size", str(SIZE), "--hidden", "16", "--crop", "16", "--lr", "5e-3", "--steps", "40", "--batch-size", "16", "--seed", "0"]
 
 
-def cli(capsys, *args):
-    """Run `astroreason ARGS` in-process: (exit status, stdout, stderr lines)."""
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err.strip().splitlines()
 
-
-def assert_one_line_error(status, err, *needles):
-    assert status == 2, err
-    assert len(err) == 1 and err[0].startswith("astroreason: error: "), err
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from astroreason.cli import main
+from cli_helpers import assert_one_line_error, cli
 from astroreason.data.galaxy10 import FLUX_BANDS
 from astroreason.data.splits import load_manifest
 from astroreason.errors import UserError
@@ -26,18 +27,7 @@ aion_codecs = pytest.importorskip("aion.codecs", reason="the AION adapter needs 
 from aion.modalities import LegacySurveyImage  # noqa: E402
 
 
-def cli(capsys, *args):
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err.strip().splitlines()
 
-
-def assert_one_line_error(status, err, *needles):
-    assert status == 2, err
-    assert len(err) == 1 and err[0].startswith("astroreason: error: "), err
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from astroreason.cli import main
+from cli_helpers import assert_one_line_error, cli
 from astroreason.data.splits import load_manifest, load_split
 from astroreason.errors import UserError
 from astroreason.models import load_model_and_processor
@@ -27,18 +28,7 @@ from astroreason.tokens.render import code_token, parse, save_with_code_tokens
 VOCAB = 4375
 
 
-def cli(capsys, *args):
-    capsys.readouterr()
-    status = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err.strip().splitlines()
 
-
-def assert_one_line_error(status, err, *needles):
-    assert status == 2, err
-    assert len(err) == 1 and err[0].startswith("astroreason: error: "), err
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 @pytest.fixture(scope="module")
