@@ -147,8 +147,9 @@ def check_launch() -> None:
     if env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env and single:
         raise UserError(
             "accelerate launch: --cpu with --num_processes > 1 starts only ONE process (accelerate needs an MPI "
-            "hostfile for multi-CPU); for N CPU processes run `accelerate launch --config_file "
-            "recipes/accelerate/cpu.yaml --num_processes N ...` (no --cpu), or drop --num_processes"
+            "hostfile for multi-CPU); for N CPU processes run `accelerate launch --multi_gpu --num_processes N ...` "
+            "(no --cpu: on a machine without GPUs it runs N processes over gloo) or `--config_file "
+            "recipes/accelerate/cpu.yaml`"
         )
 
 

@@ -51,13 +51,16 @@ def _free_port() -> int:
 
 def command(recipe: str, config: str, *overrides: str, launcher: str = "accelerate", processes: int = 1) -> list[str]:
     """`python recipes/R.py ...`, `accelerate launch --num_processes 1 --cpu recipes/R.py ...`, or for N > 1
-    processes `accelerate launch --config_file recipes/accelerate/cpu.yaml --num_processes N recipes/R.py ...`."""
+    processes `accelerate launch --multi_gpu --num_processes N recipes/R.py ...` (launcher `multi_gpu`) or
+    `accelerate launch --config_file recipes/accelerate/cpu.yaml --num_processes N recipes/R.py ...`."""
     script = [str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(TINY / config), *overrides]
     if launcher == "python":
         return [sys.executable, *script]
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
     if processes == 1:
         launch += ["--num_processes", "1", "--cpu"]
+    elif launcher == "multi_gpu":  # no GPU here: torch.distributed.run starts N CPU processes over gloo
+        launch += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(_free_port())]
     else:
         launch += ["--config_file", str(ROOT / "recipes/accelerate/cpu.yaml"), "--num_processes", str(processes),
                    "--main_process_port", str(_free_port())]
@@ -112,8 +115,8 @@ class Runner:
         """Queue every run the tests below use, so that two are always under way."""
         for launcher, recipe, modality in RUNS:
             self.start(recipe, modality, launcher=launcher)
-        for recipe, modality in TWO_PROCESS_RUNS:
-            self.start(recipe, modality, processes=2)
+        for launcher, recipe, modality in TWO_PROCESS_RUNS:
+            self.start(recipe, modality, launcher=launcher, processes=2)
         self.start("sft", "image", launcher="python", config="sft_lora_image.yaml")
 
     def __call__(self, recipe: str, modality: str, **kwargs) -> tuple[subprocess.CompletedProcess, Path]:
@@ -122,7 +125,8 @@ class Runner:
 
 RUNS = [(launcher, recipe, modality) for launcher in ("accelerate", "python")
         for recipe, modality in (("sft", "image"), ("sft", "tokens"), ("grpo", "image"), ("grpo", "tokens"))]
-TWO_PROCESS_RUNS = [("sft", "tokens"), ("grpo", "image")]
+# Both ways of starting two CPU processes: accelerate's flag, and the config file.
+TWO_PROCESS_RUNS = [("multi_gpu", "sft", "tokens"), ("accelerate", "grpo", "image")]
 
 
 @pytest.fixture(scope="session")
@@ -197,10 +201,10 @@ def test_recipe_runs(runner, launcher, recipe, modality):
 # --- two processes train what one does -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("recipe,modality", TWO_PROCESS_RUNS)
-def test_two_processes_match_one(runner, workdir, recipe, modality):
+@pytest.mark.parametrize("launcher,recipe,modality", TWO_PROCESS_RUNS)
+def test_two_processes_match_one(runner, workdir, launcher, recipe, modality):
     one, one_dir = runner(recipe, modality)
-    two, two_dir = runner(recipe, modality, processes=2)
+    two, two_dir = runner(recipe, modality, launcher=launcher, processes=2)
     check_ok(one)
     out = check_ok(two)
     assert f"after {STEPS} steps (2 processes)" in out
@@ -267,7 +271,7 @@ def test_cpu_flag_with_two_processes_is_refused(runner, workdir):
     result = run(cmd, workdir)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("astroreason: error:")]
-    assert len(errors) == 1 and "starts only ONE process" in errors[0] and "recipes/accelerate/cpu.yaml" in errors[0]
+    assert len(errors) == 1 and "starts only ONE process" in errors[0] and "--multi_gpu --num_processes N" in errors[0]
     assert not (workdir / "runs/test/cpu_flag").exists()
 
 
