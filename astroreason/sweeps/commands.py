@@ -128,8 +128,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="Print the rows as JSON.")
     s.set_defaults(func=run_status)
 
-    s = sub.add_parser("collect", help="results.jsonl, rows in results.tsv and the comparison report (per arm over seeds, "
-                       "paired tests).")
+    s = sub.add_parser("collect", help="results.jsonl, one results.tsv row per task and the comparison report "
+                       "(per arm over seeds, paired tests).")
     s.add_argument("sweep", help="Sweep file (YAML) or sweep directory.")
     s.add_argument("--partial", action="store_true", help="Collect the finished tasks even if some are not done.")
     s.set_defaults(func=run_collect)
