@@ -37,6 +37,15 @@ class GalaxyScriptArguments:
         reward_funcs: GRPO reward functions by name (`astroreason.rewards.REWARD_FUNCS`).
         resume: Continue from the last checkpoint in `output_dir`. Without it, a run refuses an `output_dir` that
             already holds checkpoints, so an overnight job never silently restarts from scratch over its own work.
+        max_dollars: Cap on the project's total spend in dollars as the spend ledger records it (shared with every
+            evaluation and training run): training is charged by GPU-hours after each step, and saves a checkpoint
+            and stops before the next step would cross the cap (`astroreason.evaluation.budget.BudgetCallback`).
+        ledger: The project's spend ledger (JSONL), the same file as `eval/run.py --ledger`. Setting it (or
+            `max_dollars`) turns charging on; with neither, training charges nothing.
+        prices: Price table (YAML) whose `gpu_hour:` section prices this machine's device.
+        price_key: Entry of `gpu_hour:` to use (default: `torch.cuda.get_device_name()`, or `cpu`).
+        price_gpu_hour: Set the device price yourself (dollars per GPU-hour); without it a device missing from the
+            table is refused (fail closed).
     """
 
     data_dir: str = field(default="runs/demo/prepared", metadata={"help": "Prepared split directory."})
@@ -52,6 +61,11 @@ class GalaxyScriptArguments:
         default_factory=lambda: ["format", "accuracy"], metadata={"help": "GRPO reward functions by name."}
     )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    max_dollars: float | None = field(default=None, metadata={"help": "Cap on the project's spend ledger, dollars."})
+    ledger: str | None = field(default=None, metadata={"help": "Spend ledger (default runs/ledger/spend.jsonl)."})
+    prices: str = field(default="eval/prices.yaml", metadata={"help": "Price table (YAML)."})
+    price_key: str | None = field(default=None, metadata={"help": "gpu_hour entry of the price table."})
+    price_gpu_hour: float | None = field(default=None, metadata={"help": "Dollars per GPU-hour (overrides the table)."})
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -60,6 +74,10 @@ class GalaxyScriptArguments:
             raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
         if self.image_size <= 0 or self.image_size % 28:
             raise UserError(f"image_size: must be a positive multiple of 28 (Qwen-VL merges 28x28 px), got {self.image_size}")
+        for name in ("max_dollars", "price_gpu_hour"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise UserError(f"{name}: expected a non-negative number, got {value!r}")
 
 
 def _resize(image, size: int):
@@ -245,6 +263,28 @@ def load_checkpoint_weights(trainer, checkpoint: str) -> bool:
     return True
 
 
+def budget_callbacks(args: GalaxyScriptArguments, training_args) -> list:
+    """The spend ledger's callback when the run sets `max_dollars` or `ledger`, else none (nothing charged).
+
+    The price is looked up before the model is loaded: an unknown device price is refused at once (fail closed).
+    """
+    if args.max_dollars is None and args.ledger is None:
+        return []
+    from .evaluation.budget import DEFAULT_LEDGER, budget_callback
+
+    return [budget_callback(args.max_dollars, prices=args.prices, ledger=args.ledger or DEFAULT_LEDGER,
+                            price_gpu_hour=args.price_gpu_hour, price_key=args.price_key,
+                            run=f"train:{training_args.output_dir}")]
+
+
+def budget_stop(trainer) -> str | None:
+    """Why a budget callback stopped this trainer, or None."""
+    from .evaluation.budget import BudgetCallback
+
+    return next((c.stopped_reason for c in trainer.callback_handler.callbacks
+                 if isinstance(c, BudgetCallback) and c.stopped_reason), None)
+
+
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
     """Train (resuming if asked), then save the final model and processor in `output_dir`."""
     output_dir = trainer.args.output_dir
@@ -265,6 +305,12 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         f"Model saved to {output_dir} after {trainer.state.global_step} steps "
         f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
     )
+    if reason := budget_stop(trainer):
+        from .evaluation.budget import BudgetExhausted
+
+        step = trainer.state.global_step
+        raise BudgetExhausted(f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
+                              f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)")
 
 
 def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
@@ -272,6 +318,7 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
 
     check_launch()
     check_output_dir(args, training_args.output_dir)
+    callbacks = budget_callbacks(args, training_args)
     prepare_inputs(args, model_args)
     model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples)
@@ -285,6 +332,7 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
+        callbacks=callbacks,
     )
 
 
@@ -296,6 +344,7 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
     check_launch()
     check_output_dir(args, training_args.output_dir)
     check_vllm(training_args)
+    callbacks = budget_callbacks(args, training_args)
     prepare_inputs(args, model_args)
     model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
@@ -310,4 +359,5 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
+        callbacks=callbacks,
     )

@@ -195,3 +195,87 @@ def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_d
     second = log.split("Resuming from")[1]
     assert second.count("'loss'") == 24 - stopped_at  # only the remaining steps were trained
     assert (task_dir / "result.json").exists()
+
+
+def check_charges(ledger: Path, name: str, tasks: list[dict]) -> None:
+    """Each task charged the project's one spend ledger (`budget.Ledger`) for its wall-clock at $1/device-hour, and
+    the ledger agrees with the dollars in its state file."""
+    from astroreason.evaluation.budget import Ledger
+
+    by_run = Ledger(ledger).by_run()
+    assert set(by_run) == {f"sweep:{name}:{t['name']}" for t in tasks}
+    for t in tasks:
+        charged, state = by_run[f"sweep:{name}:{t['name']}"], json.loads((Path(t["dir"]) / "state.json").read_text())
+        assert charged.dollars == pytest.approx(state["dollars"], rel=1e-6) and charged.dollars > 0
+        assert charged.dollars == pytest.approx(charged.gpu_seconds / 3600, rel=1e-4)
+
+
+def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path) -> None:
+    """`sweep collect` of a finished 2 arms x 2 seeds sweep (learning_rate 1e-3 vs 1e-2, 8 test galaxies): four rows
+    in results.tsv (each (arm, seed) once, with its interval and cost), a verified hash chain, nothing added by a
+    second collect, and the report: per arm mean and t-interval over seeds, the paired test between the arms."""
+    from astroreason.integrity.ledger import LEDGER_FILE, LOG_FILE, verify
+
+    tasks = json.loads((out_dir / "manifest.json").read_text())["tasks"]
+    collected = cli("sweep", "collect", str(sweep), cwd=cwd)
+    assert collected.returncode == 0, collected.stderr
+    assert "4 row(s) added, 0 already there" in collected.stdout
+    results = [json.loads(line) for line in (out_dir / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 4 and {r["n"] for r in results} == {8}
+    rows = verify(out_dir)
+    assert len(rows) == 4
+    keys = set()
+    for row in rows:
+        task = next(t for t in tasks if f" task {t['name']} " in row["description"])
+        result = json.loads((Path(task["dir"]) / "result.json").read_text())
+        state = json.loads((Path(task["dir"]) / "state.json").read_text())
+        assert f"arm {task['arm']} " in row["description"]
+        assert row["seed"] == str(task["seed"]) and row["modality"] == "image" and row["status"] == "keep"
+        assert row["metric"] == "accuracy" and float(row["value"]) == pytest.approx(result["metrics"]["accuracy"])
+        lo, hi = map(float, row["interval"].split(","))
+        assert [lo, hi] == pytest.approx(result["metrics"]["interval"]["accuracy"], abs=1e-6)
+        assert row["cost"].startswith(f"usd={state['dollars']:.6g},")
+        assert row["commit"] == (result["provenance"].get("commit") or "")
+        keys.add((task["arm"], row["seed"]))
+    assert len(keys) == 4  # four rows: every (arm, seed) once
+    for arm in {t["arm"] for t in tasks}:  # within an arm, the two rows have distinct seeds
+        assert len({seed for a, seed in keys if a == arm}) == 2
+    verified = cli("ledger", "verify", str(out_dir), cwd=cwd)
+    assert verified.returncode == 0 and "4 rows, hash chain intact" in verified.stdout
+    assert (out_dir / LOG_FILE).read_text().count(" | keep | ") == 4
+
+    # Collecting again adds nothing: the ledger is byte for byte the same.
+    before = (out_dir / LEDGER_FILE).read_bytes()
+    again = cli("sweep", "collect", str(sweep), cwd=cwd)
+    assert again.returncode == 0 and "0 row(s) added, 4 already there" in again.stdout
+    assert (out_dir / LEDGER_FILE).read_bytes() == before
+
+    # The comparison report: per arm mean and t-interval over seeds, and the paired test between the arms.
+    summary = json.loads((out_dir / "report" / "sweep.json").read_text())
+    assert sorted(summary["arms"]) == ["learning_rate=0.001", "learning_rate=0.01"]
+    for arm, s in summary["arms"].items():
+        values = s["accuracy"]["values"]
+        assert len(values) == 2 and s["accuracy"]["mean"] == pytest.approx(sum(values) / 2)
+        lo, hi = s["accuracy"]["interval"]
+        assert lo <= s["accuracy"]["mean"] <= hi
+        assert f"{arm}: accuracy mean {s['accuracy']['mean']:.3f} [{lo:.3f}, {hi:.3f}]" in again.stdout
+    pair = summary["comparisons"]["learning_rate=0.001 vs learning_rate=0.01"]
+    assert pair["pooled"]["n"] == 16 and 0 <= pair["pooled"]["mcnemar_p_value"] <= 1  # 8 galaxies x 2 seeds
+    assert len(pair["per_seed"]) == 2
+    report = (out_dir / "report" / "sweep.md").read_text()
+    assert "| learning_rate=0.001 | 2 |" in report and "| learning_rate=0.01 | 2 |" in report
+    assert "learning_rate=0.001 vs learning_rate=0.01" in report and "McNemar p" in again.stdout
+    assert (out_dir / "report" / "report.md").exists()
+
+
+def test_local_sweep_charges_one_ledger_and_collects_four_results_rows(cli, base_config, tmp_path):
+    """2 arms x 2 seeds run here; each task charged the project's spend ledger; `collect` adds one results.tsv row
+    per task, once, and writes the per-arm and paired comparison report."""
+    sweep = write_sweep(tmp_path / "four.yaml", base_config)
+    ran = cli("sweep", "run", "--local", "--jobs", "2", str(sweep), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    out_dir = tmp_path / "four-out"
+    tasks = json.loads((out_dir / "manifest.json").read_text())["tasks"]
+    assert all(json.loads((Path(t["dir"]) / "state.json").read_text())["status"] == "done" for t in tasks)
+    check_charges(tmp_path / "ledger.jsonl", "four", tasks)
+    check_collect(cli, sweep, tmp_path, out_dir)

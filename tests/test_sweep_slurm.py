@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from slurm_cluster import LocalSlurm, missing_binaries
-from test_sweep import REPO, _wait_for, base_config, cli, write_base_config, write_sweep  # noqa: F401  (fixtures)
+from test_sweep import (  # noqa: F401  (fixtures)
+    REPO, _wait_for, base_config, check_charges, check_collect, cli, write_base_config, write_sweep,
+)
 
 _missing = missing_binaries()
 _why = (f"SLURM binaries missing ({', '.join(_missing)}): run .ci/slurm_setup.sh" if _missing
@@ -90,24 +92,9 @@ def test_array_sweep_lands_four_results_two_at_a_time(cli, slurm_env, base_confi
     assert status.returncode == 0
     assert [r["status"] for r in json.loads(status.stdout)] == ["done"] * 4
 
-    collected = cli("sweep", "collect", str(sweep), cwd=tmp_path)
-    assert collected.returncode == 0, collected.stderr
-    rows = [json.loads(line) for line in (tmp_path / "arr-out" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and len({(r["arm"], r["seed"]) for r in rows}) == 4 and len({r["seed"] for r in rows}) == 2
-    for r in rows:
-        result = json.loads((Path(r["dir"]) / "result.json").read_text())
-        assert r["accuracy"] == result["metrics"]["accuracy"] and r["n"] == 8
-    report = (tmp_path / "arr-out" / "report" / "sweep.md").read_text()
-    assert "| learning_rate=0.001 | 2 |" in report and "learning_rate=0.001 vs learning_rate=0.01" in report
-    summary = json.loads((tmp_path / "arr-out" / "report" / "sweep.json").read_text())
-    assert summary["comparisons"]["learning_rate=0.001 vs learning_rate=0.01"]["pooled"]["n"] == 16  # 8 galaxies x 2 seeds
-    assert (tmp_path / "arr-out" / "report" / "report.md").exists()
-
-    # Each task charged the ledger as it ran: its charges add up to the dollars in its state file.
-    charges = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
-    for t in manifest["tasks"]:
-        charged = sum(c["dollars"] for c in charges if c["run"] == f"sweep:arr:{t['name']}")
-        assert charged == pytest.approx(_state(Path(t["dir"]))["dollars"], rel=1e-6) and charged > 0
+    # Each task charged the project's spend ledger as it ran; collect: four results.tsv rows and the report.
+    check_charges(tmp_path / "ledger.jsonl", "arr", manifest["tasks"])
+    check_collect(cli, sweep, tmp_path, tmp_path / "arr-out")
 
     again = cli("sweep", "submit", str(sweep), cwd=tmp_path)
     assert again.returncode == 0 and "every task is done" in again.stdout

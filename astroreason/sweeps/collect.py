@@ -2,8 +2,10 @@
 
 - `task_table`: one row per task: its state file (attempts, wall-clock, dollars, last checkpoint), its SLURM state
   while queued, and its accuracy once done.
-- `collect`: `results.jsonl` (one row per finished task, with its seed and the hashes of its result files), the
-  evaluation report of every task (`astroreason.evaluation.report.write_report`) and `sweep.md` / `sweep.json`:
+- `collect`: `results.jsonl` (one row per finished task, with its seed and the hashes of its result files), one row
+  per finished task in the sweep's results ledger (`results.tsv`, `astroreason.integrity.ledger`: hash-chained, with
+  `experiment_log.md`; a task whose result is already there is not added again), the evaluation report of every
+  task (`astroreason.evaluation.report.write_report`) and `sweep.md` / `sweep.json`:
   per arm the mean and 95 % t-interval over seeds, and between arms paired tests on the same galaxies
   (`paired_comparison`: per seed, and pooled over seeds where the pairs are (galaxy, seed)).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -151,6 +154,30 @@ def render_sweep(manifest: Manifest, summary: dict, comparisons: dict, rows: lis
     return "\n".join(lines) + "\n"
 
 
+def record_in_ledger(manifest: Manifest, rows: list[dict]) -> list[dict]:
+    """Append one results-ledger row per collected task whose result is not in `results.tsv` yet; returns those added.
+
+    A task's row is known by its `result_sha256=` in the description, so collecting twice adds nothing and a task
+    whose result changed (evaluated again) gets a new row. The ceiling gate and the run's SUSPECT marks apply as for
+    any evaluation (`integrity.ledger.row_from_result`).
+    """
+    from ..integrity.ledger import append_result, row_from_result, verify
+
+    project = manifest.out_dir
+    known = {m for r in verify(project) for m in re.findall(r"result_sha256=([0-9a-f]{64})", r["description"])}
+    added = []
+    for r in rows:
+        if r["result_sha256"] in known:
+            continue
+        description = (f"sweep {manifest.sweep.name} arm {r['arm']} task {r['task']} "
+                       f"result_sha256={r['result_sha256']}")
+        cost = f"usd={r['dollars']:.6g},wall_s={r['elapsed_s']:.1f},attempts={r['attempts']}"
+        row = row_from_result(_result(r["dir"]), run_dir=r["dir"], description=description, cost=cost)
+        added.append(append_result(project, row))
+        known.add(r["result_sha256"])
+    return added
+
+
 def collect(manifest: Manifest, *, partial: bool = False) -> dict:
     """Gather finished tasks into results.jsonl and the reports; refuses (exit 1) while tasks are unfinished unless
     `partial`."""
@@ -179,6 +206,7 @@ def collect(manifest: Manifest, *, partial: bool = False) -> dict:
         })
     out = manifest.out_dir
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    added = record_in_ledger(manifest, rows)
     by_arm: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_arm[r["arm"]].append(r)
@@ -191,4 +219,5 @@ def collect(manifest: Manifest, *, partial: bool = False) -> dict:
         report_dir.mkdir(exist_ok=True)
     write_text_atomic(report_dir / "sweep.md", render_sweep(manifest, summary, comparisons, rows))
     write_json_atomic(report_dir / "sweep.json", {"arms": summary, "comparisons": comparisons, "missing": missing})
-    return {"rows": rows, "arms": summary, "comparisons": comparisons, "missing": missing, "report": str(report_dir)}
+    return {"rows": rows, "arms": summary, "comparisons": comparisons, "missing": missing, "report": str(report_dir),
+            "ledger_added": added}

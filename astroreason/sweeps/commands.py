@@ -3,7 +3,7 @@
     astroreason sweep plan    SWEEP.yaml           write the manifest (one row per task) and the task configs
     astroreason sweep submit  SWEEP.yaml           one `sbatch --array=I%K` job for the unfinished tasks
     astroreason sweep status  SWEEP.yaml|DIR       task states (state files + squeue)
-    astroreason sweep collect SWEEP.yaml|DIR       results.jsonl and the comparison report
+    astroreason sweep collect SWEEP.yaml|DIR       results.jsonl, results.tsv rows and the comparison report
     astroreason sweep run --local SWEEP.yaml       the same tasks on this machine, resumable
 """
 
@@ -75,6 +75,11 @@ def run_collect(args) -> int:
     out = collect(manifest, partial=args.partial)
     print_table(out["rows"], ["task", "arm", "seed", "accuracy", "balanced_accuracy", "macro_f1", "attempts",
                               "elapsed_s"], f"sweep {manifest.sweep.name}: {len(out['rows'])} results")
+    for arm, summary in out["arms"].items():
+        acc = summary["accuracy"]
+        interval = (f"[{acc['interval'][0]:.3f}, {acc['interval'][1]:.3f}]" if acc["interval"]
+                    else "(one seed: no interval)")
+        print(f"{arm}: accuracy mean {acc['mean']:.3f} {interval} over seeds {summary['seeds']}")
     for name, c in out["comparisons"].items():
         if "not_paired" in c:
             print(f"{name}: not paired ({c['not_paired']})")
@@ -83,6 +88,10 @@ def run_collect(args) -> int:
         print(f"{name}: accuracy difference {p['accuracy_difference']:+.3f} "
               f"[{p['difference_interval'][0]:+.3f}, {p['difference_interval'][1]:+.3f}], "
               f"McNemar p {p['mcnemar_p_value']:.3g} over {len(c['seeds'])} seeds")
+    from ..integrity.ledger import LEDGER_FILE
+
+    print(f"results ledger {manifest.out_dir / LEDGER_FILE}: {len(out['ledger_added'])} row(s) added, "
+          f"{len(out['rows']) - len(out['ledger_added'])} already there")
     print(f"results: {manifest.out_dir / 'results.jsonl'}; report: {out['report']}/sweep.md")
     return 0
 
@@ -119,7 +128,8 @@ def add_parser(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="Print the rows as JSON.")
     s.set_defaults(func=run_status)
 
-    s = sub.add_parser("collect", help="results.jsonl and the comparison report (per arm over seeds, paired tests).")
+    s = sub.add_parser("collect", help="results.jsonl, one results.tsv row per task and the comparison report "
+                       "(per arm over seeds, paired tests).")
     s.add_argument("sweep", help="Sweep file (YAML) or sweep directory.")
     s.add_argument("--partial", action="store_true", help="Collect the finished tasks even if some are not done.")
     s.set_defaults(func=run_collect)

@@ -1,83 +1,38 @@
 """The project's spend ledger as sweeps use it: what a sweep may cost at most, what remains, and charging as tasks run.
 
-The ledger is an append-only JSONL file shared by every run of a project, appended under an exclusive file lock and
-fsync'd row by row, so concurrent array tasks on one node or one shared filesystem draw on one cap. Rows follow the
-project ledger format (`astroreason.evaluation.budget`): `{"kind": "charge", "id", "run", "time", "dollars",
-"gpu_seconds", ...}`; open `reserve` rows count as spent. `open_ledger` is the only place that decides which ledger
-implementation is used.
+The ledger is the project's one spend ledger (`astroreason.evaluation.budget.Ledger`: append-only JSONL under an
+exclusive file lock, fsync'd row by row), shared with every evaluation and training run, so concurrent array tasks
+on one node or one shared filesystem draw on one cap. A task is charged by device-hours at the sweep's `gpu_hour`
+price through `budget.Budget`, like any local run; open reservations count as spent.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import time
-import uuid
-from pathlib import Path
 
-from ..errors import CheckFailed, UserError
+from ..errors import CheckFailed
 from .config import SweepConfig, parse_time
 
 
-class SweepLedger:
-    """The minimal interface a sweep needs: `committed()` dollars, `remaining(cap)` and `charge(...)`."""
+def open_ledger(path: str | os.PathLike):
+    """The project's spend ledger (the same file evaluation and training runs charge)."""
+    from ..evaluation.budget import Ledger  # imports transformers: only when a ledger is opened
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-
-    def _rows(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        rows = []
-        with open(self.path, "rb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-            data = f.read()
-        for line in data.splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a row torn by a killed writer was never committed
-        return rows
-
-    def committed(self) -> float:
-        """Dollars charged plus dollars still reserved (an open reservation may already have been spent)."""
-        spent, open_reserved = 0.0, {}
-        for row in self._rows():
-            kind = row.get("kind")
-            if kind == "reserve":
-                open_reserved[row.get("id")] = float(row.get("dollars", 0.0))
-            elif kind in ("charge", "release"):
-                open_reserved.pop(row.get("id"), None)
-            if kind == "charge":
-                try:
-                    spent += float(row["dollars"])
-                except (KeyError, TypeError, ValueError):
-                    raise UserError(f"ledger: {self.path} holds a charge row without dollars; fix or move it") from None
-        return spent + sum(open_reserved.values())
-
-    def remaining(self, cap: float | None) -> float:
-        return float("inf") if cap is None else cap - self.committed()
-
-    def charge(self, dollars: float, *, run: str, seconds: float, gpus: int, **extra) -> None:
-        row = {"kind": "charge", "id": uuid.uuid4().hex, "run": run, "time": round(time.time(), 3),
-               "dollars": dollars, "gpu_seconds": round(seconds * gpus, 6), "requests": 0, **extra}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            f.seek(0, os.SEEK_END)
-            if f.tell():  # a torn last line from a killed writer: start a fresh line
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":
-                    f.write(b"\n")
-            f.write((json.dumps(row, sort_keys=True) + "\n").encode())
-            f.flush()
-            os.fsync(f.fileno())
+    return Ledger(path)
 
 
-def open_ledger(path: str | os.PathLike) -> SweepLedger:
-    """The one place the sweeps open the spend ledger (swap in `astroreason.evaluation.budget.Ledger` here)."""
-    return SweepLedger(path)
+def remaining(ledger, cap: float | None) -> float:
+    """Dollars left under `cap` once charges and open reservations are counted (infinite without a cap)."""
+    return float("inf") if cap is None else cap - ledger.totals().committed_dollars
+
+
+def task_budget(config: SweepConfig, run: str):
+    """What one task charges (a `budget.Budget`): wall-clock x its devices x the sweep's price per device-hour."""
+    from ..evaluation.budget import Budget, Caps, Price
+
+    price = Price(f"sweep:{config.name}", gpu_hour=config.budget.gpu_hour, source="sweep budget.gpu_hour")
+    return Budget(open_ledger(config.budget.ledger), price, Caps(max_dollars=config.budget.max_dollars), run=run,
+                  gpus=devices(config))
 
 
 def devices(config: SweepConfig) -> int:
@@ -98,14 +53,14 @@ def task_estimate(config: SweepConfig) -> float:
 def check_affordable(config: SweepConfig, n_tasks: int) -> dict:
     """Refuse (exit 1) a submission whose worst case exceeds what remains under the cap; returns the figures."""
     estimate = task_estimate(config) * n_tasks
-    remaining = open_ledger(config.budget.ledger).remaining(config.budget.max_dollars)
+    left = remaining(open_ledger(config.budget.ledger), config.budget.max_dollars)
     figures = {"tasks": n_tasks, "estimate_dollars": round(estimate, 6),
-               "remaining_dollars": None if remaining == float("inf") else round(remaining, 6)}
-    if estimate > remaining:
+               "remaining_dollars": None if left == float("inf") else round(left, 6)}
+    if estimate > left:
         raise CheckFailed(
             f"budget: {n_tasks} tasks may cost up to ${estimate:.2f} (time {config.resources.time} x "
             f"{1 + config.resources.max_requeues} attempts x ${config.budget.gpu_hour:g}/device-hour x "
-            f"{devices(config)}) but only ${max(remaining, 0):.2f} remains under the ${config.budget.max_dollars:g} "
+            f"{devices(config)}) but only ${max(left, 0):.2f} remains under the ${config.budget.max_dollars:g} "
             f"cap in {config.budget.ledger}; not submitted"
         )
     return figures

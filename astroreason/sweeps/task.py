@@ -71,8 +71,8 @@ def write_state(task_dir: str | Path, state: dict) -> None:
 class Meter:
     """Wall-clock of this attempt added to what earlier attempts spent; charges the ledger for the difference."""
 
-    def __init__(self, task_dir: Path, state: dict, ledger, rate: float, gpus: int, run: str):
-        self.task_dir, self.state, self.ledger, self.rate, self.gpus, self.run = task_dir, state, ledger, rate, gpus, run
+    def __init__(self, task_dir: Path, state: dict, budget):
+        self.task_dir, self.state, self.budget = task_dir, state, budget  # budget: `evaluation.budget.Budget`
         self.base_elapsed = float(state["elapsed_s"])
         self.started = time.monotonic()
         self.charged_s = 0.0  # seconds of this attempt already charged
@@ -84,11 +84,10 @@ class Meter:
     def flush(self, **fields) -> None:
         seconds = self.attempt_seconds()
         delta = seconds - self.charged_s
-        if delta > 0 and self.rate > 0:
-            self.ledger.charge(delta * self.rate, run=self.run, seconds=delta, gpus=self.gpus,
-                               attempt=self.state["attempts"])
-        if delta > 0:
-            self.state["dollars"] = round(self.state["dollars"] + delta * self.rate, 9)
+        if delta > 0 and self.budget.price.gpu_hour > 0:
+            dollars = self.budget.charge(None, requests=0, seconds=delta,
+                                         task_attempt=self.state["attempts"])
+            self.state["dollars"] = round(self.state["dollars"] + dollars, 9)
         self.charged_s = seconds
         self.state["elapsed_s"] = round(self.base_elapsed + seconds, 3)
         self.state["history"][-1].update(seconds=round(seconds, 3), **fields)
@@ -181,7 +180,7 @@ def run_task(manifest_path: str | Path, index: int) -> int:
     from ..errors import CheckFailed
     from .config import parse_time
     from .plan import load_manifest
-    from .spend import devices, open_ledger, task_rate
+    from .spend import open_ledger, remaining, task_budget
 
     stop = install_handlers()  # before the heavy imports: a signal during start-up must not kill the task
     manifest = load_manifest(manifest_path)
@@ -201,8 +200,7 @@ def run_task(manifest_path: str | Path, index: int) -> int:
         write_state(task_dir, state)
         raise CheckFailed(f"task {index} ({task.name}): {state['attempts']} attempts and {state['elapsed_s']:.0f} s "
                           f"spent, the most its resources allow ({limit} s); not run again")
-    ledger = open_ledger(sweep.budget.ledger)
-    if ledger.remaining(sweep.budget.max_dollars) <= 0:
+    if remaining(open_ledger(sweep.budget.ledger), sweep.budget.max_dollars) <= 0:
         state["status"] = FAILED
         write_state(task_dir, state)
         raise CheckFailed(f"budget: the ${sweep.budget.max_dollars:g} cap in {sweep.budget.ledger} is spent; "
@@ -213,7 +211,7 @@ def run_task(manifest_path: str | Path, index: int) -> int:
     job = {k: os.environ[k] for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID",
                                       "SLURM_RESTART_COUNT") if k in os.environ}
     state["history"].append({"attempt": state["attempts"], "started": time.time(), "job": job})
-    meter = Meter(task_dir, state, ledger, task_rate(sweep), devices(sweep), run=f"sweep:{sweep.name}:{task.name}")
+    meter = Meter(task_dir, state, task_budget(sweep, run=f"sweep:{sweep.name}:{task.name}"))
     print(f"[sweep] task {index} ({task.name}) attempt {state['attempts']}, {state['elapsed_s']:.1f} s spent before",
           flush=True)
     try:
