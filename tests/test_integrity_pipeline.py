@@ -75,8 +75,9 @@ def recipe_runs(sorted_prepared, tiny_model_dir, tmp_path_factory):
         "clean": (root / "clean", ["--seed", "3"]),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(sft, sorted_prepared, tiny_model_dir, out, *extra) for k, (out, extra) in runs.items()}
-        return {k: (f.result(), runs[k][0]) for k, f in futures.items()}
+        futures = {name: pool.submit(sft, sorted_prepared, tiny_model_dir, out, *extra)
+                   for name, (out, extra) in runs.items()}
+        return {name: (f.result(), runs[name][0]) for name, f in futures.items()}
 
 
 def check_ok(result: subprocess.CompletedProcess) -> None:
@@ -134,7 +135,8 @@ def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, capsys):
     assert {k: p["status"] for k, p in probes.items()} == {
         "row_order": "pass", "duplicates": "pass", "metadata": "pass", "blank_input": "pass",
         "label_permutation": "pass", "seeds": "skip"}
-    assert probes["label_permutation"]["details"]["n"] == 8 and "after 2 steps" in probes["label_permutation"]["summary"]
+    permutation = probes["label_permutation"]
+    assert permutation["details"]["n"] == 8 and "after 2 steps on permuted labels" in permutation["summary"]
 
 
 def test_audit_of_the_overridden_run_catches_the_leak(recipe_runs, capsys):
@@ -198,7 +200,8 @@ def test_eval_refuses_the_leak_and_records_the_override(recipe_runs, sorted_prep
     assert lint["override"]["allow"] == ["row_index"] and lint["split"] == "test" and lint["n_prompts"] == 6
     (row,) = verify(tmp_path / "project")  # the results ledger beside the spend ledger, hash chain intact
     assert row["status"] == "keep" and row["modality"] == "image"
-    assert row["description"].startswith("planted leak LINT OVERRIDE (row_index): planted leak: the integrity")
+    # Named once, though both the evaluation's record and its model's training record carry the override.
+    assert row["description"] == "planted leak LINT OVERRIDE (row_index): planted leak: the integrity pipeline test"
     result = json.loads((tmp_path / "eval" / "result.json").read_text())
     assert result["integrity"]["row_sha256"] == row["row_sha256"] and result["integrity"]["status"] == "keep"
 
