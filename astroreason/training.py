@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -46,6 +47,12 @@ class GalaxyScriptArguments:
         price_key: Entry of `gpu_hour:` to use (default: `torch.cuda.get_device_name()`, or `cpu`).
         price_gpu_hour: Set the device price yourself (dollars per GPU-hour); without it a device missing from the
             table is refused (fail closed).
+        prompt_template: The prompt (a `str.format` string); default: the modality's template in
+            `astroreason.prompts`. Its only field is the galaxy's representation (`{tokens}` for the token arm); a
+            dataset column (`{row_index}`, `{ra}`, ...) is refused by the prompt lint unless the override allows it.
+        allow_prompt_fields: Lint override, for deliberate experiments only: the columns a prompt may carry (e.g.
+            `row_index`). Needs `override_reason`; recorded in `prompt_lint.json` and in the results ledger.
+        override_reason: Why the override is used (required with `allow_prompt_fields`).
     """
 
     data_dir: str = field(default="runs/demo/prepared", metadata={"help": "Prepared split directory."})
@@ -66,6 +73,11 @@ class GalaxyScriptArguments:
     prices: str = field(default="eval/prices.yaml", metadata={"help": "Price table (YAML)."})
     price_key: str | None = field(default=None, metadata={"help": "gpu_hour entry of the price table."})
     price_gpu_hour: float | None = field(default=None, metadata={"help": "Dollars per GPU-hour (overrides the table)."})
+    prompt_template: str | None = field(default=None, metadata={"help": "Prompt template (default: the modality's)."})
+    allow_prompt_fields: list[str] | None = field(
+        default=None, metadata={"help": "Lint override: columns a prompt may carry (deliberate experiments only)."}
+    )
+    override_reason: str | None = field(default=None, metadata={"help": "Why the lint override is used (required)."})
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -78,6 +90,17 @@ class GalaxyScriptArguments:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise UserError(f"{name}: expected a non-negative number, got {value!r}")
+        self.lint_override()  # an override without a reason (or a reason without an override) is refused up front
+
+    def lint_override(self):
+        """The explicit prompt-lint override these arguments ask for, or None."""
+        from .integrity.lint import LintOverride
+
+        if not self.allow_prompt_fields:
+            if self.override_reason:
+                raise UserError("override_reason: given without allow_prompt_fields (name the columns it allows)")
+            return None
+        return LintOverride(tuple(self.allow_prompt_fields), self.override_reason or "")
 
 
 def _resize(image, size: int):
@@ -89,9 +112,12 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
     """The conversational dataset of one split for one arm.
 
     Columns: `prompt` (one user turn), `label` (for the rewards), `completion` (SFT targets, when asked) and, for the
-    image arm, `image` (TRL inserts the image block into the prompt itself).
+    image arm, `image` (TRL inserts the image block into the prompt itself). Prompts come from `args.prompt_template`
+    (default: the modality's template); a template naming a dataset column is rendered only under the lint override
+    (a deliberate experiment), with each row's own metadata.
     """
-    from .prompts import answer_text, build_prompt
+    from .integrity.lint import check_template, render_text, split_metadata
+    from .prompts import REPRESENTATION_FIELDS, answer_text, build_prompt, template_fields
 
     if args.modality == "image":
         from .data.splits import load_split
@@ -104,18 +130,89 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
     if max_samples is not None:
         dataset = dataset.select(range(min(max_samples, len(dataset))))
 
-    def to_conversation(example):
-        if args.modality == "image":
-            row = {"prompt": build_prompt("image"), "image": _resize(example["image"], args.image_size)}
+    template = args.prompt_template
+    meta = None
+    if template is not None and set(template_fields(template)) - set(REPRESENTATION_FIELDS[args.modality]):
+        with override_hint():
+            check_template(args.modality, template, override=args.lint_override())  # CheckFailed unless overridden
+        positions = split_positions(args, split)[: len(dataset)]
+        meta = split_metadata(args.data_dir, split, positions=positions)
+
+    def to_conversation(example, index):
+        tokens_text = example["tokens_text"] if args.modality == "tokens" else None
+        if meta is not None:
+            text = render_text(template, args.modality, {k: v[index] for k, v in meta.items()}, tokens_text or "")
+            row = {"prompt": [{"role": "user", "content": text}]}
         else:
-            row = {"prompt": build_prompt("tokens", tokens_text=example["tokens_text"])}
+            row = {"prompt": build_prompt(args.modality, tokens_text=tokens_text, template=template)}
+        if args.modality == "image":
+            row["image"] = _resize(example["image"], args.image_size)
         if with_completion:
             row["completion"] = [{"role": "assistant", "content": answer_text(example["label"])}]
         return row
 
     keep = {"label", "image"} if args.modality == "image" else {"label"}
     drop = [c for c in dataset.column_names if c not in keep]
-    return dataset.map(to_conversation, remove_columns=drop, desc=f"{args.modality} {split} prompts")
+    return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
+
+
+def split_positions(args: GalaxyScriptArguments, split: str):
+    """Each row of the arm's split view, as its position in the split (the token arm of an AION cache holds only the
+    rows with flux)."""
+    import numpy as np
+
+    from .data.splits import load_manifest
+
+    if args.modality == "image":
+        return np.arange(len(load_manifest(args.data_dir).rows[split]))
+    from .tokens.cache import split_positions as token_positions
+
+    return token_positions(args.data_dir, split, args.codec)
+
+
+def lint_datasets(args: GalaxyScriptArguments, training_args, train, evaluation=None):
+    """The prompt lint of the training (and evaluation) prompts before anything is trained: `CheckFailed` (exit 1)
+    on a column the override does not allow; the main process records `prompt_lint.json` in `output_dir`."""
+    from .integrity.lint import check_dataset, write_lint_record
+
+    override = args.lint_override()
+    checks = [(args.train_split, train)] + ([(args.eval_split, evaluation)] if evaluation is not None else [])
+    with override_hint():
+        reports = [
+            check_dataset(dataset, data_dir=args.data_dir, split=split, modality=args.modality,
+                          template=args.prompt_template, override=override,
+                          positions=split_positions(args, split)[: len(dataset)])
+            for split, dataset in checks
+        ]
+    if training_args.process_index == 0:
+        report = reports[0]
+        seen = {(f.kind, f.name) for f in report.overridden}
+        report.overridden += [f for r in reports[1:] for f in r.overridden if (f.kind, f.name) not in seen]
+        write_lint_record(training_args.output_dir, report, data_dir=args.data_dir,
+                          split=",".join(split for split, _ in checks))
+    return reports
+
+
+@contextmanager
+def override_hint():
+    """A lint refusal names the arguments of the recipes' and the evaluation's override."""
+    from .errors import CheckFailed
+
+    try:
+        yield
+    except CheckFailed as err:
+        raise CheckFailed(f"{err} (--allow_prompt_fields COLUMN --override_reason WHY)") from None
+
+
+def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False) -> list:
+    """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
+    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint."""
+    from dataclasses import asdict
+
+    from .integrity.alarms import TrainingAlarms, pipeline_alarms
+    from .integrity.fingerprint import RunFingerprint
+
+    return [TrainingAlarms(pipeline_alarms("grpo" if grpo else "sft")), RunFingerprint(extra=asdict(args))]
 
 
 VLLM_MODES = ("colocate", "server")
@@ -320,11 +417,12 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
     check_output_dir(args, training_args.output_dir)
     callbacks = budget_callbacks(args, training_args)
     prepare_inputs(args, model_args)
-    model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples)
     evaluation = None
     if training_args.eval_strategy != "no":
         evaluation = galaxy_dataset(args, args.eval_split, with_completion=True, max_samples=args.max_eval_samples)
+    lint_datasets(args, training_args, train, evaluation)
+    model, processor = load_model(model_args, training_args)
     return SFTTrainer(
         model=model,
         args=training_args,
@@ -332,7 +430,7 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=callbacks + integrity_callbacks(args),
     )
 
 
@@ -346,11 +444,12 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
     check_vllm(training_args)
     callbacks = budget_callbacks(args, training_args)
     prepare_inputs(args, model_args)
-    model, processor = load_model(model_args, training_args)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     evaluation = None
     if training_args.eval_strategy != "no":
         evaluation = galaxy_dataset(args, args.eval_split, with_completion=False, max_samples=args.max_eval_samples)
+    lint_datasets(args, training_args, train, evaluation)
+    model, processor = load_model(model_args, training_args)
     return GRPOTrainer(
         model=model,
         reward_funcs=get_reward_funcs(args.reward_funcs),
@@ -359,5 +458,5 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks,
+        callbacks=callbacks + integrity_callbacks(args, grpo=True),
     )

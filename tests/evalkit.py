@@ -150,10 +150,11 @@ class ScriptedServer(_Server):
 
     `plan(n)` gives the n-th request's fate: "ok" (an `<answer>` naming a class picked by a hash of the request's
     messages, with usage), "garbage" (200 with HTML), "429", "503", "400" or "nousage" (a valid answer, no usage).
-    It checks every image it receives is a base64 PNG data URL in the OpenAI content-part format.
+    It checks every image it receives is a base64 PNG data URL in the OpenAI content-part format. `answer`, when
+    given, writes an "ok" answer from the request's messages instead (e.g. a real model served over HTTP).
     """
 
-    def __init__(self, plan=lambda n: "ok", answer_seed: int = 0):
+    def __init__(self, plan=lambda n: "ok", answer_seed: int = 0, answer=None):
         self.count = 0
         self.fates: list[str] = []
         self.images: list[tuple[int, int]] = []
@@ -196,6 +197,8 @@ class ScriptedServer(_Server):
                                       headers=[("Retry-After", "0")] if fate == "429" else [])
                 digest = hashlib.sha256((json.dumps(body["messages"], sort_keys=True) + str(answer_seed)).encode())
                 text = f"<answer>{DECALS_CLASSES[digest.digest()[0] % len(DECALS_CLASSES)]}</answer>"
+                if answer is not None:
+                    text = answer(body["messages"])
                 prompt_tokens = len(json.dumps(body["messages"])) // 8
                 payload = {"id": f"r{n}", "object": "chat.completion", "model": body["model"],
                            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},

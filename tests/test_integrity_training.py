@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from astroreason.cli import main as cli
 from astroreason.integrity import SUSPECT_FILE
-from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms
+from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms, pipeline_alarms
 from astroreason.integrity.fingerprint import FINGERPRINT_FILE, RunFingerprint, compare_fingerprints, read_fingerprint
 
 
@@ -65,6 +65,24 @@ def test_alarm_rules_on_log_sequences():
         assert fired == []
     repeated = TrainingAlarms()
     assert feed(repeated, "loss", [0.01, 0.005, 0.001]) == ["loss_near_zero"]
+    # GRPO's loss is a policy-gradient surrogate, exactly 0 when a group's rewards are all equal (an untrained
+    # policy, as TRL 1.16 logs it): no loss alarm in a log that carries rewards, nor with the loss rules off.
+    grpo_log = {"loss": 0.0, "reward": 0.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0, "entropy": 6.4}
+    assert TrainingAlarms().check(grpo_log, step=1) == []
+    assert feed(TrainingAlarms(AlarmConfig(watch_loss=False)), "loss", [0.0, 0.0]) == []
+
+
+def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():
+    """The recipes' SFT alarms: learning the answer format (loss 2.3 -> 0.27, entropy 6.4 -> 0.52, token accuracy
+    0.3 -> 0.8, the shape of the demo's image-arm SFT) is no alarm; a loss or entropy toward zero still is."""
+    sft = TrainingAlarms(pipeline_alarms("sft"))
+    for step, (loss, entropy, accuracy) in enumerate(
+            [(2.3, 6.4, 0.3), (2.0, 5.1, 0.35), (1.7, 3.0, 0.4), (1.6, 2.2, 0.45), (0.27, 0.52, 0.8)]):
+        assert sft.check({"loss": loss, "entropy": entropy, "mean_token_accuracy": accuracy}, step) == []
+    assert [a["rule"] for a in sft.check({"loss": 0.01, "entropy": 0.01}, 6)] == ["loss_near_zero", "entropy_collapse"]
+    grpo = TrainingAlarms(pipeline_alarms("grpo"))
+    assert feed(grpo, "loss", [0.0, 0.0, 0.0]) == []
+    assert feed(grpo, "frac_reward_zero_std", [0.2, 0.3, 0.1, 0.96, 1.0, 1.0]) == ["reward_variance_collapse"]
     assert feed(TrainingAlarms(AlarmConfig(loss_floor=0.001)), "loss", [0.01]) == []
 
 

@@ -40,6 +40,7 @@ def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
 
 
 def run_eval(argv: list[str]) -> int:
+    from ..errors import CheckFailed
     from .harness import IncompleteRun, evaluate, print_result_line
 
     config = parse_eval_config(argv)
@@ -49,6 +50,9 @@ def run_eval(argv: list[str]) -> int:
         print_result_line(err.result)  # the partial outcome, still one machine-readable line
         raise
     print_result_line(result)
+    integrity = result.get("integrity") or {}
+    if integrity.get("status") == "suspect":
+        raise CheckFailed(f"result: SUSPECT, recorded so in {integrity['ledger']} ({integrity['description']})")
     return 0
 
 

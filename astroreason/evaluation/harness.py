@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import CheckFailed, UserError
+from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
 from ..provenance import provenance
 from .backends import BACKENDS, SamplingSettings
@@ -74,6 +75,15 @@ class EvalConfig:
             and refuse to go on if it would not fit under the caps.
         vllm_gpu_memory_utilization: Share of GPU memory vLLM may take.
         trust_remote_code: Let a checkpoint run its own code (off by default).
+        prompt_template: The prompt (default: the modality's template, as in training); linted before anything is
+            asked: a dataset column in it is refused (exit 1) unless the override allows it.
+        allow_prompt_fields: Lint override, for deliberate experiments only: the columns a prompt may carry.
+        override_reason: Why the override is used (required with `allow_prompt_fields`); recorded in
+            `prompt_lint.json` and in the results ledger.
+        ceiling: An accuracy above this is suspect, never a success (Galaxy10 DECaLS: best published CNN 0.955).
+        results_dir: Directory of the results ledger (`results.tsv`, `experiment_log.md`), to which every finished
+            evaluation appends one row; default: the spend ledger's directory (one project directory for both).
+        description: One line for the results ledger: what this run tries.
     """
 
     model: str = ""
@@ -114,6 +124,12 @@ class EvalConfig:
     pilot_samples: int = 0
     vllm_gpu_memory_utilization: float = 0.9
     trust_remote_code: bool = False
+    prompt_template: str | None = None
+    allow_prompt_fields: list[str] | None = None
+    override_reason: str | None = None
+    ceiling: float = DEFAULT_CEILING
+    results_dir: str | None = None
+    description: str = ""
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -139,6 +155,23 @@ class EvalConfig:
                 raise UserError(f"{name}: expected a non-negative number, got {value!r}")
         if self.max_samples is not None and self.max_samples < 1:
             raise UserError(f"max_samples: must be at least 1, got {self.max_samples}")
+        if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, (int, float)) or not 0 < self.ceiling <= 1:
+            raise UserError(f"ceiling: expected a number in (0, 1], got {self.ceiling!r}")
+        self.script_args()  # a lint override without a reason is refused before anything runs
+
+    def script_args(self):
+        """The training recipes' view of this data: the same datasets, the same prompts, the same lint."""
+        from ..training import GalaxyScriptArguments
+
+        return GalaxyScriptArguments(
+            data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
+            image_size=self.image_size, prompt_template=self.prompt_template,
+            allow_prompt_fields=self.allow_prompt_fields, override_reason=self.override_reason,
+        )
+
+    def project_dir(self) -> Path:
+        """Where the results ledger lives: `results_dir`, else beside the spend ledger."""
+        return Path(self.results_dir) if self.results_dir else Path(self.ledger).parent
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -205,7 +238,7 @@ def append_records(path: Path, records: list[dict]) -> None:
 def evaluation_dataset(config: EvalConfig):
     from datasets.utils.logging import disable_progress_bar
 
-    from ..training import GalaxyScriptArguments, galaxy_dataset
+    from ..training import galaxy_dataset
 
     disable_progress_bar()  # the harness shows its own progress; stderr stays for the one error line
     from ..data.splits import load_manifest
@@ -216,14 +249,43 @@ def evaluation_dataset(config: EvalConfig):
     if config.split in rows and len(rows[config.split]) == 0:
         # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    args = GalaxyScriptArguments(
-        data_dir=config.data_dir, modality=config.modality, codec=config.codec, rendering=config.rendering,
-        image_size=config.image_size,
-    )
-    dataset = galaxy_dataset(args, config.split, with_completion=False, max_samples=config.max_samples)
+    dataset = galaxy_dataset(config.script_args(), config.split, with_completion=False, max_samples=config.max_samples)
     if len(dataset) == 0:
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
     return dataset
+
+
+def lint_rows(config: EvalConfig, rows: list[dict]):
+    """The prompt lint of the evaluated prompts (as in training), recorded in `output_dir/prompt_lint.json`."""
+    from ..integrity.lint import check_dataset
+    from ..training import override_hint, split_positions
+
+    args = config.script_args()
+    with override_hint():
+        return check_dataset({"prompt": [r["prompt"] for r in rows]}, data_dir=config.data_dir, split=config.split,
+                             modality=config.modality, template=config.prompt_template,
+                             override=args.lint_override(), record_dir=config.output_dir,
+                             positions=split_positions(args, config.split)[: len(rows)])
+
+
+def record_integrity(config: EvalConfig, result: dict) -> dict:
+    """After `result.json` is written: the ceiling gate and one row in the results ledger. A result above the
+    ceiling, or from a run marked suspect (training alarms, an audit), gets status `suspect`; the verdict is added
+    to `result.json` as `integrity`."""
+    from ..integrity.gate import read_suspect
+    from ..integrity.ledger import LEDGER_FILE, record_result
+
+    project = config.project_dir()
+    row = record_result(project, result, run_dir=config.output_dir, ceiling=config.ceiling,
+                        description=config.description)
+    reasons = [r["reason"] for d in dict.fromkeys((config.output_dir, config.model)) if Path(d).is_dir()
+               for r in (read_suspect(d) or {}).get("reasons", [])]
+    result["integrity"] = {
+        "status": row["status"], "ceiling": config.ceiling, "ledger": str(project / LEDGER_FILE),
+        "row_sha256": row["row_sha256"], "reasons": reasons, "description": row["description"],
+    }
+    write_json_atomic(Path(config.output_dir) / RESULT_NAME, result)
+    return result
 
 
 def make_price(config: EvalConfig):
@@ -281,9 +343,10 @@ class Evaluation:
         # Decoded once: the keys hash these exact rows and the backend is sent these exact rows.
         self.rows = list(evaluation_dataset(config))
         self.labels = [int(r["label"]) for r in self.rows]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.lint = lint_rows(config, self.rows)  # CheckFailed before anything is asked or paid for
         sampling = config.sampling()
         self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.rows]
-        self.out.mkdir(parents=True, exist_ok=True)
         self.done = read_cache(self.cache_path)
         self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
@@ -422,9 +485,11 @@ class Evaluation:
 
 
 def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict:
-    """Run (or resume) one evaluation; returns the result also written to `output_dir/result.json`.
+    """Run (or resume) one evaluation; returns the result also written to `output_dir/result.json`, gated by the
+    ceiling and recorded in the results ledger (`result["integrity"]["status"]` is `keep` or `suspect`).
 
-    Raises `IncompleteRun` (exit 1, with the partial result) when a cap or the backend stops it early.
+    Raises `IncompleteRun` (exit 1, with the partial result, not recorded as a result) when a cap or the backend
+    stops it early.
     """
     from .backends import BackendError
 
@@ -443,7 +508,7 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
         raise IncompleteRun(str(err), run.finish("budget_exhausted", str(err), estimate)) from None
     except BackendError as err:
         raise IncompleteRun(str(err), run.finish("backend_error", str(err), estimate)) from None
-    return run.finish("complete", None, estimate)
+    return record_integrity(config, run.finish("complete", None, estimate))
 
 
 def result_summary(result: dict) -> dict:
@@ -456,6 +521,7 @@ def result_summary(result: dict) -> dict:
         "parse_failure_rate": m.get("parse_failure_rate"), "majority_rate": m.get("majority_rate"),
         "modality": result["config"]["modality"], "output_dir": result["config"]["output_dir"],
         "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
+        "integrity": (result.get("integrity") or {}).get("status"),
     }
     return summary
 

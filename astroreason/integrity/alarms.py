@@ -31,15 +31,18 @@ class AlarmConfig:
         window: Logs whose median a new value is compared with.
         loss_floor: A training loss below this is "toward zero": a ten-class answer that is not a shortcut keeps
             some loss (a 90 % classifier spends ~0.3 nats on the class token).
-        loss_drop: An abrupt fall: the loss drops below this fraction of the window's median.
+        loss_drop: An abrupt fall: the loss drops below this fraction of the window's median (0: rule off).
         jump: An accuracy or reward rising by more than this (absolute) over the window's median.
-        jump_keys: Logged metrics watched for jumps (substring match on the key).
+        jump_keys: Logged metrics watched for jumps (substring match on the key; empty: rule off).
         zero_std_high: `frac_reward_zero_std` at or above this counts as collapsed ...
         zero_std_low: ... once it has been below this earlier in the run ...
         zero_std_patience: ... for this many consecutive logs.
-        entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse ...
+        entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse (0: rule off) ...
         entropy_floor: ... and so is entropy below this (nats per token).
         stop_on_alarm: Stop training at the first alarm (default: finish, marked suspect).
+        watch_loss: Apply the loss rules. They suit a cross-entropy loss (SFT); GRPO's loss is a policy-gradient
+            surrogate that is exactly 0 whenever every completion of a group scores the same (an untrained policy),
+            so it is never watched in a log that carries rewards, and the GRPO recipe turns it off.
     """
 
     warmup_logs: int = 3
@@ -54,6 +57,23 @@ class AlarmConfig:
     entropy_fraction: float = 0.1
     entropy_floor: float = 0.02
     stop_on_alarm: bool = False
+    watch_loss: bool = True
+
+
+def pipeline_alarms(trainer: str) -> AlarmConfig:
+    """The alarms the recipes attach, per trainer (`sft` or `grpo`).
+
+    SFT: an SFT completion is mostly answer-format tokens (`<answer>`, `</answer>`), and learning the format makes the
+    mean loss fall abruptly, the mean token accuracy jump and the entropy fall far below a random start's, in a run
+    that learns nothing but the format (the demo's image-arm SFT raised `loss_abrupt_fall` and `entropy_collapse`
+    with the relative rules on). Its pipeline alarms are the absolute ones: a loss or an entropy toward zero.
+    GRPO: everything but the loss (a policy-gradient surrogate, 0 whenever a group's rewards are equal).
+    """
+    if trainer == "sft":
+        return AlarmConfig(loss_drop=0.0, jump_keys=(), entropy_fraction=0.0)
+    if trainer == "grpo":
+        return AlarmConfig(watch_loss=False)
+    raise ValueError(f"trainer: expected sft or grpo, got {trainer!r}")
 
 
 def _median(values: list[float]) -> float:
@@ -85,6 +105,8 @@ class TrainingAlarms(TrainerCallback):
         """The alarms one log raises (pure: no file written); updates the history."""
         c, s = self.config, self.state
         out = []
+        # A log with rewards is a policy-gradient run (GRPO): its loss is no cross-entropy (0 on equal rewards).
+        watch_loss = c.watch_loss and not any(k == "reward" or k.startswith("rewards/") for k in logs)
         for key, raw in logs.items():
             try:
                 value = float(raw)
@@ -95,7 +117,7 @@ class TrainingAlarms(TrainerCallback):
             past = s.history.setdefault(key, [])
             recent = past[-c.window :]
             warm = len(past) >= c.warmup_logs
-            if key == "loss":
+            if key == "loss" and watch_loss:
                 if value < c.loss_floor:
                     out.append(self._alarm("loss_near_zero", key, step, value,
                                            f"training loss {value:.4g} < {c.loss_floor} (toward zero: a ten-class answer "

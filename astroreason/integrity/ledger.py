@@ -209,14 +209,15 @@ def row_from_result(
         if run_dir is not None:
             mark_suspect(run_dir, "ceiling", verdict.reason, value=verdict.value, ceiling=verdict.ceiling)
     notes = []
-    for directory in {Path(d) for d in (run_dir, config.get("output_dir"), config.get("model")) if d}:
+    for directory in dict.fromkeys(Path(d) for d in (run_dir, config.get("output_dir"), config.get("model")) if d):
         marked = read_suspect(directory)
         if marked:
             reasons += [r["reason"] for r in marked.get("reasons", []) if r["reason"] not in reasons]
         lint = read_lint_record(directory) if directory.is_dir() else None
         if lint and lint.get("overridden"):
             names = ", ".join(sorted({f["name"] for f in lint["overridden"]}))
-            notes.append(f"LINT OVERRIDE ({names}): {(lint.get('override') or {}).get('reason', '')}")
+            note = f"LINT OVERRIDE ({names}): {(lint.get('override') or {}).get('reason', '')}"
+            notes += [note] if note not in notes else []  # the eval's record and its model's name the same one
     interval = metrics.get("interval", {}).get(metric)
     if cost is None:
         tokens = (result.get("prompt_tokens") or 0) + (result.get("completion_tokens") or 0)

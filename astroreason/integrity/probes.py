@@ -391,6 +391,7 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = 8, max_train: int = 6
     import tempfile
 
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     from ..evaluation.backends import SamplingSettings, TransformersBackend
@@ -408,6 +409,7 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = 8, max_train: int = 6
                            logging_steps=max(steps, 1), report_to=[], save_strategy="no", use_cpu=True, bf16=False,
                            max_length=None, gradient_checkpointing=False, disable_tqdm=True, seed=seed)
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=processor)
+        trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`
         trainer.train()
     backend = TransformersBackend(trainer.model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
     test_prompts, test_images, test_labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")

@@ -164,7 +164,8 @@ def _evaluate(task, sweep, stop: _Stop):
         model=str(task.train_dir), data_dir=script_args.data_dir, split=e.split, modality=script_args.modality,
         codec=script_args.codec, rendering=script_args.rendering, image_size=script_args.image_size,
         output_dir=task.dir, max_samples=e.max_samples, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-        seed=task.seed, n_boot=e.n_boot,
+        seed=task.seed, n_boot=e.n_boot, prompt_template=script_args.prompt_template,
+        allow_prompt_fields=script_args.allow_prompt_fields, override_reason=script_args.override_reason,
     )
     stop.phase = "eval"
     if stop.requested:

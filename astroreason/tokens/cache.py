@@ -231,6 +231,13 @@ def _split_positions(prepared_dir, split: str, cache: TokenCache) -> np.ndarray:
     return np.flatnonzero([r in cache for r in rows])
 
 
+def split_positions(prepared_dir, split: str, codec, *, cache_dir=None) -> np.ndarray:
+    """The positions in the split of the rows `token_split` holds (all of them, or for a galaxy10-aion cache those
+    with flux), in its order."""
+    cache = load_codes(cache_dir or prepared_dir, load_codec(codec), prepared_dir=prepared_dir)
+    return _split_positions(prepared_dir, split, cache)
+
+
 def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=None):
     """The token arm's dataset for one split: columns `tokens_text`, `label`, `label_name`.
 
