@@ -46,7 +46,8 @@ def build_tiny_data(out: str = TINY_DATA) -> Path:
     return prepare(source, out, seed=SEED)
 
 
-def build_tiny_codec(out: str = TINY_CODEC, data_dir: str = TINY_DATA) -> Path:
+def build_tiny_codec(out: str = TINY_CODEC, data_dir: str = TINY_DATA, *, steps: int = CODEC_STEPS,
+                     levels: list[int] | None = None, hidden: int = 16) -> Path:
     """A small built-in FSQ codec (rgb, 32 px in, 8x8 codes) trained on the prepared data's train rows."""
     import numpy as np
 
@@ -57,14 +58,14 @@ def build_tiny_codec(out: str = TINY_CODEC, data_dir: str = TINY_DATA) -> Path:
 
     manifest = load_manifest(data_dir)
     source = _source_path(manifest, data_dir)
-    config = FSQConfig(size=CODEC_SIZE, hidden=16)
+    config = FSQConfig(size=CODEC_SIZE, hidden=hidden, **({"levels": list(levels)} if levels else {}))
     spec = config.input_spec
 
     def inputs(split):
         rows = np.asarray(manifest.rows[split])
         return np.concatenate([check_inputs(b, spec, source=str(source)) for b in read_inputs(source, rows, spec)])
 
-    train = TrainConfig(steps=CODEC_STEPS, batch_size=32, seed=SEED)
+    train = TrainConfig(steps=steps, batch_size=32, seed=SEED)
     codec, metrics = train_fsq(config, inputs("train"), inputs("val"), train, name=Path(out).name)
     codec.save(out, training={"steps": train.steps, "seed": SEED, "prepared_dir": str(data_dir)}, metrics=metrics)
     return Path(out)

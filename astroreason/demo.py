@@ -41,6 +41,11 @@ class DemoConfig:
         lr_language: SFT learning rate of the language model (random: it learns fast).
         grpo_lr: GRPO learning rate (language model and merger; the vision blocks are frozen).
         rendering: How the token arm writes codec ids as text.
+        codec_levels: FSQ levels of the demo's codec (32 px in, 8x8 codes); [4, 4, 4] is 64 codes.
+        codec_hidden: Channels of the codec's convolutions.
+        codec_steps: Codec training steps. The tiny defaults' codec (levels [7, 5, 5, 5, 5], 16 channels, 60 steps,
+            fast for the tests) collapses on the demo's data to a handful of ids, so the token arm would see almost
+            nothing; the demo prints its codec's held-out codebook usage and perplexity.
         threads: Torch threads; tiny models are overhead-bound, and one thread is faster on a busy 2-core machine.
         seed: Seed of everything.
         check: Whether to enforce the image arm's accuracy claim.
@@ -60,13 +65,16 @@ class DemoConfig:
     lr_language: float = 5e-3
     grpo_lr: float = 2e-5
     rendering: str = "ints"
+    codec_levels: tuple[int, ...] = (4, 4, 4)
+    codec_hidden: int = 32
+    codec_steps: int = 300
     threads: int = 1
     seed: int = 0
     check: bool = True
 
 
 QUICK = dict(n_galaxies=300, n_pretrain=200, fractions=(0.7, 0.1, 0.2), pretrain_steps=10, sft_steps=4, grpo_steps=2,
-             check=False)
+             codec_steps=30, check=False)
 
 
 class Demo:
@@ -134,8 +142,13 @@ class Demo:
         from .defaults import build_tiny_codec
         from .tokens.cache import encode_prepared
 
-        self.stage("train codec (FSQ)", self.codec, lambda: build_tiny_codec(str(self.codec), str(self.prepared)))
+        c = self.config
+        self.stage("train codec (FSQ)", self.codec, lambda: build_tiny_codec(
+            str(self.codec), str(self.prepared), steps=c.codec_steps, levels=list(c.codec_levels), hidden=c.codec_hidden))
         started = time.monotonic()
+        held_out = json.loads((self.codec / "metrics.json").read_text())["held_out"]
+        print(f"[demo] codec on {held_out['n_images']} held-out images: codebook usage {_pct(held_out['codebook_usage'])}"
+              f", perplexity {held_out['perplexity']:.1f}, PSNR {held_out['psnr_db']:.1f} dB", flush=True)
         encode_prepared(self.prepared, self.codec)  # a no-op when the cache is up to date
         self.timings["encode tokens"] = round(time.monotonic() - started, 1)
 

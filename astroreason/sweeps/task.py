@@ -166,6 +166,11 @@ def _evaluate(task, sweep, stop: _Stop):
         output_dir=task.dir, max_samples=e.max_samples, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
         seed=task.seed, n_boot=e.n_boot, prompt_template=script_args.prompt_template,
         allow_prompt_fields=script_args.allow_prompt_fields, override_reason=script_args.override_reason,
+        # The task's meter already charges the sweep's ledger for its whole wall-clock, evaluation included: the
+        # evaluation's own spend and results rows stay in the task's folder, and `sweep collect` writes the sweep's
+        # results.tsv from the task results.
+        price_gpu_hour=0.0, ledger=str(Path(task.dir) / "eval_spend.jsonl"), results_dir=str(task.dir),
+        description=f"sweep task {task.name}",
     )
     stop.phase = "eval"
     if stop.requested:
