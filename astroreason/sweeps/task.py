@@ -87,7 +87,7 @@ class Meter:
         if delta > 0 and self.budget.price.gpu_hour > 0:
             dollars = self.budget.charge(None, requests=0, seconds=delta,
                                          task_attempt=self.state["attempts"])
-            self.state["dollars"] = round(self.state["dollars"] + dollars, 9)
+            self.state["dollars"] += dollars  # unrounded: it must add up to the ledger's charges
         self.charged_s = seconds
         self.state["elapsed_s"] = round(self.base_elapsed + seconds, 3)
         self.state["history"][-1].update(seconds=round(seconds, 3), **fields)
