@@ -51,7 +51,7 @@ def recipe_trainer(script_args, training_args, model_args):
 def bare_trainer(script_args, training_args, model_args):
     """What a user would write with TRL alone: load, map the split to prompt + image, GRPOTrainer."""
     import torch
-    from datasets import load_from_disk
+    from datasets import Dataset
     from PIL import Image
     from transformers import AutoModelForImageTextToText
     from trl import GRPOTrainer
@@ -66,7 +66,8 @@ def bare_trainer(script_args, training_args, model_args):
         image = example["image"].convert("RGB").resize((size, size), resample=Image.BICUBIC)
         return {"prompt": [{"role": "user", "content": TEMPLATES["image"]}], "image": image}
 
-    split = load_from_disk(str(Path(script_args.data_dir) / "splits" / script_args.train_split))
+    # The prepared split is one Arrow file (astroreason.data.splits.split_path): read it with datasets directly.
+    split = Dataset.from_file(str(Path(script_args.data_dir) / "splits" / f"{script_args.train_split}.arrow"))
     split = split.map(to_prompt, remove_columns=[c for c in split.column_names if c not in ("label", "image")])
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, dtype=torch.float32)
     return GRPOTrainer(
@@ -101,9 +102,9 @@ def step_times(trainer) -> tuple[list[float], list[float]]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes/configs/tiny/grpo_image.yaml"))
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per trainer, alternating (default 4)")
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per round (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="first steps of each round left out (default 2)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per trainer, alternating (default 6)")
+    parser.add_argument("--steps", type=int, default=16, help="optimizer steps per round (default 16)")
+    parser.add_argument("--warmup", type=int, default=4, help="first steps of each round left out (default 4)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadiest on a shared CPU)")
     parser.add_argument("--out", default=str(ROOT / "bench/results/recipe_bench.json"))
     args = parser.parse_args(argv)
