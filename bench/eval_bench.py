@@ -27,8 +27,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def bare_loop(model, processor, rows, batch_size: int, max_new_tokens: int) -> float:
-    """The reference: chat template + processor + greedy generate + decode, nothing else."""
+def bare_rows(config) -> list[dict]:
+    """What a bare script reads before it can generate: the split's Arrow file, each image resized, the prompt."""
+    from datasets import Dataset
+    from PIL import Image
+
+    from astroreason.data.splits import split_path
+    from astroreason.prompts import build_prompt
+
+    split = Dataset.from_file(str(split_path(config.data_dir, config.split)))
+    size = (config.image_size, config.image_size)
+    return [{"prompt": build_prompt("image"), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
+            for i in range(min(config.max_samples, len(split)))]
+
+
+def bare_loop(model, processor, config, batch_size: int, max_new_tokens: int) -> float:
+    """The reference: read the split, then chat template + processor + greedy generate + decode, nothing else."""
     import torch
 
     from astroreason.evaluation.backends import chat_messages
@@ -36,6 +50,7 @@ def bare_loop(model, processor, rows, batch_size: int, max_new_tokens: int) -> f
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"
     start = time.perf_counter()
+    rows = bare_rows(config)  # the harness times its data loading too
     for i in range(0, len(rows), batch_size):
         batch = rows[i : i + batch_size]
         texts = [processor.apply_chat_template(chat_messages(r["prompt"], r["image"]), tokenize=False,
@@ -92,15 +107,18 @@ def main() -> int:
         model.eval()
         # The bare loop asks the same prompts and images the harness builds.
         rows = [dict(r) for r in evaluation_dataset(config)]
+        bare = bare_rows(config)
+        assert [r["prompt"] for r in bare] == [r["prompt"] for r in rows], "bare loop and harness prompts differ"
+        assert all(a["image"].tobytes() == b["image"].tobytes() for a, b in zip(bare, rows)), "images differ"
         batched = TransformersBackend(model, processor, config.sampling(), batch_size=args.batch_size)
         single = TransformersBackend(model, processor, config.sampling(), batch_size=1)
         from dataclasses import replace
 
         single_config = replace(config, batch_size=1)
-        bare_loop(model, processor, rows[: args.batch_size], args.batch_size, 2)  # warm-up
+        bare_loop(model, processor, replace(config, max_samples=args.batch_size), args.batch_size, 2)  # warm-up
         times = {"bare_generate": [], "harness": [], "harness_batch1": []}
         for r in range(args.repeats):
-            times["bare_generate"].append(bare_loop(model, processor, rows, args.batch_size, args.max_new_tokens))
+            times["bare_generate"].append(bare_loop(model, processor, config, args.batch_size, args.max_new_tokens))
             times["harness"].append(harness(config, batched, work / f"run-{r}"))
             times["harness_batch1"].append(harness(single_config, single, work / f"run1-{r}"))
         best = {k: min(v) for k, v in times.items()}

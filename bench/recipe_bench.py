@@ -7,7 +7,7 @@ loss, backward, optimizer), as CPU time of this process and as wall time; the fi
 and dropped. Prints the medians and the ratios (target <= 1.05, judged on CPU time: on a shared machine the wall
 time of a step swings by +-30 % with other people's jobs) and writes bench/results/recipe_bench.json.
 
-    python bench/recipe_bench.py                      # tiny image config, 4 rounds x 10 steps
+    python bench/recipe_bench.py                      # tiny image config, 6 rounds x 16 steps
     python bench/recipe_bench.py --config recipes/configs/tiny/grpo_tokens.yaml --rounds 5
 
 CPU only here: the GPU part (a Qwen2.5-VL-3B-shaped model in bf16: step time, tokens/s, peak memory, MFU) needs a
