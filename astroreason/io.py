@@ -40,6 +40,19 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def read_json_record(path: str | os.PathLike, what: str) -> Any:
+    """A run's JSON record (`what` names it in the error), or None when the run has none; malformed is one line."""
+    from .errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: not a {what} (malformed JSON)") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     """SHA-256 of a file, read in chunks (memory stays flat for multi-GB files)."""
     h = hashlib.sha256()

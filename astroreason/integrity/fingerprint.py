@@ -24,8 +24,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..errors import UserError
-from ..io import sha256_json, write_json_atomic
+from ..io import read_json_record, sha256_json, write_json_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Training arguments that name where a run writes, not what it does.
@@ -129,13 +128,7 @@ class RunFingerprint(TrainerCallback):
 
 
 def read_fingerprint(run_dir) -> dict | None:
-    path = Path(run_dir) / FINGERPRINT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: not a fingerprint (malformed JSON)") from None
+    return read_json_record(Path(run_dir) / FINGERPRINT_FILE, "fingerprint")
 
 
 def identity(record: dict) -> tuple:

@@ -18,7 +18,6 @@ directory, and in the ledger's description) instead of refused.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CheckFailed, UserError
-from ..io import sha256_bytes, write_json_atomic
+from ..io import read_json_record, sha256_bytes, write_json_atomic
 
 LINT_RECORD = "prompt_lint.json"
 
@@ -327,13 +326,7 @@ def write_lint_record(record_dir, report: LintReport, **extra) -> Path:
 
 
 def read_lint_record(run_dir) -> dict | None:
-    path = Path(run_dir) / LINT_RECORD
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: not a lint record (malformed JSON)") from None
+    return read_json_record(Path(run_dir) / LINT_RECORD, "lint record")
 
 
 __all__ = [
