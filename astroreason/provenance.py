@@ -8,21 +8,44 @@ from pathlib import Path
 from .io import sha256_json
 
 
+class GitState:
+    """The commit of the code that ran and whether the working tree had uncommitted changes, asked of git in the
+    background from now on and read with `result()`: a run starts it first and reads it when it writes its result."""
+
+    # One process answers both: the `# branch.oid` header line, then one line per changed tracked file.
+    COMMAND = ["git", "status", "--porcelain=v2", "--branch", "--untracked-files=no"]
+
+    def __init__(self, path: str | Path | None = None):
+        cwd = Path(path or Path(__file__).resolve().parent)
+        try:
+            self._proc = subprocess.Popen(self.COMMAND, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                          text=True)
+        except OSError:
+            self._proc = None
+        self._result: dict | None = None
+
+    def result(self) -> dict:
+        if self._result is None:
+            self._result = {"commit": None, "dirty": None}
+            out = self._proc.communicate()[0] if self._proc is not None else ""
+            if self._proc is not None and self._proc.returncode == 0:
+                lines = out.splitlines()
+                oid = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), None)
+                if oid and oid != "(initial)":
+                    self._result = {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
+        return self._result
+
+
 def git_state(path: str | Path | None = None) -> dict:
     """The commit of the code that ran and whether the working tree had uncommitted changes."""
-    cwd = Path(path or Path(__file__).resolve().parent)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return GitState(path).result()
 
 
-def provenance(config: dict, *, data_dir: str | None = None, seed: int | None = None) -> dict:
-    """Commit and dirty flag, config hash, split-manifest hash, source data hash and seed."""
-    record = {**git_state(), "config_sha256": sha256_json(config), "seed": seed,
+def provenance(config: dict, *, data_dir: str | None = None, seed: int | None = None,
+               git: GitState | None = None) -> dict:
+    """Commit and dirty flag (from `git`, if started earlier), config hash, split-manifest hash, source data hash
+    and seed."""
+    record = {**(git or GitState()).result(), "config_sha256": sha256_json(config), "seed": seed,
               "manifest_sha256": None, "data_sha256": None}
     if data_dir is not None and (Path(data_dir) / "manifest.json").exists():
         from .data.splits import load_manifest

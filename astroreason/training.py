@@ -116,6 +116,28 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
     (default: the modality's template); a template naming a dataset column is rendered only under the lint override
     (a deliberate experiment), with each row's own metadata.
     """
+    dataset, n, to_conversation = _arm_split(args, split, with_completion=with_completion, max_samples=max_samples)
+    if n < len(dataset):
+        dataset = dataset.select(range(n))
+    keep = {"label", "image"} if args.modality == "image" else {"label"}
+    drop = [c for c in dataset.column_names if c not in keep]
+    return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
+
+
+def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
+    """`galaxy_dataset`'s rows (prompt, label, image), built in memory: what the evaluation asks, without writing
+    the resized images back to Arrow and decoding them again."""
+    from itertools import islice
+
+    dataset, n, to_conversation = _arm_split(args, split, with_completion=False, max_samples=max_samples)
+    keep = ("label", "image") if args.modality == "image" else ("label",)
+    return [{**{k: example[k] for k in keep}, **to_conversation(example, i)}
+            for i, example in enumerate(islice(dataset, n))]
+
+
+def _arm_split(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None):
+    """One arm's split, how many of its first rows to use (`max_samples`) and the function that turns its row i into
+    a conversation."""
     from .integrity.lint import check_template, render_text, split_metadata
     from .prompts import REPRESENTATION_FIELDS, answer_text, build_prompt, template_fields
 
@@ -127,15 +149,14 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
         from .tokens import token_split
 
         dataset = token_split(args.data_dir, split, args.codec, args.rendering)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
 
     template = args.prompt_template
     meta = None
     if template is not None and set(template_fields(template)) - set(REPRESENTATION_FIELDS[args.modality]):
         with override_hint():
             check_template(args.modality, template, override=args.lint_override())  # CheckFailed unless overridden
-        positions = split_positions(args, split)[: len(dataset)]
+        positions = split_positions(args, split)[:n]
         meta = split_metadata(args.data_dir, split, positions=positions)
 
     def to_conversation(example, index):
@@ -151,9 +172,7 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
             row["completion"] = [{"role": "assistant", "content": answer_text(example["label"])}]
         return row
 
-    keep = {"label", "image"} if args.modality == "image" else {"label"}
-    drop = [c for c in dataset.column_names if c not in keep]
-    return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
+    return dataset, n, to_conversation
 
 
 def split_positions(args: GalaxyScriptArguments, split: str):

@@ -15,7 +15,7 @@ from evalkit import CountingProxy, ServeProcess, build_codec, build_text_lm, led
 
 from astroreason.cli import main
 from astroreason.evaluation.backends import OpenAIBackend, SamplingSettings
-from astroreason.evaluation.harness import EvalConfig, evaluation_dataset
+from astroreason.evaluation.harness import EvalConfig, evaluation_rows
 
 SECRET = "sk-test-5f1d0c9e-never-log-me"
 N, MAX_NEW = 14, 8
@@ -59,7 +59,7 @@ def test_cap_bites_mid_run_and_rerun_sends_only_the_missing(served, codec, prepa
         "prices": str(prices), "price_key": "tiny-text", "ledger": str(ledger),
     }
     # The worst case the gate reserves for one request, from the same bound the backend uses.
-    rows = evaluation_dataset(EvalConfig(**{k: v for k, v in base.items() if k != "api_key_env"}))
+    rows = evaluation_rows(EvalConfig(**{k: v for k, v in base.items() if k != "api_key_env"}))
     backend = OpenAIBackend(proxy.url, str(model), SamplingSettings(max_new_tokens=MAX_NEW))
     worst = max((backend.prompt_bound(r["prompt"], None) * PER_MILLION_IN + MAX_NEW * PER_MILLION_OUT) / 1e6
                 for r in rows)

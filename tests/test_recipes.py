@@ -333,6 +333,17 @@ def test_arms_differ_only_in_the_galaxy(runner, workdir):
     grid = parse(tokens[0]["prompt"][0]["content"].split("\n")[1], "ints", (8, 8))  # an 8x8 grid of ids as text
     assert grid.shape == (8, 8) and 0 <= grid.min() and grid.max() < 4375
 
+    # What the evaluation asks (built in memory) is what training sees, row for row and pixel for pixel.
+    from astroreason.training import galaxy_rows
+
+    for args in (GalaxyScriptArguments(data_dir=data), GalaxyScriptArguments(data_dir=data, modality="tokens", codec=codec)):
+        trained = galaxy_dataset(args, "test", with_completion=False, max_samples=5)
+        asked = galaxy_rows(args, "test", max_samples=5)
+        assert len(asked) == 5 and [r["prompt"] for r in asked] == trained["prompt"]
+        assert [r["label"] for r in asked] == trained["label"]
+        if args.modality == "image":
+            assert all(a["image"].tobytes() == t.tobytes() for a, t in zip(asked, trained["image"]))
+
 
 def test_only_the_named_defaults_are_built(tmp_path, monkeypatch):
     from astroreason.defaults import ensure_tiny_defaults

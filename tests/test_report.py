@@ -108,3 +108,26 @@ def test_report_refuses_an_incomplete_or_missing_run(two_runs, tmp_path, capsys)
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "no result.json" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_git_state_names_the_commit_and_a_dirty_tree(tmp_path):
+    import subprocess
+
+    from astroreason.provenance import GitState, git_state
+
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository
+    git = lambda *args: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,  # noqa: E731
+                                       check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q")
+    assert git_state(tmp_path) == {"commit": None, "dirty": None}  # no commit yet
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
+    (tmp_path / "untracked.txt").write_text("not part of the code\n")
+    assert git_state(tmp_path) == {"commit": head, "dirty": False}
+    started = GitState(tmp_path)  # asked now, read later
+    (tmp_path / "f.txt").write_text("b\n")
+    assert git_state(tmp_path) == {"commit": head, "dirty": True}
+    assert started.result()["commit"] == head

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..provenance import provenance
+from ..provenance import GitState, provenance
 from .backends import BACKENDS, SamplingSettings
 from .budget import DEFAULT_LEDGER, DEFAULT_PRICES, Budget, BudgetExhausted, Caps, Ledger
 
@@ -202,9 +202,11 @@ def model_fingerprint(config: EvalConfig) -> str:
     return sha256_bytes("served", config.server_model or config.model)
 
 
-def sample_key(prompt: list[dict], image, weights: str, sampling: SamplingSettings) -> str:
+def sample_key(prompt: list[dict], image, weights: str, sampling: SamplingSettings | str) -> str:
+    """The cache key of one sample; `sampling` may be given as its hash (`sha256_json(asdict(sampling))`)."""
     pixels = b"" if image is None else image.tobytes() + repr((image.size, image.mode)).encode()
-    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, weights, sha256_json(asdict(sampling)))
+    settings = sampling if isinstance(sampling, str) else sha256_json(asdict(sampling))
+    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, weights, settings)
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -235,13 +237,11 @@ def append_records(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def evaluation_dataset(config: EvalConfig):
-    from datasets.utils.logging import disable_progress_bar
-
-    from ..training import galaxy_dataset
-
-    disable_progress_bar()  # the harness shows its own progress; stderr stays for the one error line
+def evaluation_rows(config: EvalConfig) -> list[dict]:
+    """The evaluated rows (prompt, label, image), decoded once: the keys hash these exact rows and the backend is
+    sent these exact rows. The same prompts and images as the training recipes' datasets."""
     from ..data.splits import load_manifest
+    from ..training import galaxy_rows
 
     if not Path(config.data_dir).is_dir():
         raise UserError(f"data_dir: {config.data_dir} is not a prepared directory (run `astroreason data prepare`)")
@@ -249,10 +249,10 @@ def evaluation_dataset(config: EvalConfig):
     if config.split in rows and len(rows[config.split]) == 0:
         # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    dataset = galaxy_dataset(config.script_args(), config.split, with_completion=False, max_samples=config.max_samples)
-    if len(dataset) == 0:
+    examples = galaxy_rows(config.script_args(), config.split, max_samples=config.max_samples)
+    if not examples:
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    return dataset
+    return examples
 
 
 def lint_rows(config: EvalConfig, rows: list[dict]):
@@ -340,18 +340,18 @@ class Evaluation:
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
         self.weights = model_fingerprint(config)
-        # Decoded once: the keys hash these exact rows and the backend is sent these exact rows.
-        self.rows = list(evaluation_dataset(config))
+        self.rows = evaluation_rows(config)
         self.labels = [int(r["label"]) for r in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
         self.lint = lint_rows(config, self.rows)  # CheckFailed before anything is asked or paid for
-        sampling = config.sampling()
+        sampling = sha256_json(asdict(config.sampling()))
         self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.rows]
         self.done = read_cache(self.cache_path)
         self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
         self.started = time.monotonic()
         self.budget: Budget | None = None
+        self.git = GitState()  # read when the result is written
 
     def todo(self) -> list[int]:
         """Positions still to ask, one per distinct key: galaxies with identical input share one paid answer."""
@@ -461,7 +461,7 @@ class Evaluation:
             "status": status if len(finished) == len(self.keys) or status != "complete" else "incomplete",
             "error": error,
             "config": config,
-            "provenance": provenance(config, data_dir=self.config.data_dir, seed=self.config.seed),
+            "provenance": provenance(config, data_dir=self.config.data_dir, seed=self.config.seed, git=self.git),
             "weights_sha256": self.weights,
             "n_total": len(self.keys),
             "n_done": len(finished),

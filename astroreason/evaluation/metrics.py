@@ -10,23 +10,12 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import binomtest
-from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
 PARSE_FAIL = -1  # the column of the confusion matrix that holds unparseable answers
 
 
 def _encode(predictions: Sequence[int | None]) -> np.ndarray:
     return np.array([PARSE_FAIL if p is None else int(p) for p in predictions], dtype=np.int64)
-
-
-def _point_metrics(y: np.ndarray, p: np.ndarray, labels: list[int]) -> dict:
-    return {
-        "accuracy": float(np.mean(y == p)),
-        # Balanced accuracy is the mean recall over the classes present (sklearn's definition), computed through
-        # recall_score so an unparseable "class" in the predictions is simply wrong rather than a warning.
-        "balanced_accuracy": float(recall_score(y, p, labels=np.unique(y), average="macro", zero_division=0)),
-        "macro_f1": float(f1_score(y, p, labels=labels, average="macro", zero_division=0)),
-    }
 
 
 def bootstrap_interval(values_fn, n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
@@ -38,13 +27,18 @@ def bootstrap_interval(values_fn, n: int, *, n_boot: int = 1000, seed: int = 0, 
             for k in draws[0]}
 
 
-def _bootstrap_point_metrics(y: np.ndarray, p: np.ndarray, num_classes: int, idx: np.ndarray) -> dict:
-    """`_point_metrics` for every resample at once (rows of `idx`), from per-resample confusion counts: the same
-    definitions as sklearn's (checked in the tests) at a thousandth of the cost of calling it a thousand times."""
-    k = num_classes
-    b = len(idx)
-    codes = y[idx] * (k + 1) + (p[idx] + 1) + (np.arange(b) * k * (k + 1))[:, None]  # column 0: unparseable
-    m = np.bincount(codes.ravel(), minlength=b * k * (k + 1)).reshape(b, k, k + 1)
+def _confusion_counts(y: np.ndarray, p: np.ndarray, num_classes: int, idx: np.ndarray) -> np.ndarray:
+    """One confusion matrix per resample (rows of `idx`): shape (resamples, true class, 1 + predicted class), column 0
+    counting the unparseable answers. One bincount for all resamples."""
+    k, b = num_classes, len(idx)
+    codes = y[idx] * (k + 1) + (p[idx] + 1) + (np.arange(b) * k * (k + 1))[:, None]
+    return np.bincount(codes.ravel(), minlength=b * k * (k + 1)).reshape(b, k, k + 1)
+
+
+def _metrics_from_counts(m: np.ndarray) -> dict:
+    """Accuracy, balanced accuracy and macro-F1 of each confusion matrix, with sklearn's definitions (checked in the
+    tests): balanced accuracy is the mean recall over the classes present, an unparseable answer is simply wrong,
+    macro-F1 averages over all classes with 0 for a class never true nor predicted."""
     tp = np.diagonal(m[:, :, 1:], axis1=1, axis2=2).astype(float)
     support = m.sum(axis=2)
     fp = m[:, :, 1:].sum(axis=1) - tp
@@ -54,9 +48,10 @@ def _bootstrap_point_metrics(y: np.ndarray, p: np.ndarray, num_classes: int, idx
     denom = 2 * tp + fp + fn
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return {
-        "accuracy": tp.sum(axis=1) / idx.shape[1],
+        "accuracy": tp.sum(axis=1) / support.sum(axis=1),
         "balanced_accuracy": recall.sum(axis=1) / present.sum(axis=1),
         "macro_f1": f1.mean(axis=1),
+        "recall": recall,
     }
 
 
@@ -73,16 +68,20 @@ def classification_metrics(
     y, p = np.asarray(labels, dtype=np.int64), _encode(predictions)
     if len(y) == 0:
         raise ValueError("no samples to score")
-    classes = list(range(num_classes))
-    point = _point_metrics(y, p, classes)
-    draws = _bootstrap_point_metrics(y, p, num_classes, np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y))))
-    interval = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
-    matrix = confusion_matrix(y, p, labels=classes + [PARSE_FAIL])[:num_classes]
-    recall = recall_score(y, p, labels=classes, average=None, zero_division=0)
+    if y.min() < 0 or y.max() >= num_classes or p.min() < PARSE_FAIL or p.max() >= num_classes:
+        raise ValueError(f"labels and predictions must be classes 0..{num_classes - 1} (or None for unparseable)")
+    confusion = _confusion_counts(y, p, num_classes, np.arange(len(y))[None])
+    point = _metrics_from_counts(confusion)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
+    draws = _metrics_from_counts(_confusion_counts(y, p, num_classes, idx))
+    interval = {k: [float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))]
+                for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    matrix = np.concatenate([confusion[0, :, 1:], confusion[0, :, :1]], axis=1)  # unparseable answers last
+    recall = point["recall"][0]
     counts = np.bincount(y, minlength=num_classes)
     return {
         "n": int(len(y)),
-        **point,
+        **{k: float(point[k][0]) for k in ("accuracy", "balanced_accuracy", "macro_f1")},
         "interval": interval,
         "parse_failure_rate": float(np.mean(p == PARSE_FAIL)),
         "per_class_recall": [float(r) if c else None for r, c in zip(recall, counts)],

@@ -193,18 +193,31 @@ def _numbers(text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values, float), np.asarray(tol, float)
 
 
-def _contains(column: str, value, text: str, numbers) -> bool:
-    if column in STRING_COLUMNS:
-        return bool(value) and re.search(rf"(?<!\w){re.escape(str(value))}(?!\w)", text, re.IGNORECASE) is not None
-    value = float(value)
-    if not np.isfinite(value):
-        return False
-    values, tol = numbers
-    if not len(values):
-        return False
-    if column in INT_COLUMNS:
-        return bool(np.any((values == value) & (tol <= 0.5 + 1e-9)))
-    return bool(np.any(np.abs(values - value) <= tol))
+def _contained(column: str, values, texts: list[str], numbers: dict[str, tuple]) -> np.ndarray:
+    """Whether each text carries its value: a string column as a whole word (any case), a number as a printed number
+    (an integer column only as an integer, a float within the printed precision). Repeated texts (the image arm asks
+    one prompt for every galaxy) are checked all at once."""
+    out = np.zeros(len(texts), bool)
+    by_text: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        by_text.setdefault(text, []).append(i)
+    for text, rows in by_text.items():
+        rows = np.asarray(rows)
+        if column in STRING_COLUMNS:
+            found = {v: bool(v) and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE) is not None
+                     for v in {str(values[i]) for i in rows}}
+            out[rows] = [found[str(values[i])] for i in rows]
+            continue
+        printed, tol = numbers[text]
+        if not len(printed):
+            continue
+        wanted = np.asarray([float(values[i]) for i in rows])[:, None]
+        if column in INT_COLUMNS:
+            hit = (printed[None] == wanted) & (tol[None] <= 0.5 + 1e-9)
+        else:
+            hit = np.abs(printed[None] - wanted) <= tol[None]
+        out[rows] = hit.any(axis=1) & np.isfinite(wanted[:, 0])
+    return out
 
 
 def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int = 0) -> list[Finding]:
@@ -212,7 +225,7 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
     n = len(texts)
     if n < 2:
         return []
-    numbers = [_numbers(t) for t in texts]
+    numbers = {t: _numbers(t) for t in set(texts)}
     # Another row's value: a seeded derangement (a random cyclic shift of a random order).
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -223,13 +236,13 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
         values = list(values)[:n]
         if len(values) < n:
             raise UserError(f"metadata: column {column} has {len(values)} rows for {n} prompts")
-        own = np.mean([_contains(column, values[i], texts[i], numbers[i]) for i in range(n)])
-        chance = np.mean([_contains(column, values[other[i]], texts[i], numbers[i]) for i in range(n)])
+        own = float(np.mean(_contained(column, values, texts, numbers)))
+        chance = float(np.mean(_contained(column, [values[j] for j in other], texts, numbers)))
         if own >= MIN_OWN_RATE and own - chance >= MIN_EXCESS:
             out.append(Finding(
                 "text", column,
                 f"{100 * own:.0f} % of prompts contain their own row's {column} (another row's: {100 * chance:.0f} %)",
-                float(own), float(chance),
+                own, chance,
             ))
     return out
 
