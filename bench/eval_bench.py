@@ -10,7 +10,7 @@ so the best of each (also printed) rewards whichever got one lucky repeat. The d
 batches, a small evaluation; the harness's fixed cost (lint, provenance, ledgers, result files: tens of ms) weighs
 more on fewer. Prints the figures and writes bench/results/eval_bench.json.
 
-    python bench/eval_bench.py [--samples 192] [--max-new-tokens 16] [--repeats 9] [--single-repeats 2]
+    python bench/eval_bench.py [--samples 192] [--max-new-tokens 16] [--repeats 15] [--single-repeats 2]
 """
 
 from __future__ import annotations
@@ -85,10 +85,12 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--single-repeats", type=int, default=2, help="repeats of the slow one-at-a-time run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_bench.json"))
     args = parser.parse_args()
+    if args.repeats < 1 or not 1 <= args.single_repeats <= args.repeats:
+        parser.error("--repeats must be at least 1 and --single-repeats between 1 and --repeats")
 
     import torch
 
