@@ -26,14 +26,17 @@ class GitState:
 
     def result(self) -> dict:
         if self._result is None:
-            self._result = {"commit": None, "dirty": None}
-            out = self._proc.communicate()[0] if self._proc is not None else ""
-            if self._proc is not None and self._proc.returncode == 0:
-                lines = out.splitlines()
-                oid = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), None)
-                if oid and oid != "(initial)":
-                    self._result = {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
+            self._result = self._read()
         return self._result
+
+    def _read(self) -> dict:
+        if self._proc is None:  # no git here
+            return {"commit": None, "dirty": None}
+        lines = self._proc.communicate()[0].splitlines()
+        oid = next((ln.split()[2] for ln in lines if ln.startswith("# branch.oid ")), None)
+        if self._proc.returncode or oid in (None, "(initial)"):  # not a repository, or no commit yet
+            return {"commit": None, "dirty": None}
+        return {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
 
 
 def git_state(path: str | Path | None = None) -> dict:

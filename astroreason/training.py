@@ -119,8 +119,7 @@ def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: 
     dataset, n, to_conversation = _arm_split(args, split, with_completion=with_completion, max_samples=max_samples)
     if n < len(dataset):
         dataset = dataset.select(range(n))
-    keep = {"label", "image"} if args.modality == "image" else {"label"}
-    drop = [c for c in dataset.column_names if c not in keep]
+    drop = [c for c in dataset.column_names if c not in _kept_columns(args.modality)]
     return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
 
 
@@ -130,9 +129,14 @@ def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | N
     from itertools import islice
 
     dataset, n, to_conversation = _arm_split(args, split, with_completion=False, max_samples=max_samples)
-    keep = ("label", "image") if args.modality == "image" else ("label",)
+    keep = _kept_columns(args.modality)
     return [{**{k: example[k] for k in keep}, **to_conversation(example, i)}
             for i, example in enumerate(islice(dataset, n))]
+
+
+def _kept_columns(modality: str) -> tuple[str, ...]:
+    """The split's columns a conversation row keeps beside its prompt (TRL inserts the image block itself)."""
+    return ("label", "image") if modality == "image" else ("label",)
 
 
 def _arm_split(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None):

@@ -202,11 +202,10 @@ def model_fingerprint(config: EvalConfig) -> str:
     return sha256_bytes("served", config.server_model or config.model)
 
 
-def sample_key(prompt: list[dict], image, weights: str, sampling: SamplingSettings | str) -> str:
-    """The cache key of one sample; `sampling` may be given as its hash (`sha256_json(asdict(sampling))`)."""
+def sample_key(prompt: list[dict], image, weights: str, sampling_sha256: str) -> str:
+    """The cache key of one sample; `sampling_sha256` is `sha256_json(asdict(sampling))`, hashed once per run."""
     pixels = b"" if image is None else image.tobytes() + repr((image.size, image.mode)).encode()
-    settings = sampling if isinstance(sampling, str) else sha256_json(asdict(sampling))
-    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, weights, settings)
+    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, weights, sampling_sha256)
 
 
 def read_cache(path: Path) -> dict[str, dict]:

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.stats import binomtest
 
 PARSE_FAIL = -1  # the column of the confusion matrix that holds unparseable answers
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")  # each reported with a bootstrap interval
 
 
 def _encode(predictions: Sequence[int | None]) -> np.ndarray:
@@ -74,14 +75,13 @@ def classification_metrics(
     point = _metrics_from_counts(confusion)
     idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
     draws = _metrics_from_counts(_confusion_counts(y, p, num_classes, idx))
-    interval = {k: [float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))]
-                for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+    interval = {k: [float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))] for k in SUMMARY_METRICS}
     matrix = np.concatenate([confusion[0, :, 1:], confusion[0, :, :1]], axis=1)  # unparseable answers last
     recall = point["recall"][0]
     counts = np.bincount(y, minlength=num_classes)
     return {
         "n": int(len(y)),
-        **{k: float(point[k][0]) for k in ("accuracy", "balanced_accuracy", "macro_f1")},
+        **{k: float(point[k][0]) for k in SUMMARY_METRICS},
         "interval": interval,
         "parse_failure_rate": float(np.mean(p == PARSE_FAIL)),
         "per_class_recall": [float(r) if c else None for r, c in zip(recall, counts)],

@@ -193,16 +193,12 @@ def _numbers(text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(values, float), np.asarray(tol, float)
 
 
-def _contained(column: str, values, texts: list[str], numbers: dict[str, tuple]) -> np.ndarray:
+def _contained(column: str, values, by_text: dict[str, np.ndarray], numbers: dict[str, tuple]) -> np.ndarray:
     """Whether each text carries its value: a string column as a whole word (any case), a number as a printed number
-    (an integer column only as an integer, a float within the printed precision). Repeated texts (the image arm asks
-    one prompt for every galaxy) are checked all at once."""
-    out = np.zeros(len(texts), bool)
-    by_text: dict[str, list[int]] = {}
-    for i, text in enumerate(texts):
-        by_text.setdefault(text, []).append(i)
+    (an integer column only as an integer, a float within the printed precision). `by_text` maps each distinct text
+    to the rows that have it: repeated texts (the image arm asks one prompt for every galaxy) are checked at once."""
+    out = np.zeros(len(values), bool)
     for text, rows in by_text.items():
-        rows = np.asarray(rows)
         if column in STRING_COLUMNS:
             found = {v: bool(v) and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE) is not None
                      for v in {str(values[i]) for i in rows}}
@@ -225,7 +221,11 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
     n = len(texts)
     if n < 2:
         return []
-    numbers = {t: _numbers(t) for t in set(texts)}
+    grouped: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        grouped.setdefault(text, []).append(i)
+    by_text = {text: np.asarray(rows) for text, rows in grouped.items()}
+    numbers = {text: _numbers(text) for text in by_text}
     # Another row's value: a seeded derangement (a random cyclic shift of a random order).
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -236,8 +236,8 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
         values = list(values)[:n]
         if len(values) < n:
             raise UserError(f"metadata: column {column} has {len(values)} rows for {n} prompts")
-        own = float(np.mean(_contained(column, values, texts, numbers)))
-        chance = float(np.mean(_contained(column, [values[j] for j in other], texts, numbers)))
+        own = float(np.mean(_contained(column, values, by_text, numbers)))
+        chance = float(np.mean(_contained(column, [values[j] for j in other], by_text, numbers)))
         if own >= MIN_OWN_RATE and own - chance >= MIN_EXCESS:
             out.append(Finding(
                 "text", column,
