@@ -179,11 +179,13 @@ class TransformersBackend(_Batched):
     def _generate(self, inputs) -> list[Generation]:
         import torch
 
-        with torch.no_grad():
+        kwargs = self.sampling.generate_kwargs()
+        if kwargs["do_sample"]:
+            # Seeded per batch so a sampled run repeats. Greedy needs no seed, and skipping it saves time: on a
+            # CPU torch.manual_seed formats a stack trace for each lazily initialised accelerator backend.
             torch.manual_seed(self.sampling.seed)
-            generated = self.model.generate(
-                **inputs, **self.sampling.generate_kwargs(), pad_token_id=self.tokenizer.pad_token_id
-            )
+        with torch.no_grad():
+            generated = self.model.generate(**inputs, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
         new_tokens = generated[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
         for ids, n_prompt in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist()):
