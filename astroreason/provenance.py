@@ -39,11 +39,6 @@ class GitState:
         return {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
 
 
-def git_state(path: str | Path | None = None) -> dict:
-    """The commit of the code that ran and whether the working tree had uncommitted changes."""
-    return GitState(path).result()
-
-
 def provenance(config: dict, *, data_dir: str | None = None, seed: int | None = None,
                git: GitState | None = None) -> dict:
     """Commit and dirty flag (from `git`, if started earlier), config hash, split-manifest hash, source data hash

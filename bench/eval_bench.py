@@ -4,10 +4,10 @@
    against a bare `model.generate` loop over the same prompts and images with the same batch size (target <= 1.10);
 2. batched generation against one prompt at a time (the harness, batch 16 vs batch 1).
 
-Both variants are run once untimed first (imports, allocator warm-up), then repeats alternate between them (which
-goes first alternates too). The ratio judged against the target is the ratio of the median times: on this 2-core VM
-one variant's time swings by a third from one repeat to the next, so the best of each (also printed) rewards whichever
-got one lucky repeat. To tell the harness's own cost from that noise, the time each variant spends inside
+Both variants are run once first, kept out of the medians (imports, allocator warm-up), then repeats alternate
+between them (which goes first alternates too). The ratio judged against the target is the ratio of the median
+times: on this 2-core VM one variant's time swings by a third from one repeat to the next, so the best of each (also
+printed) rewards whichever got one lucky repeat. To tell the harness's own cost from that noise, the time each variant spends inside
 `model.generate` is measured too: the rest (data, templates, processor, bookkeeping) is what the harness adds to.
 The default 192 samples are twelve batches, a small evaluation; the harness's fixed cost (lint, provenance, ledgers,
 result files: tens of ms) weighs more on fewer. Prints the figures and writes bench/results/eval_bench.json.
@@ -179,7 +179,8 @@ def main() -> int:
         # calls are the same work, so this is the bookkeeping), against the bare loop's median time.
         added = statistics.median(h - b for h, b in zip(outside["harness"], outside["bare_generate"]))
         result = {
-            "samples": len(rows), "image_size": args.image_size, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+            "samples": len(rows), "image_size": args.image_size, "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
             "repeats": args.repeats, "single_repeats": args.single_repeats, "seconds": times,
             "warm_up_seconds": warm_up, "median_seconds": median, "best_seconds": best,
             "harness_over_bare_generate": median["harness"] / median["bare_generate"],

@@ -113,8 +113,9 @@ def test_report_refuses_an_incomplete_or_missing_run(two_runs, tmp_path, capsys)
 def test_git_state_names_the_commit_and_a_dirty_tree(tmp_path):
     import subprocess
 
-    from astroreason.provenance import GitState, git_state
+    from astroreason.provenance import GitState
 
+    git_state = lambda path: GitState(path).result()  # noqa: E731
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository
     git = lambda *args: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,  # noqa: E731
                                        check=True, capture_output=True, text=True).stdout.strip()
