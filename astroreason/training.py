@@ -53,6 +53,8 @@ class GalaxyScriptArguments:
         allow_prompt_fields: Lint override, for deliberate experiments only: the columns a prompt may carry (e.g.
             `row_index`). Needs `override_reason`; recorded in `prompt_lint.json` and in the results ledger.
         override_reason: Why the override is used (required with `allow_prompt_fields`).
+        callbacks: Extra `transformers.TrainerCallback` classes by dotted path (`my_module.MyCallback`), each built
+            with no arguments and added to the trainer after the project's own callbacks.
     """
 
     data_dir: str = field(default="runs/demo/prepared", metadata={"help": "Prepared split directory."})
@@ -78,6 +80,9 @@ class GalaxyScriptArguments:
         default=None, metadata={"help": "Lint override: columns a prompt may carry (deliberate experiments only)."}
     )
     override_reason: str | None = field(default=None, metadata={"help": "Why the lint override is used (required)."})
+    callbacks: list[str] = field(
+        default_factory=list, metadata={"help": "Extra TrainerCallback classes by dotted path (module.Class)."}
+    )
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -397,6 +402,13 @@ def budget_callbacks(args: GalaxyScriptArguments, training_args) -> list:
                             run=f"train:{training_args.output_dir}")]
 
 
+def user_callbacks(args: GalaxyScriptArguments) -> list:
+    """The `callbacks` the user named, built (with no arguments) before any model is loaded."""
+    from .dotted import import_dotted
+
+    return [import_dotted(path, "callbacks")() for path in args.callbacks]
+
+
 def budget_stop(trainer) -> str | None:
     """Why a budget callback stopped this trainer, or None."""
     from .evaluation.budget import BudgetCallback
@@ -438,7 +450,7 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
 
     check_launch()
     check_output_dir(args, training_args.output_dir)
-    callbacks = budget_callbacks(args, training_args)
+    callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
     train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples)
     evaluation = None
@@ -453,7 +465,7 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks + integrity_callbacks(args),
+        callbacks=callbacks + integrity_callbacks(args) + extra,
     )
 
 
@@ -465,7 +477,7 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
     check_launch()
     check_output_dir(args, training_args.output_dir)
     check_vllm(training_args)
-    callbacks = budget_callbacks(args, training_args)
+    callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     evaluation = None
@@ -481,5 +493,5 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks + integrity_callbacks(args, grpo=True),
+        callbacks=callbacks + integrity_callbacks(args, grpo=True) + extra,
     )

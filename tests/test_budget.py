@@ -122,9 +122,18 @@ def test_one_global_cap_across_concurrent_processes(tmp_path):
     assert all(json.loads(line) for line in path.read_text().splitlines())  # every row whole
 
 
-def test_budget_callback_saves_and_stops_training_at_the_cap(tmp_path, prices):
-    """A real Trainer on a tiny causal LM, charged $1 per CPU-second: it stops itself, saves a checkpoint, and the
-    ledger exceeds the cap by at most one step."""
+class StepClock:
+    """Each reading is one second after the last: every training step is billed exactly one second."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def _tiny_trainer(tmp_path, name, callback):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
 
@@ -134,30 +143,45 @@ def test_budget_callback_saves_and_stops_training_at_the_cap(tmp_path, prices):
     rows = [{"input_ids": torch.randint(0, 64, (16,)).tolist()} for _ in range(64)]
     for r in rows:
         r["labels"] = r["input_ids"]
-    ledger = Ledger(tmp_path / "spend.jsonl")
-    price = gpu_price(prices, "cpu")
-    callback = BudgetCallback(price, max_dollars=4.0, ledger=ledger, gpus=1)
-    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=500, per_device_train_batch_size=4,
+    args = TrainingArguments(output_dir=str(tmp_path / name), max_steps=500, per_device_train_batch_size=4,
                              save_strategy="no", report_to=[], use_cpu=True, logging_strategy="no",
                              disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
+    return Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
+
+
+def test_budget_callback_saves_and_stops_training_at_the_cap(tmp_path, prices):
+    """A real Trainer on a tiny causal LM at $1 per second, each step billed one second: under a $4 cap it trains
+    exactly four steps (the fifth would cross it), saves a checkpoint and stops; the ledger holds exactly $4."""
+    ledger = Ledger(tmp_path / "spend.jsonl")
+    price = gpu_price(prices, "cpu")
+    callback = BudgetCallback(price, max_dollars=4.0, ledger=ledger, gpus=1, clock=StepClock())
+    trainer = _tiny_trainer(tmp_path, "run", callback)
     trainer.train()
-    steps = trainer.state.global_step
-    assert 0 < steps < 500 and callback.stopped_reason and "dollar cap" in callback.stopped_reason
-    assert (tmp_path / "run" / f"checkpoint-{steps}").is_dir()
+    assert trainer.state.global_step == 4
+    assert callback.stopped_reason and "dollar cap" in callback.stopped_reason
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
     charges = [json.loads(line) for line in ledger.path.read_text().splitlines()]
-    assert len(charges) == steps and all(c["kind"] == "charge" and c["gpu_seconds"] > 0 for c in charges)
-    slowest = max(c["dollars"] for c in charges)
-    total = ledger.totals().dollars
-    assert total <= 4.0 + slowest and steps > 1
+    assert [(c["kind"], c["step"], c["gpu_seconds"], c["dollars"]) for c in charges] == [
+        ("charge", step, 1.0, pytest.approx(1.0)) for step in (1, 2, 3, 4)]
+    assert ledger.totals().dollars == pytest.approx(4.0)
     # A second training run on the same ledger refuses to start: the cap is global.
-    again = BudgetCallback(price, max_dollars=total, ledger=ledger, gpus=1)
-    args2 = TrainingArguments(output_dir=str(tmp_path / "run2"), max_steps=500, per_device_train_batch_size=4,
-                              save_strategy="no", report_to=[], use_cpu=True, logging_strategy="no", disable_tqdm=True)
-    trainer2 = Trainer(model=model, args=args2, train_dataset=rows, callbacks=[again])
+    again = BudgetCallback(price, max_dollars=4.0, ledger=ledger, gpus=1, clock=StepClock())
+    trainer2 = _tiny_trainer(tmp_path, "run2", again)
     with pytest.raises(BudgetExhausted, match="already reached"):
         trainer2.train()
-    assert trainer2.state.global_step == 0 and ledger.totals().dollars == pytest.approx(total)
+    assert trainer2.state.global_step == 0 and ledger.totals().dollars == pytest.approx(4.0)
+
+
+def test_budget_callback_bills_measured_wall_time_by_default(tmp_path, prices):
+    """Without a clock the callback bills each step's measured wall time: positive, and priced at the table's rate."""
+    ledger = Ledger(tmp_path / "spend.jsonl")
+    callback = BudgetCallback(gpu_price(prices, "cpu"), max_dollars=None, ledger=ledger, gpus=2)
+    trainer = _tiny_trainer(tmp_path, "run", callback)
+    trainer.args.max_steps = 3
+    trainer.train()
+    charges = [json.loads(line) for line in ledger.path.read_text().splitlines()]
+    assert [c["step"] for c in charges] == [1, 2, 3] and callback.stopped_reason is None
+    assert all(c["gpu_seconds"] > 0 and c["dollars"] == pytest.approx(c["gpu_seconds"], abs=1e-5) for c in charges)
 
 
 def test_budget_status_command(tmp_path, capsys):

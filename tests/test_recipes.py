@@ -15,11 +15,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from holdpoint import wait_for_hold
 
 pytestmark = pytest.mark.slow
 
@@ -221,23 +222,27 @@ def test_two_processes_match_one(runner, workdir, launcher, recipe, modality):
 # --- checkpoints and resume -----------------------------------------------------------------------------------------
 
 
-def test_killed_run_resumes_to_the_final_step(workdir, runner):
+def test_killed_run_resumes_to_the_final_step(workdir, runner, tmp_path):
     check_ok(runner("sft", "image")[0])  # the tiny defaults exist
     out_dir = Path("runs/test/killed_sft_image")
-    final, every = 12, 3
+    final, every, killed_at = 12, 3, 6
     cmd = command("sft", "sft_image.yaml", "--max_steps", str(final), "--save_steps", str(every),
-                  "--save_total_limit", "10", "--output_dir", str(out_dir), launcher="python")
-    proc = subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                  "--save_total_limit", "10", "--output_dir", str(out_dir), "--callbacks", "holdpoint.HoldAtSave",
+                  launcher="python")
+    # The run holds right after saving checkpoint-6 and is killed there: where it dies never depends on speed.
+    marker = tmp_path / "held"
+    env = {**_env(), "HOLD_MARKER": str(marker), "HOLD_AT_STEP": str(killed_at)}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    first = workdir / out_dir / f"checkpoint-{every}" / "trainer_state.json"
-    deadline = time.monotonic() + TIMEOUT
-    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    try:
+        wait_for_hold(marker, proc, TIMEOUT)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     saved = sorted(int(p.name.split("-")[1]) for p in (workdir / out_dir).glob("checkpoint-*"))
-    assert saved and max(saved) < final and not (workdir / out_dir / "model.safetensors").exists()
+    assert saved == [3, 6] and not (workdir / out_dir / "model.safetensors").exists()
 
     # Without --resume the run is refused: one line, exit 2, nothing touched.
     refused = run(command("sft", "sft_image.yaml", "--max_steps", str(final), "--output_dir", str(out_dir),
@@ -252,9 +257,8 @@ def test_killed_run_resumes_to_the_final_step(workdir, runner):
                           "--save_total_limit", "10", "--output_dir", str(out_dir), "--resume", "true",
                           launcher="accelerate"), workdir)
     out = check_ok(resumed)
-    # The newest complete checkpoint is the one resumed from (one killed mid-save would be skipped, with a line).
-    complete = max(s for s in saved if (workdir / out_dir / f"checkpoint-{s}" / "trainer_state.json").is_file())
-    assert f"Resuming from {out_dir}/checkpoint-{complete} (global step {complete})" in out
+    # The newest checkpoint is the one resumed from (one killed mid-save would be skipped, with a line).
+    assert f"Resuming from {out_dir}/checkpoint-{killed_at} (global step {killed_at})" in out
     assert f"after {final} steps" in out
     state = trainer_state(workdir / out_dir / f"checkpoint-{final}")
     assert state["global_step"] == final

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from holdpoint import wait_for_hold
+
 REPO = Path(__file__).resolve().parents[1]
 DROP = object()  # write_sweep(..., key=DROP) leaves the key out
 
@@ -48,9 +50,10 @@ def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def write_base_config(path: Path, prepared_dir, tiny_model_dir, *, max_steps: int, save_steps: int) -> Path:
+def write_base_config(path: Path, prepared_dir, tiny_model_dir, *, max_steps: int, save_steps: int,
+                      **extra) -> Path:
     """The tiny SFT recipe config every sweep task starts from (image arm, 56 px = 4 visual tokens)."""
-    path.write_text(yaml.safe_dump({
+    path.write_text(yaml.safe_dump({**extra,
         "model_name_or_path": str(tiny_model_dir), "dtype": "float32",
         "data_dir": str(prepared_dir), "modality": "image", "image_size": 56,
         "use_cpu": True, "bf16": False, "learning_rate": 1.0e-3, "lr_scheduler_type": "constant",
@@ -163,15 +166,29 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_dir, tmp_path):
-    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=24, save_steps=3)
+def hold_env(monkeypatch, marker: Path, step: int) -> None:
+    """Tasks started from now on hold after saving checkpoint-`step` (tests/holdpoint.py) until `marker` is removed."""
+    monkeypatch.setenv("HOLD_MARKER", str(marker))
+    monkeypatch.setenv("HOLD_AT_STEP", str(step))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_dir, tmp_path, monkeypatch):
+    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=24, save_steps=3,
+                             callbacks=["holdpoint.HoldAtSave"])
     sweep = write_sweep(tmp_path / "local.yaml", base, grid={}, seeds=1)
+    marker = tmp_path / "held"
+    hold_env(monkeypatch, marker, 3)
     runner = subprocess.Popen([sys.executable, "-m", "astroreason.cli", "sweep", "run", "--local", str(sweep)],
                               cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        train_dir = _wait_for(lambda: next((tmp_path / "local-out" / "tasks").glob("*/train"), None), 120, "train dir")
-        _wait_for(lambda: (train_dir / "checkpoint-3").is_dir(), 180, "the first checkpoint")
+        # The task holds after checkpoint-3 and is signalled there: it cannot have finished, whatever the speed.
+        wait_for_hold(marker, runner, 300)
+        train_dir = next((tmp_path / "local-out" / "tasks").glob("*/train"))
         runner.send_signal(signal.SIGTERM)
+        log = tmp_path / "local-out" / "logs" / "0.log"
+        _wait_for(lambda: "SIGTERM received during train" in log.read_text(), 60, "the task to get the signal")
+        marker.unlink()
         out, _ = runner.communicate(timeout=120)
     finally:
         if runner.poll() is None:
@@ -181,7 +198,7 @@ def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_d
     state = json.loads((task_dir / "state.json").read_text())
     assert state["status"] == "requeued" and state["attempts"] == 1, state
     stopped_at = int(state["history"][0]["checkpoint"].split("-")[1])
-    assert 3 <= stopped_at < 24
+    assert stopped_at == 4  # the step after the hold, where training looks at the stop request
     first_elapsed = state["elapsed_s"]
 
     again = cli("sweep", "run", "--local", str(sweep), cwd=tmp_path)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
 
+from holdpoint import wait_for_hold
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_sweep import (  # noqa: F401  (fixtures)
-    REPO, _wait_for, base_config, check_charges, check_collect, cli, write_base_config, write_sweep,
+    REPO, _wait_for, base_config, check_charges, check_collect, cli, hold_env, write_base_config, write_sweep,
 )
 
 _missing = missing_binaries()
@@ -100,21 +100,28 @@ def test_array_sweep_lands_four_results_two_at_a_time(cli, slurm_env, base_confi
     assert again.returncode == 0 and "every task is done" in again.stdout
 
 
-def test_requeued_task_resumes_from_its_checkpoint(cli, slurm_env, prepared_dir, tiny_model_dir, tmp_path):
-    steps = 40
-    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=steps, save_steps=4)
+def test_requeued_task_resumes_from_its_checkpoint(cli, slurm_env, prepared_dir, tiny_model_dir, tmp_path, monkeypatch):
+    steps, held_at = 40, 4
+    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=steps, save_steps=4,
+                             callbacks=["holdpoint.HoldAtSave"])
     sweep = write_sweep(tmp_path / "rq.yaml", base, grid={}, seeds=1)
+    marker = tmp_path / "held"
+    hold_env(monkeypatch, marker, held_at)  # sbatch passes this environment to the job
     out = cli("sweep", "submit", str(sweep), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     job = json.loads((tmp_path / "rq-out" / "submissions.jsonl").read_text())["job_id"]
     task_dir = Path(json.loads((tmp_path / "rq-out" / "manifest.json").read_text())["tasks"][0]["dir"])
 
-    _wait_for(lambda: (task_dir / "train" / "checkpoint-4").is_dir(), 600, "the first checkpoint")
+    # The task holds after checkpoint-4 and gets the signal there: it cannot have finished, whatever the speed.
+    wait_for_hold(marker, timeout=600)
     assert _states(slurm_env, job) == {0: "RUNNING"}
     busy = cli("sweep", "submit", str(sweep), cwd=tmp_path)  # never two jobs on one sweep
     assert busy.returncode == 1 and "still queued or running" in busy.stderr
     # What slurmctld sends `signal_lead_s` before the time limit (--signal=B:USR1@60): USR1 to the batch script.
     slurm_env.run("scancel", "--batch", "--signal=USR1", f"{job}_0")
+    log_path = tmp_path / "rq-out" / "logs" / "0.log"
+    _wait_for(lambda: "SIGUSR1 received during train" in log_path.read_text(), 120, "the task to get the signal")
+    marker.unlink()
 
     _wait_for(lambda: _state(task_dir).get("status") == "done", 600, "the requeued task to finish", poll=0.5)
     state = _state(task_dir)
@@ -122,7 +129,7 @@ def test_requeued_task_resumes_from_its_checkpoint(cli, slurm_env, prepared_dir,
     first, second = state["history"]
     assert first["outcome"] == "checkpointed for requeue"
     stopped_at = int(first["checkpoint"].split("-")[1])
-    assert 4 <= stopped_at < steps
+    assert stopped_at == held_at + 1  # the step after the hold, where training looks at the stop request
     assert second["resumed_from"] == f"checkpoint-{stopped_at}"
     assert first["job"]["SLURM_ARRAY_JOB_ID"] == second["job"]["SLURM_ARRAY_JOB_ID"] == job
     assert second["job"]["SLURM_RESTART_COUNT"] == "1"
