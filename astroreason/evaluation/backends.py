@@ -49,12 +49,19 @@ class Generation:
 
 @dataclass
 class SamplingSettings:
-    """Decoding settings; part of every cache key, so a change never reuses old answers."""
+    """Decoding settings; those that decide an answer (`deciding`) are part of every cache key."""
 
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0 is greedy decoding
     top_p: float = 1.0
     seed: int = 0
+
+    def deciding(self) -> dict:
+        """The settings that decide an answer, for the cache key: greedy decoding ignores top_p and the seed."""
+        if self.temperature <= 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed}
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
