@@ -62,7 +62,7 @@ CHANGES = {
     "generation_config": ({}, lambda m: edit_json(m / "generation_config.json", repetition_penalty=1.3)),
     "model_config": ({}, lambda m: edit_json(m / "config.json", astroreason_note="changed")),
     "trust_remote_code": ({}, lambda m: {"trust_remote_code": True}),
-    "prompt_template": ({}, lambda m: {"prompt_template": "A galaxy image. Name its Galaxy10 class in <answer></answer>."}),
+    "prompt_template": ({}, lambda m: {"prompt_template": "A galaxy image. Its Galaxy10 class in <answer></answer>?"}),
     "image_size": ({}, lambda m: {"image_size": 84}),
     "max_new_tokens": ({}, lambda m: {"max_new_tokens": 5}),
     "temperature": ({}, lambda m: {"temperature": 0.7}),
@@ -176,13 +176,15 @@ def test_http_backend_keys_the_backend_and_the_served_name(tiny_model_dir, prepa
 @pytest.fixture(scope="module")
 def codecs(prepared_dir, tmp_path_factory):
     """A tiny codec, and a twin whose decoder differs: the same codes (the same token text), another codec hash."""
+    import torch
+
     from astroreason.cli import main
     from astroreason.tokens import load_codec
 
     root = tmp_path_factory.mktemp("codecs")
     codec = build_codec(prepared_dir, root / "fsq-a")
     twin = load_codec(codec)
-    with __import__("torch").no_grad():
+    with torch.no_grad():
         next(twin.model.decoder.parameters()).add_(0.01)
     twin._weights_sha256 = None
     twin.name = "fsq-b"
@@ -197,10 +199,11 @@ def test_token_arm_keys_the_rendering_and_the_codec(codecs, tiny_model_dir, prep
 
     codec, twin = codecs
     tokens = {"modality": "tokens", "max_samples": 12}
-    rows = {c: [r["prompt"] for r in evaluation_rows(EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir),
-                                                                  codec=str(c), **{**BASE, **tokens}))]
-            for c in (codec, twin)}
-    assert rows[codec] == rows[twin]  # the same prompts, word for word: only the codec's hash tells them apart
+    def prompts(c):
+        config = EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir), codec=str(c), **{**BASE, **tokens})
+        return [r["prompt"] for r in evaluation_rows(config)]
+
+    assert prompts(codec) == prompts(twin)  # the same prompts, word for word: only the codec's hash tells them apart
     out = tmp_path / "run"
     first = evaluate_into(tiny_model_dir, prepared_dir, out, **tokens, codec=str(codec))
     n = first["n_distinct_inputs"]
@@ -210,4 +213,5 @@ def test_token_arm_keys_the_rendering_and_the_codec(codecs, tiny_model_dir, prep
         assert result["n_from_cache"] == 0 and result["n_asked_this_run"] == result["n_distinct_inputs"], changed
         assert evaluate_into(tiny_model_dir, prepared_dir, out, **tokens, **changed)["n_asked_this_run"] == 0
     # The token arm takes no pixels: the image size decides nothing there.
-    assert evaluate_into(tiny_model_dir, prepared_dir, out, **tokens, codec=str(codec), image_size=84)["n_from_cache"] == n
+    resized = evaluate_into(tiny_model_dir, prepared_dir, out, **tokens, codec=str(codec), image_size=84)
+    assert resized["n_from_cache"] == n

@@ -4,8 +4,9 @@ intervals -> `result.json` and one final `RESULT {json}` line, every request pai
 A sample's cache key hashes everything that decides its answer: the exact prompt (template and, for the token arm, the
 token text), the image's pixels, and the run's `answer_settings` (the checkpoint's files that decide answers, the
 backend and served model, the arm's settings, the decoding settings). A killed run resumes without re-asking a
-finished sample, and a changed checkpoint, chat template or setting is never served from the cache. Each answer is appended (and fsync'd) the moment it exists, so a run stopped by a cap, a dead server
-or a kill keeps every answer it paid for.
+finished sample, and a changed checkpoint, chat template or setting is never served from the cache. Each answer is
+appended (and fsync'd) the moment it exists, so a run stopped by a cap, a dead server or a kill keeps every answer it
+paid for.
 """
 
 from __future__ import annotations
