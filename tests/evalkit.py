@@ -1,5 +1,6 @@
 """Real servers on 127.0.0.1 for the evaluation tests: `transformers serve` on a tiny text model, a counting proxy in
-front of it, and a small scripted OpenAI-compatible server (answers, garbage, 429/5xx) for the failure paths.
+front of it, a small scripted OpenAI-compatible server (answers, garbage, 429/5xx) for the failure paths, and a front
+that stalls chosen requests (the client times out) or fails them with a 500.
 
 Nothing here stands in for code under test: every request goes over a real socket through the real backend.
 """
@@ -209,6 +210,60 @@ class ScriptedServer(_Server):
                 self._send(200, json.dumps(payload).encode())
 
         super().__init__(Handler)
+
+
+class StallingFront(_Server):
+    """A real HTTP front whose `plan(n)` gives the n-th request's fate: "stall" (read it, then answer nothing until
+    `release()`: the client times out, deterministically, however fast the machine), "500" (a server error), or
+    "forward" (pass it to `upstream`, e.g. `transformers serve`, and return its answer). `usage` sums the token usage
+    of the forwarded answers."""
+
+    def __init__(self, plan, upstream: str | None = None):
+        self.count = 0
+        self.fates: list[str] = []
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with front.lock:
+                    fate = plan(front.count)
+                    front.count += 1
+                    front.fates.append(fate)
+                if fate == "stall":
+                    front.released.wait(120)
+                    return  # the client gave up long ago: close without an answer
+                if fate == "500":
+                    status, payload = 500, json.dumps({"error": {"message": "internal error"}}).encode()
+                else:
+                    request = urllib.request.Request(upstream.rstrip("/") + self.path, data=body, method="POST",
+                                                     headers={"Content-Type": "application/json"})
+                    with urllib.request.urlopen(request, timeout=300) as r:
+                        status, payload = r.status, r.read()
+                    usage = json.loads(payload).get("usage") or {}
+                    with front.lock:
+                        for k in front.usage:
+                            front.usage[k] += usage.get(k, 0)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        super().__init__(Handler)
+
+    def release(self):
+        self.released.set()
+
+    def stop(self):
+        self.release()
+        super().stop()
 
 
 def ledger_rows(path) -> list[dict]:

@@ -8,7 +8,7 @@ import json
 import socket
 
 import pytest
-from evalkit import ScriptedServer, ledger_rows, sample_lines
+from evalkit import ScriptedServer, StallingFront, ledger_rows, sample_lines
 
 from astroreason.cli import main
 
@@ -127,3 +127,53 @@ def test_missing_api_key_variable_and_unpriced_model_refuse_before_sending(run_a
         assert server.count == 0
     finally:
         server.stop()
+
+
+def test_timed_out_then_server_error_keeps_the_worst_case_charged(run_args, tmp_path, capsys):
+    """The first attempt times out (the server may have done the work and billed it); the retry, a request of its
+    own with its own reservation, gets a 500. The first attempt stays charged at its worst case; only the retry's
+    reservation, which nothing billed, is released."""
+    front = StallingFront(plan=lambda n: "stall" if n == 0 else "500")
+    try:
+        assert main(["eval", *run_args(front.url, max_samples=1, max_retries=1, request_timeout=1)]) == 1
+    finally:
+        front.stop()
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "HTTP 500" in err[0] and "2 attempts" in err[0], err
+    assert front.fates == ["stall", "500"]
+    rows = ledger_rows(tmp_path / "spend.jsonl")
+    assert [r["kind"] for r in rows] == ["reserve", "reserve", "charge", "release"]
+    first, retry, charge, release = rows
+    assert charge["id"] == first["id"] and charge["dollars"] == first["dollars"] > 0
+    assert charge["unknown"] == "no answer" and charge["attempts"] == 1
+    assert release["id"] == retry["id"]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "backend_error" and result["spend"]["ledger_totals"]["dollars"] == first["dollars"]
+    assert result["spend"]["ledger_totals"]["open_reservations"] == 0
+
+
+def test_retry_after_a_timeout_must_fit_under_the_cap(run_args, prepared_dir, tmp_path, capsys):
+    """The retry of a timed-out request reserves its own worst case: under a cap with room for one, it is not sent,
+    and the timed-out attempt stays charged."""
+    from astroreason.evaluation.backends import OpenAIBackend, SamplingSettings
+    from astroreason.evaluation.harness import EvalConfig, evaluation_rows
+
+    [row] = evaluation_rows(EvalConfig(model="scripted-vlm", backend="openai", base_url="http://127.0.0.1:1/v1",
+                                       data_dir=str(prepared_dir), image_size=56, max_samples=1))
+    bound = OpenAIBackend("http://127.0.0.1:1/v1", "scripted-vlm", SamplingSettings(max_new_tokens=16),
+                          image_tokens_bound=64).prompt_bound(row["prompt"], row["image"])
+    worst = (bound * 1.0 + 16 * 2.0) / 1e6  # the prices run_args sets, per million tokens in and out
+    front = StallingFront(plan=lambda n: "stall" if n == 0 else "500")
+    try:
+        args = run_args(front.url, max_samples=1, max_retries=1, request_timeout=1, max_dollars=1.5 * worst)
+        assert main(["eval", *args]) == 1
+    finally:
+        front.stop()
+    err = _errors(capsys.readouterr().err)
+    assert len(err) == 1 and "dollar cap" in err[0] and "retry of a request that timed out" in err[0], err
+    assert front.count == 1  # the retry was not sent
+    rows = ledger_rows(tmp_path / "spend.jsonl")
+    assert [r["kind"] for r in rows] == ["reserve", "charge"]
+    assert rows[0]["dollars"] == pytest.approx(worst) and rows[1]["dollars"] == rows[0]["dollars"]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["status"] == "budget_exhausted"

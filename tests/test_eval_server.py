@@ -11,7 +11,7 @@ import json
 
 import pytest
 import yaml
-from evalkit import CountingProxy, ServeProcess, build_codec, build_text_lm, ledger_rows, sample_lines
+from evalkit import CountingProxy, ServeProcess, StallingFront, build_codec, build_text_lm, ledger_rows, sample_lines
 
 from astroreason.cli import main
 from astroreason.evaluation.backends import OpenAIBackend, SamplingSettings
@@ -115,3 +115,34 @@ def test_cap_bites_mid_run_and_rerun_sends_only_the_missing(served, codec, prepa
     written = [p for p in [*out_dir.rglob("*"), *ledger.parent.rglob("*")] if p.is_file()]
     assert written and not any(SECRET in p.read_text() for p in written)
     assert SECRET not in captured.out + captured.err
+
+
+def test_timed_out_then_answered_is_charged_for_both(served, tmp_path):
+    """A request whose first attempt timed out (the server may have done that work too) and whose retry
+    `transformers serve` answers is charged the retry's reported usage plus the first attempt's worst case."""
+    from astroreason.evaluation.budget import Budget, Caps, Ledger, Price
+
+    model, proxy = served
+    front = StallingFront(plan=lambda n: "stall" if n == 0 else "forward", upstream=proxy.upstream)
+    ledger = Ledger(tmp_path / "spend.jsonl")
+    budget = Budget(ledger, Price("tiny-text", PER_MILLION_IN, PER_MILLION_OUT), Caps())
+    backend = OpenAIBackend(front.url, str(model), SamplingSettings(max_new_tokens=MAX_NEW), timeout=1,
+                            max_retries=1, backoff=0.01)
+    prompt = [{"role": "user", "content": "Which Galaxy10 class is a round smooth galaxy?"}]
+    try:
+        [(_, answer)] = [item for chunk in backend.stream([prompt], [None], budget) for item in chunk]
+    finally:
+        front.stop()
+    assert front.fates == ["stall", "forward"] and answer.attempts == 2
+    rows = ledger_rows(ledger.path)
+    assert [r["kind"] for r in rows] == ["reserve", "reserve", "charge", "charge"]
+    first, retry, worst, real = rows
+    assert worst["id"] == first["id"] and worst["dollars"] == first["dollars"] and worst["unknown"] == "no answer"
+    assert real["id"] == retry["id"] and "unknown" not in real
+    assert (real["prompt_tokens"], real["completion_tokens"]) == (front.usage["prompt_tokens"],
+                                                                   front.usage["completion_tokens"]) != (0, 0)
+    assert real["dollars"] == pytest.approx((real["prompt_tokens"] * PER_MILLION_IN
+                                             + real["completion_tokens"] * PER_MILLION_OUT) / 1e6)
+    totals = ledger.totals()
+    assert answer.dollars == pytest.approx(totals.dollars) == pytest.approx(first["dollars"] + real["dollars"])
+    assert totals.open_reservations == 0

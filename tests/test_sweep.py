@@ -296,3 +296,44 @@ def test_local_sweep_charges_one_ledger_and_collects_four_results_rows(cli, base
     assert all(json.loads((Path(t["dir"]) / "state.json").read_text())["status"] == "done" for t in tasks)
     check_charges(tmp_path / "ledger.jsonl", "four", tasks)
     check_collect(cli, sweep, tmp_path, out_dir)
+
+
+@pytest.mark.parametrize("where, key", [("base", "max_dollars"), ("base", "ledger"), ("overrides", "max_dollars"),
+                                        ("grid", "ledger")])
+def test_a_second_training_meter_is_refused(cli, prepared_dir, tiny_model_dir, tmp_path, where, key):
+    """Each task's meter charges the sweep's ledger for its whole wall-clock, training included: a recipe
+    `max_dollars`/`ledger` (its BudgetCallback) would charge training a second time, so planning refuses it."""
+    value = 1.0 if key == "max_dollars" else str(tmp_path / "other.jsonl")
+    base = write_base_config(tmp_path / "base.yaml", prepared_dir, tiny_model_dir, max_steps=2, save_steps=2)
+    fields = {}
+    if where == "base":
+        base.write_text(yaml.safe_dump({**yaml.safe_load(base.read_text()), key: value}))
+    elif where == "overrides":
+        fields["overrides"] = {key: value}
+    else:
+        fields["grid"] = {key: [value]}
+    sweep = write_sweep(tmp_path / "metered.yaml", base, **fields)
+    out = cli("sweep", "plan", str(sweep), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    named = f"{base}: {key}" if where == "base" else f"{sweep}: {where}.{key}"
+    assert len(out.stderr.strip().splitlines()) == 1 and named in out.stderr and "second time" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "metered-out" / "manifest.json").exists()
+
+
+def test_a_task_config_edited_to_meter_training_is_refused_before_training(cli, base_config, tmp_path, capsys):
+    from astroreason.sweeps.task import main as task_main
+
+    sweep = write_sweep(tmp_path / "edited.yaml", base_config, grid={}, seeds=1)
+    assert cli("sweep", "plan", str(sweep), cwd=tmp_path).returncode == 0
+    task = json.loads((tmp_path / "edited-out" / "manifest.json").read_text())["tasks"][0]
+    config = Path(task["config"])
+    config.write_text(config.read_text() + "max_dollars: 3.0\n")
+    capsys.readouterr()
+    assert task_main([str(tmp_path / "edited-out"), "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{config}: max_dollars" in err[0] and "second time" in err[0]
+    assert not (Path(task["dir"]) / "train").exists()  # nothing trained
+    # The only charges are the task meter's (the seconds the task ran), none from a recipe's training callback.
+    runs = {json.loads(line)["run"] for line in (tmp_path / "ledger.jsonl").read_text().splitlines()}
+    assert runs == {f"sweep:edited:{task['name']}"}
+    assert not (tmp_path / "runs" / "ledger").exists()  # no second ledger either

@@ -49,12 +49,19 @@ class Generation:
 
 @dataclass
 class SamplingSettings:
-    """Decoding settings; part of every cache key, so a change never reuses old answers."""
+    """Decoding settings; those that decide an answer (`deciding`) are part of every cache key."""
 
     max_new_tokens: int = 32
     temperature: float = 0.0  # 0 is greedy decoding
     top_p: float = 1.0
     seed: int = 0
+
+    def deciding(self) -> dict:
+        """The settings that decide an answer, for the cache key: greedy decoding ignores top_p and the seed."""
+        if self.temperature <= 0:
+            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
+        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed}
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
@@ -233,7 +240,9 @@ class VLLMBackend(_Batched):
 
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions server. Each request reserves its worst case (a prompt-token bound plus
-    `max_new_tokens`) before it is sent and is charged the usage its response reports.
+    `max_new_tokens`) before it is sent and is charged the usage its response reports. An attempt that may have been
+    billed without an answer (a timeout, a connection lost mid-answer) stays charged at its worst case, and its retry
+    reserves a worst case of its own (see `_one`).
 
     The prompt bound is the prompt's UTF-8 byte count (a byte-level BPE never makes more tokens than bytes) plus a
     chat-template allowance, plus `image_tokens_bound` per image; a response reporting more raises the allowance.
@@ -315,71 +324,99 @@ class OpenAIBackend:
             raise stop
 
     def _one(self, prompt, image, bound: int, budget, reservation) -> Generation:
+        """Send one request, retrying as `_attempt` allows, and settle its reservations.
+
+        An attempt that may have reached the server and been billed (it timed out, or the connection dropped
+        mid-answer) keeps its reservation, charged at the worst case whatever happens next; its retry is a request of
+        its own and reserves its own worst case first (refused, it is not sent). An attempt answered with an HTTP
+        error, or that never connected, was not billed: its retry reuses the reservation, released if all fail.
+        """
+        from .budget import BudgetExhausted
+
+        body = self._body(prompt, image)
+        billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed
+        used = 0  # attempts on the current reservation
+        failure: _Failed | None = None
+        for attempt in range(1, self.max_retries + 2):
+            used += 1
+            try:
+                raw = self._attempt(body)
+                failure = None
+                break
+            except _Failed as err:
+                failure = err
+            if failure.maybe_billed:
+                billed.append((reservation, used, failure.kind))
+                reservation, used = None, 0
+            if not failure.retry or attempt > self.max_retries:
+                break
+            time.sleep(failure.delay if failure.delay is not None else
+                       self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+            if reservation is None and budget is not None:
+                try:
+                    reservation = budget.reserve(requests=1, prompt_tokens=bound,
+                                                 completion_tokens=self.sampling.max_new_tokens)
+                except BudgetExhausted as err:
+                    self._settle_billed(budget, billed)
+                    raise BudgetExhausted(f"{err} (a retry of a request that timed out)") from None
+        if budget is not None:
+            self._settle_billed(budget, billed)
+        if failure is not None:
+            if budget is not None and reservation is not None:
+                budget.release(reservation, attempts=used, reason=failure.kind)
+            where = "" if not failure.retry else f" after {attempt} attempts"
+            raise BackendError(self._scrub(f"{self.url}: {failure}{where}")) from None
         try:
-            payload, attempts = self._send(self._body(prompt, image))
-        except _NotSent as err:
-            if budget is not None:
-                if isinstance(err, _MaybeBilled):
-                    budget.charge_worst_case(reservation, attempts=err.attempts, reason=err.kind)
-                else:
-                    budget.release(reservation, attempts=err.attempts, reason=err.kind)
-            raise BackendError(self._scrub(str(err))) from None
-        try:
-            text, prompt_tokens, completion_tokens = self._parse(payload)
+            text, prompt_tokens, completion_tokens = self._parse(raw)
         except _Malformed as err:
             if budget is not None:
-                budget.charge_worst_case(reservation, attempts=attempts, reason="malformed response")
+                budget.charge_worst_case(reservation, attempts=used, reason="malformed response")
             raise BackendError(self._scrub(f"{self.url}: malformed response ({err})")) from None
         if prompt_tokens > bound:
             with self._lock:  # the template or the image took more than allowed for: widen the bound from now on
                 self._overhead = max(self._overhead, prompt_tokens - (bound - self._overhead))
-        dollars = 0.0
+        dollars = sum(r.dollars for r, _, _ in billed if r is not None)
         if budget is not None:
             if prompt_tokens < 0:  # no usage reported: charge the worst case rather than guess low
-                dollars = budget.charge_worst_case(reservation, attempts=attempts, reason="no usage in response")
+                dollars += budget.charge_worst_case(reservation, attempts=used, reason="no usage in response")
             else:
-                dollars = budget.charge(reservation, requests=1, prompt_tokens=prompt_tokens,
-                                        completion_tokens=completion_tokens, attempts=attempts)
-        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempts, dollars)
+                dollars += budget.charge(reservation, requests=1, prompt_tokens=prompt_tokens,
+                                         completion_tokens=completion_tokens, attempts=used)
+        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars)
 
-    def _send(self, body: bytes) -> tuple[dict | bytes, int]:
-        """POST with retries; returns (raw response bytes, attempts). Retries 429/5xx, timeouts and refused
-        connections with exponential backoff (and jitter), honouring a numeric Retry-After."""
+    @staticmethod
+    def _settle_billed(budget, billed: list[tuple]) -> None:
+        for reservation, attempts, why in billed:
+            if reservation is not None:
+                budget.charge_worst_case(reservation, attempts=attempts, reason=why)
+
+    def _attempt(self, body: bytes) -> bytes:
+        """One POST; returns the raw response bytes or raises `_Failed` saying whether it may have been billed and
+        whether to retry (429/5xx, timeouts, refused or dropped connections; a numeric Retry-After is honoured)."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._key:
             headers["Authorization"] = f"Bearer {self._key}"
-        last, sent = "", False
-        for attempt in range(1, self.max_retries + 2):
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            delay = self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return response.read(), attempt
-            except urllib.error.HTTPError as err:
-                sent = True
-                detail = err.read()[:200].decode(errors="replace").replace("\n", " ")
-                last = f"HTTP {err.code} {detail}".strip()
-                if err.code not in self.RETRY_STATUS:
-                    raise _NotSent(f"{self.url}: the server refused the request: {last}", attempt, "http error")
-                retry_after = err.headers.get("Retry-After", "") if err.headers else ""
-                if retry_after.replace(".", "", 1).isdigit():
-                    delay = min(float(retry_after), 60.0)
-            except urllib.error.URLError as err:
-                reason = err.reason
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    sent, last = True, f"timed out after {self.timeout:g} s"
-                else:
-                    last = f"unreachable ({reason})"
-            except (TimeoutError, socket.timeout):
-                sent, last = True, f"timed out after {self.timeout:g} s"
-            except (ConnectionError, OSError) as err:  # reset or closed mid-response
-                sent, last = True, f"connection lost ({err.__class__.__name__})"
-            if attempt <= self.max_retries:
-                time.sleep(delay)
-        message = f"{self.url}: {last} after {self.max_retries + 1} attempts"
-        if sent and not last.startswith("HTTP"):
-            raise _MaybeBilled(message, self.max_retries + 1, "no answer")
-        raise _NotSent(message, self.max_retries + 1, "unreachable" if not sent else "server error")
+        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        timed_out = f"timed out after {self.timeout:g} s"
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as err:  # the server answered, with an error: nothing was billed
+            detail = err.read()[:200].decode(errors="replace").replace("\n", " ")
+            last = f"HTTP {err.code} {detail}".strip()
+            if err.code not in self.RETRY_STATUS:
+                raise _Failed(f"the server refused the request: {last}", "http error", retry=False) from None
+            retry_after = err.headers.get("Retry-After", "") if err.headers else ""
+            delay = min(float(retry_after), 60.0) if retry_after.replace(".", "", 1).isdigit() else None
+            raise _Failed(last, "server error", delay=delay) from None
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, (TimeoutError, socket.timeout)):
+                raise _Failed(timed_out, "no answer", maybe_billed=True) from None
+            raise _Failed(f"unreachable ({err.reason})", "unreachable") from None
+        except (TimeoutError, socket.timeout):
+            raise _Failed(timed_out, "no answer", maybe_billed=True) from None
+        except (ConnectionError, OSError) as err:  # reset or closed mid-response
+            raise _Failed(f"connection lost ({err.__class__.__name__})", "no answer", maybe_billed=True) from None
 
     @staticmethod
     def _parse(raw: bytes) -> tuple[str, int, int]:
@@ -400,16 +437,14 @@ class OpenAIBackend:
             return text, -1, -1
 
 
-class _NotSent(Exception):
-    """The request was not served (never reached the server, or was refused): nothing was billed."""
+class _Failed(Exception):
+    """One attempt failed: `maybe_billed` if it may have reached the server and been billed (timed out, connection
+    lost mid-answer), `retry` if another attempt may succeed, `delay` the server's Retry-After."""
 
-    def __init__(self, message: str, attempts: int, kind: str):
+    def __init__(self, message: str, kind: str, *, maybe_billed: bool = False, retry: bool = True,
+                 delay: float | None = None):
         super().__init__(message)
-        self.attempts, self.kind = attempts, kind
-
-
-class _MaybeBilled(_NotSent):
-    """The server may have done the work (timeout, connection lost mid-answer): charged at the worst case."""
+        self.kind, self.maybe_billed, self.retry, self.delay = kind, maybe_billed, retry, delay
 
 
 class _Malformed(Exception):

@@ -2,10 +2,11 @@
 intervals -> `result.json` and one final `RESULT {json}` line, every request paid for through the budget gate.
 
 A sample's cache key hashes everything that decides its answer: the exact prompt (template and, for the token arm, the
-token text), the image's pixels, the checkpoint's weights (or the served model's name) and the sampling settings. A
-killed run resumes without re-asking a finished sample, and a changed checkpoint at the same path is never served
-from the cache. Each answer is appended (and fsync'd) the moment it exists, so a run stopped by a cap, a dead server
-or a kill keeps every answer it paid for.
+token text), the image's pixels, and the run's `answer_settings` (the checkpoint's files that decide answers, the
+backend and served model, the arm's settings, the decoding settings). A killed run resumes without re-asking a
+finished sample, and a changed checkpoint, chat template or setting is never served from the cache. Each answer is
+appended (and fsync'd) the moment it exists, so a run stopped by a cap, a dead server or a kill keeps every answer it
+paid for.
 """
 
 from __future__ import annotations
@@ -190,9 +191,13 @@ class IncompleteRun(CheckFailed):
         self.result = result
 
 
+# Raised whenever what the key covers changes: answers cached under an older key are asked again.
+CACHE_KEY_VERSION = 2
+
+
 def model_fingerprint(config: EvalConfig) -> str:
-    """The weights hash of a local checkpoint (a changed checkpoint at the same path gets a new key); for a served
-    model with no local directory, the served name."""
+    """The weights hash of a local checkpoint (recorded as `weights_sha256`); for a served model with no local
+    directory, the served name."""
     from ..models import weights_hash
 
     if Path(config.model).is_dir():
@@ -202,10 +207,43 @@ def model_fingerprint(config: EvalConfig) -> str:
     return sha256_bytes("served", config.server_model or config.model)
 
 
-def sample_key(prompt: list[dict], image, weights: str, sampling_sha256: str) -> str:
-    """The cache key of one sample; `sampling_sha256` is `sha256_json(asdict(sampling))`, hashed once per run."""
+def answer_settings(config: EvalConfig) -> dict:
+    """Everything besides the prompt and the image that decides an answer, part by part (`cache_key` in
+    result.json); each sample's key hashes all of it. Files are hashed once per process, not per sample.
+
+    - `model_files`: a local checkpoint's weights, model and generation configs, tokenizer, chat template, processor
+      configs, remote code, and for a peft adapter its base model's files too (`models.ANSWER_FILES`);
+    - `backend`, and for `openai` the served model name (`trust_remote_code` for the local backends);
+    - the arm: the prompt template in use; the image size (image arm); the rendering and the codec's hash (token arm);
+    - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed.
+    """
+    from ..models import answer_files_hash
+    from ..prompts import TEMPLATES
+
+    served = config.backend == "openai"
+    parts = {
+        "version": CACHE_KEY_VERSION,
+        "backend": config.backend,
+        "served_model": (config.server_model or config.model) if served else None,
+        "model_files": answer_files_hash(config.model) if Path(config.model).is_dir() else None,
+        "trust_remote_code": None if served else config.trust_remote_code,
+        "modality": config.modality,
+        "prompt_template": sha256_bytes(config.prompt_template or TEMPLATES[config.modality]),
+        "decoding": config.sampling().deciding(),
+    }
+    if config.modality == "image":
+        parts["image_size"] = config.image_size
+    else:
+        from ..tokens import load_codec
+
+        parts.update(rendering=config.rendering, codec=load_codec(config.codec).codec_hash)
+    return parts
+
+
+def sample_key(prompt: list[dict], image, settings_sha256: str) -> str:
+    """The cache key of one sample; `settings_sha256` is `sha256_json(answer_settings(config))`, hashed once per run."""
     pixels = b"" if image is None else image.tobytes() + repr((image.size, image.mode)).encode()
-    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, weights, sampling_sha256)
+    return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, settings_sha256)
 
 
 def read_cache(path: Path) -> dict[str, dict]:
@@ -343,8 +381,9 @@ class Evaluation:
         self.labels = [int(r["label"]) for r in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
         self.lint = lint_rows(config, self.rows)  # CheckFailed before anything is asked or paid for
-        sampling = sha256_json(asdict(config.sampling()))
-        self.keys = [sample_key(row["prompt"], row.get("image"), self.weights, sampling) for row in self.rows]
+        self.settings = answer_settings(config)
+        settings = sha256_json(self.settings)
+        self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
         self.done = read_cache(self.cache_path)
         self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
@@ -462,6 +501,7 @@ class Evaluation:
             "config": config,
             "provenance": provenance(config, data_dir=self.config.data_dir, seed=self.config.seed, git=self.git),
             "weights_sha256": self.weights,
+            "cache_key": self.settings,
             "n_total": len(self.keys),
             "n_done": len(finished),
             "n_distinct_inputs": len(set(self.keys)),

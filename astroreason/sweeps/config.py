@@ -26,6 +26,17 @@ TRAINERS = ("sft", "grpo")
 # Keys a sweep sets itself for every task: a grid or an override may not set them.
 RESERVED = ("output_dir", "resume", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Recipe settings that turn on the recipe's own training meter (BudgetCallback). A sweep task's meter already charges
+# the sweep's ledger for the task's whole wall-clock, training included: with these, training would be charged twice.
+METERED = ("max_dollars", "ledger")
+
+
+def refuse_second_meter(settings: dict, where: str, section: str = "") -> None:
+    """Refuse a recipe setting that would charge a sweep task's training a second time."""
+    for key in METERED:
+        if settings.get(key) is not None:
+            raise UserError(f"{where}: {section}{key}: a sweep task's training is charged by the sweep (its `budget:` "
+                            f"section); {key} would charge it a second time; remove it")
 
 
 @dataclass
@@ -212,6 +223,8 @@ def validate(c: SweepConfig, where: str) -> None:
         for key in keys:
             if key in RESERVED and not (section == "grid" and key == "seed"):
                 raise UserError(f"{where}: {section}.{key}: set by the sweep for every task; remove it")
+    refuse_second_meter(c.overrides, where, "overrides.")
+    refuse_second_meter(c.grid, where, "grid.")
     if clash := sorted(set(c.overrides) & set(c.grid)):
         raise UserError(f"{where}: {clash[0]}: set both in overrides and in grid")
     _check_int(c.seeds, f"{where}: seeds", 1)

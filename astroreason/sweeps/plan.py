@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import sha256_json, write_json_atomic, write_text_atomic
-from .config import SweepConfig, load_sweep
+from .config import SweepConfig, load_sweep, refuse_second_meter
 
 MANIFEST = "manifest.json"
 # Recipe settings derived from output_dir (they differ between tasks without making them different experiments).
@@ -157,6 +157,7 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
     base = yaml.safe_load(Path(config.base_config).read_text())
     if not isinstance(base, dict):
         raise UserError(f"{config.base_config}: a recipe config is a YAML mapping")
+    refuse_second_meter(base, config.base_config)
     for key in ("output_dir",):
         base.pop(key, None)
 

@@ -138,9 +138,11 @@ def _lock(task_dir: Path):
 def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:
     """Train to the end (or until a stop signal); True if training finished."""
     from ..training import build_grpo_trainer, build_sft_trainer, last_checkpoint, run_training
+    from .config import METERED, refuse_second_meter
     from .plan import parse_task_config
 
     script_args, training_args, model_args = parse_task_config(task.config, sweep.trainer)
+    refuse_second_meter({k: getattr(script_args, k) for k in METERED}, task.config)  # a hand-edited task config
     checkpoint = last_checkpoint(training_args.output_dir)
     meter.flush(resumed_from=Path(checkpoint).name if checkpoint else None)
     build = build_grpo_trainer if sweep.trainer == "grpo" else build_sft_trainer
