@@ -55,6 +55,9 @@ class GalaxyScriptArguments:
         override_reason: Why the override is used (required with `allow_prompt_fields`).
         callbacks: Extra `transformers.TrainerCallback` classes by dotted path (`my_module.MyCallback`), each built
             with no arguments and added to the trainer after the project's own callbacks.
+        alarm_no_signal_logs: GRPO training alarm: consecutive logs in which every group's completions score the
+            same (`frac_reward_zero_std` = 1: no gradient) before the run is marked suspect as learning nothing
+            (default: `AlarmConfig.no_signal_logs`, 10; 0 turns the rule off). See docs/integrity.md.
     """
 
     data_dir: str = field(default="runs/demo/prepared", metadata={"help": "Prepared split directory."})
@@ -83,6 +86,11 @@ class GalaxyScriptArguments:
     callbacks: list[str] = field(
         default_factory=list, metadata={"help": "Extra TrainerCallback classes by dotted path (module.Class)."}
     )
+    alarm_no_signal_logs: int | None = field(
+        default=None,
+        metadata={"help": "GRPO alarm: consecutive logs with every group's rewards equal (no gradient) before the run "
+                          "is marked suspect (default 10; 0: off)."},
+    )
 
     def __post_init__(self):
         if self.modality not in MODALITIES:
@@ -91,6 +99,10 @@ class GalaxyScriptArguments:
             raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
         if self.image_size <= 0 or self.image_size % 28:
             raise UserError(f"image_size: must be a positive multiple of 28 (Qwen-VL merges 28x28 px), got {self.image_size}")
+        if self.alarm_no_signal_logs is not None and (
+                isinstance(self.alarm_no_signal_logs, bool) or not isinstance(self.alarm_no_signal_logs, int)
+                or self.alarm_no_signal_logs < 0):
+            raise UserError(f"alarm_no_signal_logs: expected a non-negative integer, got {self.alarm_no_signal_logs!r}")
         for name in ("max_dollars", "price_gpu_hour"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
@@ -235,12 +247,15 @@ def override_hint():
 def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False) -> list:
     """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
     `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from .integrity.alarms import TrainingAlarms, pipeline_alarms
     from .integrity.fingerprint import RunFingerprint
 
-    return [TrainingAlarms(pipeline_alarms("grpo" if grpo else "sft")), RunFingerprint(extra=asdict(args))]
+    alarms = pipeline_alarms("grpo" if grpo else "sft")
+    if args.alarm_no_signal_logs is not None:
+        alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
+    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args))]
 
 
 VLLM_MODES = ("colocate", "server")

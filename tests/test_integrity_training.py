@@ -52,8 +52,10 @@ def test_alarm_rules_on_log_sequences():
     # GRPO: every group's rewards become identical after having varied.
     assert feed(TrainingAlarms(), "frac_reward_zero_std", [0.2, 0.3, 0.1, 0.96, 1.0, 1.0, 1.0]) == [
         "reward_variance_collapse"]
-    # An untrained policy that never varied (all completions wrong from the start) is not a collapse.
-    assert feed(TrainingAlarms(), "frac_reward_zero_std", [1.0] * 10) == []
+    # An untrained policy that never varied (all completions wrong from the start) is not a collapse; after
+    # `no_signal_logs` (10) such logs it is a run that cannot learn (tests/test_grpo_learning.py).
+    assert feed(TrainingAlarms(), "frac_reward_zero_std", [1.0] * 10) == ["no_reward_signal"]
+    assert feed(TrainingAlarms(AlarmConfig(no_signal_logs=0)), "frac_reward_zero_std", [1.0] * 10) == []
     assert feed(TrainingAlarms(), "rewards/accuracy_reward/mean", [0.1, 0.12, 0.15, 0.14, 0.16, 0.9]) == ["jump"]
     assert feed(TrainingAlarms(), "entropy", [1.2, 1.1, 0.9, 0.08]) == ["entropy_collapse"]
     assert feed(TrainingAlarms(), "loss", [2.3, 2.0, 1.9, 1.8, 0.2]) == ["loss_abrupt_fall"]

@@ -2,9 +2,11 @@
 
 A model that finds a shortcut (a row index, a duplicate, a leaked column) learns it fast and completely: the loss
 falls toward zero abruptly, accuracy or reward jumps, every completion of a GRPO group gets the same reward
-(TRL's `frac_reward_zero_std` climbs to 1) and the policy's entropy collapses. Each rule fires once per metric; an
-alarm logs why and marks the run suspect (`SUSPECT.json` in `output_dir`, which the ledger turns into the status
-`suspect`). It does not stop training unless asked: the run finishes and is judged with its mark.
+(TRL's `frac_reward_zero_std` climbs to 1) and the policy's entropy collapses. A GRPO run whose every group scores
+alike at every step has the opposite trouble: every advantage is 0, it learns nothing, and its result is the starting
+model's (`no_reward_signal`). Each rule fires once per metric; an alarm logs why and marks the run suspect
+(`SUSPECT.json` in `output_dir`, which the ledger turns into the status `suspect`). It does not stop training
+unless asked: the run finishes and is judged with its mark.
 
     trainer.add_callback(TrainingAlarms())          # or SFTTrainer(..., callbacks=[TrainingAlarms()])
 """
@@ -37,6 +39,11 @@ class AlarmConfig:
         zero_std_high: `frac_reward_zero_std` at or above this counts as collapsed ...
         zero_std_low: ... once it has been below this earlier in the run ...
         zero_std_patience: ... for this many consecutive logs.
+        no_signal_logs: Consecutive logs with `frac_reward_zero_std` = 1 (every group's completions scored alike, so
+            every advantage is 0 and the policy gets no gradient) after which the run is marked as learning nothing
+            (0: rule off). One such log is normal (an untrained policy often fails a whole batch); 10 keeps the tiny
+            recipes' 8-step smoke runs quiet, and in a real run it is 10 x `logging_steps` steps without one group
+            whose rewards differ.
         entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse (0: rule off) ...
         entropy_floor: ... and so is entropy below this (nats per token).
         stop_on_alarm: Stop training at the first alarm (default: finish, marked suspect).
@@ -54,6 +61,7 @@ class AlarmConfig:
     zero_std_high: float = 0.95
     zero_std_low: float = 0.5
     zero_std_patience: int = 3
+    no_signal_logs: int = 10
     entropy_fraction: float = 0.1
     entropy_floor: float = 0.02
     stop_on_alarm: bool = False
@@ -90,6 +98,7 @@ class AlarmState:
     fired: set = field(default_factory=set)
     zero_std_run: int = 0
     zero_std_was_low: bool = False
+    no_signal_run: int = 0
 
 
 class TrainingAlarms(TrainerCallback):
@@ -140,6 +149,13 @@ class TrainingAlarms(TrainerCallback):
                                            f"reward variance collapsed: {key} >= {c.zero_std_high} for "
                                            f"{s.zero_std_run} logs after being < {c.zero_std_low} (every completion "
                                            "of a group scores the same)"))
+                # TRL logs the mean over the logging window: 1 means every group of every step in it was zero-std.
+                s.no_signal_run = s.no_signal_run + 1 if value >= 1.0 else 0
+                if c.no_signal_logs and s.no_signal_run >= c.no_signal_logs:
+                    out.append(self._alarm("no_reward_signal", key, step, value,
+                                           f"no learning signal: {key} = 1 for {s.no_signal_run} consecutive logs "
+                                           "(every completion of every group scored the same, so every advantage "
+                                           "is 0 and the policy cannot learn from these rewards)"))
             if key == "entropy" and past:
                 first = past[0]
                 if value < c.entropy_floor or (first > 0 and value < c.entropy_fraction * first):
