@@ -158,3 +158,73 @@ def test_changed_base_is_skipped(honest, tmp_path):
     save_file(weights, moved / "model.safetensors", metadata={"format": "pt"})
     result = probe_label_permutation(spec, max_samples=16)
     assert result.status == "skip" and "changed since" in result.summary and result.details["root_base"] == str(moved)
+
+
+def test_lora_run_is_controlled_with_a_fresh_adapter_on_its_base(prepared_dir, tiny_model_dir, tmp_path):
+    """A LoRA SFT through the recipe's builder: the control starts from the base with a new adapter, never from the
+    run's trained adapter, and leaves the base's own weights as they were."""
+    import torch
+    from safetensors.torch import load_file
+    from trl import ModelConfig, SFTConfig
+
+    from astroreason.integrity.permutation import check_base, control_start, control_trainer
+    from astroreason.models import load_model_and_processor
+    from astroreason.training import GalaxyScriptArguments, build_sft_trainer, run_training
+
+    run = tmp_path / "lora"
+    script = GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=56, max_train_samples=16)
+    args = SFTConfig(output_dir=str(run), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                     max_length=None, use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
+                     disable_tqdm=True)
+    model_args = ModelConfig(str(tiny_model_dir), dtype="float32", use_peft=True, lora_r=4, lora_alpha=8,
+                             lora_target_modules=["q_proj", "v_proj"])
+    run_training(build_sft_trainer(script, args, model_args), script)
+    base = json.loads((run / FINGERPRINT_FILE).read_text())["base"]
+    assert base["lora"] is True and base["peft"]["lora_r"] == 4 and base["peft"]["lora_target_modules"] == [
+        "q_proj", "v_proj"]
+
+    start = control_start(str(run), str(prepared_dir))
+    assert start.root == str(tiny_model_dir) and check_base(start) is None
+    trainer = control_trainer(start, str(tmp_path / "control"), steps=1)
+    model = trainer.model
+    assert model.peft_config and trainer.train_dataset.num_rows == 16  # a LoRA model, on the run's 16 rows
+    # A fresh adapter: every lora_B starts at zero (PEFT's init), where the run's trained adapter has moved.
+    trained = load_file(run / "adapter_model.safetensors")
+    fresh_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    assert fresh_b and all(not p.any() for p in fresh_b.values())
+    assert all(t.abs().max() > 0 for n, t in trained.items() if "lora_B" in n)
+    # On the base's own weights (LoRA leaves them frozen): the base as `from_pretrained` loads it.
+    reference = load_model_and_processor(tiny_model_dir)[0].state_dict()
+    own = {n.replace(".base_layer", ""): p for n, p in model.get_base_model().state_dict().items() if "lora_" not in n}
+    assert own.keys() == reference.keys() and all(torch.equal(own[k], reference[k]) for k in reference)
+    trainer.train()  # and it trains: the adapter moves
+    assert any(p.any() for p in fresh_b.values())
+
+
+def test_grpo_first_chain_is_controlled_with_grpo_on_permuted_labels(prepared_dir, tiny_model_dir, tmp_path):
+    """A chain whose first labelled stage is GRPO (from a base): the control is a GRPO rerun, its rewards read the
+    permuted labels, with the run's own GRPO settings."""
+    from trl import GRPOConfig, GRPOTrainer, ModelConfig
+
+    from astroreason.integrity.permutation import control_start, control_trainer
+    from astroreason.training import GalaxyScriptArguments, build_grpo_trainer, galaxy_dataset, run_training
+
+    run = tmp_path / "grpo"
+    script = GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=56, max_train_samples=32)
+    args = GRPOConfig(output_dir=str(run), max_steps=1, per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, learning_rate=1e-3, beta=0.0, use_cpu=True, bf16=False,
+                      report_to="none", save_strategy="no", seed=0, disable_tqdm=True, activation_checkpointing=False)
+    run_training(build_grpo_trainer(script, args, ModelConfig(str(tiny_model_dir), dtype="float32")), script)
+
+    start = control_start(str(run), str(prepared_dir))
+    assert start.root == str(tiny_model_dir) and start.recipe["kind"] == "grpo" and start.chain == [run]
+    trainer = control_trainer(start, str(tmp_path / "control"), steps=1, seed=0)
+    assert isinstance(trainer, GRPOTrainer)
+    assert trainer.args.num_generations == 2 and trainer.args.max_completion_length == 8 and trainer.args.max_steps == 1
+    true = galaxy_dataset(script, "train", with_completion=False, max_samples=32)["label"]
+    permuted = trainer.train_dataset["label"]
+    assert sorted(permuted) == sorted(true) and permuted != true  # same class mix, labels moved between galaxies
+    assert trainer.train_dataset["prompt"] == galaxy_dataset(script, "train", with_completion=False,
+                                                              max_samples=32)["prompt"]
+    trainer.train()
+    assert trainer.state.global_step == 1

@@ -149,10 +149,10 @@ def control_steps(start: ControlStart, max_steps: int) -> tuple[int, int | None]
     return (min(max_steps, recorded) if recorded else max_steps), recorded
 
 
-def train_on_permuted_labels(start: ControlStart, *, steps: int, seed: int = 0):
-    """Rerun the first labelled stage's recipe from the root base with permuted training labels, for `steps` steps;
-    returns the trained model and its processor. Nothing is saved, nothing is charged to the spend ledger (the
-    audit is not the experiment), nothing is printed on stdout."""
+def control_trainer(start: ControlStart, output_dir: str, *, steps: int, seed: int = 0):
+    """The first labelled stage's trainer, rebuilt by the recipe's own builder from the root base (a fresh LoRA
+    adapter when the stage used LoRA) with the training labels permuted, for `steps` steps. Nothing is charged to
+    the spend ledger (the audit is not the experiment) and nothing is printed on stdout."""
     import torch
     from transformers import PrinterCallback
     from trl import GRPOConfig, ModelConfig, SFTConfig
@@ -166,11 +166,17 @@ def train_on_permuted_labels(start: ControlStart, *, steps: int, seed: int = 0):
     model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=str(root or start.root))
     use_cpu = bool(recipe["training_args"].get("use_cpu")) or not torch.cuda.is_available()
     device = dict(use_cpu=True, bf16=False, fp16=False) if use_cpu else {}
+    training_args = _config(GRPOConfig if grpo else SFTConfig, recipe["training_args"], output_dir=output_dir,
+                            logging_dir=output_dir, max_steps=steps, **CONTROL_OVERRIDES, **device)
+    build = build_grpo_trainer if grpo else build_sft_trainer
+    trainer = build(script_args, training_args, model_args, permute_labels_seed=seed)
+    trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`
+    return trainer
+
+
+def train_on_permuted_labels(start: ControlStart, *, steps: int, seed: int = 0):
+    """Train `control_trainer` in a temporary directory (nothing is saved); returns the model and its processor."""
     with tempfile.TemporaryDirectory() as tmp:
-        training_args = _config(GRPOConfig if grpo else SFTConfig, recipe["training_args"], output_dir=tmp,
-                                logging_dir=tmp, max_steps=steps, **CONTROL_OVERRIDES, **device)
-        build = build_grpo_trainer if grpo else build_sft_trainer
-        trainer = build(script_args, training_args, model_args, permute_labels_seed=seed)
-        trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`
+        trainer = control_trainer(start, tmp, steps=steps, seed=seed)
         trainer.train()
         return trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class
