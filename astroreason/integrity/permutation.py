@@ -62,7 +62,8 @@ class ControlStart:
 
     def describe(self) -> str:
         names = " <- ".join(_short(p) for p in self.chain) + f" <- {_short(self.root)}"
-        return f"{names} (root {self.root}: the first model in the chain not recorded as trained on this split's labels)"
+        return (f"{names} (root {self.root}: the first model in the chain not recorded as trained on this split's "
+                "labels)")
 
 
 def _short(path) -> str:
