@@ -125,19 +125,33 @@ def _resize(image, size: int):
     return image if image.size == (size, size) else image.resize((size, size), resample=3)  # PIL.Image.BICUBIC
 
 
-def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None = None):
+def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None = None,
+                   permute_labels_seed: int | None = None):
     """The conversational dataset of one split for one arm.
 
     Columns: `prompt` (one user turn), `label` (for the rewards), `completion` (SFT targets, when asked) and, for the
     image arm, `image` (TRL inserts the image block into the prompt itself). Prompts come from `args.prompt_template`
     (default: the modality's template); a template naming a dataset column is rendered only under the lint override
-    (a deliberate experiment), with each row's own metadata.
+    (a deliberate experiment), with each row's own metadata. `permute_labels_seed` (the audit's label-permutation
+    control only) shuffles the labels among the kept rows: same prompts, same galaxies, same class mix, no link
+    between a galaxy and its label; the SFT targets and the GRPO rewards both follow the permuted labels.
     """
     dataset, n, to_conversation = _arm_split(args, split, with_completion=with_completion, max_samples=max_samples)
     if n < len(dataset):
         dataset = dataset.select(range(n))
+    if permute_labels_seed is not None:
+        dataset = permuted_labels(dataset, permute_labels_seed)
     drop = [c for c in dataset.column_names if c not in _kept_columns(args.modality)]
     return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
+
+
+def permuted_labels(dataset, seed: int):
+    """The dataset with its `label` column permuted among its rows (seeded)."""
+    import numpy as np
+
+    labels = np.asarray(dataset["label"], np.int64)
+    permuted = labels[np.random.default_rng(seed).permutation(len(labels))]
+    return dataset.remove_columns("label").add_column("label", permuted.tolist())
 
 
 def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
@@ -244,9 +258,9 @@ def override_hint():
         raise CheckFailed(f"{err} (--allow_prompt_fields COLUMN --override_reason WHY)") from None
 
 
-def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False) -> list:
+def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False, base: dict | None = None) -> list:
     """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
-    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint."""
+    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint, with its base record (`base_record`)."""
     from dataclasses import asdict, replace
 
     from .integrity.alarms import TrainingAlarms, pipeline_alarms
@@ -255,7 +269,51 @@ def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False) -> l
     alarms = pipeline_alarms("grpo" if grpo else "sft")
     if args.alarm_no_signal_logs is not None:
         alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
-    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args))]
+    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
+
+
+def _json_safe(values: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(values, default=str))
+
+
+TOKENIZER_TOKEN_ARGS = ("eos_token", "pad_token", "bos_token")  # TRL config fields named *_token that are no secret
+
+
+def training_args_record(training_args) -> dict:
+    """The training arguments as `to_dict()` gives them (JSON-safe), with TRL's tokenizer tokens (`eos_token`,
+    `pad_token`) restored: `to_dict()` masks every field named `*_token` as `<NAME>`, secrets (`hub_token`) and
+    tokenizer tokens alike."""
+    values = training_args.to_dict()
+    for key in values:
+        real = getattr(training_args, key, None)
+        if key.endswith("_token") and (real is None or key in TOKENIZER_TOKEN_ARGS):
+            values[key] = real
+    return _json_safe(values)
+
+
+def base_record(recipe: str, args: GalaxyScriptArguments, training_args, model_args) -> dict:
+    """What a run started from and how it was trained, for `fingerprint.json` (`RunFingerprint` adds the hash of
+    the base's weight files): enough for the audit's label-permutation control to rerun the recipe from the base
+    with permuted labels. `recipe` is `sft` or `grpo`."""
+    from dataclasses import asdict
+
+    path = model_args.model_name_or_path
+    lora = bool(getattr(model_args, "use_peft", False))
+    peft = {k: v for k, v in asdict(model_args).items() if k.startswith("lora_") or k in ("use_rslora", "use_dora")}
+    return {
+        "model_name_or_path": path,
+        "resolved_path": str(Path(path).resolve()) if path and Path(path).is_dir() else None,
+        "lora": lora,
+        "peft": _json_safe(peft) if lora else None,
+        "recipe": {
+            "kind": recipe,
+            "script_args": _json_safe(asdict(args)),
+            "training_args": training_args_record(training_args),
+            "model_args": _json_safe(asdict(model_args)),
+        },
+    }
 
 
 VLLM_MODES = ("colocate", "server")
@@ -460,19 +518,22 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
                               f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)")
 
 
-def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
+def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
+                       permute_labels_seed: int | None = None):
     from trl import SFTTrainer
 
     check_launch()
     check_output_dir(args, training_args.output_dir)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples)
+    train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples,
+                           permute_labels_seed=permute_labels_seed)
     evaluation = None
     if training_args.eval_strategy != "no":
         evaluation = galaxy_dataset(args, args.eval_split, with_completion=True, max_samples=args.max_eval_samples)
     lint_datasets(args, training_args, train, evaluation)
     model, processor = load_model(model_args, training_args)
+    base = base_record("sft", args, training_args, model_args)
     return SFTTrainer(
         model=model,
         args=training_args,
@@ -480,11 +541,12 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks + integrity_callbacks(args) + extra,
+        callbacks=callbacks + integrity_callbacks(args, base=base) + extra,
     )
 
 
-def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
+def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
+                       permute_labels_seed: int | None = None):
     from trl import GRPOTrainer
 
     from .rewards import get_reward_funcs
@@ -494,12 +556,14 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
     check_vllm(training_args)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
+    train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples,
+                           permute_labels_seed=permute_labels_seed)
     evaluation = None
     if training_args.eval_strategy != "no":
         evaluation = galaxy_dataset(args, args.eval_split, with_completion=False, max_samples=args.max_eval_samples)
     lint_datasets(args, training_args, train, evaluation)
     model, processor = load_model(model_args, training_args)
+    base = base_record("grpo", args, training_args, model_args)
     return GRPOTrainer(
         model=model,
         reward_funcs=get_reward_funcs(args.reward_funcs),
@@ -508,5 +572,5 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args):
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args),
-        callbacks=callbacks + integrity_callbacks(args, grpo=True) + extra,
+        callbacks=callbacks + integrity_callbacks(args, grpo=True, base=base) + extra,
     )

@@ -121,7 +121,7 @@ def test_override_without_a_reason_is_refused(sorted_prepared, tiny_model_dir, t
     assert not (tmp_path / "run").exists()
 
 
-def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, capsys):
+def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, tiny_model_dir, capsys):
     clean, out = recipe_runs["clean"]
     check_ok(clean)
     lint = json.loads((out / "prompt_lint.json").read_text())
@@ -137,9 +137,10 @@ def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, capsys):
         "label_permutation": "pass", "seeds": "skip"}
     permutation = probes["label_permutation"]
     assert permutation["details"]["n"] == 8 and "after 2 steps on permuted labels" in permutation["summary"]
+    assert permutation["details"]["root_base"] == str(tiny_model_dir)  # retrained from the base, not the checkpoint
 
 
-def test_audit_of_the_overridden_run_catches_the_leak(recipe_runs, capsys):
+def test_audit_of_the_overridden_run_catches_the_leak(recipe_runs, tiny_model_dir, capsys):
     out = recipe_runs["leak"][1]
     assert cli(["audit", str(out), "--no-controls", "--json"]) == 1
     probes = {p["name"]: p for p in json.loads(capsys.readouterr().out)["probes"]}
@@ -147,6 +148,15 @@ def test_audit_of_the_overridden_run_catches_the_leak(recipe_runs, capsys):
     carried = probes["metadata"]["details"]["carried"]["image"]
     assert probes["metadata"]["status"] == "fail" and carried["accuracy"] > 0.6 and carried["p_value"] < 1e-6
     assert probes["row_order"]["status"] == "pass" and probes["row_order"]["details"]["source_sorted_by_class"]
+
+    # With the model controls: failed by the metadata probe again. The permutation control reruns the recorded
+    # recipe (its leaky template and override too) from the run's base, the tiny model, not from the checkpoint.
+    assert cli(["audit", str(out), "--max-samples", "8", "--permutation-steps", "2", "--json"]) == 1
+    probes = {p["name"]: p for p in json.loads(capsys.readouterr().out)["probes"]}
+    assert probes["metadata"]["status"] == "fail"
+    permutation = probes["label_permutation"]
+    assert permutation["status"] == "pass" and permutation["details"]["root_base"] == str(tiny_model_dir)
+    assert permutation["details"]["chain"] == [str(out)] and permutation["details"]["steps"] == 2
 
 
 def test_forced_identical_seeds_are_flagged(recipe_runs, tmp_path, capsys):

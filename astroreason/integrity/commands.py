@@ -25,7 +25,9 @@ def add_parser(subparsers) -> None:
     audit.add_argument("--ceiling", type=float, default=None, help="accuracy above this is suspect (default 0.95)")
     audit.add_argument("--no-controls", action="store_true", help="skip the model controls (blank input, permutation)")
     audit.add_argument("--max-samples", type=int, default=64, help="rows the model controls use")
-    audit.add_argument("--permutation-steps", type=int, default=8, help="training steps of the permutation control")
+    audit.add_argument("--permutation-steps", type=int, default=None,
+                       help="cap on the training steps of the label-permutation control, which reruns the run's recipe "
+                       "from its base model on permuted labels for at most its own steps (default 200)")
     audit.set_defaults(func=run_audit)
 
     gate = subparsers.add_parser(
@@ -65,18 +67,19 @@ def print_report(report) -> None:
 
 def run_audit(args: argparse.Namespace) -> int:
     from .gate import DEFAULT_CEILING
-    from .probes import audit
+    from .probes import DEFAULT_PERMUTATION_STEPS, audit
 
     templates = None
     if args.template is not None:
         if not args.template.is_file():
             raise UserError(f"--template: {args.template} not found")
         templates = {args.modality: args.template.read_text()}
-    if args.max_samples < 1 or args.permutation_steps < 1:
+    steps = DEFAULT_PERMUTATION_STEPS if args.permutation_steps is None else args.permutation_steps
+    if args.max_samples < 1 or steps < 1:
         raise UserError("--max-samples and --permutation-steps must be >= 1")
     report = audit(args.target, templates=templates, ceiling=args.ceiling or DEFAULT_CEILING,
                    controls=not args.no_controls, max_samples=args.max_samples,
-                   permutation_steps=args.permutation_steps)
+                   permutation_steps=steps)
     if args.json:
         print(json.dumps(report.to_json(), indent=1, default=str))
     else:

@@ -9,7 +9,11 @@ the same sampling give the same run whatever `--seed` says. `RunFingerprint` (a 
 - `first_batch_sha256`: the tensors of the model's first forward call (the first batch);
 - `first_forwards_sha256`: the first `n_forwards` forward calls together: in GRPO these are the generation passes, so
   sampled completions enter it (the first generations);
-- the seeds and a hash of the training configuration without its seed and paths (`config_sha256`).
+- the seeds and a hash of the training configuration without its seed and paths (`config_sha256`);
+- `base`, when the recipe gives it (`astroreason.training.base_record`): the model the run started from
+  (`model_name_or_path`), a hash of its weight files (`weights_sha256`), whether LoRA was used
+  and its settings, and the recipe (`sft` or `grpo`) with its script, training and model arguments: what the audit's
+  label-permutation control needs to retrain from the same start (`astroreason.integrity.probes`).
 
 `compare_fingerprints` (used by `astroreason audit` on a sweep directory) flags runs whose seeds differ but whose
 fingerprints are equal, and two runs of one sweep with the same configuration and the same seed.
@@ -51,6 +55,40 @@ def _batch_tensors(args, kwargs) -> list:
     return named
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "adapter_model.bin")
+
+
+def model_files_dir(model_name_or_path: str) -> Path | None:
+    """The local directory of a model: the path itself, or a Hub name's snapshot in the local cache (never the
+    network); None when neither holds it."""
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001  not a Hub name, or not cached: the weights cannot be hashed here
+        return None
+
+
+def base_weights_sha256(model_name_or_path: str) -> str | None:
+    """SHA-256 over the weight files of a model directory (name and content of each, in name order); None when the
+    model or its weight files cannot be found."""
+    from ..io import sha256_file
+
+    root = model_files_dir(model_name_or_path)
+    if root is None:
+        return None
+    files = sorted({f for pattern in WEIGHT_FILES for f in root.glob(pattern) if f.is_file()})
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def config_hash(training_args, extra: dict | None = None) -> str:
     """Hash of a run's configuration without its seeds and output paths (what makes two runs "the same config")."""
     values = training_args.to_dict() if hasattr(training_args, "to_dict") else dict(training_args)
@@ -64,11 +102,14 @@ class RunFingerprint(TrainerCallback):
     Args:
         extra: What else defines the run (e.g. the script arguments: data_dir, modality), hashed into the config.
         n_forwards: Forward calls hashed together as `first_forwards_sha256`.
+        base: The base model and the recipe (`astroreason.training.base_record`), recorded as `base` with the hash
+            of the base's weight files added (by the main process, at train begin). Not part of `config_sha256`.
     """
 
-    def __init__(self, extra: dict | None = None, n_forwards: int = 4):
+    def __init__(self, extra: dict | None = None, n_forwards: int = 4, base: dict | None = None):
         self.extra = {k: str(v) for k, v in (extra or {}).items()}
         self.n_forwards = n_forwards
+        self.base = base
         self.record: dict = {}
         self._forwards = hashlib.sha256()
         self._seen = 0
@@ -92,6 +133,9 @@ class RunFingerprint(TrainerCallback):
             "first_forwards_sha256": None,
             "n_forwards": 0,
         }
+        if self.base is not None and state.is_world_process_zero:  # only the main process writes the record
+            weights = base_weights_sha256(self.base["model_name_or_path"])
+            self.record["base"] = {**self.base, "weights_sha256": weights}
         self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
         self._write(state)
 

@@ -14,7 +14,9 @@ Data probes (a Galaxy10-schema file, a prepared directory, or the data behind a 
 Model controls (a run with a model):
 - `blank_input`: the model answered with a blank image (image arm) or another galaxy's codes (token arm) must fall
   to about the majority-class rate.
-- `label_permutation`: a short training on permuted labels must stay at chance on the true test labels.
+- `label_permutation`: the run's recipe rerun from its base model (the root of its base chain, never the trained
+  checkpoint) on permuted training labels, for a bounded number of steps, must stay at chance on the true test labels
+  (`integrity.permutation`); runs that do not record their base are skipped.
 
 Run records: `seeds` (fingerprints of a sweep's runs) and `ceiling` (a result above the ceiling).
 """
@@ -29,6 +31,7 @@ import numpy as np
 
 from ..errors import UserError
 
+DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
 ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
 MIN_GAIN = 0.05  # ... and by at least this much accuracy (tiny effects on huge splits are not shortcuts)
 
@@ -364,7 +367,8 @@ def _score_backend(backend, prompts, images, labels) -> dict:
     generations = backend.generate(prompts, images)
     predictions = [parse_answer(g.text) for g in generations]
     correct = int(sum(p == y for p, y in zip(predictions, labels)))
-    return beats_rate(correct, len(labels), _majority_rate(labels))
+    parsed = sum(p is not None for p in predictions) / max(len(predictions), 1)
+    return {**beats_rate(correct, len(labels), _majority_rate(labels)), "parsed": parsed}
 
 
 def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
@@ -384,41 +388,43 @@ def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> 
     return ProbeResult("blank_input", "pass", line, score)
 
 
-def probe_label_permutation(spec: RunSpec, *, steps: int = 8, max_train: int = 64, max_samples: int = 64,
-                            seed: int = 0, learning_rate: float = 1e-4) -> ProbeResult:
-    """SFT the run's model for a few steps on permuted training labels (same prompts, same galaxies); scored on the
-    true labels of the evaluation split, it must stay at chance."""
-    import tempfile
+def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_STEPS, max_samples: int = 64,
+                            seed: int = 0) -> ProbeResult:
+    """Retrain from the run's base (never from its trained checkpoint) on permuted training labels; scored on the
+    true labels of the evaluation split, the retrained model must stay at chance.
 
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
+    The base is the root of the run's base chain (`integrity.permutation.control_start`): for a GRPO run started
+    from an SFT run of the same split, the SFT run's base. The control reruns the recipe of the chain's first
+    labelled stage (SFT for the demo's SFT -> GRPO chain: its targets are where the labels first enter), with a
+    fresh LoRA adapter when that stage used LoRA, for at most `steps` of its steps. A run whose records do not say
+    where it started, or whose base changed since, is skipped with the reason, never failed.
+    """
     from ..evaluation.backends import SamplingSettings, TransformersBackend
-    from ..models import load_model_and_processor
-    from ..prompts import answer_text
+    from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
-    prompts, images, labels = control_rows(spec, "train", max_samples=max_train, galaxy="real")
-    permuted = labels[np.random.default_rng(seed).permutation(len(labels))]
-    rows = {"prompt": prompts, "completion": [[{"role": "assistant", "content": answer_text(int(c))}] for c in permuted]}
-    if spec.modality == "image":
-        rows["image"] = images
-    model, processor = load_model_and_processor(spec.model)
-    with tempfile.TemporaryDirectory() as tmp:
-        config = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=8, learning_rate=learning_rate,
-                           logging_steps=max(steps, 1), report_to=[], save_strategy="no", use_cpu=True, bf16=False,
-                           max_length=None, gradient_checkpointing=False, disable_tqdm=True, seed=seed)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=processor)
-        trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`
-        trainer.train()
-    backend = TransformersBackend(trainer.model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
+    start = control_start(spec.model, spec.data_dir)
+    if isinstance(start, str):
+        return ProbeResult("label_permutation", "skip", start, {})
+    details = {"root_base": start.root, "first_labelled_stage": str(start.stage), "recipe": start.recipe["kind"],
+               "lora": bool(start.record.get("lora")), "chain": [str(p) for p in start.chain]}
+    if reason := check_base(start):
+        return ProbeResult("label_permutation", "skip", reason, details)
+    n_steps, recipe_steps = control_steps(start, steps)
+    details.update(steps=n_steps, recipe_steps=recipe_steps, permutation_seed=seed)
+    model, processor = train_on_permuted_labels(start, steps=n_steps, seed=seed)
+    backend = TransformersBackend(model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
     test_prompts, test_images, test_labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
     score = _score_backend(backend, test_prompts, test_images if spec.modality == "image" else None, test_labels)
-    line = (f"after {steps} steps on permuted labels, accuracy on the true {spec.split} labels {score['accuracy']:.3f} "
-            f"vs majority rate {score['rate']:.3f} (n={score['n']}, p={score['p_value']:.1e})")
+    details.update(score)
+    of = f" of the recipe's {recipe_steps}" if recipe_steps and recipe_steps != n_steps else ""
+    adapter = ", a fresh LoRA adapter" if details["lora"] else ""
+    line = (f"after {n_steps}{of} steps on permuted labels ({start.recipe['kind'].upper()} rerun from the base, not "
+            f"the trained checkpoint{adapter}; base chain {start.describe()}), accuracy on the true {spec.split} "
+            f"labels {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (n={score['n']}, "
+            f"p={score['p_value']:.1e}, {score['parsed']:.0%} of answers parsed)")
     if score["beats"]:
-        return ProbeResult("label_permutation", "fail", line + ": labels reach the model by another route", score)
-    return ProbeResult("label_permutation", "pass", line, score)
+        return ProbeResult("label_permutation", "fail", line + ": labels reach the model by another route", details)
+    return ProbeResult("label_permutation", "pass", line, details)
 
 
 # --- run records ---------------------------------------------------------------------------------------------------
@@ -486,7 +492,7 @@ def audit(
     ceiling: float | None = None,
     controls: bool = True,
     max_samples: int = 64,
-    permutation_steps: int = 8,
+    permutation_steps: int = DEFAULT_PERMUTATION_STEPS,
     blank_backend=None,
 ) -> AuditReport:
     """Run every probe that applies to `target`: a Galaxy10-schema HDF5 file, a prepared directory, a run directory
