@@ -8,34 +8,14 @@ import json
 
 
 def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
-    """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line."""
-    import yaml
-    from trl import TrlParser
-
-    from ..errors import UserError
+    """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line, and an
+    `output_dir` that cannot be written is refused before anything runs."""
+    from ..arguments import parse_config_args
+    from ..io import check_writable
     from .harness import EvalConfig
 
-    parser = TrlParser((EvalConfig,), prog=prog)
-
-    def error(message):  # argparse would print the usage and exit; one line instead
-        raise UserError(f"arguments: {message}")
-
-    parser.error = error
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UserError("--config: expected a YAML file")
-        path = argv[i + 1]
-        try:
-            open(path).close()
-        except OSError as err:
-            raise UserError(f"--config: cannot read {path} ({err.strerror})") from None
-    try:
-        (config,) = parser.parse_args_and_config(args=argv)
-    except yaml.YAMLError as err:
-        raise UserError(f"--config: not valid YAML ({str(err).splitlines()[0]})") from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f"arguments: {str(err).splitlines()[0]}") from None
+    (config,) = parse_config_args((EvalConfig,), argv, prog=prog,
+                                  check=lambda values: check_writable(values["output_dir"], "output_dir", directory=True))
     return config
 
 

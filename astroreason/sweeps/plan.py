@@ -111,22 +111,19 @@ def parse_task_config(config_path: str | Path, trainer: str, *, planning: bool =
     as if on CPU so that `bf16: true` is not refused for want of a GPU here (the task itself parses it as written).
     """
     import torch
-    from trl import TrlParser
 
-    parser = TrlParser(trainer_classes(trainer))
+    from ..training import parse_recipe_args
+
+    config_class = trainer_classes(trainer)[1]
     argv = ["--config", str(config_path)]
     if planning and not torch.cuda.is_available():
         argv += ["--use_cpu", "true"]
     try:
         with warnings.catch_warnings():  # deprecation notes of TrainingArguments, once per task, are noise here
             warnings.simplefilter("ignore", FutureWarning)
-            return parser.parse_args_and_config(args=argv)
-    except UserError as err:
-        raise UserError(f"{config_path}: {err}") from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f"{config_path}: {str(err).splitlines()[0]}") from None
-    except SystemExit:  # argparse rejected a value and printed why
-        raise UserError(f"{config_path}: a recipe setting has an invalid value (see the message above)") from None
+            return parse_recipe_args(config_class, argv, check_device=not planning)
+    except UserError as err:  # name the task's config once
+        raise (err if str(config_path) in str(err) else UserError(f"{config_path}: {err}")) from None
 
 
 def experiment_key(parsed) -> str:
