@@ -25,6 +25,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as err:
         from .errors import UserError
 
+        check_writable(path, "output")  # names the file in the way or the read-only directory, when it is that
         raise UserError(f"{path}: cannot write here ({err.strerror or err})") from None
     target = tmp / path.name
     try:

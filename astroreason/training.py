@@ -332,6 +332,9 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
     for name in NON_NEGATIVE:
         if get(name) is not None and get(name) < 0:
             raise UserError(f"{name}: must be >= 0, got {get(name)}")
+    for name in ("seed", "data_seed"):  # transformers' set_seed hands them to numpy, which refuses negative seeds
+        if get(name) is not None and get(name) < 0:
+            raise UserError(f"{name}: must be a non-negative integer, got {get(name)}")
     if max_steps == -1 and get("num_train_epochs") == 0:
         raise UserError("num_train_epochs: 0 with max_steps -1 trains nothing; give a positive number of epochs "
                         "or --max_steps N")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import sha256_json, write_json_atomic, write_text_atomic
+from ..io import check_writable, sha256_json, write_json_atomic, write_text_atomic
 from .config import SweepConfig, load_sweep
 
 MANIFEST = "manifest.json"
@@ -150,8 +150,12 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
     import yaml
 
     config = load_sweep(sweep_path)
+    check_writable(config.output_dir, "out_dir", directory=True)
     out = config.output_dir.resolve()
-    base = yaml.safe_load(Path(config.base_config).read_text())
+    try:
+        base = yaml.safe_load(Path(config.base_config).read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{config.base_config}: base_config is not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(base, dict):
         raise UserError(f"{config.base_config}: a recipe config is a YAML mapping")
     for key in ("output_dir",):
