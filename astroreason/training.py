@@ -355,18 +355,20 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
 def check_precision(values: dict) -> None:
     """bf16/fp16 that this machine cannot run, as one line saying how to fix it.
 
-    `TrainingArguments` refuses bf16 without a GPU that has it (unless `use_cpu`, where torch runs bf16 on the CPU,
-    slowly); fp16 mixed precision is a CUDA feature (its loss scaler), so it is refused without CUDA.
+    bf16 is refused where `TrainingArguments` refuses it (no GPU with bf16 and no `use_cpu`; torch runs bf16 on the
+    CPU, slowly, with `use_cpu`); fp16 mixed precision (its loss scaler) needs an accelerator, so it is refused
+    without one or with `use_cpu`.
     """
     import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
-    cuda = torch.cuda.is_available()
-    if values.get("bf16") and not values.get("use_cpu") and not (cuda and torch.cuda.is_bf16_supported()):
+    if values.get("bf16") and not values.get("use_cpu") and not (is_torch_bf16_gpu_available()
+                                                                 or is_torch_xla_available()):
         raise UserError("bf16: this machine has no GPU with bf16 support; pass --bf16 false (or --use_cpu true to "
                         "train in bf16 on the CPU, slowly)")
-    if values.get("fp16") and (values.get("use_cpu") or not cuda):
-        raise UserError("fp16: fp16 mixed precision needs a CUDA GPU and " + ("use_cpu is set" if cuda else
-                        "this machine has none") + "; pass --fp16 false")
+    if values.get("fp16") and (values.get("use_cpu") or not torch.accelerator.is_available()):
+        raise UserError("fp16: fp16 mixed precision needs a GPU, and " + ("use_cpu is set" if values.get("use_cpu")
+                        else "this machine has none") + "; pass --fp16 false")
 
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
