@@ -319,9 +319,7 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
     and an `output_dir` (or spend ledger) that cannot be written."""
     from .io import check_writable
 
-    def get(name):
-        return values.get(name)
-
+    get = values.get
     max_steps = get("max_steps")
     if max_steps is not None and max_steps != -1 and max_steps < 1:
         raise UserError(f"max_steps: must be a positive number of steps, or -1 to train for num_train_epochs; "
