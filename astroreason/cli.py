@@ -2,7 +2,8 @@
 
 Each command group lives beside its library code in a module exposing `add_parser(subparsers)`, which registers
 its sub-commands with `set_defaults(func=...)`. A `func` takes the parsed namespace and returns an exit status
-(or None for 0). `UserError` exits 2 and `CheckFailed` exits 1, each with one line on stderr and no traceback.
+(or None for 0). `UserError` exits 2 and `CheckFailed` exits 1, each with one line on stderr and no traceback; a usage
+mistake argparse catches (unknown flag, missing or mistyped argument) is a `UserError` too, so it reads the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,16 @@ import argparse
 import importlib
 import sys
 
-from .errors import exit_status
+from .errors import UserError, exit_status
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one `UserError` line naming the sub-command (`data prepare: ...`)
+    instead of the usage text and `prog: error:` that argparse prints; sub-parsers inherit the class."""
+
+    def error(self, message):
+        command = self.prog.removeprefix("astroreason").strip()
+        raise UserError(f"{command}: {message}" if command else message)
 
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [
@@ -26,7 +36,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="astroreason",
         description="Galaxy morphology with Qwen-VL models: data, tokens, training, evaluation, integrity, sweeps.",
     )
@@ -37,9 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return exit_status(args.func, args)
+    return exit_status(run_command, argv)
+
+
+def run_command(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import CheckFailed, UserError
-from .io import write_json_atomic
+from .io import check_writable, write_json_atomic
 
 CONFIG_NAME = "demo_config.json"
 
@@ -239,6 +239,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out: {out} is a file; give a directory for the demo's outputs")
+    check_writable(out, "out", directory=True)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / CONFIG_NAME
     wanted = json.loads(json.dumps(asdict(config)))

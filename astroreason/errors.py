@@ -17,6 +17,20 @@ class CheckFailed(Exception):
     exit_code = 1
 
 
+def seed(text: str) -> int:
+    """argparse type of a `--seed`: a non-negative integer (numpy's generators refuse negative seeds), else a usage
+    error naming the flag."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer (numpy's generators refuse {value})")
+    return value
+
+
 def exit_status(main, *args, **kwargs) -> int:
     """Run an entry point; a deliberate failure becomes one line on stderr and its exit status, never a traceback."""
     import sys

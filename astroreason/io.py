@@ -19,8 +19,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Works for a file or a directory written at the yielded path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:  # a parent that is a file, or read-only: one line (the commands check up front, see `check_writable`)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        from .errors import UserError
+
+        check_writable(path, "output")  # names the file in the way or the read-only directory, when it is that
+        raise UserError(f"{path}: cannot write here ({err.strerror or err})") from None
     target = tmp / path.name
     try:
         yield target
@@ -29,6 +35,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """Refuse up front, in one `UserError` line naming `what`, an output path this user cannot write.
+
+    Called by the commands before any work, so a long run never dies at its final write: the path's nearest existing
+    ancestor must be a writable directory (not a regular file), and with `directory` the path itself, if it exists,
+    must be a directory. Nothing is created.
+    """
+    from .errors import UserError
+
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise UserError(f"{what}: {path} is a file, not a directory")
+    if not directory and path.is_dir():
+        raise UserError(f"{what}: {path} is a directory, not a file")
+    # The nearest existing directory on the way decides: it must be writable, and no file may stand in the way.
+    start = path if directory and path.is_dir() else path.parent
+    ancestor = next((p for p in [start, *start.parents] if p.exists()), Path("."))
+    if not ancestor.is_dir():
+        raise UserError(f"{what}: cannot write {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write {path}: {ancestor} is not writable (permission denied)")
+    return path
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

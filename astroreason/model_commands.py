@@ -4,8 +4,10 @@ from __future__ import annotations
 
 
 def run_tiny(args) -> int:
+    from .io import check_writable
     from .models import build_record, build_tiny_model
 
+    check_writable(args.out, "--out", directory=True)
     out = build_tiny_model(args.out, arch=args.arch, seed=args.seed, size=args.size)
     record = build_record(out)
     print(
@@ -16,6 +18,7 @@ def run_tiny(args) -> int:
 
 
 def add_parser(subparsers) -> None:
+    from .errors import seed
     from .models import ARCHS, SIZES
 
     p = subparsers.add_parser("model", help="Model utilities (a tiny offline Qwen-VL).")
@@ -28,6 +31,6 @@ def add_parser(subparsers) -> None:
     )
     tiny.add_argument("--out", required=True, help="Directory to create (must not exist or be empty).")
     tiny.add_argument("--arch", choices=ARCHS, default="qwen2_5_vl", help="Architecture (default: qwen2_5_vl).")
-    tiny.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default: 0).")
+    tiny.add_argument("--seed", type=seed, default=0, help="Seed of the random weights (default: 0).")
     tiny.add_argument("--size", choices=SIZES, default="tiny", help="tiny (~0.2 M parameters) or small.")
     tiny.set_defaults(func=run_tiny)

@@ -369,6 +369,84 @@ def check_launch() -> None:
         )
 
 
+def parse_recipe_args(config_class, argv: list[str] | None = None, *, check_device: bool = True) -> tuple:
+    """A recipe's (script arguments, `config_class` (SFTConfig/GRPOConfig), ModelConfig) from `--config FILE` plus
+    `--key value` overrides, TRL's way; every mistake is one `UserError` line before any data or model is loaded.
+
+    `check_device=False` leaves out the mixed-precision check (`sweep plan` checks on a login node what runs on GPUs).
+    """
+    from trl import ModelConfig
+
+    from .arguments import parse_config_args
+
+    def check(values):
+        check_recipe_values(values, check_device=check_device)
+
+    return parse_config_args((GalaxyScriptArguments, config_class, ModelConfig), argv, check=check)
+
+
+POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+            "max_train_samples", "max_eval_samples", "logging_steps", "save_steps", "eval_steps",
+            "max_completion_length", "steps_per_generation", "generation_batch_size")
+NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "num_train_epochs")
+
+
+def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
+    """Refuse what a recipe cannot run, from the merged settings and before any dataclass is built: numbers no run
+    can have (TRL would divide by zero, or fail only once the model is loaded), mixed precision this machine lacks,
+    and an `output_dir` (or spend ledger) that cannot be written."""
+    from .io import check_writable
+
+    get = values.get
+    max_steps = get("max_steps")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise UserError(f"max_steps: must be a positive number of steps, or -1 to train for num_train_epochs; "
+                        f"got {max_steps}")
+    for name in POSITIVE:
+        if get(name) is not None and get(name) <= 0:
+            raise UserError(f"{name}: must be positive, got {get(name)}")
+    for name in NON_NEGATIVE:
+        if get(name) is not None and get(name) < 0:
+            raise UserError(f"{name}: must be >= 0, got {get(name)}")
+    for name in ("seed", "data_seed"):  # transformers' set_seed hands them to numpy, which refuses negative seeds
+        if get(name) is not None and get(name) < 0:
+            raise UserError(f"{name}: must be a non-negative integer, got {get(name)}")
+    if max_steps == -1 and get("num_train_epochs") == 0:
+        raise UserError("num_train_epochs: 0 with max_steps -1 trains nothing; give a positive number of epochs "
+                        "or --max_steps N")
+    if "num_generations" in values:  # GRPO
+        if get("num_generations") is None or get("num_generations") < 2:
+            raise UserError(f"num_generations: GRPO compares completions of one prompt, so it needs at least 2; "
+                            f"got {get('num_generations')}")
+        if get("temperature") is not None and get("temperature") <= 0:
+            raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
+    if check_device:
+        check_precision(values)
+    if get("output_dir"):
+        check_writable(get("output_dir"), "output_dir", directory=True)
+    if get("ledger"):
+        check_writable(get("ledger"), "ledger")
+
+
+def check_precision(values: dict) -> None:
+    """bf16/fp16 that this machine cannot run, as one line saying how to fix it.
+
+    bf16 is refused where `TrainingArguments` refuses it (no GPU with bf16 and no `use_cpu`; torch runs bf16 on the
+    CPU, slowly, with `use_cpu`); fp16 mixed precision (its loss scaler) needs an accelerator, so it is refused
+    without one or with `use_cpu`.
+    """
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if values.get("bf16") and not values.get("use_cpu") and not (is_torch_bf16_gpu_available()
+                                                                 or is_torch_xla_available()):
+        raise UserError("bf16: this machine has no GPU with bf16 support; pass --bf16 false (or --use_cpu true to "
+                        "train in bf16 on the CPU, slowly)")
+    if values.get("fp16") and (values.get("use_cpu") or not torch.accelerator.is_available()):
+        raise UserError("fp16: fp16 mixed precision needs a GPU, and " + ("use_cpu is set" if values.get("use_cpu")
+                        else "this machine has none") + "; pass --fp16 false")
+
+
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`); nothing else."""
     from .defaults import ensure_tiny_defaults

@@ -7,15 +7,14 @@
 
 import sys
 
-from trl import GRPOConfig, ModelConfig, TrlParser
+from trl import GRPOConfig
 
 from astroreason.errors import exit_status
-from astroreason.training import GalaxyScriptArguments, build_grpo_trainer, run_training
+from astroreason.training import build_grpo_trainer, parse_recipe_args, run_training
 
 
 def main():
-    parser = TrlParser((GalaxyScriptArguments, GRPOConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config()
+    script_args, training_args, model_args = parse_recipe_args(GRPOConfig)
     trainer = build_grpo_trainer(script_args, training_args, model_args)
     run_training(trainer, script_args)
 

@@ -6,15 +6,14 @@
 
 import sys
 
-from trl import ModelConfig, SFTConfig, TrlParser
+from trl import SFTConfig
 
 from astroreason.errors import exit_status
-from astroreason.training import GalaxyScriptArguments, build_sft_trainer, run_training
+from astroreason.training import build_sft_trainer, parse_recipe_args, run_training
 
 
 def main():
-    parser = TrlParser((GalaxyScriptArguments, SFTConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config()
+    script_args, training_args, model_args = parse_recipe_args(SFTConfig)
     trainer = build_sft_trainer(script_args, training_args, model_args)
     run_training(trainer, script_args)
 

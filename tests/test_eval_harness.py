@@ -152,7 +152,7 @@ def test_bad_input_is_one_line_and_leaves_results_intact(tiny_model_dir, prepare
     empty = prepare(surrogate_h5, tmp_path / "no-test", seed=0, fractions=(0.9, 0.1, 0.0))
     cases = {
         "not valid YAML": ["--config", str(bad_yaml)],
-        "Unknown arguments": ["--config", str(unknown_key)],
+        "unknown key `modle`": ["--config", str(unknown_key)],
         "cannot read": ["--config", str(tmp_path / "missing.yaml")],
         "backend: expected one of": _args(tiny_model_dir, prepared_dir, out, ledger, backend="tensorrt"),
         "not a checkpoint directory": _args(tmp_path / "no-model", prepared_dir, out, ledger),

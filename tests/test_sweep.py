@@ -134,7 +134,7 @@ def test_plan_refuses_duplicate_config_and_seed(cli, base_config, tmp_path):
         ({"resources": {"signal_lead_s": 900}}, "resources.signal_lead_s"),
         ({"array_throttle": 0}, "array_throttle: must be an integer >= 1"),
         ({"budget": {"surprise": 1}}, "budget.surprise: unknown key"),
-        ({"overrides": {"no_such_setting": 1}}, "Unknown arguments from config file"),
+        ({"overrides": {"no_such_setting": 1}}, "unknown key `no_such_setting`"),
     ],
 )
 def test_bad_sweep_files_are_one_line_exit_2(cli, base_config, tmp_path, fields, message):

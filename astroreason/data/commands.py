@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ..errors import UserError
+from ..errors import UserError, seed
+from ..io import check_writable
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="HDF5 file to write")
     p.add_argument("--n", type=int, default=2000, help="rows (default 2000)")
     p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--sorted", action="store_true", help="order rows by class, as the real file is")
     p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
     p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("prepare", help="seeded, stratified, deduplicated splits and their datasets views")
     p.add_argument("file", help="Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="prepared directory to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)),
                    help="train,val,test shares per class (default 0.8,0.1,0.1)")
     p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
@@ -59,6 +60,7 @@ def run_synth(args) -> int:
     # GalSim and scipy.signal take seconds to import: only `synth` pays for them.
     from .surrogate import synthesize
 
+    check_writable(args.out, "--out")
     path = synthesize(
         args.out, n=args.n, size=args.size, seed=args.seed, sort_by_class=args.sorted, flux=args.flux,
         flux_size=args.flux_size, workers=args.workers, progress=True,
@@ -85,6 +87,7 @@ def run_prepare(args) -> int:
         fractions = [float(f) for f in args.fractions.split(",")]
     except ValueError:
         raise UserError(f"--fractions: expected three comma-separated numbers, got {args.fractions!r}") from None
+    check_writable(args.out, "--out", directory=True)
     out = prepare(args.file, args.out, seed=args.seed, fractions=fractions, radius_arcsec=args.radius,
                   subset=args.subset, include_rows=args.include_rows, sha256=args.sha256, progress=True)
     m = load_manifest(out)
@@ -98,6 +101,7 @@ def run_prepare(args) -> int:
 def run_download(args) -> int:
     from .download import download
 
+    check_writable(args.out, "--out", directory=True)
     path = download(args.release, args.out, url=args.url, sha256=args.sha256, progress=True)
     print(f"{path}: SHA-256 verified")
     return 0

@@ -8,35 +8,29 @@ import json
 
 
 def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
-    """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line."""
-    import yaml
-    from trl import TrlParser
-
-    from ..errors import UserError
+    """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line, and an
+    `output_dir` that cannot be written is refused before anything runs."""
+    from ..arguments import parse_config_args
     from .harness import EvalConfig
 
-    parser = TrlParser((EvalConfig,), prog=prog)
-
-    def error(message):  # argparse would print the usage and exit; one line instead
-        raise UserError(f"arguments: {message}")
-
-    parser.error = error
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UserError("--config: expected a YAML file")
-        path = argv[i + 1]
-        try:
-            open(path).close()
-        except OSError as err:
-            raise UserError(f"--config: cannot read {path} ({err.strerror})") from None
-    try:
-        (config,) = parser.parse_args_and_config(args=argv)
-    except yaml.YAMLError as err:
-        raise UserError(f"--config: not valid YAML ({str(err).splitlines()[0]})") from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f"arguments: {str(err).splitlines()[0]}") from None
+    (config,) = parse_config_args((EvalConfig,), argv, prog=prog, check=check_eval_values)
     return config
+
+
+def check_eval_values(values: dict) -> None:
+    """What `EvalConfig` itself does not refuse, before anything is loaded: sampling settings no run can have and an
+    `output_dir` that cannot be written."""
+    from ..errors import UserError
+    from ..io import check_writable
+
+    seed, temperature, top_p = values["seed"], values["temperature"], values["top_p"]
+    if seed is not None and seed < 0:  # numpy's generators refuse it, after the model is loaded
+        raise UserError(f"seed: must be a non-negative integer, got {seed}")
+    if temperature is not None and temperature < 0:
+        raise UserError(f"temperature: must be >= 0 (0 is greedy decoding), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError(f"top_p: expected a number in (0, 1], got {top_p}")
+    check_writable(values["output_dir"], "output_dir", directory=True)
 
 
 def run_eval(argv: list[str]) -> int:
@@ -57,8 +51,10 @@ def run_eval(argv: list[str]) -> int:
 
 
 def run_report(args) -> int:
+    from ..io import check_writable
     from .report import write_report
 
+    check_writable(args.out, "--out", directory=True)
     path = write_report(args.runs, args.out)
     print(f"report written to {path}")
     return 0
@@ -68,8 +64,11 @@ def run_budget_status(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..errors import UserError
     from .budget import Ledger
 
+    if args.max_dollars is not None and args.max_dollars < 0:
+        raise UserError(f"--max-dollars: expected a non-negative number, got {args.max_dollars}")
     ledger = Ledger(args.ledger)
     totals = ledger.totals()
     table = Table(title=f"spend ledger {ledger.path}")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import CheckFailed, UserError
+from ..io import check_writable
 
 
 def add_parser(subparsers) -> None:
@@ -95,6 +96,8 @@ def run_gate(args: argparse.Namespace) -> int:
     from .ledger import record_result
 
     ceiling = DEFAULT_CEILING if args.ceiling is None else args.ceiling
+    if args.ledger is not None:
+        check_writable(args.ledger, "--ledger", directory=True)
     verdict = gate_result(args.result, ceiling=ceiling, metric=args.metric)
     if args.ledger is not None:
         run_dir = Path(args.result) if Path(args.result).is_dir() else Path(args.result).parent
@@ -117,7 +120,10 @@ def run_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def run_ledger_log(args: argparse.Namespace) -> int:
-    from .ledger import write_log
+    from .ledger import LEDGER_FILE, LOG_FILE, write_log
 
+    if not (args.dir / LEDGER_FILE).is_file():  # nothing to render (and no directory created for it)
+        raise UserError(f"{args.dir}: no {LEDGER_FILE}")
+    check_writable(args.dir / LOG_FILE, "ledger log")
     print(write_log(args.dir))
     return 0

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import sha256_json, write_json_atomic, write_text_atomic
+from ..io import check_writable, sha256_json, write_json_atomic, write_text_atomic
 from .config import SweepConfig, load_sweep, refuse_second_meter
 
 MANIFEST = "manifest.json"
@@ -111,22 +111,19 @@ def parse_task_config(config_path: str | Path, trainer: str, *, planning: bool =
     as if on CPU so that `bf16: true` is not refused for want of a GPU here (the task itself parses it as written).
     """
     import torch
-    from trl import TrlParser
 
-    parser = TrlParser(trainer_classes(trainer))
+    from ..training import parse_recipe_args
+
+    config_class = trainer_classes(trainer)[1]
     argv = ["--config", str(config_path)]
     if planning and not torch.cuda.is_available():
         argv += ["--use_cpu", "true"]
     try:
         with warnings.catch_warnings():  # deprecation notes of TrainingArguments, once per task, are noise here
             warnings.simplefilter("ignore", FutureWarning)
-            return parser.parse_args_and_config(args=argv)
-    except UserError as err:
-        raise UserError(f"{config_path}: {err}") from None
-    except (ValueError, TypeError) as err:
-        raise UserError(f"{config_path}: {str(err).splitlines()[0]}") from None
-    except SystemExit:  # argparse rejected a value and printed why
-        raise UserError(f"{config_path}: a recipe setting has an invalid value (see the message above)") from None
+            return parse_recipe_args(config_class, argv, check_device=not planning)
+    except UserError as err:  # name the task's config once
+        raise (err if str(config_path) in str(err) else UserError(f"{config_path}: {err}")) from None
 
 
 def experiment_key(parsed) -> str:
@@ -153,8 +150,12 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
     import yaml
 
     config = load_sweep(sweep_path)
+    check_writable(config.output_dir, "out_dir", directory=True)
     out = config.output_dir.resolve()
-    base = yaml.safe_load(Path(config.base_config).read_text())
+    try:
+        base = yaml.safe_load(Path(config.base_config).read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{config.base_config}: base_config is not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(base, dict):
         raise UserError(f"{config.base_config}: a recipe config is a YAML mapping")
     refuse_second_meter(base, config.base_config)

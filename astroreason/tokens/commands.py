@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from ..io import sha256_file, write_json_atomic
+from ..errors import UserError, seed
+from ..io import check_writable, sha256_file, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
     p.add_argument("--batch-size", type=int, help="images per step (default 32)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    p.add_argument("--seed", type=int, help="seed for initialisation, sampling and batches (default 0)")
+    p.add_argument("--seed", type=seed, help="seed for initialisation, sampling and batches (default 0)")
     p.add_argument("--max-images", type=int, help="cap on training images held in memory (default 4096)")
     p.add_argument("--crop", type=int, help="train on random crops of this side, a multiple of 4 (default: full size)")
     p.set_defaults(func=run_train)
@@ -121,7 +121,14 @@ def run_train(args) -> int:
     for name in ("steps", "batch_size", "max_images"):
         if getattr(train, name) < 1:
             raise UserError(f"--{name.replace('_', '-')}: must be at least 1, got {getattr(train, name)}")
+    if not train.lr > 0:
+        raise UserError(f"--lr: must be positive, got {train.lr}")
+    if train.seed < 0:  # a seed from --config (the flag's type refuses it already)
+        raise UserError(f"seed: must be a non-negative integer, got {train.seed}")
+    if config.hidden < 1:
+        raise UserError(f"--hidden: must be at least 1, got {config.hidden}")
 
+    check_writable(args.out, "--out", directory=True)  # before minutes of training, not at the save
     source, train_rows, eval_rows, provenance = _training_rows(Path(args.data), train.seed)
     rng = np.random.default_rng(train.seed)
     if len(train_rows) > train.max_images:
@@ -155,6 +162,8 @@ def run_encode(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
+    if args.out is not None:
+        check_writable(args.out, "--out", directory=True)
     codec = load_codec(args.codec)
     out = encode_prepared(args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force)
     cache = load_codes(out, codec, prepared_dir=args.data)
@@ -221,6 +230,8 @@ def run_cost(args) -> int:
         raise UserError(f"--n: must be at least 1, got {args.n}")
     if args.image_size is not None and args.image_size < 1:
         raise UserError(f"--image-size: must be positive, got {args.image_size}")
+    if args.json:
+        check_writable(args.json, "--json")
     codec = load_codec(args.codec)
     model_dir = Path(args.model)
     tokenizer, image_processor = _load_model_parts(model_dir)
