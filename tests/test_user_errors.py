@@ -70,6 +70,7 @@ CLI_CASES = {
     "report: out parent is a file": (["report", "old_run", "--out", "afile/report"], "afile is a file"),
     "budget status: negative cap": (["budget", "status", "--max-dollars", "-1"], "--max-dollars"),
     "budget status: not a number": (["budget", "status", "--max-dollars", "ten"], "invalid float value: 'ten'"),
+    "budget status: not a ledger": (["budget", "status", "--ledger", "afile"], "afile is not a spend ledger"),
     "budget estimate: missing config": (["budget", "estimate", "--config", "missing.yaml"], "cannot read"),
     "audit: missing target": (["audit", "missing"], "no such file"),
     "audit: zero samples": (["audit", "prepared", "--max-samples", "0"], "--max-samples"),

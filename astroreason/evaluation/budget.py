@@ -212,6 +212,9 @@ class Ledger:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                if not line.startswith(b"{"):  # not a row cut short: this file is something else
+                    raise UserError(f"ledger: {self.path} is not a spend ledger (a line near byte {self._offset} "
+                                    "is not a JSON row)") from None
                 continue  # a row torn by a killed writer was never fsync'd whole: it was never committed
             try:
                 self._fold(row)
