@@ -11,6 +11,7 @@ too.
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any, Callable, Iterable
 
 from trl import TrlParser
@@ -77,6 +78,8 @@ def parse_config_args(dataclass_types: Iterable[type], argv: list[str] | None = 
     import yaml
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    # TRL's configs default `gradient_checkpointing` (deprecated in transformers 5.24): a warning no user can act on.
+    warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
     parser = ConfigParser(tuple(dataclass_types), check=check, prog=prog)
     if "--config" in argv:
         i = argv.index("--config")

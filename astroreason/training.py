@@ -6,6 +6,7 @@ same split manifest and use the same instruction and answer format; only the gal
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from contextlib import contextmanager
@@ -420,12 +421,34 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
                             f"got {get('num_generations')}")
         if get("temperature") is not None and get("temperature") <= 0:
             raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
+        from .rewards import get_reward_funcs
+
+        get_reward_funcs(get("reward_funcs") or [])  # an unknown reward is refused before any data or model
+    if get("use_peft"):
+        check_lora(values)
     if check_device:
         check_precision(values)
     if get("output_dir"):
         check_writable(get("output_dir"), "output_dir", directory=True)
     if get("ledger"):
         check_writable(get("ledger"), "ledger")
+
+
+def check_lora(values: dict) -> None:
+    """LoRA settings peft would refuse only once the model is loaded: a rank or alpha below 1, and no target
+    modules for a model type peft has no default for (every Qwen-VL model)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+
+    for name in ("lora_r", "lora_alpha"):
+        if values.get(name) is not None and values[name] < 1:
+            raise UserError(f"{name}: must be at least 1 with use_peft, got {values[name]}")
+    if values.get("lora_target_modules") or values.get("lora_target_parameters"):
+        return
+    config = Path(values.get("model_name_or_path") or "") / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if model_type not in DEFAULT_TARGETS:
+        raise UserError(f"lora_target_modules: use_peft needs the modules LoRA adapts for model type "
+                        f"{model_type or 'unknown'!s} (e.g. --lora_target_modules all-linear, or q_proj v_proj)")
 
 
 def check_precision(values: dict) -> None:

@@ -106,6 +106,10 @@ RECIPE_CASES = {
                    "per_device_train_batch_size"),
     "output_dir parent is a file": ("sft", ["--config", "@sft_lora_image.yaml", "--output_dir", "afile/out"],
                                     "afile is a file"),
+    "LoRA rank 0": ("sft", ["--config", "@sft_lora_image.yaml", "--lora_r", "0"], "lora_r"),
+    "LoRA without target modules": ("grpo", ["--config", "@grpo_image.yaml", "--use_peft", "true"],
+                                    "lora_target_modules"),
+    "unknown reward": ("grpo", ["--config", "@grpo_image.yaml", "--reward_funcs", "bogus"], "reward_funcs"),
 }
 
 
