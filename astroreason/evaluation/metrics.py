@@ -24,7 +24,7 @@ def bootstrap_interval(metrics_fn, n: int, *, n_boot: int = 1000, seed: int = 0)
 
     `idx` holds all the resamples at once, shape (n_boot, n), and `metrics_fn` returns one value per resample for
     each metric, so a metric is computed vectorised over every resample. (Not `scipy.stats.bootstrap`: it refuses a
-    run of one sample, which must still be reported, and draws its own resamples per statistic.)"""
+    run of one sample, which must still be reported.)"""
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in metrics_fn(idx).items()}
 
