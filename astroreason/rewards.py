@@ -15,6 +15,7 @@ import re
 from typing import Callable
 
 from .data.galaxy10 import DECALS_CLASSES
+from .dotted import import_dotted
 from .errors import UserError
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -93,10 +94,20 @@ REWARD_FUNCS: dict[str, Callable] = {
 
 
 def get_reward_funcs(names) -> list[Callable]:
-    """Reward functions by name; an unknown name is one clear error."""
+    """Reward functions by registry name (`REWARD_FUNCS`) or, for user code, by dotted path (`my_module.my_reward`,
+    importable from the working directory or `PYTHONPATH`, called the way TRL calls every reward). A list, or one
+    comma-separated string; an unknown name, or a path that does not import, is one clear error."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in names if n not in REWARD_FUNCS]
+    unknown = [n for n in names if n not in REWARD_FUNCS and "." not in n]
     if unknown or not names:
-        raise UserError(f"reward_funcs: unknown {unknown or 'empty list'} (known: {', '.join(REWARD_FUNCS)})")
-    return [REWARD_FUNCS[n] for n in names]
+        raise UserError(f"reward_funcs: unknown {unknown or 'empty list'} (known: {', '.join(REWARD_FUNCS)}, "
+                        "or a dotted path module.function)")
+    return [REWARD_FUNCS[n] if n in REWARD_FUNCS else _user_reward(n) for n in names]
+
+
+def _user_reward(path: str) -> Callable:
+    func = import_dotted(path, "reward_funcs")
+    if not callable(func):
+        raise UserError(f"reward_funcs: {path!r} is a {type(func).__name__}, not a function")
+    return func

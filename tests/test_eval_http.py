@@ -8,7 +8,7 @@ import json
 import socket
 
 import pytest
-from evalkit import ScriptedServer, StallingFront, ledger_rows, sample_lines
+from evalkit import CountingProxy, ScriptedServer, StallingFront, ledger_rows, sample_lines
 
 from astroreason.cli import main
 
@@ -177,3 +177,24 @@ def test_retry_after_a_timeout_must_fit_under_the_cap(run_args, prepared_dir, tm
     assert rows[0]["dollars"] == pytest.approx(worst) and rows[1]["dollars"] == rows[0]["dollars"]
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["status"] == "budget_exhausted"
+
+
+def test_only_the_named_key_is_sent(run_args, tmp_path, monkeypatch):
+    """The Authorization header carries the key of the variable named by api_key_env and nothing else: not the
+    ambient OPENAI_API_KEY nor an Authorization in OPENAI_CUSTOM_HEADERS (which the openai client reads by itself);
+    with no api_key_env, no Authorization header at all."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-key")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "Authorization: Bearer sk-ambient-header")
+    monkeypatch.setenv("ASTRO_HTTP_TEST_KEY", "sk-named-key")
+    server = ScriptedServer()
+    proxy = CountingProxy(server.url.removesuffix("/v1"))
+    try:
+        assert main(["eval", *run_args(proxy.url, max_samples=2, output_dir=tmp_path / "keyed",
+                                       api_key_env="ASTRO_HTTP_TEST_KEY")]) == 0
+        keyed = proxy.count
+        assert main(["eval", *run_args(proxy.url, max_samples=2, output_dir=tmp_path / "keyless")]) == 0
+    finally:
+        proxy.stop()
+        server.stop()
+    assert keyed > 0 and proxy.count > keyed
+    assert proxy.auth_headers == ["Bearer sk-named-key"] * keyed + [""] * (proxy.count - keyed)

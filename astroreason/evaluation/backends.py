@@ -4,8 +4,9 @@ every request (or local batch) through the budget gate before it is sent, and re
 - `TransformersBackend`: batched `model.generate` on a local model (the default); charged by GPU-hours.
 - `VLLMBackend`: vLLM offline (`LLM.chat`), optional extra `astroreason[vllm]`; charged by GPU-hours.
 - `OpenAIBackend`: any OpenAI-compatible `/v1/chat/completions` server (vllm serve, `transformers serve`, hosted
-  APIs), with a concurrency limit, timeouts, retries with exponential backoff on 429/5xx and the API key read from an
-  environment variable; charged by the token usage each response reports.
+  APIs) through the `openai` client (its timeouts and typed errors), with a concurrency limit, retries with exponential
+  backoff on 429/5xx (Retry-After honoured) and the API key read from an environment variable; charged by the token
+  usage each response reports.
 
 `stream(prompts, images, budget)` yields lists of `(position, Generation)` as they finish, so the harness saves each
 answer the moment it exists; `generate` collects them.
@@ -18,14 +19,14 @@ import io
 import json
 import os
 import random
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator
+
+import httpx2  # the openai client's transport: its exceptions say whether a failed attempt ever connected
+import openai
 
 from ..errors import CheckFailed, UserError
 
@@ -249,7 +250,6 @@ class OpenAIBackend:
     """
 
     name = "openai"
-    RETRY_STATUS = (429, 500, 502, 503, 504)
 
     def __init__(self, base_url: str, model: str, sampling: SamplingSettings, *, api_key_env: str | None = None,
                  concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0,
@@ -270,17 +270,25 @@ class OpenAIBackend:
             if not self._key:
                 raise UserError(f"api_key_env: the environment variable {api_key_env} is not set (the API key is read "
                                 "from the environment only)")
+        # One attempt per call (max_retries=0): the retries are driven by `_one`, because each attempt settles the
+        # budget on its own terms and a retry may have to reserve (or be refused) before it is sent, which the
+        # client's own retry loop gives no place for.
+        self._client = openai.OpenAI(base_url=self.url.removesuffix("/chat/completions"), api_key="unused",
+                                     timeout=timeout, max_retries=0)
+        # Set on every request, so the key sent is the named variable's and no other (not OPENAI_API_KEY nor an
+        # Authorization in OPENAI_CUSTOM_HEADERS, which the client would otherwise send); without one, none is sent.
+        self._headers = {"Authorization": f"Bearer {self._key}" if self._key else openai.omit}
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def _body(self, prompt, image) -> bytes:
+    def _request(self, prompt, image) -> dict:
         s = self.sampling
-        body = {"model": self.model, "messages": openai_messages(prompt, image), "max_tokens": s.max_new_tokens,
-                "temperature": max(s.temperature, 0.0), "seed": s.seed, "stream": False}
+        request = {"model": self.model, "messages": openai_messages(prompt, image), "max_tokens": s.max_new_tokens,
+                   "temperature": max(s.temperature, 0.0), "seed": s.seed, "stream": False}
         if s.temperature > 0:
-            body["top_p"] = s.top_p
-        return json.dumps(body).encode()
+            request["top_p"] = s.top_p
+        return request
 
     def prompt_bound(self, prompt, image) -> int:
         return len(prompt_text(prompt).encode()) + self._overhead + (self.image_tokens_bound if image is not None else 0)
@@ -333,14 +341,14 @@ class OpenAIBackend:
         """
         from .budget import BudgetExhausted
 
-        body = self._body(prompt, image)
+        request = self._request(prompt, image)
         billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed
         used = 0  # attempts on the current reservation
         failure: _Failed | None = None
         for attempt in range(1, self.max_retries + 2):
             used += 1
             try:
-                raw = self._attempt(body)
+                raw = self._attempt(request, attempt)
                 failure = None
                 break
             except _Failed as err:
@@ -390,33 +398,26 @@ class OpenAIBackend:
             if reservation is not None:
                 budget.charge_worst_case(reservation, attempts=attempts, reason=why)
 
-    def _attempt(self, body: bytes) -> bytes:
-        """One POST; returns the raw response bytes or raises `_Failed` saying whether it may have been billed and
-        whether to retry (429/5xx, timeouts, refused or dropped connections; a numeric Retry-After is honoured)."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-        timed_out = f"timed out after {self.timeout:g} s"
+    def _attempt(self, request: dict, attempt: int) -> bytes:
+        """One request through the client; returns the raw response body (read by `_parse`, so an answer that is not
+        a chat completion is named, not guessed at) or raises `_Failed` saying whether it may have been billed and
+        whether to retry (429/5xx with the server's Retry-After, timeouts, refused or dropped connections)."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.read()
-        except urllib.error.HTTPError as err:  # the server answered, with an error: nothing was billed
-            detail = err.read()[:200].decode(errors="replace").replace("\n", " ")
-            last = f"HTTP {err.code} {detail}".strip()
-            if err.code not in self.RETRY_STATUS:
+            response = self._client.chat.completions.with_raw_response.create(
+                **request, extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)})
+            return response.content
+        except openai.APIStatusError as err:  # the server answered, with an error: nothing was billed
+            last = f"HTTP {err.status_code} {err.response.text[:200]}".replace("\n", " ").strip()
+            if not isinstance(err, (openai.RateLimitError, openai.InternalServerError)):
                 raise _Failed(f"the server refused the request: {last}", "http error", retry=False) from None
-            retry_after = err.headers.get("Retry-After", "") if err.headers else ""
-            delay = min(float(retry_after), 60.0) if retry_after.replace(".", "", 1).isdigit() else None
-            raise _Failed(last, "server error", delay=delay) from None
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, (TimeoutError, socket.timeout)):
-                raise _Failed(timed_out, "no answer", maybe_billed=True) from None
-            raise _Failed(f"unreachable ({err.reason})", "unreachable") from None
-        except (TimeoutError, socket.timeout):
-            raise _Failed(timed_out, "no answer", maybe_billed=True) from None
-        except (ConnectionError, OSError) as err:  # reset or closed mid-response
-            raise _Failed(f"connection lost ({err.__class__.__name__})", "no answer", maybe_billed=True) from None
+            raise _Failed(last, "server error", delay=_retry_after(err.response.headers)) from None
+        except openai.APIConnectionError as err:  # a timeout (APITimeoutError) or a connection failure
+            cause = err.__cause__
+            if isinstance(cause, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout)):
+                raise _Failed(f"unreachable ({cause or cause.__class__.__name__})", "unreachable") from None  # not sent
+            if isinstance(err, openai.APITimeoutError):
+                raise _Failed(f"timed out after {self.timeout:g} s", "no answer", maybe_billed=True) from None
+            raise _Failed(f"connection lost ({cause.__class__.__name__})", "no answer", maybe_billed=True) from None
 
     @staticmethod
     def _parse(raw: bytes) -> tuple[str, int, int]:
@@ -435,6 +436,12 @@ class OpenAIBackend:
             return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
         except (KeyError, TypeError, ValueError):
             return text, -1, -1
+
+
+def _retry_after(headers) -> float | None:
+    """The server's numeric Retry-After in seconds (at most a minute), or None to back off exponentially."""
+    value = headers.get("retry-after", "")
+    return min(float(value), 60.0) if value.replace(".", "", 1).isdigit() else None
 
 
 class _Failed(Exception):

@@ -19,13 +19,14 @@ def _encode(predictions: Sequence[int | None]) -> np.ndarray:
     return np.array([PARSE_FAIL if p is None else int(p) for p in predictions], dtype=np.int64)
 
 
-def bootstrap_interval(values_fn, n: int, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap of every metric `values_fn(indices)` returns, resampling the n samples."""
-    rng = np.random.default_rng(seed)
-    draws = [values_fn(rng.integers(0, n, size=n)) for _ in range(n_boot)]
-    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
-    return {k: [float(np.percentile([d[k] for d in draws], lo)), float(np.percentile([d[k] for d in draws], hi))]
-            for k in draws[0]}
+def bootstrap_interval(metrics_fn, n: int, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Percentile bootstrap 95 % interval of every metric `metrics_fn(idx)` returns, resampling the n samples.
+
+    `idx` holds all the resamples at once, shape (n_boot, n), and `metrics_fn` returns one value per resample for
+    each metric, so a metric is computed vectorised over every resample. (Not `scipy.stats.bootstrap`: it refuses a
+    run of one sample, which must still be reported.)"""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in metrics_fn(idx).items()}
 
 
 def _confusion_counts(y: np.ndarray, p: np.ndarray, num_classes: int, idx: np.ndarray) -> np.ndarray:
@@ -73,9 +74,11 @@ def classification_metrics(
         raise ValueError(f"labels and predictions must be classes 0..{num_classes - 1} (or None for unparseable)")
     confusion = _confusion_counts(y, p, num_classes, np.arange(len(y))[None])
     point = _metrics_from_counts(confusion)
-    idx = np.random.default_rng(seed).integers(0, len(y), size=(n_boot, len(y)))
-    draws = _metrics_from_counts(_confusion_counts(y, p, num_classes, idx))
-    interval = {k: [float(np.percentile(draws[k], 2.5)), float(np.percentile(draws[k], 97.5))] for k in SUMMARY_METRICS}
+    def summary(idx):
+        draws = _metrics_from_counts(_confusion_counts(y, p, num_classes, idx))
+        return {k: draws[k] for k in SUMMARY_METRICS}
+
+    interval = bootstrap_interval(summary, len(y), n_boot=n_boot, seed=seed)
     matrix = np.concatenate([confusion[0, :, 1:], confusion[0, :, :1]], axis=1)  # unparseable answers last
     recall = point["recall"][0]
     counts = np.bincount(y, minlength=num_classes)
@@ -110,7 +113,7 @@ def paired_comparison(
     # Exact McNemar: under H0 each discordant pair favours a or b with probability 1/2.
     p_value = float(binomtest(only_a, discordant, 0.5).pvalue) if discordant else 1.0
     diff = a.astype(float) - b.astype(float)
-    interval = bootstrap_interval(lambda idx: {"d": float(diff[idx].mean())}, len(y), n_boot=n_boot, seed=seed)["d"]
+    interval = bootstrap_interval(lambda idx: {"d": diff[idx].mean(axis=1)}, len(y), n_boot=n_boot, seed=seed)["d"]
     return {
         "n": int(len(y)),
         "accuracy_a": float(a.mean()),

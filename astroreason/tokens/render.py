@@ -1,9 +1,10 @@
-"""Codec grids as prompt text, selectable by name.
+"""Codec grids as prompt text, selectable by name (`RENDERINGS`) or, for user code, by dotted path.
 
 - `ints`: the AION prompt form, one flat list: `[3513, 3555, ...]`.
 - `rows`: one line per grid row, ids separated by spaces.
 - `special`: one added special token per code, `<|g_3513|><|g_3555|>...`, one LM token per code once
   `add_code_tokens` has put them in the tokenizer (and grown the model's embeddings to match).
+- `my_module.my_rendering`: a `Rendering`, or a plain function of one grid [H', W'] returning its text.
 
 The text holds the codes and nothing else: no index, id or coordinate of the galaxy.
 """
@@ -11,13 +12,15 @@ The text holds the codes and nothing else: no index, id or coordinate of the gal
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ..dotted import import_dotted
 from ..errors import UserError
 
-RENDERINGS = ("ints", "rows", "special")
 CODE_TOKEN = "<|g_{}|>"
 # One added token per code grows the embedding matrix by that many rows: past this it is a misconfigured codec.
 MAX_SPECIAL_CODES = 65536
@@ -32,37 +35,82 @@ def code_tokens(vocab_size: int) -> list[str]:
     return [code_token(i) for i in range(vocab_size)]
 
 
+@dataclass(frozen=True)
+class Rendering:
+    """How one galaxy's grid [H', W'] is written as prompt text, and read back (`parse(text, grid_shape)`, None when
+    the text cannot be read back)."""
+
+    render: Callable[[np.ndarray], str]
+    parse: Callable[[str, tuple[int, int]], np.ndarray] | None = None
+
+
+def _parse_numbers(text: str, grid_shape: tuple[int, int]) -> np.ndarray | None:
+    if re.sub(r"[\d\s,\[\]]", "", text):
+        return None  # anything besides the codes
+    return _grid([int(m) for m in re.findall(r"\d+", text)], grid_shape)
+
+
+def _parse_special(text: str, grid_shape: tuple[int, int]) -> np.ndarray | None:
+    if _CODE_TOKEN_RE.sub("", text):
+        return None
+    return _grid([int(m) for m in _CODE_TOKEN_RE.findall(text)], grid_shape)
+
+
+def _grid(ids: list[int], grid_shape: tuple[int, int]) -> np.ndarray | None:
+    if len(ids) != grid_shape[0] * grid_shape[1]:
+        return None
+    return np.asarray(ids, dtype=np.int64).reshape(grid_shape)
+
+
+RENDERINGS: dict[str, Rendering] = {
+    "ints": Rendering(lambda grid: "[" + ", ".join(map(str, grid.ravel().tolist())) + "]", _parse_numbers),
+    "rows": Rendering(lambda grid: "\n".join(" ".join(map(str, row)) for row in grid.tolist()), _parse_numbers),
+    "special": Rendering(lambda grid: "".join(map(code_token, grid.ravel().tolist())), _parse_special),
+}
+
+
+def get_rendering(rendering: str) -> Rendering:
+    """The rendering a name stands for: one of `RENDERINGS`, or a dotted path to a `Rendering` or a function of a grid
+    (user code importable from the working directory or `PYTHONPATH`); anything else is one clear error."""
+    if rendering in RENDERINGS:
+        return RENDERINGS[rendering]
+    if "." not in str(rendering):
+        raise UserError(f"rendering: expected one of {', '.join(RENDERINGS)} or a dotted path module.function, "
+                        f"got {rendering!r}")
+    found = import_dotted(rendering, "rendering")
+    if isinstance(found, Rendering):
+        return found
+    if callable(found):
+        return Rendering(found)
+    raise UserError(f"rendering: {rendering!r} is a {type(found).__name__}, not a Rendering nor a function of a grid")
+
+
 def check_rendering(rendering: str) -> str:
-    if rendering not in RENDERINGS:
-        raise UserError(f"rendering: expected one of {', '.join(RENDERINGS)}, got {rendering!r}")
+    get_rendering(rendering)
     return rendering
 
 
 def render(codes, rendering: str) -> str:
     """One galaxy's grid [H', W'] as prompt text."""
-    check_rendering(rendering)
+    chosen = get_rendering(rendering)
     grid = np.asarray(codes)
     if grid.ndim != 2:
         raise UserError(f"codes: expected one galaxy's grid [H, W], got shape {grid.shape}")
-    if rendering == "ints":
-        return "[" + ", ".join(map(str, grid.ravel().tolist())) + "]"
-    if rendering == "rows":
-        return "\n".join(" ".join(map(str, row)) for row in grid.tolist())
-    return "".join(map(code_token, grid.ravel().tolist()))
+    text = chosen.render(grid)
+    if not isinstance(text, str):
+        raise UserError(f"rendering: {rendering!r} returned a {type(text).__name__}, not the prompt text")
+    return text
 
 
 def parse(text: str, rendering: str, grid_shape: tuple[int, int]) -> np.ndarray:
     """The inverse of `render`: prompt text -> grid [H', W']; refuses text that is not a whole grid."""
-    check_rendering(rendering)
-    if rendering == "special":
-        ids = [int(m) for m in _CODE_TOKEN_RE.findall(text)]
-        leftover = _CODE_TOKEN_RE.sub("", text)
-    else:
-        ids = [int(m) for m in re.findall(r"\d+", text)]
-        leftover = re.sub(r"[\d\s,\[\]]", "", text)
-    if leftover or len(ids) != grid_shape[0] * grid_shape[1]:
+    chosen = get_rendering(rendering)
+    if chosen.parse is None:
+        raise UserError(f"rendering: {rendering!r} has no parse (its text cannot be read back)")
+    grid = chosen.parse(text, grid_shape)
+    if grid is None:
         raise UserError(f"tokens text: not a {rendering} rendering of a {grid_shape[0]}x{grid_shape[1]} grid")
-    return np.asarray(ids, dtype=np.int64).reshape(grid_shape)
+    return grid
 
 
 def _tokenizer_of(processor_or_tokenizer):
