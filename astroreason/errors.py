@@ -1,4 +1,4 @@
-"""The two ways a command fails on purpose, each with its exit status (shared/DESIGN.md, "Exit status").
+"""The two ways a command fails on purpose, each with its exit status (README.md, "Exit status").
 
 Library code raises these with one line naming the file or field and what is wrong; `astroreason.cli.main`
 prints that line (no traceback) and exits with the status.

@@ -3,7 +3,7 @@
 A template is a `str.format` string whose only field is the galaxy's representation: none for the image arm (TRL
 inserts the image block itself, from the dataset's `image` column) and `{tokens}` for the token arm (the codec ids
 rendered as text). Nothing else may enter a prompt: a row index, an id, a sky position or any other dataset column
-can leak the label (Galaxy10 DECaLS is sorted by class; shared/FACTS.md). `template_fields` lists a template's fields
+can leak the label (Galaxy10 DECaLS is sorted by class; docs/facts.md). `template_fields` lists a template's fields
 so that the integrity lint can check this.
 """
 

@@ -193,7 +193,7 @@ def test_cost_per_rendering_is_exact(model_fixture, request, codec_dir, prepared
 
 
 def test_cost_of_a_galaxy10_sized_image(codec_dir, tiny_model_dir, tmp_path, capsys):
-    """Galaxy10's 256-px images cost 81 visual tokens on a Qwen2.5-VL processor (shared/FACTS.md)."""
+    """Galaxy10's 256-px images cost 81 visual tokens on a Qwen2.5-VL processor (docs/facts.md)."""
     out = tmp_path / "cost.json"
     status, stdout, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir,
                               "--rendering", "ints,special", "--image-size", "256", "--n", "4", "--json", out)

@@ -1,4 +1,4 @@
-"""Galaxy10 DECaLS (and the older SDSS release): class table, schema and checksums (shared/FACTS.md)."""
+"""Galaxy10 DECaLS (and the older SDSS release): class table, schema and checksums (docs/facts.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The ceiling gate: a result above what is plausible is recorded as suspect, never as a success.
 
 On Galaxy10 DECaLS the best published purpose-built CNN reaches 95.5 % and one careful person by eye about 90 %
-(shared/FACTS.md); a vision-language model above 95 % most likely reads a shortcut (the run that once scored 99 %
+(docs/facts.md); a vision-language model above 95 % most likely reads a shortcut (the run that once scored 99 %
 read the row index of the class-sorted file). The gate marks such a result suspect, with the reason, in its run's
 `SUSPECT.json` and in the ledger's status.
 """

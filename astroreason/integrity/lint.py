@@ -1,6 +1,6 @@
 """The prompt lint: nothing but the galaxy's representation may enter a prompt.
 
-Galaxy10 DECaLS is sorted by class, so a row index in a prompt is the label (shared/FACTS.md); an id, a sky position,
+Galaxy10 DECaLS is sorted by class, so a row index in a prompt is the label (docs/facts.md); an id, a sky position,
 a redshift or any other dataset column can leak it as well. The lint runs before any training or evaluation and
 checks two things:
 

@@ -2,7 +2,7 @@
 
 The codec (optional extra `aion` = PyPI `polymathic-aion`) loads from a LOCAL directory: its weights live on the
 Hugging Face Hub (polymathic-ai/aion-base, `codecs/image/`), which nothing here reaches. AION's traps are handled
-here, not by the caller (shared/FACTS.md): `encode` mutates its input (we pass a copy), inputs under 96 px are
+here, not by the caller (docs/facts.md): `encode` mutates its input (we pass a copy), inputs under 96 px are
 silently mis-cropped (we refuse them), an unknown band raises a bare KeyError (we check band names first).
 """
 
