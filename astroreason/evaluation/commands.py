@@ -65,7 +65,7 @@ def run_budget_status(args) -> int:
     from rich.table import Table
 
     from ..errors import UserError
-    from .budget import Ledger
+    from ..budget import Ledger
 
     if args.max_dollars is not None and args.max_dollars < 0:
         raise UserError(f"--max-dollars: expected a non-negative number, got {args.max_dollars}")
@@ -111,7 +111,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda args: run_eval(args.argv))
 
-    from .budget import DEFAULT_LEDGER
+    from ..budget import DEFAULT_LEDGER
 
     b = subparsers.add_parser("budget", help="The project's spend ledger: status, or a cost estimate from a pilot.")
     sub = b.add_subparsers(dest="budget_command", metavar="ACTION", required=True)
