@@ -108,7 +108,7 @@ def add_parser(subparsers) -> None:
         "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False,
         prefix_chars="+",
     )
-    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="--config FILE.yaml and --key value overrides")
     p.set_defaults(func=lambda args: run_eval(args.argv))
 
     from ..budget import DEFAULT_LEDGER
@@ -123,5 +123,5 @@ def add_parser(subparsers) -> None:
         "estimate", add_help=False, prefix_chars="+",
         help="Run a stratified pilot of an eval config (--pilot_samples N, default 10) and print the cost of the rest.",
     )
-    e.add_argument("argv", nargs=argparse.REMAINDER)
+    e.add_argument("argv", nargs=argparse.REMAINDER, help="the eval config: --config FILE.yaml and overrides")
     e.set_defaults(func=run_budget_estimate)
