@@ -4,6 +4,7 @@ Each command group lives beside its library code in a module exposing `add_parse
 its sub-commands with `set_defaults(func=...)`. A `func` takes the parsed namespace and returns an exit status
 (or None for 0). `UserError` exits 2 and `CheckFailed` exits 1, each with one line on stderr and no traceback; a usage
 mistake argparse catches (unknown flag, missing or mistyped argument) is a `UserError` too, so it reads the same.
+Every option is accepted in both spellings, `--max-dollars` and `--max_dollars`, as the recipes and `eval` accept them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ class CommandParser(argparse.ArgumentParser):
     def error(self, message):
         command = self.prog.removeprefix("astroreason").strip()
         raise UserError(f"{command}: {message}" if command else message)
+
+    def add_argument(self, *names, **kwargs):
+        """Every long option is accepted as --dash-case and as --snake_case (the recipes' and `eval`'s spelling)."""
+        return super().add_argument(*names, *both_spellings(names), **kwargs)
+
+
+def both_spellings(names) -> list[str]:
+    """The other spelling of each long option in `names` that is not already there."""
+    others = []
+    for name in names:
+        if name.startswith("--") and len(name) > 2:
+            for other in ("--" + name[2:].replace("_", "-"), "--" + name[2:].replace("-", "_")):
+                if other not in names and other not in others:
+                    others.append(other)
+    return others
 
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [

@@ -12,9 +12,9 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from .errors import UserError
+from .options import ArmArguments, BudgetArguments
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +22,11 @@ MODALITIES = ("image", "tokens")
 
 
 @dataclass
-class GalaxyScriptArguments:
-    """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`.
+class GalaxyScriptArguments(BudgetArguments, ArmArguments):
+    """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
+    options are the evaluation's too (`astroreason.options`).
 
     Args:
-        data_dir: A prepared split directory (`astroreason data prepare`), read by both arms.
-        modality: `image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text.
-        codec: The codec directory (`astroreason tokens train`, or an AION-1 codec); required for `tokens`.
-        rendering: How codec ids are written as text (`ints`, `rows`, `special`); see `astroreason.tokens.render`.
-        image_size: Side in pixels that images are resized to before the processor; Qwen-VL spends one visual token
-            per 28x28 pixels, so 112 px is 16 tokens and 224 px is 64 (a 69 px image would give only 4).
         train_split: Split used for training.
         eval_split: Split used for evaluation during training (when `eval_strategy` is not `no`).
         max_train_samples: Keep only the first N training rows (rows are already a seeded shuffle).
@@ -39,21 +34,6 @@ class GalaxyScriptArguments:
         reward_funcs: GRPO reward functions by name (`astroreason.rewards.REWARD_FUNCS`).
         resume: Continue from the last checkpoint in `output_dir`. Without it, a run refuses an `output_dir` that
             already holds checkpoints, so an overnight job never silently restarts from scratch over its own work.
-        max_dollars: Cap on the project's total spend in dollars as the spend ledger records it (shared with every
-            evaluation and training run): training is charged by GPU-hours after each step, and saves a checkpoint
-            and stops before the next step would cross the cap (`astroreason.evaluation.budget.BudgetCallback`).
-        ledger: The project's spend ledger (JSONL), the same file as `eval/run.py --ledger`. Setting it (or
-            `max_dollars`) turns charging on; with neither, training charges nothing.
-        prices: Price table (YAML) whose `gpu_hour:` section prices this machine's device.
-        price_key: Entry of `gpu_hour:` to use (default: `torch.cuda.get_device_name()`, or `cpu`).
-        price_gpu_hour: Set the device price yourself (dollars per GPU-hour); without it a device missing from the
-            table is refused (fail closed).
-        prompt_template: The prompt (a `str.format` string); default: the modality's template in
-            `astroreason.prompts`. Its only field is the galaxy's representation (`{tokens}` for the token arm); a
-            dataset column (`{row_index}`, `{ra}`, ...) is refused by the prompt lint unless the override allows it.
-        allow_prompt_fields: Lint override, for deliberate experiments only: the columns a prompt may carry (e.g.
-            `row_index`). Needs `override_reason`; recorded in `prompt_lint.json` and in the results ledger.
-        override_reason: Why the override is used (required with `allow_prompt_fields`).
         callbacks: Extra `transformers.TrainerCallback` classes by dotted path (`my_module.MyCallback`), each built
             with no arguments and added to the trainer after the project's own callbacks.
         alarm_no_signal_logs: GRPO training alarm: consecutive logs in which every group's completions score the
@@ -61,11 +41,6 @@ class GalaxyScriptArguments:
             (default: `AlarmConfig.no_signal_logs`, 10; 0 turns the rule off). See docs/integrity.md.
     """
 
-    data_dir: str = field(default="runs/demo/prepared", metadata={"help": "Prepared split directory."})
-    modality: Literal["image", "tokens"] = field(default="image", metadata={"help": "image or tokens."})
-    codec: str | None = field(default=None, metadata={"help": "Codec directory, for modality=tokens."})
-    rendering: str = field(default="ints", metadata={"help": "Token rendering: ints, rows or special."})
-    image_size: int = field(default=112, metadata={"help": "Resize images to this side (multiple of 28)."})
     train_split: str = field(default="train", metadata={"help": "Training split."})
     eval_split: str = field(default="val", metadata={"help": "Evaluation split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
@@ -74,16 +49,6 @@ class GalaxyScriptArguments:
         default_factory=lambda: ["format", "accuracy"], metadata={"help": "GRPO reward functions by name."}
     )
     resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
-    max_dollars: float | None = field(default=None, metadata={"help": "Cap on the project's spend ledger, dollars."})
-    ledger: str | None = field(default=None, metadata={"help": "Spend ledger (default runs/ledger/spend.jsonl)."})
-    prices: str = field(default="eval/prices.yaml", metadata={"help": "Price table (YAML)."})
-    price_key: str | None = field(default=None, metadata={"help": "gpu_hour entry of the price table."})
-    price_gpu_hour: float | None = field(default=None, metadata={"help": "Dollars per GPU-hour (overrides the table)."})
-    prompt_template: str | None = field(default=None, metadata={"help": "Prompt template (default: the modality's)."})
-    allow_prompt_fields: list[str] | None = field(
-        default=None, metadata={"help": "Lint override: columns a prompt may carry (deliberate experiments only)."}
-    )
-    override_reason: str | None = field(default=None, metadata={"help": "Why the lint override is used (required)."})
     callbacks: list[str] = field(
         default_factory=list, metadata={"help": "Extra TrainerCallback classes by dotted path (module.Class)."}
     )
@@ -569,7 +534,7 @@ def budget_callbacks(args: GalaxyScriptArguments, training_args) -> list:
     """
     if args.max_dollars is None and args.ledger is None:
         return []
-    from .evaluation.budget import DEFAULT_LEDGER, budget_callback
+    from .budget.callback import DEFAULT_LEDGER, budget_callback
 
     return [budget_callback(args.max_dollars, prices=args.prices, ledger=args.ledger or DEFAULT_LEDGER,
                             price_gpu_hour=args.price_gpu_hour, price_key=args.price_key,
@@ -585,7 +550,7 @@ def user_callbacks(args: GalaxyScriptArguments) -> list:
 
 def budget_stop(trainer) -> str | None:
     """Why a budget callback stopped this trainer, or None."""
-    from .evaluation.budget import BudgetCallback
+    from .budget.callback import BudgetCallback
 
     return next((c.stopped_reason for c in trainer.callback_handler.callbacks
                  if isinstance(c, BudgetCallback) and c.stopped_reason), None)
@@ -612,7 +577,7 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
     )
     if reason := budget_stop(trainer):
-        from .evaluation.budget import BudgetExhausted
+        from .budget import BudgetExhausted
 
         step = trainer.state.global_step
         raise BudgetExhausted(f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "

@@ -9,10 +9,10 @@ import multiprocessing as mp
 import pytest
 
 from astroreason.cli import main
+from astroreason.budget.callback import BudgetCallback
 from astroreason.errors import CheckFailed, UserError
-from astroreason.evaluation.budget import (
+from astroreason.budget import (
     Budget,
-    BudgetCallback,
     BudgetExhausted,
     Caps,
     Ledger,

@@ -120,7 +120,7 @@ def test_cap_bites_mid_run_and_rerun_sends_only_the_missing(served, codec, prepa
 def test_timed_out_then_answered_is_charged_for_both(served, tmp_path):
     """A request whose first attempt timed out (the server may have done that work too) and whose retry
     `transformers serve` answers is charged the retry's reported usage plus the first attempt's worst case."""
-    from astroreason.evaluation.budget import Budget, Caps, Ledger, Price
+    from astroreason.budget import Budget, Caps, Ledger, Price
 
     model, proxy = served
     front = StallingFront(plan=lambda n: "stall" if n == 0 else "forward", upstream=proxy.upstream)

@@ -217,7 +217,7 @@ def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_d
 def check_charges(ledger: Path, name: str, tasks: list[dict]) -> None:
     """Each task charged the project's one spend ledger (`budget.Ledger`) for its wall-clock at $1/device-hour, and
     the ledger agrees with the dollars in its state file."""
-    from astroreason.evaluation.budget import Ledger
+    from astroreason.budget import Ledger
 
     by_run = Ledger(ledger).by_run()
     assert set(by_run) == {f"sweep:{name}:{t['name']}" for t in tasks}

@@ -19,7 +19,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="HDF5 file to write")
     p.add_argument("--n", type=int, default=2000, help="rows (default 2000)")
     p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the surrogate's galaxies (default 0)")
     p.add_argument("--sorted", action="store_true", help="order rows by class, as the real file is")
     p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
     p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("prepare", help="seeded, stratified, deduplicated splits and their datasets views")
     p.add_argument("file", help="Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="prepared directory to write")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the split shuffle (default 0)")
     p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)),
                    help="train,val,test shares per class (default 0.8,0.1,0.1)")
     p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run_prepare)
 
     p = sub.add_parser("download", help="fetch Galaxy10 from Zenodo, checksum-verified")
-    p.add_argument("--release", choices=sorted(RELEASES), default="decals")
+    p.add_argument("--release", choices=sorted(RELEASES), default="decals",
+                   help="decals (Galaxy10 DECaLS, 256 px) or sdss (the older Galaxy10 SDSS, 69 px); default decals")
     p.add_argument("--out", default=str(DEFAULT_DIR), help=f"directory to put the file in (default {DEFAULT_DIR}/)")
     p.add_argument("--url", help="a mirror to fetch from instead of Zenodo")
     p.add_argument("--sha256", help="expected SHA-256 (default: the release's)")

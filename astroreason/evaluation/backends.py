@@ -297,7 +297,7 @@ class OpenAIBackend:
         """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
         submitted; a refusal while requests are in flight waits for them to settle (their real cost is usually
         below their reservation) and tries again, so the run stops only when the next request cannot fit at all."""
-        from .budget import BudgetExhausted
+        from ..budget import BudgetExhausted
 
         images = images if images is not None else [None] * len(prompts)
         queue = list(range(len(prompts)))
@@ -339,7 +339,7 @@ class OpenAIBackend:
         its own and reserves its own worst case first (refused, it is not sent). An attempt answered with an HTTP
         error, or that never connected, was not billed: its retry reuses the reservation, released if all fail.
         """
-        from .budget import BudgetExhausted
+        from ..budget import BudgetExhausted
 
         request = self._request(prompt, image)
         billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed

@@ -65,7 +65,7 @@ def run_budget_status(args) -> int:
     from rich.table import Table
 
     from ..errors import UserError
-    from .budget import Ledger
+    from ..budget import Ledger
 
     if args.max_dollars is not None and args.max_dollars < 0:
         raise UserError(f"--max-dollars: expected a non-negative number, got {args.max_dollars}")
@@ -108,10 +108,10 @@ def add_parser(subparsers) -> None:
         "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False,
         prefix_chars="+",
     )
-    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="--config FILE.yaml and --key value overrides")
     p.set_defaults(func=lambda args: run_eval(args.argv))
 
-    from .budget import DEFAULT_LEDGER
+    from ..budget import DEFAULT_LEDGER
 
     b = subparsers.add_parser("budget", help="The project's spend ledger: status, or a cost estimate from a pilot.")
     sub = b.add_subparsers(dest="budget_command", metavar="ACTION", required=True)
@@ -123,5 +123,5 @@ def add_parser(subparsers) -> None:
         "estimate", add_help=False, prefix_chars="+",
         help="Run a stratified pilot of an eval config (--pilot_samples N, default 10) and print the cost of the rest.",
     )
-    e.add_argument("argv", nargs=argparse.REMAINDER)
+    e.add_argument("argv", nargs=argparse.REMAINDER, help="the eval config: --config FILE.yaml and overrides")
     e.set_defaults(func=run_budget_estimate)

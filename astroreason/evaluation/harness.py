@@ -18,31 +18,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..budget import Budget, BudgetExhausted, Caps, Ledger
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
+from ..options import ArmArguments, BudgetArguments, help_from_docstring
 from ..provenance import GitState, provenance
 from .backends import BACKENDS, SamplingSettings
-from .budget import DEFAULT_LEDGER, DEFAULT_PRICES, Budget, BudgetExhausted, Caps, Ledger
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
 # predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
 CACHE_NAME, PREDICTIONS_NAME, RESULT_NAME = "samples.jsonl", "predictions.jsonl", "result.json"
 
 
+@help_from_docstring
 @dataclass
-class EvalConfig:
-    """One evaluation run.
+class EvalConfig(BudgetArguments, ArmArguments):
+    """One evaluation run (with the arm and budget options it shares with training, `astroreason.options`).
 
     Args:
         model: Checkpoint directory (or Hub name) of the model to evaluate. With `backend: openai` it may name the
             served checkpoint's local directory (its weights hash then keys the cache) or just the served model.
-        data_dir: Prepared split directory (`astroreason data prepare`).
         split: Split to evaluate.
-        modality: `image` or `tokens`.
-        codec: Codec directory for the token arm.
-        rendering: Token rendering for the token arm.
-        image_size: Side in pixels images are resized to (as in training).
         output_dir: Where `samples.jsonl` and `result.json` go; rerunning into it resumes.
         max_samples: Evaluate only the first N rows of the split (rows are a seeded shuffle).
         batch_size: Prompts per generate call (local backends).
@@ -61,26 +58,16 @@ class EvalConfig:
         max_retries: Retries of a request after a 429/5xx, a timeout or a refused connection (exponential backoff).
         retry_backoff: First backoff in seconds; doubled on each retry.
         image_tokens_bound: Worst-case prompt tokens of one image, reserved before an image request is sent.
-        prices: Price table (YAML): per million input/output tokens for APIs, per GPU-hour for local devices.
-        price_key: Entry of the price table to use (default: the served model for APIs, the device for local).
         price_input_per_million: Set the API input price yourself (dollars per million tokens).
         price_output_per_million: Set the API output price yourself (dollars per million tokens).
-        price_gpu_hour: Set the local device price yourself (dollars per GPU-hour).
         gpus: GPUs a local backend occupies (charged per GPU-hour; default: all visible, 1 on a CPU).
-        max_dollars: Cap on the project's total spend in dollars, as the ledger records it (shared by all runs).
         max_tokens: Cap on the project's total tokens (prompt + completion) in the ledger.
         max_requests: Cap on the project's total requests in the ledger.
         max_seconds: Cap on this run's wall-clock seconds.
-        ledger: The project's spend ledger (JSONL), shared by every run and training job.
         pilot_samples: Evaluate this many samples first (stratified by class), print the cost estimate of the rest,
             and refuse to go on if it would not fit under the caps.
         vllm_gpu_memory_utilization: Share of GPU memory vLLM may take.
         trust_remote_code: Let a checkpoint run its own code (off by default).
-        prompt_template: The prompt (default: the modality's template, as in training); linted before anything is
-            asked: a dataset column in it is refused (exit 1) unless the override allows it.
-        allow_prompt_fields: Lint override, for deliberate experiments only: the columns a prompt may carry.
-        override_reason: Why the override is used (required with `allow_prompt_fields`); recorded in
-            `prompt_lint.json` and in the results ledger.
         ceiling: An accuracy above this is suspect, never a success (Galaxy10 DECaLS: best published CNN 0.955).
         results_dir: Directory of the results ledger (`results.tsv`, `experiment_log.md`), to which every finished
             evaluation appends one row; default: the spend ledger's directory (one project directory for both).
@@ -88,12 +75,7 @@ class EvalConfig:
     """
 
     model: str = ""
-    data_dir: str = "runs/demo/prepared"
     split: str = "test"
-    modality: str = "image"
-    codec: str | None = None
-    rendering: str = "ints"
-    image_size: int = 112
     output_dir: str = "runs/eval"
     max_samples: int | None = None
     batch_size: int = 16
@@ -111,28 +93,21 @@ class EvalConfig:
     max_retries: int = 4
     retry_backoff: float = 1.0
     image_tokens_bound: int = 1536
-    prices: str = DEFAULT_PRICES
-    price_key: str | None = None
     price_input_per_million: float | None = None
     price_output_per_million: float | None = None
-    price_gpu_hour: float | None = None
     gpus: int | None = None
-    max_dollars: float | None = None
     max_tokens: int | None = None
     max_requests: int | None = None
     max_seconds: float | None = None
-    ledger: str = DEFAULT_LEDGER
     pilot_samples: int = 0
     vllm_gpu_memory_utilization: float = 0.9
     trust_remote_code: bool = False
-    prompt_template: str | None = None
-    allow_prompt_fields: list[str] | None = None
-    override_reason: str | None = None
     ceiling: float = DEFAULT_CEILING
     results_dir: str | None = None
     description: str = ""
 
     def __post_init__(self):
+        self.ledger = self.spend_ledger()  # an evaluation always charges the ledger
         if self.backend not in BACKENDS:
             raise UserError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.modality not in ("image", "tokens"):
@@ -327,7 +302,7 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
 
 def make_price(config: EvalConfig):
     """The price this run pays, refused (fail closed) when neither the table nor the user sets one."""
-    from .budget import api_price, gpu_price, local_device
+    from ..budget import api_price, gpu_price, local_device
 
     if config.backend == "openai":
         key = config.price_key or config.server_model or config.model

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
     )
     gate.add_argument("result", help="result.json, or the directory holding it")
     gate.add_argument("--ceiling", type=float, default=None, help="default 0.95 (Galaxy10 DECaLS)")
-    gate.add_argument("--metric", default="accuracy")
+    gate.add_argument("--metric", default="accuracy", help="the result's metric to check (default accuracy)")
     gate.add_argument("--ledger", type=Path, help="also append the result to DIR/results.tsv")
     gate.add_argument("--description", default="", help="ledger description")
     gate.set_defaults(func=run_gate)
@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
     verify.add_argument("dir", type=Path, help="directory holding results.tsv")
     verify.set_defaults(func=run_ledger_verify)
     log = sub.add_parser("log", help="regenerate experiment_log.md from results.tsv")
-    log.add_argument("dir", type=Path)
+    log.add_argument("dir", type=Path, help="directory holding results.tsv")
     log.set_defaults(func=run_ledger_log)
 
 

@@ -13,10 +13,11 @@ parallel runs of a sweep never lose or interleave rows, and a crash leaves the o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from filelock import FileLock
 
 from ..errors import CheckFailed, UserError
 from ..io import sha256_bytes, write_text_atomic
@@ -119,12 +120,10 @@ def verify(project_dir) -> list[dict]:
 def _locked(project_dir):
     project_dir = Path(project_dir)
     project_dir.mkdir(parents=True, exist_ok=True)
-    with open(project_dir / f".{LEDGER_FILE}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # flock on a lock file beside the ledger; on NFS it excludes other machines only where the server supports locks
+    # (see `astroreason.budget.ledger` for what the lock promises on each kind of filesystem).
+    with FileLock(project_dir / f".{LEDGER_FILE}.lock"):
+        yield
 
 
 def append_result(project_dir, row: LedgerRow | dict) -> dict:

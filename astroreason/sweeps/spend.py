@@ -1,6 +1,6 @@
 """The project's spend ledger as sweeps use it: what a sweep may cost at most, what remains, and charging as tasks run.
 
-The ledger is the project's one spend ledger (`astroreason.evaluation.budget.Ledger`: append-only JSONL under an
+The ledger is the project's one spend ledger (`astroreason.budget.Ledger`: append-only JSONL under an
 exclusive file lock, fsync'd row by row), shared with every evaluation and training run, so concurrent array tasks
 on one node or one shared filesystem draw on one cap. A task is charged by device-hours at the sweep's `gpu_hour`
 price through `budget.Budget`, like any local run; open reservations count as spent.
@@ -16,7 +16,7 @@ from .config import SweepConfig, parse_time
 
 def open_ledger(path: str | os.PathLike):
     """The project's spend ledger (the same file evaluation and training runs charge)."""
-    from ..evaluation.budget import Ledger  # imports transformers: only when a ledger is opened
+    from ..budget import Ledger
 
     return Ledger(path)
 
@@ -28,7 +28,7 @@ def remaining(ledger, cap: float | None) -> float:
 
 def task_budget(config: SweepConfig, run: str):
     """What one task charges (a `budget.Budget`): wall-clock x its devices x the sweep's price per device-hour."""
-    from ..evaluation.budget import Budget, Caps, Price
+    from ..budget import Budget, Caps, Price
 
     price = Price(f"sweep:{config.name}", gpu_hour=config.budget.gpu_hour, source="sweep budget.gpu_hour")
     return Budget(open_ledger(config.budget.ledger), price, Caps(max_dollars=config.budget.max_dollars), run=run,

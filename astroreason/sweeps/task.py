@@ -14,13 +14,14 @@ at every checkpoint), so a killed task has paid for all but its last few seconds
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: checkpointed after a signal; run me again
 CHARGE_EVERY_S = 30.0
@@ -72,7 +73,7 @@ class Meter:
     """Wall-clock of this attempt added to what earlier attempts spent; charges the ledger for the difference."""
 
     def __init__(self, task_dir: Path, state: dict, budget):
-        self.task_dir, self.state, self.budget = task_dir, state, budget  # budget: `evaluation.budget.Budget`
+        self.task_dir, self.state, self.budget = task_dir, state, budget  # budget: `astroreason.budget.Budget`
         self.base_elapsed = float(state["elapsed_s"])
         self.started = time.monotonic()
         self.charged_s = 0.0  # seconds of this attempt already charged
@@ -123,16 +124,20 @@ def _callback(stop: _Stop, meter: Meter):
 # --- one task ---------------------------------------------------------------------------------------------------
 
 
-def _lock(task_dir: Path):
-    """An exclusive lock on the task directory: the same task never runs twice at once (SLURM + local, two arrays)."""
+def _lock(task_dir: Path) -> FileLock:
+    """An exclusive lock on the task directory: the same task never runs twice at once (SLURM + local, two arrays).
+
+    `filelock.FileLock` (flock on `.lock`): the kernel drops it when the task dies. Across machines on NFS it holds
+    only where the server supports locks and the mount lacks `nolock`/`local_lock` (see `astroreason.budget.ledger`).
+    """
     from ..errors import CheckFailed
 
-    handle = open(task_dir / ".lock", "w")
+    lock = FileLock(task_dir / ".lock")
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        lock.acquire(timeout=0)
+    except Timeout:
         raise CheckFailed(f"{task_dir}: this task is already running elsewhere") from None
-    return handle
+    return lock
 
 
 def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:

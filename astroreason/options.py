@@ -1,0 +1,123 @@
+"""Options shared by several command lines, each declared once: the recipes' `GalaxyScriptArguments`, the
+evaluation's `EvalConfig` (and so `astroreason eval` and the sweeps' evaluation tasks) inherit these dataclasses,
+so an option has one name, one type, one default and one help text everywhere.
+
+Each field's `help` is what `--help` prints (`HfArgumentParser`/`TrlParser` read `metadata["help"]`, and accept
+both `--data_dir` and `--data-dir`). `help_from_docstring` gives the fields of a config without `metadata` help
+the text of its docstring's `Args:` section, so a field is documented in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .budget.ledger import DEFAULT_LEDGER
+from .budget.prices import DEFAULT_PRICES
+
+MODALITIES = ("image", "tokens")
+
+
+@dataclass
+class ArmArguments:
+    """How a galaxy reaches the model (its arm): the prepared data, the modality and its settings, the prompt."""
+
+    data_dir: str = field(
+        default="runs/demo/prepared",
+        metadata={"help": "Prepared split directory (`astroreason data prepare`), read by both arms."},
+    )
+    modality: Literal["image", "tokens"] = field(
+        default="image",
+        metadata={"help": "`image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text."},
+    )
+    codec: str | None = field(
+        default=None,
+        metadata={"help": "Codec directory (`astroreason tokens train`, or an AION-1 codec); required for tokens."},
+    )
+    rendering: str = field(
+        default="ints", metadata={"help": "How codec ids are written as text: ints, rows or special (token arm)."}
+    )
+    image_size: int = field(
+        default=112,
+        metadata={"help": "Side in pixels images are resized to before the processor (Qwen2.5-VL: a multiple of 28, "
+                          "one visual token per 28x28 px)."},
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={"help": "The prompt (a str.format string; default: the modality's template). A dataset column in "
+                          "it is refused by the prompt lint unless allow_prompt_fields allows it."},
+    )
+    allow_prompt_fields: list[str] | None = field(
+        default=None,
+        metadata={"help": "Lint override, for deliberate experiments only: the columns a prompt may carry (e.g. "
+                          "row_index). Needs override_reason; recorded in prompt_lint.json and the results ledger."},
+    )
+    override_reason: str | None = field(
+        default=None, metadata={"help": "Why the lint override is used (required with allow_prompt_fields)."}
+    )
+
+
+@dataclass
+class BudgetArguments:
+    """What a run may spend and at what price, charged to the project's one spend ledger."""
+
+    max_dollars: float | None = field(
+        default=None,
+        metadata={"help": "Cap on the project's total spend in dollars, as the spend ledger records it (shared by "
+                          "every evaluation and training run). Training is charged by GPU-hours after each step and saves a "
+                          "checkpoint and stops before the next step would cross it."},
+    )
+    ledger: str | None = field(
+        default=None,
+        metadata={"help": f"The project's spend ledger (JSONL), shared by every run (default {DEFAULT_LEDGER}). "
+                          "Evaluation always charges it; training only when this or max_dollars is set."},
+    )
+    prices: str = field(
+        default=DEFAULT_PRICES,
+        metadata={"help": "Price table (YAML): per million input/output tokens for APIs (`api:`), per GPU-hour for "
+                          "devices (`gpu_hour:`)."},
+    )
+    price_key: str | None = field(
+        default=None,
+        metadata={"help": "Entry of the price table to use (default: the served model for APIs, the device name, "
+                          "or `cpu`, for local runs)."},
+    )
+    price_gpu_hour: float | None = field(
+        default=None,
+        metadata={"help": "Set the device price yourself (dollars per GPU-hour); without it a device missing from "
+                          "the table is refused."},
+    )
+
+    def spend_ledger(self) -> str:
+        """The ledger file this run charges."""
+        return self.ledger or DEFAULT_LEDGER
+
+
+def help_from_docstring(cls):
+    """Class decorator: every field of a dataclass without `metadata["help"]` gets its entry of the docstring's
+    `Args:` section (Google style, as in TRL's configs), so `--help` prints it."""
+    docs = docstring_args(inspect.getdoc(cls) or "")
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("help") and docs.get(f.name):
+            f.metadata = types.MappingProxyType({**f.metadata, "help": docs[f.name]})
+    return cls
+
+
+def docstring_args(doc: str) -> dict[str, str]:
+    """`{name: text}` of a Google-style `Args:` section, continuation lines joined."""
+    section = doc.split("Args:", 1)[1] if "Args:" in doc else ""
+    args, name = {}, None
+    for line in section.splitlines():
+        match = re.match(r"^ {4}(\w+): ?(.*)$", line)
+        if match:
+            name, text = match.groups()
+            args[name] = text.strip()
+        elif name and line.startswith(" " * 8):
+            args[name] += " " + line.strip()
+        elif line.strip():
+            break  # the section ended
+    return args
