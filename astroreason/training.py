@@ -29,8 +29,10 @@ class GalaxyScriptArguments:
         modality: `image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text.
         codec: The codec directory (`astroreason tokens train`, or an AION-1 codec); required for `tokens`.
         rendering: How codec ids are written as text (`ints`, `rows`, `special`); see `astroreason.tokens.render`.
-        image_size: Side in pixels that images are resized to before the processor; Qwen-VL spends one visual token
-            per 28x28 pixels, so 112 px is 16 tokens and 224 px is 64 (a 69 px image would give only 4).
+        image_size: Side in pixels that images are resized to before the processor. It must fit the model family's
+            pixel grid, checked once the model is known (`ModelFamily.check_image_size`): one visual token per 28x28
+            px on Qwen2.5-VL (112 px = 16 tokens, 224 px = 64) and per 32x32 px on Qwen3-VL (128 px = 16, 256 px =
+            64); see docs/models.md.
         train_split: Split used for training.
         eval_split: Split used for evaluation during training (when `eval_strategy` is not `no`).
         max_train_samples: Keep only the first N training rows (rows are already a seeded shuffle).
@@ -64,7 +66,8 @@ class GalaxyScriptArguments:
     modality: Literal["image", "tokens"] = field(default="image", metadata={"help": "image or tokens."})
     codec: str | None = field(default=None, metadata={"help": "Codec directory, for modality=tokens."})
     rendering: str = field(default="ints", metadata={"help": "Token rendering: ints, rows or special."})
-    image_size: int = field(default=112, metadata={"help": "Resize images to this side (multiple of 28)."})
+    image_size: int = field(default=112, metadata={"help": "Resize images to this side (px); a multiple of the model family's grid: 28 on Qwen2.5-VL "
+                                   "(112 px = 16 visual tokens), 32 on Qwen3-VL (128 px = 16)."})
     train_split: str = field(default="train", metadata={"help": "Training split."})
     eval_split: str = field(default="val", metadata={"help": "Evaluation split."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
@@ -97,8 +100,9 @@ class GalaxyScriptArguments:
             raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.modality == "tokens" and not self.codec:
             raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
-        if self.image_size <= 0 or self.image_size % 28:
-            raise UserError(f"image_size: must be a positive multiple of 28 (Qwen-VL merges 28x28 px), got {self.image_size}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
+            # The multiple the model's grid needs is checked once the model is known (`prepare_inputs`).
+            raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
         if self.alarm_no_signal_logs is not None and (
                 isinstance(self.alarm_no_signal_logs, bool) or not isinstance(self.alarm_no_signal_logs, int)
                 or self.alarm_no_signal_logs < 0):
@@ -448,10 +452,14 @@ def check_precision(values: dict) -> None:
 
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
-    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`); nothing else."""
+    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
+    size the model's family does not fit (read from its config, before any image is resized)."""
     from .defaults import ensure_tiny_defaults
+    from .models import check_image_size
 
     ensure_tiny_defaults(args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None)
+    if args.modality == "image" and model_args.model_name_or_path:
+        check_image_size(model_args.model_name_or_path, args.image_size)
 
 
 def load_model(model_args, training_args):

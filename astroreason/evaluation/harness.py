@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
+from ..models import check_image_size
 from ..provenance import GitState, provenance
 from .backends import BACKENDS, SamplingSettings
 from .budget import DEFAULT_LEDGER, DEFAULT_PRICES, Budget, BudgetExhausted, Caps, Ledger
@@ -42,7 +43,8 @@ class EvalConfig:
         modality: `image` or `tokens`.
         codec: Codec directory for the token arm.
         rendering: Token rendering for the token arm.
-        image_size: Side in pixels images are resized to (as in training).
+        image_size: Side in pixels images are resized to (as in training); a multiple of the model family's grid
+            (28 px on Qwen2.5-VL, 32 px on Qwen3-VL), checked against a local checkpoint's config.
         output_dir: Where `samples.jsonl` and `result.json` go; rerunning into it resumes.
         max_samples: Evaluate only the first N rows of the split (rows are a seeded shuffle).
         batch_size: Prompts per generate call (local backends).
@@ -377,6 +379,8 @@ class Evaluation:
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
         self.weights = model_fingerprint(config)
+        if config.modality == "image":  # the model's family fits this side (read from a local config only)
+            check_image_size(config.model, config.image_size)
         self.rows = evaluation_rows(config)
         self.labels = [int(r["label"]) for r in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
