@@ -184,12 +184,20 @@ class QwenVLFamily(ModelFamily):
     def image_only_processor_class(self):
         return _image_only(self.processor_class())
 
+    def response_template(self) -> dict:
+        """How to parse a completion's `<tool_call>{json}</tool_call>` blocks back into tool calls (transformers'
+        `parse_response`): Qwen's format, as TRL declares it for Qwen3 (`trl.chat_template_utils`)."""
+        from trl.chat_template_utils import qwen3_template
+
+        return qwen3_template
+
     def build_tiny(self, out_dir, spec: TinyModelSpec, seed: int):
         import torch
         from transformers import GenerationConfig
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         tokenizer = train_tokenizer(spec.vocab_size, self.chat_template)
+        tokenizer.response_template = self.response_template()  # saved with the tokenizer: TRL parses tool calls
         image_processor = Qwen2VLImageProcessorPil(patch_size=self.patch_size, merge_size=self.merge_size,
                                                    temporal_patch_size=2)
         processor = self.image_only_processor_class()(image_processor, tokenizer, chat_template=self.chat_template)
