@@ -209,12 +209,17 @@ def test_code_token_surgery_on_qwen3(qwen3_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def q3_data(surrogate_h5, tmp_path_factory):
-    """A prepared split of its own and a tiny codec with its token cache (the token arm)."""
+    """A prepared split of its own and a tiny codec with its token cache (the token arm). 4096 codes: a small
+    vocabulary's ids would often equal a row's position, which the prompt lint rightly refuses."""
+    from astroreason.cli import main
     from astroreason.data.splits import prepare
-    from evalkit import build_codec
 
     data = prepare(surrogate_h5, tmp_path_factory.mktemp("q3data") / "prepared", seed=0)
-    return data, build_codec(data, tmp_path_factory.mktemp("q3codec") / "codec")
+    codec = tmp_path_factory.mktemp("q3codec") / "codec"
+    assert main(["tokens", "train", "--data", str(data), "--out", str(codec), "--size", "16", "--levels", "8,8,8,8",
+                 "--hidden", "8", "--steps", "3", "--batch-size", "8", "--max-images", "32"]) == 0
+    assert main(["tokens", "encode", "--data", str(data), "--codec", str(codec)]) == 0
+    return data, codec
 
 
 def _env() -> dict:
