@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_path, sha256_file, write_json_atomic
-from .models import family_for, load_model_and_processor
+from .models import check_image_size, family_for, load_model_and_processor
 
 PRETRAIN_RECORD = "astroreason_vision_pretrain.json"
 
@@ -116,6 +116,7 @@ def pretrain_vision_tower(
     config = config or VisionPretrainConfig()
     if config.steps < 1 or config.batch_size < 1:
         raise UserError(f"pretrain: steps and batch_size must be >= 1, got {config.steps} and {config.batch_size}")
+    check_image_size(model_dir, config.image_size, "pretrain image_size")  # the size the model's grid fits
     data_h5, out_dir = Path(data_h5), Path(out_dir)
     images, labels = _read_h5(data_h5)
     images = _resized(images, config.image_size)  # once, not per batch: the augmentation commutes with it

@@ -322,3 +322,12 @@ def test_qwen3_evaluates(q3_sft, q3_data, tmp_path, modality):
         with pytest.raises(UserError, match="112 px does not fit Qwen3-VL's 32-px grid"):
             evaluate(EvalConfig(**{**config.__dict__, "image_size": 112, "output_dir": str(tmp_path / "e2")}),
                      progress=False)
+
+
+def test_vision_pretraining_moves_only_the_tower_on_qwen3(qwen3_dir, surrogate_h5, tmp_path):
+    from astroreason.pretrain import VisionPretrainConfig, pretrain_vision_tower
+
+    out = tmp_path / "pretrained"
+    pretrain_vision_tower(qwen3_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE),
+                          progress=False)
+    assert changed(qwen3_dir, out) == {"vision": True, "language": False}
