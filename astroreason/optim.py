@@ -1,20 +1,23 @@
-"""Per-part learning rates for a Qwen-VL model under a Hugging Face / TRL trainer.
+"""Per-part learning rates for a vision-language model under a Hugging Face / TRL trainer.
 
 A pretrained vision tower should move slowly while the randomly initialised language model learns to read it; one
 learning rate cannot serve both. `use_part_learning_rates` gives the trainer an AdamW whose parameter groups carry a
 learning rate per part; the trainer's scheduler then scales every group alike, and a resumed run reloads its state.
+Which parameters are the vision tower and its merger is the model family's to say (`ModelFamily.part_of`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .models import family_for
+
 PARTS = ("vision", "merger", "language")
 
 
 @dataclass
 class PartLearningRates:
-    """Learning rate of each part of a Qwen-VL model; 0 freezes that part.
+    """Learning rate of each part of a vision-language model; 0 freezes that part.
 
     Args:
         vision: Patch embedding and vision blocks.
@@ -27,20 +30,14 @@ class PartLearningRates:
     language: float = 3e-3
 
 
-def part_of(name: str) -> str:
-    """`vision`, `merger` or `language`, from a parameter name of a Qwen2.5-VL / Qwen3-VL model."""
-    if ".visual." in f".{name}":
-        return "merger" if ".merger." in name or ".deepstack_merger" in name else "vision"
-    return "language"
-
-
 def part_param_groups(model, rates: PartLearningRates, weight_decay: float = 0.0) -> list[dict]:
     """AdamW parameter groups, one per part with a non-zero rate; parts with rate 0 are frozen."""
+    family = family_for(model)
     groups: dict[str, list] = {part: [] for part in PARTS}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        part = part_of(name)
+        part = family.part_of(name)
         if getattr(rates, part) == 0:
             param.requires_grad_(False)
         else:

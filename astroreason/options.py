@@ -43,8 +43,9 @@ class ArmArguments:
     )
     image_size: int = field(
         default=112,
-        metadata={"help": "Side in pixels images are resized to before the processor (Qwen2.5-VL: a multiple of 28, "
-                          "one visual token per 28x28 px)."},
+        metadata={"help": "Side in pixels images are resized to before the processor; a multiple of the model "
+                          "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
+                          "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16). See docs/models.md."},
     )
     prompt_template: str | None = field(
         default=None,

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import UserError
 from .io import atomic_path, sha256_file, write_json_atomic
+from .models import check_image_size, family_for, load_model_and_processor
 
 PRETRAIN_RECORD = "astroreason_vision_pretrain.json"
 
@@ -84,12 +85,13 @@ class _Tower:
         import torch
 
         self.model, self.processor = model, processor
+        self.family = family_for(model)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.head = torch.nn.Linear(model.config.text_config.hidden_size, num_classes)
 
     def parameters(self):
-        return list(self.model.model.visual.parameters()) + list(self.head.parameters())
+        return self.family.vision_parameters(self.model) + list(self.head.parameters())
 
     def logits(self, images: np.ndarray):
         import torch
@@ -97,7 +99,7 @@ class _Tower:
 
         pil = [Image.fromarray(np.ascontiguousarray(im)) for im in images]
         batch = self.processor.image_processor(images=pil, return_tensors="pt")
-        pooled = self.model.model.get_image_features(batch["pixel_values"], batch["image_grid_thw"]).pooler_output
+        pooled = self.family.image_features(self.model, batch)
         return self.head(torch.stack([tokens.mean(0) for tokens in pooled]))
 
 
@@ -110,11 +112,11 @@ def pretrain_vision_tower(
     import torch
 
     from .data.galaxy10 import DECALS_CLASSES
-    from .models import load_model_and_processor
 
     config = config or VisionPretrainConfig()
     if config.steps < 1 or config.batch_size < 1:
         raise UserError(f"pretrain: steps and batch_size must be >= 1, got {config.steps} and {config.batch_size}")
+    check_image_size(model_dir, config.image_size, "pretrain image_size")  # the size the model's grid fits
     data_h5, out_dir = Path(data_h5), Path(out_dir)
     images, labels = _read_h5(data_h5)
     images = _resized(images, config.image_size)  # once, not per batch: the augmentation commutes with it

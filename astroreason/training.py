@@ -63,8 +63,9 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
             raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.modality == "tokens" and not self.codec:
             raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
-        if self.image_size <= 0 or self.image_size % 28:
-            raise UserError(f"image_size: must be a positive multiple of 28 (Qwen-VL merges 28x28 px), got {self.image_size}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
+            # The multiple the model's grid needs is checked once the model is known (`prepare_inputs`).
+            raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
         if self.alarm_no_signal_logs is not None and (
                 isinstance(self.alarm_no_signal_logs, bool) or not isinstance(self.alarm_no_signal_logs, int)
                 or self.alarm_no_signal_logs < 0):
@@ -436,10 +437,14 @@ def check_precision(values: dict) -> None:
 
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
-    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`); nothing else."""
+    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
+    size the model's family does not fit (read from its config, before any image is resized)."""
     from .defaults import ensure_tiny_defaults
+    from .models import check_image_size
 
     ensure_tiny_defaults(args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None)
+    if args.modality == "image" and model_args.model_name_or_path:
+        check_image_size(model_args.model_name_or_path, args.image_size)
 
 
 def load_model(model_args, training_args):

@@ -18,12 +18,12 @@ from astroreason.cli import main
 from cli_helpers import assert_one_line_error, cli
 from astroreason.data.splits import load_manifest, load_split
 from astroreason.errors import UserError
-from astroreason.models import load_model_and_processor
+from astroreason.models import add_code_tokens, load_model_and_processor, save_with_code_tokens
 from astroreason.prompts import build_prompt
-from astroreason.tokens import add_code_tokens, load_codec, render
+from astroreason.tokens import load_codec, render
 from astroreason.tokens.codec import read_inputs
 from astroreason.tokens.fsq import FSQCodec, FSQConfig
-from astroreason.tokens.render import code_token, parse, save_with_code_tokens
+from astroreason.tokens.render import code_token, parse
 
 VOCAB = 4375
 

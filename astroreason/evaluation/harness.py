@@ -23,6 +23,7 @@ from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
 from ..options import ArmArguments, BudgetArguments, help_from_docstring
+from ..models import check_image_size
 from ..provenance import GitState, provenance
 from .backends import BACKENDS, SamplingSettings
 
@@ -352,6 +353,8 @@ class Evaluation:
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
         self.weights = model_fingerprint(config)
+        if config.modality == "image":  # the model's family fits this side (read from a local config only)
+            check_image_size(config.model, config.image_size)
         self.rows = evaluation_rows(config)
         self.labels = [int(r["label"]) for r in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,13 @@ Images or flux -> codec ids (`Codec.encode`) -> cached on disk per manifest + co
 
 from .cache import encode_prepared, load_codes, matched_image_split, token_split
 from .codec import Codec, InputSpec, load_codec
-from .render import RENDERINGS, add_code_tokens, render
+from .render import RENDERINGS, add_code_token_strings, render
 
 __all__ = [
     "Codec",
     "InputSpec",
     "RENDERINGS",
-    "add_code_tokens",
+    "add_code_token_strings",
     "encode_prepared",
     "load_codec",
     "load_codes",

@@ -221,8 +221,9 @@ def _galaxy_codes(args, codec):
 
 
 def run_cost(args) -> int:
+    from ..models import family_for, read_config  # the command compares the arms: it needs the model's family
     from .codec import load_codec
-    from .cost import prompt_costs, visual_tokens
+    from .cost import prompt_costs
     from .render import RENDERINGS, check_fits, check_rendering
 
     renderings = RENDERINGS if args.rendering == "all" else tuple(check_rendering(r.strip()) for r in args.rendering.split(","))
@@ -239,7 +240,7 @@ def run_cost(args) -> int:
         check_fits(r, codec.vocab_size)
     codes, side, where = _galaxy_codes(args, codec)
     costs = prompt_costs(codes, tokenizer, vocab_size=codec.vocab_size, renderings=renderings, model_dir=model_dir)
-    n_visual = visual_tokens(image_processor, side)
+    n_visual = family_for(read_config(model_dir, local_files_only=True)).visual_tokens(image_processor, side)
 
     print(codec.describe())
     print(f"model {model_dir}: {type(tokenizer).__name__}, {type(image_processor).__name__}; {where}")

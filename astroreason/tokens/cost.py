@@ -1,7 +1,7 @@
-"""What a galaxy costs in the prompt: LM tokens of each rendering of its codes, visual tokens of its image.
+"""What a galaxy's codes cost in the prompt: LM tokens of each rendering.
 
-Counts are exact: the model's own tokenizer on the rendered text, and the model's own image processor on an image
-of the given size (Qwen-VL: one visual token per 28x28 px after its resize, i.e. `image_grid_thw` / merge_size^2).
+Counts are exact: the model's own tokenizer on the rendered text. The image arm's cost (visual tokens per image) is
+the model family's to say (`astroreason.models.ModelFamily.visual_tokens`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import UserError
-from .render import RENDERINGS, add_code_tokens, check_fits, check_rendering, missing_code_tokens, render
+from .render import RENDERINGS, add_code_token_strings, check_fits, check_rendering, missing_code_tokens, render
 
 
 @dataclass
@@ -52,7 +52,7 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
     """LM tokens per galaxy for `codes` [N, H', W'] rendered as `rendering`.
 
     For `special` on a tokenizer without the code tokens, they are added to a copy in memory (the cost the
-    rendering would have once `add_code_tokens` has been applied), and the note says so.
+    rendering would have once the code tokens are added), and the note says so.
     """
     import copy
 
@@ -66,7 +66,7 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
         missing = missing_code_tokens(tok, vocab_size)
         if missing == vocab_size:
             tok = copy.deepcopy(tok)
-            add_code_tokens(tok, None, vocab_size)
+            add_code_token_strings(tok, vocab_size)
             note = "code tokens added to a copy of the tokenizer in memory"
         check_fits(rendering, vocab_size, tok, model_dir=model_dir)  # a partial or oversized set is a mismatch
     counts = np.array([lm_tokens(render(grid, rendering), tok) for grid in codes])
@@ -81,19 +81,6 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
         n_galaxies=int(len(codes)),
         note=note,
     )
-
-
-def visual_tokens(processor, height: int, width: int | None = None) -> int:
-    """Visual tokens the model's image processor spends on one height x width RGB image."""
-    from PIL import Image
-
-    width = width or height
-    image_processor = getattr(processor, "image_processor", processor)
-    out = image_processor(images=[Image.new("RGB", (width, height))], return_tensors="np")
-    if "image_grid_thw" not in out:
-        raise UserError(f"{type(image_processor).__name__}: no image_grid_thw; not a Qwen-VL image processor")
-    merge = int(getattr(image_processor, "merge_size", 2))
-    return int(np.prod(out["image_grid_thw"][0]) // merge**2)
 
 
 def prompt_costs(codes: np.ndarray, tokenizer, *, vocab_size: int, renderings=RENDERINGS, model_dir=None) -> list[RenderingCost]:

@@ -3,7 +3,7 @@
 - `ints`: the AION prompt form, one flat list: `[3513, 3555, ...]`.
 - `rows`: one line per grid row, ids separated by spaces.
 - `special`: one added special token per code, `<|g_3513|><|g_3555|>...`, one LM token per code once
-  `add_code_tokens` has put them in the tokenizer (and grown the model's embeddings to match).
+  `astroreason.models.add_code_tokens` has put them in the tokenizer and grown the model's embeddings to match.
 - `my_module.my_rendering`: a `Rendering`, or a plain function of one grid [H', W'] returning its text.
 
 The text holds the codes and nothing else: no index, id or coordinate of the galaxy.
@@ -141,45 +141,19 @@ def check_fits(rendering: str, vocab_size: int, tokenizer=None, *, model_dir: st
             have = vocab_size - missing
             raise UserError(
                 f"{where}: tokenizer holds {have} of the codec's {vocab_size} code tokens {code_token(0)}.. "
-                "(add them with astroreason.tokens.render.add_code_tokens, or choose the ints or rows rendering)"
+                "(add them with astroreason.models.save_with_code_tokens, or choose the ints or rows rendering)"
             )
         # Code tokens beyond the largest the codec can emit would never be trained: a codec/model mismatch.
         if code_token(vocab_size) in tok.get_vocab():
             raise UserError(f"{where}: tokenizer holds more code tokens than the codec's vocabulary {vocab_size}: built for another codec")
 
 
-def add_code_tokens(tokenizer, model, vocab_size: int) -> int:
-    """Add one special token per code id to the tokenizer and grow the model's embeddings to match.
-
-    Returns the number of tokens added (0 when they are all there already). The embedding matrix grows to the
-    tokenizer's length only when it is too small (Qwen models carry spare rows), with new rows initialised at the
-    mean of the old ones (transformers' `mean_resizing`).
-    """
+def add_code_token_strings(tokenizer, vocab_size: int) -> int:
+    """Add one special token per code id to the tokenizer (a processor's inner one); returns how many were added
+    (0 when they are all there). Growing a model's embeddings to match is the model family's part
+    (`astroreason.models.add_code_tokens`)."""
     check_fits("special", vocab_size)
     tok = _tokenizer_of(tokenizer)
     present = tok.get_vocab()
     new = [t for t in code_tokens(vocab_size) if t not in present]
-    added = tok.add_tokens(new, special_tokens=True) if new else 0
-    if model is not None:
-        rows = model.get_input_embeddings().weight.shape[0]
-        if len(tok) > rows:
-            model.resize_token_embeddings(len(tok), mean_resizing=True)
-        top = tok.convert_tokens_to_ids(code_token(vocab_size - 1))
-        if top >= model.get_input_embeddings().weight.shape[0]:
-            raise UserError(f"model embeddings: {model.get_input_embeddings().weight.shape[0]} rows cannot hold token id {top}")
-    return added
-
-
-def save_with_code_tokens(model_dir, out_dir, vocab_size: int) -> Path:
-    """Load a model and its processor, add the code tokens, and save both to `out_dir` (atomically)."""
-    from ..io import atomic_path
-    from ..models import load_model_and_processor
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    check_fits("special", vocab_size)
-    model, processor = load_model_and_processor(model_dir)  # image-only processor where torchvision is missing
-    add_code_tokens(processor, model, vocab_size)
-    with atomic_path(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-    return out_dir
+    return tok.add_tokens(new, special_tokens=True) if new else 0

@@ -1,0 +1,124 @@
+"""Tiny random models built offline, for tests and demos: sizes, the tokenizer's training text, the builder.
+
+Each model family builds its own (`ModelFamily.build_tiny`); `build_tiny_model` validates the arguments, asks the
+family and saves the model, its processor and a record of what built it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from ..errors import UserError
+from ..io import atomic_path, write_json_atomic
+from .family import families
+
+SIZES = ("tiny", "small")
+BUILD_RECORD = "astroreason_tiny.json"  # what built a tiny model: arch, size, seed, parameter count
+
+
+@dataclass
+class TinyModelSpec:
+    """Sizes of a tiny random model. Image geometry stays the family's own (Qwen-VL: one visual token per 2x2 merged
+    patches).
+
+    Args:
+        vocab_size: Target size of the locally trained BPE vocabulary (the small corpus may stop short of it).
+        hidden_size: Width of the language model.
+        intermediate_size: MLP width of the language model.
+        num_layers: Decoder layers.
+        num_heads: Attention heads (head size = hidden_size / num_heads).
+        num_kv_heads: Key/value heads (grouped-query attention, as in Qwen).
+        vision_hidden_size: Width of the vision encoder.
+        vision_intermediate_size: MLP width of the vision encoder.
+        vision_depth: Vision encoder blocks.
+        vision_heads: Vision attention heads.
+    """
+
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    vision_hidden_size: int = 32
+    vision_intermediate_size: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+
+
+SIZE_SPECS = {
+    "tiny": TinyModelSpec(),
+    "small": TinyModelSpec(
+        vocab_size=2048, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
+        vision_hidden_size=128, vision_intermediate_size=256, vision_depth=2, vision_heads=2,
+    ),
+}
+
+# Text the tokenizer is trained on: the prompts, the answers, digits and a few sentences of reasoning.
+_REASONING = (
+    "The galaxy has a bright central bulge and a smooth, round light profile with no visible arms.",
+    "I see spiral arms winding around a central bar, so this is a barred spiral galaxy.",
+    "The disc is seen edge-on as a thin line of light; there is no bulge in the middle.",
+    "Two bright nuclei and tidal tails suggest the galaxies are merging.",
+    "The shape is elongated like a cigar and the light is smooth.",
+    "The light is irregular and disturbed, with asymmetric features.",
+    "Tightly wound arms, loosely wound arms, in-between, round, smooth, edge-on, bulge, bar, disc, tail.",
+)
+
+
+def tokenizer_corpus() -> list[str]:
+    """The built-in corpus: the prompt templates, class names and answers, digits, some reasoning text."""
+    from ..data.galaxy10 import DECALS_CLASSES
+    from ..prompts import TEMPLATES, answer_text  # prompts sits above models in the layers; see docs/models.md
+
+    numbers = " ".join(str(i) for i in range(0, 5000, 7))  # digits in every position, as codec ids appear
+    lines = [t.replace("{tokens}", numbers) for t in TEMPLATES.values()]
+    lines += list(DECALS_CLASSES) + [answer_text(i) for i in range(len(DECALS_CLASSES))]
+    lines += [f"<think>{r}</think> {answer_text(i % 10)}" for i, r in enumerate(_REASONING)]
+    lines += ["0 1 2 3 4 5 6 7 8 9", numbers, "You are a helpful assistant."]
+    return lines
+
+
+def build_tiny_model(
+    out_dir: str | Path, *, arch: str = "qwen2_5_vl", seed: int = 0, size: str = "tiny", **overrides
+) -> Path:
+    """Build a tiny random model of the family `arch` (a `model_type`: model, tokenizer, processor, chat template)
+    offline and save it in `out_dir`.
+
+    `overrides` change fields of `TinyModelSpec` (e.g. `hidden_size=32`). The same arguments give the same files.
+    Reload with `load_model_and_processor(out_dir)`.
+    """
+    archs = families()
+    if arch not in archs:
+        raise UserError(f"arch: expected one of {', '.join(archs)}, got {arch!r}")
+    if size not in SIZES:
+        raise UserError(f"size: expected one of {', '.join(SIZES)}, got {size!r}")
+    known = {f.name for f in fields(TinyModelSpec)}
+    if unknown := sorted(set(overrides) - known):
+        raise UserError(f"{unknown[0]}: not a tiny-model setting (known: {', '.join(sorted(known))})")
+    spec = replace(SIZE_SPECS[size], **overrides)
+    if spec.hidden_size % spec.num_heads or (spec.hidden_size // spec.num_heads) % 8:
+        raise UserError(f"hidden_size: {spec.hidden_size} / num_heads {spec.num_heads} must be a multiple of 8")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"out: {out_dir} already exists and is not empty; choose another directory")
+
+    model, processor = archs[arch].build_tiny(out_dir, spec, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    record = {
+        "arch": arch, "size": size, "seed": seed, "spec": asdict(spec), "parameters": n_params,
+        "vocab_size": len(processor.tokenizer),
+    }
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / BUILD_RECORD, record)
+    return out_dir
+
+
+def build_record(model_dir: str | Path) -> dict:
+    """What built a tiny model (arch, size, seed, parameter count), or {} for any other checkpoint."""
+    path = Path(model_dir) / BUILD_RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,333 @@
+"""The model families (astroreason/models/): what each says about its real tiny model, and a tiny Qwen3-VL through
+SFT (the recipe, as a user runs it), GRPO and evaluation (the library) in both arms, as the Qwen2.5-VL tests do.
+
+Visual tokens are checked against the processor's own expansion of `<|image_pad|>` and the model's own image
+features; vision prefixes against the model's own `visual` submodules; chat templates against TRL's tool checks
+and a GRPOTrainer built with a tool.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from astroreason.errors import UserError
+from astroreason.models import (build_tiny_model, check_image_size, families, family_for, load_model_and_processor,
+                                save_with_code_tokens)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "configs" / "tiny"
+Q3_SIZE = 128  # 4x4 = 16 visual tokens on Qwen3-VL, as 112 px is on Qwen2.5-VL
+STEPS = 2
+
+
+@pytest.fixture(scope="module")
+def qwen3_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3_vl", arch="qwen3_vl", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tiny_model_dir, qwen3_dir):
+    return {"qwen2_5_vl": tiny_model_dir, "qwen3_vl": qwen3_dir}
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dirs):
+    return {arch: load_model_and_processor(d) for arch, d in model_dirs.items()}
+
+
+def test_both_families_are_registered_and_chosen_from_the_config(loaded):
+    assert set(families()) >= {"qwen2_5_vl", "qwen3_vl"}
+    for arch, (model, _) in loaded.items():
+        assert family_for(model).model_type == arch == model.config.model_type
+        assert family_for(model.config) is family_for(model)
+    with pytest.raises(UserError, match=r"model_type: llava is not a model family astroreason knows \(known: "):
+        family_for("llava")
+
+
+# --- visual tokens, asked of the processor ---------------------------------------------------------------------------
+
+
+def image_pads(processor, size: int) -> int:
+    """How many `<|image_pad|>` tokens the processor puts in the prompt for one size x size image."""
+    chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+                                         tokenize=False, add_generation_prompt=True)
+    ids = processor(text=[chat], images=[Image.new("RGB", (size, size))], return_tensors="pt")["input_ids"][0]
+    return int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+
+
+@pytest.mark.parametrize("arch,size,expected", [
+    ("qwen2_5_vl", 112, 16), ("qwen2_5_vl", 224, 64), ("qwen2_5_vl", 256, 81),
+    ("qwen3_vl", 128, 16), ("qwen3_vl", 224, 49), ("qwen3_vl", 256, 64),
+])
+def test_visual_tokens_are_what_the_processor_and_the_model_spend(loaded, arch, size, expected):
+    model, processor = loaded[arch]
+    family = family_for(model)
+    n = family.visual_tokens(processor, size)
+    assert n == expected == image_pads(processor, size)
+    pixel_inputs = processor.image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt")
+    with torch.no_grad():
+        features = family.image_features(model, pixel_inputs)
+    assert len(features) == 1 and features[0].shape == (n, model.config.text_config.hidden_size)
+
+
+def test_image_size_guard_names_the_valid_sizes(model_dirs):
+    check_image_size(model_dirs["qwen2_5_vl"], 224)
+    check_image_size(model_dirs["qwen3_vl"], 256)
+    check_image_size(model_dirs["qwen3_vl"], 224)  # fits (7x7 = 49 tokens), as the processor says above
+    with pytest.raises(UserError) as err:
+        check_image_size(model_dirs["qwen3_vl"], 112)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("image_size: 112 px does not fit Qwen3-VL's 32-px grid; valid sizes are multiples of 32")
+    assert "(32, 64, 96, 128, 160, 192, 224, 256, ...)" in message
+    with pytest.raises(UserError, match="256 px does not fit Qwen2.5-VL's 28-px grid; valid sizes are multiples of 28"):
+        check_image_size(model_dirs["qwen2_5_vl"], 256)
+    check_image_size(model_dirs["qwen3_vl"].parent / "missing", 100)  # no config here: left to the loader
+
+
+def test_the_recipes_refuse_a_size_the_model_does_not_fit_before_any_data(qwen3_dir, prepared_dir, tmp_path):
+    from trl import ModelConfig, SFTConfig
+
+    from astroreason.training import GalaxyScriptArguments, build_sft_trainer
+
+    with pytest.raises(UserError, match="image_size: must be a positive number of pixels, got 0"):
+        GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=0)
+    args = GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=112)  # fine for Qwen2.5-VL, not Qwen3-VL
+    config = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none")
+    with pytest.raises(UserError, match="image_size: 112 px does not fit Qwen3-VL's 32-px grid"):
+        build_sft_trainer(args, config, ModelConfig(str(qwen3_dir), dtype="float32"))
+    assert not (tmp_path / "out").exists()
+    # The token arm never resizes an image: its image_size is not checked.
+    from astroreason.training import prepare_inputs
+
+    prepare_inputs(GalaxyScriptArguments(data_dir=str(prepared_dir), modality="tokens", codec="c", image_size=112),
+                   ModelConfig(str(qwen3_dir)))
+
+
+# --- vision parameters --------------------------------------------------------------------------------------------
+
+
+def test_vision_prefixes_match_the_models_own_vision_tower(model_dirs):
+    from peft import LoraConfig, get_peft_model
+
+    for arch, model_dir in model_dirs.items():
+        model, _ = load_model_and_processor(model_dir)
+        family = family_for(model)
+        visual = model.model.visual
+        mergers = [visual.merger] + list(getattr(visual, "deepstack_merger_list", []))
+        merger_ids = {id(p) for m in mergers for p in m.parameters()}
+        vision_ids = {id(p) for p in visual.parameters()} - merger_ids
+        parts = {name: family.part_of(name) for name, _ in model.named_parameters()}
+        by_id = {id(p): parts[name] for name, p in model.named_parameters()}
+        assert {i for i, part in by_id.items() if part == "merger"} == merger_ids, arch
+        assert {i for i, part in by_id.items() if part == "vision"} == vision_ids, arch
+        assert parts["lm_head.weight"] == "language" and len(vision_ids) > 0 and len(merger_ids) > 0
+        assert {id(p) for p in family.vision_parameters(model)} == vision_ids | merger_ids
+        if arch == "qwen3_vl":
+            assert any("deepstack_merger_list" in n and part == "merger" for n, part in parts.items())
+        # Under a peft wrapper (`base_model.model.` in front) the same parameters are the same parts.
+        wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+        assert family_for(wrapped) is family
+        assert next(n for n, _ in wrapped.named_parameters()).startswith("base_model.model.")
+        wrapped_parts = {id(p): family.part_of(n) for n, p in wrapped.named_parameters() if "lora_" not in n}
+        assert wrapped_parts == by_id
+
+
+def test_part_learning_rates_follow_the_family(model_dirs):
+    from astroreason.optim import PartLearningRates, part_param_groups
+
+    model, _ = load_model_and_processor(model_dirs["qwen3_vl"])
+    groups = {g["name"]: g for g in part_param_groups(model, PartLearningRates(vision=0.0, merger=1e-3, language=2e-3))}
+    assert set(groups) == {"merger", "language"}
+    assert not any(p.requires_grad for p in model.model.visual.blocks.parameters())  # vision frozen
+    assert all(p.requires_grad for p in model.model.visual.deepstack_merger_list.parameters())
+    assert sum(len(g["params"]) for g in groups.values()) == sum(p.requires_grad for p in model.parameters())
+
+
+# --- chat templates with tool calls ---------------------------------------------------------------------------------
+
+
+def zoom(x: int) -> str:
+    """Zoom into the image.
+
+    Args:
+        x: Where to zoom.
+    """
+    return str(x)
+
+
+def test_chat_templates_pass_trls_tool_checks(loaded, model_dirs, tmp_path):
+    from importlib.resources import files
+
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.chat_template_utils import is_chat_template_prefix_preserving, supports_tool_calling
+
+    from datasets import Dataset
+
+    for arch, model_dir in model_dirs.items():
+        model, processor = load_model_and_processor(model_dir)
+        assert processor.chat_template == family_for(model).chat_template
+        assert supports_tool_calling(processor) and is_chat_template_prefix_preserving(processor), arch
+        parsed = processor.tokenizer.parse_response(
+            prefix="", response='<tool_call>\n{"name": "zoom", "arguments": {"x": 3}}\n</tool_call><|im_end|>')
+        assert parsed["tool_calls"][0]["function"] == {"name": "zoom", "arguments": {"x": 3}}
+        # TRL's GRPOTrainer accepts the processor with a tool (it refuses a template that drops tool calls).
+        config = GRPOConfig(output_dir=str(tmp_path / arch), use_cpu=True, bf16=False, report_to="none",
+                            per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
+                            activation_checkpointing=False)
+        data = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * 2)
+        GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=config,
+                    train_dataset=data, processing_class=processor, tools=[zoom])
+    # The check can fail: Qwen2.5-VL's stock template drops tool calls.
+    stock = (files("trl") / "chat_templates" / "qwen2_5_vl.jinja").read_text()
+    _, processor = loaded["qwen2_5_vl"]
+    saved, processor.chat_template = processor.chat_template, stock
+    try:
+        assert not supports_tool_calling(processor)
+    finally:
+        processor.chat_template = saved
+
+
+def test_code_token_surgery_on_qwen3(qwen3_dir, tmp_path):
+    out = save_with_code_tokens(qwen3_dir, tmp_path / "coded", 300)
+    model, processor = load_model_and_processor(out)
+    ids = processor.tokenizer.convert_tokens_to_ids(["<|g_0|>", "<|g_299|>"])
+    assert ids[1] - ids[0] == 299 and model.get_input_embeddings().weight.shape[0] > ids[1]
+    assert model.get_output_embeddings().weight.shape == model.get_input_embeddings().weight.shape
+
+
+# --- a tiny Qwen3-VL end to end: SFT (recipe), GRPO (library), evaluation (library), both arms ----------------------
+
+
+@pytest.fixture(scope="module")
+def q3_data(surrogate_h5, tmp_path_factory):
+    """A prepared split of its own and a tiny codec with its token cache (the token arm). 4096 codes: a small
+    vocabulary's ids would often equal a row's position, which the prompt lint rightly refuses."""
+    from astroreason.cli import main
+    from astroreason.data.splits import prepare
+
+    data = prepare(surrogate_h5, tmp_path_factory.mktemp("q3data") / "prepared", seed=0)
+    codec = tmp_path_factory.mktemp("q3codec") / "codec"
+    assert main(["tokens", "train", "--data", str(data), "--out", str(codec), "--size", "16", "--levels", "8,8,8,8",
+                 "--hidden", "8", "--steps", "3", "--batch-size", "8", "--max-images", "32"]) == 0
+    assert main(["tokens", "encode", "--data", str(data), "--codec", str(codec)]) == 0
+    return data, codec
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def arm_overrides(modality: str, codec: Path) -> list[str]:
+    if modality == "image":
+        return ["--modality", "image", "--image_size", str(Q3_SIZE)]
+    return ["--modality", "tokens", "--codec", str(codec), "--rendering", "ints"]
+
+
+@pytest.fixture(scope="module")
+def q3_sft(qwen3_dir, q3_data, tmp_path_factory):
+    """`python recipes/sft.py` on the tiny Qwen3-VL, each arm, two steps; both runs at once (one core each)."""
+    data, codec = q3_data
+    root = tmp_path_factory.mktemp("q3sft")
+    procs = {}
+    for modality in ("image", "tokens"):
+        cmd = [sys.executable, str(ROOT / "recipes" / "sft.py"), "--config", str(TINY / "sft_image.yaml"),
+               "--model_name_or_path", str(qwen3_dir), "--data_dir", str(data), *arm_overrides(modality, codec),
+               "--max_steps", str(STEPS), "--max_train_samples", "8", "--save_strategy", "no",
+               "--output_dir", str(root / modality)]
+        procs[modality] = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True)
+    outputs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
+    return {m: (procs[m].returncode, outputs[m], root / m) for m in procs}
+
+
+def changed(before_dir: Path, after_dir: Path) -> dict[str, bool]:
+    """Whether any vision parameter and any language parameter differ between two saved checkpoints (whose keys
+    are the checkpoint format's, not `named_parameters`')."""
+    from safetensors.torch import load_file
+
+    before, after = load_file(before_dir / "model.safetensors"), load_file(after_dir / "model.safetensors")
+    assert before.keys() == after.keys()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    return {"vision": any("visual." in k for k in moved), "language": any("visual." not in k for k in moved)}
+
+
+@pytest.mark.parametrize("modality", ["image", "tokens"])
+def test_qwen3_sft_recipe_learns(q3_sft, qwen3_dir, modality):
+    status, out, out_dir = q3_sft[modality]
+    assert status == 0, out[-4000:]
+    assert f"after {STEPS} steps (1 process)" in out
+    import json
+
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["model_type"] == "qwen3_vl"
+    moved = changed(qwen3_dir, out_dir)
+    assert moved["language"]
+    assert moved["vision"] == (modality == "image")  # the token arm shows no image: the tower gets no gradient
+
+
+@pytest.mark.parametrize("modality", ["image", "tokens"])
+def test_qwen3_grpo_learns(qwen3_dir, q3_data, tmp_path, modality):
+    from trl import GRPOTrainer, ModelConfig
+
+    from astroreason.training import GalaxyScriptArguments, galaxy_dataset, load_model, prepare_inputs
+    from test_grpo_learning import answer_vocab_reward_for, grpo_config
+
+    data, codec = q3_data
+    args = GalaxyScriptArguments(data_dir=str(data), modality=modality, codec=str(codec) if modality == "tokens" else None,
+                                 image_size=Q3_SIZE, max_train_samples=8)
+    model_args = ModelConfig(str(qwen3_dir), dtype="float32")
+    prepare_inputs(args, model_args)  # the recipe's checks: the size fits Qwen3-VL's grid
+    config = grpo_config(tmp_path, STEPS)
+    train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
+    model, processor = load_model(model_args, config)
+    trainer = GRPOTrainer(model=model, reward_funcs=[answer_vocab_reward_for(processor.tokenizer)], args=config,
+                          train_dataset=train, processing_class=processor)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    assert len(rewards) == STEPS and all(math.isfinite(r) for r in rewards)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("model.language_model.") for n in moved)
+    assert any(n.startswith("model.visual.") for n in moved) == (modality == "image")
+
+
+@pytest.mark.parametrize("modality", ["image", "tokens"])
+def test_qwen3_evaluates(q3_sft, q3_data, tmp_path, modality):
+    from astroreason.evaluation.harness import EvalConfig, evaluate
+
+    status, out, sft_dir = q3_sft[modality]
+    assert status == 0, out[-4000:]
+    data, codec = q3_data
+    config = EvalConfig(model=str(sft_dir), data_dir=str(data), modality=modality,
+                        codec=str(codec) if modality == "tokens" else None, image_size=Q3_SIZE,
+                        output_dir=str(tmp_path / "eval"), ledger=str(tmp_path / "spend.jsonl"),
+                        prices=str(ROOT / "eval" / "prices.yaml"), max_samples=4, batch_size=2, max_new_tokens=4,
+                        n_boot=50)
+    result = evaluate(config, progress=False)
+    assert result["status"] == "complete" and result["n_done"] == 4
+    assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    if modality == "image":  # each prompt carries the 16 visual tokens of a 128 px image, plus the text
+        assert result["prompt_tokens"] > 4 * 16
+        with pytest.raises(UserError, match="112 px does not fit Qwen3-VL's 32-px grid"):
+            evaluate(EvalConfig(**{**config.__dict__, "image_size": 112, "output_dir": str(tmp_path / "e2")}),
+                     progress=False)
+
+
+def test_vision_pretraining_moves_only_the_tower_on_qwen3(qwen3_dir, surrogate_h5, tmp_path):
+    from astroreason.pretrain import VisionPretrainConfig, pretrain_vision_tower
+
+    out = tmp_path / "pretrained"
+    pretrain_vision_tower(qwen3_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE),
+                          progress=False)
+    assert changed(qwen3_dir, out) == {"vision": True, "language": False}
