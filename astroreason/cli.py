@@ -46,6 +46,7 @@ COMMAND_MODULES = [
     "astroreason.model_commands",
     "astroreason.evaluation.commands",
     "astroreason.sweeps.commands",
+    "astroreason.audit.commands",
     "astroreason.integrity.commands",
     "astroreason.demo",
 ]

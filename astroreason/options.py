@@ -16,6 +16,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .arms import ArmSettings
 from .budget.ledger import DEFAULT_LEDGER
 from .budget.prices import DEFAULT_PRICES
 
@@ -60,6 +61,14 @@ class ArmArguments:
     override_reason: str | None = field(
         default=None, metadata={"help": "Why the lint override is used (required with allow_prompt_fields)."}
     )
+
+    def arm_settings(self) -> ArmSettings:
+        """The arm these options describe (`astroreason.arms`): training and evaluation build the same one."""
+        return ArmSettings(
+            data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
+            image_size=self.image_size, prompt_template=self.prompt_template,
+            allow_prompt_fields=self.allow_prompt_fields, override_reason=self.override_reason,
+        )
 
 
 @dataclass

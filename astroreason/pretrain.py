@@ -68,14 +68,14 @@ def _dihedral(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _resized(images: np.ndarray, size: int) -> np.ndarray:
-    """RGB images resized as the training datasets resize them (`training._resize`, bicubic)."""
+    """RGB images resized as the training datasets resize them (`arms.resize_image`, bicubic)."""
     from PIL import Image
 
-    from .training import _resize
+    from .arms import resize_image
 
     if images.shape[1:3] == (size, size):
         return images
-    return np.stack([np.asarray(_resize(Image.fromarray(im), size)) for im in images])
+    return np.stack([np.asarray(resize_image(Image.fromarray(im), size)) for im in images])
 
 
 class _Tower:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arms import Arm, build_arm
+from .callbacks import budget_callbacks, budget_stop, integrity_callbacks, user_callbacks
 from .errors import UserError
 from .options import ArmArguments, BudgetArguments
 
 logger = logging.getLogger(__name__)
-
-MODALITIES = ("image", "tokens")
-
 
 @dataclass
 class GalaxyScriptArguments(BudgetArguments, ArmArguments):
@@ -59,13 +57,7 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
     )
 
     def __post_init__(self):
-        if self.modality not in MODALITIES:
-            raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        if self.modality == "tokens" and not self.codec:
-            raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
-            # The multiple the model's grid needs is checked once the model is known (`prepare_inputs`).
-            raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
+        self.arm_settings()  # the arm's own checks: modality, codec, image size
         if self.alarm_no_signal_logs is not None and (
                 isinstance(self.alarm_no_signal_logs, bool) or not isinstance(self.alarm_no_signal_logs, int)
                 or self.alarm_no_signal_logs < 0):
@@ -78,165 +70,51 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
 
     def lint_override(self):
         """The explicit prompt-lint override these arguments ask for, or None."""
-        from .integrity.lint import LintOverride
-
-        if not self.allow_prompt_fields:
-            if self.override_reason:
-                raise UserError("override_reason: given without allow_prompt_fields (name the columns it allows)")
-            return None
-        return LintOverride(tuple(self.allow_prompt_fields), self.override_reason or "")
-
-
-def _resize(image, size: int):
-    image = image.convert("RGB")
-    return image if image.size == (size, size) else image.resize((size, size), resample=3)  # PIL.Image.BICUBIC
+        return self.arm_settings().lint_override()
 
 
 def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None = None,
                    permute_labels_seed: int | None = None):
-    """The conversational dataset of one split for one arm.
-
-    Columns: `prompt` (one user turn), `label` (for the rewards), `completion` (SFT targets, when asked) and, for the
-    image arm, `image` (TRL inserts the image block into the prompt itself). Prompts come from `args.prompt_template`
-    (default: the modality's template); a template naming a dataset column is rendered only under the lint override
-    (a deliberate experiment), with each row's own metadata. `permute_labels_seed` (the audit's label-permutation
-    control only) shuffles the labels among the kept rows: same prompts, same galaxies, same class mix, no link
-    between a galaxy and its label; the SFT targets and the GRPO rewards both follow the permuted labels.
-    """
-    dataset, n, to_conversation = _arm_split(args, split, with_completion=with_completion, max_samples=max_samples)
-    if n < len(dataset):
-        dataset = dataset.select(range(n))
-    if permute_labels_seed is not None:
-        dataset = permuted_labels(dataset, permute_labels_seed)
-    drop = [c for c in dataset.column_names if c not in _kept_columns(args.modality)]
-    return dataset.map(to_conversation, with_indices=True, remove_columns=drop, desc=f"{args.modality} {split} prompts")
-
-
-def permuted_labels(dataset, seed: int):
-    """The dataset with its `label` column permuted among its rows (seeded)."""
-    import numpy as np
-
-    labels = np.asarray(dataset["label"], np.int64)
-    permuted = labels[np.random.default_rng(seed).permutation(len(labels))]
-    return dataset.remove_columns("label").add_column("label", permuted.tolist())
+    """The conversational dataset of one split for one arm (`Arm.dataset`): `prompt`, `label`, `completion` (SFT
+    targets, when asked) and the image arm's `image`; `permute_labels_seed` is the label-permutation control's."""
+    return build_arm(args.arm_settings(), split, max_samples=max_samples).dataset(
+        with_completion=with_completion, permute_labels_seed=permute_labels_seed)
 
 
 def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
-    """`galaxy_dataset`'s rows (prompt, label, image), built in memory: what the evaluation asks, without writing
-    the resized images back to Arrow and decoding them again."""
-    from itertools import islice
-
-    dataset, n, to_conversation = _arm_split(args, split, with_completion=False, max_samples=max_samples)
-    keep = _kept_columns(args.modality)
-    return [{**{k: example[k] for k in keep}, **to_conversation(example, i)}
-            for i, example in enumerate(islice(dataset, n))]
+    """`galaxy_dataset`'s rows (prompt, label, image), built in memory (`Arm.rows`)."""
+    return build_arm(args.arm_settings(), split, max_samples=max_samples).rows()
 
 
-def _kept_columns(modality: str) -> tuple[str, ...]:
-    """The split's columns a conversation row keeps beside its prompt (TRL inserts the image block itself)."""
-    return ("label", "image") if modality == "image" else ("label",)
-
-
-def _arm_split(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None):
-    """One arm's split, how many of its first rows to use (`max_samples`) and the function that turns its row i into
-    a conversation."""
-    from .integrity.lint import check_template, render_text, split_metadata
-    from .prompts import REPRESENTATION_FIELDS, answer_text, build_prompt, template_fields
-
-    if args.modality == "image":
-        from .data.splits import load_split
-
-        dataset = load_split(args.data_dir, split)
-    else:
-        from .tokens import token_split
-
-        dataset = token_split(args.data_dir, split, args.codec, args.rendering)
-    n = len(dataset) if max_samples is None else min(max_samples, len(dataset))
-
-    template = args.prompt_template
-    meta = None
-    if template is not None and set(template_fields(template)) - set(REPRESENTATION_FIELDS[args.modality]):
-        with override_hint():
-            check_template(args.modality, template, override=args.lint_override())  # CheckFailed unless overridden
-        positions = split_positions(args, split)[:n]
-        meta = split_metadata(args.data_dir, split, positions=positions)
-
-    def to_conversation(example, index):
-        tokens_text = example["tokens_text"] if args.modality == "tokens" else None
-        if meta is not None:
-            text = render_text(template, args.modality, {k: v[index] for k, v in meta.items()}, tokens_text or "")
-            row = {"prompt": [{"role": "user", "content": text}]}
-        else:
-            row = {"prompt": build_prompt(args.modality, tokens_text=tokens_text, template=template)}
-        if args.modality == "image":
-            row["image"] = _resize(example["image"], args.image_size)
-        if with_completion:
-            row["completion"] = [{"role": "assistant", "content": answer_text(example["label"])}]
-        return row
-
-    return dataset, n, to_conversation
-
-
-def split_positions(args: GalaxyScriptArguments, split: str):
-    """Each row of the arm's split view, as its position in the split (the token arm of an AION cache holds only the
-    rows with flux)."""
-    import numpy as np
-
-    from .data.splits import load_manifest
-
-    if args.modality == "image":
-        return np.arange(len(load_manifest(args.data_dir).rows[split]))
-    from .tokens.cache import split_positions as token_positions
-
-    return token_positions(args.data_dir, split, args.codec)
-
-
-def lint_datasets(args: GalaxyScriptArguments, training_args, train, evaluation=None):
+def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[Arm, object]]):
     """The prompt lint of the training (and evaluation) prompts before anything is trained: `CheckFailed` (exit 1)
-    on a column the override does not allow; the main process records `prompt_lint.json` in `output_dir`."""
-    from .integrity.lint import check_dataset, write_lint_record
+    on a column the override does not allow; the main process records `prompt_lint.json` in `output_dir`. `arms`
+    holds each (arm, its dataset)."""
+    from .integrity.lint import write_lint_record
 
-    override = args.lint_override()
-    checks = [(args.train_split, train)] + ([(args.eval_split, evaluation)] if evaluation is not None else [])
-    with override_hint():
-        reports = [
-            check_dataset(dataset, data_dir=args.data_dir, split=split, modality=args.modality,
-                          template=args.prompt_template, override=override,
-                          positions=split_positions(args, split)[: len(dataset)])
-            for split, dataset in checks
-        ]
+    reports = [arm.lint(dataset["prompt"]) for arm, dataset in arms]
     if training_args.process_index == 0:
         report = reports[0]
         seen = {(f.kind, f.name) for f in report.overridden}
         report.overridden += [f for r in reports[1:] for f in r.overridden if (f.kind, f.name) not in seen]
         write_lint_record(training_args.output_dir, report, data_dir=args.data_dir,
-                          split=",".join(split for split, _ in checks))
+                          split=",".join(arm.split for arm, _ in arms))
     return reports
 
 
-@contextmanager
-def override_hint():
-    """A lint refusal names the arguments of the recipes' and the evaluation's override."""
-    from .errors import CheckFailed
+def training_datasets(args: GalaxyScriptArguments, training_args, *, with_completion: bool,
+                      permute_labels_seed: int | None = None):
+    """The (train, evaluation or None) datasets of a recipe, each split's arm built once, and their prompts linted.
 
-    try:
-        yield
-    except CheckFailed as err:
-        raise CheckFailed(f"{err} (--allow_prompt_fields COLUMN --override_reason WHY)") from None
-
-
-def integrity_callbacks(args: GalaxyScriptArguments, *, grpo: bool = False, base: dict | None = None) -> list:
-    """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
-    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint, with its base record (`base_record`)."""
-    from dataclasses import asdict, replace
-
-    from .integrity.alarms import TrainingAlarms, pipeline_alarms
-    from .integrity.fingerprint import RunFingerprint
-
-    alarms = pipeline_alarms("grpo" if grpo else "sft")
-    if args.alarm_no_signal_logs is not None:
-        alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
-    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
+    The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`)."""
+    settings = args.arm_settings()
+    train_arm = build_arm(settings, args.train_split, max_samples=args.max_train_samples)
+    arms = [(train_arm, train_arm.dataset(with_completion=with_completion, permute_labels_seed=permute_labels_seed))]
+    if training_args.eval_strategy != "no":
+        eval_arm = build_arm(settings, args.eval_split, max_samples=args.max_eval_samples, manifest=train_arm.manifest)
+        arms.append((eval_arm, eval_arm.dataset(with_completion=with_completion)))
+    lint_datasets(args, training_args, arms)
+    return arms[0][1], (arms[1][1] if len(arms) > 1 else None)
 
 
 def _json_safe(values: dict) -> dict:
@@ -532,35 +410,6 @@ def load_checkpoint_weights(trainer, checkpoint: str) -> bool:
     return True
 
 
-def budget_callbacks(args: GalaxyScriptArguments, training_args) -> list:
-    """The spend ledger's callback when the run sets `max_dollars` or `ledger`, else none (nothing charged).
-
-    The price is looked up before the model is loaded: an unknown device price is refused at once (fail closed).
-    """
-    if args.max_dollars is None and args.ledger is None:
-        return []
-    from .budget.callback import DEFAULT_LEDGER, budget_callback
-
-    return [budget_callback(args.max_dollars, prices=args.prices, ledger=args.ledger or DEFAULT_LEDGER,
-                            price_gpu_hour=args.price_gpu_hour, price_key=args.price_key,
-                            run=f"train:{training_args.output_dir}")]
-
-
-def user_callbacks(args: GalaxyScriptArguments) -> list:
-    """The `callbacks` the user named, built (with no arguments) before any model is loaded."""
-    from .dotted import import_dotted
-
-    return [import_dotted(path, "callbacks")() for path in args.callbacks]
-
-
-def budget_stop(trainer) -> str | None:
-    """Why a budget callback stopped this trainer, or None."""
-    from .budget.callback import BudgetCallback
-
-    return next((c.stopped_reason for c in trainer.callback_handler.callbacks
-                 if isinstance(c, BudgetCallback) and c.stopped_reason), None)
-
-
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
     """Train (resuming if asked), then save the final model and processor in `output_dir`."""
     output_dir = trainer.args.output_dir
@@ -597,12 +446,8 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
     check_output_dir(args, training_args.output_dir)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train = galaxy_dataset(args, args.train_split, with_completion=True, max_samples=args.max_train_samples,
-                           permute_labels_seed=permute_labels_seed)
-    evaluation = None
-    if training_args.eval_strategy != "no":
-        evaluation = galaxy_dataset(args, args.eval_split, with_completion=True, max_samples=args.max_eval_samples)
-    lint_datasets(args, training_args, train, evaluation)
+    train, evaluation = training_datasets(args, training_args, with_completion=True,
+                                          permute_labels_seed=permute_labels_seed)
     model, processor = load_model(model_args, training_args)
     base = base_record("sft", args, training_args, model_args)
     return SFTTrainer(
@@ -627,12 +472,8 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args, *
     check_vllm(training_args)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples,
-                           permute_labels_seed=permute_labels_seed)
-    evaluation = None
-    if training_args.eval_strategy != "no":
-        evaluation = galaxy_dataset(args, args.eval_split, with_completion=False, max_samples=args.max_eval_samples)
-    lint_datasets(args, training_args, train, evaluation)
+    train, evaluation = training_datasets(args, training_args, with_completion=False,
+                                          permute_labels_seed=permute_labels_seed)
     model, processor = load_model(model_args, training_args)
     base = base_record("grpo", args, training_args, model_args)
     return GRPOTrainer(

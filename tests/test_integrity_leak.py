@@ -29,7 +29,7 @@ from astroreason.integrity.alarms import TrainingAlarms
 from astroreason.integrity.fingerprint import RunFingerprint
 from astroreason.integrity.ledger import record_result, verify
 from astroreason.integrity.lint import LintOverride, check_dataset, check_template, render_text, split_metadata
-from astroreason.integrity.probes import RunSpec, probe_blank_input
+from astroreason.audit.probes import RunSpec, probe_blank_input
 from astroreason.io import write_json_atomic
 from astroreason.prompts import TEMPLATES
 from astroreason.provenance import provenance

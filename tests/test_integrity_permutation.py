@@ -18,7 +18,7 @@ import pytest
 from astroreason.cli import main as cli
 from astroreason.demo import Demo, DemoConfig
 from astroreason.integrity.fingerprint import FINGERPRINT_FILE
-from astroreason.integrity.probes import RunSpec, _score_backend, control_rows, probe_label_permutation
+from astroreason.audit.probes import RunSpec, _score_backend, control_rows, probe_label_permutation
 
 SMALL = DemoConfig(
     n_galaxies=700, n_pretrain=700, fractions=(0.7, 0.05, 0.25), pretrain_steps=120, sft_steps=60, sft_batch=16,
@@ -148,7 +148,7 @@ def test_changed_base_is_skipped(honest, tmp_path):
     (run / FINGERPRINT_FILE).write_text(json.dumps(record))
     spec = spec_of(demo, run)
 
-    from astroreason.integrity.permutation import check_base, control_start
+    from astroreason.audit.permutation import check_base, control_start
 
     start = control_start(spec.model, spec.data_dir)
     assert start.root == str(moved) and check_base(start) is None  # the hash is of the weights, not of the path
@@ -167,7 +167,7 @@ def test_lora_run_is_controlled_with_a_fresh_adapter_on_its_base(prepared_dir, t
     from safetensors.torch import load_file
     from trl import ModelConfig, SFTConfig
 
-    from astroreason.integrity.permutation import check_base, control_start, control_trainer
+    from astroreason.audit.permutation import check_base, control_start, control_trainer
     from astroreason.models import load_model_and_processor
     from astroreason.training import GalaxyScriptArguments, build_sft_trainer, run_training
 
@@ -206,7 +206,7 @@ def test_grpo_first_chain_is_controlled_with_grpo_on_permuted_labels(prepared_di
     permuted labels, with the run's own GRPO settings."""
     from trl import GRPOConfig, GRPOTrainer, ModelConfig
 
-    from astroreason.integrity.permutation import control_start, control_trainer
+    from astroreason.audit.permutation import control_start, control_trainer
     from astroreason.training import GalaxyScriptArguments, build_grpo_trainer, galaxy_dataset, run_training
 
     run = tmp_path / "grpo"

@@ -358,11 +358,12 @@ def prepare(
     return out
 
 
-def load_split(prepared_dir, split: str):
-    """The `datasets` view of one split: `image` (PIL), `label`, `label_name`, in the manifest's order."""
+def load_split(prepared_dir, split: str, *, manifest: Manifest | None = None):
+    """The `datasets` view of one split: `image` (PIL), `label`, `label_name`, in the manifest's order (`manifest`:
+    the directory's manifest, when the caller has loaded it already)."""
     from datasets import Dataset, NamedSplit
 
-    manifest = load_manifest(prepared_dir)
+    manifest = load_manifest(prepared_dir) if manifest is None else manifest
     if split not in manifest.rows:
         raise UserError(f"split: {prepared_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
     path = split_path(prepared_dir, split)

@@ -18,7 +18,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..arms import Arm, build_arm
 from ..budget import Budget, BudgetExhausted, Caps, Ledger
+from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
@@ -134,17 +136,7 @@ class EvalConfig(BudgetArguments, ArmArguments):
             raise UserError(f"max_samples: must be at least 1, got {self.max_samples}")
         if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, (int, float)) or not 0 < self.ceiling <= 1:
             raise UserError(f"ceiling: expected a number in (0, 1], got {self.ceiling!r}")
-        self.script_args()  # a lint override without a reason is refused before anything runs
-
-    def script_args(self):
-        """The training recipes' view of this data: the same datasets, the same prompts, the same lint."""
-        from ..training import GalaxyScriptArguments
-
-        return GalaxyScriptArguments(
-            data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
-            image_size=self.image_size, prompt_template=self.prompt_template,
-            allow_prompt_fields=self.allow_prompt_fields, override_reason=self.override_reason,
-        )
+        self.arm_settings().lint_override()  # a lint override without a reason is refused before anything runs
 
     def project_dir(self) -> Path:
         """Where the results ledger lives: `results_dir`, else beside the spend ledger."""
@@ -250,35 +242,24 @@ def append_records(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def evaluation_rows(config: EvalConfig) -> list[dict]:
-    """The evaluated rows (prompt, label, image), decoded once: the keys hash these exact rows and the backend is
-    sent these exact rows. The same prompts and images as the training recipes' datasets."""
-    from ..data.splits import load_manifest
-    from ..training import galaxy_rows
-
+def evaluation_arm(config: EvalConfig) -> Arm:
+    """The evaluated split's arm, built once (its manifest loaded once): its rows are decoded once, the keys hash
+    these exact rows and the backend is sent these exact rows."""
     if not Path(config.data_dir).is_dir():
         raise UserError(f"data_dir: {config.data_dir} is not a prepared directory (run `astroreason data prepare`)")
-    rows = load_manifest(config.data_dir).rows
-    if config.split in rows and len(rows[config.split]) == 0:
+    manifest = load_manifest(config.data_dir)
+    if config.split in manifest.rows and len(manifest.rows[config.split]) == 0:
         # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    examples = galaxy_rows(config.script_args(), config.split, max_samples=config.max_samples)
-    if not examples:
+    arm = build_arm(config.arm_settings(), config.split, max_samples=config.max_samples, manifest=manifest)
+    if arm.n == 0:
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    return examples
+    return arm
 
 
-def lint_rows(config: EvalConfig, rows: list[dict]):
-    """The prompt lint of the evaluated prompts (as in training), recorded in `output_dir/prompt_lint.json`."""
-    from ..integrity.lint import check_dataset
-    from ..training import override_hint, split_positions
-
-    args = config.script_args()
-    with override_hint():
-        return check_dataset({"prompt": [r["prompt"] for r in rows]}, data_dir=config.data_dir, split=config.split,
-                             modality=config.modality, template=config.prompt_template,
-                             override=args.lint_override(), record_dir=config.output_dir,
-                             positions=split_positions(args, config.split)[: len(rows)])
+def evaluation_rows(config: EvalConfig) -> list[dict]:
+    """The evaluated rows (prompt, label, image): `evaluation_arm(config).rows()`."""
+    return evaluation_arm(config).rows()
 
 
 def record_integrity(config: EvalConfig, result: dict) -> dict:
@@ -355,10 +336,13 @@ class Evaluation:
         self.weights = model_fingerprint(config)
         if config.modality == "image":  # the model's family fits this side (read from a local config only)
             check_image_size(config.model, config.image_size)
-        self.rows = evaluation_rows(config)
+        self.arm = evaluation_arm(config)
+        self.rows = self.arm.rows()
         self.labels = [int(r["label"]) for r in self.rows]
         self.out.mkdir(parents=True, exist_ok=True)
-        self.lint = lint_rows(config, self.rows)  # CheckFailed before anything is asked or paid for
+        # The prompt lint (as in training), recorded in output_dir/prompt_lint.json: CheckFailed before anything is
+        # asked or paid for.
+        self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=config.output_dir)
         self.settings = answer_settings(config)
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]

@@ -13,7 +13,7 @@ the same sampling give the same run whatever `--seed` says. `RunFingerprint` (a 
 - `base`, when the recipe gives it (`astroreason.training.base_record`): the model the run started from
   (`model_name_or_path`), a hash of its weight files (`weights_sha256`), whether LoRA was used
   and its settings, and the recipe (`sft` or `grpo`) with its script, training and model arguments: what the audit's
-  label-permutation control needs to retrain from the same start (`astroreason.integrity.probes`).
+  label-permutation control needs to retrain from the same start (`astroreason.audit.probes`).
 
 `compare_fingerprints` (used by `astroreason audit` on a sweep directory) flags runs whose seeds differ but whose
 fingerprints are equal, and two runs of one sweep with the same configuration and the same seed.

@@ -247,14 +247,16 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
     return out
 
 
-def split_metadata(data_dir, split: str, n: int | None = None, *, positions=None) -> dict[str, np.ndarray]:
+def split_metadata(data_dir, split: str, n: int | None = None, *, positions=None,
+                   manifest=None) -> dict[str, np.ndarray]:
     """Per-row metadata of a prepared split, in the manifest's order: source row, position, sky position, redshift,
     pixel scale, label and label name (the columns a prompt must not carry). `positions` selects rows of the split
-    (e.g. the token arm's rows that have codes); otherwise the first `n` rows (all by default)."""
+    (e.g. the token arm's rows that have codes); otherwise the first `n` rows (all by default). `manifest`: the
+    directory's manifest, when the caller has loaded it already."""
     from ..data.reader import open_galaxy10
     from ..data.splits import load_manifest
 
-    manifest = load_manifest(data_dir)
+    manifest = load_manifest(data_dir) if manifest is None else manifest
     if split not in manifest.rows:
         raise UserError(f"split: {data_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
     split_rows = np.asarray(manifest.rows[split], np.int64)
@@ -314,16 +316,17 @@ def check_dataset(
     override: LintOverride | None = None,
     record_dir=None,
     positions=None,
+    manifest=None,
 ) -> LintReport:
     """The lint of one training or evaluation dataset before it is used: its template and its prompts against the
-    split's metadata. Rows are the split's first rows in the manifest's order (as `training.galaxy_dataset` makes
-    them) unless `positions` gives each row's position in the split. Writes `prompt_lint.json` into `record_dir`
+    split's metadata. Rows are the split's first rows in the manifest's order (as `astroreason.arms` makes them)
+    unless `positions` gives each row's position in the split. Writes `prompt_lint.json` into `record_dir`
     when given (the run's record; the ledger reads an override from it)."""
     from ..prompts import TEMPLATES
 
     template = TEMPLATES[modality] if template is None else template
     prompts = dataset["prompt"]
-    meta = split_metadata(data_dir, split, n=len(prompts), positions=positions)
+    meta = split_metadata(data_dir, split, n=len(prompts), positions=positions, manifest=manifest)
     if len(meta["row_index"]) != len(prompts):
         raise UserError(f"dataset: {len(prompts)} prompts, but split {split!r} of {data_dir} has {len(meta['row_index'])} rows")
     report = lint_prompts(modality, prompts, meta, template=template, override=override)

@@ -16,7 +16,7 @@ Model controls (a run with a model):
   to about the majority-class rate.
 - `label_permutation`: the run's recipe rerun from its base model (the root of its base chain, never the trained
   checkpoint) on permuted training labels, for a bounded number of steps, must stay at chance on the true test labels
-  (`integrity.permutation`); runs that do not record their base are skipped.
+  (`audit.permutation`); runs that do not record their base are skipped.
 
 Run records: `seeds` (fingerprints of a sweep's runs) and `ceiling` (a result above the ceiling).
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..arms import ArmSettings, build_arm
 from ..errors import UserError
 
 DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
@@ -231,7 +232,7 @@ def text_features(texts: list[str], n_numbers: int = 8, n_words: int = 64) -> np
     """What a classifier can read from prompt texts: the first numbers written (NaN-padded) and hashed words."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from .lint import _numbers
+    from ..integrity.lint import _numbers
 
     numbers = np.full((len(texts), n_numbers), np.nan)
     for i, t in enumerate(texts):
@@ -260,7 +261,7 @@ def _fit_score(x_train, y_train, x_eval, y_eval) -> dict:
 
 def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
     """Fit on the train split, score on val + test, for each template (modality -> template)."""
-    from .lint import render_text
+    from ..integrity.lint import render_text
 
     m = data.manifest
     fit_rows = np.asarray(m.rows.get("train", []), np.int64)
@@ -322,39 +323,19 @@ class RunSpec:
     image_size: int = 112
     split: str = "test"
 
+    def arm_settings(self) -> ArmSettings:
+        return ArmSettings(data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
+                           image_size=self.image_size, prompt_template=self.template)
+
 
 def control_rows(spec: RunSpec, split: str, *, max_samples: int, galaxy: str = "blank", seed: int = 0):
-    """(prompts, images, labels) of the first rows of a split, rendered with the run's template. `galaxy` is
-    `real` (the galaxy as trained), or `blank`: a black image (image arm) or another galaxy's codes (token arm)."""
-    from PIL import Image
-
-    from ..data.splits import load_manifest, load_split
-    from ..prompts import TEMPLATES
-    from ..training import _resize
-    from .lint import render_text
-
-    manifest = load_manifest(spec.data_dir)
-    view = load_split(spec.data_dir, split)
-    view = view.select(range(min(max_samples, len(view))))
-    labels = np.asarray(view["label"], np.int64)
-    rows = np.asarray(manifest.rows[split][: len(labels)], np.int64)
-    meta = _row_meta(load_split_data(manifest), rows, np.arange(len(rows)))
-    template = spec.template or TEMPLATES[spec.modality]
-    if spec.modality == "image":
-        prompts = [[{"role": "user", "content": render_text(template, "image", r)}] for r in meta]
-        if galaxy == "real":
-            images = [_resize(im, spec.image_size) for im in view["image"]]
-        else:
-            images = [Image.new("RGB", (spec.image_size, spec.image_size), (0, 0, 0))] * len(prompts)
-        return prompts, images, labels
-    from ..tokens import token_split
-
-    texts = list(token_split(spec.data_dir, split, spec.codec, spec.rendering)["tokens_text"][: len(labels)])
-    if galaxy != "real":
-        texts = [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
-    prompts = [[{"role": "user", "content": render_text(template, "tokens", r, representation=t)}]
-               for r, t in zip(meta, texts)]
-    return prompts, [None] * len(prompts), labels
+    """(prompts, images, labels) of the first rows of a split, from the run's arm with its recorded template. `galaxy`
+    is `real` (the galaxy as trained), or `blank`: a black image (image arm) or another galaxy's codes (token arm)."""
+    # The run's recorded template was linted (or overridden) when the run was made: rendered here as it was.
+    arm = build_arm(spec.arm_settings(), split, max_samples=max_samples, lint_template=False)
+    rows = arm.rows() if galaxy == "real" else arm.without_galaxy(seed)
+    labels = np.asarray([r["label"] for r in rows], np.int64)
+    return [r["prompt"] for r in rows], [r.get("image") for r in rows], labels
 
 
 def _majority_rate(labels: np.ndarray) -> float:
@@ -393,7 +374,7 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_S
     """Retrain from the run's base (never from its trained checkpoint) on permuted training labels; scored on the
     true labels of the evaluation split, the retrained model must stay at chance.
 
-    The base is the root of the run's base chain (`integrity.permutation.control_start`): for a GRPO run started
+    The base is the root of the run's base chain (`audit.permutation.control_start`): for a GRPO run started
     from an SFT run of the same split, the SFT run's base. The control reruns the recipe of the chain's first
     labelled stage (SFT for the demo's SFT -> GRPO chain: its targets are where the labels first enter), with a
     fresh LoRA adapter when that stage used LoRA, for at most `steps` of its steps. A run whose records do not say
@@ -431,7 +412,7 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_S
 
 
 def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
-    from .fingerprint import compare_fingerprints
+    from ..integrity.fingerprint import compare_fingerprints
 
     if len(runs) < 2:
         return ProbeResult("seeds", "skip", "fewer than two runs with a fingerprint", {"runs": sorted(runs)})
@@ -443,7 +424,7 @@ def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
 
 
 def probe_ceiling(result_path, ceiling: float) -> ProbeResult:
-    from .gate import gate_result
+    from ..integrity.gate import gate_result
 
     verdict = gate_result(result_path, ceiling=ceiling)
     return ProbeResult("ceiling", "fail" if verdict.suspect else "pass", verdict.reason, asdict(verdict))
@@ -458,8 +439,8 @@ def _is_run_dir(path: Path) -> bool:
 
 def run_spec(run_dir: Path) -> RunSpec | None:
     """What the run's records say about its model and data (None when they do not say)."""
-    from .fingerprint import read_fingerprint
-    from .lint import read_lint_record
+    from ..integrity.fingerprint import read_fingerprint
+    from ..integrity.lint import read_lint_record
 
     lint = read_lint_record(run_dir) or {}
     values: dict = {}
@@ -498,9 +479,9 @@ def audit(
     """Run every probe that applies to `target`: a Galaxy10-schema HDF5 file, a prepared directory, a run directory
     (training output or evaluation output) or a sweep directory (run directories inside)."""
     from ..data.splits import MANIFEST_NAME, load_manifest, make_manifest
-    from .fingerprint import read_fingerprint
-    from .gate import DEFAULT_CEILING
-    from .lint import read_lint_record
+    from ..integrity.fingerprint import read_fingerprint
+    from ..integrity.gate import DEFAULT_CEILING
+    from ..integrity.lint import read_lint_record
 
     ceiling = DEFAULT_CEILING if ceiling is None else ceiling
     path = Path(target)

@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fingerprint import base_weights_sha256, read_fingerprint
+from ..integrity.fingerprint import base_weights_sha256, read_fingerprint
 
 # Training arguments of the recorded recipe that the control sets itself: where it writes, what it logs, what it
 # saves, how it is launched. `generation_batch_size` is derived by GRPOConfig from the batch and

@@ -1,0 +1,34 @@
+"""The token arm: the galaxy as its codec ids, rendered as text into the prompt (`astroreason.tokens`)."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import numpy as np
+
+from ..tokens import token_split
+from ..tokens.cache import split_positions as token_positions
+from .base import Arm
+
+
+class TokenArm(Arm):
+    modality = "tokens"
+    columns = ("label",)
+
+    def load_view(self):
+        s = self.settings
+        return token_split(s.data_dir, self.split, s.codec, s.rendering)
+
+    def split_positions(self) -> np.ndarray:
+        # An AION cache holds only the rows with flux: the view's rows are a subset of the split.
+        return token_positions(self.settings.data_dir, self.split, self.settings.codec)
+
+    def representation(self, example) -> str:
+        return example["tokens_text"]
+
+    def without_galaxy(self, seed: int = 0) -> list[dict]:
+        """Another galaxy's codes in each prompt (a seeded permutation of the used rows' codes)."""
+        examples = list(islice(self.view, self.n))
+        order = np.random.default_rng(seed).permutation(len(examples))
+        return [{"label": example["label"], "prompt": self.prompt(example, i, examples[j]["tokens_text"])}
+                for i, (example, j) in enumerate(zip(examples, order))]

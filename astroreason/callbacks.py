@@ -1,0 +1,53 @@
+"""The trainer's callbacks, in one place: the spend ledger's, the integrity guards', and the user's own.
+
+`build_sft_trainer` and `build_grpo_trainer` add, in this order: the budget callback (when the run charges the
+spend ledger), the training alarms and the seed fingerprint (`integrity`), then the `callbacks` the user named by
+dotted path. The callback classes live with what they guard (`integrity.alarms`, `integrity.fingerprint`, the
+budget); this module only chooses and builds them from the recipe's arguments, so training imports the guards from
+below and nothing here imports training or evaluation.
+"""
+
+from __future__ import annotations
+
+
+def budget_callbacks(args, training_args) -> list:
+    """The spend ledger's callback when the run sets `max_dollars` or `ledger`, else none (nothing charged).
+
+    The price is looked up before the model is loaded: an unknown device price is refused at once (fail closed).
+    """
+    if args.max_dollars is None and args.ledger is None:
+        return []
+    from .budget.callback import DEFAULT_LEDGER, budget_callback
+
+    return [budget_callback(args.max_dollars, prices=args.prices, ledger=args.ledger or DEFAULT_LEDGER,
+                            price_gpu_hour=args.price_gpu_hour, price_key=args.price_key,
+                            run=f"train:{training_args.output_dir}")]
+
+
+def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -> list:
+    """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
+    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint, with its base record (`training.base_record`)."""
+    from dataclasses import asdict, replace
+
+    from .integrity.alarms import TrainingAlarms, pipeline_alarms
+    from .integrity.fingerprint import RunFingerprint
+
+    alarms = pipeline_alarms("grpo" if grpo else "sft")
+    if args.alarm_no_signal_logs is not None:
+        alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
+    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
+
+
+def user_callbacks(args) -> list:
+    """The `callbacks` the user named, built (with no arguments) before any model is loaded."""
+    from .dotted import import_dotted
+
+    return [import_dotted(path, "callbacks")() for path in args.callbacks]
+
+
+def budget_stop(trainer) -> str | None:
+    """Why a budget callback stopped this trainer, or None."""
+    from .budget.callback import BudgetCallback
+
+    return next((c.stopped_reason for c in trainer.callback_handler.callbacks
+                 if isinstance(c, BudgetCallback) and c.stopped_reason), None)
