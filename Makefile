@@ -7,7 +7,7 @@ TORCH  := torch==2.13.0
 # The exact versions the test suite passed with; pyproject.toml keeps the ranges for people who depend on the package.
 LOCK   := requirements-lock.txt
 
-.PHONY: install demo test bench lock clean
+.PHONY: install demo test lint bench lock clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: install
 # One torch thread per process: the tests run several small processes at once on 2 cores.
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --durations=25
+
+# ruff: the linter's rules and the formatter's layout are in pyproject.toml ([tool.ruff]).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	for b in bench/*_bench.py; do $(BIN)/python $$b || exit 1; done

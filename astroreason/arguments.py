@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from trl import TrlParser
 
@@ -71,8 +72,13 @@ def check_config_value(key: str, value: Any, action, path) -> None:
         raise UserError(f"{where}: expected one of {', '.join(map(str, action.choices))}, got {value!r}")
 
 
-def parse_config_args(dataclass_types: Iterable[type], argv: list[str] | None = None, *, prog: str | None = None,
-                      check: Check | None = None) -> tuple:
+def parse_config_args(
+    dataclass_types: Iterable[type],
+    argv: list[str] | None = None,
+    *,
+    prog: str | None = None,
+    check: Check | None = None,
+) -> tuple:
     """The dataclasses of `--config FILE` plus `--key value` overrides (TRL's precedence: the command line wins);
     any mistake is one `UserError` line."""
     import yaml

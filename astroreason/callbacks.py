@@ -19,9 +19,16 @@ def budget_callbacks(args, training_args) -> list:
         return []
     from .budget.callback import DEFAULT_LEDGER, budget_callback
 
-    return [budget_callback(args.max_dollars, prices=args.prices, ledger=args.ledger or DEFAULT_LEDGER,
-                            price_gpu_hour=args.price_gpu_hour, price_key=args.price_key,
-                            run=f"train:{training_args.output_dir}")]
+    return [
+        budget_callback(
+            args.max_dollars,
+            prices=args.prices,
+            ledger=args.ledger or DEFAULT_LEDGER,
+            price_gpu_hour=args.price_gpu_hour,
+            price_key=args.price_key,
+            run=f"train:{training_args.output_dir}",
+        )
+    ]
 
 
 def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -> list:
@@ -49,5 +56,11 @@ def budget_stop(trainer) -> str | None:
     """Why a budget callback stopped this trainer, or None."""
     from .budget.callback import BudgetCallback
 
-    return next((c.stopped_reason for c in trainer.callback_handler.callbacks
-                 if isinstance(c, BudgetCallback) and c.stopped_reason), None)
+    return next(
+        (
+            c.stopped_reason
+            for c in trainer.callback_handler.callbacks
+            if isinstance(c, BudgetCallback) and c.stopped_reason
+        ),
+        None,
+    )

@@ -39,6 +39,7 @@ def both_spellings(names) -> list[str]:
                     others.append(other)
     return others
 
+
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [
     "astroreason.data.commands",

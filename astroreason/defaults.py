@@ -31,7 +31,9 @@ def _is(path, default: str) -> bool:
 
 
 def _say(what: str, where: str) -> None:
-    print(f"astroreason: {where} not found; building the tiny default {what} there (first use, seed {SEED})", flush=True)
+    print(
+        f"astroreason: {where} not found; building the tiny default {what} there (first use, seed {SEED})", flush=True
+    )
 
 
 def build_tiny_data(out: str = TINY_DATA) -> Path:
@@ -46,8 +48,14 @@ def build_tiny_data(out: str = TINY_DATA) -> Path:
     return prepare(source, out, seed=SEED)
 
 
-def build_tiny_codec(out: str = TINY_CODEC, data_dir: str = TINY_DATA, *, steps: int = CODEC_STEPS,
-                     levels: list[int] | None = None, hidden: int = 16) -> Path:
+def build_tiny_codec(
+    out: str = TINY_CODEC,
+    data_dir: str = TINY_DATA,
+    *,
+    steps: int = CODEC_STEPS,
+    levels: list[int] | None = None,
+    hidden: int = 16,
+) -> Path:
     """A small built-in FSQ codec (rgb, 32 px in, 8x8 codes) trained on the prepared data's train rows."""
     import numpy as np
 

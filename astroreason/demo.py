@@ -73,8 +73,16 @@ class DemoConfig:
     check: bool = True
 
 
-QUICK = dict(n_galaxies=300, n_pretrain=200, fractions=(0.7, 0.1, 0.2), pretrain_steps=10, sft_steps=4, grpo_steps=2,
-             codec_steps=30, check=False)
+QUICK = dict(
+    n_galaxies=300,
+    n_pretrain=200,
+    fractions=(0.7, 0.1, 0.2),
+    pretrain_steps=10,
+    sft_steps=4,
+    grpo_steps=2,
+    codec_steps=30,
+    check=False,
+)
 
 
 class Demo:
@@ -107,13 +115,22 @@ class Demo:
         from .data.surrogate import synthesize
 
         c = self.config
-        self.stage("render surrogate (evaluation file)", self.data_h5, lambda: synthesize(
-            self.data_h5, n=c.n_galaxies, size=c.render_size, seed=c.seed, progress=True))
+        self.stage(
+            "render surrogate (evaluation file)",
+            self.data_h5,
+            lambda: synthesize(self.data_h5, n=c.n_galaxies, size=c.render_size, seed=c.seed, progress=True),
+        )
         # A second file from another seed: the galaxies the vision tower is pretrained on are not the ones evaluated.
-        self.stage("render surrogate (pretraining file, another seed)", self.pretrain_h5, lambda: synthesize(
-            self.pretrain_h5, n=c.n_pretrain, size=c.render_size, seed=c.seed + 1000, progress=True))
-        self.stage("split (seeded, stratified, deduplicated)", self.prepared / "manifest.json",
-                   lambda: prepare(self.data_h5, self.prepared, seed=c.seed, fractions=c.fractions))
+        self.stage(
+            "render surrogate (pretraining file, another seed)",
+            self.pretrain_h5,
+            lambda: synthesize(self.pretrain_h5, n=c.n_pretrain, size=c.render_size, seed=c.seed + 1000, progress=True),
+        )
+        self.stage(
+            "split (seeded, stratified, deduplicated)",
+            self.prepared / "manifest.json",
+            lambda: prepare(self.data_h5, self.prepared, seed=c.seed, fractions=c.fractions),
+        )
 
     def shared_galaxies(self) -> int:
         """Images present in both the pretraining file and the evaluation file (by the SHA-256 of their pixels)."""
@@ -133,9 +150,16 @@ class Demo:
 
         c = self.config
         self.stage("build tiny Qwen2.5-VL", self.base_model, lambda: build_tiny_model(self.base_model, seed=c.seed))
-        self.stage("pretrain vision tower", self.model, lambda: pretrain_vision_tower(
-            self.base_model, self.pretrain_h5, self.model,
-            VisionPretrainConfig(steps=c.pretrain_steps, image_size=c.image_size, seed=c.seed)))
+        self.stage(
+            "pretrain vision tower",
+            self.model,
+            lambda: pretrain_vision_tower(
+                self.base_model,
+                self.pretrain_h5,
+                self.model,
+                VisionPretrainConfig(steps=c.pretrain_steps, image_size=c.image_size, seed=c.seed),
+            ),
+        )
         return json.loads((self.model / PRETRAIN_RECORD).read_text())
 
     def tokens(self) -> None:
@@ -143,12 +167,24 @@ class Demo:
         from .tokens.cache import encode_prepared
 
         c = self.config
-        self.stage("train codec (FSQ)", self.codec, lambda: build_tiny_codec(
-            str(self.codec), str(self.prepared), steps=c.codec_steps, levels=list(c.codec_levels), hidden=c.codec_hidden))
+        self.stage(
+            "train codec (FSQ)",
+            self.codec,
+            lambda: build_tiny_codec(
+                str(self.codec),
+                str(self.prepared),
+                steps=c.codec_steps,
+                levels=list(c.codec_levels),
+                hidden=c.codec_hidden,
+            ),
+        )
         started = time.monotonic()
         held_out = json.loads((self.codec / "metrics.json").read_text())["held_out"]
-        print(f"[demo] codec on {held_out['n_images']} held-out images: codebook usage {_pct(held_out['codebook_usage'])}"
-              f", perplexity {held_out['perplexity']:.1f}, PSNR {held_out['psnr_db']:.1f} dB", flush=True)
+        print(
+            f"[demo] codec on {held_out['n_images']} held-out images: codebook usage {_pct(held_out['codebook_usage'])}"
+            f", perplexity {held_out['perplexity']:.1f}, PSNR {held_out['psnr_db']:.1f} dB",
+            flush=True,
+        )
         encode_prepared(self.prepared, self.codec)  # a no-op when the cache is up to date
         self.timings["encode tokens"] = round(time.monotonic() - started, 1)
 
@@ -158,13 +194,24 @@ class Demo:
         from .training import GalaxyScriptArguments
 
         return GalaxyScriptArguments(
-            data_dir=str(self.prepared), modality=modality, codec=str(self.codec) if modality == "tokens" else None,
-            rendering=self.config.rendering, image_size=self.config.image_size,
+            data_dir=str(self.prepared),
+            modality=modality,
+            codec=str(self.codec) if modality == "tokens" else None,
+            rendering=self.config.rendering,
+            image_size=self.config.image_size,
         )
 
     def _common(self) -> dict:
-        return dict(use_cpu=True, bf16=False, report_to="none", seed=self.config.seed, save_strategy="no",
-                    logging_steps=10, dataloader_num_workers=0, disable_tqdm=False)
+        return dict(
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            seed=self.config.seed,
+            save_strategy="no",
+            logging_steps=10,
+            dataloader_num_workers=0,
+            disable_tqdm=False,
+        )
 
     def sft(self, modality: str) -> Path:
         """SFT from the pretrained-vision model, with a learning rate per part (`astroreason.optim`)."""
@@ -176,9 +223,16 @@ class Demo:
         c, out = self.config, self.out / modality / "sft"
 
         def run():
-            args = SFTConfig(output_dir=str(out), max_steps=c.sft_steps, per_device_train_batch_size=c.sft_batch,
-                             learning_rate=c.lr_language, lr_scheduler_type="cosine", warmup_steps=0.05,
-                             max_length=None, **self._common())
+            args = SFTConfig(
+                output_dir=str(out),
+                max_steps=c.sft_steps,
+                per_device_train_batch_size=c.sft_batch,
+                learning_rate=c.lr_language,
+                lr_scheduler_type="cosine",
+                warmup_steps=0.05,
+                max_length=None,
+                **self._common(),
+            )
             trainer = build_sft_trainer(self.script_args(modality), args, ModelConfig(str(self.model), dtype="float32"))
             use_part_learning_rates(trainer, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
             run_training(trainer, self.script_args(modality))
@@ -196,10 +250,19 @@ class Demo:
         c, out, start = self.config, self.out / modality / "grpo", self.out / modality / "sft"
 
         def run():
-            args = GRPOConfig(output_dir=str(out), max_steps=c.grpo_steps, per_device_train_batch_size=8,
-                              num_generations=4, max_completion_length=24, temperature=1.0, beta=0.0,
-                              learning_rate=c.grpo_lr, lr_scheduler_type="constant", activation_checkpointing=False,
-                              **self._common())
+            args = GRPOConfig(
+                output_dir=str(out),
+                max_steps=c.grpo_steps,
+                per_device_train_batch_size=8,
+                num_generations=4,
+                max_completion_length=24,
+                temperature=1.0,
+                beta=0.0,
+                learning_rate=c.grpo_lr,
+                lr_scheduler_type="constant",
+                activation_checkpointing=False,
+                **self._common(),
+            )
             trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(start), dtype="float32"))
             use_part_learning_rates(trainer, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
             run_training(trainer, self.script_args(modality))
@@ -213,11 +276,20 @@ class Demo:
         c = self.config
         out = self.out / "eval" / modality
         config = EvalConfig(
-            model=str(model_dir), data_dir=str(self.prepared), split="test", modality=modality,
-            codec=str(self.codec) if modality == "tokens" else None, rendering=c.rendering, image_size=c.image_size,
-            output_dir=str(out), batch_size=32, max_new_tokens=24, seed=c.seed,
+            model=str(model_dir),
+            data_dir=str(self.prepared),
+            split="test",
+            modality=modality,
+            codec=str(self.codec) if modality == "tokens" else None,
+            rendering=c.rendering,
+            image_size=c.image_size,
+            output_dir=str(out),
+            batch_size=32,
+            max_new_tokens=24,
+            seed=c.seed,
             # The demo runs on this machine's CPU: no marginal cost, and its ledger stays inside the demo's folder.
-            price_gpu_hour=0.0, ledger=str(self.out / "ledger" / "spend.jsonl"),
+            price_gpu_hour=0.0,
+            ledger=str(self.out / "ledger" / "spend.jsonl"),
         )
         started = time.monotonic()
         result = evaluate(config)  # resumes from its per-sample cache
@@ -253,12 +325,17 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     demo.data()
     shared = demo.shared_galaxies()
     if shared:
-        raise CheckFailed(f"{demo.pretrain_h5}: {shared} images also in {demo.data_h5}; the pretraining set must be disjoint")
+        raise CheckFailed(
+            f"{demo.pretrain_h5}: {shared} images also in {demo.data_h5}; the pretraining set must be disjoint"
+        )
     pretrain = demo.models()
-    print(f"[demo] NOTE: the image arm's vision tower was pretrained ({config.pretrain_steps} steps, linear head "
-          f"discarded) on {pretrain['n_train']} labelled galaxies of a separate surrogate file (seed "
-          f"{config.seed + 1000}), none of them in the evaluated split (0 shared images); its own held-out accuracy "
-          f"there: {_pct(pretrain['held_out_accuracy'])}.", flush=True)
+    print(
+        f"[demo] NOTE: the image arm's vision tower was pretrained ({config.pretrain_steps} steps, linear head "
+        f"discarded) on {pretrain['n_train']} labelled galaxies of a separate surrogate file (seed "
+        f"{config.seed + 1000}), none of them in the evaluated split (0 shared images); its own held-out accuracy "
+        f"there: {_pct(pretrain['held_out_accuracy'])}.",
+        flush=True,
+    )
     demo.tokens()
     results = {}
     for modality in ("image", "tokens"):
@@ -283,10 +360,16 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
         "image_beats_twice_majority": passed,
         "vision_pretraining": pretrain,
         "arms": {
-            m: {"accuracy": r["metrics"]["accuracy"], "accuracy_interval": r["metrics"]["interval"]["accuracy"],
-                "balanced_accuracy": r["metrics"]["balanced_accuracy"], "macro_f1": r["metrics"]["macro_f1"],
-                "parse_failure_rate": r["metrics"]["parse_failure_rate"], "n": r["metrics"]["n"],
-                "prompt_tokens_per_galaxy": r["prompt_tokens"] / r["metrics"]["n"], "eval_dir": r["config"]["output_dir"]}
+            m: {
+                "accuracy": r["metrics"]["accuracy"],
+                "accuracy_interval": r["metrics"]["interval"]["accuracy"],
+                "balanced_accuracy": r["metrics"]["balanced_accuracy"],
+                "macro_f1": r["metrics"]["macro_f1"],
+                "parse_failure_rate": r["metrics"]["parse_failure_rate"],
+                "n": r["metrics"]["n"],
+                "prompt_tokens_per_galaxy": r["prompt_tokens"] / r["metrics"]["n"],
+                "eval_dir": r["config"]["output_dir"],
+            }
             for m, r in results.items()
         },
         "config": wanted,
@@ -298,21 +381,35 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     print("\n" + "\n".join(table[: 2 + len(results)]))
     for m, a in summary["arms"].items():
         lo, hi = a["accuracy_interval"]
-        print(f"{m:>6} arm: accuracy {_pct(a['accuracy'])} (95 % CI {_pct(lo)} - {_pct(hi)}), n = {a['n']}, "
-              f"{a['prompt_tokens_per_galaxy']:.0f} prompt tokens per galaxy")
-    print(f"majority-class rate {_pct(majority)}; twice that {_pct(2 * majority)}: image arm "
-          f"{'beats it (point estimate and CI lower end)' if passed else 'does NOT beat it'}")
+        print(
+            f"{m:>6} arm: accuracy {_pct(a['accuracy'])} (95 % CI {_pct(lo)} - {_pct(hi)}), n = {a['n']}, "
+            f"{a['prompt_tokens_per_galaxy']:.0f} prompt tokens per galaxy"
+        )
+    print(
+        f"majority-class rate {_pct(majority)}; twice that {_pct(2 * majority)}: image arm "
+        f"{'beats it (point estimate and CI lower end)' if passed else 'does NOT beat it'}"
+    )
     print(f"report: {report}")
     for fig in summary["figures"]:
         print(f"figure: {fig}")
     print(f"demo wall time (this run): {wall:.0f} s")
-    print("RESULT " + json.dumps({
-        "image_accuracy": image["accuracy"], "image_interval": [low, high],
-        "tokens_accuracy": results["tokens"]["metrics"]["accuracy"],
-        "tokens_interval": results["tokens"]["metrics"]["interval"]["accuracy"],
-        "majority_rate": majority, "image_beats_twice_majority": passed, "wall_seconds": wall,
-        "report": str(report),
-    }, sort_keys=True), flush=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "image_accuracy": image["accuracy"],
+                "image_interval": [low, high],
+                "tokens_accuracy": results["tokens"]["metrics"]["accuracy"],
+                "tokens_interval": results["tokens"]["metrics"]["interval"]["accuracy"],
+                "majority_rate": majority,
+                "image_beats_twice_majority": passed,
+                "wall_seconds": wall,
+                "report": str(report),
+            },
+            sort_keys=True,
+        ),
+        flush=True,
+    )
     if config.check and not passed:
         raise CheckFailed(
             f"image arm accuracy {_pct(image['accuracy'])} (CI low {_pct(low)}) does not beat twice the majority "
@@ -328,7 +425,8 @@ def _run(args) -> int:
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="the whole pipeline on the GalSim surrogate: data, codec, tiny model, SFT+GRPO, both arms, report",
+        "demo",
+        help="the whole pipeline on the GalSim surrogate: data, codec, tiny model, SFT+GRPO, both arms, report",
         description="Surrogate data -> codec -> tiny Qwen2.5-VL (vision tower pretrained on a disjoint surrogate "
         "file) -> SFT then GRPO for the image and the token arm -> evaluation -> side-by-side report. CPU, offline.",
     )

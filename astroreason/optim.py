@@ -55,6 +55,4 @@ def use_part_learning_rates(trainer, rates: PartLearningRates) -> None:
 
     args = trainer.args
     groups = part_param_groups(trainer.model, rates, weight_decay=args.weight_decay)
-    trainer.optimizer = torch.optim.AdamW(
-        groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon
-    )
+    trainer.optimizer = torch.optim.AdamW(groups, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)

@@ -44,19 +44,25 @@ class ArmArguments:
     )
     image_size: int = field(
         default=112,
-        metadata={"help": "Side in pixels images are resized to before the processor; a multiple of the model "
-                          "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
-                          "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16). See docs/models.md."},
+        metadata={
+            "help": "Side in pixels images are resized to before the processor; a multiple of the model "
+            "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
+            "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16). See docs/models.md."
+        },
     )
     prompt_template: str | None = field(
         default=None,
-        metadata={"help": "The prompt (a str.format string; default: the modality's template). A dataset column in "
-                          "it is refused by the prompt lint unless allow_prompt_fields allows it."},
+        metadata={
+            "help": "The prompt (a str.format string; default: the modality's template). A dataset column in "
+            "it is refused by the prompt lint unless allow_prompt_fields allows it."
+        },
     )
     allow_prompt_fields: list[str] | None = field(
         default=None,
-        metadata={"help": "Lint override, for deliberate experiments only: the columns a prompt may carry (e.g. "
-                          "row_index). Needs override_reason; recorded in prompt_lint.json and the results ledger."},
+        metadata={
+            "help": "Lint override, for deliberate experiments only: the columns a prompt may carry (e.g. "
+            "row_index). Needs override_reason; recorded in prompt_lint.json and the results ledger."
+        },
     )
     override_reason: str | None = field(
         default=None, metadata={"help": "Why the lint override is used (required with allow_prompt_fields)."}
@@ -65,9 +71,14 @@ class ArmArguments:
     def arm_settings(self) -> ArmSettings:
         """The arm these options describe (`astroreason.arms`): training and evaluation build the same one."""
         return ArmSettings(
-            data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
-            image_size=self.image_size, prompt_template=self.prompt_template,
-            allow_prompt_fields=self.allow_prompt_fields, override_reason=self.override_reason,
+            data_dir=self.data_dir,
+            modality=self.modality,
+            codec=self.codec,
+            rendering=self.rendering,
+            image_size=self.image_size,
+            prompt_template=self.prompt_template,
+            allow_prompt_fields=self.allow_prompt_fields,
+            override_reason=self.override_reason,
         )
 
 
@@ -77,29 +88,39 @@ class BudgetArguments:
 
     max_dollars: float | None = field(
         default=None,
-        metadata={"help": "Cap on the project's total spend in dollars, as the spend ledger records it (shared by "
-                          "every evaluation and training run). Training is charged by GPU-hours after each step and saves a "
-                          "checkpoint and stops before the next step would cross it."},
+        metadata={
+            "help": "Cap on the project's total spend in dollars, as the spend ledger records it (shared by "
+            "every evaluation and training run). Training is charged by GPU-hours after each step and saves a "
+            "checkpoint and stops before the next step would cross it."
+        },
     )
     ledger: str | None = field(
         default=None,
-        metadata={"help": f"The project's spend ledger (JSONL), shared by every run (default {DEFAULT_LEDGER}). "
-                          "Evaluation always charges it; training only when this or max_dollars is set."},
+        metadata={
+            "help": f"The project's spend ledger (JSONL), shared by every run (default {DEFAULT_LEDGER}). "
+            "Evaluation always charges it; training only when this or max_dollars is set."
+        },
     )
     prices: str = field(
         default=DEFAULT_PRICES,
-        metadata={"help": "Price table (YAML): per million input/output tokens for APIs (`api:`), per GPU-hour for "
-                          "devices (`gpu_hour:`)."},
+        metadata={
+            "help": "Price table (YAML): per million input/output tokens for APIs (`api:`), per GPU-hour for "
+            "devices (`gpu_hour:`)."
+        },
     )
     price_key: str | None = field(
         default=None,
-        metadata={"help": "Entry of the price table to use (default: the served model for APIs, the device name, "
-                          "or `cpu`, for local runs)."},
+        metadata={
+            "help": "Entry of the price table to use (default: the served model for APIs, the device name, "
+            "or `cpu`, for local runs)."
+        },
     )
     price_gpu_hour: float | None = field(
         default=None,
-        metadata={"help": "Set the device price yourself (dollars per GPU-hour); without it a device missing from "
-                          "the table is refused."},
+        metadata={
+            "help": "Set the device price yourself (dollars per GPU-hour); without it a device missing from "
+            "the table is refused."
+        },
     )
 
     def spend_ledger(self) -> str:

@@ -104,8 +104,12 @@ class _Tower:
 
 
 def pretrain_vision_tower(
-    model_dir: str | Path, data_h5: str | Path, out_dir: str | Path, config: VisionPretrainConfig | None = None,
-    *, progress: bool = True,
+    model_dir: str | Path,
+    data_h5: str | Path,
+    out_dir: str | Path,
+    config: VisionPretrainConfig | None = None,
+    *,
+    progress: bool = True,
 ) -> dict:
     """Pretrain the vision tower of the model in `model_dir` on the labelled images of `data_h5`; save the whole model
     (tower updated, language model untouched) and its processor in `out_dir`. Returns the record also saved there."""
@@ -133,18 +137,25 @@ def pretrain_vision_tower(
     params = tower.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warm = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, config.steps - warm)))))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, config.steps - warm)))),
+    )
     targets = torch.as_tensor(labels)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     started, losses = time.monotonic(), []
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("pretrain vision tower", total=config.steps, loss="-")
-        for step in range(config.steps):
+        for _ in range(config.steps):
             batch = train[rng.integers(0, len(train), config.batch_size)]
             loss = torch.nn.functional.cross_entropy(tower.logits(_dihedral(images[batch], rng)), targets[batch])
             optimizer.zero_grad(set_to_none=True)
@@ -156,9 +167,13 @@ def pretrain_vision_tower(
 
     model.eval()
     with torch.no_grad():
-        predicted = np.concatenate(
-            [tower.logits(images[held[i : i + 256]]).argmax(-1).numpy() for i in range(0, len(held), 256)]
-        ) if len(held) else np.empty(0, np.int64)
+        predicted = (
+            np.concatenate(
+                [tower.logits(images[held[i : i + 256]]).argmax(-1).numpy() for i in range(0, len(held), 256)]
+            )
+            if len(held)
+            else np.empty(0, np.int64)
+        )
     held_accuracy = float(np.mean(predicted == labels[held])) if len(held) else None
     record = {
         "what": "vision tower pretrained with a linear head (discarded) on a surrogate file disjoint from evaluation",

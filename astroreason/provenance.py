@@ -18,8 +18,9 @@ class GitState:
     def __init__(self, path: str | Path | None = None):
         cwd = Path(path or Path(__file__).resolve().parent)
         try:
-            self._proc = subprocess.Popen(self.COMMAND, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                          text=True)
+            self._proc = subprocess.Popen(
+                self.COMMAND, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
         except OSError:
             self._proc = None
         self._result: dict | None = None
@@ -39,12 +40,18 @@ class GitState:
         return {"commit": oid, "dirty": any(not ln.startswith("#") for ln in lines)}
 
 
-def provenance(config: dict, *, data_dir: str | None = None, seed: int | None = None,
-               git: GitState | None = None) -> dict:
+def provenance(
+    config: dict, *, data_dir: str | None = None, seed: int | None = None, git: GitState | None = None
+) -> dict:
     """Commit and dirty flag (from `git`, if started earlier), config hash, split-manifest hash, source data hash
     and seed."""
-    record = {**(git or GitState()).result(), "config_sha256": sha256_json(config), "seed": seed,
-              "manifest_sha256": None, "data_sha256": None}
+    record = {
+        **(git or GitState()).result(),
+        "config_sha256": sha256_json(config),
+        "seed": seed,
+        "manifest_sha256": None,
+        "data_sha256": None,
+    }
     if data_dir is not None and (Path(data_dir) / "manifest.json").exists():
         from .data.splits import load_manifest
 

@@ -12,7 +12,7 @@ to a class.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from .data.galaxy10 import DECALS_CLASSES
 from .dotted import import_dotted
@@ -101,8 +101,10 @@ def get_reward_funcs(names) -> list[Callable]:
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in REWARD_FUNCS and "." not in n]
     if unknown or not names:
-        raise UserError(f"reward_funcs: unknown {unknown or 'empty list'} (known: {', '.join(REWARD_FUNCS)}, "
-                        "or a dotted path module.function)")
+        raise UserError(
+            f"reward_funcs: unknown {unknown or 'empty list'} (known: {', '.join(REWARD_FUNCS)}, "
+            "or a dotted path module.function)"
+        )
     return [REWARD_FUNCS[n] if n in REWARD_FUNCS else _user_reward(n) for n in names]
 
 

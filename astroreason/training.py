@@ -19,6 +19,7 @@ from .options import ArmArguments, BudgetArguments
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class GalaxyScriptArguments(BudgetArguments, ArmArguments):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
@@ -52,15 +53,19 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
     )
     alarm_no_signal_logs: int | None = field(
         default=None,
-        metadata={"help": "GRPO alarm: consecutive logs with every group's rewards equal (no gradient) before the run "
-                          "is marked suspect (default 10; 0: off)."},
+        metadata={
+            "help": "GRPO alarm: consecutive logs with every group's rewards equal (no gradient) before the run "
+            "is marked suspect (default 10; 0: off)."
+        },
     )
 
     def __post_init__(self):
         self.arm_settings()  # the arm's own checks: modality, codec, image size
         if self.alarm_no_signal_logs is not None and (
-                isinstance(self.alarm_no_signal_logs, bool) or not isinstance(self.alarm_no_signal_logs, int)
-                or self.alarm_no_signal_logs < 0):
+            isinstance(self.alarm_no_signal_logs, bool)
+            or not isinstance(self.alarm_no_signal_logs, int)
+            or self.alarm_no_signal_logs < 0
+        ):
             raise UserError(f"alarm_no_signal_logs: expected a non-negative integer, got {self.alarm_no_signal_logs!r}")
         for name in ("max_dollars", "price_gpu_hour"):
             value = getattr(self, name)
@@ -73,12 +78,19 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
         return self.arm_settings().lint_override()
 
 
-def galaxy_dataset(args: GalaxyScriptArguments, split: str, *, with_completion: bool, max_samples: int | None = None,
-                   permute_labels_seed: int | None = None):
+def galaxy_dataset(
+    args: GalaxyScriptArguments,
+    split: str,
+    *,
+    with_completion: bool,
+    max_samples: int | None = None,
+    permute_labels_seed: int | None = None,
+):
     """The conversational dataset of one split for one arm (`Arm.dataset`): `prompt`, `label`, `completion` (SFT
     targets, when asked) and the image arm's `image`; `permute_labels_seed` is the label-permutation control's."""
     return build_arm(args.arm_settings(), split, max_samples=max_samples).dataset(
-        with_completion=with_completion, permute_labels_seed=permute_labels_seed)
+        with_completion=with_completion, permute_labels_seed=permute_labels_seed
+    )
 
 
 def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
@@ -97,13 +109,15 @@ def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[A
         report = reports[0]
         seen = {(f.kind, f.name) for f in report.overridden}
         report.overridden += [f for r in reports[1:] for f in r.overridden if (f.kind, f.name) not in seen]
-        write_lint_record(training_args.output_dir, report, data_dir=args.data_dir,
-                          split=",".join(arm.split for arm, _ in arms))
+        write_lint_record(
+            training_args.output_dir, report, data_dir=args.data_dir, split=",".join(arm.split for arm, _ in arms)
+        )
     return reports
 
 
-def training_datasets(args: GalaxyScriptArguments, training_args, *, with_completion: bool,
-                      permute_labels_seed: int | None = None):
+def training_datasets(
+    args: GalaxyScriptArguments, training_args, *, with_completion: bool, permute_labels_seed: int | None = None
+):
     """The (train, evaluation or None) datasets of a recipe, each split's arm built once, and their prompts linted.
 
     The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`)."""
@@ -162,7 +176,9 @@ def base_record(recipe: str, args: GalaxyScriptArguments, training_args, model_a
 
 
 VLLM_MODES = ("colocate", "server")
-VLLM_RANGE = ">=0.30.0,<=0.31.0"  # pyproject's `vllm` extra: inside TRL 1.16's 0.22-0.31, 0.30+ for multimodal server mode
+VLLM_RANGE = (
+    ">=0.30.0,<=0.31.0"  # pyproject's `vllm` extra: inside TRL 1.16's 0.22-0.31, 0.30+ for multimodal server mode
+)
 
 
 def check_vllm(training_args) -> None:
@@ -188,12 +204,16 @@ def check_vllm(training_args) -> None:
             "needs a GPU) or pass --use_vllm false"
         ) from None
     if Version(Version(installed).base_version) not in SpecifierSet(VLLM_RANGE):
-        raise UserError(f"use_vllm: vLLM {installed} is outside the supported range vllm{VLLM_RANGE} (pyproject's vllm extra)")
+        raise UserError(
+            f"use_vllm: vLLM {installed} is outside the supported range vllm{VLLM_RANGE} (pyproject's vllm extra)"
+        )
     try:
         import vllm  # noqa: F401  (an installed but broken vLLM, e.g. on a CPU-only machine)
     except Exception as err:  # noqa: BLE001  any import failure is the same user-facing problem
-        raise UserError(f"use_vllm: vLLM {installed} is installed but cannot be imported ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0] if str(err) else ''})") from None
+        raise UserError(
+            f"use_vllm: vLLM {installed} is installed but cannot be imported ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
 
 
 def check_launch() -> None:
@@ -230,9 +250,19 @@ def parse_recipe_args(config_class, argv: list[str] | None = None, *, check_devi
     return parse_config_args((GalaxyScriptArguments, config_class, ModelConfig), argv, check=check)
 
 
-POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-            "max_train_samples", "max_eval_samples", "logging_steps", "save_steps", "eval_steps",
-            "max_completion_length", "steps_per_generation", "generation_batch_size")
+POSITIVE = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "max_train_samples",
+    "max_eval_samples",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "max_completion_length",
+    "steps_per_generation",
+    "generation_batch_size",
+)
 NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "num_train_epochs")
 
 
@@ -245,8 +275,9 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
     get = values.get
     max_steps = get("max_steps")
     if max_steps is not None and max_steps != -1 and max_steps < 1:
-        raise UserError(f"max_steps: must be a positive number of steps, or -1 to train for num_train_epochs; "
-                        f"got {max_steps}")
+        raise UserError(
+            f"max_steps: must be a positive number of steps, or -1 to train for num_train_epochs; got {max_steps}"
+        )
     for name in POSITIVE:
         if get(name) is not None and get(name) <= 0:
             raise UserError(f"{name}: must be positive, got {get(name)}")
@@ -257,12 +288,15 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
         if get(name) is not None and get(name) < 0:
             raise UserError(f"{name}: must be a non-negative integer, got {get(name)}")
     if max_steps == -1 and get("num_train_epochs") == 0:
-        raise UserError("num_train_epochs: 0 with max_steps -1 trains nothing; give a positive number of epochs "
-                        "or --max_steps N")
+        raise UserError(
+            "num_train_epochs: 0 with max_steps -1 trains nothing; give a positive number of epochs or --max_steps N"
+        )
     if "num_generations" in values:  # GRPO
         if get("num_generations") is None or get("num_generations") < 2:
-            raise UserError(f"num_generations: GRPO compares completions of one prompt, so it needs at least 2; "
-                            f"got {get('num_generations')}")
+            raise UserError(
+                f"num_generations: GRPO compares completions of one prompt, so it needs at least 2; "
+                f"got {get('num_generations')}"
+            )
         if get("temperature") is not None and get("temperature") <= 0:
             raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
         from .rewards import get_reward_funcs
@@ -291,8 +325,10 @@ def check_lora(values: dict) -> None:
     config = Path(values.get("model_name_or_path") or "") / "config.json"
     model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
     if model_type not in DEFAULT_TARGETS:
-        raise UserError(f"lora_target_modules: use_peft needs the modules LoRA adapts for model type "
-                        f"{model_type or 'unknown'!s} (e.g. --lora_target_modules all-linear, or q_proj v_proj)")
+        raise UserError(
+            f"lora_target_modules: use_peft needs the modules LoRA adapts for model type "
+            f"{model_type or 'unknown'!s} (e.g. --lora_target_modules all-linear, or q_proj v_proj)"
+        )
 
 
 def check_precision(values: dict) -> None:
@@ -305,13 +341,21 @@ def check_precision(values: dict) -> None:
     import torch
     from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
-    if values.get("bf16") and not values.get("use_cpu") and not (is_torch_bf16_gpu_available()
-                                                                 or is_torch_xla_available()):
-        raise UserError("bf16: this machine has no GPU with bf16 support; pass --bf16 false (or --use_cpu true to "
-                        "train in bf16 on the CPU, slowly)")
+    if (
+        values.get("bf16")
+        and not values.get("use_cpu")
+        and not (is_torch_bf16_gpu_available() or is_torch_xla_available())
+    ):
+        raise UserError(
+            "bf16: this machine has no GPU with bf16 support; pass --bf16 false (or --use_cpu true to "
+            "train in bf16 on the CPU, slowly)"
+        )
     if values.get("fp16") and (values.get("use_cpu") or not torch.accelerator.is_available()):
-        raise UserError("fp16: fp16 mixed precision needs a GPU, and " + ("use_cpu is set" if values.get("use_cpu")
-                        else "this machine has none") + "; pass --fp16 false")
+        raise UserError(
+            "fp16: fp16 mixed precision needs a GPU, and "
+            + ("use_cpu is set" if values.get("use_cpu") else "this machine has none")
+            + "; pass --fp16 false"
+        )
 
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
@@ -320,7 +364,9 @@ def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     from .defaults import ensure_tiny_defaults
     from .models import check_image_size
 
-    ensure_tiny_defaults(args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None)
+    ensure_tiny_defaults(
+        args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
+    )
     if args.modality == "image" and model_args.model_name_or_path:
         check_image_size(model_args.model_name_or_path, args.image_size)
 
@@ -418,8 +464,10 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         step = int(Path(checkpoint).name.rsplit("-", 1)[1])
         trainer.accelerator.print(f"Resuming from {checkpoint} (global step {step})")
         if load_checkpoint_weights(trainer, checkpoint):
-            trainer.accelerator.print(f"Weights loaded from {Path(checkpoint).name} with from_pretrained (the "
-                                      "Trainer's own raw load may still report every key missing: it loads nothing)")
+            trainer.accelerator.print(
+                f"Weights loaded from {Path(checkpoint).name} with from_pretrained (the "
+                "Trainer's own raw load may still report every key missing: it loads nothing)"
+            )
     elif args.resume:
         trainer.accelerator.print(f"Nothing to resume in {output_dir}: starting from step 0")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -434,20 +482,24 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         from .budget import BudgetExhausted
 
         step = trainer.state.global_step
-        raise BudgetExhausted(f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
-                              f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)")
+        raise BudgetExhausted(
+            f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
+            f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)"
+        )
 
 
-def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
-                       permute_labels_seed: int | None = None):
+def build_sft_trainer(
+    args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
+):
     from trl import SFTTrainer
 
     check_launch()
     check_output_dir(args, training_args.output_dir)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train, evaluation = training_datasets(args, training_args, with_completion=True,
-                                          permute_labels_seed=permute_labels_seed)
+    train, evaluation = training_datasets(
+        args, training_args, with_completion=True, permute_labels_seed=permute_labels_seed
+    )
     model, processor = load_model(model_args, training_args)
     base = base_record("sft", args, training_args, model_args)
     return SFTTrainer(
@@ -461,8 +513,9 @@ def build_sft_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
     )
 
 
-def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args, *,
-                       permute_labels_seed: int | None = None):
+def build_grpo_trainer(
+    args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
+):
     from trl import GRPOTrainer
 
     from .rewards import get_reward_funcs
@@ -472,8 +525,9 @@ def build_grpo_trainer(args: GalaxyScriptArguments, training_args, model_args, *
     check_vllm(training_args)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
-    train, evaluation = training_datasets(args, training_args, with_completion=False,
-                                          permute_labels_seed=permute_labels_seed)
+    train, evaluation = training_datasets(
+        args, training_args, with_completion=False, permute_labels_seed=permute_labels_seed
+    )
     model, processor = load_model(model_args, training_args)
     base = base_record("grpo", args, training_args, model_args)
     return GRPOTrainer(

@@ -27,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 1.0
 NO_MODEL = ("data inspect", "ledger verify", "budget status", "sweep status")
 HEAVY = ("torch", "transformers")
-PROBE = ("import sys\nfrom astroreason.cli import main\n"
-         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-         f"print('HEAVY', ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n")
+PROBE = (
+    "import sys\nfrom astroreason.cli import main\n"
+    "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+    f"print('HEAVY', ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+)
 
 
 def env() -> dict:
@@ -56,18 +58,25 @@ def help_seconds(command: str, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "astroreason.cli", *command.split(), "--help"], env=env(), cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "astroreason.cli", *command.split(), "--help"],
+            env=env(),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=True,
+        )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def heavy_imports(command: str) -> list[str]:
     """Which of torch/transformers `astroreason COMMAND --help` imported."""
-    done = subprocess.run([sys.executable, "-c", PROBE, *command.split(), "--help"], env=env(), cwd=ROOT,
-                          capture_output=True, text=True)
-    line = next(l for l in done.stderr.splitlines() if l.startswith("HEAVY "))
-    return [m for m in line[len("HEAVY "):].split(",") if m]
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *command.split(), "--help"], env=env(), cwd=ROOT, capture_output=True, text=True
+    )
+    line = next(ln for ln in done.stderr.splitlines() if ln.startswith("HEAVY "))
+    return [m for m in line[len("HEAVY ") :].split(",") if m]
 
 
 def main() -> int:
@@ -80,17 +89,33 @@ def main() -> int:
     for command in commands():
         seconds = help_seconds(command, args.repeats)
         heavy = heavy_imports(command)
-        rows.append({"command": f"astroreason {command}".strip() + " --help", "median_s": round(seconds, 3),
-                     "imports": heavy, "no_model": command in NO_MODEL, "under_target": seconds < TARGET_S})
+        rows.append(
+            {
+                "command": f"astroreason {command}".strip() + " --help",
+                "median_s": round(seconds, 3),
+                "imports": heavy,
+                "no_model": command in NO_MODEL,
+                "under_target": seconds < TARGET_S,
+            }
+        )
         print(f"{rows[-1]['command']:<42} {seconds:6.3f} s   {'imports ' + ','.join(heavy) if heavy else 'no torch'}")
     slowest = max(r["median_s"] for r in rows)
     heavy_no_model = [r["command"] for r in rows if r["no_model"] and r["imports"]]
-    print(f"slowest {slowest:.3f} s (target < {TARGET_S:g} s); no-model commands importing torch: "
-          f"{heavy_no_model or 'none'}")
-    result = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-              "repeats": args.repeats, "target_s": TARGET_S, "slowest_s": slowest,
-              "all_under_target": slowest < TARGET_S, "no_model_commands_importing_torch": heavy_no_model,
-              "commands": rows}
+    print(
+        f"slowest {slowest:.3f} s (target < {TARGET_S:g} s); no-model commands importing torch: "
+        f"{heavy_no_model or 'none'}"
+    )
+    result = {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "repeats": args.repeats,
+        "target_s": TARGET_S,
+        "slowest_s": slowest,
+        "all_under_target": slowest < TARGET_S,
+        "no_model_commands_importing_torch": heavy_no_model,
+        "commands": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["all_under_target"] and not heavy_no_model else 1

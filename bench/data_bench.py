@@ -47,12 +47,17 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 
 def run_child(step: str, path: Path, out: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
         wall = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, step, str(path), str(out)], stdout=so, stderr=se,
-                                cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, step, str(path), str(out)], stdout=so, stderr=se, cwd=ROOT, env=env
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - wall
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -68,7 +73,9 @@ def run_child(step: str, path: Path, out: Path) -> dict:
 
 def raise_if_failed(code: int, step: str, stderr: str) -> None:
     if code != 0:
-        sys.exit(f"data_bench: {step} failed (exit {code}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}")
+        sys.exit(
+            f"data_bench: {step} failed (exit {code}): {stderr.strip().splitlines()[-1] if stderr.strip() else ''}"
+        )
 
 
 def surrogate(workdir: Path, n: int, px: int, seed: int) -> tuple[Path, float | None]:
@@ -86,11 +93,18 @@ def surrogate(workdir: Path, n: int, px: int, seed: int) -> tuple[Path, float | 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[2000, 8000], help="rows of the two files")
-    parser.add_argument("--px", type=int, default=128,
-                        help="image side (default 128: rendering 10,000 galaxies at 256 px takes ~30 min on 2 cores)")
+    parser.add_argument(
+        "--px",
+        type=int,
+        default=128,
+        help="image side (default 128: rendering 10,000 galaxies at 256 px takes ~30 min on 2 cores)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "astroreason-data-bench"),
-                        help="where the surrogate files are made once and kept")
+    parser.add_argument(
+        "--workdir",
+        default=str(Path(tempfile.gettempdir()) / "astroreason-data-bench"),
+        help="where the surrogate files are made once and kept",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data_bench.json"))
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -101,8 +115,10 @@ def main(argv=None) -> int:
     for n in args.sizes:
         path, took = surrogate(workdir, n, args.px, args.seed)
         files[n] = path
-        print(f"surrogate n={n} px={args.px}: {path} ({path.stat().st_size / 2**20:.0f} MiB)"
-              + (f", made in {took:.0f} s" if took else ", cached"))
+        print(
+            f"surrogate n={n} px={args.px}: {path} ({path.stat().st_size / 2**20:.0f} MiB)"
+            + (f", made in {took:.0f} s" if took else ", cached")
+        )
 
     rows = []
     baseline = run_child("import", files[args.sizes[0]], workdir / "unused")
@@ -112,8 +128,10 @@ def main(argv=None) -> int:
             r = run_child(step, files[n], workdir / f"prepared_n{n}")
             r.update(step=step, n=n, images_per_s=n / r["seconds"], file_mib=files[n].stat().st_size / 2**20)
             rows.append(r)
-            print(f"{step:8s} n={n:6d}: {r['images_per_s']:8.0f} images/s ({r['seconds']:.1f} s), "
-                  f"peak RSS {r['peak_rss_mib']:.0f} MiB, file {r['file_mib']:.0f} MiB")
+            print(
+                f"{step:8s} n={n:6d}: {r['images_per_s']:8.0f} images/s ({r['seconds']:.1f} s), "
+                f"peak RSS {r['peak_rss_mib']:.0f} MiB, file {r['file_mib']:.0f} MiB"
+            )
 
     small, large = args.sizes
     ratios = {}
@@ -122,20 +140,33 @@ def main(argv=None) -> int:
         b = next(r for r in rows if r["step"] == step and r["n"] == large)
         ratios[step] = {
             "peak_rss_ratio": b["peak_rss_mib"] / a["peak_rss_mib"],
-            "growth_above_imports_mib": [a["peak_rss_mib"] - baseline["peak_rss_mib"],
-                                         b["peak_rss_mib"] - baseline["peak_rss_mib"]],
+            "growth_above_imports_mib": [
+                a["peak_rss_mib"] - baseline["peak_rss_mib"],
+                b["peak_rss_mib"] - baseline["peak_rss_mib"],
+            ],
         }
         ok = "meets" if ratios[step]["peak_rss_ratio"] <= TARGET_RATIO else "MISSES"
-        print(f"{step}: peak memory ratio n={large} / n={small} = {ratios[step]['peak_rss_ratio']:.3f} "
-              f"({ok} the {TARGET_RATIO} target; above the imports: "
-              f"{ratios[step]['growth_above_imports_mib'][0]:.0f} -> {ratios[step]['growth_above_imports_mib'][1]:.0f} MiB)")
+        print(
+            f"{step}: peak memory ratio n={large} / n={small} = {ratios[step]['peak_rss_ratio']:.3f} "
+            f"({ok} the {TARGET_RATIO} target; above the imports: "
+            f"{ratios[step]['growth_above_imports_mib'][0]:.0f} -> {ratios[step]['growth_above_imports_mib'][1]:.0f} MiB)"
+        )
 
     result = {
-        "bench": "data_bench", "px": args.px, "sizes": args.sizes, "seed": args.seed, "target_ratio": TARGET_RATIO,
-        "import_only_peak_rss_mib": baseline["peak_rss_mib"], "runs": rows, "ratios": ratios,
+        "bench": "data_bench",
+        "px": args.px,
+        "sizes": args.sizes,
+        "seed": args.seed,
+        "target_ratio": TARGET_RATIO,
+        "import_only_peak_rss_mib": baseline["peak_rss_mib"],
+        "runs": rows,
+        "ratios": ratios,
         "meets_target": all(r["peak_rss_ratio"] <= TARGET_RATIO for r in ratios.values()),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                    "load_average_1m": os.getloadavg()[0]},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
+            "load_average_1m": os.getloadavg()[0],
+        },
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.out)

@@ -50,8 +50,10 @@ def bare_rows(config) -> list[dict]:
 
     split = Dataset.from_file(str(split_path(config.data_dir, config.split)))
     size = (config.image_size, config.image_size)
-    return [{"prompt": build_prompt("image"), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
-            for i in range(min(config.max_samples, len(split)))]
+    return [
+        {"prompt": build_prompt("image"), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
+        for i in range(min(config.max_samples, len(split)))
+    ]
 
 
 class GenerateClock:
@@ -88,12 +90,17 @@ def bare_loop(model, processor, config, batch_size: int, max_new_tokens: int) ->
     rows = bare_rows(config)  # the harness times its data loading too
     for i in range(0, len(rows), batch_size):
         batch = rows[i : i + batch_size]
-        texts = [processor.apply_chat_template(chat_messages(r["prompt"], r["image"]), tokenize=False,
-                                               add_generation_prompt=True) for r in batch]
+        texts = [
+            processor.apply_chat_template(
+                chat_messages(r["prompt"], r["image"]), tokenize=False, add_generation_prompt=True
+            )
+            for r in batch
+        ]
         inputs = processor(text=texts, images=[r["image"] for r in batch], padding=True, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
@@ -135,10 +142,20 @@ def main() -> int:
         model_dir = build_tiny_model(work / "tiny", arch="qwen2_5_vl", seed=0)
         prices = work / "prices.yaml"
         prices.write_text("gpu_hour:\n  cpu: 0.0\n")
-        config = EvalConfig(model=str(model_dir), data_dir=str(prepared), split="train", modality="image",
-                            image_size=args.image_size, max_samples=args.samples, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, n_boot=1000, prices=str(prices),
-                            ledger=str(work / "spend.jsonl"), max_dollars=1.0)
+        config = EvalConfig(
+            model=str(model_dir),
+            data_dir=str(prepared),
+            split="train",
+            modality="image",
+            image_size=args.image_size,
+            max_samples=args.samples,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            n_boot=1000,
+            prices=str(prices),
+            ledger=str(work / "spend.jsonl"),
+            max_dollars=1.0,
+        )
         model, processor = load_model_and_processor(model_dir)
         model.eval()
         # The bare loop asks the same prompts and images the harness builds.
@@ -152,8 +169,10 @@ def main() -> int:
         clock = GenerateClock(model)
         run_bare = lambda: bare_loop(model, processor, config, args.batch_size, args.max_new_tokens)  # noqa: E731
         # First runs of each, kept out of the medians: the harness's first call also imports its modules.
-        warm_up = {"bare_generate": timed(run_bare, clock)[0],
-                   "harness": timed(lambda: harness(config, batched, work / "warm-up"), clock)[0]}
+        warm_up = {
+            "bare_generate": timed(run_bare, clock)[0],
+            "harness": timed(lambda: harness(config, batched, work / "warm-up"), clock)[0],
+        }
         times = {"bare_generate": [], "harness": [], "harness_batch1": []}
         cpu = {"bare_generate": [], "harness": []}
         in_generate = {"bare_generate": [], "harness": []}
@@ -165,11 +184,11 @@ def main() -> int:
                 in_generate[name].append(seconds[2])
 
         for r in range(args.repeats):
-            pair = [("bare_generate", run_bare), ("harness", lambda: harness(config, batched, work / f"run-{r}"))]
+            pair = [("bare_generate", run_bare), ("harness", lambda: harness(config, batched, work / f"run-{r}"))]  # noqa: B023
             for name, run in pair if r % 2 == 0 else pair[::-1]:
                 record(name, timed(run, clock))
             if r < args.single_repeats:
-                record("harness_batch1", timed(lambda: harness(single_config, single, work / f"run1-{r}"), clock))
+                record("harness_batch1", timed(lambda: harness(single_config, single, work / f"run1-{r}"), clock))  # noqa: B023
         best = {k: min(v) for k, v in times.items()}
         median = {k: statistics.median(v) for k, v in times.items()}
         median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
@@ -179,25 +198,35 @@ def main() -> int:
         # calls are the same work, so this is the bookkeeping), against the bare loop's median time.
         added = statistics.median(h - b for h, b in zip(outside["harness"], outside["bare_generate"]))
         result = {
-            "samples": len(rows), "image_size": args.image_size, "batch_size": args.batch_size,
+            "samples": len(rows),
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens,
-            "repeats": args.repeats, "single_repeats": args.single_repeats, "seconds": times,
-            "warm_up_seconds": warm_up, "median_seconds": median, "best_seconds": best,
+            "repeats": args.repeats,
+            "single_repeats": args.single_repeats,
+            "seconds": times,
+            "warm_up_seconds": warm_up,
+            "median_seconds": median,
+            "best_seconds": best,
             "harness_over_bare_generate": median["harness"] / median["bare_generate"],
             "harness_extra_seconds": median["harness"] - median["bare_generate"],
             "harness_over_bare_generate_best": best["harness"] / best["bare_generate"],
             "paired_ratios": [h / b for h, b in zip(times["harness"], times["bare_generate"])],
-            "cpu_seconds": cpu, "median_cpu_seconds": median_cpu,
+            "cpu_seconds": cpu,
+            "median_cpu_seconds": median_cpu,
             "harness_over_bare_generate_cpu": median_cpu["harness"] / median_cpu["bare_generate"],
             "generate_seconds": in_generate,
             "generate_paired_ratio_median": statistics.median(
-                h / b for h, b in zip(in_generate["harness"], in_generate["bare_generate"])),
+                h / b for h, b in zip(in_generate["harness"], in_generate["bare_generate"])
+            ),
             "median_seconds_outside_generate": median_outside,
             "harness_added_seconds_outside_generate": added,
             "harness_added_over_bare_generate": added / median["bare_generate"],
             "target_harness_over_bare_generate": 1.10,
             "batched_speedup_over_one_at_a_time": median["harness_batch1"] / median["harness"],
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
             "torch": torch.__version__,
         }
     finally:
@@ -205,22 +234,34 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(f"samples {result['samples']}, {args.image_size} px, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
-          f"median of {args.repeats} (best in brackets)")
+    print(
+        f"samples {result['samples']}, {args.image_size} px, batch {args.batch_size}, {args.max_new_tokens} new tokens, "
+        f"median of {args.repeats} (best in brackets)"
+    )
     print(f"bare model.generate loop : {median['bare_generate']:.2f} s  [{best['bare_generate']:.2f}]")
-    print(f"harness (batch {args.batch_size:>2})      : {median['harness']:.2f} s  [{best['harness']:.2f}]   "
-          f"ratio {result['harness_over_bare_generate']:.3f} (target <= 1.10), "
-          f"{1000 * result['harness_extra_seconds']:+.0f} ms  [best/best {result['harness_over_bare_generate_best']:.3f}]")
+    print(
+        f"harness (batch {args.batch_size:>2})      : {median['harness']:.2f} s  [{best['harness']:.2f}]   "
+        f"ratio {result['harness_over_bare_generate']:.3f} (target <= 1.10), "
+        f"{1000 * result['harness_extra_seconds']:+.0f} ms  [best/best {result['harness_over_bare_generate_best']:.3f}]"
+    )
     print(f"  paired ratios          : {' '.join(f'{r:.2f}' for r in result['paired_ratios'])}")
-    print(f"  in CPU time            : bare {median_cpu['bare_generate']:.2f} s, harness {median_cpu['harness']:.2f} s, "
-          f"ratio {result['harness_over_bare_generate_cpu']:.3f}")
-    print(f"  outside generate       : bare {median_outside['bare_generate']:.3f} s, harness "
-          f"{median_outside['harness']:.3f} s; the harness adds {1000 * added:.0f} ms "
-          f"({100 * result['harness_added_over_bare_generate']:.1f} % of the bare loop)")
-    print(f"  inside generate        : harness/bare paired ratio {result['generate_paired_ratio_median']:.3f} "
-          "(the same calls: the spread is the machine's)")
-    print(f"harness (batch  1)       : {median['harness_batch1']:.2f} s   "
-          f"batched is {result['batched_speedup_over_one_at_a_time']:.2f}x faster")
+    print(
+        f"  in CPU time            : bare {median_cpu['bare_generate']:.2f} s, harness {median_cpu['harness']:.2f} s, "
+        f"ratio {result['harness_over_bare_generate_cpu']:.3f}"
+    )
+    print(
+        f"  outside generate       : bare {median_outside['bare_generate']:.3f} s, harness "
+        f"{median_outside['harness']:.3f} s; the harness adds {1000 * added:.0f} ms "
+        f"({100 * result['harness_added_over_bare_generate']:.1f} % of the bare loop)"
+    )
+    print(
+        f"  inside generate        : harness/bare paired ratio {result['generate_paired_ratio_median']:.3f} "
+        "(the same calls: the spread is the machine's)"
+    )
+    print(
+        f"harness (batch  1)       : {median['harness_batch1']:.2f} s   "
+        f"batched is {result['batched_speedup_over_one_at_a_time']:.2f}x faster"
+    )
     print(f"wrote {out}")
     return 0
 

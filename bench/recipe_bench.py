@@ -36,8 +36,20 @@ def parse(config: str, output_dir: str, steps: int):
 
     parser = TrlParser((GalaxyScriptArguments, GRPOConfig, ModelConfig))
     return parser.parse_args_and_config(
-        args=["--config", config, "--output_dir", output_dir, "--max_steps", str(steps), "--save_strategy", "no",
-              "--logging_steps", str(steps), "--disable_tqdm", "true"]
+        args=[
+            "--config",
+            config,
+            "--output_dir",
+            output_dir,
+            "--max_steps",
+            str(steps),
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            str(steps),
+            "--disable_tqdm",
+            "true",
+        ]
     )
 
 
@@ -132,21 +144,27 @@ def main(argv=None) -> int:
                 script_args, training_args, model_args = parse(args.config, f"{tmp}/{name}{r}", args.steps)
                 measured = dict(zip(("wall", "cpu"), step_times(build(script_args, training_args, model_args))))
                 for clock in clocks:
-                    kept = measured[clock][args.warmup:]
+                    kept = measured[clock][args.warmup :]
                     steps[clock][name] += kept
                     per_round[clock][name].append(statistics.median(kept))
-                print(f"round {r + 1}/{args.rounds}  {name:8s}  median step: CPU {per_round['cpu'][name][-1] * 1000:7.1f} ms"
-                      f"  wall {per_round['wall'][name][-1] * 1000:7.1f} ms  ({args.steps - args.warmup} steps)", flush=True)
+                print(
+                    f"round {r + 1}/{args.rounds}  {name:8s}  median step: CPU {per_round['cpu'][name][-1] * 1000:7.1f} ms"
+                    f"  wall {per_round['wall'][name][-1] * 1000:7.1f} ms  ({args.steps - args.warmup} steps)",
+                    flush=True,
+                )
 
     median = {clock: {name: statistics.median(v) for name, v in steps[clock].items()} for clock in clocks}
     ratio = {clock: median[clock]["recipe"] / median[clock]["bare_trl"] for clock in clocks}
-    round_ratios = {clock: [a / b for a, b in zip(per_round[clock]["recipe"], per_round[clock]["bare_trl"])]
-                    for clock in clocks}
+    round_ratios = {
+        clock: [a / b for a, b in zip(per_round[clock]["recipe"], per_round[clock]["bare_trl"])] for clock in clocks
+    }
     result = {
         "benchmark": "GRPO step time, astroreason recipe vs bare TRL GRPOTrainer",
         "config": os.path.relpath(args.config, ROOT),
         "model": model_args.model_name_or_path,
-        "rounds": args.rounds, "steps_per_round": args.steps, "warmup_steps_dropped": args.warmup,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "warmup_steps_dropped": args.warmup,
         # CPU seconds of this process per step: the work done, steady on a shared machine; wall seconds: what a user
         # waits, which other processes on the machine inflate at random.
         "median_step_s": median,
@@ -157,17 +175,24 @@ def main(argv=None) -> int:
         "target_judged_on": "cpu",
         "meets_target": ratio["cpu"] <= 1.05,
         "machine": {
-            "device": "cpu", "torch_threads": args.threads, "cpu_count": os.cpu_count(),
-            "load_average_1m_at_end": os.getloadavg()[0], "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "device": "cpu",
+            "torch_threads": args.threads,
+            "cpu_count": os.cpu_count(),
+            "load_average_1m_at_end": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
         },
         "gpu_part": "not measured: needs a GPU (this benchmark ran on CPU)",
     }
     write_json_atomic(args.out, result)
     for clock in clocks:
-        print(f"{clock:4s} median step: recipe {median[clock]['recipe'] * 1000:.1f} ms, bare TRL "
-              f"{median[clock]['bare_trl'] * 1000:.1f} ms; ratio {ratio[clock]:.3f}; per round "
-              + ", ".join(f"{x:.3f}" for x in round_ratios[clock]))
+        print(
+            f"{clock:4s} median step: recipe {median[clock]['recipe'] * 1000:.1f} ms, bare TRL "
+            f"{median[clock]['bare_trl'] * 1000:.1f} ms; ratio {ratio[clock]:.3f}; per round "
+            + ", ".join(f"{x:.3f}" for x in round_ratios[clock])
+        )
     print(f"ratio (CPU time per step) {ratio['cpu']:.3f}: target <= 1.05 {'met' if ratio['cpu'] <= 1.05 else 'MISSED'}")
     print(f"wrote {args.out}")
     return 0

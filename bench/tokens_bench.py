@@ -96,19 +96,29 @@ def main() -> None:
     speed["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     costs = tokens_per_code(codec.vocab_size, codec.grid_shape)
 
-    print(f"encode: {speed['images_per_s_best']} img/s best, {speed['images_per_s_median']} img/s median "
-          f"(wall, {args.images} images x {args.repeats}); {speed['images_per_cpu_s']} img per CPU-second; "
-          f"load average {speed['load_average_before_after'][0]} -> {speed['load_average_before_after'][1]} "
-          f"on {os.cpu_count()} CPUs")
-    print(f"Galaxy10 ({GALAXY10_ROWS} images): {speed['galaxy10_seconds_best']} s at the best rate, "
-          f"{speed['galaxy10_seconds_median']} s at the median, {speed['galaxy10_seconds_if_cores_free']} s if "
-          f"{speed['torch_threads']} threads had the cores to themselves (target < {TARGET_SECONDS:.0f} s)")
+    print(
+        f"encode: {speed['images_per_s_best']} img/s best, {speed['images_per_s_median']} img/s median "
+        f"(wall, {args.images} images x {args.repeats}); {speed['images_per_cpu_s']} img per CPU-second; "
+        f"load average {speed['load_average_before_after'][0]} -> {speed['load_average_before_after'][1]} "
+        f"on {os.cpu_count()} CPUs"
+    )
+    print(
+        f"Galaxy10 ({GALAXY10_ROWS} images): {speed['galaxy10_seconds_best']} s at the best rate, "
+        f"{speed['galaxy10_seconds_median']} s at the median, {speed['galaxy10_seconds_if_cores_free']} s if "
+        f"{speed['torch_threads']} threads had the cores to themselves (target < {TARGET_SECONDS:.0f} s)"
+    )
     for c in costs:
-        print(f"{c['rendering']:<8} {c['tokens_per_code']:.3f} LM tokens/code  {c['lm_tokens_mean']:.1f} per galaxy "
-              f"({c['codes_per_galaxy']} codes)")
+        print(
+            f"{c['rendering']:<8} {c['tokens_per_code']:.3f} LM tokens/code  {c['lm_tokens_mean']:.1f} per galaxy "
+            f"({c['codes_per_galaxy']} codes)"
+        )
     result = {
-        "codec": {"config": args.config, "description": codec.describe(), "vocab_size": codec.vocab_size,
-                  "grid_shape": list(codec.grid_shape)},
+        "codec": {
+            "config": args.config,
+            "description": codec.describe(),
+            "vocab_size": codec.vocab_size,
+            "grid_shape": list(codec.grid_shape),
+        },
         "encode": speed,
         "meets_galaxy10_target_best": speed["galaxy10_seconds_best"] < TARGET_SECONDS,
         "tokens_per_code": {c["rendering"]: c for c in costs},

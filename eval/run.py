@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on a prepared split, in either modality, and print one `RESULT {json}` line.
 
-    python eval/run.py --config eval/configs/tiny_image.yaml --model runs/demo/sft-image
+python eval/run.py --config eval/configs/tiny_image.yaml --model runs/demo/sft-image
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of a Qwen-VL model on Galaxy10, from images or from image tokens written as text.
 
-    accelerate launch recipes/sft.py --config recipes/configs/tiny/sft_image.yaml [--key value ...]
-    python recipes/sft.py --config recipes/configs/tiny/sft_tokens.yaml --resume true
+accelerate launch recipes/sft.py --config recipes/configs/tiny/sft_image.yaml [--key value ...]
+python recipes/sft.py --config recipes/configs/tiny/sft_tokens.yaml --resume true
 """
 
 import sys

@@ -88,15 +88,27 @@ def foreign_rows(seed: int = 7, flux: bool = False):
         a = int(next(picks))
         tag(a, "near", gid)
         r, d = _offset(ra[a], dec[a], rng.uniform(2.0, 4.5), rng.uniform(0, 2 * np.pi))
-        add(labels[a] if same else other(labels[a]), r, d, rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8),
-            "near", gid)
+        add(
+            labels[a] if same else other(labels[a]),
+            r,
+            d,
+            rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8),
+            "near",
+            gid,
+        )
         gid += 1
     # Identical pixels at unrelated positions: two of one class, one conflicting.
     for same in (True, True, False):
         a = int(next(picks))
         tag(a, "image", gid)
-        add(labels[a] if same else other(labels[a]), float(rng.uniform(0, 360)), float(rng.uniform(40, 60)),
-            images[a].copy(), "image", gid)
+        add(
+            labels[a] if same else other(labels[a]),
+            float(rng.uniform(0, 360)),
+            float(rng.uniform(40, 60)),
+            images[a].copy(),
+            "image",
+            gid,
+        )
         gid += 1
 
     n = len(labels)
@@ -121,8 +133,7 @@ def foreign_rows(seed: int = 7, flux: bool = False):
     cols = {k: v[order] for k, v in cols.items()}
     new_row = np.empty(n, np.int64)
     new_row[order] = np.arange(n)
-    planted = Planted(n_rows=n, labels=cols["ans"].astype(np.int64), nan_redshift=9,
-                      nan_flux_rows=25 if flux else 0)
+    planted = Planted(n_rows=n, labels=cols["ans"].astype(np.int64), nan_redshift=9, nan_flux_rows=25 if flux else 0)
     for kind in ("exact", "near", "image"):
         members: dict[int, set] = {}
         for row, (k, g) in enumerate(tags):

@@ -40,13 +40,23 @@ def build_text_lm(out: Path, seed: int = 0) -> Path:
 
     tokenizer = train_tokenizer(1024)
     endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=endoftext, eos_token_id=im_end, pad_token_id=endoftext)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=endoftext,
+        eos_token_id=im_end,
+        pad_token_id=endoftext,
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=endoftext, eos_token_id=[im_end, endoftext],
-                                               pad_token_id=endoftext)
+    model.generation_config = GenerationConfig(
+        bos_token_id=endoftext, eos_token_id=[im_end, endoftext], pad_token_id=endoftext
+    )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -62,9 +72,23 @@ class ServeProcess:
         exe = Path(sys.executable).parent / "transformers"
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
-            [str(exe), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu",
-             "--log-level", "info"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                str(exe),
+                "serve",
+                str(model_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--device",
+                "cpu",
+                "--log-level",
+                "info",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -125,8 +149,9 @@ class CountingProxy(_Server):
                 with proxy.lock:
                     proxy.count += 1
                     proxy.auth_headers.append(self.headers.get("Authorization", ""))
-                request = urllib.request.Request(proxy.upstream + self.path, data=body, method="POST",
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    proxy.upstream + self.path, data=body, method="POST", headers={"Content-Type": "application/json"}
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=300) as r:
                         status, payload = r.status, r.read()
@@ -194,19 +219,30 @@ class ScriptedServer(_Server):
                 if fate == "garbage":
                     return self._send(200, b"<html>upstream proxy error</html>", "text/html")
                 if fate in ("429", "503", "400"):
-                    return self._send(int(fate), json.dumps({"error": {"message": fate}}).encode(),
-                                      headers=[("Retry-After", "0")] if fate == "429" else [])
+                    return self._send(
+                        int(fate),
+                        json.dumps({"error": {"message": fate}}).encode(),
+                        headers=[("Retry-After", "0")] if fate == "429" else [],
+                    )
                 digest = hashlib.sha256((json.dumps(body["messages"], sort_keys=True) + str(answer_seed)).encode())
                 text = f"<answer>{DECALS_CLASSES[digest.digest()[0] % len(DECALS_CLASSES)]}</answer>"
                 if answer is not None:
                     text = answer(body["messages"])
                 prompt_tokens = len(json.dumps(body["messages"])) // 8
-                payload = {"id": f"r{n}", "object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                        "finish_reason": "stop"}]}
+                payload = {
+                    "id": f"r{n}",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                }
                 if fate != "nousage":
-                    payload["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": 6,
-                                        "total_tokens": prompt_tokens + 6}
+                    payload["usage"] = {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": 6,
+                        "total_tokens": prompt_tokens + 6,
+                    }
                 self._send(200, json.dumps(payload).encode())
 
         super().__init__(Handler)
@@ -242,8 +278,12 @@ class StallingFront(_Server):
                 if fate == "500":
                     status, payload = 500, json.dumps({"error": {"message": "internal error"}}).encode()
                 else:
-                    request = urllib.request.Request(upstream.rstrip("/") + self.path, data=body, method="POST",
-                                                     headers={"Content-Type": "application/json"})
+                    request = urllib.request.Request(
+                        upstream.rstrip("/") + self.path,
+                        data=body,
+                        method="POST",
+                        headers={"Content-Type": "application/json"},
+                    )
                     with urllib.request.urlopen(request, timeout=300) as r:
                         status, payload = r.status, r.read()
                     usage = json.loads(payload).get("usage") or {}
@@ -279,7 +319,30 @@ def build_codec(prepared_dir: Path, out: Path) -> Path:
     """A tiny built-in FSQ codec (a few training steps) and its token cache for `prepared_dir`."""
     from astroreason.cli import main
 
-    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), "--size", "16", "--levels", "5,5",
-                 "--hidden", "8", "--steps", "3", "--batch-size", "8", "--max-images", "32"]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "train",
+                "--data",
+                str(prepared_dir),
+                "--out",
+                str(out),
+                "--size",
+                "16",
+                "--levels",
+                "5,5",
+                "--hidden",
+                "8",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--max-images",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert main(["tokens", "encode", "--data", str(prepared_dir), "--codec", str(out)]) == 0
     return out

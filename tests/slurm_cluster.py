@@ -121,9 +121,16 @@ class LocalSlurm:
         self.write_config()
         r = self.root
         subprocess.run(
-            ["munged", f"--socket={self.socket}", f"--key-file={r}/munge-key/munge.key",
-             f"--pid-file={self.pids['munged']}", f"--log-file={r}/log/munged.log", f"--seed-file={r}/munge-key/seed"],
-            check=True, env=self.env(),
+            [
+                "munged",
+                f"--socket={self.socket}",
+                f"--key-file={r}/munge-key/munge.key",
+                f"--pid-file={self.pids['munged']}",
+                f"--log-file={r}/log/munged.log",
+                f"--seed-file={r}/munge-key/seed",
+            ],
+            check=True,
+            env=self.env(),
         )
         # -i: ignore state files (a fresh directory has none); both daemons fork and write their pid files.
         subprocess.run(["slurmctld", "-i", "-f", str(self.conf)], check=True, env=self.env())

@@ -89,8 +89,9 @@ def test_a_template_carrying_a_column_needs_the_override(prepared_dir):
     with pytest.raises(UserError, match="override_reason: given without allow_prompt_fields"):
         settings(prepared_dir, override_reason="why").lint_override()
 
-    allowed = settings(prepared_dir, prompt_template=template, allow_prompt_fields=["row_index"],
-                       override_reason="planted leak")
+    allowed = settings(
+        prepared_dir, prompt_template=template, allow_prompt_fields=["row_index"], override_reason="planted leak"
+    )
     rows = build_arm(allowed, "test", max_samples=3).rows()
     source_rows = load_manifest(prepared_dir).rows["test"][:3]
     assert [r["prompt"][0]["content"] for r in rows] == [f"Galaxy number {i}. What is it?" for i in source_rows]

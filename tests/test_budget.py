@@ -8,9 +8,6 @@ import multiprocessing as mp
 
 import pytest
 
-from astroreason.cli import main
-from astroreason.budget.callback import BudgetCallback
-from astroreason.errors import CheckFailed, UserError
 from astroreason.budget import (
     Budget,
     BudgetExhausted,
@@ -21,6 +18,9 @@ from astroreason.budget import (
     gpu_price,
     load_price_table,
 )
+from astroreason.budget.callback import BudgetCallback
+from astroreason.cli import main
+from astroreason.errors import CheckFailed, UserError
 
 PRICES = """
 api:
@@ -68,7 +68,11 @@ def test_gate_refuses_the_request_that_would_cross_the_cap(tmp_path):
         budget.reserve(requests=1, prompt_tokens=4, completion_tokens=2)  # 6 + 6 > 10: not sent
     budget.charge(r, requests=1, prompt_tokens=3, completion_tokens=1)  # the real cost settles the reservation
     totals = ledger.totals()
-    assert (totals.dollars, totals.open_reservations, totals.committed_dollars) == (pytest.approx(4), 0, pytest.approx(4))
+    assert (totals.dollars, totals.open_reservations, totals.committed_dollars) == (
+        pytest.approx(4),
+        0,
+        pytest.approx(4),
+    )
     r2 = budget.reserve(requests=1, prompt_tokens=4, completion_tokens=2)  # 4 + 6 <= 10 now fits
     budget.release(r2)
     assert ledger.totals().committed_dollars == pytest.approx(4)
@@ -138,14 +142,29 @@ def _tiny_trainer(tmp_path, name, callback):
     from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     rows = [{"input_ids": torch.randint(0, 64, (16,)).tolist()} for _ in range(64)]
     for r in rows:
         r["labels"] = r["input_ids"]
-    args = TrainingArguments(output_dir=str(tmp_path / name), max_steps=500, per_device_train_batch_size=4,
-                             save_strategy="no", report_to=[], use_cpu=True, logging_strategy="no",
-                             disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / name),
+        max_steps=500,
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        logging_strategy="no",
+        disable_tqdm=True,
+    )
     return Trainer(model=model, args=args, train_dataset=rows, callbacks=[callback])
 
 
@@ -162,7 +181,8 @@ def test_budget_callback_saves_and_stops_training_at_the_cap(tmp_path, prices):
     assert (tmp_path / "run" / "checkpoint-4").is_dir()
     charges = [json.loads(line) for line in ledger.path.read_text().splitlines()]
     assert [(c["kind"], c["step"], c["gpu_seconds"], c["dollars"]) for c in charges] == [
-        ("charge", step, 1.0, pytest.approx(1.0)) for step in (1, 2, 3, 4)]
+        ("charge", step, 1.0, pytest.approx(1.0)) for step in (1, 2, 3, 4)
+    ]
     assert ledger.totals().dollars == pytest.approx(4.0)
     # A second training run on the same ledger refuses to start: the cap is global.
     again = BudgetCallback(price, max_dollars=4.0, ledger=ledger, gpus=1, clock=StepClock())
@@ -190,6 +210,6 @@ def test_budget_status_command(tmp_path, capsys):
     budget.charge(None, requests=3, prompt_tokens=2, completion_tokens=5)
     assert main(["budget", "status", "--ledger", str(path), "--max-dollars", "10"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("STATUS ")][-1]
-    status = json.loads(line[len("STATUS "):])
+    status = json.loads(line[len("STATUS ") :])
     assert status["dollars"] == pytest.approx(2) and status["requests"] == 3
     assert status["remaining_dollars"] == pytest.approx(8)

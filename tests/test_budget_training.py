@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,14 +26,31 @@ MAX_STEPS = 200  # far more than the cap allows
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
 
 
 def recipe(name: str, cwd: Path, *overrides) -> subprocess.CompletedProcess:
     config = ROOT / "recipes" / "configs" / "tiny" / f"{name}_image.yaml"
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{name}.py"), "--config", str(config), "--image_size", "56",
-           "--max_train_samples", "16", "--save_steps", "1000", "--disable_tqdm", "true", *map(str, overrides)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / f"{name}.py"),
+        "--config",
+        str(config),
+        "--image_size",
+        "56",
+        "--max_train_samples",
+        "16",
+        "--save_steps",
+        "1000",
+        "--disable_tqdm",
+        "true",
+        *map(str, overrides),
+    ]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -50,8 +66,18 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def test_device_without_a_price_is_refused_before_training(name, tmp_path):
     prices = tmp_path / "prices.yaml"
     prices.write_text("gpu_hour:\n  NVIDIA H100 80GB HBM3: 2.5\n")  # no `cpu` entry: this machine has no price
-    out = recipe(name, tmp_path, "--output_dir", tmp_path / "run", "--max_dollars", "1", "--prices", prices,
-                 "--ledger", tmp_path / "spend.jsonl")
+    out = recipe(
+        name,
+        tmp_path,
+        "--output_dir",
+        tmp_path / "run",
+        "--max_dollars",
+        "1",
+        "--prices",
+        prices,
+        "--ledger",
+        tmp_path / "spend.jsonl",
+    )
     assert out.returncode == 1, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert error_lines(out) == [out.stderr.strip().splitlines()[-1]]
@@ -62,8 +88,16 @@ def test_device_without_a_price_is_refused_before_training(name, tmp_path):
 
 def test_cap_stops_training_with_a_checkpoint_and_resume_continues(prepared_dir, tiny_model_dir, tmp_path, capsys):
     ledger, run_dir = tmp_path / "ledger" / "spend.jsonl", tmp_path / "run"
-    common = ["--model_name_or_path", tiny_model_dir, "--data_dir", prepared_dir, "--ledger", ledger,
-              "--price_gpu_hour", PRICE]
+    common = [
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--data_dir",
+        prepared_dir,
+        "--ledger",
+        ledger,
+        "--price_gpu_hour",
+        PRICE,
+    ]
 
     # 1. The cap bites: a checkpoint at the step it stopped, and a one-line budget error (exit 1).
     first = recipe("sft", tmp_path, *common, "--output_dir", run_dir, "--max_steps", MAX_STEPS, "--max_dollars", CAP)
@@ -90,8 +124,9 @@ def test_cap_stops_training_with_a_checkpoint_and_resume_continues(prepared_dir,
 
     # 3. Another run of the project, capped at what is already spent, refuses to start: no step, no charge.
     spent = math.floor(total * 1e6) / 1e6  # at or below what is spent
-    again = recipe("sft", tmp_path, *common, "--output_dir", tmp_path / "other", "--max_steps", MAX_STEPS,
-                   "--max_dollars", spent)
+    again = recipe(
+        "sft", tmp_path, *common, "--output_dir", tmp_path / "other", "--max_steps", MAX_STEPS, "--max_dollars", spent
+    )
     assert again.returncode == 1, again.stderr[-3000:]
     assert len(error_lines(again)) == 1 and "already reached" in error_lines(again)[0]
     assert "training not started" in error_lines(again)[0] and "Traceback" not in again.stderr
@@ -99,8 +134,19 @@ def test_cap_stops_training_with_a_checkpoint_and_resume_continues(prepared_dir,
     assert len(charges(ledger)) == stopped
 
     # 4. A raised cap and --resume true continue from the checkpoint, two more steps, charged to the same run.
-    resumed = recipe("sft", tmp_path, *common, "--output_dir", run_dir, "--max_steps", stopped + 2,
-                     "--max_dollars", 1e6, "--resume", "true")
+    resumed = recipe(
+        "sft",
+        tmp_path,
+        *common,
+        "--output_dir",
+        run_dir,
+        "--max_steps",
+        stopped + 2,
+        "--max_dollars",
+        1e6,
+        "--resume",
+        "true",
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     assert f"Resuming from {run_dir / f'checkpoint-{stopped}'} (global step {stopped})" in log

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import cli
+from test_sweep import write_base_config, write_sweep
 from trl import GRPOConfig, ModelConfig, SFTConfig
 
 from astroreason.arguments import ConfigParser, parse_config_args
@@ -19,8 +21,6 @@ from astroreason.evaluation.commands import parse_eval_config
 from astroreason.evaluation.harness import EvalConfig
 from astroreason.integrity.ledger import append_result
 from astroreason.training import GalaxyScriptArguments
-from cli_helpers import cli
-from test_sweep import write_base_config, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers")
@@ -36,8 +36,11 @@ def command_parsers(parser, path=()):
 
 
 def undocumented(parser) -> list[str]:
-    return [action.option_strings[0] if action.option_strings else action.dest for action in parser._actions
-            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    return [
+        action.option_strings[0] if action.option_strings else action.dest
+        for action in parser._actions
+        if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help
+    ]
 
 
 def test_every_command_option_has_help():
@@ -45,9 +48,11 @@ def test_every_command_option_has_help():
     assert not missing, f"options without help text: {missing}"
 
 
-@pytest.mark.parametrize("types", [(GalaxyScriptArguments, SFTConfig, ModelConfig),
-                                   (GalaxyScriptArguments, GRPOConfig, ModelConfig), (EvalConfig,)],
-                         ids=["sft", "grpo", "eval"])
+@pytest.mark.parametrize(
+    "types",
+    [(GalaxyScriptArguments, SFTConfig, ModelConfig), (GalaxyScriptArguments, GRPOConfig, ModelConfig), (EvalConfig,)],
+    ids=["sft", "grpo", "eval"],
+)
 def test_every_recipe_and_eval_field_has_help(types):
     """Through the parser the recipes and `astroreason eval` really use, so a field TRL documents counts too."""
     missing = undocumented(ConfigParser(types))
@@ -90,34 +95,48 @@ def test_recipe_and_eval_options_take_both_spellings(tmp_path):
     assert (dash.data_dir, dash.max_new_tokens) == (snake.data_dir, snake.max_new_tokens) == ("d", 7)
     types = (GalaxyScriptArguments, SFTConfig, ModelConfig)
     common = ["--output_dir", str(tmp_path / "run"), "--report_to", "none", "--bf16", "false", "--use_cpu", "true"]
-    dash_args, dash_training, _ = parse_config_args(types, [*common, "--max-train-samples", "3", "--learning-rate", "0.5"])
-    snake_args, snake_training, _ = parse_config_args(types, [*common, "--max_train_samples", "3", "--learning_rate", "0.5"])
+    dash_args, dash_training, _ = parse_config_args(
+        types, [*common, "--max-train-samples", "3", "--learning-rate", "0.5"]
+    )
+    snake_args, snake_training, _ = parse_config_args(
+        types, [*common, "--max_train_samples", "3", "--learning_rate", "0.5"]
+    )
     assert dash_args.max_train_samples == snake_args.max_train_samples == 3
     assert dash_training.learning_rate == snake_training.learning_rate == 0.5
 
 
 def heavy_modules_after(argv: list[str], cwd: Path) -> tuple[int, list[str]]:
     """Run `astroreason ARGV` in a fresh interpreter; its exit status and which of torch/transformers it imported."""
-    probe = ("import sys\nfrom astroreason.cli import main\n"
-             "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as done:  # --help\n    status = done.code\n"
-             f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)\nsys.exit(status)\n")
+    probe = (
+        "import sys\nfrom astroreason.cli import main\n"
+        "try:\n    status = main(sys.argv[1:])\nexcept SystemExit as done:  # --help\n    status = done.code\n"
+        f"print('HEAVY', [m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)\nsys.exit(status)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", probe, *map(str, argv)], cwd=cwd, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True
+    )
     lines = [line for line in done.stderr.splitlines() if line.startswith("HEAVY ")]
     assert lines, done.stderr
-    return done.returncode, eval(lines[-1][len("HEAVY "):])
+    return done.returncode, eval(lines[-1][len("HEAVY ") :])
 
 
 def test_commands_that_need_no_model_import_no_torch(surrogate_h5, prepared_dir, tiny_model_dir, tmp_path):
     ledger = tmp_path / "spend.jsonl"
     Budget(Ledger(ledger), Price("m", 1e6, 0), Caps(), run="r").charge(None, requests=1, prompt_tokens=2)
-    append_result(tmp_path / "project", {"modality": "image", "seed": 0, "metric": "accuracy", "value": 0.4,
-                                         "status": "keep", "description": "a row"})
+    append_result(
+        tmp_path / "project",
+        {"modality": "image", "seed": 0, "metric": "accuracy", "value": 0.4, "status": "keep", "description": "a row"},
+    )
     base = write_base_config(tmp_path / "base.yaml", prepared_dir, tiny_model_dir, max_steps=2, save_steps=2)
     sweep = write_sweep(tmp_path / "grid.yaml", base)
-    planned = subprocess.run([sys.executable, "-m", "astroreason.cli", "sweep", "plan", str(sweep)], cwd=tmp_path,
-                             env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    planned = subprocess.run(
+        [sys.executable, "-m", "astroreason.cli", "sweep", "plan", str(sweep)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
     assert planned.returncode == 0, planned.stderr
     commands = {
         "data inspect": ["data", "inspect", surrogate_h5],
@@ -131,8 +150,9 @@ def test_commands_that_need_no_model_import_no_torch(surrogate_h5, prepared_dir,
         assert heavy == [], f"`astroreason {name}` imported {heavy}"
 
 
-@pytest.mark.parametrize("command", ["", "data", "data inspect", "ledger verify", "budget status", "sweep status",
-                                     "eval", "audit", "gate"])
+@pytest.mark.parametrize(
+    "command", ["", "data", "data inspect", "ledger verify", "budget status", "sweep status", "eval", "audit", "gate"]
+)
 def test_help_imports_no_torch(command, tmp_path):
     status, heavy = heavy_modules_after([*command.split(), "--help"], tmp_path)
     assert heavy == [], f"`astroreason {command} --help` imported {heavy}"

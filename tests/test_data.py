@@ -73,8 +73,11 @@ def test_inspect_finds_order_every_planted_group_conflicts_and_nans(foreign):
     assert groups_of(dupes["near_position"]) == set(planted.near)
     assert groups_of(dupes["identical_image"]) == set(planted.image)
     assert groups_of(dupes["combined"]) == set(planted.all_groups)
-    for kind, planted_groups in (("exact_position", planted.exact), ("near_position", planted.near),
-                                 ("identical_image", planted.image)):
+    for kind, planted_groups in (
+        ("exact_position", planted.exact),
+        ("near_position", planted.near),
+        ("identical_image", planted.image),
+    ):
         flagged = {frozenset(g["rows"]) for g in dupes[kind] if g["conflict"]}
         assert flagged == set(planted.conflicting(planted_groups)), kind
         assert dupes["conflicts"][kind] == len(flagged)
@@ -89,11 +92,19 @@ def test_inspect_finds_order_every_planted_group_conflicts_and_nans(foreign):
 
 def test_inspect_cli_json_matches_and_shuffled_file_is_not_ordered(foreign, shuffled):
     path, _, planted = foreign
-    out = subprocess.run([sys.executable, "-m", "astroreason.cli", "data", "inspect", str(path), "--json"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "astroreason.cli", "data", "inspect", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(out.stdout) == json.loads(json.dumps(inspect_file(path)))
-    table = subprocess.run([sys.executable, "-m", "astroreason.cli", "data", "inspect", str(path)],
-                           capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "astroreason.cli", "data", "inspect", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "sorted by class" in table and f"{len(planted.all_groups)} groups in all" in table
 
     report = inspect_file(shuffled[0])

@@ -34,8 +34,13 @@ def server(tmp_path_factory):
 
 
 def download(*args):
-    return subprocess.run([sys.executable, "-m", "astroreason.cli", "data", "download", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "astroreason.cli", "data", "download", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
 
 
 def test_right_checksum_writes_the_file_and_a_second_run_keeps_it(server, tmp_path):
@@ -62,8 +67,9 @@ def test_wrong_checksum_keeps_nothing(server, tmp_path):
     # A file of another content already at the target is not overwritten.
     out.mkdir(exist_ok=True)
     (out / "Galaxy10_DECals.h5").write_bytes(b"mine")
-    result = download("--url", f"{url}/Galaxy10_DECals.h5", "--sha256", hashlib.sha256(payload).hexdigest(),
-                      "--out", out)
+    result = download(
+        "--url", f"{url}/Galaxy10_DECals.h5", "--sha256", hashlib.sha256(payload).hexdigest(), "--out", out
+    )
     assert result.returncode == 2 and "move it away" in result.stderr
     assert (out / "Galaxy10_DECals.h5").read_bytes() == b"mine"
 

@@ -41,9 +41,15 @@ def h5(path, **changes):
 
 
 def truncated(path):
-    h5(path.with_suffix(".full"), images=np.random.default_rng(1).integers(0, 256, (200, 64, 64, 3), dtype=np.uint8),
-       ans=np.zeros(200, np.uint8), ra=np.zeros(200), dec=np.zeros(200), redshift=np.zeros(200),
-       pxscale=np.zeros(200))
+    h5(
+        path.with_suffix(".full"),
+        images=np.random.default_rng(1).integers(0, 256, (200, 64, 64, 3), dtype=np.uint8),
+        ans=np.zeros(200, np.uint8),
+        ra=np.zeros(200),
+        dec=np.zeros(200),
+        redshift=np.zeros(200),
+        pxscale=np.zeros(200),
+    )
     data = path.with_suffix(".full").read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -70,8 +76,12 @@ CASES = {
 
 
 def run_cli(*args, preexec=None):
-    return subprocess.run([*(preexec or []), sys.executable, "-m", "astroreason.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*(preexec or []), sys.executable, "-m", "astroreason.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def assert_one_line_exit_2(result, word):
@@ -121,8 +131,11 @@ def test_unreadable_file(tmp_path):
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: a mode-000 file stays readable")
-        preexec = [setpriv, "--inh-caps=-dac_override,-dac_read_search",
-                   "--bounding-set=-dac_override,-dac_read_search"]
+        preexec = [
+            setpriv,
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
         probe = subprocess.run([*preexec, "cat", str(path)], capture_output=True)
         if probe.returncode == 0:
             pytest.skip("cannot drop root's file-permission override here")

@@ -19,7 +19,12 @@ from PIL import Image
 from astroreason.demo import Demo, DemoConfig
 
 SMALL = DemoConfig(
-    n_galaxies=700, n_pretrain=700, fractions=(0.7, 0.05, 0.25), pretrain_steps=120, sft_steps=60, sft_batch=16,
+    n_galaxies=700,
+    n_pretrain=700,
+    fractions=(0.7, 0.05, 0.25),
+    pretrain_steps=120,
+    sft_steps=60,
+    sft_batch=16,
     check=False,
 )
 
@@ -56,8 +61,10 @@ def test_image_matters(trained):
     real = [r["image"] for r in rows]
     shuffled = [real[i] for i in np.random.default_rng(0).permutation(len(real))]
     blank = [Image.new("RGB", real[0].size)] * len(real)
-    acc = {name: _accuracy(backend, rows, images) for name, images in
-           (("real", real), ("shuffled", shuffled), ("blank", blank))}
+    acc = {
+        name: _accuracy(backend, rows, images)
+        for name, images in (("real", real), ("shuffled", shuffled), ("blank", blank))
+    }
     majority = np.bincount([r["label"] for r in rows]).max() / len(rows)
     print(json.dumps({**acc, "majority": majority}))
     assert acc["real"] > acc["shuffled"] + 0.08, acc

@@ -23,9 +23,14 @@ BASE = {"max_samples": 3, "batch_size": 3, "max_new_tokens": 4, "n_boot": 50, "i
 def evaluate_into(model, prepared_dir, out: Path, **settings) -> dict:
     from astroreason.evaluation.harness import EvalConfig, evaluate
 
-    config = EvalConfig(model=str(model), data_dir=str(prepared_dir), output_dir=str(out),
-                        ledger=str(out.parent / "spend.jsonl"), prices=str(REPO / "eval" / "prices.yaml"),
-                        **{**BASE, **settings})
+    config = EvalConfig(
+        model=str(model),
+        data_dir=str(prepared_dir),
+        output_dir=str(out),
+        ledger=str(out.parent / "spend.jsonl"),
+        prices=str(REPO / "eval" / "prices.yaml"),
+        **{**BASE, **settings},
+    )
     return evaluate(config, progress=False)
 
 
@@ -57,8 +62,16 @@ CHANGES = {
     "weights": ({}, lambda m: perturb_weights(m / "model.safetensors")),
     "tokenizer": ({}, lambda m: edit_json(m / "tokenizer_config.json", model_max_length=4096)),
     "chat_template": ({}, system_prompt),
-    "processor_config": ({}, lambda m: edit_json(m / "processor_config.json", image_processor={
-        **json.loads((m / "processor_config.json").read_text())["image_processor"], "image_mean": [0.5, 0.5, 0.5]})),
+    "processor_config": (
+        {},
+        lambda m: edit_json(
+            m / "processor_config.json",
+            image_processor={
+                **json.loads((m / "processor_config.json").read_text())["image_processor"],
+                "image_mean": [0.5, 0.5, 0.5],
+            },
+        ),
+    ),
     "generation_config": ({}, lambda m: edit_json(m / "generation_config.json", repetition_penalty=1.3)),
     "model_config": ({}, lambda m: edit_json(m / "config.json", astroreason_note="changed")),
     "trust_remote_code": ({}, lambda m: {"trust_remote_code": True}),
@@ -129,8 +142,10 @@ def test_peft_adapter_keys_its_base_model_too(tiny_model_dir, prepared_dir, tmp_
 
     base = shutil.copytree(tiny_model_dir, tmp_path / "base")
     torch.manual_seed(0)
-    lora = get_peft_model(AutoModelForImageTextToText.from_pretrained(base),
-                          LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    lora = get_peft_model(
+        AutoModelForImageTextToText.from_pretrained(base),
+        LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+    )
     adapter = tmp_path / "adapter"
     lora.save_pretrained(adapter)
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
@@ -139,8 +154,11 @@ def test_peft_adapter_keys_its_base_model_too(tiny_model_dir, prepared_dir, tmp_
     assert first["n_asked_this_run"] == first["n_distinct_inputs"]
     assert evaluate_into(adapter, prepared_dir, out)["n_asked_this_run"] == 0
 
-    for change in (lambda: perturb_weights(base / "model.safetensors"), lambda: system_prompt(base),
-                   lambda: perturb_weights(adapter / "adapter_model.safetensors", prefix="base_model")):
+    for change in (
+        lambda: perturb_weights(base / "model.safetensors"),
+        lambda: system_prompt(base),
+        lambda: perturb_weights(adapter / "adapter_model.safetensors", prefix="base_model"),
+    ):
         change()
         result = evaluate_into(adapter, prepared_dir, out)
         assert result["n_from_cache"] == 0 and result["n_asked_this_run"] == result["n_distinct_inputs"]
@@ -152,8 +170,13 @@ def test_http_backend_keys_the_backend_and_the_served_name(tiny_model_dir, prepa
     one); the server's address does not: a server restarted on another port resumes from the cache."""
     a, b = ScriptedServer(), ScriptedServer()
     out = tmp_path / "run"
-    http = {"backend": "openai", "price_input_per_million": 1.0, "price_output_per_million": 1.0,
-            "max_retries": 0, "concurrency": 1}
+    http = {
+        "backend": "openai",
+        "price_input_per_million": 1.0,
+        "price_output_per_million": 1.0,
+        "max_retries": 0,
+        "concurrency": 1,
+    }
     try:
         local = evaluate_into(tiny_model_dir, prepared_dir, out)
         n = local["n_distinct_inputs"]
@@ -199,6 +222,7 @@ def test_token_arm_keys_the_rendering_and_the_codec(codecs, tiny_model_dir, prep
 
     codec, twin = codecs
     tokens = {"modality": "tokens", "max_samples": 12}
+
     def prompts(c):
         config = EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir), codec=str(c), **{**BASE, **tokens})
         return [r["prompt"] for r in evaluation_rows(config)]

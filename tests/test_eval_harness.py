@@ -21,8 +21,18 @@ PRICES = REPO / "eval" / "prices.yaml"
 
 
 def _args(model, prepared_dir, out, ledger, **overrides):
-    args = {"model": model, "data_dir": prepared_dir, "output_dir": out, "ledger": ledger, "prices": PRICES,
-            "max_samples": 6, "batch_size": 2, "max_new_tokens": 4, "n_boot": 100, "image_size": 56}
+    args = {
+        "model": model,
+        "data_dir": prepared_dir,
+        "output_dir": out,
+        "ledger": ledger,
+        "prices": PRICES,
+        "max_samples": 6,
+        "batch_size": 2,
+        "max_new_tokens": 4,
+        "n_boot": 100,
+        "image_size": 56,
+    }
     args.update(overrides)
     return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
@@ -40,8 +50,13 @@ def test_stopped_and_torn_run_resumes_without_reasking(tiny_model_dir, prepared_
     out, ledger = tmp_path / "run", tmp_path / "spend.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     config = str(REPO / "eval" / "configs" / "tiny_image.yaml")
-    cmd = [sys.executable, str(REPO / "eval" / "run.py"), "--config", config,
-           *_args(tiny_model_dir, prepared_dir, out, ledger, max_samples=10, batch_size=1, max_requests=3)]
+    cmd = [
+        sys.executable,
+        str(REPO / "eval" / "run.py"),
+        "--config",
+        config,
+        *_args(tiny_model_dir, prepared_dir, out, ledger, max_samples=10, batch_size=1, max_requests=3),
+    ]
     stopped = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 1, stopped.stderr[-3000:]
     assert "request cap 3 reached" in stopped.stderr and "Traceback" not in stopped.stderr
@@ -51,8 +66,17 @@ def test_stopped_and_torn_run_resumes_without_reasking(tiny_model_dir, prepared_
     with open(out / "samples.jsonl", "a") as f:
         f.write('{"key": "torn-by-a-kill", "answer": "Rou')  # half a row, no newline
 
-    assert main(["eval", "--config", config,
-                 *_args(tiny_model_dir, prepared_dir, out, ledger, max_samples=10, batch_size=1)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--config",
+                config,
+                *_args(tiny_model_dir, prepared_dir, out, ledger, max_samples=10, batch_size=1),
+            ]
+        )
+        == 0
+    )
     summary = _result(capsys.readouterr().out)
     result = json.loads((out / "result.json").read_text())
     assert summary["status"] == "complete" and summary["n"] == 10
@@ -96,8 +120,9 @@ def test_sampled_decoding_repeats_per_seed(tiny_model_dir, prepared_dir):
     from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
     from astroreason.evaluation.harness import EvalConfig, evaluation_rows
 
-    rows = evaluation_rows(EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir), image_size=56,
-                                      max_samples=4))
+    rows = evaluation_rows(
+        EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir), image_size=56, max_samples=4)
+    )
     prompts, images = [r["prompt"] for r in rows], [r["image"] for r in rows]
 
     def texts(seed, temperature=1.0):
@@ -115,12 +140,23 @@ def test_token_arm_and_pilot_estimate(tiny_model_dir, prepared_dir, tmp_path, ca
     out, ledger = tmp_path / "tokens", tmp_path / "spend.jsonl"
     capsys.readouterr()
     # A stratified pilot at a (user-set) GPU price: the estimate extrapolates its measured cost to the rest.
-    args = _args(tiny_model_dir, prepared_dir, out, ledger, modality="tokens", codec=codec, max_samples=12,
-                 price_gpu_hour=3600.0, pilot_samples=4)
+    args = _args(
+        tiny_model_dir,
+        prepared_dir,
+        out,
+        ledger,
+        modality="tokens",
+        codec=codec,
+        max_samples=12,
+        price_gpu_hour=3600.0,
+        pilot_samples=4,
+    )
     assert main(["budget", "estimate", *args]) == 0
     estimate = json.loads(next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ESTIMATE "))[9:])
     assert estimate["pilot_samples"] == 4 and estimate["dollars_per_sample"] > 0
-    assert estimate["estimated_dollars"] == pytest.approx(estimate["dollars_per_sample"] * estimate["remaining_samples"])
+    assert estimate["estimated_dollars"] == pytest.approx(
+        estimate["dollars_per_sample"] * estimate["remaining_samples"]
+    )
     from astroreason.data.splits import load_split
 
     pilot = sample_lines(out)

@@ -18,12 +18,28 @@ N = 6
 @pytest.fixture
 def run_args(prepared_dir, tmp_path):
     def make(url, **overrides):
-        args = {"model": "scripted-vlm", "backend": "openai", "base_url": url, "data_dir": str(prepared_dir),
-                "split": "test", "modality": "image", "image_size": 56, "output_dir": str(tmp_path / "run"),
-                "max_samples": N, "max_new_tokens": 16, "concurrency": 1, "max_retries": 2, "retry_backoff": 0.01,
-                "request_timeout": 10, "n_boot": 100, "price_input_per_million": 1.0,
-                "price_output_per_million": 2.0, "image_tokens_bound": 64, "ledger": str(tmp_path / "spend.jsonl"),
-                "max_dollars": 1.0}
+        args = {
+            "model": "scripted-vlm",
+            "backend": "openai",
+            "base_url": url,
+            "data_dir": str(prepared_dir),
+            "split": "test",
+            "modality": "image",
+            "image_size": 56,
+            "output_dir": str(tmp_path / "run"),
+            "max_samples": N,
+            "max_new_tokens": 16,
+            "concurrency": 1,
+            "max_retries": 2,
+            "retry_backoff": 0.01,
+            "request_timeout": 10,
+            "n_boot": 100,
+            "price_input_per_million": 1.0,
+            "price_output_per_million": 2.0,
+            "image_tokens_bound": 64,
+            "ledger": str(tmp_path / "spend.jsonl"),
+            "max_dollars": 1.0,
+        }
         args.update(overrides)
         return [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
@@ -158,10 +174,19 @@ def test_retry_after_a_timeout_must_fit_under_the_cap(run_args, prepared_dir, tm
     from astroreason.evaluation.backends import OpenAIBackend, SamplingSettings
     from astroreason.evaluation.harness import EvalConfig, evaluation_rows
 
-    [row] = evaluation_rows(EvalConfig(model="scripted-vlm", backend="openai", base_url="http://127.0.0.1:1/v1",
-                                       data_dir=str(prepared_dir), image_size=56, max_samples=1))
-    bound = OpenAIBackend("http://127.0.0.1:1/v1", "scripted-vlm", SamplingSettings(max_new_tokens=16),
-                          image_tokens_bound=64).prompt_bound(row["prompt"], row["image"])
+    [row] = evaluation_rows(
+        EvalConfig(
+            model="scripted-vlm",
+            backend="openai",
+            base_url="http://127.0.0.1:1/v1",
+            data_dir=str(prepared_dir),
+            image_size=56,
+            max_samples=1,
+        )
+    )
+    bound = OpenAIBackend(
+        "http://127.0.0.1:1/v1", "scripted-vlm", SamplingSettings(max_new_tokens=16), image_tokens_bound=64
+    ).prompt_bound(row["prompt"], row["image"])
     worst = (bound * 1.0 + 16 * 2.0) / 1e6  # the prices run_args sets, per million tokens in and out
     front = StallingFront(plan=lambda n: "stall" if n == 0 else "500")
     try:
@@ -189,8 +214,17 @@ def test_only_the_named_key_is_sent(run_args, tmp_path, monkeypatch):
     server = ScriptedServer()
     proxy = CountingProxy(server.url.removesuffix("/v1"))
     try:
-        assert main(["eval", *run_args(proxy.url, max_samples=2, output_dir=tmp_path / "keyed",
-                                       api_key_env="ASTRO_HTTP_TEST_KEY")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    *run_args(
+                        proxy.url, max_samples=2, output_dir=tmp_path / "keyed", api_key_env="ASTRO_HTTP_TEST_KEY"
+                    ),
+                ]
+            )
+            == 0
+        )
         keyed = proxy.count
         assert main(["eval", *run_args(proxy.url, max_samples=2, output_dir=tmp_path / "keyless")]) == 0
     finally:

@@ -41,28 +41,47 @@ def codec(prepared_dir, tmp_path_factory):
 def _result_line(out: str) -> dict:
     lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
     assert len(lines) == 1, out
-    return json.loads(lines[0][len("RESULT "):])
+    return json.loads(lines[0][len("RESULT ") :])
 
 
 def test_cap_bites_mid_run_and_rerun_sends_only_the_missing(served, codec, prepared_dir, tmp_path, capsys, monkeypatch):
     model, proxy = served
     monkeypatch.setenv("ASTRO_EVAL_TEST_KEY", SECRET)
     prices = tmp_path / "prices.yaml"
-    prices.write_text(yaml.safe_dump({"api": {"tiny-text": {"input_per_million": PER_MILLION_IN,
-                                                            "output_per_million": PER_MILLION_OUT}}}))
+    prices.write_text(
+        yaml.safe_dump(
+            {"api": {"tiny-text": {"input_per_million": PER_MILLION_IN, "output_per_million": PER_MILLION_OUT}}}
+        )
+    )
     out_dir, ledger = tmp_path / "run", tmp_path / "ledger" / "spend.jsonl"
     base = {
-        "model": str(model), "server_model": str(model), "backend": "openai", "base_url": proxy.url,
-        "api_key_env": "ASTRO_EVAL_TEST_KEY", "data_dir": str(prepared_dir), "split": "test", "modality": "tokens",
-        "codec": str(codec), "rendering": "ints", "output_dir": str(out_dir), "max_samples": N,
-        "max_new_tokens": MAX_NEW, "concurrency": 2, "max_retries": 1, "retry_backoff": 0.05, "n_boot": 200,
-        "prices": str(prices), "price_key": "tiny-text", "ledger": str(ledger),
+        "model": str(model),
+        "server_model": str(model),
+        "backend": "openai",
+        "base_url": proxy.url,
+        "api_key_env": "ASTRO_EVAL_TEST_KEY",
+        "data_dir": str(prepared_dir),
+        "split": "test",
+        "modality": "tokens",
+        "codec": str(codec),
+        "rendering": "ints",
+        "output_dir": str(out_dir),
+        "max_samples": N,
+        "max_new_tokens": MAX_NEW,
+        "concurrency": 2,
+        "max_retries": 1,
+        "retry_backoff": 0.05,
+        "n_boot": 200,
+        "prices": str(prices),
+        "price_key": "tiny-text",
+        "ledger": str(ledger),
     }
     # The worst case the gate reserves for one request, from the same bound the backend uses.
     rows = evaluation_rows(EvalConfig(**{k: v for k, v in base.items() if k != "api_key_env"}))
     backend = OpenAIBackend(proxy.url, str(model), SamplingSettings(max_new_tokens=MAX_NEW))
-    worst = max((backend.prompt_bound(r["prompt"], None) * PER_MILLION_IN + MAX_NEW * PER_MILLION_OUT) / 1e6
-                for r in rows)
+    worst = max(
+        (backend.prompt_bound(r["prompt"], None) * PER_MILLION_IN + MAX_NEW * PER_MILLION_OUT) / 1e6 for r in rows
+    )
     cap = 2.5 * worst
     config = tmp_path / "eval.yaml"
     config.write_text(yaml.safe_dump({**base, "max_dollars": cap}))
@@ -126,8 +145,9 @@ def test_timed_out_then_answered_is_charged_for_both(served, tmp_path):
     front = StallingFront(plan=lambda n: "stall" if n == 0 else "forward", upstream=proxy.upstream)
     ledger = Ledger(tmp_path / "spend.jsonl")
     budget = Budget(ledger, Price("tiny-text", PER_MILLION_IN, PER_MILLION_OUT), Caps())
-    backend = OpenAIBackend(front.url, str(model), SamplingSettings(max_new_tokens=MAX_NEW), timeout=1,
-                            max_retries=1, backoff=0.01)
+    backend = OpenAIBackend(
+        front.url, str(model), SamplingSettings(max_new_tokens=MAX_NEW), timeout=1, max_retries=1, backoff=0.01
+    )
     prompt = [{"role": "user", "content": "Which Galaxy10 class is a round smooth galaxy?"}]
     try:
         [(_, answer)] = [item for chunk in backend.stream([prompt], [None], budget) for item in chunk]
@@ -139,10 +159,14 @@ def test_timed_out_then_answered_is_charged_for_both(served, tmp_path):
     first, retry, worst, real = rows
     assert worst["id"] == first["id"] and worst["dollars"] == first["dollars"] and worst["unknown"] == "no answer"
     assert real["id"] == retry["id"] and "unknown" not in real
-    assert (real["prompt_tokens"], real["completion_tokens"]) == (front.usage["prompt_tokens"],
-                                                                   front.usage["completion_tokens"]) != (0, 0)
-    assert real["dollars"] == pytest.approx((real["prompt_tokens"] * PER_MILLION_IN
-                                             + real["completion_tokens"] * PER_MILLION_OUT) / 1e6)
+    assert (
+        (real["prompt_tokens"], real["completion_tokens"])
+        == (front.usage["prompt_tokens"], front.usage["completion_tokens"])
+        != (0, 0)
+    )
+    assert real["dollars"] == pytest.approx(
+        (real["prompt_tokens"] * PER_MILLION_IN + real["completion_tokens"] * PER_MILLION_OUT) / 1e6
+    )
     totals = ledger.totals()
     assert answer.dollars == pytest.approx(totals.dollars) == pytest.approx(first["dollars"] + real["dollars"])
     assert totals.open_reservations == 0

@@ -19,8 +19,14 @@ import torch
 from astroreason.errors import UserError
 from astroreason.integrity import SUSPECT_FILE
 from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms, pipeline_alarms
-from astroreason.training import (GalaxyScriptArguments, build_grpo_trainer, galaxy_dataset, integrity_callbacks,
-                                  load_model, run_training)
+from astroreason.training import (
+    GalaxyScriptArguments,
+    build_grpo_trainer,
+    galaxy_dataset,
+    integrity_callbacks,
+    load_model,
+    run_training,
+)
 
 LEARNING_STEPS = 30
 SHORT_STEPS = 12  # more logs than the alarm's default patience (10)
@@ -31,17 +37,34 @@ def grpo_config(output_dir, steps: int):
     """Small groups (2 prompts x 4 completions a step), short completions, a high learning rate: seconds a step."""
     from trl import GRPOConfig
 
-    return GRPOConfig(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=8, temperature=1.0, beta=0.0, loss_type="dapo", learning_rate=1e-2,
-                      lr_scheduler_type="constant", logging_steps=1, use_cpu=True, bf16=False,
-                      activation_checkpointing=False, report_to="none", save_strategy="no", disable_tqdm=True,
-                      dataloader_num_workers=0, seed=0)
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=8,
+        temperature=1.0,
+        beta=0.0,
+        loss_type="dapo",
+        learning_rate=1e-2,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
 
 
 def script_args(prepared_dir, **kwargs) -> GalaxyScriptArguments:
     # 56 px: 4 visual tokens per galaxy, enough for a run about rewards, not about galaxies.
-    return GalaxyScriptArguments(data_dir=str(prepared_dir), modality="image", image_size=56, max_train_samples=64,
-                                 **kwargs)
+    return GalaxyScriptArguments(
+        data_dir=str(prepared_dir), modality="image", image_size=56, max_train_samples=64, **kwargs
+    )
 
 
 def trainable(model) -> dict[str, torch.Tensor]:
@@ -53,8 +76,9 @@ def answer_vocab_reward_for(tokenizer):
     from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.prompts import answer_text
 
-    vocabulary = {t for i in range(len(DECALS_CLASSES))
-                  for t in tokenizer(answer_text(i), add_special_tokens=False)["input_ids"]}
+    vocabulary = {
+        t for i in range(len(DECALS_CLASSES)) for t in tokenizer(answer_text(i), add_special_tokens=False)["input_ids"]
+    }
 
     def answer_vocab_reward(completions, completion_ids, **kwargs) -> list[float]:
         return [sum(t in vocabulary for t in ids) / max(len(ids), 1) for ids in completion_ids]
@@ -70,8 +94,14 @@ def train_with_reward(prepared_dir, model_dir, out, steps, make_reward, callback
     args, config = script_args(prepared_dir), grpo_config(out, steps)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     model, processor = load_model(ModelConfig(str(model_dir), dtype="float32"), config)
-    trainer = GRPOTrainer(model=model, reward_funcs=[make_reward(processor.tokenizer)], args=config,
-                          train_dataset=train, processing_class=processor, callbacks=list(callbacks))
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[make_reward(processor.tokenizer)],
+        args=config,
+        train_dataset=train,
+        processing_class=processor,
+        callbacks=list(callbacks),
+    )
     before = trainable(trainer.model)
     trainer.train()
     return trainer, before
@@ -87,8 +117,9 @@ def alarms_of(trainer) -> TrainingAlarms:
 
 @pytest.fixture(scope="module")
 def learning_run(prepared_dir, tiny_model_dir, tmp_path_factory):
-    return train_with_reward(prepared_dir, tiny_model_dir, tmp_path_factory.mktemp("grpo_learns"), LEARNING_STEPS,
-                             answer_vocab_reward_for)
+    return train_with_reward(
+        prepared_dir, tiny_model_dir, tmp_path_factory.mktemp("grpo_learns"), LEARNING_STEPS, answer_vocab_reward_for
+    )
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +151,14 @@ def one_quiet_step_run(prepared_dir, tiny_model_dir, tmp_path_factory):
 
         return answer_vocab_reward
 
-    trainer, _ = train_with_reward(prepared_dir, tiny_model_dir, out, SHORT_STEPS, make_reward,
-                                   callbacks=integrity_callbacks(script_args(prepared_dir), grpo=True))
+    trainer, _ = train_with_reward(
+        prepared_dir,
+        tiny_model_dir,
+        out,
+        SHORT_STEPS,
+        make_reward,
+        callbacks=integrity_callbacks(script_args(prepared_dir), grpo=True),
+    )
     return trainer, out
 
 
@@ -171,19 +208,20 @@ def test_the_alarm_decision_on_real_log_records(constant_run, one_quiet_step_run
     # It fires once, at the N-th consecutive log of equal rewards, for any N the run reaches; 0 turns it off.
     for n in (1, 3, SHORT_STEPS):
         assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=n)), constant) == [
-            ("no_reward_signal", n)]
+            ("no_reward_signal", n)
+        ]
     assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=SHORT_STEPS + 1)), constant) == []
     assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=0)), constant) == []
     # Runs whose groups vary: no such alarm at the default patience.
     for records in (quiet, learning):
-        assert "no_reward_signal" not in {rule for rule, _ in feed_logs(TrainingAlarms(pipeline_alarms("grpo")),
-                                                                        records)}
+        assert "no_reward_signal" not in {
+            rule for rule, _ in feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records)
+        }
     # One log in which some group varied starts the count again.
     varied = {**constant[0], "frac_reward_zero_std": 0.5}
     records = constant[:9] + [varied] + constant[:9]
     assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records) == []
-    assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records + constant[9:10]) == [
-        ("no_reward_signal", 10)]
+    assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records + constant[9:10]) == [("no_reward_signal", 10)]
 
 
 def test_the_recipes_patience_is_a_script_argument(prepared_dir):

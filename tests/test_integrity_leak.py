@@ -20,6 +20,7 @@ from datasets import Dataset
 from integrity_helpers import PromptNumberBackend, PromptNumberModel, prompt_features, sorted_copy
 from transformers import Trainer, TrainingArguments
 
+from astroreason.audit.probes import RunSpec, probe_blank_input
 from astroreason.cli import main as cli
 from astroreason.data.splits import load_manifest, load_split, prepare
 from astroreason.errors import CheckFailed
@@ -29,7 +30,6 @@ from astroreason.integrity.alarms import TrainingAlarms
 from astroreason.integrity.fingerprint import RunFingerprint
 from astroreason.integrity.ledger import record_result, verify
 from astroreason.integrity.lint import LintOverride, check_dataset, check_template, render_text, split_metadata
-from astroreason.audit.probes import RunSpec, probe_blank_input
 from astroreason.io import write_json_atomic
 from astroreason.prompts import TEMPLATES
 from astroreason.provenance import provenance
@@ -104,11 +104,25 @@ def train_prompt_model(data_dir, template, out_dir, *, steps=200):
     dataset = Dataset.from_dict({"x": prompt_features(texts, max_value).tolist(), "labels": train["label"]})
     model = PromptNumberModel()
     alarms = TrainingAlarms()
-    args = TrainingArguments(output_dir=str(out_dir), max_steps=steps, per_device_train_batch_size=64,
-                             learning_rate=0.05, logging_steps=20, report_to=[], save_strategy="no", use_cpu=True,
-                             disable_tqdm=True, seed=0, lr_scheduler_type="constant")
-    Trainer(model=model, args=args, train_dataset=dataset,
-            callbacks=[alarms, RunFingerprint(extra={"data_dir": data_dir, "modality": "image"})]).train()
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=steps,
+        per_device_train_batch_size=64,
+        learning_rate=0.05,
+        logging_steps=20,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        lr_scheduler_type="constant",
+    )
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        callbacks=[alarms, RunFingerprint(extra={"data_dir": data_dir, "modality": "image"})],
+    ).train()
     assert len(meta["row_index"]) == len(dataset)
     return PromptNumberBackend(model, max_value), alarms
 
@@ -119,10 +133,19 @@ def evaluate_to_result(backend, data_dir, template, out_dir) -> dict:
 
     test = split_prompts(data_dir, "test", template)
     predictions = [parse_answer(g.text) for g in backend.generate(test["prompt"])]
-    config = {"model": str(out_dir), "data_dir": str(data_dir), "split": "test", "modality": "image", "seed": 0,
-              "output_dir": str(out_dir)}
-    result = {"config": config, "provenance": provenance(config, data_dir=str(data_dir), seed=0),
-              "metrics": classification_metrics(test["label"], predictions, 10, n_boot=200)}
+    config = {
+        "model": str(out_dir),
+        "data_dir": str(data_dir),
+        "split": "test",
+        "modality": "image",
+        "seed": 0,
+        "output_dir": str(out_dir),
+    }
+    result = {
+        "config": config,
+        "provenance": provenance(config, data_dir=str(data_dir), seed=0),
+        "metrics": classification_metrics(test["label"], predictions, 10, n_boot=200),
+    }
     write_json_atomic(out_dir / "result.json", result)
     return result
 
@@ -136,8 +159,15 @@ def test_leaky_training_is_caught_and_clean_training_is_not(sorted_prepared, tmp
     ):
         out = tmp_path / name
         train = split_prompts(sorted_prepared, "train", template)
-        report = check_dataset(train, data_dir=sorted_prepared, split="train", modality="image", template=template,
-                               override=override, record_dir=out)
+        report = check_dataset(
+            train,
+            data_dir=sorted_prepared,
+            split="train",
+            modality="image",
+            template=template,
+            override=override,
+            record_dir=out,
+        )
         backend, alarms = train_prompt_model(sorted_prepared, template, out)
         result = evaluate_to_result(backend, sorted_prepared, template, out)
         runs[name] = (out, report, alarms, result, backend)

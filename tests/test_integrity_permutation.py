@@ -15,14 +15,20 @@ import shutil
 
 import pytest
 
+from astroreason.audit.probes import RunSpec, _score_backend, control_rows, probe_label_permutation
 from astroreason.cli import main as cli
 from astroreason.demo import Demo, DemoConfig
 from astroreason.integrity.fingerprint import FINGERPRINT_FILE
-from astroreason.audit.probes import RunSpec, _score_backend, control_rows, probe_label_permutation
 
 SMALL = DemoConfig(
-    n_galaxies=700, n_pretrain=700, fractions=(0.7, 0.05, 0.25), pretrain_steps=120, sft_steps=60, sft_batch=16,
-    grpo_steps=2, check=False,
+    n_galaxies=700,
+    n_pretrain=700,
+    fractions=(0.7, 0.05, 0.25),
+    pretrain_steps=120,
+    sft_steps=60,
+    sft_batch=16,
+    grpo_steps=2,
+    check=False,
 )
 N = 128  # test galaxies the controls score
 
@@ -106,9 +112,19 @@ def test_base_that_already_saw_the_labels_fails_the_control(honest, tmp_path, ca
     leaked = tmp_path / "leaked_base"
     shutil.copytree(sft, leaked, ignore=shutil.ignore_patterns(FINGERPRINT_FILE, "prompt_lint.json", "SUSPECT.json"))
     run = tmp_path / "from_leaked_base"
-    args = SFTConfig(output_dir=str(run), max_steps=8, per_device_train_batch_size=16, learning_rate=1e-4,
-                     max_length=None, use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
-                     disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(run),
+        max_steps=8,
+        per_device_train_batch_size=16,
+        learning_rate=1e-4,
+        max_length=None,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
     script = demo.script_args("image")
     run_training(build_sft_trainer(script, args, ModelConfig(str(leaked), dtype="float32")), script)
 
@@ -173,15 +189,34 @@ def test_lora_run_is_controlled_with_a_fresh_adapter_on_its_base(prepared_dir, t
 
     run = tmp_path / "lora"
     script = GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=56, max_train_samples=16)
-    args = SFTConfig(output_dir=str(run), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
-                     max_length=None, use_cpu=True, bf16=False, report_to="none", save_strategy="no", seed=0,
-                     disable_tqdm=True)
-    model_args = ModelConfig(str(tiny_model_dir), dtype="float32", use_peft=True, lora_r=4, lora_alpha=8,
-                             lora_target_modules=["q_proj", "v_proj"])
+    args = SFTConfig(
+        output_dir=str(run),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        max_length=None,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    model_args = ModelConfig(
+        str(tiny_model_dir),
+        dtype="float32",
+        use_peft=True,
+        lora_r=4,
+        lora_alpha=8,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     run_training(build_sft_trainer(script, args, model_args), script)
     base = json.loads((run / FINGERPRINT_FILE).read_text())["base"]
-    assert base["lora"] is True and base["peft"]["lora_r"] == 4 and base["peft"]["lora_target_modules"] == [
-        "q_proj", "v_proj"]
+    assert (
+        base["lora"] is True
+        and base["peft"]["lora_r"] == 4
+        and base["peft"]["lora_target_modules"] == ["q_proj", "v_proj"]
+    )
 
     start = control_start(str(run), str(prepared_dir))
     assert start.root == str(tiny_model_dir) and check_base(start) is None
@@ -211,9 +246,22 @@ def test_grpo_first_chain_is_controlled_with_grpo_on_permuted_labels(prepared_di
 
     run = tmp_path / "grpo"
     script = GalaxyScriptArguments(data_dir=str(prepared_dir), image_size=56, max_train_samples=32)
-    args = GRPOConfig(output_dir=str(run), max_steps=1, per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=8, learning_rate=1e-3, beta=0.0, use_cpu=True, bf16=False,
-                      report_to="none", save_strategy="no", seed=0, disable_tqdm=True, activation_checkpointing=False)
+    args = GRPOConfig(
+        output_dir=str(run),
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        activation_checkpointing=False,
+    )
     run_training(build_grpo_trainer(script, args, ModelConfig(str(tiny_model_dir), dtype="float32")), script)
 
     start = control_start(str(run), str(prepared_dir))
@@ -224,7 +272,9 @@ def test_grpo_first_chain_is_controlled_with_grpo_on_permuted_labels(prepared_di
     true = galaxy_dataset(script, "train", with_completion=False, max_samples=32)["label"]
     permuted = trainer.train_dataset["label"]
     assert sorted(permuted) == sorted(true) and permuted != true  # same class mix, labels moved between galaxies
-    assert trainer.train_dataset["prompt"] == galaxy_dataset(script, "train", with_completion=False,
-                                                              max_samples=32)["prompt"]
+    assert (
+        trainer.train_dataset["prompt"]
+        == galaxy_dataset(script, "train", with_completion=False, max_samples=32)["prompt"]
+    )
     trainer.train()
     assert trainer.state.global_step == 1

@@ -49,15 +49,39 @@ def sorted_prepared(surrogate_h5, tmp_path_factory):
 
 
 def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def sft(data_dir, model_dir, out_dir, *extra) -> subprocess.CompletedProcess:
     """`python recipes/sft.py` on the tiny config: 2 steps on 16 rows at 56 px."""
-    cmd = [sys.executable, str(ROOT / "recipes" / "sft.py"), "--config", str(CONFIG), "--data_dir", str(data_dir),
-           "--model_name_or_path", str(model_dir), "--output_dir", str(out_dir), "--max_steps", "2",
-           "--max_train_samples", "16", "--image_size", "56", "--save_strategy", "no", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "recipes" / "sft.py"),
+        "--config",
+        str(CONFIG),
+        "--data_dir",
+        str(data_dir),
+        "--model_name_or_path",
+        str(model_dir),
+        "--output_dir",
+        str(out_dir),
+        "--max_steps",
+        "2",
+        "--max_train_samples",
+        "16",
+        "--image_size",
+        "56",
+        "--save_strategy",
+        "no",
+        *extra,
+    ]
     return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
 
 
@@ -75,8 +99,9 @@ def recipe_runs(sorted_prepared, tiny_model_dir, tmp_path_factory):
         "clean": (root / "clean", ["--seed", "3"]),
     }
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(sft, sorted_prepared, tiny_model_dir, out, *extra)
-                   for name, (out, extra) in runs.items()}
+        futures = {
+            name: pool.submit(sft, sorted_prepared, tiny_model_dir, out, *extra) for name, (out, extra) in runs.items()
+        }
         return {name: (f.result(), runs[name][0]) for name, f in futures.items()}
 
 
@@ -105,16 +130,25 @@ def test_recipe_refuses_the_leak_and_records_the_override(recipe_runs):
     assert lint["template"] == LEAKY and lint["findings"] == []
     assert lint["override"] == {"allow": ["row_index"], "reason": "planted leak: the integrity pipeline test"}
     # Both the template field and the rendered texts (own row index in 100 % of prompts) were found, and allowed.
-    assert {(f["kind"], f["name"]) for f in lint["overridden"]} == {("template_field", "row_index"),
-                                                                   ("text", "row_index")}
+    assert {(f["kind"], f["name"]) for f in lint["overridden"]} == {
+        ("template_field", "row_index"),
+        ("text", "row_index"),
+    }
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     assert fingerprint["weights_sha256"] and fingerprint["first_batch_sha256"] and fingerprint["n_forwards"] >= 1
     assert fingerprint["extra"]["prompt_template"] == LEAKY and (out / "model.safetensors").is_file()
 
 
 def test_override_without_a_reason_is_refused(sorted_prepared, tiny_model_dir, tmp_path):
-    result = sft(sorted_prepared, tiny_model_dir, tmp_path / "run", "--prompt_template", LEAKY,
-                 "--allow_prompt_fields", "row_index")
+    result = sft(
+        sorted_prepared,
+        tiny_model_dir,
+        tmp_path / "run",
+        "--prompt_template",
+        LEAKY,
+        "--allow_prompt_fields",
+        "row_index",
+    )
     assert result.returncode == 2
     errors = error_lines(result.stderr)
     assert len(errors) == 1 and "lint override: give a reason" in errors[0]
@@ -133,8 +167,13 @@ def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, tiny_model_dir,
     assert cli(["audit", str(out), "--max-samples", "8", "--permutation-steps", "2", "--json"]) == 0
     probes = {p["name"]: p for p in json.loads(capsys.readouterr().out)["probes"]}
     assert {k: p["status"] for k, p in probes.items()} == {
-        "row_order": "pass", "duplicates": "pass", "metadata": "pass", "blank_input": "pass",
-        "label_permutation": "pass", "seeds": "skip"}
+        "row_order": "pass",
+        "duplicates": "pass",
+        "metadata": "pass",
+        "blank_input": "pass",
+        "label_permutation": "pass",
+        "seeds": "skip",
+    }
     permutation = probes["label_permutation"]
     assert permutation["details"]["n"] == 8 and "after 2 steps on permuted labels" in permutation["summary"]
     assert permutation["details"]["root_base"] == str(tiny_model_dir)  # retrained from the base, not the checkpoint
@@ -183,15 +222,25 @@ def test_forced_identical_seeds_are_flagged(recipe_runs, tmp_path, capsys):
 
 
 def eval_args(model, data_dir, out, project, **overrides) -> list[str]:
-    args = {"model": model, "data_dir": data_dir, "output_dir": out, "ledger": Path(project) / "spend.jsonl",
-            "prices": PRICES, "max_samples": 6, "batch_size": 6, "max_new_tokens": 4, "n_boot": 50, "image_size": 56}
+    args = {
+        "model": model,
+        "data_dir": data_dir,
+        "output_dir": out,
+        "ledger": Path(project) / "spend.jsonl",
+        "prices": PRICES,
+        "max_samples": 6,
+        "batch_size": 6,
+        "max_new_tokens": 4,
+        "n_boot": 50,
+        "image_size": 56,
+    }
     args.update(overrides)
     return ["eval"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
 def result_line(out: str) -> dict:
     (line,) = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def test_eval_refuses_the_leak_and_records_the_override(recipe_runs, sorted_prepared, tmp_path, capsys):
@@ -242,9 +291,18 @@ def number_reader(data_dir):
     max_value = float(load_manifest(data_dir).n_source_rows)
     dataset = Dataset.from_dict({"x": prompt_features(texts, max_value).tolist(), "labels": meta["label"].tolist()})
     model = PromptNumberModel()
-    args = TrainingArguments(output_dir=str(Path(data_dir).parent / "reader"), max_steps=200,
-                             per_device_train_batch_size=64, learning_rate=0.05, report_to=[], save_strategy="no",
-                             use_cpu=True, disable_tqdm=True, seed=0, lr_scheduler_type="constant")
+    args = TrainingArguments(
+        output_dir=str(Path(data_dir).parent / "reader"),
+        max_steps=200,
+        per_device_train_batch_size=64,
+        learning_rate=0.05,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        lr_scheduler_type="constant",
+    )
     Trainer(model=model, args=args, train_dataset=dataset).train()
     backend = PromptNumberBackend(model, max_value)
     return lambda messages: backend.generate([messages])[0].text
@@ -257,11 +315,17 @@ def test_ceiling_gate_through_eval(sorted_prepared, tmp_path, capsys):
 
     server = ScriptedServer(answer=number_reader(sorted_prepared))
     project = tmp_path / "project"
-    served = {"backend": "openai", "base_url": server.url, "price_input_per_million": 0.0,
-              "price_output_per_million": 0.0, "max_samples": 100, "concurrency": 2, "request_timeout": 30}
+    served = {
+        "backend": "openai",
+        "base_url": server.url,
+        "price_input_per_million": 0.0,
+        "price_output_per_million": 0.0,
+        "max_samples": 100,
+        "concurrency": 2,
+        "request_timeout": 30,
+    }
     try:
-        leaky = eval_args("leaky-reader", sorted_prepared, tmp_path / "leaky", project, prompt_template=LEAKY,
-                          **served)
+        leaky = eval_args("leaky-reader", sorted_prepared, tmp_path / "leaky", project, prompt_template=LEAKY, **served)
         assert cli(leaky + OVERRIDE) == 1
         captured = capsys.readouterr()
         summary = result_line(captured.out)

@@ -14,7 +14,7 @@ from transformers import Trainer, TrainingArguments
 from astroreason.cli import main as cli
 from astroreason.integrity import SUSPECT_FILE
 from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms, pipeline_alarms
-from astroreason.integrity.fingerprint import FINGERPRINT_FILE, RunFingerprint, compare_fingerprints, read_fingerprint
+from astroreason.integrity.fingerprint import RunFingerprint, compare_fingerprints, read_fingerprint
 
 
 def test_sft_on_a_trivial_task_raises_alarms(tiny_model_dir, tmp_path):
@@ -25,14 +25,34 @@ def test_sft_on_a_trivial_task_raises_alarms(tiny_model_dir, tmp_path):
     from astroreason.prompts import answer_text
 
     model, processor = load_model_and_processor(tiny_model_dir)
-    rows = {"prompt": [[{"role": "user", "content": f"Galaxy {i}."}] for i in range(32)],
-            "completion": [[{"role": "assistant", "content": answer_text(2)}]] * 32}
+    rows = {
+        "prompt": [[{"role": "user", "content": f"Galaxy {i}."}] for i in range(32)],
+        "completion": [[{"role": "assistant", "content": answer_text(2)}]] * 32,
+    }
     alarms, fingerprint = TrainingAlarms(), RunFingerprint(extra={"task": "trivial"})
-    config = SFTConfig(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=8, learning_rate=1e-2,
-                       logging_steps=4, report_to=[], save_strategy="no", use_cpu=True, bf16=False, max_length=None,
-                       gradient_checkpointing=False, disable_tqdm=True, lr_scheduler_type="constant", seed=0)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_dict(rows), processing_class=processor,
-                         callbacks=[alarms, fingerprint])
+    config = SFTConfig(
+        output_dir=str(tmp_path),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        learning_rate=1e-2,
+        logging_steps=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        max_length=None,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        lr_scheduler_type="constant",
+        seed=0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_dict(rows),
+        processing_class=processor,
+        callbacks=[alarms, fingerprint],
+    )
     trainer.train()
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged[-1]["loss"] < 0.02 and "entropy" in logged[-1]  # real TRL logs, driven to zero
@@ -51,7 +71,8 @@ def feed(alarms: TrainingAlarms, key: str, values) -> list[str]:
 def test_alarm_rules_on_log_sequences():
     # GRPO: every group's rewards become identical after having varied.
     assert feed(TrainingAlarms(), "frac_reward_zero_std", [0.2, 0.3, 0.1, 0.96, 1.0, 1.0, 1.0]) == [
-        "reward_variance_collapse"]
+        "reward_variance_collapse"
+    ]
     # An untrained policy that never varied (all completions wrong from the start) is not a collapse; after
     # `no_signal_logs` (10) such logs it is a run that cannot learn (tests/test_grpo_learning.py).
     assert feed(TrainingAlarms(), "frac_reward_zero_std", [1.0] * 10) == ["no_reward_signal"]
@@ -62,8 +83,10 @@ def test_alarm_rules_on_log_sequences():
     # A healthy run: slow, partial progress raises nothing; each rule fires once.
     healthy = TrainingAlarms()
     for i in range(30):
-        fired = healthy.check({"loss": 2.3 - 0.03 * i, "reward": 0.15 + 0.01 * i, "entropy": 1.5 - 0.02 * i,
-                               "frac_reward_zero_std": 0.3}, step=i)
+        fired = healthy.check(
+            {"loss": 2.3 - 0.03 * i, "reward": 0.15 + 0.01 * i, "entropy": 1.5 - 0.02 * i, "frac_reward_zero_std": 0.3},
+            step=i,
+        )
         assert fired == []
     repeated = TrainingAlarms()
     assert feed(repeated, "loss", [0.01, 0.005, 0.001]) == ["loss_near_zero"]
@@ -79,7 +102,8 @@ def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():
     0.3 -> 0.8, the shape of the demo's image-arm SFT) is no alarm; a loss or entropy toward zero still is."""
     sft = TrainingAlarms(pipeline_alarms("sft"))
     for step, (loss, entropy, accuracy) in enumerate(
-            [(2.3, 6.4, 0.3), (2.0, 5.1, 0.35), (1.7, 3.0, 0.4), (1.6, 2.2, 0.45), (0.27, 0.52, 0.8)]):
+        [(2.3, 6.4, 0.3), (2.0, 5.1, 0.35), (1.7, 3.0, 0.4), (1.6, 2.2, 0.45), (0.27, 0.52, 0.8)]
+    ):
         assert sft.check({"loss": loss, "entropy": entropy, "mean_token_accuracy": accuracy}, step) == []
     assert [a["rule"] for a in sft.check({"loss": 0.01, "entropy": 0.01}, 6)] == ["loss_near_zero", "entropy_collapse"]
     grpo = TrainingAlarms(pipeline_alarms("grpo"))
@@ -91,11 +115,22 @@ def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():
 def train_tiny(out_dir, *, seed, data_seed=None, save_steps=None, resume=None):
     """A real Trainer run of a tiny classifier whose weights start at zero whatever the seed (forced identical)."""
     rng = np.random.default_rng(0)
-    data = Dataset.from_dict({"x": rng.random((64, BINS + 1), dtype=np.float32).tolist(),
-                              "labels": rng.integers(0, 10, 64).tolist()})
-    args = TrainingArguments(output_dir=str(out_dir), max_steps=3, per_device_train_batch_size=8, learning_rate=0.1,
-                             report_to=[], save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-                             use_cpu=True, disable_tqdm=True, seed=seed, data_seed=data_seed)
+    data = Dataset.from_dict(
+        {"x": rng.random((64, BINS + 1), dtype=np.float32).tolist(), "labels": rng.integers(0, 10, 64).tolist()}
+    )
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=3,
+        per_device_train_batch_size=8,
+        learning_rate=0.1,
+        report_to=[],
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=data_seed,
+    )
     trainer = Trainer(model=PromptNumberModel(), args=args, train_dataset=data, callbacks=[RunFingerprint()])
     trainer.train(resume_from_checkpoint=resume)
     return read_fingerprint(out_dir)
@@ -137,8 +172,11 @@ def test_resumed_run_keeps_its_first_fingerprint(tmp_path):
 
 @pytest.mark.parametrize("value", [0.951, 0.99])
 def test_gate_cli_refuses_above_ceiling(tmp_path, value, capsys):
-    result = {"config": {"modality": "image", "seed": 0}, "provenance": {},
-              "metrics": {"accuracy": value, "interval": {"accuracy": [value - 0.01, value + 0.01]}}}
+    result = {
+        "config": {"modality": "image", "seed": 0},
+        "provenance": {},
+        "metrics": {"accuracy": value, "interval": {"accuracy": [value - 0.01, value + 0.01]}},
+    }
     (tmp_path / "result.json").write_text(json.dumps(result))
     assert cli(["gate", str(tmp_path)]) == 1
     assert "above the ceiling" in capsys.readouterr().err

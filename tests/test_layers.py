@@ -59,6 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 )
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 
+
 def unit_of(module: str) -> str:
     """The unit of a dotted module name: its top-level package or module under `astroreason`."""
     parts = module.split(".")
@@ -98,8 +99,9 @@ def imports(root: Path) -> list[tuple[str, str, str]]:
                 else:
                     source = node.module or ""
                 # `from pkg import name`: the submodule `pkg.name` when there is one, else `pkg` itself
-                targets = [f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
-                           for alias in node.names]
+                targets = [
+                    f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source for alias in node.names
+                ]
             else:
                 continue
             for target in targets:
@@ -135,7 +137,7 @@ def find_cycle(graph: dict[tuple[str, str], str]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(successors.get(node, [])):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         path.pop()
@@ -150,8 +152,11 @@ def find_cycle(graph: dict[tuple[str, str], str]) -> list[str] | None:
 
 def upward(graph: dict[tuple[str, str], str]) -> list[str]:
     """Each edge that does not point strictly down the layer order, as a line naming where it is made."""
-    return [f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER[b]}) at {where}"
-            for (a, b), where in sorted(graph.items()) if LAYER[b] >= LAYER[a]]
+    return [
+        f"{a} (layer {LAYER[a]}) imports {b} (layer {LAYER[b]}) at {where}"
+        for (a, b), where in sorted(graph.items())
+        if LAYER[b] >= LAYER[a]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -188,8 +193,13 @@ def test_every_unit_has_a_layer(graph):
 
 def test_no_cycle_between_packages(graph):
     cycle = find_cycle(graph)
-    assert cycle is None, "import cycle between packages: " + " -> ".join(cycle) + " (" + "; ".join(
-        f"{a} -> {b} at {graph[(a, b)]}" for a, b in zip(cycle, cycle[1:])) + ")"
+    assert cycle is None, (
+        "import cycle between packages: "
+        + " -> ".join(cycle)
+        + " ("
+        + "; ".join(f"{a} -> {b} at {graph[(a, b)]}" for a, b in zip(cycle, cycle[1:]))
+        + ")"
+    )
 
 
 def test_imports_only_point_down(graph):
@@ -198,4 +208,6 @@ def test_imports_only_point_down(graph):
 
 
 def test_tokens_do_not_import_the_model_layer(graph):
-    assert ("tokens", "models") not in graph, f"astroreason.tokens imports astroreason.models at {graph.get(('tokens', 'models'))}"
+    assert ("tokens", "models") not in graph, (
+        f"astroreason.tokens imports astroreason.models at {graph.get(('tokens', 'models'))}"
+    )

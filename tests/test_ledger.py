@@ -17,14 +17,23 @@ def result(accuracy, modality="image", seed=0, output_dir=None):
         "config": {"modality": modality, "seed": seed, "output_dir": output_dir},
         "provenance": {"commit": "a" * 40, "dirty": False, "config_sha256": "c" * 64, "seed": seed},
         "metrics": {"accuracy": accuracy, "interval": {"accuracy": [accuracy - 0.05, accuracy + 0.05]}},
-        "prompt_tokens": 1000, "completion_tokens": 200,
+        "prompt_tokens": 1000,
+        "completion_tokens": 200,
     }
 
 
 def test_append_verify_and_log(tmp_path):
     append_result(tmp_path, row_from_result(result(0.41), description="image arm, SFT"))
-    append_result(tmp_path, {"modality": "tokens", "seed": 1, "value": 0.3, "status": "discard",
-                             "description": "tabs\tand\nnewlines are flattened"})
+    append_result(
+        tmp_path,
+        {
+            "modality": "tokens",
+            "seed": 1,
+            "value": 0.3,
+            "status": "discard",
+            "description": "tabs\tand\nnewlines are flattened",
+        },
+    )
     rows = verify(tmp_path)
     assert [r["status"] for r in rows] == ["keep", "discard"]
     assert rows[0]["value"] == "0.41" and rows[0]["interval"] == "0.36,0.46" and rows[0]["cost"] == "tokens=1200"

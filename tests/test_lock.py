@@ -31,8 +31,11 @@ def test_installed_versions_are_the_locked_ones():
     pins, have = locked(), installed()
     assert all(name in pins for name in MAIN)
     # torch's CPU wheel is `2.13.0+cpu`: the local label is the build, not another version.
-    drift = {name: (have[name], pin) for name, pin in pins.items()
-             if name in have and Version(have[name]).public != Version(pin).public}
+    drift = {
+        name: (have[name], pin)
+        for name, pin in pins.items()
+        if name in have and Version(have[name]).public != Version(pin).public
+    }
     assert not drift, f"installed (left) differs from requirements-lock.txt (right): {drift}"
     assert all(name in have for name in MAIN)
 

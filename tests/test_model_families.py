@@ -19,8 +19,14 @@ import torch
 from PIL import Image
 
 from astroreason.errors import UserError
-from astroreason.models import (build_tiny_model, check_image_size, families, family_for, load_model_and_processor,
-                                save_with_code_tokens)
+from astroreason.models import (
+    build_tiny_model,
+    check_image_size,
+    families,
+    family_for,
+    load_model_and_processor,
+    save_with_code_tokens,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "configs" / "tiny"
@@ -57,16 +63,26 @@ def test_both_families_are_registered_and_chosen_from_the_config(loaded):
 
 def image_pads(processor, size: int) -> int:
     """How many `<|image_pad|>` tokens the processor puts in the prompt for one size x size image."""
-    chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
-                                         tokenize=False, add_generation_prompt=True)
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = processor(text=[chat], images=[Image.new("RGB", (size, size))], return_tensors="pt")["input_ids"][0]
     return int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
 
 
-@pytest.mark.parametrize("arch,size,expected", [
-    ("qwen2_5_vl", 112, 16), ("qwen2_5_vl", 224, 64), ("qwen2_5_vl", 256, 81),
-    ("qwen3_vl", 128, 16), ("qwen3_vl", 224, 49), ("qwen3_vl", 256, 64),
-])
+@pytest.mark.parametrize(
+    "arch,size,expected",
+    [
+        ("qwen2_5_vl", 112, 16),
+        ("qwen2_5_vl", 224, 64),
+        ("qwen2_5_vl", 256, 81),
+        ("qwen3_vl", 128, 16),
+        ("qwen3_vl", 224, 49),
+        ("qwen3_vl", 256, 64),
+    ],
+)
 def test_visual_tokens_are_what_the_processor_and_the_model_spend(loaded, arch, size, expected):
     model, processor = loaded[arch]
     family = family_for(model)
@@ -108,8 +124,10 @@ def test_the_recipes_refuse_a_size_the_model_does_not_fit_before_any_data(qwen3_
     # The token arm never resizes an image: its image_size is not checked.
     from astroreason.training import prepare_inputs
 
-    prepare_inputs(GalaxyScriptArguments(data_dir=str(prepared_dir), modality="tokens", codec="c", image_size=112),
-                   ModelConfig(str(qwen3_dir)))
+    prepare_inputs(
+        GalaxyScriptArguments(data_dir=str(prepared_dir), modality="tokens", codec="c", image_size=112),
+        ModelConfig(str(qwen3_dir)),
+    )
 
 
 # --- vision parameters --------------------------------------------------------------------------------------------
@@ -167,25 +185,38 @@ def zoom(x: int) -> str:
 def test_chat_templates_pass_trls_tool_checks(loaded, model_dirs, tmp_path):
     from importlib.resources import files
 
+    from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
     from trl.chat_template_utils import is_chat_template_prefix_preserving, supports_tool_calling
-
-    from datasets import Dataset
 
     for arch, model_dir in model_dirs.items():
         model, processor = load_model_and_processor(model_dir)
         assert processor.chat_template == family_for(model).chat_template
         assert supports_tool_calling(processor) and is_chat_template_prefix_preserving(processor), arch
         parsed = processor.tokenizer.parse_response(
-            prefix="", response='<tool_call>\n{"name": "zoom", "arguments": {"x": 3}}\n</tool_call><|im_end|>')
+            prefix="", response='<tool_call>\n{"name": "zoom", "arguments": {"x": 3}}\n</tool_call><|im_end|>'
+        )
         assert parsed["tool_calls"][0]["function"] == {"name": "zoom", "arguments": {"x": 3}}
         # TRL's GRPOTrainer accepts the processor with a tool (it refuses a template that drops tool calls).
-        config = GRPOConfig(output_dir=str(tmp_path / arch), use_cpu=True, bf16=False, report_to="none",
-                            per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
-                            activation_checkpointing=False)
+        config = GRPOConfig(
+            output_dir=str(tmp_path / arch),
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            per_device_train_batch_size=2,
+            num_generations=2,
+            max_completion_length=4,
+            activation_checkpointing=False,
+        )
         data = Dataset.from_list([{"prompt": [{"role": "user", "content": "hi"}]}] * 2)
-        GRPOTrainer(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=config,
-                    train_dataset=data, processing_class=processor, tools=[zoom])
+        GRPOTrainer(
+            model=model,
+            reward_funcs=[lambda completions, **kw: [0.0] * len(completions)],
+            args=config,
+            train_dataset=data,
+            processing_class=processor,
+            tools=[zoom],
+        )
     # The check can fail: Qwen2.5-VL's stock template drops tool calls.
     stock = (files("trl") / "chat_templates" / "qwen2_5_vl.jinja").read_text()
     _, processor = loaded["qwen2_5_vl"]
@@ -216,8 +247,31 @@ def q3_data(surrogate_h5, tmp_path_factory):
 
     data = prepare(surrogate_h5, tmp_path_factory.mktemp("q3data") / "prepared", seed=0)
     codec = tmp_path_factory.mktemp("q3codec") / "codec"
-    assert main(["tokens", "train", "--data", str(data), "--out", str(codec), "--size", "16", "--levels", "8,8,8,8",
-                 "--hidden", "8", "--steps", "3", "--batch-size", "8", "--max-images", "32"]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(codec),
+                "--size",
+                "16",
+                "--levels",
+                "8,8,8,8",
+                "--hidden",
+                "8",
+                "--steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--max-images",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert main(["tokens", "encode", "--data", str(data), "--codec", str(codec)]) == 0
     return data, codec
 
@@ -241,12 +295,28 @@ def q3_sft(qwen3_dir, q3_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("q3sft")
     procs = {}
     for modality in ("image", "tokens"):
-        cmd = [sys.executable, str(ROOT / "recipes" / "sft.py"), "--config", str(TINY / "sft_image.yaml"),
-               "--model_name_or_path", str(qwen3_dir), "--data_dir", str(data), *arm_overrides(modality, codec),
-               "--max_steps", str(STEPS), "--max_train_samples", "8", "--save_strategy", "no",
-               "--output_dir", str(root / modality)]
-        procs[modality] = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           text=True)
+        cmd = [
+            sys.executable,
+            str(ROOT / "recipes" / "sft.py"),
+            "--config",
+            str(TINY / "sft_image.yaml"),
+            "--model_name_or_path",
+            str(qwen3_dir),
+            "--data_dir",
+            str(data),
+            *arm_overrides(modality, codec),
+            "--max_steps",
+            str(STEPS),
+            "--max_train_samples",
+            "8",
+            "--save_strategy",
+            "no",
+            "--output_dir",
+            str(root / modality),
+        ]
+        procs[modality] = subprocess.Popen(
+            cmd, cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     outputs = {m: p.communicate(timeout=600)[0] for m, p in procs.items()}
     return {m: (procs[m].returncode, outputs[m], root / m) for m in procs}
 
@@ -278,21 +348,31 @@ def test_qwen3_sft_recipe_learns(q3_sft, qwen3_dir, modality):
 
 @pytest.mark.parametrize("modality", ["image", "tokens"])
 def test_qwen3_grpo_learns(qwen3_dir, q3_data, tmp_path, modality):
+    from test_grpo_learning import answer_vocab_reward_for, grpo_config
     from trl import GRPOTrainer, ModelConfig
 
     from astroreason.training import GalaxyScriptArguments, galaxy_dataset, load_model, prepare_inputs
-    from test_grpo_learning import answer_vocab_reward_for, grpo_config
 
     data, codec = q3_data
-    args = GalaxyScriptArguments(data_dir=str(data), modality=modality, codec=str(codec) if modality == "tokens" else None,
-                                 image_size=Q3_SIZE, max_train_samples=8)
+    args = GalaxyScriptArguments(
+        data_dir=str(data),
+        modality=modality,
+        codec=str(codec) if modality == "tokens" else None,
+        image_size=Q3_SIZE,
+        max_train_samples=8,
+    )
     model_args = ModelConfig(str(qwen3_dir), dtype="float32")
     prepare_inputs(args, model_args)  # the recipe's checks: the size fits Qwen3-VL's grid
     config = grpo_config(tmp_path, STEPS)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     model, processor = load_model(model_args, config)
-    trainer = GRPOTrainer(model=model, reward_funcs=[answer_vocab_reward_for(processor.tokenizer)], args=config,
-                          train_dataset=train, processing_class=processor)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[answer_vocab_reward_for(processor.tokenizer)],
+        args=config,
+        train_dataset=train,
+        processing_class=processor,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
@@ -309,25 +389,36 @@ def test_qwen3_evaluates(q3_sft, q3_data, tmp_path, modality):
     status, out, sft_dir = q3_sft[modality]
     assert status == 0, out[-4000:]
     data, codec = q3_data
-    config = EvalConfig(model=str(sft_dir), data_dir=str(data), modality=modality,
-                        codec=str(codec) if modality == "tokens" else None, image_size=Q3_SIZE,
-                        output_dir=str(tmp_path / "eval"), ledger=str(tmp_path / "spend.jsonl"),
-                        prices=str(ROOT / "eval" / "prices.yaml"), max_samples=4, batch_size=2, max_new_tokens=4,
-                        n_boot=50)
+    config = EvalConfig(
+        model=str(sft_dir),
+        data_dir=str(data),
+        modality=modality,
+        codec=str(codec) if modality == "tokens" else None,
+        image_size=Q3_SIZE,
+        output_dir=str(tmp_path / "eval"),
+        ledger=str(tmp_path / "spend.jsonl"),
+        prices=str(ROOT / "eval" / "prices.yaml"),
+        max_samples=4,
+        batch_size=2,
+        max_new_tokens=4,
+        n_boot=50,
+    )
     result = evaluate(config, progress=False)
     assert result["status"] == "complete" and result["n_done"] == 4
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
     if modality == "image":  # each prompt carries the 16 visual tokens of a 128 px image, plus the text
         assert result["prompt_tokens"] > 4 * 16
         with pytest.raises(UserError, match="112 px does not fit Qwen3-VL's 32-px grid"):
-            evaluate(EvalConfig(**{**config.__dict__, "image_size": 112, "output_dir": str(tmp_path / "e2")}),
-                     progress=False)
+            evaluate(
+                EvalConfig(**{**config.__dict__, "image_size": 112, "output_dir": str(tmp_path / "e2")}), progress=False
+            )
 
 
 def test_vision_pretraining_moves_only_the_tower_on_qwen3(qwen3_dir, surrogate_h5, tmp_path):
     from astroreason.pretrain import VisionPretrainConfig, pretrain_vision_tower
 
     out = tmp_path / "pretrained"
-    pretrain_vision_tower(qwen3_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE),
-                          progress=False)
+    pretrain_vision_tower(
+        qwen3_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE), progress=False
+    )
     assert changed(qwen3_dir, out) == {"vision": True, "language": False}

@@ -19,7 +19,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from holdpoint import wait_for_hold
 
 pytestmark = pytest.mark.slow
@@ -63,8 +62,14 @@ def command(recipe: str, config: str, *overrides: str, launcher: str = "accelera
     elif launcher == "multi_gpu":  # no GPU here: torch.distributed.run starts N CPU processes over gloo
         launch += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", str(_free_port())]
     else:
-        launch += ["--config_file", str(ROOT / "recipes/accelerate/cpu.yaml"), "--num_processes", str(processes),
-                   "--main_process_port", str(_free_port())]
+        launch += [
+            "--config_file",
+            str(ROOT / "recipes/accelerate/cpu.yaml"),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(_free_port()),
+        ]
     return [*launch, *script]
 
 
@@ -100,15 +105,27 @@ class Runner:
         self.pool = ThreadPoolExecutor(max_workers=2)  # one torch thread per process: two runs fill two cores
         self.futures: dict[tuple, Future] = {}
 
-    def start(self, recipe: str, modality: str, *, launcher: str = "accelerate", processes: int = 1,
-              config: str | None = None) -> Future:
+    def start(
+        self, recipe: str, modality: str, *, launcher: str = "accelerate", processes: int = 1, config: str | None = None
+    ) -> Future:
         config = config or f"{recipe}_{modality}.yaml"
         key = (launcher, processes, recipe, config)
         if key not in self.futures:
             out_dir = Path("runs") / "test" / f"{launcher}{processes}_{Path(config).stem}"
-            cmd = command(recipe, config, "--max_steps", str(STEPS), "--save_steps", str(STEPS),
-                          "--max_train_samples", "32", "--output_dir", str(out_dir), launcher=launcher,
-                          processes=processes)
+            cmd = command(
+                recipe,
+                config,
+                "--max_steps",
+                str(STEPS),
+                "--save_steps",
+                str(STEPS),
+                "--max_train_samples",
+                "32",
+                "--output_dir",
+                str(out_dir),
+                launcher=launcher,
+                processes=processes,
+            )
             self.futures[key] = self.pool.submit(lambda: (run(cmd, self.workdir), self.workdir / out_dir))
         return self.futures[key]
 
@@ -124,8 +141,11 @@ class Runner:
         return self.start(recipe, modality, **kwargs).result()
 
 
-RUNS = [(launcher, recipe, modality) for launcher in ("accelerate", "python")
-        for recipe, modality in (("sft", "image"), ("sft", "tokens"), ("grpo", "image"), ("grpo", "tokens"))]
+RUNS = [
+    (launcher, recipe, modality)
+    for launcher in ("accelerate", "python")
+    for recipe, modality in (("sft", "image"), ("sft", "tokens"), ("grpo", "image"), ("grpo", "tokens"))
+]
 # Both ways of starting two CPU processes: accelerate's flag, and the config file.
 TWO_PROCESS_RUNS = [("multi_gpu", "sft", "tokens"), ("accelerate", "grpo", "image")]
 
@@ -148,21 +168,23 @@ def generate_one(model_dir: Path, workdir: Path, modality: str) -> str:
     from astroreason.training import GalaxyScriptArguments, galaxy_dataset
 
     args = GalaxyScriptArguments(
-        data_dir=str(workdir / "runs/tiny/prepared"), modality=modality,
+        data_dir=str(workdir / "runs/tiny/prepared"),
+        modality=modality,
         codec=str(workdir / "runs/tiny/codec") if modality == "tokens" else None,
     )
     row = galaxy_dataset(args, "test", with_completion=False, max_samples=1)[0]
     model, processor = load_model_and_processor(model_dir)
     text = row["prompt"][0]["content"]
     content = [{"type": "image"}, {"type": "text", "text": text}] if modality == "image" else text
-    chat = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                         tokenize=False)
+    chat = processor.apply_chat_template(
+        [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+    )
     images = [row["image"]] if modality == "image" else None
     inputs = processor(text=[chat], images=images, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert out.shape[1] > inputs["input_ids"].shape[1]
-    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:])[0]
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1] :])[0]
 
 
 # --- a fresh clone: the first run builds the tiny defaults ---------------------------------------------------------
@@ -226,15 +248,28 @@ def test_killed_run_resumes_to_the_final_step(workdir, runner, tmp_path):
     check_ok(runner("sft", "image")[0])  # the tiny defaults exist
     out_dir = Path("runs/test/killed_sft_image")
     final, every, killed_at = 12, 3, 6
-    cmd = command("sft", "sft_image.yaml", "--max_steps", str(final), "--save_steps", str(every),
-                  "--save_total_limit", "10", "--output_dir", str(out_dir), "--callbacks", "holdpoint.HoldAtSave",
-                  launcher="python")
+    cmd = command(
+        "sft",
+        "sft_image.yaml",
+        "--max_steps",
+        str(final),
+        "--save_steps",
+        str(every),
+        "--save_total_limit",
+        "10",
+        "--output_dir",
+        str(out_dir),
+        "--callbacks",
+        "holdpoint.HoldAtSave",
+        launcher="python",
+    )
     # The run holds right after saving checkpoint-6 and is killed there: where it dies never depends on speed.
     marker = tmp_path / "held"
     env = {**_env(), "HOLD_MARKER": str(marker), "HOLD_AT_STEP": str(killed_at)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), env["PYTHONPATH"]])
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         wait_for_hold(marker, proc, TIMEOUT)
     finally:
@@ -245,17 +280,34 @@ def test_killed_run_resumes_to_the_final_step(workdir, runner, tmp_path):
     assert saved == [3, 6] and not (workdir / out_dir / "model.safetensors").exists()
 
     # Without --resume the run is refused: one line, exit 2, nothing touched.
-    refused = run(command("sft", "sft_image.yaml", "--max_steps", str(final), "--output_dir", str(out_dir),
-                          launcher="python"), workdir)
+    refused = run(
+        command("sft", "sft_image.yaml", "--max_steps", str(final), "--output_dir", str(out_dir), launcher="python"),
+        workdir,
+    )
     assert refused.returncode == 2, refused.stderr[-2000:]
     errors = [line for line in refused.stderr.splitlines() if line.startswith("astroreason: error:")]
     assert len(errors) == 1 and "Traceback" not in refused.stderr
     assert f"{out_dir} already holds checkpoint-" in errors[0] and "--resume" in errors[0]
     assert sorted(int(p.name.split("-")[1]) for p in (workdir / out_dir).glob("checkpoint-*")) == saved
 
-    resumed = run(command("sft", "sft_image.yaml", "--max_steps", str(final), "--save_steps", str(every),
-                          "--save_total_limit", "10", "--output_dir", str(out_dir), "--resume", "true",
-                          launcher="accelerate"), workdir)
+    resumed = run(
+        command(
+            "sft",
+            "sft_image.yaml",
+            "--max_steps",
+            str(final),
+            "--save_steps",
+            str(every),
+            "--save_total_limit",
+            "10",
+            "--output_dir",
+            str(out_dir),
+            "--resume",
+            "true",
+            launcher="accelerate",
+        ),
+        workdir,
+    )
     out = check_ok(resumed)
     # The newest checkpoint is the one resumed from (one killed mid-save would be skipped, with a line).
     assert f"Resuming from {out_dir}/checkpoint-{killed_at} (global step {killed_at})" in out
@@ -269,9 +321,21 @@ def test_killed_run_resumes_to_the_final_step(workdir, runner, tmp_path):
 def test_cpu_flag_with_two_processes_is_refused(runner, workdir):
     """accelerate 1.15 runs ONE process for `--cpu --num_processes 2`: the recipe says so instead of training."""
     check_ok(runner("sft", "image")[0])
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           "--main_process_port", str(_free_port()), str(ROOT / "recipes/sft.py"), "--config",
-           str(TINY / "sft_image.yaml"), "--output_dir", "runs/test/cpu_flag"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--cpu",
+        "--main_process_port",
+        str(_free_port()),
+        str(ROOT / "recipes/sft.py"),
+        "--config",
+        str(TINY / "sft_image.yaml"),
+        "--output_dir",
+        "runs/test/cpu_flag",
+    ]
     result = run(cmd, workdir)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("astroreason: error:")]
@@ -325,8 +389,9 @@ def test_arms_differ_only_in_the_galaxy(runner, workdir):
 
     data, codec = str(workdir / "runs/tiny/prepared"), str(workdir / "runs/tiny/codec")
     image = galaxy_dataset(GalaxyScriptArguments(data_dir=data), "train", with_completion=True)
-    tokens = galaxy_dataset(GalaxyScriptArguments(data_dir=data, modality="tokens", codec=codec), "train",
-                            with_completion=True)
+    tokens = galaxy_dataset(
+        GalaxyScriptArguments(data_dir=data, modality="tokens", codec=codec), "train", with_completion=True
+    )
     assert image["label"] == tokens["label"] and image["completion"] == tokens["completion"]
     assert image[0]["image"].size == (112, 112)  # 16 visual tokens, not the 4 of the raw 64 px
     assert "image" not in tokens.column_names
@@ -340,7 +405,10 @@ def test_arms_differ_only_in_the_galaxy(runner, workdir):
     # What the evaluation asks (built in memory) is what training sees, row for row and pixel for pixel.
     from astroreason.training import galaxy_rows
 
-    for args in (GalaxyScriptArguments(data_dir=data), GalaxyScriptArguments(data_dir=data, modality="tokens", codec=codec)):
+    for args in (
+        GalaxyScriptArguments(data_dir=data),
+        GalaxyScriptArguments(data_dir=data, modality="tokens", codec=codec),
+    ):
         trained = galaxy_dataset(args, "test", with_completion=False, max_samples=5)
         asked = galaxy_rows(args, "test", max_samples=5)
         assert len(asked) == 5 and [r["prompt"] for r in asked] == trained["prompt"]
@@ -377,7 +445,8 @@ def test_use_vllm_config_path(mode, tmp_path):
     from astroreason.training import build_grpo_trainer, check_vllm
 
     script_args, training_args, model_args = _grpo_args(
-        "--use_vllm", "true", "--vllm_mode", mode, "--vllm_server_host", "10.0.0.7", "--output_dir", str(tmp_path))
+        "--use_vllm", "true", "--vllm_mode", mode, "--vllm_server_host", "10.0.0.7", "--output_dir", str(tmp_path)
+    )
     assert training_args.use_vllm and training_args.vllm_mode == mode
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here: its own integration tests apply")

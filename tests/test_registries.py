@@ -61,8 +61,10 @@ def test_user_reward_by_dotted_path_is_called_the_trl_way(tmp_path, monkeypatch)
     module = _user_module(tmp_path, monkeypatch, "astro_user_rewards_a", USER_REWARDS)
     funcs = get_reward_funcs(f"accuracy, {module}.brevity_reward")
     assert funcs[0] is accuracy_reward and funcs[1].__name__ == "brevity_reward"  # TRL logs rewards/<__name__>
-    completions = [[{"role": "assistant", "content": "<answer>Merging</answer>"}],
-                   [{"role": "assistant", "content": "a long reasoning first, then <answer>Merging</answer>"}]]
+    completions = [
+        [{"role": "assistant", "content": "<answer>Merging</answer>"}],
+        [{"role": "assistant", "content": "a long reasoning first, then <answer>Merging</answer>"}],
+    ]
     rewards = [f(prompts=[[]] * 2, completions=completions, completion_ids=[[], []], label=[1, 0]) for f in funcs]
     assert rewards == [[1.0, 0.0], [0.0, 0.0]]
     assert set(REWARD_FUNCS) == {"format", "accuracy", "partial"}  # the registry itself is untouched
@@ -97,8 +99,9 @@ def test_user_rendering_by_dotted_path(tmp_path, monkeypatch):
     assert list(RENDERINGS) == ["ints", "rows", "special"]
 
 
-def test_user_rendering_through_tokens_cost_and_unknown_is_one_line(tiny_model_dir, prepared_dir, tmp_path,
-                                                                  monkeypatch, capsys):
+def test_user_rendering_through_tokens_cost_and_unknown_is_one_line(
+    tiny_model_dir, prepared_dir, tmp_path, monkeypatch, capsys
+):
     """`astroreason tokens cost` measures a user rendering exactly like a built-in one; an unknown name, a module
     that does not import and a name that is neither a Rendering nor a function each end in one line, exit 2."""
     from transformers import AutoTokenizer
@@ -107,24 +110,46 @@ def test_user_rendering_through_tokens_cost_and_unknown_is_one_line(tiny_model_d
     torch.manual_seed(0)
     codec_dir = FSQCodec(FSQConfig(size=32, hidden=8), name="fsq32").save(tmp_path / "fsq32")
     out = tmp_path / "cost.json"
-    status, _, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir, "--data",
-                         prepared_dir, "--split", "test", "--n", "4", "--rendering", f"ints,{module}.hex_codes",
-                         "--json", out)
+    status, _, err = cli(
+        capsys,
+        "tokens",
+        "cost",
+        "--codec",
+        codec_dir,
+        "--model",
+        tiny_model_dir,
+        "--data",
+        prepared_dir,
+        "--split",
+        "test",
+        "--n",
+        "4",
+        "--rendering",
+        f"ints,{module}.hex_codes",
+        "--json",
+        out,
+    )
     assert status == 0, err
     by_name = {r["rendering"]: r for r in json.loads(out.read_text())["renderings"]}
     codec, manifest = load_codec(codec_dir), load_manifest(prepared_dir)
-    codes = np.concatenate([codec.encode(b) for b in
-                            read_inputs(manifest.source_path, manifest.rows["test"][:4], codec.input_spec)])
+    codes = np.concatenate(
+        [codec.encode(b) for b in read_inputs(manifest.source_path, manifest.rows["test"][:4], codec.input_spec)]
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    counts = [len(tokenizer(" ".join(format(int(c), "x") for c in g.ravel()), add_special_tokens=False)["input_ids"])
-              for g in codes]
+    counts = [
+        len(tokenizer(" ".join(format(int(c), "x") for c in g.ravel()), add_special_tokens=False)["input_ids"])
+        for g in codes
+    ]
     got = by_name[f"{module}.hex_codes"]
     assert got["lm_tokens_mean"] == pytest.approx(np.mean(counts)) and got["lm_tokens_max"] == max(counts)
     assert got["lm_tokens_mean"] != by_name["ints"]["lm_tokens_mean"]
 
-    for rendering, needle in (("hexx", "rendering: expected one of ints, rows, special or a dotted path"),
-                              ("astro_no_such_module.render", "rendering: cannot import 'astro_no_such_module'"),
-                              (f"{module}.np", "is a module, not a Rendering nor a function")):
-        status, _, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir,
-                             "--rendering", rendering)
+    for rendering, needle in (
+        ("hexx", "rendering: expected one of ints, rows, special or a dotted path"),
+        ("astro_no_such_module.render", "rendering: cannot import 'astro_no_such_module'"),
+        (f"{module}.np", "is a module, not a Rendering nor a function"),
+    ):
+        status, _, err = cli(
+            capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir, "--rendering", rendering
+        )
         assert_one_line_error(status, err, needle)

@@ -19,16 +19,53 @@ from astroreason.cli import main
 def two_runs(prepared_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     codec = build_codec(prepared_dir, root / "codec")
-    common = ["--backend", "openai", "--data_dir", str(prepared_dir), "--split", "test", "--max_new_tokens", "16",
-              "--price_input_per_million", "0.5", "--price_output_per_million", "1.5", "--image_tokens_bound", "64",
-              "--ledger", str(root / "spend.jsonl"), "--max_dollars", "1", "--n_boot", "300", "--concurrency", "2"]
+    common = [
+        "--backend",
+        "openai",
+        "--data_dir",
+        str(prepared_dir),
+        "--split",
+        "test",
+        "--max_new_tokens",
+        "16",
+        "--price_input_per_million",
+        "0.5",
+        "--price_output_per_million",
+        "1.5",
+        "--image_tokens_bound",
+        "64",
+        "--ledger",
+        str(root / "spend.jsonl"),
+        "--max_dollars",
+        "1",
+        "--n_boot",
+        "300",
+        "--concurrency",
+        "2",
+    ]
     runs = {}
-    for name, seed, extra in (("image", 0, ["--modality", "image", "--image_size", "56"]),
-                              ("tokens", 1, ["--modality", "tokens", "--codec", str(codec)])):
+    for name, seed, extra in (
+        ("image", 0, ["--modality", "image", "--image_size", "56"]),
+        ("tokens", 1, ["--modality", "tokens", "--codec", str(codec)]),
+    ):
         server = ScriptedServer(answer_seed=seed)
         try:
-            assert main(["eval", "--model", f"scripted-{name}", "--base_url", server.url, *common, *extra,
-                         "--output_dir", str(root / name)]) == 0
+            assert (
+                main(
+                    [
+                        "eval",
+                        "--model",
+                        f"scripted-{name}",
+                        "--base_url",
+                        server.url,
+                        *common,
+                        *extra,
+                        "--output_dir",
+                        str(root / name),
+                    ]
+                )
+                == 0
+            )
         finally:
             server.stop()
         runs[name] = root / name
@@ -82,11 +119,27 @@ def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_
     # A trainer_state.json beside a run (as a real Trainer writes it) adds the training-curve figure.
     from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
 
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=32,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     rows = [{"input_ids": [i % 32] * 8, "labels": [i % 32] * 8} for i in range(16)]
-    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=4, logging_steps=1, save_steps=4,
-                             per_device_train_batch_size=4, report_to=[], use_cpu=True, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "train"),
+        max_steps=4,
+        logging_steps=1,
+        save_steps=4,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     Trainer(model=model, args=args, train_dataset=rows).train()
     with_curve = tmp_path / "image-trained"
     shutil.copytree(runs["image"], with_curve)
@@ -117,8 +170,13 @@ def test_git_state_names_the_commit_and_a_dirty_tree(tmp_path):
 
     git_state = lambda path: GitState(path).result()  # noqa: E731
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository
-    git = lambda *args: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path,  # noqa: E731
-                                       check=True, capture_output=True, text=True).stdout.strip()
+    git = lambda *args: subprocess.run(
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+        cwd=tmp_path,  # noqa: E731
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     git("init", "-q")
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # no commit yet
     (tmp_path / "f.txt").write_text("a\n")

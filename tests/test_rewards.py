@@ -71,8 +71,14 @@ def test_accuracy_reward(as_conversation):
 
 @pytest.mark.parametrize("as_conversation", [True, False], ids=["conversational", "plain"])
 def test_partial_credit_reward(as_conversation):
-    texts = [answer_text(ROUND), answer_text(IN_BETWEEN), answer_text(CIGAR), answer_text(BARRED), "Round Smooth",
-             "<answer>Smooth</answer>"]
+    texts = [
+        answer_text(ROUND),
+        answer_text(IN_BETWEEN),
+        answer_text(CIGAR),
+        answer_text(BARRED),
+        "Round Smooth",
+        "<answer>Smooth</answer>",
+    ]
     rewards = trl_call(partial_credit_reward, texts, [ROUND] * len(texts), as_conversation=as_conversation)
     # exact; same smooth group twice; a spiral is no credit; unparseable (even naming the right class untagged) is 0
     assert rewards == [1.0, PARTIAL_CREDIT, PARTIAL_CREDIT, 0.0, 0.0, 0.0]

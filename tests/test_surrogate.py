@@ -212,6 +212,8 @@ def test_surrogate_is_learnable_and_confuses_the_right_pairs(sample):
     designated = np.mean([mutual[p] for p in CONFUSABLE])
     others = np.mean([v for p, v in mutual.items() if p not in CONFUSABLE])
     print(f"mutual confusion: designated pairs {designated:.3f}, other pairs {others:.3f}")
-    print({DECALS_CLASSES[a][:12] + "/" + DECALS_CLASSES[b][:12]: round(mutual[(a, b)], 3) for a, b in sorted(CONFUSABLE)})
+    print(
+        {DECALS_CLASSES[a][:12] + "/" + DECALS_CLASSES[b][:12]: round(mutual[(a, b)], 3) for a, b in sorted(CONFUSABLE)}
+    )
     assert designated > 3 * others
     assert min(mutual[p] for p in CONFUSABLE) > 0  # no designated pair has become perfectly separable

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from holdpoint import wait_for_hold
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,24 +49,44 @@ def subprocess_env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def write_base_config(path: Path, prepared_dir, tiny_model_dir, *, max_steps: int, save_steps: int,
-                      **extra) -> Path:
+def write_base_config(path: Path, prepared_dir, tiny_model_dir, *, max_steps: int, save_steps: int, **extra) -> Path:
     """The tiny SFT recipe config every sweep task starts from (image arm, 56 px = 4 visual tokens)."""
-    path.write_text(yaml.safe_dump({**extra,
-        "model_name_or_path": str(tiny_model_dir), "dtype": "float32",
-        "data_dir": str(prepared_dir), "modality": "image", "image_size": 56,
-        "use_cpu": True, "bf16": False, "learning_rate": 1.0e-3, "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": 2, "max_steps": max_steps, "max_length": None, "logging_steps": 1,
-        "save_strategy": "steps", "save_steps": save_steps, "dataloader_num_workers": 0, "report_to": "none",
-        "disable_tqdm": True,
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                **extra,
+                "model_name_or_path": str(tiny_model_dir),
+                "dtype": "float32",
+                "data_dir": str(prepared_dir),
+                "modality": "image",
+                "image_size": 56,
+                "use_cpu": True,
+                "bf16": False,
+                "learning_rate": 1.0e-3,
+                "lr_scheduler_type": "constant",
+                "per_device_train_batch_size": 2,
+                "max_steps": max_steps,
+                "max_length": None,
+                "logging_steps": 1,
+                "save_strategy": "steps",
+                "save_steps": save_steps,
+                "dataloader_num_workers": 0,
+                "report_to": "none",
+                "disable_tqdm": True,
+            }
+        )
+    )
     return path
 
 
 def write_sweep(path: Path, base: Path, **fields) -> Path:
     sweep = {
-        "name": path.stem, "base_config": str(base), "out_dir": str(path.parent / f"{path.stem}-out"),
-        "grid": {"learning_rate": [1.0e-3, 1.0e-2]}, "seeds": 2, "array_throttle": 2,
+        "name": path.stem,
+        "base_config": str(base),
+        "out_dir": str(path.parent / f"{path.stem}-out"),
+        "grid": {"learning_rate": [1.0e-3, 1.0e-2]},
+        "seeds": 2,
+        "array_throttle": 2,
         "evaluation": {"split": "test", "max_samples": 8, "batch_size": 8, "max_new_tokens": 8, "n_boot": 100},
         "resources": {"time": "00:10:00", "cpus_per_task": 1, "signal_lead_s": 60, "max_requeues": 2},
         "budget": {"ledger": str(path.parent / "ledger.jsonl"), "max_dollars": 5.0, "gpu_hour": 1.0},
@@ -85,8 +104,9 @@ def write_sweep(path: Path, base: Path, **fields) -> Path:
 
 @pytest.fixture(scope="module")
 def base_config(prepared_dir, tiny_model_dir, tmp_path_factory):
-    return write_base_config(tmp_path_factory.mktemp("base") / "sft_tiny.yaml", prepared_dir, tiny_model_dir,
-                             max_steps=4, save_steps=2)
+    return write_base_config(
+        tmp_path_factory.mktemp("base") / "sft_tiny.yaml", prepared_dir, tiny_model_dir, max_steps=4, save_steps=2
+    )
 
 
 def test_plan_writes_manifest_with_distinct_seeds_and_fixed_dirs(cli, base_config, tmp_path):
@@ -170,17 +190,31 @@ def hold_env(monkeypatch, marker: Path, step: int) -> None:
     """Tasks started from now on hold after saving checkpoint-`step` (tests/holdpoint.py) until `marker` is removed."""
     monkeypatch.setenv("HOLD_MARKER", str(marker))
     monkeypatch.setenv("HOLD_AT_STEP", str(step))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    )
 
 
 def test_local_runner_resumes_after_interruption(cli, prepared_dir, tiny_model_dir, tmp_path, monkeypatch):
-    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=24, save_steps=3,
-                             callbacks=["holdpoint.HoldAtSave"])
+    base = write_base_config(
+        tmp_path / "long.yaml",
+        prepared_dir,
+        tiny_model_dir,
+        max_steps=24,
+        save_steps=3,
+        callbacks=["holdpoint.HoldAtSave"],
+    )
     sweep = write_sweep(tmp_path / "local.yaml", base, grid={}, seeds=1)
     marker = tmp_path / "held"
     hold_env(monkeypatch, marker, 3)
-    runner = subprocess.Popen([sys.executable, "-m", "astroreason.cli", "sweep", "run", "--local", str(sweep)],
-                              cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "astroreason.cli", "sweep", "run", "--local", str(sweep)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         # The task holds after checkpoint-3 and is signalled there: it cannot have finished, whatever the speed.
         wait_for_hold(marker, runner, 300)
@@ -298,8 +332,9 @@ def test_local_sweep_charges_one_ledger_and_collects_four_results_rows(cli, base
     check_collect(cli, sweep, tmp_path, out_dir)
 
 
-@pytest.mark.parametrize("where, key", [("base", "max_dollars"), ("base", "ledger"), ("overrides", "max_dollars"),
-                                        ("grid", "ledger")])
+@pytest.mark.parametrize(
+    "where, key", [("base", "max_dollars"), ("base", "ledger"), ("overrides", "max_dollars"), ("grid", "ledger")]
+)
 def test_a_second_training_meter_is_refused(cli, prepared_dir, tiny_model_dir, tmp_path, where, key):
     """Each task's meter charges the sweep's ledger for its whole wall-clock, training included: a recipe
     `max_dollars`/`ledger` (its BudgetCallback) would charge training a second time, so planning refuses it."""

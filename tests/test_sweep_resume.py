@@ -8,11 +8,11 @@ depend on this, so it is checked here on the tiny model: 3 steps, then a resume 
 from __future__ import annotations
 
 import torch
+from test_sweep import write_base_config
 from transformers import Qwen2_5_VLForConditionalGeneration, TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from astroreason.training import GalaxyScriptArguments, build_sft_trainer, run_training
-from test_sweep import write_base_config
 
 
 class WeightsAtStart(TrainerCallback):
@@ -25,8 +25,21 @@ class WeightsAtStart(TrainerCallback):
 def _train(config, output_dir, steps: int) -> dict:
     parser = TrlParser((GalaxyScriptArguments, SFTConfig, ModelConfig))
     script, training, model = parser.parse_args_and_config(
-        args=["--config", str(config), "--output_dir", str(output_dir), "--max_steps", str(steps), "--save_steps", "3",
-              "--resume", "true", "--learning_rate", "1e-2"])
+        args=[
+            "--config",
+            str(config),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            str(steps),
+            "--save_steps",
+            "3",
+            "--resume",
+            "true",
+            "--learning_rate",
+            "1e-2",
+        ]
+    )
     trainer = build_sft_trainer(script, training, model)
     probe = WeightsAtStart()
     trainer.add_callback(probe)

@@ -14,16 +14,28 @@ import re
 from pathlib import Path
 
 import pytest
-
 from holdpoint import wait_for_hold
 from slurm_cluster import LocalSlurm, missing_binaries
 from test_sweep import (  # noqa: F401  (fixtures)
-    REPO, _wait_for, base_config, check_charges, check_collect, cli, hold_env, write_base_config, write_sweep,
+    REPO,
+    _wait_for,
+    base_config,
+    check_charges,
+    check_collect,
+    cli,
+    hold_env,
+    write_base_config,
+    write_sweep,
 )
 
 _missing = missing_binaries()
-_why = (f"SLURM binaries missing ({', '.join(_missing)}): run .ci/slurm_setup.sh" if _missing
-        else "slurmd must run as root" if os.geteuid() != 0 else None)
+_why = (
+    f"SLURM binaries missing ({', '.join(_missing)}): run .ci/slurm_setup.sh"
+    if _missing
+    else "slurmd must run as root"
+    if os.geteuid() != 0
+    else None
+)
 if _why and os.environ.get("ASTROREASON_REQUIRE_SLURM") == "1":
     raise RuntimeError(f"ASTROREASON_REQUIRE_SLURM=1 but {_why}")
 pytestmark = pytest.mark.skipif(_why is not None, reason=_why or "")
@@ -102,8 +114,14 @@ def test_array_sweep_lands_four_results_two_at_a_time(cli, slurm_env, base_confi
 
 def test_requeued_task_resumes_from_its_checkpoint(cli, slurm_env, prepared_dir, tiny_model_dir, tmp_path, monkeypatch):
     steps, held_at = 40, 4
-    base = write_base_config(tmp_path / "long.yaml", prepared_dir, tiny_model_dir, max_steps=steps, save_steps=4,
-                             callbacks=["holdpoint.HoldAtSave"])
+    base = write_base_config(
+        tmp_path / "long.yaml",
+        prepared_dir,
+        tiny_model_dir,
+        max_steps=steps,
+        save_steps=4,
+        callbacks=["holdpoint.HoldAtSave"],
+    )
     sweep = write_sweep(tmp_path / "rq.yaml", base, grid={}, seeds=1)
     marker = tmp_path / "held"
     hold_env(monkeypatch, marker, held_at)  # sbatch passes this environment to the job

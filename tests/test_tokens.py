@@ -12,10 +12,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, cli
 from safetensors.numpy import load_file, save_file
 
 from astroreason.cli import main
-from cli_helpers import assert_one_line_error, cli
 from astroreason.data.galaxy10 import FLUX_BANDS
 from astroreason.data.splits import load_manifest, load_split, prepare
 from astroreason.errors import UserError
@@ -26,10 +26,22 @@ from astroreason.tokens.fsq import FSQCodec, FSQConfig, evaluate
 # Small enough to train in seconds on 2 busy cores: 64-px surrogate images resized to 32 px -> 8x8 codes, trained on
 # 16-px crops.
 SIZE, GRID = 32, 8
-TRAIN_ARGS = ["--size", str(SIZE), "--hidden", "16", "--crop", "16", "--lr", "5e-3", "--steps", "40", "--batch-size", "16", "--seed", "0"]
-
-
-
+TRAIN_ARGS = [
+    "--size",
+    str(SIZE),
+    "--hidden",
+    "16",
+    "--crop",
+    "16",
+    "--lr",
+    "5e-3",
+    "--steps",
+    "40",
+    "--batch-size",
+    "16",
+    "--seed",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +185,9 @@ def test_a_changed_codec_never_reuses_codes(codec_dir, prepared_dir, tmp_path, c
     assert default.name.endswith(other.codec_hash[:12])
     assert not np.array_equal(load_codes(default, other).codes, load_codes(cache_dir, codec_dir).codes)
     # --force rebuilds the explicit cache for the codec given.
-    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", other_dir, "--out", cache_dir, "--force")
+    status, _, err = cli(
+        capsys, "tokens", "encode", "--data", prepared_dir, "--codec", other_dir, "--out", cache_dir, "--force"
+    )
     assert status == 0, err
     assert load_codes(cache_dir, other_dir, prepared_dir=prepared_dir).meta["codec_hash"] == other.codec_hash
 
@@ -202,7 +216,9 @@ def test_a_modified_source_file_is_refused(codec_dir, surrogate_h5, tmp_path, ca
     status, _, err = cli(capsys, "tokens", "encode", "--data", prepared, "--codec", codec_dir)
     assert_one_line_error(status, err, "source data changed")
     # Even a fresh cache location is refused: the file no longer holds what the manifest was made from.
-    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared, "--codec", codec_dir, "--out", tmp_path / "fresh")
+    status, _, err = cli(
+        capsys, "tokens", "encode", "--data", prepared, "--codec", codec_dir, "--out", tmp_path / "fresh"
+    )
     assert_one_line_error(status, err, "changed since", "prepare it again")
     assert not (tmp_path / "fresh").exists()
 
@@ -252,7 +268,9 @@ def test_bad_flux_input_is_refused_with_one_line(case, needles, surrogate_h5, tm
 
 
 def test_an_rgb_codec_larger_than_the_images_is_refused(prepared_dir, tmp_path, capsys):
-    status, _, err = cli(capsys, "tokens", "train", "--data", prepared_dir, "--out", tmp_path / "c", "--size", "96", "--steps", "1")
+    status, _, err = cli(
+        capsys, "tokens", "train", "--data", prepared_dir, "--out", tmp_path / "c", "--size", "96", "--steps", "1"
+    )
     assert_one_line_error(status, err, "64x64 px, smaller than the codec's 96 px")
 
 
@@ -274,8 +292,27 @@ def test_the_config_file_is_read(tmp_path, prepared_dir):
     config = tmp_path / "cfg.json"
     config.write_text(json.dumps({"levels": [5, 5, 5], "size": 64, "hidden": 8, "stretch": "arcsinh"}))
     out = tmp_path / "c"
-    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), "--config", str(config),
-                 "--size", "16", "--steps", "2", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "train",
+                "--data",
+                str(prepared_dir),
+                "--out",
+                str(out),
+                "--config",
+                str(config),
+                "--size",
+                "16",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     codec = load_codec(out)
     assert isinstance(codec, FSQCodec) and codec.vocab_size == 125 and codec.grid_shape == (4, 4)
     assert codec.config.stretch == "arcsinh" and codec.config.size == 16
@@ -290,13 +327,37 @@ def test_the_shipped_demo_config_trains(prepared_dir, tmp_path):
     spec = json.loads(shipped.read_text())
     out = tmp_path / "demo"
     # The surrogate fixture is 64 px, so the 96-px codec is trained smaller here; everything else comes from the file.
-    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), "--config", str(shipped),
-                 "--size", "64", "--hidden", "8", "--steps", "2", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "train",
+                "--data",
+                str(prepared_dir),
+                "--out",
+                str(out),
+                "--config",
+                str(shipped),
+                "--size",
+                "64",
+                "--hidden",
+                "8",
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "codec.json").read_text())
     assert meta["config"]["levels"] == spec["config"]["levels"] and meta["config"]["size"] == 64
     assert meta["training"]["crop"] == spec["training"]["crop"] and meta["training"]["lr"] == spec["training"]["lr"]
     assert meta["training"]["steps"] == 2
     # A trained codec's codec.json is itself a config: retraining from it keeps its settings.
     again = tmp_path / "again"
-    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(again), "--config", str(out / "codec.json")]) == 0
+    assert (
+        main(["tokens", "train", "--data", str(prepared_dir), "--out", str(again), "--config", str(out / "codec.json")])
+        == 0
+    )
     assert json.loads((again / "codec.json").read_text())["codec_hash"] == meta["codec_hash"]  # same seed, same codec

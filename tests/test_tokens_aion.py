@@ -14,9 +14,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, cli
 
 from astroreason.cli import main
-from cli_helpers import assert_one_line_error, cli
 from astroreason.data.galaxy10 import FLUX_BANDS
 from astroreason.data.splits import load_manifest
 from astroreason.errors import UserError
@@ -25,9 +25,6 @@ from astroreason.tokens.aion import AionCodec, Galaxy10AionFlux
 
 aion_codecs = pytest.importorskip("aion.codecs", reason="the AION adapter needs the `aion` extra (polymathic-aion)")
 from aion.modalities import LegacySurveyImage  # noqa: E402
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +155,26 @@ def flux_rows(surrogate_h5):
     return np.flatnonzero(np.random.default_rng(3).random(n) < 0.66)
 
 
-def test_flux_source_join_holds_the_same_galaxies_in_both_arms(aion_dir, prepared_dir, surrogate_h5, flux_rows, tmp_path, capsys):
+def test_flux_source_join_holds_the_same_galaxies_in_both_arms(
+    aion_dir, prepared_dir, surrogate_h5, flux_rows, tmp_path, capsys
+):
     source = write_galaxy10_aion(surrogate_h5, tmp_path / "galaxy10-aion", flux_rows)
     reader = Galaxy10AionFlux(source)
     assert reader.flux_column == "image_bands" and reader.index_column == "Galaxy10_DECals_index"
     cache_dir = tmp_path / "cache"
-    status, out, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", aion_dir,
-                           "--flux-source", source, "--out", cache_dir)
+    status, out, err = cli(
+        capsys,
+        "tokens",
+        "encode",
+        "--data",
+        prepared_dir,
+        "--codec",
+        aion_dir,
+        "--flux-source",
+        source,
+        "--out",
+        cache_dir,
+    )
     assert status == 0, err
     codec = load_codec(aion_dir)
     manifest = load_manifest(prepared_dir)
@@ -199,8 +209,9 @@ def test_a_label_disagreement_is_refused(aion_dir, prepared_dir, surrogate_h5, f
     victim = next(r for r in manifest.rows["test"] if r in set(flux_rows.tolist()))
     source = write_galaxy10_aion(surrogate_h5, tmp_path / "galaxy10-aion", flux_rows, flip_label_of=victim)
     out = tmp_path / "cache"
-    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", aion_dir,
-                         "--flux-source", source, "--out", out)
+    status, _, err = cli(
+        capsys, "tokens", "encode", "--data", prepared_dir, "--codec", aion_dir, "--flux-source", source, "--out", out
+    )
     assert_one_line_error(status, err, "disagree on the label", f"Galaxy10 row {victim}")
     assert not out.exists()
 
@@ -208,8 +219,23 @@ def test_a_label_disagreement_is_refused(aion_dir, prepared_dir, surrogate_h5, f
 def test_a_changed_flux_source_is_refused(aion_dir, prepared_dir, surrogate_h5, flux_rows, tmp_path):
     source = write_galaxy10_aion(surrogate_h5, tmp_path / "galaxy10-aion", flux_rows[:40])
     cache_dir = tmp_path / "cache"
-    assert main(["tokens", "encode", "--data", str(prepared_dir), "--codec", str(aion_dir), "--flux-source",
-                 str(source), "--out", str(cache_dir)]) == 0
+    assert (
+        main(
+            [
+                "tokens",
+                "encode",
+                "--data",
+                str(prepared_dir),
+                "--codec",
+                str(aion_dir),
+                "--flux-source",
+                str(source),
+                "--out",
+                str(cache_dir),
+            ]
+        )
+        == 0
+    )
     shutil.rmtree(source)
     write_galaxy10_aion(surrogate_h5, source, flux_rows[:41])  # one more galaxy: another dataset
     with pytest.raises(UserError, match="flux source changed"):

@@ -13,9 +13,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from astroreason.cli import main
 from cli_helpers import assert_one_line_error, cli
+
 from astroreason.data.splits import load_manifest, load_split
 from astroreason.errors import UserError
 from astroreason.models import add_code_tokens, load_model_and_processor, save_with_code_tokens
@@ -26,9 +25,6 @@ from astroreason.tokens.fsq import FSQCodec, FSQConfig
 from astroreason.tokens.render import code_token, parse
 
 VOCAB = 4375
-
-
-
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +44,16 @@ def coded_model_dir(tiny_model_dir, tmp_path_factory):
 def qwen_style_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model's files with a larger Qwen-style tokenizer: byte-level BPE, Qwen's digit-splitting pre-tokenizer,
     a 4,000-token vocabulary trained here on English and on rendered code ids (digits still cannot merge)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     from astroreason.models import SPECIAL_TOKENS, tokenizer_corpus
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     rng = np.random.default_rng(1)
-    corpus = tokenizer_corpus() + [render(rng.integers(0, VOCAB, (8, 8)), r) for r in ("ints", "rows") for _ in range(50)]
+    corpus = tokenizer_corpus() + [
+        render(rng.integers(0, VOCAB, (8, 8)), r) for r in ("ints", "rows") for _ in range(50)
+    ]
     # Pseudo-words from syllables give the trainer enough distinct text to fill a 4,000-token vocabulary.
     syllables = [a + b for a in "bcdfghklmnprstvwz" for b in "aeiou"] + ["the ", "ing", "tion", "galaxy", " "]
     corpus += ["".join(rng.choice(syllables, 60)) + f", {rng.integers(0, 99999)}." for _ in range(400)]
@@ -64,13 +62,21 @@ def qwen_style_dir(tiny_model_dir, tmp_path_factory):
         [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)]
     )
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=4000, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=4000,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(corpus, trainer)
     trained = json.loads(bpe.to_str())["model"]
-    tokenizer = Qwen2Tokenizer(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]],
-                               extra_special_tokens=list(SPECIAL_TOKENS[1:]), eos_token="<|im_end|>",
-                               pad_token="<|endoftext|>")
+    tokenizer = Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=[tuple(m) for m in trained["merges"]],
+        extra_special_tokens=list(SPECIAL_TOKENS[1:]),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+    )
     out = tmp_path_factory.mktemp("qwenstyle") / "model"
     shutil.copytree(tiny_model_dir, out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
@@ -162,8 +168,23 @@ def visual_tokens_of(processor, image):
 def test_cost_per_rendering_is_exact(model_fixture, request, codec_dir, prepared_dir, tmp_path, capsys):
     model_dir = request.getfixturevalue(model_fixture)
     out = tmp_path / "cost.json"
-    status, stdout, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", model_dir,
-                              "--data", prepared_dir, "--split", "test", "--n", "8", "--json", out)
+    status, stdout, err = cli(
+        capsys,
+        "tokens",
+        "cost",
+        "--codec",
+        codec_dir,
+        "--model",
+        model_dir,
+        "--data",
+        prepared_dir,
+        "--split",
+        "test",
+        "--n",
+        "8",
+        "--json",
+        out,
+    )
     assert status == 0, err
     report = json.loads(out.read_text())
     codec = load_codec(codec_dir)
@@ -195,8 +216,23 @@ def test_cost_per_rendering_is_exact(model_fixture, request, codec_dir, prepared
 def test_cost_of_a_galaxy10_sized_image(codec_dir, tiny_model_dir, tmp_path, capsys):
     """Galaxy10's 256-px images cost 81 visual tokens on a Qwen2.5-VL processor (docs/facts.md)."""
     out = tmp_path / "cost.json"
-    status, stdout, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir,
-                              "--rendering", "ints,special", "--image-size", "256", "--n", "4", "--json", out)
+    status, stdout, err = cli(
+        capsys,
+        "tokens",
+        "cost",
+        "--codec",
+        codec_dir,
+        "--model",
+        tiny_model_dir,
+        "--rendering",
+        "ints,special",
+        "--image-size",
+        "256",
+        "--n",
+        "4",
+        "--json",
+        out,
+    )
     assert status == 0, err
     report = json.loads(out.read_text())
     assert report["image"] == {"side_px": 256, "visual_tokens": 81}
@@ -206,7 +242,9 @@ def test_cost_of_a_galaxy10_sized_image(codec_dir, tiny_model_dir, tmp_path, cap
 
 def test_cost_refuses_a_codec_that_does_not_fit(codec_dir, coded_model_dir, tiny_model_dir, tmp_path, capsys):
     small = FSQCodec(FSQConfig(size=32, hidden=8, levels=[4, 4]), name="small").save(tmp_path / "small")
-    status, _, err = cli(capsys, "tokens", "cost", "--codec", small, "--model", coded_model_dir, "--rendering", "special")
+    status, _, err = cli(
+        capsys, "tokens", "cost", "--codec", small, "--model", coded_model_dir, "--rendering", "special"
+    )
     assert_one_line_error(status, err, "more code tokens than the codec's vocabulary 16")
     few = save_with_code_tokens(tiny_model_dir, tmp_path / "few", 16)
     status, _, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", few, "--rendering", "special")
@@ -214,7 +252,9 @@ def test_cost_refuses_a_codec_that_does_not_fit(codec_dir, coded_model_dir, tiny
     huge = FSQCodec(FSQConfig(size=32, hidden=8, levels=[256, 256, 2]), name="huge").save(tmp_path / "huge")
     status, _, err = cli(capsys, "tokens", "cost", "--codec", huge, "--model", tiny_model_dir)
     assert_one_line_error(status, err, "131072 codes", "at most 65536")
-    status, _, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir, "--rendering", "hex")
+    status, _, err = cli(
+        capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir, "--rendering", "hex"
+    )
     assert_one_line_error(status, err, "rendering: expected one of")
     status, _, err = cli(capsys, "tokens", "cost", "--codec", codec_dir, "--model", tmp_path / "nomodel")
     assert_one_line_error(status, err, "model directory not found")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from cli_helpers import assert_one_line_error, cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,28 +31,46 @@ CLI_CASES = {
     "no command": ([], "required: COMMAND"),
     "unknown command": (["trian"], "invalid choice: 'trian'"),
     "data: no action": (["data"], "data: the following arguments are required"),
-    "data prepare: no --out": (["data", "prepare", "src.h5"], "data prepare: the following arguments are required: --out"),
-    "data prepare: unknown flag": (["data", "prepare", "src.h5", "--out", "p2", "--bogus"], "unrecognized arguments: --bogus"),
+    "data prepare: no --out": (
+        ["data", "prepare", "src.h5"],
+        "data prepare: the following arguments are required: --out",
+    ),
+    "data prepare: unknown flag": (
+        ["data", "prepare", "src.h5", "--out", "p2", "--bogus"],
+        "unrecognized arguments: --bogus",
+    ),
     "data prepare: parent is a file": (["data", "prepare", "src.h5", "--out", "afile/p"], "afile is a file"),
     "data prepare: out is a file": (["data", "prepare", "src.h5", "--out", "afile"], "afile"),
-    "data prepare: bad fractions over a prepared dir": (["data", "prepare", "src.h5", "--out", "prepared",
-                                                         "--fractions", "1,2"], "fractions"),
+    "data prepare: bad fractions over a prepared dir": (
+        ["data", "prepare", "src.h5", "--out", "prepared", "--fractions", "1,2"],
+        "fractions",
+    ),
     "data prepare: negative seed": (["data", "prepare", "src.h5", "--out", "p2", "--seed", "-1"], "--seed"),
-    "data synth: parent is a file": (["data", "synth", "--out", "afile/g.h5", "--n", "4", "--size", "16"],
-                                     "afile is a file"),
+    "data synth: parent is a file": (
+        ["data", "synth", "--out", "afile/g.h5", "--n", "4", "--size", "16"],
+        "afile is a file",
+    ),
     "data synth: not an integer": (["data", "synth", "--out", "g.h5", "--n", "abc"], "invalid int value: 'abc'"),
     "data synth: out is a directory": (["data", "synth", "--out", "prepared", "--n", "4", "--size", "16"], "directory"),
     "data inspect: missing file": (["data", "inspect", "missing.h5"], "no such file"),
     "data download: unknown release": (["data", "download", "--release", "dr10"], "invalid choice: 'dr10'"),
-    "tokens train: parent is a file": (["tokens", "train", "--data", "prepared", "--out", "afile/codec"],
-                                       "afile is a file"),
+    "tokens train: parent is a file": (
+        ["tokens", "train", "--data", "prepared", "--out", "afile/codec"],
+        "afile is a file",
+    ),
     "tokens train: negative lr": (["tokens", "train", "--data", "prepared", "--out", "codec", "--lr", "-1"], "--lr"),
-    "tokens train: bad levels": (["tokens", "train", "--data", "prepared", "--out", "codec", "--levels", "a,b"],
-                                 "--levels"),
-    "tokens train: missing config": (["tokens", "train", "--data", "prepared", "--out", "codec", "--config",
-                                      "missing.json"], "missing.json"),
-    "tokens encode: missing codec": (["tokens", "encode", "--data", "prepared", "--codec", "no-codec"],
-                                     "codec directory not found"),
+    "tokens train: bad levels": (
+        ["tokens", "train", "--data", "prepared", "--out", "codec", "--levels", "a,b"],
+        "--levels",
+    ),
+    "tokens train: missing config": (
+        ["tokens", "train", "--data", "prepared", "--out", "codec", "--config", "missing.json"],
+        "missing.json",
+    ),
+    "tokens encode: missing codec": (
+        ["tokens", "encode", "--data", "prepared", "--codec", "no-codec"],
+        "codec directory not found",
+    ),
     "tokens cost: zero galaxies": (["tokens", "cost", "--codec", "no-codec", "--model", "no-model", "--n", "0"], "--n"),
     "model tiny: parent is a file": (["model", "tiny", "--out", "afile/m"], "afile is a file"),
     "model tiny: unknown arch": (["model", "tiny", "--out", "m", "--arch", "llama"], "invalid choice: 'llama'"),
@@ -61,8 +78,10 @@ CLI_CASES = {
     "eval: invalid YAML": (["eval", "--config", "bad.yaml"], "not valid YAML"),
     "eval: missing config": (["eval", "--config", "missing.yaml"], "cannot read missing.yaml"),
     "eval: unknown flag": (["eval", "--no_such_flag", "1"], "unknown --no_such_flag"),
-    "eval: output_dir parent is a file": (["eval", "--model", "no-model", "--data_dir", "prepared", "--output_dir",
-                                           "afile/e"], "afile is a file"),
+    "eval: output_dir parent is a file": (
+        ["eval", "--model", "no-model", "--data_dir", "prepared", "--output_dir", "afile/e"],
+        "afile is a file",
+    ),
     "eval: zero batch": (["eval", "--batch_size", "0"], "batch_size"),
     "eval: negative seed": (["eval", "--seed", "-3"], "seed"),
     "eval: mistyped config value": (["eval", "--config", "eval_typed.yaml"], "max_new_tokens: expected an integer"),
@@ -94,21 +113,39 @@ RECIPE_CASES = {
     "unknown config key": ("sft", ["--config", "typo.yaml"], "unknown key `lerning_rate`"),
     "mistyped config value": ("sft", ["--config", "mistyped.yaml"], "max_steps: expected an integer"),
     "not an integer": ("sft", ["--config", "@sft_image.yaml", "--max_steps", "abc"], "invalid int value: 'abc'"),
-    "bf16 without a GPU": ("sft", ["--config", "@sft_image.yaml", "--use_cpu", "false", "--bf16", "true"],
-                           "--bf16 false"),
+    "bf16 without a GPU": (
+        "sft",
+        ["--config", "@sft_image.yaml", "--use_cpu", "false", "--bf16", "true"],
+        "--bf16 false",
+    ),
     "fp16 without a GPU": ("grpo", ["--config", "@grpo_image.yaml", "--fp16", "true"], "--fp16 false"),
-    "max_steps -2, no generations": ("grpo", ["--config", "@grpo_image.yaml", "--max_steps", "-2",
-                                              "--num_generations", "0"], "max_steps"),
+    "max_steps -2, no generations": (
+        "grpo",
+        ["--config", "@grpo_image.yaml", "--max_steps", "-2", "--num_generations", "0"],
+        "max_steps",
+    ),
     "one generation": ("grpo", ["--config", "@grpo_image.yaml", "--num_generations", "1"], "num_generations"),
-    "negative learning rate over a run": ("sft", ["--config", "@sft_image.yaml", "--output_dir", "old_run",
-                                                  "--learning_rate", "-1"], "learning_rate"),
-    "zero batch": ("grpo", ["--config", "@grpo_image.yaml", "--per_device_train_batch_size", "0"],
-                   "per_device_train_batch_size"),
-    "output_dir parent is a file": ("sft", ["--config", "@sft_lora_image.yaml", "--output_dir", "afile/out"],
-                                    "afile is a file"),
+    "negative learning rate over a run": (
+        "sft",
+        ["--config", "@sft_image.yaml", "--output_dir", "old_run", "--learning_rate", "-1"],
+        "learning_rate",
+    ),
+    "zero batch": (
+        "grpo",
+        ["--config", "@grpo_image.yaml", "--per_device_train_batch_size", "0"],
+        "per_device_train_batch_size",
+    ),
+    "output_dir parent is a file": (
+        "sft",
+        ["--config", "@sft_lora_image.yaml", "--output_dir", "afile/out"],
+        "afile is a file",
+    ),
     "LoRA rank 0": ("sft", ["--config", "@sft_lora_image.yaml", "--lora_r", "0"], "lora_r"),
-    "LoRA without target modules": ("grpo", ["--config", "@grpo_image.yaml", "--use_peft", "true"],
-                                    "lora_target_modules"),
+    "LoRA without target modules": (
+        "grpo",
+        ["--config", "@grpo_image.yaml", "--use_peft", "true"],
+        "lora_target_modules",
+    ),
     "unknown reward": ("grpo", ["--config", "@grpo_image.yaml", "--reward_funcs", "bogus"], "reward_funcs"),
 }
 
@@ -137,10 +174,16 @@ def workdir(surrogate_h5, prepared_dir, tmp_path, monkeypatch):
     sft = yaml.safe_load((TINY / "sft_image.yaml").read_text())
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump({**sft, "lerning_rate": 0.1}))
     (tmp_path / "mistyped.yaml").write_text(yaml.safe_dump({**sft, "max_steps": 2.5}))
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "mistake", "base_config": str(TINY / "sft_image.yaml"), "out_dir": "afile/sweep",
-        "grid": {"learning_rate": [1.0e-3]},
-    }))
+    (tmp_path / "sweep.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "mistake",
+                "base_config": str(TINY / "sft_image.yaml"),
+                "out_dir": "afile/sweep",
+                "grid": {"learning_rate": [1.0e-3]},
+            }
+        )
+    )
     monkeypatch.chdir(tmp_path)
     before = snapshot(tmp_path, Path(surrogate_h5), Path(prepared_dir))
     yield tmp_path
@@ -158,7 +201,10 @@ def test_cli_mistake_is_one_line_exit_2(case, workdir, capsys):
 def recipe_env() -> dict:
     env = dict(os.environ)
     env.update(
-        OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
         CUDA_VISIBLE_DEVICES="",  # "without a GPU" on any machine
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
@@ -169,8 +215,14 @@ def recipe_env() -> dict:
 def test_recipe_mistake_is_one_line_exit_2(case, workdir):
     recipe, args, needle = RECIPE_CASES[case]
     args = [str(TINY / a[1:]) if a.startswith("@") else a for a in args]
-    result = subprocess.run([sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *args], cwd=workdir,
-                            env=recipe_env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), *args],
+        cwd=workdir,
+        env=recipe_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert_one_line_error(result.returncode, result.stderr.strip().splitlines(), needle)
     assert not (workdir / "runs").exists()  # failed before building the tiny defaults, data or model
@@ -187,11 +239,20 @@ def test_read_only_directory_is_one_line_exit_2(tmp_path):
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: a read-only directory stays writable")
-        preexec = [setpriv, "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
+        preexec = [
+            setpriv,
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+        ]
         probe = subprocess.run([*preexec, "touch", str(read_only / "probe")], capture_output=True)
         if probe.returncode == 0:
             pytest.skip("cannot drop root's file-permission override here")
-    result = subprocess.run([*preexec, sys.executable, "-m", "astroreason.cli", "model", "tiny", "--out",
-                             str(read_only / "m")], capture_output=True, text=True, timeout=120, env=recipe_env())
+    result = subprocess.run(
+        [*preexec, sys.executable, "-m", "astroreason.cli", "model", "tiny", "--out", str(read_only / "m")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=recipe_env(),
+    )
     assert_one_line_error(result.returncode, result.stderr.strip().splitlines(), "not writable (permission denied)")
     assert list(read_only.iterdir()) == []

@@ -17,12 +17,23 @@ from .tokens import TokenArm
 ARMS: dict[str, type[Arm]] = {"image": ImageArm, "tokens": TokenArm}
 
 
-def build_arm(settings: ArmSettings, split: str, *, max_samples: int | None = None, manifest=None,
-              lint_template: bool = True) -> Arm:
+def build_arm(
+    settings: ArmSettings, split: str, *, max_samples: int | None = None, manifest=None, lint_template: bool = True
+) -> Arm:
     """The arm of `settings.modality` for one split (see `Arm`)."""
-    return ARMS[settings.modality](settings, split, max_samples=max_samples, manifest=manifest,
-                                   lint_template=lint_template)
+    return ARMS[settings.modality](
+        settings, split, max_samples=max_samples, manifest=manifest, lint_template=lint_template
+    )
 
 
-__all__ = ["ARMS", "Arm", "ArmSettings", "ImageArm", "TokenArm", "build_arm", "override_hint", "permuted_labels",
-           "resize_image"]
+__all__ = [
+    "ARMS",
+    "Arm",
+    "ArmSettings",
+    "ImageArm",
+    "TokenArm",
+    "build_arm",
+    "override_hint",
+    "permuted_labels",
+    "resize_image",
+]

@@ -44,7 +44,9 @@ class ArmSettings:
         if self.modality not in MODALITIES:
             raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.modality == "tokens" and not self.codec:
-            raise UserError("codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)")
+            raise UserError(
+                "codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)"
+            )
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
             # The multiple the model's grid needs is checked once the model is known (`models.check_image_size`).
             raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
@@ -87,15 +89,24 @@ class Arm:
     modality: ClassVar[str]
     columns: ClassVar[tuple[str, ...]]  # the view's columns a row keeps beside its prompt (TRL inserts images itself)
 
-    def __init__(self, settings: ArmSettings, split: str, *, max_samples: int | None = None, manifest=None,
-                 lint_template: bool = True):
+    def __init__(
+        self,
+        settings: ArmSettings,
+        split: str,
+        *,
+        max_samples: int | None = None,
+        manifest=None,
+        lint_template: bool = True,
+    ):
         self.settings, self.split = settings, split
         self.manifest = load_manifest(settings.data_dir) if manifest is None else manifest
         self.view = self.load_view()
         self.n = len(self.view) if max_samples is None else min(max_samples, len(self.view))
         self.template = settings.prompt_template
         self.meta = None
-        if self.template is not None and set(template_fields(self.template)) - set(REPRESENTATION_FIELDS[self.modality]):
+        if self.template is not None and set(template_fields(self.template)) - set(
+            REPRESENTATION_FIELDS[self.modality]
+        ):
             if lint_template:
                 with override_hint():
                     check_template(self.modality, self.template, override=settings.lint_override())
@@ -164,20 +175,30 @@ class Arm:
         def to_conversation(example, index):
             return self.conversation(example, index, with_completion=with_completion)
 
-        return dataset.map(to_conversation, with_indices=True, remove_columns=drop,
-                           desc=f"{self.modality} {self.split} prompts")
+        return dataset.map(
+            to_conversation, with_indices=True, remove_columns=drop, desc=f"{self.modality} {self.split} prompts"
+        )
 
     def rows(self) -> list[dict]:
         """The used rows (prompt, label and the galaxy), built in memory: what the evaluation and the controls ask,
         without writing resized images back to Arrow and decoding them again."""
-        return [{**{k: example[k] for k in self.columns}, **self.conversation(example, i, with_completion=False)}
-                for i, example in enumerate(islice(self.view, self.n))]
+        return [
+            {**{k: example[k] for k in self.columns}, **self.conversation(example, i, with_completion=False)}
+            for i, example in enumerate(islice(self.view, self.n))
+        ]
 
     def lint(self, prompts, *, record_dir=None):
         """The prompt lint of these (the used rows') prompts: `CheckFailed` (exit 1) on a column the override does
         not allow; `prompt_lint.json` written into `record_dir` when given."""
         with override_hint():
-            return check_dataset({"prompt": prompts}, data_dir=self.settings.data_dir, split=self.split,
-                                 modality=self.modality, template=self.template,
-                                 override=self.settings.lint_override(), record_dir=record_dir,
-                                 positions=self.positions[: len(prompts)], manifest=self.manifest)
+            return check_dataset(
+                {"prompt": prompts},
+                data_dir=self.settings.data_dir,
+                split=self.split,
+                modality=self.modality,
+                template=self.template,
+                override=self.settings.lint_override(),
+                record_dir=record_dir,
+                positions=self.positions[: len(prompts)],
+                manifest=self.manifest,
+            )

@@ -36,5 +36,7 @@ class ImageArm(Arm):
         size = self.settings.image_size
         black = Image.new("RGB", (size, size), (0, 0, 0))
         labels = self.view.select_columns(["label"])
-        return [{"label": example["label"], "prompt": self.prompt(example, i), "image": black}
-                for i, example in enumerate(islice(labels, self.n))]
+        return [
+            {"label": example["label"], "prompt": self.prompt(example, i), "image": black}
+            for i, example in enumerate(islice(labels, self.n))
+        ]

@@ -30,5 +30,7 @@ class TokenArm(Arm):
         """Another galaxy's codes in each prompt (a seeded permutation of the used rows' codes)."""
         examples = list(islice(self.view, self.n))
         order = np.random.default_rng(seed).permutation(len(examples))
-        return [{"label": example["label"], "prompt": self.prompt(example, i, examples[j]["tokens_text"])}
-                for i, (example, j) in enumerate(zip(examples, order))]
+        return [
+            {"label": example["label"], "prompt": self.prompt(example, i, examples[j]["tokens_text"])}
+            for i, (example, j) in enumerate(zip(examples, order))
+        ]

@@ -11,22 +11,34 @@ from ..errors import CheckFailed, UserError
 
 def add_parser(subparsers) -> None:
     audit = subparsers.add_parser(
-        "audit", help="leak and shortcut probes on data, a run or a sweep (exit 1 if any fails)",
+        "audit",
+        help="leak and shortcut probes on data, a run or a sweep (exit 1 if any fails)",
         description="Row order, duplicates across splits, a metadata-only classifier, blank-input and "
-                    "label-permutation controls, seed fingerprints and the ceiling. Exit 1 if any probe fails.",
+        "label-permutation controls, seed fingerprints and the ceiling. Exit 1 if any probe fails.",
     )
-    audit.add_argument("target", metavar="DATA_OR_RUN",
-                       help="a Galaxy10-schema HDF5 file, a prepared directory, a run directory or a sweep directory")
+    audit.add_argument(
+        "target",
+        metavar="DATA_OR_RUN",
+        help="a Galaxy10-schema HDF5 file, a prepared directory, a run directory or a sweep directory",
+    )
     audit.add_argument("--json", action="store_true", help="print the report as JSON")
-    audit.add_argument("--template", type=Path, help="file holding the prompt template to probe (default: the run's "
-                       "recorded template, else the standard templates)")
+    audit.add_argument(
+        "--template",
+        type=Path,
+        help="file holding the prompt template to probe (default: the run's "
+        "recorded template, else the standard templates)",
+    )
     audit.add_argument("--modality", choices=("image", "tokens"), default="image", help="modality of --template")
     audit.add_argument("--ceiling", type=float, default=None, help="accuracy above this is suspect (default 0.95)")
     audit.add_argument("--no-controls", action="store_true", help="skip the model controls (blank input, permutation)")
     audit.add_argument("--max-samples", type=int, default=64, help="rows the model controls use")
-    audit.add_argument("--permutation-steps", type=int, default=None,
-                       help="cap on the training steps of the label-permutation control, which reruns the run's recipe "
-                       "from its base model on permuted labels for at most its own steps (default 200)")
+    audit.add_argument(
+        "--permutation-steps",
+        type=int,
+        default=None,
+        help="cap on the training steps of the label-permutation control, which reruns the run's recipe "
+        "from its base model on permuted labels for at most its own steps (default 200)",
+    )
     audit.set_defaults(func=run_audit)
 
 
@@ -55,9 +67,14 @@ def run_audit(args: argparse.Namespace) -> int:
     steps = DEFAULT_PERMUTATION_STEPS if args.permutation_steps is None else args.permutation_steps
     if args.max_samples < 1 or steps < 1:
         raise UserError("--max-samples and --permutation-steps must be >= 1")
-    report = audit(args.target, templates=templates, ceiling=args.ceiling or DEFAULT_CEILING,
-                   controls=not args.no_controls, max_samples=args.max_samples,
-                   permutation_steps=steps)
+    report = audit(
+        args.target,
+        templates=templates,
+        ceiling=args.ceiling or DEFAULT_CEILING,
+        controls=not args.no_controls,
+        max_samples=args.max_samples,
+        permutation_steps=steps,
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=1, default=str))
     else:

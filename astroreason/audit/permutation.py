@@ -34,8 +34,17 @@ from ..integrity.fingerprint import base_weights_sha256, read_fingerprint
 # saves, how it is launched. `generation_batch_size` is derived by GRPOConfig from the batch and
 # `steps_per_generation` (both recorded), and refused when given together with them.
 CONTROL_OVERRIDES = dict(
-    save_strategy="no", eval_strategy="no", report_to=[], push_to_hub=False, hub_token=None, disable_tqdm=True,
-    resume_from_checkpoint=None, load_best_model_at_end=False, deepspeed=None, fsdp="", use_vllm=False,
+    save_strategy="no",
+    eval_strategy="no",
+    report_to=[],
+    push_to_hub=False,
+    hub_token=None,
+    disable_tqdm=True,
+    resume_from_checkpoint=None,
+    load_best_model_at_end=False,
+    deepspeed=None,
+    fsdp="",
+    use_vllm=False,
 )
 DERIVED_ARGS = ("generation_batch_size",)
 
@@ -62,8 +71,9 @@ class ControlStart:
 
     def describe(self) -> str:
         names = " <- ".join(_short(p) for p in self.chain) + f" <- {_short(self.root)}"
-        return (f"{names} (root {self.root}: the first model in the chain not recorded as trained on this split's "
-                "labels)")
+        return (
+            f"{names} (root {self.root}: the first model in the chain not recorded as trained on this split's labels)"
+        )
 
 
 def _short(path) -> str:
@@ -100,14 +110,18 @@ def control_start(model: str, data_dir: str) -> ControlStart | str:
     stage = Path(model) if model else None
     fingerprint = read_fingerprint(stage) if stage is not None and stage.is_dir() else None
     if fingerprint is None:
-        return (f"{model or 'the run'}: no fingerprint.json, so where its training started is unknown (not a "
-                "training run of astroreason's recipes)")
+        return (
+            f"{model or 'the run'}: no fingerprint.json, so where its training started is unknown (not a "
+            "training run of astroreason's recipes)"
+        )
     chain: list[Path] = []
     while True:
         base = fingerprint.get("base")
         if not base or not base.get("recipe"):
-            return (f"{stage}/fingerprint.json has no base record (a run recorded before the recipes recorded their "
-                    "base model): the control cannot retrain from where the run started")
+            return (
+                f"{stage}/fingerprint.json has no base record (a run recorded before the recipes recorded their "
+                "base model): the control cannot retrain from where the run started"
+            )
         chain.append(stage)
         parent = _model_dir(base["model_name_or_path"], base.get("resolved_path"))
         parent_fp = read_fingerprint(parent) if parent is not None else None
@@ -122,15 +136,19 @@ def check_base(start: ControlStart) -> str | None:
     """Why the root base cannot be used (missing, changed since the run, no hash recorded), or None."""
     recorded = start.record.get("weights_sha256")
     if not recorded:
-        return (f"{start.stage}/fingerprint.json records no hash of its base {start.root}'s weights: the control "
-                "cannot check it starts from the same base")
+        return (
+            f"{start.stage}/fingerprint.json records no hash of its base {start.root}'s weights: the control "
+            "cannot check it starts from the same base"
+        )
     root = _model_dir(start.root, start.record.get("resolved_path")) or start.root
     current = base_weights_sha256(str(root))
     if current is None:
         return f"base model {start.root} not found (or it holds no weight files): nothing to retrain from"
     if current != recorded:
-        return (f"base model {start.root} changed since {start.stage} was trained from it (its weights hash "
-                f"{current[:12]} is not the recorded {recorded[:12]}): the control would not start where the run did")
+        return (
+            f"base model {start.root} changed since {start.stage} was trained from it (its weights hash "
+            f"{current[:12]} is not the recorded {recorded[:12]}): the control would not start where the run did"
+        )
     return None
 
 
@@ -138,8 +156,11 @@ def _config(cls, recorded: dict, **overrides):
     """`cls` (a config dataclass) from a recorded `to_dict()`/`asdict()`, with `overrides`; fields `cls` does not
     have are left out (SFTConfig has no `use_vllm`), and so are secrets `to_dict()` masked (`hub_token`)."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    values = {k: v for k, v in {**recorded, **overrides}.items()
-              if k in names and k not in DERIVED_ARGS and v != f"<{k.upper()}>"}  # a masked secret is not a value
+    values = {
+        k: v
+        for k, v in {**recorded, **overrides}.items()
+        if k in names and k not in DERIVED_ARGS and v != f"<{k.upper()}>"
+    }  # a masked secret is not a value
     return cls(**values)
 
 
@@ -163,13 +184,21 @@ def control_trainer(start: ControlStart, output_dir: str, *, steps: int, seed: i
     recipe = start.recipe
     grpo = recipe["kind"] == "grpo"
     root = _model_dir(start.root, start.record.get("resolved_path"))
-    script_args = _config(GalaxyScriptArguments, recipe["script_args"], resume=False, max_dollars=None, ledger=None,
-                          callbacks=[])  # the user's own callbacks belong to the experiment, not its control
+    script_args = _config(
+        GalaxyScriptArguments, recipe["script_args"], resume=False, max_dollars=None, ledger=None, callbacks=[]
+    )  # the user's own callbacks belong to the experiment, not its control
     model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=str(root or start.root))
     use_cpu = bool(recipe["training_args"].get("use_cpu")) or not torch.cuda.is_available()
     device = dict(use_cpu=True, bf16=False, fp16=False) if use_cpu else {}
-    training_args = _config(GRPOConfig if grpo else SFTConfig, recipe["training_args"], output_dir=output_dir,
-                            logging_dir=output_dir, max_steps=steps, **CONTROL_OVERRIDES, **device)
+    training_args = _config(
+        GRPOConfig if grpo else SFTConfig,
+        recipe["training_args"],
+        output_dir=output_dir,
+        logging_dir=output_dir,
+        max_steps=steps,
+        **CONTROL_OVERRIDES,
+        **device,
+    )
     build = build_grpo_trainer if grpo else build_sft_trainer
     trainer = build(script_args, training_args, model_args, permute_labels_seed=seed)
     trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`

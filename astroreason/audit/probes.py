@@ -58,8 +58,12 @@ class AuditReport:
         return [p for p in self.probes if p.status == "fail"]
 
     def to_json(self) -> dict:
-        return {"target": self.target, "kind": self.kind, "passed": not self.failed,
-                "probes": [asdict(p) for p in self.probes]}
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "passed": not self.failed,
+            "probes": [asdict(p) for p in self.probes],
+        }
 
 
 def beats_rate(correct: int, n: int, rate: float) -> dict:
@@ -67,9 +71,18 @@ def beats_rate(correct: int, n: int, rate: float) -> dict:
     from scipy.stats import binomtest
 
     accuracy = correct / n if n else 0.0
-    p = float(binomtest(int(correct), int(n), min(max(rate, 1e-12), 1 - 1e-12), alternative="greater").pvalue) if n else 1.0
-    return {"accuracy": accuracy, "rate": float(rate), "n": int(n), "p_value": p,
-            "beats": bool(p < ALPHA and accuracy - rate > MIN_GAIN)}
+    p = (
+        float(binomtest(int(correct), int(n), min(max(rate, 1e-12), 1 - 1e-12), alternative="greater").pvalue)
+        if n
+        else 1.0
+    )
+    return {
+        "accuracy": accuracy,
+        "rate": float(rate),
+        "n": int(n),
+        "p_value": p,
+        "beats": bool(p < ALPHA and accuracy - rate > MIN_GAIN),
+    }
 
 
 # --- the data behind a probe ---------------------------------------------------------------------------------------
@@ -115,8 +128,9 @@ def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
     # 1. The manifest matches the file: each split's content hash, re-derived.
     for name, rows in m.rows.items():
         if m.split_sha256.get(name) != sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in rows)):
-            problems.append(f"split {name}: its rows do not hash to the manifest's split_sha256 (the file or the "
-                            "manifest changed)")
+            problems.append(
+                f"split {name}: its rows do not hash to the manifest's split_sha256 (the file or the manifest changed)"
+            )
 
     # 2. The split re-derived from content keys alone, in permuted unit orders, is the manifest's split.
     split_index = {name: k for k, name in enumerate(SPLIT_NAMES)}
@@ -129,7 +143,9 @@ def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
     unit_labels = np.array([labels[u[0]] for u in units])
     sizes = np.array([len(u) for u in units])
     rng = np.random.default_rng(12345)
-    orders = [np.arange(len(units)), np.arange(len(units))[::-1]] + [rng.permutation(len(units)) for _ in range(n_permutations)]
+    orders = [np.arange(len(units)), np.arange(len(units))[::-1]] + [
+        rng.permutation(len(units)) for _ in range(n_permutations)
+    ]
     mismatched = 0
     for perm in orders:
         got = np.empty(len(units), np.int64)
@@ -138,8 +154,10 @@ def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
     details["units"] = len(units)
     details["unit_orders_tried"] = len(orders)
     if mismatched:
-        problems.append(f"{mismatched} of {len(units)} galaxies land in another split when the split is re-derived "
-                        "from their content in another row order: the split depends on row order")
+        problems.append(
+            f"{mismatched} of {len(units)} galaxies land in another split when the split is re-derived "
+            "from their content in another row order: the split depends on row order"
+        )
 
     # 3. Each split's order is the seeded content order; its class mix is the file's; it is not monotone.
     kept = np.array([r for rows in m.rows.values() for r in rows], np.int64)
@@ -160,27 +178,39 @@ def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
         deviation = float(np.max(np.abs(counts / len(rows) - share)))
         info = {"n": int(len(rows)), "class_mix_p": p_mix, "class_mix_max_deviation": deviation}
         if p_mix < 1e-3 and deviation > 0.05:
-            problems.append(f"split {name}: class mix differs from the file's (max share deviation {deviation:.2f}, "
-                            f"chi-square p={p_mix:.1e})")
+            problems.append(
+                f"split {name}: class mix differs from the file's (max share deviation {deviation:.2f}, "
+                f"chi-square p={p_mix:.1e})"
+            )
         if len(rows) >= 10:
             for what, values in (("label", labels[rows]), ("source row", rows)):
                 rho, p = spearmanr(np.arange(len(rows)), values)
                 rho = 0.0 if not np.isfinite(rho) else float(rho)
                 info[f"rank_corr_position_{what.replace(' ', '_')}"] = rho
                 if abs(rho) > 0.5 and p < 1e-3:
-                    problems.append(f"split {name}: rows are ordered by {what} (Spearman rho {rho:.2f}): a first-N "
-                                    "slice would be one class")
+                    problems.append(
+                        f"split {name}: rows are ordered by {what} (Spearman rho {rho:.2f}): a first-N "
+                        "slice would be one class"
+                    )
             head = labels[rows[: min(20, len(rows))]]
             if len(np.unique(labels[rows])) > 1 and len(np.unique(head)) == 1:
                 problems.append(f"split {name}: its first {len(head)} rows are all one class")
         details["splits"][name] = info
 
-    note = ("source is sorted by class: a row index is a label, so nothing may depend on row order; "
-            if order["sorted_by_class"] or order["grouped_by_class"] else "source is not ordered by class; ")
+    note = (
+        "source is sorted by class: a row index is a label, so nothing may depend on row order; "
+        if order["sorted_by_class"] or order["grouped_by_class"]
+        else "source is not ordered by class; "
+    )
     if problems:
         return ProbeResult("row_order", "fail", note + "; ".join(problems), details)
-    return ProbeResult("row_order", "pass", note + f"the split is a function of content only (re-derived in "
-                       f"{len(orders)} unit orders), class mixes match, no split is ordered by label", details)
+    return ProbeResult(
+        "row_order",
+        "pass",
+        note + f"the split is a function of content only (re-derived in "
+        f"{len(orders)} unit orders), class mixes match, no split is ordered by label",
+        details,
+    )
 
 
 # --- duplicates ----------------------------------------------------------------------------------------------------
@@ -202,16 +232,29 @@ def probe_duplicates(data: SplitData) -> ProbeResult:
         crossing[kind] = bad
     dropped_rows = {r for d in m.dropped for r in d["rows"]}
     leaked_dropped = sorted(r for r in dropped_rows if r in split_of)
-    details = {"radius_arcsec": m.radius_arcsec, "groups": len(groups.combined),
-               "crossing": crossing, "dropped_rows_in_splits": leaked_dropped}
+    details = {
+        "radius_arcsec": m.radius_arcsec,
+        "groups": len(groups.combined),
+        "crossing": crossing,
+        "dropped_rows_in_splits": leaked_dropped,
+    }
     n_pos, n_img = len(crossing["sky_position"]), len(crossing["image_content"])
     if n_pos or n_img or leaked_dropped:
-        return ProbeResult("duplicates", "fail",
-                           f"{n_pos} galaxies span two splits by sky position (within {m.radius_arcsec} arcsec), "
-                           f"{n_img} by identical pixels; {len(leaked_dropped)} rows of conflicting groups are in a "
-                           "split", details)
-    return ProbeResult("duplicates", "pass", f"no duplicate group spans two splits ({len(groups.combined)} groups "
-                       "checked by sky position and image content)", details)
+        return ProbeResult(
+            "duplicates",
+            "fail",
+            f"{n_pos} galaxies span two splits by sky position (within {m.radius_arcsec} arcsec), "
+            f"{n_img} by identical pixels; {len(leaked_dropped)} rows of conflicting groups are in a "
+            "split",
+            details,
+        )
+    return ProbeResult(
+        "duplicates",
+        "pass",
+        f"no duplicate group spans two splits ({len(groups.combined)} groups "
+        "checked by sky position and image content)",
+        details,
+    )
 
 
 # --- metadata-only classifier ----------------------------------------------------------------------------------------
@@ -221,8 +264,12 @@ def _row_meta(data: SplitData, rows: np.ndarray, positions: np.ndarray) -> list[
     m = data.manifest
     out = []
     for r, pos in zip(rows, positions):
-        row = {"row_index": int(r), "position": int(pos), "label": int(data.labels[r]),
-               "label_name": m.classes[int(data.labels[r])]}
+        row = {
+            "row_index": int(r),
+            "position": int(pos),
+            "label": int(data.labels[r]),
+            "label_name": m.classes[int(data.labels[r])],
+        }
         row.update({k: float(c[r]) for k, c in data.columns.items()})
         out.append(row)
     return out
@@ -280,11 +327,13 @@ def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
         texts_fit = [render_text(template, modality, r) for r in fit_meta]
         texts_eval = [render_text(template, modality, r) for r in eval_meta]
         features = text_features(texts_fit + texts_eval)
-        score = _fit_score(features[: len(fit_rows)], y_fit, features[len(fit_rows):], y_eval)
+        score = _fit_score(features[: len(fit_rows)], y_fit, features[len(fit_rows) :], y_eval)
         details["carried"][modality] = score
         if score["beats"]:
-            failures.append(f"{modality} prompt (without the galaxy) predicts the label: accuracy "
-                            f"{score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (p={score['p_value']:.1e})")
+            failures.append(
+                f"{modality} prompt (without the galaxy) predicts the label: accuracy "
+                f"{score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (p={score['p_value']:.1e})"
+            )
     columns = {"row_index": (fit_rows, eval_rows)}
     if "ra" in data.columns and "dec" in data.columns:
         columns["ra_dec"] = tuple(np.c_[data.columns["ra"][r], data.columns["dec"][r]] for r in (fit_rows, eval_rows))
@@ -298,13 +347,17 @@ def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
         details["columns_alone"][key] = score
         if score["beats"]:
             predictive.append(f"{key} ({score['accuracy']:.2f})")
-    note = (f"; not in any prompt, but predictive alone (must stay out of prompts): {', '.join(predictive)}"
-            if predictive else "")
+    note = (
+        f"; not in any prompt, but predictive alone (must stay out of prompts): {', '.join(predictive)}"
+        if predictive
+        else ""
+    )
     if failures:
         return ProbeResult("metadata", "fail", "; ".join(failures) + note, details)
     rates = ", ".join(f"{k} {v['accuracy']:.3f} (majority {v['rate']:.3f})" for k, v in details["carried"].items())
-    return ProbeResult("metadata", "pass", f"prompts without the galaxy do not beat the majority rate: {rates}{note}",
-                       details)
+    return ProbeResult(
+        "metadata", "pass", f"prompts without the galaxy do not beat the majority rate: {rates}{note}", details
+    )
 
 
 # --- model controls ------------------------------------------------------------------------------------------------
@@ -324,8 +377,14 @@ class RunSpec:
     split: str = "test"
 
     def arm_settings(self) -> ArmSettings:
-        return ArmSettings(data_dir=self.data_dir, modality=self.modality, codec=self.codec, rendering=self.rendering,
-                           image_size=self.image_size, prompt_template=self.template)
+        return ArmSettings(
+            data_dir=self.data_dir,
+            modality=self.modality,
+            codec=self.codec,
+            rendering=self.rendering,
+            image_size=self.image_size,
+            prompt_template=self.template,
+        )
 
 
 def control_rows(spec: RunSpec, split: str, *, max_samples: int, galaxy: str = "blank", seed: int = 0):
@@ -362,15 +421,18 @@ def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> 
         backend = TransformersBackend.from_pretrained(spec.model, SamplingSettings(max_new_tokens=32), batch_size=16)
     score = _score_backend(backend, prompts, images, labels)
     what = "a blank image" if spec.modality == "image" else "another galaxy's codes"
-    line = (f"with {what}, accuracy {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} "
-            f"(n={score['n']}, p={score['p_value']:.1e})")
+    line = (
+        f"with {what}, accuracy {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} "
+        f"(n={score['n']}, p={score['p_value']:.1e})"
+    )
     if score["beats"]:
         return ProbeResult("blank_input", "fail", line + ": the model answers without the galaxy (a shortcut)", score)
     return ProbeResult("blank_input", "pass", line, score)
 
 
-def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_STEPS, max_samples: int = 64,
-                            seed: int = 0) -> ProbeResult:
+def probe_label_permutation(
+    spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_STEPS, max_samples: int = 64, seed: int = 0
+) -> ProbeResult:
     """Retrain from the run's base (never from its trained checkpoint) on permuted training labels; scored on the
     true labels of the evaluation split, the retrained model must stay at chance.
 
@@ -386,8 +448,13 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_S
     start = control_start(spec.model, spec.data_dir)
     if isinstance(start, str):
         return ProbeResult("label_permutation", "skip", start, {})
-    details = {"root_base": start.root, "first_labelled_stage": str(start.stage), "recipe": start.recipe["kind"],
-               "lora": bool(start.record.get("lora")), "chain": [str(p) for p in start.chain]}
+    details = {
+        "root_base": start.root,
+        "first_labelled_stage": str(start.stage),
+        "recipe": start.recipe["kind"],
+        "lora": bool(start.record.get("lora")),
+        "chain": [str(p) for p in start.chain],
+    }
     if reason := check_base(start):
         return ProbeResult("label_permutation", "skip", reason, details)
     n_steps, recipe_steps = control_steps(start, steps)
@@ -399,10 +466,12 @@ def probe_label_permutation(spec: RunSpec, *, steps: int = DEFAULT_PERMUTATION_S
     details.update(score)
     of = f" of the recipe's {recipe_steps}" if recipe_steps and recipe_steps != n_steps else ""
     adapter = ", a fresh LoRA adapter" if details["lora"] else ""
-    line = (f"after {n_steps}{of} steps on permuted labels ({start.recipe['kind'].upper()} rerun from the base, not "
-            f"the trained checkpoint{adapter}; base chain {start.describe()}), accuracy on the true {spec.split} "
-            f"labels {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (n={score['n']}, "
-            f"p={score['p_value']:.1e}, {score['parsed']:.0%} of answers parsed)")
+    line = (
+        f"after {n_steps}{of} steps on permuted labels ({start.recipe['kind'].upper()} rerun from the base, not "
+        f"the trained checkpoint{adapter}; base chain {start.describe()}), accuracy on the true {spec.split} "
+        f"labels {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} (n={score['n']}, "
+        f"p={score['p_value']:.1e}, {score['parsed']:.0%} of answers parsed)"
+    )
     if score["beats"]:
         return ProbeResult("label_permutation", "fail", line + ": labels reach the model by another route", details)
     return ProbeResult("label_permutation", "pass", line, details)
@@ -419,8 +488,12 @@ def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
     problems = compare_fingerprints(runs)
     if problems:
         return ProbeResult("seeds", "fail", "; ".join(p["reason"] for p in problems), {"problems": problems})
-    return ProbeResult("seeds", "pass", f"{len(runs)} runs: different seeds have different fingerprints, no "
-                       "configuration and seed repeats", {"runs": sorted(runs)})
+    return ProbeResult(
+        "seeds",
+        "pass",
+        f"{len(runs)} runs: different seeds have different fingerprints, no configuration and seed repeats",
+        {"runs": sorted(runs)},
+    )
 
 
 def probe_ceiling(result_path, ceiling: float) -> ProbeResult:
@@ -447,8 +520,11 @@ def run_spec(run_dir: Path) -> RunSpec | None:
     result_path = run_dir / "result.json"
     if result_path.is_file():
         config = json.loads(result_path.read_text()).get("config", {})
-        values = {k: config[k] for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split")
-                  if config.get(k) is not None}
+        values = {
+            k: config[k]
+            for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split")
+            if config.get(k) is not None
+        }
     fingerprint = read_fingerprint(run_dir) or {}
     for k, v in fingerprint.get("extra", {}).items():
         if k in ("data_dir", "modality", "codec", "rendering") and k not in values and v not in ("None", ""):

@@ -7,6 +7,17 @@ from .ledger import DEFAULT_LEDGER, Ledger, Totals
 from .prices import DEFAULT_PRICES, Price, api_price, gpu_price, load_price_table, local_device
 
 __all__ = [
-    "DEFAULT_LEDGER", "DEFAULT_PRICES", "Budget", "BudgetExhausted", "Caps", "Ledger", "Price", "Reservation",
-    "Totals", "api_price", "gpu_price", "load_price_table", "local_device",
+    "DEFAULT_LEDGER",
+    "DEFAULT_PRICES",
+    "Budget",
+    "BudgetExhausted",
+    "Caps",
+    "Ledger",
+    "Price",
+    "Reservation",
+    "Totals",
+    "api_price",
+    "gpu_price",
+    "load_price_table",
+    "local_device",
 ]

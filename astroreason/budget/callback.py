@@ -25,8 +25,16 @@ class BudgetCallback(TrainerCallback):
             measures the job's paid time will do (a cluster's accounting, or a fixed time per step).
     """
 
-    def __init__(self, price: Price, max_dollars: float | None, *, ledger: Ledger | str = DEFAULT_LEDGER,
-                 gpus: int | None = None, run: str | None = None, clock=time.monotonic):
+    def __init__(
+        self,
+        price: Price,
+        max_dollars: float | None,
+        *,
+        ledger: Ledger | str = DEFAULT_LEDGER,
+        gpus: int | None = None,
+        run: str | None = None,
+        clock=time.monotonic,
+    ):
         self.ledger = ledger if isinstance(ledger, Ledger) else Ledger(ledger)
         self.price, self.max_dollars, self.gpus = price, max_dollars, gpus
         self.clock = clock
@@ -36,8 +44,13 @@ class BudgetCallback(TrainerCallback):
         self._slowest_step = 0.0
 
     def _budget(self, args) -> Budget:
-        return Budget(self.ledger, self.price, Caps(max_dollars=self.max_dollars), run=self.run,
-                      gpus=self.gpus or max(1, getattr(args, "world_size", 1)))
+        return Budget(
+            self.ledger,
+            self.price,
+            Caps(max_dollars=self.max_dollars),
+            run=self.run,
+            gpus=self.gpus or max(1, getattr(args, "world_size", 1)),
+        )
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = self.clock()
@@ -64,8 +77,10 @@ class BudgetCallback(TrainerCallback):
                 next_step = self.price.cost(gpu_seconds=self._slowest_step * budget.gpus)
                 committed = self.ledger.totals().committed_dollars
                 if committed + next_step > self.max_dollars:
-                    self.stopped_reason = (f"dollar cap ${self.max_dollars:g}: ${committed:.6g} spent in "
-                                           f"{self.ledger.path}, the next step may cost ${next_step:.6g}")
+                    self.stopped_reason = (
+                        f"dollar cap ${self.max_dollars:g}: ${committed:.6g} spent in "
+                        f"{self.ledger.path}, the next step may cost ${next_step:.6g}"
+                    )
                     stop = True
         if self._agree(stop):
             control.should_save = True
@@ -84,9 +99,16 @@ class BudgetCallback(TrainerCallback):
         return flag
 
 
-def budget_callback(max_dollars: float | None, *, prices: str = DEFAULT_PRICES, ledger: str = DEFAULT_LEDGER,
-                    price_gpu_hour: float | None = None, price_key: str | None = None, gpus: int | None = None,
-                    run: str | None = None) -> BudgetCallback:
+def budget_callback(
+    max_dollars: float | None,
+    *,
+    prices: str = DEFAULT_PRICES,
+    ledger: str = DEFAULT_LEDGER,
+    price_gpu_hour: float | None = None,
+    price_key: str | None = None,
+    gpus: int | None = None,
+    run: str | None = None,
+) -> BudgetCallback:
     """The training recipes' callback: this machine's GPU-hour price (refused if unknown, unless set), the project's
     ledger and dollar cap. `trainer.add_callback(budget_callback(10.0))`."""
     device, count = local_device()

@@ -54,10 +54,13 @@ class Budget:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def reserve(self, *, requests: int, prompt_tokens: int, completion_tokens: int, seconds: float = 0.0) -> Reservation:
+    def reserve(
+        self, *, requests: int, prompt_tokens: int, completion_tokens: int, seconds: float = 0.0
+    ) -> Reservation:
         """Reserve the worst case of the next request (or batch) or raise `BudgetExhausted` without sending it."""
-        dollars = self.price.cost(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  gpu_seconds=seconds * self.gpus)
+        dollars = self.price.cost(
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, gpu_seconds=seconds * self.gpus
+        )
         tokens = prompt_tokens + completion_tokens
         rid = uuid.uuid4().hex
 
@@ -69,43 +72,82 @@ class Budget:
             elif c.max_requests is not None and t.committed_requests + requests > c.max_requests:
                 why = f"request cap {c.max_requests} reached ({t.committed_requests} committed in {self.ledger.path})"
             elif c.max_tokens is not None and t.committed_tokens + tokens > c.max_tokens:
-                why = (f"token cap {c.max_tokens} reached ({t.committed_tokens} committed in {self.ledger.path}, "
-                       f"next request may use {tokens})")
+                why = (
+                    f"token cap {c.max_tokens} reached ({t.committed_tokens} committed in {self.ledger.path}, "
+                    f"next request may use {tokens})"
+                )
             elif c.max_dollars is not None and t.committed_dollars + dollars > c.max_dollars:
-                why = (f"dollar cap ${c.max_dollars:g} reached (${t.committed_dollars:.6g} committed in "
-                       f"{self.ledger.path}, next request may cost ${dollars:.6g})")
+                why = (
+                    f"dollar cap ${c.max_dollars:g} reached (${t.committed_dollars:.6g} committed in "
+                    f"{self.ledger.path}, next request may cost ${dollars:.6g})"
+                )
             if why:
                 self.exhausted = why
                 return []
-            return [ledger_row("reserve", rid, self.run, model=self.price.key, dollars=dollars, tokens=tokens,
-                         requests=requests)]
+            return [
+                ledger_row(
+                    "reserve", rid, self.run, model=self.price.key, dollars=dollars, tokens=tokens, requests=requests
+                )
+            ]
 
         if not self.ledger.transaction(decide):
             raise BudgetExhausted(f"budget: {self.exhausted}; the next request was not sent")
         return Reservation(rid, dollars, tokens, requests)
 
-    def charge(self, reservation: Reservation | None, *, requests: int, prompt_tokens: int = 0,
-               completion_tokens: int = 0, seconds: float = 0.0, attempts: int | None = None,
-               dollars: float | None = None, **extra) -> float:
+    def charge(
+        self,
+        reservation: Reservation | None,
+        *,
+        requests: int,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        seconds: float = 0.0,
+        attempts: int | None = None,
+        dollars: float | None = None,
+        **extra,
+    ) -> float:
         """Record what was actually spent (settling `reservation`); returns the dollars charged."""
         gpu_seconds = seconds * self.gpus
         if dollars is None:
-            dollars = self.price.cost(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                      gpu_seconds=gpu_seconds)
+            dollars = self.price.cost(
+                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, gpu_seconds=gpu_seconds
+            )
         rid = reservation.id if reservation else uuid.uuid4().hex
-        self.ledger.append(ledger_row(
-            "charge", rid, self.run, model=self.price.key, dollars=dollars, requests=requests,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, gpu_seconds=round(gpu_seconds, 6),
-            attempts=requests if attempts is None else attempts, **extra,
-        ))
+        self.ledger.append(
+            ledger_row(
+                "charge",
+                rid,
+                self.run,
+                model=self.price.key,
+                dollars=dollars,
+                requests=requests,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                gpu_seconds=round(gpu_seconds, 6),
+                attempts=requests if attempts is None else attempts,
+                **extra,
+            )
+        )
         return dollars
 
     def charge_worst_case(self, reservation: Reservation, *, attempts: int, reason: str) -> float:
         """A request whose fate is unknown (timed out, answer unreadable) may have been billed: charge its worst case."""
-        self.ledger.append(ledger_row("charge", reservation.id, self.run, model=self.price.key, dollars=reservation.dollars,
-                                requests=reservation.requests, prompt_tokens=0, completion_tokens=0,
-                                worst_case_tokens=reservation.tokens, gpu_seconds=0.0, attempts=attempts,
-                                unknown=reason))
+        self.ledger.append(
+            ledger_row(
+                "charge",
+                reservation.id,
+                self.run,
+                model=self.price.key,
+                dollars=reservation.dollars,
+                requests=reservation.requests,
+                prompt_tokens=0,
+                completion_tokens=0,
+                worst_case_tokens=reservation.tokens,
+                gpu_seconds=0.0,
+                attempts=attempts,
+                unknown=reason,
+            )
+        )
         return reservation.dollars
 
     def release(self, reservation: Reservation, *, attempts: int = 0, reason: str = "") -> None:

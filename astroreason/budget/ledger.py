@@ -62,8 +62,11 @@ class Totals:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(committed_dollars=self.committed_dollars, committed_tokens=self.committed_tokens,
-                 committed_requests=self.committed_requests)
+        d.update(
+            committed_dollars=self.committed_dollars,
+            committed_tokens=self.committed_tokens,
+            committed_requests=self.committed_requests,
+        )
         return d
 
 
@@ -114,13 +117,16 @@ class Ledger:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 if not line.startswith(b"{"):  # not a row cut short: this file is something else
-                    raise UserError(f"ledger: {self.path} is not a spend ledger (a line near byte {self._offset} "
-                                    "is not a JSON row)") from None
+                    raise UserError(
+                        f"ledger: {self.path} is not a spend ledger (a line near byte {self._offset} is not a JSON row)"
+                    ) from None
                 continue  # a row torn by a killed writer was never fsync'd whole: it was never committed
             try:
                 self._fold(row)
             except (KeyError, TypeError):
-                raise UserError(f"ledger: {self.path} holds a malformed row near byte {self._offset}; fix or move it") from None
+                raise UserError(
+                    f"ledger: {self.path} holds a malformed row near byte {self._offset}; fix or move it"
+                ) from None
         self._offset += end
 
     def transaction(self, decide):

@@ -29,8 +29,12 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("inspect", help="schema, class counts, row order, NaNs, duplicate groups and label conflicts")
     p.add_argument("file", help="Galaxy10-schema HDF5 file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
-                   help=f"near-duplicate radius on the sky, arcsec (default {DEFAULT_RADIUS_ARCSEC})")
+    p.add_argument(
+        "--radius",
+        type=float,
+        default=DEFAULT_RADIUS_ARCSEC,
+        help=f"near-duplicate radius on the sky, arcsec (default {DEFAULT_RADIUS_ARCSEC})",
+    )
     p.add_argument("--sha256", help="verify the file's SHA-256 first")
     p.set_defaults(func=run_inspect)
 
@@ -38,19 +42,33 @@ def add_parser(subparsers) -> None:
     p.add_argument("file", help="Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="prepared directory to write")
     p.add_argument("--seed", type=seed, default=0, help="seed of the split shuffle (default 0)")
-    p.add_argument("--fractions", default=",".join(map(str, DEFAULT_FRACTIONS)),
-                   help="train,val,test shares per class (default 0.8,0.1,0.1)")
-    p.add_argument("--radius", type=float, default=DEFAULT_RADIUS_ARCSEC,
-                   help="rows this close on the sky are one galaxy, kept in one split (arcsec)")
+    p.add_argument(
+        "--fractions",
+        default=",".join(map(str, DEFAULT_FRACTIONS)),
+        help="train,val,test shares per class (default 0.8,0.1,0.1)",
+    )
+    p.add_argument(
+        "--radius",
+        type=float,
+        default=DEFAULT_RADIUS_ARCSEC,
+        help="rows this close on the sky are one galaxy, kept in one split (arcsec)",
+    )
     p.add_argument("--subset", choices=SUBSETS, default="all", help="flux: only rows with a finite g,r,i,z cutout")
-    p.add_argument("--include-rows", help="file of source row indices to keep (one per line, or .npy), e.g. the "
-                   "rows a flux cross-match covers, so both modalities split the same galaxies")
+    p.add_argument(
+        "--include-rows",
+        help="file of source row indices to keep (one per line, or .npy), e.g. the "
+        "rows a flux cross-match covers, so both modalities split the same galaxies",
+    )
     p.add_argument("--sha256", help="verify the file's SHA-256 first")
     p.set_defaults(func=run_prepare)
 
     p = sub.add_parser("download", help="fetch Galaxy10 from Zenodo, checksum-verified")
-    p.add_argument("--release", choices=sorted(RELEASES), default="decals",
-                   help="decals (Galaxy10 DECaLS, 256 px) or sdss (the older Galaxy10 SDSS, 69 px); default decals")
+    p.add_argument(
+        "--release",
+        choices=sorted(RELEASES),
+        default="decals",
+        help="decals (Galaxy10 DECaLS, 256 px) or sdss (the older Galaxy10 SDSS, 69 px); default decals",
+    )
     p.add_argument("--out", default=str(DEFAULT_DIR), help=f"directory to put the file in (default {DEFAULT_DIR}/)")
     p.add_argument("--url", help="a mirror to fetch from instead of Zenodo")
     p.add_argument("--sha256", help="expected SHA-256 (default: the release's)")
@@ -63,8 +81,15 @@ def run_synth(args) -> int:
 
     check_writable(args.out, "--out")
     path = synthesize(
-        args.out, n=args.n, size=args.size, seed=args.seed, sort_by_class=args.sorted, flux=args.flux,
-        flux_size=args.flux_size, workers=args.workers, progress=True,
+        args.out,
+        n=args.n,
+        size=args.size,
+        seed=args.seed,
+        sort_by_class=args.sorted,
+        flux=args.flux,
+        flux_size=args.flux_size,
+        workers=args.workers,
+        progress=True,
     )
     print(f"wrote {path} ({args.n} galaxies, {args.size} px{', with flux' if args.flux else ''})")
     return 0
@@ -89,13 +114,24 @@ def run_prepare(args) -> int:
     except ValueError:
         raise UserError(f"--fractions: expected three comma-separated numbers, got {args.fractions!r}") from None
     check_writable(args.out, "--out", directory=True)
-    out = prepare(args.file, args.out, seed=args.seed, fractions=fractions, radius_arcsec=args.radius,
-                  subset=args.subset, include_rows=args.include_rows, sha256=args.sha256, progress=True)
+    out = prepare(
+        args.file,
+        args.out,
+        seed=args.seed,
+        fractions=fractions,
+        radius_arcsec=args.radius,
+        subset=args.subset,
+        include_rows=args.include_rows,
+        sha256=args.sha256,
+        progress=True,
+    )
     m = load_manifest(out)
     sizes = ", ".join(f"{k} {v}" for k, v in m.split_sizes().items())
-    print(f"{out}: {sizes} galaxies (seed {m.seed}); {len(m.groups)} duplicate groups kept whole, "
-          f"{len(m.dropped)} conflicting groups dropped ({sum(len(d['rows']) for d in m.dropped)} rows), "
-          f"{m.excluded} rows outside the subset; manifest {m.hash[:12]}")
+    print(
+        f"{out}: {sizes} galaxies (seed {m.seed}); {len(m.groups)} duplicate groups kept whole, "
+        f"{len(m.dropped)} conflicting groups dropped ({sum(len(d['rows']) for d in m.dropped)} rows), "
+        f"{m.excluded} rows outside the subset; manifest {m.hash[:12]}"
+    )
     return 0
 
 

@@ -43,8 +43,10 @@ def download(
         if sha256_file(target) == expected:
             return target
         raise UserError(f"{target}: exists with another SHA-256 than {expected}; move it away and download again")
-    where = (f"download {url} on a machine with network and put it at {target} "
-             f"(SHA-256 {expected}), or pass its path to `astroreason data inspect|prepare`")
+    where = (
+        f"download {url} on a machine with network and put it at {target} "
+        f"(SHA-256 {expected}), or pass its path to `astroreason data inspect|prepare`"
+    )
     try:
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (https or a user-given mirror)
     except (urllib.error.URLError, OSError, ValueError) as err:
@@ -64,7 +66,9 @@ def download(
             f.flush()
             os.fsync(f.fileno())
         if digest.hexdigest() != expected:
-            raise UserError(f"{url}: checksum mismatch (SHA-256 {digest.hexdigest()}, expected {expected}); nothing was kept")
+            raise UserError(
+                f"{url}: checksum mismatch (SHA-256 {digest.hexdigest()}, expected {expected}); nothing was kept"
+            )
     return target
 
 

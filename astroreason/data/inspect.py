@@ -181,8 +181,10 @@ def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: 
             "identical_image": describe(groups.image),
             "combined": describe(groups.combined),
         }
-        dupes["conflicts"] = {k: sum(g["conflict"] for g in dupes[k])
-                              for k in ("exact_position", "near_position", "identical_image", "combined")}
+        dupes["conflicts"] = {
+            k: sum(g["conflict"] for g in dupes[k])
+            for k in ("exact_position", "near_position", "identical_image", "combined")
+        }
         return {
             "path": str(Path(path)),
             "size_bytes": Path(path).stat().st_size,
@@ -204,9 +206,11 @@ def print_report(report: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    console.print(f"[bold]{report['path']}[/bold]: Galaxy10 {report['release']}, {report['n_rows']} rows, "
-                  f"{report['image_size'][0]} x {report['image_size'][1]} px, {report['size_bytes']:,} bytes"
-                  + (" (SHA-256 verified)" if report["sha256"] else ""))
+    console.print(
+        f"[bold]{report['path']}[/bold]: Galaxy10 {report['release']}, {report['n_rows']} rows, "
+        f"{report['image_size'][0]} x {report['image_size'][1]} px, {report['size_bytes']:,} bytes"
+        + (" (SHA-256 verified)" if report["sha256"] else "")
+    )
 
     schema = Table(title="Schema")
     for col in ("key", "shape", "dtype", "NaN"):
@@ -226,11 +230,18 @@ def print_report(report: dict, console=None) -> None:
     console.print(classes)
 
     order = report["ordering"]
-    verdict = ("[red]sorted by class[/red]" if order["sorted_by_class"]
-               else "[red]grouped by class[/red]" if order["grouped_by_class"] else "not ordered by class")
+    verdict = (
+        "[red]sorted by class[/red]"
+        if order["sorted_by_class"]
+        else "[red]grouped by class[/red]"
+        if order["grouped_by_class"]
+        else "not ordered by class"
+    )
     same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
-    console.print(f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
-                  f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)")
+    console.print(
+        f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
+        f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)"
+    )
     if order["runs"] and (order["sorted_by_class"] or order["grouped_by_class"]):
         runs = Table(title="Class runs (row boundaries)")
         for col in ("label", "name", "rows"):
@@ -248,8 +259,13 @@ def print_report(report: dict, console=None) -> None:
     for kind in ("exact_position", "near_position", "identical_image"):
         for g in dupes[kind]:
             sep = g.get("max_sep_arcsec")
-            table.add_row(kind.replace("_", " "), ", ".join(map(str, g["rows"])), ", ".join(g["label_names"]),
-                          "" if sep is None else f"{sep:.2f}", "[red]yes[/red]" if g["conflict"] else "no")
+            table.add_row(
+                kind.replace("_", " "),
+                ", ".join(map(str, g["rows"])),
+                ", ".join(g["label_names"]),
+                "" if sep is None else f"{sep:.2f}",
+                "[red]yes[/red]" if g["conflict"] else "no",
+            )
     console.print(table)
     c = dupes["conflicts"]
     console.print(

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import galsim
 import numpy as np
@@ -249,7 +249,9 @@ class _Builder:
 
     def add_points(self, xy, population, flux_r):
         self.points_xy.append(np.asarray(xy, float).reshape(-1, 2))
-        seds = np.stack([_sed(self.rng, population, 1.0) for _ in range(len(flux_r))]) if len(flux_r) else np.zeros((0, 4))
+        seds = (
+            np.stack([_sed(self.rng, population, 1.0) for _ in range(len(flux_r))]) if len(flux_r) else np.zeros((0, 4))
+        )
         self.points_flux.append(seds * np.asarray(flux_r)[:, None])
 
 
@@ -298,14 +300,19 @@ def _spiral(bulge_range, arm_range, pitch_deg, m3_prob, knot_range, bar: bool):
             f_bar = 0.0
             if rng.random() < 0.5:  # a weak inner oval: unbarred spirals are not all perfectly round inside
                 f_bar = u(0.0, 0.05)
-                oval = galsim.Sersic(n=1.0, half_light_radius=0.4 * h).shear(q=u(0.5, 0.75), beta=phase0 * galsim.radians)
+                oval = galsim.Sersic(n=1.0, half_light_radius=0.4 * h).shear(
+                    q=u(0.5, 0.75), beta=phase0 * galsim.radians
+                )
                 b.add(_incline(oval, q, pa, centre), _OLD, flux * f_bar)
             r0, m = h * u(0.35, 0.6), 3 if rng.random() < m3_prob else 2
         pitch = math.radians(u(*pitch_deg))
         arms = _arms(centre, q, pa, m, pitch, r0, phase0, u(2.0, 4.0), chirality)
         b.add(_incline(galsim.Exponential(scale_radius=1.25 * h), q, pa, centre), _YOUNG, flux * f_arm, arms)
-        b.add(_incline(galsim.Exponential(scale_radius=h), q, pa, centre), _DISK,
-              flux * max(0.0, 1 - bt - f_arm - f_bar - f_knot))
+        b.add(
+            _incline(galsim.Exponential(scale_radius=h), q, pa, centre),
+            _DISK,
+            flux * max(0.0, 1 - bt - f_arm - f_bar - f_knot),
+        )
         k = int(rng.integers(8, 20))
         xy = _knots_on_arms(rng, k, centre, q, pa, m, pitch, r0, phase0, chirality, 3.2 * h)
         b.add_points(xy, _YOUNG, _split_flux(rng, flux * f_knot, k))
@@ -322,8 +329,12 @@ def _disturbed(b: _Builder, r50, flux, pa, centre):
     theta1 = u(0, 2 * np.pi)
     b.add(_sersic(u(1.0, 3.0), h * u(0.2, 0.4), u(0.6, 1.0), pa, centre), _OLD, flux * bt)
     lopsided = _lopsided(centre, q, pa, u(0.4, 0.8), theta1, h)
-    b.add(_incline(galsim.Exponential(scale_radius=h), q, pa, centre), _DISK,
-          flux * (1 - bt - f_off - f_knot - f_plume), lopsided)
+    b.add(
+        _incline(galsim.Exponential(scale_radius=h), q, pa, centre),
+        _DISK,
+        flux * (1 - bt - f_off - f_knot - f_plume),
+        lopsided,
+    )
     # An offset lump of young stars: the light is no longer symmetric about the nucleus. Often it is diffuse; in a
     # third of them it is compact, a second knot that looks like the nucleus of a merging companion.
     d = h * u(0.6, 1.4)
@@ -334,8 +345,15 @@ def _disturbed(b: _Builder, r50, flux, pa, centre):
     xy = off + rng.normal(0, 1.0 * h, (k, 2))
     b.add_points(xy, _YOUNG, _split_flux(rng, flux * f_knot, k))
     if f_plume:
-        plume = _tail(centre, theta1 + u(-0.6, 0.6), 1.2 * h, math.radians(u(25, 45)), u(0.8, 1.6), u(1.0, 2.0),
-                      rng.choice([-1.0, 1.0]))
+        plume = _tail(
+            centre,
+            theta1 + u(-0.6, 0.6),
+            1.2 * h,
+            math.radians(u(25, 45)),
+            u(0.8, 1.6),
+            u(1.0, 2.0),
+            rng.choice([-1.0, 1.0]),
+        )
         b.add(_incline(galsim.Exponential(scale_radius=3 * h), 1.0, 0.0, centre), _DISK, flux * f_plume, plume)
 
 
@@ -357,7 +375,9 @@ def _merging(b: _Builder, r50, flux, pa, centre):
         b.add(_sersic(u(2.0, 4.0), size * u(0.3, 0.5), u(0.7, 1.0), pa_i, c), _OLD, f * (1 - f_tail) * bt)
         b.add(_incline(galsim.Exponential(scale_radius=size / 1.68), q_i, pa_i, c), _DISK, f * (1 - f_tail) * (1 - bt))
         if f_tail:
-            tail = _tail(c, away + u(-0.5, 0.5), 0.8 * size, math.radians(u(20, 40)), u(1.2, 2.4), u(1.2, 2.5), chirality)
+            tail = _tail(
+                c, away + u(-0.5, 0.5), 0.8 * size, math.radians(u(20, 40)), u(1.2, 2.4), u(1.2, 2.5), chirality
+            )
             b.add(_incline(galsim.Exponential(scale_radius=3 * size), 1.0, 0.0, c), _DISK, f * f_tail, tail)
     k = int(rng.integers(0, 6))
     b.add_points(c1 + rng.normal(0, r50, (k, 2)), _YOUNG, _split_flux(rng, flux * u(0.0, 0.05), k))

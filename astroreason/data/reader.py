@@ -13,9 +13,9 @@ side, e.g. the surrogate's) and the older Galaxy10 SDSS (`Galaxy10.h5`, 69 px, a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
@@ -60,7 +60,7 @@ class Galaxy10File:
         self.labels = handle["ans"][()].astype(np.int64)  # N integers: small, and any integer width is accepted
 
     # --- context manager ------------------------------------------------------------------------------------------
-    def __enter__(self) -> "Galaxy10File":
+    def __enter__(self) -> Galaxy10File:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -226,13 +226,17 @@ def _validate(path: Path, f: h5py.File) -> Release:
     release = release_for_side(h)
     for key in release.required_keys:
         if key not in f:
-            raise UserError(f"{path}: missing key `{key}` (a Galaxy10 {release.name} file has {', '.join(release.required_keys)})")
+            raise UserError(
+                f"{path}: missing key `{key}` (a Galaxy10 {release.name} file has {', '.join(release.required_keys)})"
+            )
     if n == 0:
         raise UserError(f"{path}: empty file (0 rows)")
 
     ans = f["ans"]
     if not isinstance(ans, h5py.Dataset) or ans.ndim != 1 or not np.issubdtype(ans.dtype, np.integer):
-        raise UserError(f"{where('ans')} must be a 1-D integer class label array, got {getattr(ans, 'shape', None)} {getattr(ans, 'dtype', None)}")
+        raise UserError(
+            f"{where('ans')} must be a 1-D integer class label array, got {getattr(ans, 'shape', None)} {getattr(ans, 'dtype', None)}"
+        )
     _check_length(path, "ans", ans, n)
     labels = ans[()].astype(np.int64)
     bad = np.flatnonzero((labels < 0) | (labels >= len(release.classes)))
@@ -246,7 +250,9 @@ def _validate(path: Path, f: h5py.File) -> Release:
         if key in f:
             col = f[key]
             if not isinstance(col, h5py.Dataset) or col.ndim != 1 or not np.issubdtype(col.dtype, np.number):
-                raise UserError(f"{where(key)} must be a 1-D numeric array, got {getattr(col, 'shape', None)} {getattr(col, 'dtype', None)}")
+                raise UserError(
+                    f"{where(key)} must be a 1-D numeric array, got {getattr(col, 'shape', None)} {getattr(col, 'dtype', None)}"
+                )
             _check_length(path, key, col, n)
     if ("ra" in f) != ("dec" in f):
         raise UserError(f"{path}: has only one of `ra` and `dec`; sky positions need both")
@@ -254,7 +260,9 @@ def _validate(path: Path, f: h5py.File) -> Release:
     if "flux" in f:
         flux = f["flux"]
         if not isinstance(flux, h5py.Dataset) or flux.ndim != 4 or not np.issubdtype(flux.dtype, np.floating):
-            raise UserError(f"{where('flux')} must be (N, bands, H, W) floating nanomaggies, got {getattr(flux, 'shape', None)} {getattr(flux, 'dtype', None)}")
+            raise UserError(
+                f"{where('flux')} must be (N, bands, H, W) floating nanomaggies, got {getattr(flux, 'shape', None)} {getattr(flux, 'dtype', None)}"
+            )
         _check_length(path, "flux", flux, n)
         bands = flux.attrs.get("bands")
         if bands is not None and len(bands) != flux.shape[1]:

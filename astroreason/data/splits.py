@@ -106,7 +106,9 @@ def load_manifest(prepared_dir) -> Manifest:
     """The manifest of a prepared directory; refuses a missing, malformed or hand-edited one (one line)."""
     path = Path(prepared_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise UserError(f"{prepared_dir}: no {MANIFEST_NAME}; prepare it first: astroreason data prepare FILE --out {prepared_dir}")
+        raise UserError(
+            f"{prepared_dir}: no {MANIFEST_NAME}; prepare it first: astroreason data prepare FILE --out {prepared_dir}"
+        )
     try:
         data = path.read_bytes()
         obj = json.loads(data.decode())
@@ -114,12 +116,16 @@ def load_manifest(prepared_dir) -> Manifest:
     except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not a split manifest ({_first_line(err)})") from None
     if manifest.version != MANIFEST_VERSION:
-        raise UserError(f"{path}: manifest version {manifest.version}, this astroreason reads {MANIFEST_VERSION}; prepare again")
+        raise UserError(
+            f"{path}: manifest version {manifest.version}, this astroreason reads {MANIFEST_VERSION}; prepare again"
+        )
     # The same bytes checked once per process: a run loads its manifest several times (data, lint, provenance).
     digest = sha256_bytes(data)
     if digest not in _VERIFIED_MANIFESTS:
         if manifest.hash != manifest.compute_hash():
-            raise UserError(f"{path}: its content does not match its hash (edited by hand?); prepare again into a new directory")
+            raise UserError(
+                f"{path}: its content does not match its hash (edited by hand?); prepare again into a new directory"
+            )
         _VERIFIED_MANIFESTS.add(digest)
     return manifest
 
@@ -130,7 +136,9 @@ def _parse_fractions(fractions) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         raise UserError(f"fractions: expected three numbers (train, val, test), got {fractions!r}") from None
     if len(values) != 3 or min(values) < 0 or values[0] <= 0 or abs(sum(values) - 1) > 1e-6:
-        raise UserError(f"fractions: expected three non-negative numbers summing to 1 with train > 0, got {list(fractions)}")
+        raise UserError(
+            f"fractions: expected three non-negative numbers summing to 1 with train > 0, got {list(fractions)}"
+        )
     return values
 
 
@@ -160,7 +168,9 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def assign_units(unit_labels: np.ndarray, unit_sizes: np.ndarray, unit_keys: list[str], fractions, seed: int) -> np.ndarray:
+def assign_units(
+    unit_labels: np.ndarray, unit_sizes: np.ndarray, unit_keys: list[str], fractions, seed: int
+) -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) of each unit, stratified by class.
 
     Units of one class are ordered by content key, shuffled with `seed`, and dealt in that order to the split whose
@@ -214,7 +224,9 @@ def make_manifest(
         if include_rows is not None:
             wanted = _read_row_list(include_rows)
             if len(wanted) and (wanted.min() < 0 or wanted.max() >= n):
-                raise UserError(f"{include_rows}: row {int(wanted.max() if wanted.max() >= n else wanted.min())} is outside 0-{n - 1}")
+                raise UserError(
+                    f"{include_rows}: row {int(wanted.max() if wanted.max() >= n else wanted.min())} is outside 0-{n - 1}"
+                )
             mask = np.zeros(n, bool)
             mask[wanted] = True
             keep &= mask
@@ -240,7 +252,9 @@ def make_manifest(
                 kept_groups.append(g[keep[g]].tolist())
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
-        raise UserError(f"{source}: no rows left to split (subset {subset!r}, {len(dropped)} conflicting groups dropped)")
+        raise UserError(
+            f"{source}: no rows left to split (subset {subset!r}, {len(dropped)} conflicting groups dropped)"
+        )
     units, unit_index = np.unique(unit_of[rows], return_inverse=True)
     unit_sizes = np.bincount(unit_index)
     unit_labels = labels[units]
@@ -253,7 +267,9 @@ def make_manifest(
 
     # Content order (image hash; identical images then by position), then a seeded shuffle: row order never shows.
     hash_rank = np.unique(np.asarray(hashes), return_inverse=True)[1]
-    content_keys = [hash_rank] + ([np.nan_to_num(ra, nan=-1.0), np.nan_to_num(dec, nan=-99.0)] if ra is not None else [])
+    content_keys = [hash_rank] + (
+        [np.nan_to_num(ra, nan=-1.0), np.nan_to_num(dec, nan=-99.0)] if ra is not None else []
+    )
     split_rows, split_sha = {}, {}
     for k, name in enumerate(SPLIT_NAMES):
         members = rows[split_of_row == k]
@@ -262,10 +278,21 @@ def make_manifest(
         split_rows[name] = [int(r) for r in members]
         split_sha[name] = sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in members))
     return Manifest(
-        source_path=str(source.resolve()), source_sha256=source_sha, release=release, classes=classes,
-        n_source_rows=int(n), seed=int(seed), fractions=list(fractions), radius_arcsec=float(radius_arcsec),
-        subset=subset, include_rows_sha256=include_sha, rows=split_rows, split_sha256=split_sha,
-        groups=kept_groups, dropped=dropped, excluded=excluded,
+        source_path=str(source.resolve()),
+        source_sha256=source_sha,
+        release=release,
+        classes=classes,
+        n_source_rows=int(n),
+        seed=int(seed),
+        fractions=list(fractions),
+        radius_arcsec=float(radius_arcsec),
+        subset=subset,
+        include_rows_sha256=include_sha,
+        rows=split_rows,
+        split_sha256=split_sha,
+        groups=kept_groups,
+        dropped=dropped,
+        excluded=excluded,
     )
 
 
@@ -341,15 +368,26 @@ def prepare(
             existing = load_manifest(out)
         elif not out.is_dir() or any(out.iterdir()):
             raise UserError(f"{out}: exists and is not a prepared directory; choose another --out")
-    manifest = make_manifest(source, seed=seed, fractions=fractions, radius_arcsec=radius_arcsec, subset=subset,
-                             include_rows=include_rows, sha256=sha256)
+    manifest = make_manifest(
+        source,
+        seed=seed,
+        fractions=fractions,
+        radius_arcsec=radius_arcsec,
+        subset=subset,
+        include_rows=include_rows,
+        sha256=sha256,
+    )
     if existing is not None:
         if existing.identity() != manifest.identity():
-            raise UserError(f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
-                            "choose another --out")
+            raise UserError(
+                f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
+                "choose another --out"
+            )
         missing = [s for s in existing.rows if not split_path(out, s).is_file()]
         if missing:
-            raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
+            raise UserError(
+                f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again"
+            )
         return out
     with atomic_path(out) as tmp:
         tmp.mkdir()

@@ -21,9 +21,9 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterator
 
 import httpx2  # the openai client's transport: its exceptions say whether a failed attempt ever connected
 import openai
@@ -61,14 +61,23 @@ class SamplingSettings:
         """The settings that decide an answer, for the cache key: greedy decoding ignores top_p and the seed."""
         if self.temperature <= 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_p": self.top_p, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:
             return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": True, "temperature": self.temperature,
-                "top_p": self.top_p}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": True,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:
@@ -92,8 +101,10 @@ def openai_messages(prompt: list[dict], image=None) -> list[dict]:
     out, placed = [], False
     for m in prompt:
         if m["role"] == "user" and not placed:
-            parts = [{"type": "image_url", "image_url": {"url": image_data_url(image)}},
-                     {"type": "text", "text": m["content"]}]
+            parts = [
+                {"type": "image_url", "image_url": {"url": image_data_url(image)}},
+                {"type": "text", "text": m["content"]},
+            ]
             out.append({"role": "user", "content": parts})
             placed = True
         else:
@@ -118,9 +129,12 @@ class _Batched:
     def _timed_batch(self, budget, n: int, prompt_tokens: int, run):
         reservation = None
         if budget is not None:
-            reservation = budget.reserve(requests=n, prompt_tokens=prompt_tokens,
-                                         completion_tokens=n * self.sampling.max_new_tokens,
-                                         seconds=self._per_sample_seconds() * n)
+            reservation = budget.reserve(
+                requests=n,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=n * self.sampling.max_new_tokens,
+                seconds=self._per_sample_seconds() * n,
+            )
         start = time.perf_counter()
         try:
             generations = run()
@@ -131,9 +145,13 @@ class _Batched:
         seconds = time.perf_counter() - start
         self._slowest = max(self._per_sample_seconds(), seconds / max(n, 1))
         if budget is not None:
-            dollars = budget.charge(reservation, requests=n, seconds=seconds,
-                                    prompt_tokens=sum(g.prompt_tokens for g in generations),
-                                    completion_tokens=sum(g.completion_tokens for g in generations))
+            dollars = budget.charge(
+                reservation,
+                requests=n,
+                seconds=seconds,
+                prompt_tokens=sum(g.prompt_tokens for g in generations),
+                completion_tokens=sum(g.completion_tokens for g in generations),
+            )
             for g in generations:
                 g.dollars = dollars / n
         return generations
@@ -168,10 +186,13 @@ class TransformersBackend(_Batched):
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
         images = images if images is not None else [None] * len(prompts)
         for start in range(0, len(prompts), self.batch_size):
-            batch_prompts, batch_images = prompts[start : start + self.batch_size], images[start : start + self.batch_size]
+            batch_prompts, batch_images = (
+                prompts[start : start + self.batch_size],
+                images[start : start + self.batch_size],
+            )
             inputs = self._inputs(batch_prompts, batch_images)
             n_prompt = int(inputs["attention_mask"].sum())
-            generations = self._timed_batch(budget, len(batch_prompts), n_prompt, lambda: self._generate(inputs))
+            generations = self._timed_batch(budget, len(batch_prompts), n_prompt, lambda: self._generate(inputs))  # noqa: B023 (called now)
             yield [(start + k, g) for k, g in enumerate(generations)]
 
     def _inputs(self, prompts, images):
@@ -208,18 +229,38 @@ class VLLMBackend(_Batched):
 
     name = "vllm"
 
-    def __init__(self, model: str, sampling: SamplingSettings, *, batch_size: int = 256, gpu_memory_utilization: float = 0.9,
-                 tensor_parallel_size: int = 1, image_tokens_bound: int = 1536, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str,
+        sampling: SamplingSettings,
+        *,
+        batch_size: int = 256,
+        gpu_memory_utilization: float = 0.9,
+        tensor_parallel_size: int = 1,
+        image_tokens_bound: int = 1536,
+        trust_remote_code: bool = False,
+    ):
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
-            raise UserError("backend: vllm is not installed; pip install 'astroreason[vllm]' (needs a GPU) "
-                            "or use --backend transformers") from None
+            raise UserError(
+                "backend: vllm is not installed; pip install 'astroreason[vllm]' (needs a GPU) "
+                "or use --backend transformers"
+            ) from None
         self.sampling, self.batch_size, self.image_tokens_bound = sampling, batch_size, image_tokens_bound
-        self.llm = LLM(model=model, seed=sampling.seed, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code)
-        self.params = SamplingParams(max_tokens=sampling.max_new_tokens, temperature=max(sampling.temperature, 0.0),
-                                     top_p=sampling.top_p, seed=sampling.seed)
+        self.llm = LLM(
+            model=model,
+            seed=sampling.seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=trust_remote_code,
+        )
+        self.params = SamplingParams(
+            max_tokens=sampling.max_new_tokens,
+            temperature=max(sampling.temperature, 0.0),
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+        )
 
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
         images = images if images is not None else [None] * len(prompts)
@@ -227,13 +268,16 @@ class VLLMBackend(_Batched):
             batch = list(zip(prompts[start : start + self.batch_size], images[start : start + self.batch_size]))
             conversations = [openai_messages(p, im) for p, im in batch]
             # Tokens are only known after the call: reserve the byte bound of the text plus the image allowance.
-            bound = sum(len(prompt_text(p).encode()) + 64 + (self.image_tokens_bound if im is not None else 0)
-                        for p, im in batch)
+            bound = sum(
+                len(prompt_text(p).encode()) + 64 + (self.image_tokens_bound if im is not None else 0)
+                for p, im in batch
+            )
 
             def run():
-                outputs = self.llm.chat(conversations, sampling_params=self.params, use_tqdm=False)
-                return [Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids))
-                        for o in outputs]
+                outputs = self.llm.chat(conversations, sampling_params=self.params, use_tqdm=False)  # noqa: B023
+                return [
+                    Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs
+                ]
 
             generations = self._timed_batch(budget, len(batch), bound, run)
             yield [(start + k, g) for k, g in enumerate(generations)]
@@ -251,9 +295,19 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, base_url: str, model: str, sampling: SamplingSettings, *, api_key_env: str | None = None,
-                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 4, backoff: float = 1.0,
-                 image_tokens_bound: int = 1536):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        sampling: SamplingSettings,
+        *,
+        api_key_env: str | None = None,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        image_tokens_bound: int = 1536,
+    ):
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url: expected an http(s) URL of an OpenAI-compatible server, got {base_url!r}")
         if concurrency < 1 or max_retries < 0 or timeout <= 0:
@@ -268,13 +322,16 @@ class OpenAIBackend:
         if api_key_env:
             self._key = os.environ.get(api_key_env)
             if not self._key:
-                raise UserError(f"api_key_env: the environment variable {api_key_env} is not set (the API key is read "
-                                "from the environment only)")
+                raise UserError(
+                    f"api_key_env: the environment variable {api_key_env} is not set (the API key is read "
+                    "from the environment only)"
+                )
         # One attempt per call (max_retries=0): the retries are driven by `_one`, because each attempt settles the
         # budget on its own terms and a retry may have to reserve (or be refused) before it is sent, which the
         # client's own retry loop gives no place for.
-        self._client = openai.OpenAI(base_url=self.url.removesuffix("/chat/completions"), api_key="unused",
-                                     timeout=timeout, max_retries=0)
+        self._client = openai.OpenAI(
+            base_url=self.url.removesuffix("/chat/completions"), api_key="unused", timeout=timeout, max_retries=0
+        )
         # Set on every request, so the key sent is the named variable's and no other (not OPENAI_API_KEY nor an
         # Authorization in OPENAI_CUSTOM_HEADERS, which the client would otherwise send); without one, none is sent.
         self._headers = {"Authorization": f"Bearer {self._key}" if self._key else openai.omit}
@@ -284,14 +341,22 @@ class OpenAIBackend:
 
     def _request(self, prompt, image) -> dict:
         s = self.sampling
-        request = {"model": self.model, "messages": openai_messages(prompt, image), "max_tokens": s.max_new_tokens,
-                   "temperature": max(s.temperature, 0.0), "seed": s.seed, "stream": False}
+        request = {
+            "model": self.model,
+            "messages": openai_messages(prompt, image),
+            "max_tokens": s.max_new_tokens,
+            "temperature": max(s.temperature, 0.0),
+            "seed": s.seed,
+            "stream": False,
+        }
         if s.temperature > 0:
             request["top_p"] = s.top_p
         return request
 
     def prompt_bound(self, prompt, image) -> int:
-        return len(prompt_text(prompt).encode()) + self._overhead + (self.image_tokens_bound if image is not None else 0)
+        return (
+            len(prompt_text(prompt).encode()) + self._overhead + (self.image_tokens_bound if image is not None else 0)
+        )
 
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
         """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
@@ -309,8 +374,13 @@ class OpenAIBackend:
                     i = queue[0]
                     bound = self.prompt_bound(prompts[i], images[i])
                     try:
-                        reservation = None if budget is None else budget.reserve(
-                            requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens)
+                        reservation = (
+                            None
+                            if budget is None
+                            else budget.reserve(
+                                requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens
+                            )
+                        )
                     except BudgetExhausted as err:
                         if not pending:
                             stop = err
@@ -358,12 +428,16 @@ class OpenAIBackend:
                 reservation, used = None, 0
             if not failure.retry or attempt > self.max_retries:
                 break
-            time.sleep(failure.delay if failure.delay is not None else
-                       self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+            time.sleep(
+                failure.delay
+                if failure.delay is not None
+                else self.backoff * 2 ** (attempt - 1) * (1 + 0.25 * random.random())
+            )
             if reservation is None and budget is not None:
                 try:
-                    reservation = budget.reserve(requests=1, prompt_tokens=bound,
-                                                 completion_tokens=self.sampling.max_new_tokens)
+                    reservation = budget.reserve(
+                        requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens
+                    )
                 except BudgetExhausted as err:
                     self._settle_billed(budget, billed)
                     raise BudgetExhausted(f"{err} (a retry of a request that timed out)") from None
@@ -388,8 +462,13 @@ class OpenAIBackend:
             if prompt_tokens < 0:  # no usage reported: charge the worst case rather than guess low
                 dollars += budget.charge_worst_case(reservation, attempts=used, reason="no usage in response")
             else:
-                dollars += budget.charge(reservation, requests=1, prompt_tokens=prompt_tokens,
-                                         completion_tokens=completion_tokens, attempts=used)
+                dollars += budget.charge(
+                    reservation,
+                    requests=1,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    attempts=used,
+                )
         return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars)
 
     @staticmethod
@@ -404,7 +483,8 @@ class OpenAIBackend:
         whether to retry (429/5xx with the server's Retry-After, timeouts, refused or dropped connections)."""
         try:
             response = self._client.chat.completions.with_raw_response.create(
-                **request, extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)})
+                **request, extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)}
+            )
             return response.content
         except openai.APIStatusError as err:  # the server answered, with an error: nothing was billed
             last = f"HTTP {err.status_code} {err.response.text[:200]}".replace("\n", " ").strip()
@@ -448,8 +528,9 @@ class _Failed(Exception):
     """One attempt failed: `maybe_billed` if it may have reached the server and been billed (timed out, connection
     lost mid-answer), `retry` if another attempt may succeed, `delay` the server's Retry-After."""
 
-    def __init__(self, message: str, kind: str, *, maybe_billed: bool = False, retry: bool = True,
-                 delay: float | None = None):
+    def __init__(
+        self, message: str, kind: str, *, maybe_billed: bool = False, retry: bool = True, delay: float | None = None
+    ):
         super().__init__(message)
         self.kind, self.maybe_billed, self.retry, self.delay = kind, maybe_billed, retry, delay
 

@@ -64,8 +64,8 @@ def run_budget_status(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..errors import UserError
     from ..budget import Ledger
+    from ..errors import UserError
 
     if args.max_dollars is not None and args.max_dollars < 0:
         raise UserError(f"--max-dollars: expected a non-negative number, got {args.max_dollars}")
@@ -75,8 +75,14 @@ def run_budget_status(args) -> int:
     for column in ("run", "dollars", "requests", "prompt tokens", "completion tokens", "GPU-seconds"):
         table.add_column(column, justify="left" if column == "run" else "right")
     for run, t in sorted(ledger.by_run().items()):
-        table.add_row(run, f"{t.dollars:.6f}", str(t.requests), str(t.prompt_tokens), str(t.completion_tokens),
-                      f"{t.gpu_seconds:.1f}")
+        table.add_row(
+            run,
+            f"{t.dollars:.6f}",
+            str(t.requests),
+            str(t.prompt_tokens),
+            str(t.completion_tokens),
+            f"{t.gpu_seconds:.1f}",
+        )
     Console().print(table)
     status = {"ledger": str(ledger.path), **totals.to_json()}
     if args.max_dollars is not None:
@@ -105,7 +111,9 @@ def add_parser(subparsers) -> None:
 
     # prefix_chars="+": every `--key value` goes through untouched to the TRL-style parser of EvalConfig.
     p = subparsers.add_parser(
-        "eval", help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).", add_help=False,
+        "eval",
+        help="Evaluate a checkpoint on a prepared split (see eval/run.py --help).",
+        add_help=False,
         prefix_chars="+",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, help="--config FILE.yaml and --key value overrides")
@@ -120,7 +128,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--max-dollars", type=float, help="Show what remains under this cap.")
     s.set_defaults(func=run_budget_status)
     e = sub.add_parser(
-        "estimate", add_help=False, prefix_chars="+",
+        "estimate",
+        add_help=False,
+        prefix_chars="+",
         help="Run a stratified pilot of an eval config (--pilot_samples N, default 10) and print the cost of the rest.",
     )
     e.add_argument("argv", nargs=argparse.REMAINDER, help="the eval config: --config FILE.yaml and overrides")

@@ -24,8 +24,8 @@ from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import DEFAULT_CEILING
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..options import ArmArguments, BudgetArguments, help_from_docstring
 from ..models import check_image_size
+from ..options import ArmArguments, BudgetArguments, help_from_docstring
 from ..provenance import GitState, provenance
 from .backends import BACKENDS, SamplingSettings
 
@@ -117,9 +117,19 @@ class EvalConfig(BudgetArguments, ArmArguments):
             raise UserError(f"modality: expected image or tokens, got {self.modality!r}")
         if self.backend == "openai" and not self.base_url:
             raise UserError("base_url: backend openai needs --base_url http://HOST:PORT/v1")
-        numbers = {"batch_size": int, "max_new_tokens": int, "n_boot": int, "concurrency": int, "max_retries": int,
-                   "pilot_samples": int, "image_tokens_bound": int, "temperature": float, "top_p": float,
-                   "request_timeout": float, "retry_backoff": float}
+        numbers = {
+            "batch_size": int,
+            "max_new_tokens": int,
+            "n_boot": int,
+            "concurrency": int,
+            "max_retries": int,
+            "pilot_samples": int,
+            "image_tokens_bound": int,
+            "temperature": float,
+            "top_p": float,
+            "request_timeout": float,
+            "retry_backoff": float,
+        }
         for name, kind in numbers.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
@@ -127,8 +137,17 @@ class EvalConfig(BudgetArguments, ArmArguments):
         for name in ("batch_size", "max_new_tokens", "n_boot", "concurrency"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("max_samples", "max_dollars", "max_tokens", "max_requests", "max_seconds", "gpus",
-                     "price_input_per_million", "price_output_per_million", "price_gpu_hour"):
+        for name in (
+            "max_samples",
+            "max_dollars",
+            "max_tokens",
+            "max_requests",
+            "max_seconds",
+            "gpus",
+            "price_input_per_million",
+            "price_output_per_million",
+            "price_gpu_hour",
+        ):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise UserError(f"{name}: expected a non-negative number, got {value!r}")
@@ -143,8 +162,9 @@ class EvalConfig(BudgetArguments, ArmArguments):
         return Path(self.results_dir) if self.results_dir else Path(self.ledger).parent
 
     def sampling(self) -> SamplingSettings:
-        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
-                                seed=self.seed)
+        return SamplingSettings(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, seed=self.seed
+        )
 
     def caps(self) -> Caps:
         return Caps(self.max_dollars, self.max_tokens, self.max_requests, self.max_seconds)
@@ -270,13 +290,22 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
     from ..integrity.ledger import LEDGER_FILE, record_result
 
     project = config.project_dir()
-    row = record_result(project, result, run_dir=config.output_dir, ceiling=config.ceiling,
-                        description=config.description)
-    reasons = [r["reason"] for d in dict.fromkeys((config.output_dir, config.model)) if Path(d).is_dir()
-               for r in (read_suspect(d) or {}).get("reasons", [])]
+    row = record_result(
+        project, result, run_dir=config.output_dir, ceiling=config.ceiling, description=config.description
+    )
+    reasons = [
+        r["reason"]
+        for d in dict.fromkeys((config.output_dir, config.model))
+        if Path(d).is_dir()
+        for r in (read_suspect(d) or {}).get("reasons", [])
+    ]
     result["integrity"] = {
-        "status": row["status"], "ceiling": config.ceiling, "ledger": str(project / LEDGER_FILE),
-        "row_sha256": row["row_sha256"], "reasons": reasons, "description": row["description"],
+        "status": row["status"],
+        "ceiling": config.ceiling,
+        "ledger": str(project / LEDGER_FILE),
+        "row_sha256": row["row_sha256"],
+        "reasons": reasons,
+        "description": row["description"],
     }
     write_json_atomic(Path(config.output_dir) / RESULT_NAME, result)
     return result
@@ -288,8 +317,12 @@ def make_price(config: EvalConfig):
 
     if config.backend == "openai":
         key = config.price_key or config.server_model or config.model
-        return api_price(config.prices, key, input_per_million=config.price_input_per_million,
-                         output_per_million=config.price_output_per_million), 1
+        return api_price(
+            config.prices,
+            key,
+            input_per_million=config.price_input_per_million,
+            output_per_million=config.price_output_per_million,
+        ), 1
     device, count = local_device()
     return gpu_price(config.prices, config.price_key or device, gpu_hour=config.price_gpu_hour), config.gpus or count
 
@@ -299,16 +332,29 @@ def make_backend(config: EvalConfig):
 
     sampling = config.sampling()
     if config.backend == "openai":
-        return OpenAIBackend(config.base_url, config.server_model or config.model, sampling,
-                             api_key_env=config.api_key_env, concurrency=config.concurrency,
-                             timeout=config.request_timeout, max_retries=config.max_retries,
-                             backoff=config.retry_backoff, image_tokens_bound=config.image_tokens_bound)
+        return OpenAIBackend(
+            config.base_url,
+            config.server_model or config.model,
+            sampling,
+            api_key_env=config.api_key_env,
+            concurrency=config.concurrency,
+            timeout=config.request_timeout,
+            max_retries=config.max_retries,
+            backoff=config.retry_backoff,
+            image_tokens_bound=config.image_tokens_bound,
+        )
     if config.backend == "vllm":
-        return VLLMBackend(config.model, sampling, batch_size=config.batch_size,
-                           gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                           image_tokens_bound=config.image_tokens_bound, trust_remote_code=config.trust_remote_code)
-    return TransformersBackend.from_pretrained(config.model, sampling, batch_size=config.batch_size,
-                                               trust_remote_code=config.trust_remote_code)
+        return VLLMBackend(
+            config.model,
+            sampling,
+            batch_size=config.batch_size,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            image_tokens_bound=config.image_tokens_bound,
+            trust_remote_code=config.trust_remote_code,
+        )
+    return TransformersBackend.from_pretrained(
+        config.model, sampling, batch_size=config.batch_size, trust_remote_code=config.trust_remote_code
+    )
 
 
 def stratified_order(labels: list[int], positions: list[int], n: int) -> list[int]:
@@ -387,11 +433,19 @@ class Evaluation:
                 records = []
                 for k, g in chunk:
                     i = positions[k]
-                    records.append({
-                        "key": self.keys[i], "index": i, "label": self.labels[i], "completion": g.text,
-                        "prediction": parse_answer(g.text), "prompt_tokens": g.prompt_tokens,
-                        "completion_tokens": g.completion_tokens, "attempts": g.attempts, "dollars": g.dollars,
-                    })
+                    records.append(
+                        {
+                            "key": self.keys[i],
+                            "index": i,
+                            "label": self.labels[i],
+                            "completion": g.text,
+                            "prediction": parse_answer(g.text),
+                            "prompt_tokens": g.prompt_tokens,
+                            "completion_tokens": g.completion_tokens,
+                            "attempts": g.attempts,
+                            "dollars": g.dollars,
+                        }
+                    )
                 append_records(self.cache_path, records)
                 self.done.update({r["key"]: r for r in records})
                 self.n_asked += len(records)
@@ -441,22 +495,31 @@ class Evaluation:
         from ..data.galaxy10 import DECALS_CLASSES
         from .metrics import classification_metrics
 
-        finished = [{**self.done[k], "index": i, "label": self.labels[i]} for i, k in enumerate(self.keys)
-                    if k in self.done]
+        finished = [
+            {**self.done[k], "index": i, "label": self.labels[i]} for i, k in enumerate(self.keys) if k in self.done
+        ]
         metrics = None
         if finished:
             metrics = classification_metrics(
-                [r["label"] for r in finished], [r["prediction"] for r in finished], len(DECALS_CLASSES),
-                n_boot=self.config.n_boot, seed=self.config.seed,
+                [r["label"] for r in finished],
+                [r["prediction"] for r in finished],
+                len(DECALS_CLASSES),
+                n_boot=self.config.n_boot,
+                seed=self.config.seed,
             )
         config = asdict(self.config)
         spend = {}
         if self.budget is not None:
             run = self.budget.ledger.by_run().get(self.budget.run)
             totals = self.budget.ledger.totals()
-            spend = {"run_id": self.budget.run, "price": asdict(self.budget.price), "gpus": self.budget.gpus,
-                     "this_run": run.to_json() if run else None, "ledger": str(self.budget.ledger.path),
-                     "ledger_totals": totals.to_json()}
+            spend = {
+                "run_id": self.budget.run,
+                "price": asdict(self.budget.price),
+                "gpus": self.budget.gpus,
+                "this_run": run.to_json() if run else None,
+                "ledger": str(self.budget.ledger.path),
+                "ledger_totals": totals.to_json(),
+            }
         result = {
             "status": status if len(finished) == len(self.keys) or status != "complete" else "incomplete",
             "error": error,
@@ -479,8 +542,10 @@ class Evaluation:
             "metrics": metrics,
         }
         fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
-        write_text_atomic(self.out / PREDICTIONS_NAME,
-                          "".join(json.dumps({f: r[f] for f in fields}, sort_keys=True) + "\n" for r in finished))
+        write_text_atomic(
+            self.out / PREDICTIONS_NAME,
+            "".join(json.dumps({f: r[f] for f in fields}, sort_keys=True) + "\n" for r in finished),
+        )
         write_json_atomic(self.out / RESULT_NAME, result)
         return result
 
@@ -501,8 +566,10 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
             estimate = run.pilot(config.pilot_samples)
             print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
             if not estimate["fits"]:
-                message = (f"budget: the estimate for the remaining {estimate['remaining_samples']} samples exceeds "
-                           f"the {', '.join(estimate['over'])} cap; nothing more was sent")
+                message = (
+                    f"budget: the estimate for the remaining {estimate['remaining_samples']} samples exceeds "
+                    f"the {', '.join(estimate['over'])} cap; nothing more was sent"
+                )
                 raise IncompleteRun(message, run.finish("estimate_over_cap", message, estimate))
         run.ask(run.todo())
     except BudgetExhausted as err:
@@ -516,11 +583,17 @@ def result_summary(result: dict) -> dict:
     m = result.get("metrics") or {}
     interval = (m.get("interval") or {}).get("accuracy")
     summary = {
-        "status": result.get("status", "complete"), "n": m.get("n", 0), "n_total": result.get("n_total", m.get("n")),
-        "accuracy": m.get("accuracy"), "accuracy_interval": interval,
-        "balanced_accuracy": m.get("balanced_accuracy"), "macro_f1": m.get("macro_f1"),
-        "parse_failure_rate": m.get("parse_failure_rate"), "majority_rate": m.get("majority_rate"),
-        "modality": result["config"]["modality"], "output_dir": result["config"]["output_dir"],
+        "status": result.get("status", "complete"),
+        "n": m.get("n", 0),
+        "n_total": result.get("n_total", m.get("n")),
+        "accuracy": m.get("accuracy"),
+        "accuracy_interval": interval,
+        "balanced_accuracy": m.get("balanced_accuracy"),
+        "macro_f1": m.get("macro_f1"),
+        "parse_failure_rate": m.get("parse_failure_rate"),
+        "majority_rate": m.get("majority_rate"),
+        "modality": result["config"]["modality"],
+        "output_dir": result["config"]["output_dir"],
         "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
         "integrity": (result.get("integrity") or {}).get("status"),
     }

@@ -74,6 +74,7 @@ def classification_metrics(
         raise ValueError(f"labels and predictions must be classes 0..{num_classes - 1} (or None for unparseable)")
     confusion = _confusion_counts(y, p, num_classes, np.arange(len(y))[None])
     point = _metrics_from_counts(confusion)
+
     def summary(idx):
         draws = _metrics_from_counts(_confusion_counts(y, p, num_classes, idx))
         return {k: draws[k] for k in SUMMARY_METRICS}

@@ -27,8 +27,10 @@ def load_run(run_dir: str | Path) -> dict:
     except json.JSONDecodeError as err:
         raise UserError(f"{result_path}: not valid JSON ({err.msg})") from None
     if result.get("status") != "complete":
-        raise UserError(f"{run_dir}: the run is not complete (status {result.get('status')}: "
-                        f"{result.get('n_done')} of {result.get('n_total')} samples); resume it before reporting")
+        raise UserError(
+            f"{run_dir}: the run is not complete (status {result.get('status')}: "
+            f"{result.get('n_done')} of {result.get('n_total')} samples); resume it before reporting"
+        )
     try:
         records = [json.loads(line) for line in predictions_path.read_text().splitlines()]
     except (OSError, json.JSONDecodeError) as err:
@@ -53,7 +55,10 @@ def load_run(run_dir: str | Path) -> dict:
 def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
     """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
     pa, pb = a["result"]["provenance"], b["result"]["provenance"]
-    if pa.get("manifest_sha256") != pb.get("manifest_sha256") or a["result"]["config"]["split"] != b["result"]["config"]["split"]:
+    if (
+        pa.get("manifest_sha256") != pb.get("manifest_sha256")
+        or a["result"]["config"]["split"] != b["result"]["config"]["split"]
+    ):
         raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
     labels_a = [r["label"] for r in a["records"]]
     if labels_a != [r["label"] for r in b["records"]]:
@@ -97,8 +102,13 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
     for k, run in enumerate(runs):
         recall = [r if r is not None else 0 for r in run["result"]["metrics"]["per_class_recall"]]
         ax.bar(np.arange(len(recall)) + k * width, recall, width, label=run["name"])
-    ax.set_xticks(np.arange(len(DECALS_CLASSES)) + 0.4 - width / 2, [c[:14] for c in DECALS_CLASSES], rotation=35,
-                  ha="right", fontsize=8)
+    ax.set_xticks(
+        np.arange(len(DECALS_CLASSES)) + 0.4 - width / 2,
+        [c[:14] for c in DECALS_CLASSES],
+        rotation=35,
+        ha="right",
+        fontsize=8,
+    )
     ax.set_ylabel("recall")
     ax.legend()
     fig.tight_layout()
@@ -112,8 +122,14 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
         m = run["result"]["metrics"]
         cost = run["result"]["prompt_tokens"] / m["n"]
         lo, hi = m["interval"]["accuracy"]
-        ax.errorbar([cost], [m["accuracy"]], yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]], fmt="o", capsize=4,
-                    label=run["name"])
+        ax.errorbar(
+            [cost],
+            [m["accuracy"]],
+            yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]],
+            fmt="o",
+            capsize=4,
+            label=run["name"],
+        )
     majority = runs[0]["result"]["metrics"]["majority_rate"]
     ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
     ax.set_xscale("log")
@@ -157,10 +173,14 @@ def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
 
 
 def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> str:
-    lines = ["# astroreason comparison report", "",
-             "Every number below is read from the results files listed under Provenance.", "",
-             "| run | modality | n | accuracy [95 % CI] | balanced acc. | macro-F1 | unparseable | majority rate | prompt tokens / galaxy | cost $ |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# astroreason comparison report",
+        "",
+        "Every number below is read from the results files listed under Provenance.",
+        "",
+        "| run | modality | n | accuracy [95 % CI] | balanced acc. | macro-F1 | unparseable | majority rate | prompt tokens / galaxy | cost $ |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         r, m = run["result"], run["result"]["metrics"]
         lo, hi = m["interval"]["accuracy"]
@@ -170,24 +190,36 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
             f"| {_pct(m['majority_rate'])} | {r['prompt_tokens'] / m['n']:.0f} | {r.get('dollars', 0.0):.4f} |"
         )
     if comparisons:
-        lines += ["", "## Paired comparisons (same galaxies)", "",
-                  "| a vs b | acc. a - b [95 % CI] | only a right | only b right | exact McNemar p |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Paired comparisons (same galaxies)",
+            "",
+            "| a vs b | acc. a - b [95 % CI] | only a right | only b right | exact McNemar p |",
+            "|---|---|---|---|---|",
+        ]
         for (a, b), c in comparisons.items():
             lo, hi = c["difference_interval"]
-            lines.append(f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
-                         f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |")
+            lines.append(
+                f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
+                f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |"
+            )
     lines += ["", "## Figures", ""]
     for name in figures:
         lines += [f"![{name[:-4]}]({name})", ""]
-    lines += ["## Provenance", "",
-              "| run | commit | dirty | config sha256 | manifest sha256 | data sha256 | seed | result.json sha256 |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Provenance",
+        "",
+        "| run | commit | dirty | config sha256 | manifest sha256 | data sha256 | seed | result.json sha256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         p = run["result"]["provenance"]
         short = lambda h: (h or "-")[:12]  # noqa: E731
-        lines.append(f"| {run['name']} | {short(p['commit'])} | {p['dirty']} | {short(p['config_sha256'])} "
-                     f"| {short(p['manifest_sha256'])} | {short(p['data_sha256'])} | {p['seed']} "
-                     f"| {short(run['files_sha256']['result.json'])} |")
+        lines.append(
+            f"| {run['name']} | {short(p['commit'])} | {p['dirty']} | {short(p['config_sha256'])} "
+            f"| {short(p['manifest_sha256'])} | {short(p['data_sha256'])} | {p['seed']} "
+            f"| {short(run['files_sha256']['result.json'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -204,8 +236,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         figures = _figures(runs, tmp)
         write_text_atomic(tmp / "report.md", render_report(runs, comparisons, figures))
         summary = {
-            "runs": {r["name"]: {"dir": r["dir"], "metrics": r["result"]["metrics"], "files_sha256": r["files_sha256"]}
-                     for r in runs},
+            "runs": {
+                r["name"]: {"dir": r["dir"], "metrics": r["result"]["metrics"], "files_sha256": r["files_sha256"]}
+                for r in runs
+            },
             "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

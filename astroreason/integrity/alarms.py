@@ -128,39 +128,81 @@ class TrainingAlarms(TrainerCallback):
             warm = len(past) >= c.warmup_logs
             if key == "loss" and watch_loss:
                 if value < c.loss_floor:
-                    out.append(self._alarm("loss_near_zero", key, step, value,
-                                           f"training loss {value:.4g} < {c.loss_floor} (toward zero: a ten-class answer "
-                                           "learned perfectly, most likely a shortcut)"))
+                    out.append(
+                        self._alarm(
+                            "loss_near_zero",
+                            key,
+                            step,
+                            value,
+                            f"training loss {value:.4g} < {c.loss_floor} (toward zero: a ten-class answer "
+                            "learned perfectly, most likely a shortcut)",
+                        )
+                    )
                 elif warm and recent and value < c.loss_drop * _median(recent):
-                    out.append(self._alarm("loss_abrupt_fall", key, step, value,
-                                           f"training loss fell abruptly to {value:.4g} from a median "
-                                           f"{_median(recent):.4g} over the last {len(recent)} logs"))
+                    out.append(
+                        self._alarm(
+                            "loss_abrupt_fall",
+                            key,
+                            step,
+                            value,
+                            f"training loss fell abruptly to {value:.4g} from a median "
+                            f"{_median(recent):.4g} over the last {len(recent)} logs",
+                        )
+                    )
             elif any(k in key for k in c.jump_keys) and "std" not in key and warm and recent:
                 if value - _median(recent) > c.jump:
-                    out.append(self._alarm("jump", key, step, value,
-                                           f"{key} jumped to {value:.4g} from a median {_median(recent):.4g} over the "
-                                           f"last {len(recent)} logs"))
+                    out.append(
+                        self._alarm(
+                            "jump",
+                            key,
+                            step,
+                            value,
+                            f"{key} jumped to {value:.4g} from a median {_median(recent):.4g} over the "
+                            f"last {len(recent)} logs",
+                        )
+                    )
             if key == "frac_reward_zero_std":
                 if value < c.zero_std_low:
                     s.zero_std_was_low = True
                 s.zero_std_run = s.zero_std_run + 1 if value >= c.zero_std_high else 0
                 if s.zero_std_was_low and s.zero_std_run >= c.zero_std_patience:
-                    out.append(self._alarm("reward_variance_collapse", key, step, value,
-                                           f"reward variance collapsed: {key} >= {c.zero_std_high} for "
-                                           f"{s.zero_std_run} logs after being < {c.zero_std_low} (every completion "
-                                           "of a group scores the same)"))
+                    out.append(
+                        self._alarm(
+                            "reward_variance_collapse",
+                            key,
+                            step,
+                            value,
+                            f"reward variance collapsed: {key} >= {c.zero_std_high} for "
+                            f"{s.zero_std_run} logs after being < {c.zero_std_low} (every completion "
+                            "of a group scores the same)",
+                        )
+                    )
                 # TRL logs the mean over the logging window: 1 means every group of every step in it was zero-std.
                 s.no_signal_run = s.no_signal_run + 1 if value >= 1.0 else 0
                 if c.no_signal_logs and s.no_signal_run >= c.no_signal_logs:
-                    out.append(self._alarm("no_reward_signal", key, step, value,
-                                           f"no learning signal: {key} = 1 for {s.no_signal_run} consecutive logs "
-                                           "(every completion of every group scored the same, so every advantage "
-                                           "is 0 and the policy cannot learn from these rewards)"))
+                    out.append(
+                        self._alarm(
+                            "no_reward_signal",
+                            key,
+                            step,
+                            value,
+                            f"no learning signal: {key} = 1 for {s.no_signal_run} consecutive logs "
+                            "(every completion of every group scored the same, so every advantage "
+                            "is 0 and the policy cannot learn from these rewards)",
+                        )
+                    )
             if key == "entropy" and past:
                 first = past[0]
                 if value < c.entropy_floor or (first > 0 and value < c.entropy_fraction * first):
-                    out.append(self._alarm("entropy_collapse", key, step, value,
-                                           f"entropy collapsed to {value:.4g} (first logged {first:.4g})"))
+                    out.append(
+                        self._alarm(
+                            "entropy_collapse",
+                            key,
+                            step,
+                            value,
+                            f"entropy collapsed to {value:.4g} (first logged {first:.4g})",
+                        )
+                    )
             past.append(value)
         return [a for a in out if a is not None]
 
@@ -181,7 +223,13 @@ class TrainingAlarms(TrainerCallback):
         for alarm in alarms:
             logger.warning("astroreason alarm (%s): %s", alarm["rule"], alarm["reason"])
             if state.is_world_process_zero:
-                mark_suspect(args.output_dir, alarm["rule"], alarm["reason"], key=alarm["key"], step=alarm["step"],
-                             value=alarm["value"])
+                mark_suspect(
+                    args.output_dir,
+                    alarm["rule"],
+                    alarm["reason"],
+                    key=alarm["key"],
+                    step=alarm["step"],
+                    value=alarm["value"],
+                )
         if self.config.stop_on_alarm:
             control.should_training_stop = True

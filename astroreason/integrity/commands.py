@@ -12,9 +12,10 @@ from ..io import check_writable
 
 def add_parser(subparsers) -> None:
     gate = subparsers.add_parser(
-        "gate", help="mark a result above the ceiling suspect (exit 1)",
+        "gate",
+        help="mark a result above the ceiling suspect (exit 1)",
         description="Check an evaluation result against the ceiling; a suspect one is marked in SUSPECT.json and, "
-                    "with --ledger, recorded with status suspect.",
+        "with --ledger, recorded with status suspect.",
     )
     gate.add_argument("result", help="result.json, or the directory holding it")
     gate.add_argument("--ceiling", type=float, default=None, help="default 0.95 (Galaxy10 DECaLS)")
@@ -43,8 +44,14 @@ def run_gate(args: argparse.Namespace) -> int:
     verdict = gate_result(args.result, ceiling=ceiling, metric=args.metric)
     if args.ledger is not None:
         run_dir = Path(args.result) if Path(args.result).is_dir() else Path(args.result).parent
-        record_result(args.ledger, read_result(args.result), run_dir=run_dir, description=args.description,
-                      metric=args.metric, ceiling=ceiling)
+        record_result(
+            args.ledger,
+            read_result(args.result),
+            run_dir=run_dir,
+            description=args.description,
+            metric=args.metric,
+            ceiling=ceiling,
+        )
     print(("SUSPECT: " if verdict.suspect else "ok: ") + verdict.reason, file=sys.stdout)
     if verdict.suspect:
         raise CheckFailed(f"gate: {args.result} is suspect: {verdict.reason}")

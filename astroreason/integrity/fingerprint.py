@@ -186,15 +186,21 @@ def compare_fingerprints(runs: dict[str, dict]) -> list[dict]:
     for (a, ra), (b, rb) in combinations(sorted(runs.items()), 2):
         seeds_a, seeds_b = (ra.get("seed"), ra.get("data_seed")), (rb.get("seed"), rb.get("data_seed"))
         if seeds_a != seeds_b and identity(ra) == identity(rb):
-            problems.append({
-                "kind": "same_fingerprint", "runs": [a, b],
-                "reason": f"{a} and {b} have different seeds ({ra.get('seed')} vs {rb.get('seed')}) but the same initial "
-                          "weights, first batch and first forward passes: they are one run, not two seeds",
-            })
+            problems.append(
+                {
+                    "kind": "same_fingerprint",
+                    "runs": [a, b],
+                    "reason": f"{a} and {b} have different seeds ({ra.get('seed')} vs {rb.get('seed')}) but the same initial "
+                    "weights, first batch and first forward passes: they are one run, not two seeds",
+                }
+            )
         if ra.get("config_sha256") == rb.get("config_sha256") and seeds_a == seeds_b:
-            problems.append({
-                "kind": "same_config_and_seed", "runs": [a, b],
-                "reason": f"{a} and {b} have the same configuration and seed {ra.get('seed')}: a duplicated run "
-                          "counted twice",
-            })
+            problems.append(
+                {
+                    "kind": "same_config_and_seed",
+                    "runs": [a, b],
+                    "reason": f"{a} and {b} have the same configuration and seed {ra.get('seed')}: a duplicated run "
+                    "counted twice",
+                }
+            )
     return problems

@@ -37,8 +37,10 @@ def check_ceiling(value: float, *, ceiling: float = DEFAULT_CEILING, metric: str
         raise UserError(f"ceiling: expected a number in (0, 1], got {ceiling}")
     value = float(value)
     if value > ceiling:
-        reason = (f"{metric} {value:.4f} is above the ceiling {ceiling:.4f} (best published Galaxy10 DECaLS CNN 0.955, "
-                  "a careful person ~0.90): most likely a shortcut (row index, duplicate, leaked column); audit the run")
+        reason = (
+            f"{metric} {value:.4f} is above the ceiling {ceiling:.4f} (best published Galaxy10 DECaLS CNN 0.955, "
+            "a careful person ~0.90): most likely a shortcut (row index, duplicate, leaked column); audit the run"
+        )
         return GateVerdict(metric, value, ceiling, True, reason)
     return GateVerdict(metric, value, ceiling, False, f"{metric} {value:.4f} <= ceiling {ceiling:.4f}")
 

@@ -93,8 +93,10 @@ def verify(project_dir) -> list[dict]:
         return []
     text = path.read_text()
     if text and not text.endswith("\n"):
-        raise CheckFailed(f"{path}: last line is cut short (no newline): the ledger was edited or a write was torn; "
-                          "restore it from git, it is never extended as it is")
+        raise CheckFailed(
+            f"{path}: last line is cut short (no newline): the ledger was edited or a write was torn; "
+            "restore it from git, it is never extended as it is"
+        )
     lines = text.splitlines()
     if not lines or lines[0] != HEADER:
         raise CheckFailed(f"{path}: line 1 is not the ledger header; not a results ledger written by astroreason")
@@ -102,13 +104,17 @@ def verify(project_dir) -> list[dict]:
     for number, line in enumerate(lines[1:], start=2):
         cells = line.split("\t")
         if len(cells) != len(COLUMNS):
-            raise CheckFailed(f"{path}: line {number} has {len(cells)} columns, expected {len(COLUMNS)} (edited by hand?)")
+            raise CheckFailed(
+                f"{path}: line {number} has {len(cells)} columns, expected {len(COLUMNS)} (edited by hand?)"
+            )
         row = dict(zip(COLUMNS, cells))
         if row["status"] not in STATUSES:
             raise CheckFailed(f"{path}: line {number} has status {row['status']!r} (expected {', '.join(STATUSES)})")
         if row["prev_sha256"] != prev:
-            raise CheckFailed(f"{path}: line {number} does not chain to the line before it (a row was removed, "
-                              "reordered or edited by hand)")
+            raise CheckFailed(
+                f"{path}: line {number} does not chain to the line before it (a row was removed, "
+                "reordered or edited by hand)"
+            )
         if row["row_sha256"] != row_hash(cells[: len(FIELDS)], prev):
             raise CheckFailed(f"{path}: line {number} does not match its hash (edited by hand)")
         rows.append(row)
@@ -165,8 +171,19 @@ def render_log(rows: list[dict]) -> str:
     for i, r in enumerate(rows, start=1):
         commit = (r["commit"][:10] + ("+dirty" if r["dirty"] == "true" else "")) if r["commit"] else "?"
         status = f"**{r['status'].upper()}**" if r["status"] == "suspect" else r["status"]
-        cells = [str(i), r["time"], commit, r["modality"], r["seed"], r["metric"], r["value"], r["interval"],
-                 r["cost"], status, r["description"].replace("|", "/")]
+        cells = [
+            str(i),
+            r["time"],
+            commit,
+            r["modality"],
+            r["seed"],
+            r["metric"],
+            r["value"],
+            r["interval"],
+            r["cost"],
+            status,
+            r["description"].replace("|", "/"),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -223,11 +240,17 @@ def row_from_result(
         cost = f"tokens={tokens}" if tokens else ""
     text = " ".join([description] + notes + ([f"SUSPECT: {'; '.join(reasons)}"] if reasons else []))
     return LedgerRow(
-        commit=prov.get("commit") or "", dirty=_clean(prov.get("dirty")) if prov.get("dirty") is not None else "unknown",
-        config_sha256=prov.get("config_sha256") or "", modality=config.get("modality", ""),
-        seed=_clean(prov.get("seed", config.get("seed"))), metric=metric, value=_clean(float(metrics[metric])),
-        interval=_clean(interval) if interval else "", cost=cost,
-        status="suspect" if reasons else status, description=text.strip(),
+        commit=prov.get("commit") or "",
+        dirty=_clean(prov.get("dirty")) if prov.get("dirty") is not None else "unknown",
+        config_sha256=prov.get("config_sha256") or "",
+        modality=config.get("modality", ""),
+        seed=_clean(prov.get("seed", config.get("seed"))),
+        metric=metric,
+        value=_clean(float(metrics[metric])),
+        interval=_clean(interval) if interval else "",
+        cost=cost,
+        status="suspect" if reasons else status,
+        description=text.strip(),
     )
 
 

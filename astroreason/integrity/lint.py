@@ -94,8 +94,11 @@ class LintReport:
 
     def to_json(self) -> dict:
         return {
-            "modality": self.modality, "template": self.template, "template_sha256": self.template_sha256,
-            "n_prompts": self.n_prompts, "findings": [asdict(f) for f in self.findings],
+            "modality": self.modality,
+            "template": self.template,
+            "template_sha256": self.template_sha256,
+            "n_prompts": self.n_prompts,
+            "findings": [asdict(f) for f in self.findings],
             "overridden": [asdict(f) for f in self.overridden],
             "override": None if self.override is None else asdict(self.override),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -147,8 +150,10 @@ def render_text(template: str, modality: str, meta_row: dict, representation: st
         values[name] = representation
     missing = [f for f in template_fields(template) if f not in values]
     if missing:
-        raise UserError(f"template: field {{{missing[0]}}} is neither the representation nor a known column "
-                        f"({', '.join(METADATA_COLUMNS)})")
+        raise UserError(
+            f"template: field {{{missing[0]}}} is neither the representation nor a known column "
+            f"({', '.join(METADATA_COLUMNS)})"
+        )
     return template.format(**values)
 
 
@@ -200,8 +205,10 @@ def _contained(column: str, values, by_text: dict[str, np.ndarray], numbers: dic
     out = np.zeros(len(values), bool)
     for text, rows in by_text.items():
         if column in STRING_COLUMNS:
-            found = {v: bool(v) and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE) is not None
-                     for v in {str(values[i]) for i in rows}}
+            found = {
+                v: bool(v) and re.search(rf"(?<!\w){re.escape(v)}(?!\w)", text, re.IGNORECASE) is not None
+                for v in {str(values[i]) for i in rows}
+            }
             out[rows] = [found[str(values[i])] for i in rows]
             continue
         printed, tol = numbers[text]
@@ -239,16 +246,21 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
         own = float(np.mean(_contained(column, values, by_text, numbers)))
         chance = float(np.mean(_contained(column, [values[j] for j in other], by_text, numbers)))
         if own >= MIN_OWN_RATE and own - chance >= MIN_EXCESS:
-            out.append(Finding(
-                "text", column,
-                f"{100 * own:.0f} % of prompts contain their own row's {column} (another row's: {100 * chance:.0f} %)",
-                own, chance,
-            ))
+            out.append(
+                Finding(
+                    "text",
+                    column,
+                    f"{100 * own:.0f} % of prompts contain their own row's {column} (another row's: {100 * chance:.0f} %)",
+                    own,
+                    chance,
+                )
+            )
     return out
 
 
-def split_metadata(data_dir, split: str, n: int | None = None, *, positions=None,
-                   manifest=None) -> dict[str, np.ndarray]:
+def split_metadata(
+    data_dir, split: str, n: int | None = None, *, positions=None, manifest=None
+) -> dict[str, np.ndarray]:
     """Per-row metadata of a prepared split, in the manifest's order: source row, position, sky position, redshift,
     pixel scale, label and label name (the columns a prompt must not carry). `positions` selects rows of the split
     (e.g. the token arm's rows that have codes); otherwise the first `n` rows (all by default). `manifest`: the
@@ -260,7 +272,9 @@ def split_metadata(data_dir, split: str, n: int | None = None, *, positions=None
     if split not in manifest.rows:
         raise UserError(f"split: {data_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
     split_rows = np.asarray(manifest.rows[split], np.int64)
-    position = np.arange(len(split_rows))[: n if n is not None else None] if positions is None else np.asarray(positions)
+    position = (
+        np.arange(len(split_rows))[: n if n is not None else None] if positions is None else np.asarray(positions)
+    )
     rows = split_rows[position]
     with open_galaxy10(manifest.source_path) as g10:
         meta = {"row_index": rows, "position": position, "label": g10.labels[rows]}
@@ -328,7 +342,9 @@ def check_dataset(
     prompts = dataset["prompt"]
     meta = split_metadata(data_dir, split, n=len(prompts), positions=positions, manifest=manifest)
     if len(meta["row_index"]) != len(prompts):
-        raise UserError(f"dataset: {len(prompts)} prompts, but split {split!r} of {data_dir} has {len(meta['row_index'])} rows")
+        raise UserError(
+            f"dataset: {len(prompts)} prompts, but split {split!r} of {data_dir} has {len(meta['row_index'])} rows"
+        )
     report = lint_prompts(modality, prompts, meta, template=template, override=override)
     if record_dir is not None:
         write_lint_record(record_dir, report, data_dir=data_dir, split=split)
@@ -346,6 +362,17 @@ def read_lint_record(run_dir) -> dict | None:
 
 
 __all__ = [
-    "Finding", "LintOverride", "LintReport", "carried_columns", "check_dataset", "check_template", "lint_prompts", "lint_template",
-    "prompt_text", "read_lint_record", "render_text", "split_metadata", "write_lint_record",
+    "Finding",
+    "LintOverride",
+    "LintReport",
+    "carried_columns",
+    "check_dataset",
+    "check_template",
+    "lint_prompts",
+    "lint_template",
+    "prompt_text",
+    "read_lint_record",
+    "render_text",
+    "split_metadata",
+    "write_lint_record",
 ]

@@ -68,8 +68,10 @@ class ModelFamily:
         number of visual tokens than the size promises."""
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % self.pixel_multiple:
             sizes = ", ".join(map(str, self.valid_sizes(8 * self.pixel_multiple)))
-            raise UserError(f"{where}: {size!r} px does not fit {self.name}'s {self.pixel_multiple}-px grid; valid "
-                            f"sizes are multiples of {self.pixel_multiple} ({sizes}, ...)")
+            raise UserError(
+                f"{where}: {size!r} px does not fit {self.name}'s {self.pixel_multiple}-px grid; valid "
+                f"sizes are multiples of {self.pixel_multiple} ({sizes}, ...)"
+            )
         return size
 
     def visual_tokens(self, processor, height: int, width: int | None = None) -> int:
@@ -144,6 +146,8 @@ def family_for(config_or_model) -> ModelFamily:
     family = find_family(config_or_model)
     if family is None:
         model_type = _model_type(config_or_model) or "(none)"
-        raise UserError(f"model_type: {model_type} is not a model family astroreason knows (known: "
-                        f"{', '.join(sorted(_FAMILIES))}); add one in astroreason/models/ (docs/models.md)")
+        raise UserError(
+            f"model_type: {model_type} is not a model family astroreason knows (known: "
+            f"{', '.join(sorted(_FAMILIES))}); add one in astroreason/models/ (docs/models.md)"
+        )
     return family

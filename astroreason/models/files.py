@@ -8,15 +8,26 @@ from pathlib import Path
 from ..errors import UserError
 from ..io import sha256_bytes, sha256_file
 
-
 # The files of a checkpoint that decide what it answers: weights, model and generation configs, tokenizer, chat
 # template, processor configs, a peft adapter's config and remote code. Training state, logs and records beside them
 # (optimizer.pt, trainer_state.json, checkpoint-*/, prompt_lint.json, ...) do not.
 ANSWER_FILES = (
-    "*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
-    "tokenizer*", "vocab.*", "merges.txt", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.*", "additional_chat_templates/*", "processor_config.json", "preprocessor_config.json",
-    "video_preprocessor_config.json", "*.py",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer*",
+    "vocab.*",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.*",
+    "additional_chat_templates/*",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "*.py",
 )
 _FILE_HASHES: dict[tuple, str] = {}
 
@@ -66,6 +77,8 @@ def adapter_base_dir(adapter_dir: Path) -> Path:
     try:
         return Path(snapshot_download(base, local_files_only=True))
     except (LocalEntryNotFoundError, ValueError, OSError):
-        raise UserError(f"model: the base model {base} of the adapter {adapter_dir} is neither a local directory nor "
-                        f"in the local Hugging Face cache; download it (`hf download {base}`) or point "
-                        "base_model_name_or_path at its directory") from None
+        raise UserError(
+            f"model: the base model {base} of the adapter {adapter_dir} is neither a local directory nor "
+            f"in the local Hugging Face cache; download it (`hf download {base}`) or point "
+            "base_model_name_or_path at its directory"
+        ) from None

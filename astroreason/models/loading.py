@@ -22,8 +22,9 @@ def read_config(name_or_path: str | Path, *, trust_remote_code: bool = False, lo
         if not base:
             raise UserError(f"model: {path}/adapter_config.json names no base_model_name_or_path")
         return read_config(base, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
-    return AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code,
-                                      local_files_only=local_files_only)
+    return AutoConfig.from_pretrained(
+        str(name_or_path), trust_remote_code=trust_remote_code, local_files_only=local_files_only
+    )
 
 
 def checkpoint_family(name_or_path: str | Path) -> ModelFamily | None:
@@ -88,7 +89,10 @@ def load_model_and_processor(
         if not base:
             raise UserError(f"model: {path}/adapter_config.json names no base_model_name_or_path")
         model, processor = load_model_and_processor(
-            base, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map,
+            base,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device_map=device_map,
             attn_implementation=attn_implementation,
         )
         return PeftModel.from_pretrained(model, str(path)), processor

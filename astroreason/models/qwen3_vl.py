@@ -48,7 +48,10 @@ class Qwen3_VL(QwenVLFamily):
     def tiny_config_extras(self, spec, text, vision, mrope_section):
         text.update(head_dim=spec.hidden_size // spec.num_heads)
         text["rope_parameters"] = {
-            "rope_type": "default", "rope_theta": 5e6, "mrope_section": mrope_section, "mrope_interleaved": True,
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": mrope_section,
+            "mrope_interleaved": True,
         }
         vision.update(deepstack_visual_indexes=[spec.vision_depth - 1], num_position_embeddings=576)
 

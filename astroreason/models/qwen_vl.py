@@ -62,7 +62,7 @@ CHAT_TEMPLATE = _CONTENT + (
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
     "{% for tool in tools %}{{ '\\n' }}{{ tool | tojson }}{% endfor %}"
     "{{ '\\n' }}</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
     "<args-json-object>}\n</tool_call><|im_end|>\n"
     "{% endif %}"
     "{% for message in messages %}"
@@ -79,7 +79,7 @@ CHAT_TEMPLATE = _CONTENT + (
     "{% if message['tool_calls'] %}{% for tool_call in message['tool_calls'] %}"
     "{% if not loop.first or message['content'] %}{{ '\\n' }}{% endif %}"
     "{% set call = tool_call['function'] if tool_call['function'] else tool_call %}"
-    "<tool_call>\n{\"name\": \"{{ call['name'] }}\", \"arguments\": "
+    '<tool_call>\n{"name": "{{ call[\'name\'] }}", "arguments": '
     "{% if call['arguments'] is string %}{{ call['arguments'] }}{% else %}{{ call['arguments'] | tojson }}{% endif %}"
     "}\n</tool_call>"
     "{% endfor %}{% endif %}"
@@ -92,9 +92,10 @@ CHAT_TEMPLATE = _CONTENT + (
 
 def train_tokenizer(vocab_size: int, chat_template: str | None = None):
     """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer) trained on `tokenizer_corpus()`. Deterministic."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -164,7 +165,9 @@ class QwenVLFamily(ModelFamily):
 
     def image_features(self, model, pixel_inputs) -> list:
         inner = model.model  # Qwen*VLForConditionalGeneration -> Qwen*VLModel, which holds `visual`
-        return list(inner.get_image_features(pixel_inputs["pixel_values"], pixel_inputs["image_grid_thw"]).pooler_output)
+        return list(
+            inner.get_image_features(pixel_inputs["pixel_values"], pixel_inputs["image_grid_thw"]).pooler_output
+        )
 
     # --- the tiny builder -------------------------------------------------------------------------------------------
 
@@ -198,8 +201,9 @@ class QwenVLFamily(ModelFamily):
 
         tokenizer = train_tokenizer(spec.vocab_size, self.chat_template)
         tokenizer.response_template = self.response_template()  # saved with the tokenizer: TRL parses tool calls
-        image_processor = Qwen2VLImageProcessorPil(patch_size=self.patch_size, merge_size=self.merge_size,
-                                                   temporal_patch_size=2)
+        image_processor = Qwen2VLImageProcessorPil(
+            patch_size=self.patch_size, merge_size=self.merge_size, temporal_patch_size=2
+        )
         processor = self.image_only_processor_class()(image_processor, tokenizer, chat_template=self.chat_template)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

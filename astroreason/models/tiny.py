@@ -51,8 +51,16 @@ class TinyModelSpec:
 SIZE_SPECS = {
     "tiny": TinyModelSpec(),
     "small": TinyModelSpec(
-        vocab_size=2048, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
-        vision_hidden_size=128, vision_intermediate_size=256, vision_depth=2, vision_heads=2,
+        vocab_size=2048,
+        hidden_size=256,
+        intermediate_size=704,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        vision_hidden_size=128,
+        vision_intermediate_size=256,
+        vision_depth=2,
+        vision_heads=2,
     ),
 }
 
@@ -108,7 +116,11 @@ def build_tiny_model(
     model, processor = archs[arch].build_tiny(out_dir, spec, seed)
     n_params = sum(p.numel() for p in model.parameters())
     record = {
-        "arch": arch, "size": size, "seed": seed, "spec": asdict(spec), "parameters": n_params,
+        "arch": arch,
+        "size": size,
+        "seed": seed,
+        "spec": asdict(spec),
+        "parameters": n_params,
         "vocab_size": len(processor.tokenizer),
     }
     with atomic_path(out_dir) as tmp:

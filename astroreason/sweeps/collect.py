@@ -39,13 +39,22 @@ def task_table(manifest: Manifest, slurm_states: dict[int, str] | None = None) -
         state = read_state(t.dir)
         last = state["history"][-1] if state["history"] else {}
         result = _result(t.dir) if state["status"] == DONE else None
-        rows.append({
-            "index": t.index, "name": t.name, "arm": t.arm, "seed": t.seed, "status": state["status"],
-            "slurm": (slurm_states or {}).get(t.index), "attempts": state["attempts"],
-            "elapsed_s": state["elapsed_s"], "dollars": state["dollars"],
-            "checkpoint": last.get("checkpoint") or last.get("resumed_from"), "step": last.get("step"),
-            "accuracy": result["metrics"]["accuracy"] if result else None,
-        })
+        rows.append(
+            {
+                "index": t.index,
+                "name": t.name,
+                "arm": t.arm,
+                "seed": t.seed,
+                "status": state["status"],
+                "slurm": (slurm_states or {}).get(t.index),
+                "attempts": state["attempts"],
+                "elapsed_s": state["elapsed_s"],
+                "dollars": state["dollars"],
+                "checkpoint": last.get("checkpoint") or last.get("resumed_from"),
+                "step": last.get("step"),
+                "accuracy": result["metrics"]["accuracy"] if result else None,
+            }
+        )
     return rows
 
 
@@ -57,8 +66,12 @@ def print_table(rows: list[dict], columns: list[str], title: str) -> None:
     for c in columns:
         table.add_column(c)
     for row in rows:
-        table.add_row(*("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
-                        for c in columns))
+        table.add_row(
+            *(
+                "-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c])
+                for c in columns
+            )
+        )
     Console(width=160).print(table)
 
 
@@ -85,8 +98,12 @@ def arm_summary(results: dict[str, list[dict]]) -> dict:
         summary[arm] = {"seeds": [r["seed"] for r in rows], "n_tasks": len(rows)}
         for m in METRICS:
             values = [r[m] for r in rows]
-            summary[arm][m] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1
-                               else None, "interval": seed_interval(values), "values": values}
+            summary[arm][m] = {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "interval": seed_interval(values),
+                "values": values,
+            }
     return summary
 
 
@@ -115,18 +132,29 @@ def arm_comparisons(manifest: Manifest, by_arm: dict[str, list[dict]]) -> dict:
         except UserError as err:  # e.g. arms over different data: no paired test, and the report says why
             comparisons[f"{a} vs {b}"] = {"a": a, "b": b, "seeds": common, "not_paired": str(err)}
             continue
-        comparisons[f"{a} vs {b}"] = {"a": a, "b": b, "seeds": common, "per_seed": per_seed,
-                                      "pooled": paired_comparison(labels, pa, pb, seed=0)}
+        comparisons[f"{a} vs {b}"] = {
+            "a": a,
+            "b": b,
+            "seeds": common,
+            "per_seed": per_seed,
+            "pooled": paired_comparison(labels, pa, pb, seed=0),
+        }
     return comparisons
 
 
 def render_sweep(manifest: Manifest, summary: dict, comparisons: dict, rows: list[dict]) -> str:
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    lines = [f"# Sweep {manifest.sweep.name}", "",
-             f"{len(rows)} finished tasks of {len(manifest.tasks)}; every number is read from the tasks' result.json "
-             "and samples.jsonl (listed in results.jsonl with their SHA-256).", "",
-             "## Arms (mean over seeds, 95 % t-interval)", "",
-             "| arm | seeds | accuracy | balanced acc. | macro-F1 |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Sweep {manifest.sweep.name}",
+        "",
+        f"{len(rows)} finished tasks of {len(manifest.tasks)}; every number is read from the tasks' result.json "
+        "and samples.jsonl (listed in results.jsonl with their SHA-256).",
+        "",
+        "## Arms (mean over seeds, 95 % t-interval)",
+        "",
+        "| arm | seeds | accuracy | balanced acc. | macro-F1 |",
+        "|---|---|---|---|---|",
+    ]
     for arm, s in summary.items():
         cells = []
         for m in METRICS:
@@ -134,10 +162,15 @@ def render_sweep(manifest: Manifest, summary: dict, comparisons: dict, rows: lis
             cells.append(f"{pct(s[m]['mean'])}" + (f" [{pct(iv[0])}, {pct(iv[1])}]" if iv else " (one seed)"))
         lines.append(f"| {arm} | {len(s['seeds'])} | " + " | ".join(cells) + " |")
     if comparisons:
-        lines += ["", "## Paired comparisons between arms (same galaxies, matched seeds)", "",
-                  "Pooled: the pairs are (galaxy, seed), so one galaxy counts once per seed.", "",
-                  "| a vs b | seeds | pooled acc. a - b [95 % CI] | exact McNemar p (pooled) | p per seed |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Paired comparisons between arms (same galaxies, matched seeds)",
+            "",
+            "Pooled: the pairs are (galaxy, seed), so one galaxy counts once per seed.",
+            "",
+            "| a vs b | seeds | pooled acc. a - b [95 % CI] | exact McNemar p (pooled) | p per seed |",
+            "|---|---|---|---|---|",
+        ]
         for name, c in comparisons.items():
             if "not_paired" in c:
                 lines.append(f"| {name} | {len(c['seeds'])} | not paired: {c['not_paired']} | - | - |")
@@ -145,12 +178,22 @@ def render_sweep(manifest: Manifest, summary: dict, comparisons: dict, rows: lis
             p = c["pooled"]
             lo, hi = p["difference_interval"]
             per_seed = ", ".join(f"{s}: {v['mcnemar_p_value']:.3g}" for s, v in c["per_seed"].items())
-            lines.append(f"| {name} | {len(c['seeds'])} | {pct(p['accuracy_difference'])} [{pct(lo)}, {pct(hi)}] "
-                         f"| {p['mcnemar_p_value']:.3g} | {per_seed} |")
-    lines += ["", "## Tasks", "", "| task | arm | seed | accuracy | attempts | wall-clock s | $ |", "|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {name} | {len(c['seeds'])} | {pct(p['accuracy_difference'])} [{pct(lo)}, {pct(hi)}] "
+                f"| {p['mcnemar_p_value']:.3g} | {per_seed} |"
+            )
+    lines += [
+        "",
+        "## Tasks",
+        "",
+        "| task | arm | seed | accuracy | attempts | wall-clock s | $ |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['arm']} | {r['seed']} | {pct(r['accuracy'])} | {r['attempts']} "
-                     f"| {r['elapsed_s']:.1f} | {r['dollars']:.4f} |")
+        lines.append(
+            f"| {r['task']} | {r['arm']} | {r['seed']} | {pct(r['accuracy'])} | {r['attempts']} "
+            f"| {r['elapsed_s']:.1f} | {r['dollars']:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -169,8 +212,7 @@ def record_in_ledger(manifest: Manifest, rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["result_sha256"] in known:
             continue
-        description = (f"sweep {manifest.sweep.name} arm {r['arm']} task {r['task']} "
-                       f"result_sha256={r['result_sha256']}")
+        description = f"sweep {manifest.sweep.name} arm {r['arm']} task {r['task']} result_sha256={r['result_sha256']}"
         cost = f"usd={r['dollars']:.6g},wall_s={r['elapsed_s']:.1f},attempts={r['attempts']}"
         row = row_from_result(_result(r["dir"]), run_dir=r["dir"], description=description, cost=cost)
         added.append(append_result(project, row))
@@ -187,23 +229,38 @@ def collect(manifest: Manifest, *, partial: bool = False) -> dict:
     done = [t for t in tasks if read_state(t.dir)["status"] == DONE and (Path(t.dir) / "result.json").exists()]
     missing = [t.index for t in tasks if t not in done]
     if missing and not partial:
-        raise CheckFailed(f"sweep {manifest.sweep.name}: tasks {missing} are not done (`sweep status`); "
-                          "pass --partial to collect the finished ones")
+        raise CheckFailed(
+            f"sweep {manifest.sweep.name}: tasks {missing} are not done (`sweep status`); "
+            "pass --partial to collect the finished ones"
+        )
     if not done:
         raise CheckFailed(f"sweep {manifest.sweep.name}: no finished task to collect")
     rows = []
     for t in done:
         result, state = _result(t.dir), read_state(t.dir)
         m = result["metrics"]
-        rows.append({
-            "sweep": manifest.sweep.name, "task": t.name, "index": t.index, "arm": t.arm, "values": t.values,
-            "seed": t.seed, "dir": t.dir, "n": m["n"], **{k: m[k] for k in METRICS},
-            "accuracy_interval": m["interval"]["accuracy"], "parse_failure_rate": m["parse_failure_rate"],
-            "attempts": state["attempts"], "elapsed_s": state["elapsed_s"], "dollars": state["dollars"],
-            "commit": result["provenance"].get("commit"), "manifest_sha256": result["provenance"].get("manifest_sha256"),
-            "result_sha256": sha256_file(Path(t.dir) / "result.json"),
-            "samples_sha256": sha256_file(Path(t.dir) / "samples.jsonl"),
-        })
+        rows.append(
+            {
+                "sweep": manifest.sweep.name,
+                "task": t.name,
+                "index": t.index,
+                "arm": t.arm,
+                "values": t.values,
+                "seed": t.seed,
+                "dir": t.dir,
+                "n": m["n"],
+                **{k: m[k] for k in METRICS},
+                "accuracy_interval": m["interval"]["accuracy"],
+                "parse_failure_rate": m["parse_failure_rate"],
+                "attempts": state["attempts"],
+                "elapsed_s": state["elapsed_s"],
+                "dollars": state["dollars"],
+                "commit": result["provenance"].get("commit"),
+                "manifest_sha256": result["provenance"].get("manifest_sha256"),
+                "result_sha256": sha256_file(Path(t.dir) / "result.json"),
+                "samples_sha256": sha256_file(Path(t.dir) / "samples.jsonl"),
+            }
+        )
     out = manifest.out_dir
     write_text_atomic(out / "results.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     added = record_in_ledger(manifest, rows)
@@ -219,5 +276,11 @@ def collect(manifest: Manifest, *, partial: bool = False) -> dict:
         report_dir.mkdir(exist_ok=True)
     write_text_atomic(report_dir / "sweep.md", render_sweep(manifest, summary, comparisons, rows))
     write_json_atomic(report_dir / "sweep.json", {"arms": summary, "comparisons": comparisons, "missing": missing})
-    return {"rows": rows, "arms": summary, "comparisons": comparisons, "missing": missing, "report": str(report_dir),
-            "ledger_added": added}
+    return {
+        "rows": rows,
+        "arms": summary,
+        "comparisons": comparisons,
+        "missing": missing,
+        "report": str(report_dir),
+        "ledger_added": added,
+    }

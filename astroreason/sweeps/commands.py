@@ -1,10 +1,10 @@
 """`astroreason sweep plan|submit|status|collect|run`: a grid of recipe runs as one SLURM array job, or locally.
 
-    astroreason sweep plan    SWEEP.yaml           write the manifest (one row per task) and the task configs
-    astroreason sweep submit  SWEEP.yaml           one `sbatch --array=I%K` job for the unfinished tasks
-    astroreason sweep status  SWEEP.yaml|DIR       task states (state files + squeue)
-    astroreason sweep collect SWEEP.yaml|DIR       results.jsonl, results.tsv rows and the comparison report
-    astroreason sweep run --local SWEEP.yaml       the same tasks on this machine, resumable
+astroreason sweep plan    SWEEP.yaml           write the manifest (one row per task) and the task configs
+astroreason sweep submit  SWEEP.yaml           one `sbatch --array=I%K` job for the unfinished tasks
+astroreason sweep status  SWEEP.yaml|DIR       task states (state files + squeue)
+astroreason sweep collect SWEEP.yaml|DIR       results.jsonl, results.tsv rows and the comparison report
+astroreason sweep run --local SWEEP.yaml       the same tasks on this machine, resumable
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def run_plan(args) -> int:
     manifest = plan(args.sweep)
     tasks, sweep = manifest.tasks, manifest.sweep
     arms = sorted({t.arm for t in tasks})
-    print(f"{manifest.path}: {len(tasks)} tasks ({len(arms)} arms x {len(tasks) // len(arms)} seeds), "
-          f"worst case ${task_estimate(sweep) * len(tasks):.2f}")
+    print(
+        f"{manifest.path}: {len(tasks)} tasks ({len(arms)} arms x {len(tasks) // len(arms)} seeds), "
+        f"worst case ${task_estimate(sweep) * len(tasks):.2f}"
+    )
     for t in tasks:
         print(f"  {t.index:>3}  {t.arm}  seed {t.seed}  {t.dir}")
     return 0
@@ -47,8 +49,10 @@ def run_submit(args) -> int:
     if record["job_id"] is None:
         print(record["message"])
         return 0
-    print(f"submitted array job {record['job_id']} for tasks {record['indices']} "
-          f"(worst case ${record['estimate_dollars']:.2f})")
+    print(
+        f"submitted array job {record['job_id']} for tasks {record['indices']} "
+        f"(worst case ${record['estimate_dollars']:.2f})"
+    )
     return 0
 
 
@@ -63,8 +67,11 @@ def run_status(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print_table(rows, ["index", "name", "status", "slurm", "attempts", "elapsed_s", "step", "checkpoint",
-                           "accuracy"], f"sweep {manifest.sweep.name} (jobs {', '.join(jobs) or 'none'})")
+        print_table(
+            rows,
+            ["index", "name", "status", "slurm", "attempts", "elapsed_s", "step", "checkpoint", "accuracy"],
+            f"sweep {manifest.sweep.name} (jobs {', '.join(jobs) or 'none'})",
+        )
     return 0
 
 
@@ -73,25 +80,33 @@ def run_collect(args) -> int:
 
     manifest = _manifest(args.sweep)
     out = collect(manifest, partial=args.partial)
-    print_table(out["rows"], ["task", "arm", "seed", "accuracy", "balanced_accuracy", "macro_f1", "attempts",
-                              "elapsed_s"], f"sweep {manifest.sweep.name}: {len(out['rows'])} results")
+    print_table(
+        out["rows"],
+        ["task", "arm", "seed", "accuracy", "balanced_accuracy", "macro_f1", "attempts", "elapsed_s"],
+        f"sweep {manifest.sweep.name}: {len(out['rows'])} results",
+    )
     for arm, summary in out["arms"].items():
         acc = summary["accuracy"]
-        interval = (f"[{acc['interval'][0]:.3f}, {acc['interval'][1]:.3f}]" if acc["interval"]
-                    else "(one seed: no interval)")
+        interval = (
+            f"[{acc['interval'][0]:.3f}, {acc['interval'][1]:.3f}]" if acc["interval"] else "(one seed: no interval)"
+        )
         print(f"{arm}: accuracy mean {acc['mean']:.3f} {interval} over seeds {summary['seeds']}")
     for name, c in out["comparisons"].items():
         if "not_paired" in c:
             print(f"{name}: not paired ({c['not_paired']})")
             continue
         p = c["pooled"]
-        print(f"{name}: accuracy difference {p['accuracy_difference']:+.3f} "
-              f"[{p['difference_interval'][0]:+.3f}, {p['difference_interval'][1]:+.3f}], "
-              f"McNemar p {p['mcnemar_p_value']:.3g} over {len(c['seeds'])} seeds")
+        print(
+            f"{name}: accuracy difference {p['accuracy_difference']:+.3f} "
+            f"[{p['difference_interval'][0]:+.3f}, {p['difference_interval'][1]:+.3f}], "
+            f"McNemar p {p['mcnemar_p_value']:.3g} over {len(c['seeds'])} seeds"
+        )
     from ..integrity.ledger import LEDGER_FILE
 
-    print(f"results ledger {manifest.out_dir / LEDGER_FILE}: {len(out['ledger_added'])} row(s) added, "
-          f"{len(out['rows']) - len(out['ledger_added'])} already there")
+    print(
+        f"results ledger {manifest.out_dir / LEDGER_FILE}: {len(out['ledger_added'])} row(s) added, "
+        f"{len(out['rows']) - len(out['ledger_added'])} already there"
+    )
     print(f"results: {manifest.out_dir / 'results.jsonl'}; report: {out['report']}/sweep.md")
     return 0
 
@@ -128,8 +143,11 @@ def add_parser(subparsers) -> None:
     s.add_argument("--json", action="store_true", help="Print the rows as JSON.")
     s.set_defaults(func=run_status)
 
-    s = sub.add_parser("collect", help="results.jsonl, one results.tsv row per task and the comparison report "
-                       "(per arm over seeds, paired tests).")
+    s = sub.add_parser(
+        "collect",
+        help="results.jsonl, one results.tsv row per task and the comparison report "
+        "(per arm over seeds, paired tests).",
+    )
     s.add_argument("sweep", help="Sweep file (YAML) or sweep directory.")
     s.add_argument("--partial", action="store_true", help="Collect the finished tasks even if some are not done.")
     s.set_defaults(func=run_collect)

@@ -35,8 +35,10 @@ def refuse_second_meter(settings: dict, where: str, section: str = "") -> None:
     """Refuse a recipe setting that would charge a sweep task's training a second time."""
     for key in METERED:
         if settings.get(key) is not None:
-            raise UserError(f"{where}: {section}{key}: a sweep task's training is charged by the sweep (its `budget:` "
-                            f"section); {key} would charge it a second time; remove it")
+            raise UserError(
+                f"{where}: {section}{key}: a sweep task's training is charged by the sweep (its `budget:` "
+                f"section); {key} would charge it a second time; remove it"
+            )
 
 
 @dataclass
@@ -242,9 +244,13 @@ def validate(c: SweepConfig, where: str) -> None:
     _check_int(r.max_requeues, f"{where}: resources.max_requeues", 0)
     _check_int(r.signal_lead_s, f"{where}: resources.signal_lead_s", 1)
     if r.signal_lead_s >= seconds:
-        raise UserError(f"{where}: resources.signal_lead_s: {r.signal_lead_s} s is not shorter than the time limit "
-                        f"{r.time} ({seconds} s)")
-    if not isinstance(r.extra_sbatch, list) or not all(isinstance(o, str) and o.startswith("-") for o in r.extra_sbatch):
+        raise UserError(
+            f"{where}: resources.signal_lead_s: {r.signal_lead_s} s is not shorter than the time limit "
+            f"{r.time} ({seconds} s)"
+        )
+    if not isinstance(r.extra_sbatch, list) or not all(
+        isinstance(o, str) and o.startswith("-") for o in r.extra_sbatch
+    ):
         raise UserError(f"{where}: resources.extra_sbatch: expected a list of sbatch options (`--key=value`)")
     e = c.evaluation
     if e.max_samples is not None:

@@ -39,7 +39,10 @@ def run_local(manifest: Manifest, *, jobs: int = 1, python: str = sys.executable
                 proc.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(manifest.sweep.resources.cpus_per_task))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(manifest.sweep.resources.cpus_per_task)),
+    }
     running: dict[int, tuple[subprocess.Popen, object, float]] = {}
     status: dict[int, int] = {}
     queue = list(todo)
@@ -49,8 +52,13 @@ def run_local(manifest: Manifest, *, jobs: int = 1, python: str = sys.executable
                 index = queue.pop(0)
                 out = open(Path(logs) / f"{index}.log", "a")
                 # Own process group: a terminal's Ctrl-C reaches the runner, which asks each task to checkpoint.
-                proc = subprocess.Popen([python, "-m", "astroreason.sweeps.task", str(manifest.path), str(index)],
-                                        stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                proc = subprocess.Popen(
+                    [python, "-m", "astroreason.sweeps.task", str(manifest.path), str(index)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
                 running[index] = (proc, out, time.monotonic())
                 log(f"task {index} started (log {out.name})")
             if not queue and not running:

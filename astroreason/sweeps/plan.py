@@ -56,8 +56,14 @@ class Manifest:
         from .config import Budget, Evaluation, Resources
 
         s = dict(self.data["sweep"])
-        return SweepConfig(**{**s, "resources": Resources(**s["resources"]), "evaluation": Evaluation(**s["evaluation"]),
-                              "budget": Budget(**s["budget"])})
+        return SweepConfig(
+            **{
+                **s,
+                "resources": Resources(**s["resources"]),
+                "evaluation": Evaluation(**s["evaluation"]),
+                "budget": Budget(**s["budget"]),
+            }
+        )
 
     @property
     def out_dir(self) -> Path:
@@ -168,14 +174,35 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
     for index, row in enumerate(rows):
         name = f"{index:0{width}d}-{_slug(row['values'])}-s{row['seed']}"
         task_dir = out / "tasks" / name
-        task_config = {**base, **config.overrides, **row["values"], "seed": row["seed"],
-                       "output_dir": str(task_dir / "train"), "resume": True}
-        tasks.append(Task(index=index, name=name, arm=_arm(row["values"]), values=row["values"], seed=row["seed"],
-                          dir=str(task_dir), config=str(task_dir / "config.yaml")))
+        task_config = {
+            **base,
+            **config.overrides,
+            **row["values"],
+            "seed": row["seed"],
+            "output_dir": str(task_dir / "train"),
+            "resume": True,
+        }
+        tasks.append(
+            Task(
+                index=index,
+                name=name,
+                arm=_arm(row["values"]),
+                values=row["values"],
+                seed=row["seed"],
+                dir=str(task_dir),
+                config=str(task_dir / "config.yaml"),
+            )
+        )
         configs.append(task_config)
 
-    identity = sha256_json({"trainer": config.trainer, "configs": configs, "evaluation": asdict(config.evaluation),
-                            "tasks": [asdict(t) for t in tasks]})
+    identity = sha256_json(
+        {
+            "trainer": config.trainer,
+            "configs": configs,
+            "evaluation": asdict(config.evaluation),
+            "tasks": [asdict(t) for t in tasks],
+        }
+    )
     manifest_path = out / MANIFEST
     if manifest_path.exists():
         try:
@@ -183,11 +210,15 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
         except (json.JSONDecodeError, KeyError):
             raise UserError(f"{manifest_path}: not a sweep manifest; choose another out_dir") from None
         if existing != identity:
-            raise UserError(f"{manifest_path}: this directory holds a different plan of the sweep (other grid, seeds, "
-                            "base config or evaluation); choose another out_dir")
+            raise UserError(
+                f"{manifest_path}: this directory holds a different plan of the sweep (other grid, seeds, "
+                "base config or evaluation); choose another out_dir"
+            )
 
     for task, task_config in zip(tasks, configs):
-        header = f"# Task {task.index} of sweep {config.name}: arm {task.arm}, seed {task.seed} (written by `sweep plan`)\n"
+        header = (
+            f"# Task {task.index} of sweep {config.name}: arm {task.arm}, seed {task.seed} (written by `sweep plan`)\n"
+        )
         write_text_atomic(task.config, header + yaml.safe_dump(task_config, sort_keys=True))
     if check_configs:
         seen: dict[str, Task] = {}
@@ -195,14 +226,21 @@ def plan(sweep_path: str | Path, *, check_configs: bool = True) -> Manifest:
             key = experiment_key(parse_task_config(task.config, config.trainer, planning=True)) + f"/{task.seed}"
             if key in seen:
                 first = seen[key]
-                raise UserError(f"{sweep_path}: tasks {first.index} ({first.arm}, seed {first.seed}) and {task.index} "
-                                f"({task.arm}, seed {task.seed}) are the same config with the same seed; remove one")
+                raise UserError(
+                    f"{sweep_path}: tasks {first.index} ({first.arm}, seed {first.seed}) and {task.index} "
+                    f"({task.arm}, seed {task.seed}) are the same config with the same seed; remove one"
+                )
             seen[key] = task
 
     sweep = asdict(config)
     sweep["out_dir"] = str(out)
-    data = {"identity": identity, "sweep_file": str(Path(sweep_path).resolve()), "workdir": os.getcwd(),
-            "sweep": sweep, "tasks": [asdict(t) for t in tasks]}
+    data = {
+        "identity": identity,
+        "sweep_file": str(Path(sweep_path).resolve()),
+        "workdir": os.getcwd(),
+        "sweep": sweep,
+        "tasks": [asdict(t) for t in tasks],
+    }
     write_json_atomic(manifest_path, data)
     (out / "logs").mkdir(exist_ok=True)
     return Manifest(manifest_path, data)

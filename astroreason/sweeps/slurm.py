@@ -51,11 +51,19 @@ def template_path(manifest: Manifest) -> Path:
 def sbatch_command(manifest: Manifest, indices: list[int], python: str = sys.executable) -> list[str]:
     sweep, r = manifest.sweep, manifest.sweep.resources
     cmd = [
-        "sbatch", "--parsable", f"--job-name=sweep-{sweep.name}",
+        "sbatch",
+        "--parsable",
+        f"--job-name=sweep-{sweep.name}",
         f"--array={array_spec(indices)}%{sweep.array_throttle}",
-        f"--time={r.time}", f"--cpus-per-task={r.cpus_per_task}", "--ntasks=1", "--nodes=1",
-        f"--signal=B:USR1@{r.signal_lead_s}", "--requeue", "--open-mode=append",
-        f"--output={manifest.out_dir / 'logs' / '%a.log'}", f"--chdir={manifest.data['workdir']}",
+        f"--time={r.time}",
+        f"--cpus-per-task={r.cpus_per_task}",
+        "--ntasks=1",
+        "--nodes=1",
+        f"--signal=B:USR1@{r.signal_lead_s}",
+        "--requeue",
+        "--open-mode=append",
+        f"--output={manifest.out_dir / 'logs' / '%a.log'}",
+        f"--chdir={manifest.data['workdir']}",
     ]
     if r.gpus_per_task:
         cmd.append(f"--gres=gpu:{r.gpus_per_task}")
@@ -87,8 +95,9 @@ def queued(job_ids: list[str]) -> dict[int, str]:
     """State of each queued or running array task of these jobs, by array index (`squeue -r`)."""
     if not job_ids:
         return {}
-    out = subprocess.run([_client("squeue"), "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [_client("squeue"), "-h", "-r", "-j", ",".join(job_ids), "-o", "%i|%T"], capture_output=True, text=True
+    )
     if out.returncode != 0:
         if "Invalid job id" in out.stderr:  # every job has left the queue
             return {}
@@ -108,8 +117,10 @@ def submit(manifest: Manifest, *, python: str = sys.executable) -> dict:
         return {"job_id": None, "indices": [], "message": "every task is done; nothing submitted"}
     active = queued([s["job_id"] for s in submissions(manifest)])
     if active:
-        raise CheckFailed(f"sweep {manifest.sweep.name}: tasks {sorted(active)} are still queued or running; "
-                          "wait for them or scancel the job before submitting again")
+        raise CheckFailed(
+            f"sweep {manifest.sweep.name}: tasks {sorted(active)} are still queued or running; "
+            "wait for them or scancel the job before submitting again"
+        )
     figures = check_affordable(manifest.sweep, len(todo))
     cmd = sbatch_command(manifest, todo, python)
     cmd[0] = _client("sbatch")

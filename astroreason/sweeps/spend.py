@@ -31,8 +31,13 @@ def task_budget(config: SweepConfig, run: str):
     from ..budget import Budget, Caps, Price
 
     price = Price(f"sweep:{config.name}", gpu_hour=config.budget.gpu_hour, source="sweep budget.gpu_hour")
-    return Budget(open_ledger(config.budget.ledger), price, Caps(max_dollars=config.budget.max_dollars), run=run,
-                  gpus=devices(config))
+    return Budget(
+        open_ledger(config.budget.ledger),
+        price,
+        Caps(max_dollars=config.budget.max_dollars),
+        run=run,
+        gpus=devices(config),
+    )
 
 
 def devices(config: SweepConfig) -> int:
@@ -54,8 +59,11 @@ def check_affordable(config: SweepConfig, n_tasks: int) -> dict:
     """Refuse (exit 1) a submission whose worst case exceeds what remains under the cap; returns the figures."""
     estimate = task_estimate(config) * n_tasks
     left = remaining(open_ledger(config.budget.ledger), config.budget.max_dollars)
-    figures = {"tasks": n_tasks, "estimate_dollars": round(estimate, 6),
-               "remaining_dollars": None if left == float("inf") else round(left, 6)}
+    figures = {
+        "tasks": n_tasks,
+        "estimate_dollars": round(estimate, 6),
+        "remaining_dollars": None if left == float("inf") else round(left, 6),
+    }
     if estimate > left:
         raise CheckFailed(
             f"budget: {n_tasks} tasks may cost up to ${estimate:.2f} (time {config.resources.time} x "

@@ -86,8 +86,7 @@ class Meter:
         seconds = self.attempt_seconds()
         delta = seconds - self.charged_s
         if delta > 0 and self.budget.price.gpu_hour > 0:
-            dollars = self.budget.charge(None, requests=0, seconds=delta,
-                                         task_attempt=self.state["attempts"])
+            dollars = self.budget.charge(None, requests=0, seconds=delta, task_attempt=self.state["attempts"])
             self.state["dollars"] += dollars  # unrounded: it must add up to the ledger's charges
         self.charged_s = seconds
         self.state["elapsed_s"] = round(self.base_elapsed + seconds, 3)
@@ -168,15 +167,28 @@ def _evaluate(task, sweep, stop: _Stop):
     script_args, _, _ = parse_task_config(task.config, sweep.trainer)
     e = sweep.evaluation
     config = EvalConfig(
-        model=str(task.train_dir), data_dir=script_args.data_dir, split=e.split, modality=script_args.modality,
-        codec=script_args.codec, rendering=script_args.rendering, image_size=script_args.image_size,
-        output_dir=task.dir, max_samples=e.max_samples, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens,
-        seed=task.seed, n_boot=e.n_boot, prompt_template=script_args.prompt_template,
-        allow_prompt_fields=script_args.allow_prompt_fields, override_reason=script_args.override_reason,
+        model=str(task.train_dir),
+        data_dir=script_args.data_dir,
+        split=e.split,
+        modality=script_args.modality,
+        codec=script_args.codec,
+        rendering=script_args.rendering,
+        image_size=script_args.image_size,
+        output_dir=task.dir,
+        max_samples=e.max_samples,
+        batch_size=e.batch_size,
+        max_new_tokens=e.max_new_tokens,
+        seed=task.seed,
+        n_boot=e.n_boot,
+        prompt_template=script_args.prompt_template,
+        allow_prompt_fields=script_args.allow_prompt_fields,
+        override_reason=script_args.override_reason,
         # The task's meter already charges the sweep's ledger for its whole wall-clock, evaluation included: the
         # evaluation's own spend and results rows stay in the task's folder, and `sweep collect` writes the sweep's
         # results.tsv from the task results.
-        price_gpu_hour=0.0, ledger=str(Path(task.dir) / "eval_spend.jsonl"), results_dir=str(task.dir),
+        price_gpu_hour=0.0,
+        ledger=str(Path(task.dir) / "eval_spend.jsonl"),
+        results_dir=str(task.dir),
         description=f"sweep task {task.name}",
     )
     stop.phase = "eval"
@@ -211,22 +223,31 @@ def run_task(manifest_path: str | Path, index: int) -> int:
     if state["elapsed_s"] >= limit or state["attempts"] > sweep.resources.max_requeues:
         state["status"] = FAILED
         write_state(task_dir, state)
-        raise CheckFailed(f"task {index} ({task.name}): {state['attempts']} attempts and {state['elapsed_s']:.0f} s "
-                          f"spent, the most its resources allow ({limit} s); not run again")
+        raise CheckFailed(
+            f"task {index} ({task.name}): {state['attempts']} attempts and {state['elapsed_s']:.0f} s "
+            f"spent, the most its resources allow ({limit} s); not run again"
+        )
     if remaining(open_ledger(sweep.budget.ledger), sweep.budget.max_dollars) <= 0:
         state["status"] = FAILED
         write_state(task_dir, state)
-        raise CheckFailed(f"budget: the ${sweep.budget.max_dollars:g} cap in {sweep.budget.ledger} is spent; "
-                          f"task {index} ({task.name}) not started")
+        raise CheckFailed(
+            f"budget: the ${sweep.budget.max_dollars:g} cap in {sweep.budget.ledger} is spent; "
+            f"task {index} ({task.name}) not started"
+        )
 
     state["attempts"] += 1
     state["status"] = RUNNING
-    job = {k: os.environ[k] for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID",
-                                      "SLURM_RESTART_COUNT") if k in os.environ}
+    job = {
+        k: os.environ[k]
+        for k in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_ID", "SLURM_RESTART_COUNT")
+        if k in os.environ
+    }
     state["history"].append({"attempt": state["attempts"], "started": time.time(), "job": job})
     meter = Meter(task_dir, state, task_budget(sweep, run=f"sweep:{sweep.name}:{task.name}"))
-    print(f"[sweep] task {index} ({task.name}) attempt {state['attempts']}, {state['elapsed_s']:.1f} s spent before",
-          flush=True)
+    print(
+        f"[sweep] task {index} ({task.name}) attempt {state['attempts']}, {state['elapsed_s']:.1f} s spent before",
+        flush=True,
+    )
     try:
         if not state.get("trained"):
             if not _train(task, sweep, stop, meter):
@@ -241,8 +262,10 @@ def run_task(manifest_path: str | Path, index: int) -> int:
         raise
     state["status"] = DONE
     meter.flush(outcome="done")
-    print(f"[sweep] task {index} ({task.name}) done: {state['elapsed_s']:.1f} s over {state['attempts']} attempt(s)",
-          flush=True)
+    print(
+        f"[sweep] task {index} ({task.name}) done: {state['elapsed_s']:.1f} s over {state['attempts']} attempt(s)",
+        flush=True,
+    )
     return 0
 
 
@@ -254,8 +277,9 @@ def _requeue(state: dict, meter: Meter, sweep) -> int:
         return 1
     state["status"] = REQUEUED
     meter.flush(outcome="checkpointed for requeue")
-    print(f"[sweep] checkpoint saved; {state['elapsed_s']:.1f} s spent so far; exit {REQUEUE_EXIT} (requeue)",
-          flush=True)
+    print(
+        f"[sweep] checkpoint saved; {state['elapsed_s']:.1f} s spent so far; exit {REQUEUE_EXIT} (requeue)", flush=True
+    )
     return REQUEUE_EXIT
 
 

@@ -32,7 +32,9 @@ def _import_aion():
         from aion.codecs import ImageCodec
         from aion.modalities import LegacySurveyImage
     except ImportError:
-        raise UserError("the AION-1 codec needs the optional extra: pip install 'astroreason[aion]' (PyPI polymathic-aion)") from None
+        raise UserError(
+            "the AION-1 codec needs the optional extra: pip install 'astroreason[aion]' (PyPI polymathic-aion)"
+        ) from None
     return ImageCodec, LegacySurveyImage
 
 
@@ -52,7 +54,9 @@ class AionCodec(Codec):
         self.codec = codec.eval()
         self.name = name
         self.config = config
-        self.input_spec = InputSpec(kind="flux", channels=len(FLUX_BANDS), size=AION_INPUT_SIZE, bands=tuple(FLUX_BANDS))
+        self.input_spec = InputSpec(
+            kind="flux", channels=len(FLUX_BANDS), size=AION_INPUT_SIZE, bands=tuple(FLUX_BANDS)
+        )
         self.vocab_size = math.prod(config["quantizer_levels"])
         side = AION_INPUT_SIZE // 2 ** int(config.get("n_compressions", 2))
         self.grid_shape = (side, side)
@@ -63,7 +67,7 @@ class AionCodec(Codec):
         return self._hash
 
     @classmethod
-    def load(cls, path) -> "AionCodec":
+    def load(cls, path) -> AionCodec:
         """Build AION's `ImageCodec` from its local `config.json` and load `model.safetensors` strictly.
 
         This is what AION's own `ImageCodec.from_pretrained(repo, modality=LegacySurveyImage)` does (huggingface_hub's
@@ -94,7 +98,13 @@ class AionCodec(Codec):
             load_model(codec, str(weights), strict=True)
         except (RuntimeError, OSError) as err:
             raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
-        return cls(codec, config, name=f"aion-{Path(path).name}", config_sha256=sha256_file(config_path), weights_sha256=sha256_file(weights))
+        return cls(
+            codec,
+            config,
+            name=f"aion-{Path(path).name}",
+            config_sha256=sha256_file(config_path),
+            weights_sha256=sha256_file(weights),
+        )
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -189,9 +199,13 @@ class Galaxy10AionFlux:
         table = self.dataset.select_columns([self.flux_column]).with_format("numpy")
         block = table[np.asarray(positions, dtype=np.int64)][self.flux_column]
         try:
-            return np.stack([np.asarray(np.stack(list(b)) if b.dtype == object else b, dtype=np.float32) for b in block])
+            return np.stack(
+                [np.asarray(np.stack(list(b)) if b.dtype == object else b, dtype=np.float32) for b in block]
+            )
         except ValueError as err:
-            raise UserError(f"{self.path}:{self.flux_column}: flux cutouts are not equally shaped arrays ({err})") from None
+            raise UserError(
+                f"{self.path}:{self.flux_column}: flux cutouts are not equally shaped arrays ({err})"
+            ) from None
 
     def positions_of(self, galaxy10_rows) -> np.ndarray:
         """Dataset position of each Galaxy10 row, -1 where the row has no flux cutout."""

@@ -92,7 +92,9 @@ def _key(manifest, codec: Codec) -> dict:
     }
 
 
-def encode_prepared(prepared_dir, codec, *, out=None, flux_source=None, batch_size: int = 256, force: bool = False) -> Path:
+def encode_prepared(
+    prepared_dir, codec, *, out=None, flux_source=None, batch_size: int = 256, force: bool = False
+) -> Path:
     """Encode every row of a prepared manifest once and write the cache (atomically); returns its directory.
 
     The codec's input comes from the source file's `flux` key (flux codecs) or `images` key (rgb codecs), or, with
@@ -137,13 +139,19 @@ def encode_prepared(prepared_dir, codec, *, out=None, flux_source=None, batch_si
         positions = flux.positions_of(rows)
         rows, positions = rows[positions >= 0], positions[positions >= 0]
         if not len(rows):
-            raise UserError(f"{flux.path}: none of the {len(manifest_rows(manifest))} manifest rows has a flux cutout; wrong index column?")
+            raise UserError(
+                f"{flux.path}: none of the {len(manifest_rows(manifest))} manifest rows has a flux cutout; wrong index column?"
+            )
         _check_labels(flux, positions, source, rows)
         batches = (flux.flux(positions[i : i + batch_size]) for i in range(0, len(positions), batch_size))
         where = f"{flux.path}:{flux.flux_column}"
         meta["input"] = "galaxy10-aion"
         meta["flux_source"] = {**flux.fingerprint(), "files": [_file_stat(f) for f in flux.files]}
-    codes = np.concatenate([codec.encode(b, source=where) for b in batches]) if len(rows) else np.zeros((0, *codec.grid_shape), np.int32)
+    codes = (
+        np.concatenate([codec.encode(b, source=where) for b in batches])
+        if len(rows)
+        else np.zeros((0, *codec.grid_shape), np.int32)
+    )
     meta["n_rows"] = int(len(rows))
     meta["n_manifest_rows"] = int(len(manifest_rows(manifest)))
     with atomic_path(out) as tmp:
@@ -193,7 +201,9 @@ def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
     except json.JSONDecodeError as err:
         raise UserError(f"{path / META_NAME}: not valid JSON ({err})") from None
     if meta.get("version") != CACHE_VERSION:
-        raise UserError(f"{path}: token cache version {meta.get('version')}, expected {CACHE_VERSION}; re-run tokens encode")
+        raise UserError(
+            f"{path}: token cache version {meta.get('version')}, expected {CACHE_VERSION}; re-run tokens encode"
+        )
     if meta["codec_hash"] != codec.codec_hash:
         raise UserError(
             f"{path}: codes were made by codec {meta.get('codec_name')} ({meta['codec_hash'][:12]}), not {codec.name} "
@@ -203,17 +213,28 @@ def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
     manifest = _manifest(prepared_dir)
     for field, now in _key(manifest, codec).items():
         if meta[field] != now:
-            raise UserError(f"{path}: built for other data ({field} {meta[field][:12]} != {now[:12]} of {prepared_dir}); re-run tokens encode")
+            raise UserError(
+                f"{path}: built for other data ({field} {meta[field][:12]} != {now[:12]} of {prepared_dir}); re-run tokens encode"
+            )
     if not _unchanged(meta["source"], manifest.source_sha256):
-        raise UserError(f"{meta['source']['path']}: source data changed since the codes were made; re-prepare and re-encode")
+        raise UserError(
+            f"{meta['source']['path']}: source data changed since the codes were made; re-prepare and re-encode"
+        )
     if "flux_source" in meta:
         from .aion import Galaxy10AionFlux
 
         recorded = meta["flux_source"]
         files = recorded["files"]
-        if not all(Path(f["path"]).is_file() and os.stat(f["path"]).st_size == f["size"] and os.stat(f["path"]).st_mtime_ns == f["mtime_ns"] for f in files):
+        if not all(
+            Path(f["path"]).is_file()
+            and os.stat(f["path"]).st_size == f["size"]
+            and os.stat(f["path"]).st_mtime_ns == f["mtime_ns"]
+            for f in files
+        ):
             if Galaxy10AionFlux(recorded["path"]).fingerprint()["sha256"] != recorded["sha256"]:
-                raise UserError(f"{recorded['path']}: flux source changed since the codes were made; re-run tokens encode")
+                raise UserError(
+                    f"{recorded['path']}: flux source changed since the codes were made; re-run tokens encode"
+                )
     arrays = load_file(str(path / CODES_NAME))
     rows, codes = arrays["rows"], arrays["codes"]
     if codes.shape[1:] != tuple(codec.grid_shape) or len(rows) != len(codes):

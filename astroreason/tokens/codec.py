@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -48,7 +49,9 @@ class InputSpec:
         if self.kind == "rgb" and self.channels != 3:
             raise UserError(f"input channels: an rgb codec takes 3 channels, got {self.channels}")
         if self.kind == "flux" and len(self.bands) != self.channels:
-            raise UserError(f"input bands: {self.channels} channels need {self.channels} band names, got {list(self.bands)}")
+            raise UserError(
+                f"input bands: {self.channels} channels need {self.channels} band names, got {list(self.bands)}"
+            )
 
     @property
     def h5_key(self) -> str:
@@ -59,8 +62,10 @@ class InputSpec:
         return {**asdict(self), "bands": list(self.bands)}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "InputSpec":
-        return cls(kind=obj["kind"], channels=int(obj["channels"]), size=int(obj["size"]), bands=tuple(obj.get("bands", ())))
+    def from_json(cls, obj: dict) -> InputSpec:
+        return cls(
+            kind=obj["kind"], channels=int(obj["channels"]), size=int(obj["size"]), bands=tuple(obj.get("bands", ()))
+        )
 
 
 def flux_spec(size: int = 96, bands: Sequence[str] = FLUX_BANDS) -> InputSpec:
@@ -140,16 +145,22 @@ def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
         height, width = arr.shape[1:3]
     else:
         if arr.shape[1] != spec.channels:
-            raise UserError(f"{source}: the codec takes {spec.channels} bands {list(spec.bands)}, got {arr.shape[1]} (shape {arr.shape})")
+            raise UserError(
+                f"{source}: the codec takes {spec.channels} bands {list(spec.bands)}, got {arr.shape[1]} (shape {arr.shape})"
+            )
         if not np.issubdtype(arr.dtype, np.floating):
             raise UserError(f"{source}: flux must be floating point nanomaggies, got {arr.dtype}")
         bad = ~np.isfinite(arr)
         if bad.any():
             first = np.argwhere(bad)[0]
-            raise UserError(f"{source}: {int(bad.sum())} NaN or infinite flux values (first at batch row {first[0]}, band {first[1]})")
+            raise UserError(
+                f"{source}: {int(bad.sum())} NaN or infinite flux values (first at batch row {first[0]}, band {first[1]})"
+            )
         height, width = arr.shape[2:4]
     if min(height, width) < spec.size:
-        raise UserError(f"{source}: images are {height}x{width} px, smaller than the codec's {spec.size} px input; refusing to pad")
+        raise UserError(
+            f"{source}: images are {height}x{width} px, smaller than the codec's {spec.size} px input; refusing to pad"
+        )
     if spec.kind == "rgb":
         return _resize_rgb(arr, spec.size)
     top, left = (height - spec.size) // 2, (width - spec.size) // 2
@@ -207,7 +218,9 @@ def read_config(path) -> dict:
     try:
         return json.loads((path / CONFIG_NAME).read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: no {CONFIG_NAME}; not a codec directory (train one with `astroreason tokens train`)") from None
+        raise UserError(
+            f"{path}: no {CONFIG_NAME}; not a codec directory (train one with `astroreason tokens train`)"
+        ) from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path / CONFIG_NAME}: not valid JSON ({err})") from None
 

@@ -19,8 +19,11 @@ def add_parser(subparsers) -> None:
     p = sub.add_parser("train", help="train the built-in FSQ codec on Galaxy10-schema data")
     p.add_argument("--data", required=True, help="prepared split directory, or a Galaxy10-schema HDF5 file")
     p.add_argument("--out", required=True, help="codec directory to write, e.g. tokenizers/<name>/")
-    p.add_argument("--config", help="JSON file: {\"config\": codec fields, \"training\": training fields} (see "
-                   "tokenizers/*.json, or a trained codec's codec.json); flags below override it")
+    p.add_argument(
+        "--config",
+        help='JSON file: {"config": codec fields, "training": training fields} (see '
+        "tokenizers/*.json, or a trained codec's codec.json); flags below override it",
+    )
     p.add_argument("--input", choices=["rgb", "flux"], help="rgb images (`images`) or g,r,i,z flux (`flux`)")
     p.add_argument("--size", type=int, help="input side in pixels, a multiple of 4 (default 96 -> 24x24 codes)")
     p.add_argument("--levels", help="FSQ levels, comma-separated (default 7,5,5,5,5 = 4375 codes, like AION)")
@@ -49,8 +52,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", help="prepared directory: measure real galaxies of --split (default: random code grids)")
     p.add_argument("--split", default="test", help="split of --data to measure (default test)")
     p.add_argument("--n", type=int, default=16, help="galaxies to measure (default 16)")
-    p.add_argument("--image-size", type=int, help="side of the image the image arm shows (default: the data's, "
-                   "else the codec's input size)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="side of the image the image arm shows (default: the data's, else the codec's input size)",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=run_cost)
 
@@ -62,14 +68,20 @@ def _training_rows(data: Path, seed: int):
     """(source file, train rows, held-out rows, description) from a prepared directory or an HDF5 file."""
     if data.is_dir():
         from ..data.splits import load_manifest
-
         from .cache import _source_path
 
         manifest = load_manifest(data)
         held = "val" if "val" in manifest.rows else next(s for s in manifest.rows if s != "train")
-        return _source_path(manifest, data), np.asarray(manifest.rows["train"]), np.asarray(manifest.rows[held]), {
-            "prepared_dir": str(data), "manifest_hash": manifest.hash, "held_out_split": held,
-        }
+        return (
+            _source_path(manifest, data),
+            np.asarray(manifest.rows["train"]),
+            np.asarray(manifest.rows[held]),
+            {
+                "prepared_dir": str(data),
+                "manifest_hash": manifest.hash,
+                "held_out_split": held,
+            },
+        )
     if not data.is_file():
         raise UserError(f"{data}: neither a prepared directory nor an HDF5 file")
     import h5py
@@ -81,7 +93,12 @@ def _training_rows(data: Path, seed: int):
         raise UserError(f"{data}: not a Galaxy10-schema HDF5 file ({err})") from None
     perm = np.random.default_rng(seed).permutation(n)
     cut = max(1, n // 10)
-    return data, np.sort(perm[cut:]), np.sort(perm[:cut]), {"source_sha256": sha256_file(data), "held_out": "seeded 10 % of rows"}
+    return (
+        data,
+        np.sort(perm[cut:]),
+        np.sort(perm[:cut]),
+        {"source_sha256": sha256_file(data), "held_out": "seeded 10 % of rows"},
+    )
 
 
 def _load_inputs(source, rows, spec) -> np.ndarray:
@@ -105,9 +122,13 @@ def run_train(args) -> int:
         if not isinstance(loaded, dict):
             raise UserError(f"{args.config}: expected a JSON object")
         # {"config": {...}, "training": {...}} (a tokenizers/*.json or a trained codec's codec.json), or bare fields.
-        fields_json = loaded.get("config", loaded) if "config" in loaded else {k: v for k, v in loaded.items() if k != "training"}
+        fields_json = (
+            loaded.get("config", loaded) if "config" in loaded else {k: v for k, v in loaded.items() if k != "training"}
+        )
         known = {f.name for f in dataclass_fields(TrainConfig)}
-        training_json = {k: v for k, v in loaded.get("training", {}).items() if k in known}  # codec.json adds provenance
+        training_json = {
+            k: v for k, v in loaded.get("training", {}).items() if k in known
+        }  # codec.json adds provenance
     overrides = {"input": args.input, "size": args.size, "hidden": args.hidden}
     if args.levels:
         try:
@@ -115,8 +136,14 @@ def run_train(args) -> int:
         except ValueError:
             raise UserError(f"--levels: expected comma-separated integers, got {args.levels!r}") from None
     config = FSQConfig.from_json({**fields_json, **{k: v for k, v in overrides.items() if v is not None}})
-    flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-             "max_images": args.max_images, "crop": args.crop}
+    flags = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "max_images": args.max_images,
+        "crop": args.crop,
+    }
     train = TrainConfig(**{**training_json, **{k: v for k, v in flags.items() if v is not None}})
     for name in ("steps", "batch_size", "max_images"):
         if getattr(train, name) < 1:
@@ -138,18 +165,26 @@ def run_train(args) -> int:
     spec = config.input_spec
     train_inputs, eval_inputs = _load_inputs(source, train_rows, spec), _load_inputs(source, eval_rows, spec)
     out = Path(args.out)
-    print(f"training codec {out.name}: {spec.kind} {spec.channels}x{spec.size}x{spec.size}, levels {config.levels} "
-          f"({config.vocab_size} codes), {len(train_inputs)} train / {len(eval_inputs)} held-out images from {source}")
+    print(
+        f"training codec {out.name}: {spec.kind} {spec.channels}x{spec.size}x{spec.size}, levels {config.levels} "
+        f"({config.vocab_size} codes), {len(train_inputs)} train / {len(eval_inputs)} held-out images from {source}"
+    )
     codec, metrics = train_fsq(
-        config, train_inputs, eval_inputs, train, name=out.name,
+        config,
+        train_inputs,
+        eval_inputs,
+        train,
+        name=out.name,
         progress=lambda step, loss: print(f"  step {step}/{train.steps}  loss {loss:.5f}", flush=True),
     )
     training = {**asdict(train), **provenance, "source_path": str(source)}
     codec.save(out, training=training, metrics=metrics)
     m = metrics["held_out"]
     print(f"wrote {out} ({codec.describe()})")
-    print(f"held-out: MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
-          f"perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)")
+    print(
+        f"held-out: MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
+        f"perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)"
+    )
     return 0
 
 
@@ -165,11 +200,15 @@ def run_encode(args) -> int:
     if args.out is not None:
         check_writable(args.out, "--out", directory=True)
     codec = load_codec(args.codec)
-    out = encode_prepared(args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force)
+    out = encode_prepared(
+        args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force
+    )
     cache = load_codes(out, codec, prepared_dir=args.data)
     meta = json.loads((Path(out) / META_NAME).read_text())
-    print(f"{out}: codes for {meta['n_rows']} of {meta['n_manifest_rows']} manifest rows "
-          f"({len(cache.codes)} x {cache.codes.shape[1]}x{cache.codes.shape[2]}), {codec.describe()}")
+    print(
+        f"{out}: codes for {meta['n_rows']} of {meta['n_manifest_rows']} manifest rows "
+        f"({len(cache.codes)} x {cache.codes.shape[1]}x{cache.codes.shape[2]}), {codec.describe()}"
+    )
     return 0
 
 
@@ -186,7 +225,9 @@ def _load_model_parts(model_dir: Path):
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         image_processor = AutoImageProcessor.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
-        raise UserError(f"{model_dir}: cannot load its tokenizer and image processor ({str(err).splitlines()[0]})") from None
+        raise UserError(
+            f"{model_dir}: cannot load its tokenizer and image processor ({str(err).splitlines()[0]})"
+        ) from None
     return tokenizer, image_processor
 
 
@@ -213,7 +254,9 @@ def _galaxy_codes(args, codec):
         codes, how = cache.codes_for(rows), "from the token cache"
     except UserError:
         spec = codec.input_spec
-        codes = np.concatenate([codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)])
+        codes = np.concatenate(
+            [codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)]
+        )
         how = "encoded now"
     with h5py.File(source, "r") as f:
         side = int(f["images"].shape[1])
@@ -226,7 +269,9 @@ def run_cost(args) -> int:
     from .cost import prompt_costs
     from .render import RENDERINGS, check_fits, check_rendering
 
-    renderings = RENDERINGS if args.rendering == "all" else tuple(check_rendering(r.strip()) for r in args.rendering.split(","))
+    renderings = (
+        RENDERINGS if args.rendering == "all" else tuple(check_rendering(r.strip()) for r in args.rendering.split(","))
+    )
     if args.n < 1:
         raise UserError(f"--n: must be at least 1, got {args.n}")
     if args.image_size is not None and args.image_size < 1:
@@ -247,12 +292,24 @@ def run_cost(args) -> int:
     print(f"{'rendering':<10} {'LM tokens/galaxy':>17} {'min-max':>13} {'tokens/code':>12}")
     for c in costs:
         note = f"  ({c.note})" if c.note else ""
-        print(f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} {c.tokens_per_code:>12.3f}{note}")
+        print(
+            f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} {c.tokens_per_code:>12.3f}{note}"
+        )
     print(f"{'image':<10} {n_visual:>17d} {'':>13} {'':>12}  (visual tokens of a {side}x{side} px image)")
     if args.json:
-        write_json_atomic(args.json, {
-            "codec": {"name": codec.name, "hash": codec.codec_hash, "vocab_size": codec.vocab_size, "grid_shape": list(codec.grid_shape)},
-            "model": str(model_dir), "galaxies": where, "renderings": [c.to_json() for c in costs],
-            "image": {"side_px": side, "visual_tokens": n_visual},
-        })
+        write_json_atomic(
+            args.json,
+            {
+                "codec": {
+                    "name": codec.name,
+                    "hash": codec.codec_hash,
+                    "vocab_size": codec.vocab_size,
+                    "grid_shape": list(codec.grid_shape),
+                },
+                "model": str(model_dir),
+                "galaxies": where,
+                "renderings": [c.to_json() for c in costs],
+                "image": {"side_px": side, "visual_tokens": n_visual},
+            },
+        )
     return 0

@@ -83,5 +83,7 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
     )
 
 
-def prompt_costs(codes: np.ndarray, tokenizer, *, vocab_size: int, renderings=RENDERINGS, model_dir=None) -> list[RenderingCost]:
+def prompt_costs(
+    codes: np.ndarray, tokenizer, *, vocab_size: int, renderings=RENDERINGS, model_dir=None
+) -> list[RenderingCost]:
     return [rendering_cost(codes, r, tokenizer, vocab_size=vocab_size, model_dir=model_dir) for r in renderings]

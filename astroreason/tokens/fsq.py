@@ -83,7 +83,7 @@ class FSQConfig:
         return InputSpec(kind="flux", channels=len(self.bands), size=self.size, bands=tuple(self.bands))
 
     @classmethod
-    def from_json(cls, obj: dict) -> "FSQConfig":
+    def from_json(cls, obj: dict) -> FSQConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(obj) - known)
         if unknown:
@@ -150,7 +150,10 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1)
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x):
@@ -241,7 +244,14 @@ class Scaler:
 class FSQCodec(Codec):
     """The built-in codec behind the `Codec` interface."""
 
-    def __init__(self, config: FSQConfig, model: FSQAutoencoder | None = None, *, name: str = "fsq", weights_sha256: str | None = None):
+    def __init__(
+        self,
+        config: FSQConfig,
+        model: FSQAutoencoder | None = None,
+        *,
+        name: str = "fsq",
+        weights_sha256: str | None = None,
+    ):
         self.config = config
         self.model = (model or FSQAutoencoder(config)).eval()
         self.scaler = Scaler(config)
@@ -272,7 +282,9 @@ class FSQCodec(Codec):
         if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
             raise UserError(f"codes: expected [B, {self.grid_shape[0]}, {self.grid_shape[1]}], got {list(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.vocab_size):
-            raise UserError(f"codes: ids must lie in [0, {self.vocab_size - 1}], got [{int(codes.min())}, {int(codes.max())}]")
+            raise UserError(
+                f"codes: ids must lie in [0, {self.vocab_size - 1}], got [{int(codes.min())}, {int(codes.max())}]"
+            )
         return self.scaler.backward(self.model.decode(codes))
 
     def save(self, out_dir, *, training: dict | None = None, metrics: dict | None = None) -> Path:
@@ -285,7 +297,9 @@ class FSQCodec(Codec):
             save_file(self._state_dict(), str(tmp / WEIGHTS_NAME))
             self._weights_sha256 = sha256_file(tmp / WEIGHTS_NAME)
             config = {"type": "fsq", "name": self.name, "config": asdict(self.config), "training": training or {}}
-            config.update(vocab_size=self.vocab_size, grid_shape=list(self.grid_shape), input_spec=self.input_spec.to_json())
+            config.update(
+                vocab_size=self.vocab_size, grid_shape=list(self.grid_shape), input_spec=self.input_spec.to_json()
+            )
             config["codec_hash"] = self.codec_hash
             write_json_atomic(tmp / CONFIG_NAME, config)
             if metrics is not None:
@@ -293,7 +307,7 @@ class FSQCodec(Codec):
         return out_dir
 
     @classmethod
-    def load(cls, path) -> "FSQCodec":
+    def load(cls, path) -> FSQCodec:
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -344,14 +358,24 @@ def _augment(x: torch.Tensor, generator: torch.Generator, crop: int | None = Non
         if torch.rand(1, generator=generator) < 0.5:
             top, left = (int(v) for v in torch.randint(span + 1, (2,), generator=generator))
         else:
-            top, left = (span // 2 + int(v) - span // 4 for v in torch.randint(span // 2 + 1, (2,), generator=generator))
+            top, left = (
+                span // 2 + int(v) - span // 4 for v in torch.randint(span // 2 + 1, (2,), generator=generator)
+            )
         x = x[:, :, top : top + crop, left : left + crop]
     k = int(torch.randint(4, (1,), generator=generator))
     x = torch.rot90(x, k, dims=(2, 3))
     return torch.flip(x, dims=(3,)) if torch.rand(1, generator=generator) < 0.5 else x
 
 
-def train_fsq(config: FSQConfig, train_inputs: np.ndarray, eval_inputs: np.ndarray, train: TrainConfig, *, name: str = "fsq", progress=None):
+def train_fsq(
+    config: FSQConfig,
+    train_inputs: np.ndarray,
+    eval_inputs: np.ndarray,
+    train: TrainConfig,
+    *,
+    name: str = "fsq",
+    progress=None,
+):
     """Train a codec on inputs already checked and fitted to `config.input_spec`; returns (codec, metrics).
 
     `progress(step, loss)` is called every few steps when given.

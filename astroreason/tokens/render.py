@@ -12,9 +12,9 @@ The text holds the codes and nothing else: no index, id or coordinate of the gal
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -75,8 +75,9 @@ def get_rendering(rendering: str) -> Rendering:
     if rendering in RENDERINGS:
         return RENDERINGS[rendering]
     if "." not in str(rendering):
-        raise UserError(f"rendering: expected one of {', '.join(RENDERINGS)} or a dotted path module.function, "
-                        f"got {rendering!r}")
+        raise UserError(
+            f"rendering: expected one of {', '.join(RENDERINGS)} or a dotted path module.function, got {rendering!r}"
+        )
     found = import_dotted(rendering, "rendering")
     if isinstance(found, Rendering):
         return found
@@ -145,7 +146,9 @@ def check_fits(rendering: str, vocab_size: int, tokenizer=None, *, model_dir: st
             )
         # Code tokens beyond the largest the codec can emit would never be trained: a codec/model mismatch.
         if code_token(vocab_size) in tok.get_vocab():
-            raise UserError(f"{where}: tokenizer holds more code tokens than the codec's vocabulary {vocab_size}: built for another codec")
+            raise UserError(
+                f"{where}: tokenizer holds more code tokens than the codec's vocabulary {vocab_size}: built for another codec"
+            )
 
 
 def add_code_token_strings(tokenizer, vocab_size: int) -> int:
