@@ -168,15 +168,20 @@ def test_git_state_names_the_commit_and_a_dirty_tree(tmp_path):
 
     from astroreason.provenance import GitState
 
-    git_state = lambda path: GitState(path).result()  # noqa: E731
+    def git_state(path):
+        return GitState(path).result()
+
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # not a repository
-    git = lambda *args: subprocess.run(
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
-        cwd=tmp_path,  # noqa: E731
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+
     git("init", "-q")
     assert git_state(tmp_path) == {"commit": None, "dirty": None}  # no commit yet
     (tmp_path / "f.txt").write_text("a\n")
