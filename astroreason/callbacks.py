@@ -9,6 +9,11 @@ below and nothing here imports training or evaluation.
 
 from __future__ import annotations
 
+from .budget.callback import DEFAULT_LEDGER, BudgetCallback, budget_callback
+from .dotted import import_dotted
+from .integrity.alarms import TrainingAlarms, pipeline_alarms
+from .integrity.fingerprint import RunFingerprint
+
 
 def budget_callbacks(args, training_args) -> list:
     """The spend ledger's callback when the run sets `max_dollars` or `ledger`, else none (nothing charged).
@@ -17,7 +22,6 @@ def budget_callbacks(args, training_args) -> list:
     """
     if args.max_dollars is None and args.ledger is None:
         return []
-    from .budget.callback import DEFAULT_LEDGER, budget_callback
 
     return [
         budget_callback(
@@ -36,9 +40,6 @@ def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -
     `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint, with its base record (`training.base_record`)."""
     from dataclasses import asdict, replace
 
-    from .integrity.alarms import TrainingAlarms, pipeline_alarms
-    from .integrity.fingerprint import RunFingerprint
-
     alarms = pipeline_alarms("grpo" if grpo else "sft")
     if args.alarm_no_signal_logs is not None:
         alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
@@ -47,14 +48,12 @@ def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -
 
 def user_callbacks(args) -> list:
     """The `callbacks` the user named, built (with no arguments) before any model is loaded."""
-    from .dotted import import_dotted
 
     return [import_dotted(path, "callbacks")() for path in args.callbacks]
 
 
 def budget_stop(trainer) -> str | None:
     """Why a budget callback stopped this trainer, or None."""
-    from .budget.callback import BudgetCallback
 
     return next(
         (

@@ -12,6 +12,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .data.splits import load_manifest, prepare
+from .data.surrogate import synthesize
+from .models import build_tiny_model
+from .tokens.cache import _source_path, encode_prepared
+from .tokens.codec import check_inputs, read_inputs
+from .tokens.fsq import FSQConfig, TrainConfig, train_fsq
+
 TINY_ROOT = "runs/tiny"
 TINY_SOURCE = f"{TINY_ROOT}/galaxy10_surrogate.h5"
 TINY_DATA = f"{TINY_ROOT}/prepared"
@@ -38,8 +45,6 @@ def _say(what: str, where: str) -> None:
 
 def build_tiny_data(out: str = TINY_DATA) -> Path:
     """The GalSim surrogate (`SURROGATE_ROWS` rows) split into a prepared directory."""
-    from .data.splits import prepare
-    from .data.surrogate import synthesize
 
     source = Path(out).parent / Path(TINY_SOURCE).name
     if not source.is_file():
@@ -58,11 +63,6 @@ def build_tiny_codec(
 ) -> Path:
     """A small built-in FSQ codec (rgb, 32 px in, 8x8 codes) trained on the prepared data's train rows."""
     import numpy as np
-
-    from .data.splits import load_manifest
-    from .tokens.cache import _source_path
-    from .tokens.codec import check_inputs, read_inputs
-    from .tokens.fsq import FSQConfig, TrainConfig, train_fsq
 
     manifest = load_manifest(data_dir)
     source = _source_path(manifest, data_dir)
@@ -91,8 +91,6 @@ def ensure_tiny_defaults(data_dir, model_name_or_path, codec=None) -> None:
             _say("GalSim surrogate data", str(data_dir))
             build_tiny_data(data_dir)
         if _is(model_name_or_path, TINY_MODEL) and not Path(model_name_or_path).exists():
-            from .models import build_tiny_model
-
             _say("random Qwen2.5-VL", str(model_name_or_path))
             build_tiny_model(model_name_or_path, arch="qwen2_5_vl", seed=SEED)
         if _is(codec, TINY_CODEC):
@@ -102,6 +100,4 @@ def ensure_tiny_defaults(data_dir, model_name_or_path, codec=None) -> None:
                     build_tiny_data(TINY_DATA)
                 build_tiny_codec(codec, TINY_DATA)  # always trained on the tiny data: same files for every run
             if Path(data_dir).exists():
-                from .tokens.cache import encode_prepared
-
                 encode_prepared(data_dir, codec)  # a no-op once the cache is up to date

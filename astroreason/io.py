@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -24,8 +26,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as err:
-        from .errors import UserError
-
         check_writable(path, "output")  # names the file in the way or the read-only directory, when it is that
         raise UserError(f"{path}: cannot write here ({err.strerror or err})") from None
     target = tmp / path.name
@@ -45,7 +45,6 @@ def check_writable(path: str | os.PathLike, what: str, *, directory: bool = Fals
     ancestor must be a writable directory (not a regular file), and with `directory` the path itself, if it exists,
     must be a directory. Nothing is created.
     """
-    from .errors import UserError
 
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
@@ -73,7 +72,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json_record(path: str | os.PathLike, what: str) -> Any:
     """A run's JSON record (`what` names it in the error), or None when the run has none; malformed is one line."""
-    from .errors import UserError
 
     path = Path(path)
     if not path.is_file():

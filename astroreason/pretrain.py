@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .arms import resize_image
+from .data.galaxy10 import DECALS_CLASSES
 from .errors import UserError
 from .io import atomic_path, sha256_file, write_json_atomic
 from .models import check_image_size, family_for, load_model_and_processor
@@ -71,8 +73,6 @@ def _resized(images: np.ndarray, size: int) -> np.ndarray:
     """RGB images resized as the training datasets resize them (`arms.resize_image`, bicubic)."""
     from PIL import Image
 
-    from .arms import resize_image
-
     if images.shape[1:3] == (size, size):
         return images
     return np.stack([np.asarray(resize_image(Image.fromarray(im), size)) for im in images])
@@ -114,8 +114,6 @@ def pretrain_vision_tower(
     """Pretrain the vision tower of the model in `model_dir` on the labelled images of `data_h5`; save the whole model
     (tower updated, language model untouched) and its processor in `out_dir`. Returns the record also saved there."""
     import torch
-
-    from .data.galaxy10 import DECALS_CLASSES
 
     config = config or VisionPretrainConfig()
     if config.steps < 1 or config.batch_size < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from .data.splits import load_manifest
 from .io import sha256_json
 
 
@@ -53,8 +54,6 @@ def provenance(
         "data_sha256": None,
     }
     if data_dir is not None and (Path(data_dir) / "manifest.json").exists():
-        from .data.splits import load_manifest
-
         manifest = load_manifest(data_dir)
         record["manifest_sha256"] = manifest.hash
         record["data_sha256"] = manifest.source_sha256

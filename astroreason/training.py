@@ -12,10 +12,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arguments import parse_config_args
 from .arms import Arm, build_arm
+from .budget import BudgetExhausted
 from .callbacks import budget_callbacks, budget_stop, integrity_callbacks, user_callbacks
+from .defaults import ensure_tiny_defaults
 from .errors import UserError
+from .integrity.lint import write_lint_record
+from .io import check_writable
+from .models import check_image_size, load_model_and_processor
 from .options import ArmArguments, BudgetArguments
+from .rewards import get_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +109,6 @@ def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[A
     """The prompt lint of the training (and evaluation) prompts before anything is trained: `CheckFailed` (exit 1)
     on a column the override does not allow; the main process records `prompt_lint.json` in `output_dir`. `arms`
     holds each (arm, its dataset)."""
-    from .integrity.lint import write_lint_record
 
     reports = [arm.lint(dataset["prompt"]) for arm, dataset in arms]
     if training_args.process_index == 0:
@@ -242,8 +248,6 @@ def parse_recipe_args(config_class, argv: list[str] | None = None, *, check_devi
     """
     from trl import ModelConfig
 
-    from .arguments import parse_config_args
-
     def check(values):
         check_recipe_values(values, check_device=check_device)
 
@@ -270,7 +274,6 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
     """Refuse what a recipe cannot run, from the merged settings and before any dataclass is built: numbers no run
     can have (TRL would divide by zero, or fail only once the model is loaded), mixed precision this machine lacks,
     and an `output_dir` (or spend ledger) that cannot be written."""
-    from .io import check_writable
 
     get = values.get
     max_steps = get("max_steps")
@@ -299,7 +302,6 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
             )
         if get("temperature") is not None and get("temperature") <= 0:
             raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
-        from .rewards import get_reward_funcs
 
         get_reward_funcs(get("reward_funcs") or [])  # an unknown reward is refused before any data or model
     if get("use_peft"):
@@ -361,8 +363,6 @@ def check_precision(values: dict) -> None:
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
     size the model's family does not fit (read from its config, before any image is resized)."""
-    from .defaults import ensure_tiny_defaults
-    from .models import check_image_size
 
     ensure_tiny_defaults(
         args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
@@ -374,7 +374,6 @@ def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
 def load_model(model_args, training_args):
     """The policy and its processor, from a local path or a Hub name; `trust_remote_code` (a field of TRL's
     SFTConfig/GRPOConfig) only when asked."""
-    from .models import load_model_and_processor
 
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path: no model given (a local directory or a Hub name)")
@@ -479,8 +478,6 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
     )
     if reason := budget_stop(trainer):
-        from .budget import BudgetExhausted
-
         step = trainer.state.global_step
         raise BudgetExhausted(
             f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
@@ -517,8 +514,6 @@ def build_grpo_trainer(
     args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
 ):
     from trl import GRPOTrainer
-
-    from .rewards import get_reward_funcs
 
     check_launch()
     check_output_dir(args, training_args.output_dir)

@@ -28,7 +28,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.splits import load_manifest
+from ..errors import UserError
 from ..integrity.fingerprint import base_weights_sha256, read_fingerprint
+from ..training import GalaxyScriptArguments, build_grpo_trainer, build_sft_trainer
 
 # Training arguments of the recorded recipe that the control sets itself: where it writes, what it logs, what it
 # saves, how it is launched. `generation_batch_size` is derived by GRPOConfig from the batch and
@@ -92,8 +95,6 @@ def _same_split(fingerprint: dict, data_dir: str) -> bool:
     """Whether a run was trained on the split of `data_dir` (same manifest content, or the same path). A run that
     does not say, or whose data cannot be read, counts as the same split: the chain is then followed further back,
     which can only take the control further from the labels."""
-    from ..data.splits import load_manifest
-    from ..errors import UserError
 
     recipe = (fingerprint.get("base") or {}).get("recipe") or {}
     theirs = (recipe.get("script_args") or {}).get("data_dir") or fingerprint.get("extra", {}).get("data_dir")
@@ -178,8 +179,6 @@ def control_trainer(start: ControlStart, output_dir: str, *, steps: int, seed: i
     import torch
     from transformers import PrinterCallback
     from trl import GRPOConfig, ModelConfig, SFTConfig
-
-    from ..training import GalaxyScriptArguments, build_grpo_trainer, build_sft_trainer
 
     recipe = start.recipe
     grpo = recipe["kind"] == "grpo"

@@ -30,7 +30,18 @@ from pathlib import Path
 import numpy as np
 
 from ..arms import ArmSettings, build_arm
+from ..data.inspect import duplicate_groups, ordering
+from ..data.reader import open_galaxy10
+from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
 from ..errors import UserError
+from ..evaluation.backends import SamplingSettings, TransformersBackend
+from ..integrity.fingerprint import compare_fingerprints, read_fingerprint
+from ..integrity.gate import DEFAULT_CEILING, gate_result
+from ..integrity.lint import _numbers, read_lint_record, render_text
+from ..io import sha256_bytes
+from ..prompts import TEMPLATES
+from ..rewards import parse_answer
+from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
 DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
 ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
@@ -103,7 +114,6 @@ class SplitData:
 
 
 def load_split_data(manifest) -> SplitData:
-    from ..data.reader import open_galaxy10
 
     with open_galaxy10(manifest.source_path) as g10:
         columns = {k: c for k in ("ra", "dec", "redshift", "pxscale") if (c := g10.column(k)) is not None}
@@ -115,10 +125,6 @@ def load_split_data(manifest) -> SplitData:
 
 def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
     from scipy.stats import chisquare, spearmanr
-
-    from ..data.inspect import ordering
-    from ..data.splits import SPLIT_NAMES, assign_units
-    from ..io import sha256_bytes
 
     m, labels, hashes = data.manifest, data.labels, data.hashes
     order = ordering(labels, m.classes)
@@ -217,7 +223,6 @@ def probe_row_order(data: SplitData, *, n_permutations: int = 1) -> ProbeResult:
 
 
 def probe_duplicates(data: SplitData) -> ProbeResult:
-    from ..data.inspect import duplicate_groups
 
     m = data.manifest
     groups = duplicate_groups(data.columns.get("ra"), data.columns.get("dec"), data.hashes, m.radius_arcsec)
@@ -279,8 +284,6 @@ def text_features(texts: list[str], n_numbers: int = 8, n_words: int = 64) -> np
     """What a classifier can read from prompt texts: the first numbers written (NaN-padded) and hashed words."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from ..integrity.lint import _numbers
-
     numbers = np.full((len(texts), n_numbers), np.nan)
     for i, t in enumerate(texts):
         values = _numbers(t)[0][:n_numbers]
@@ -308,7 +311,6 @@ def _fit_score(x_train, y_train, x_eval, y_eval) -> dict:
 
 def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
     """Fit on the train split, score on val + test, for each template (modality -> template)."""
-    from ..integrity.lint import render_text
 
     m = data.manifest
     fit_rows = np.asarray(m.rows.get("train", []), np.int64)
@@ -402,7 +404,6 @@ def _majority_rate(labels: np.ndarray) -> float:
 
 
 def _score_backend(backend, prompts, images, labels) -> dict:
-    from ..rewards import parse_answer
 
     generations = backend.generate(prompts, images)
     predictions = [parse_answer(g.text) for g in generations]
@@ -414,7 +415,6 @@ def _score_backend(backend, prompts, images, labels) -> dict:
 def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
     """The run's model with the galaxy removed must not beat the majority-class rate. `backend` is anything with
     `generate(prompts, images)` (default: the run's model through `TransformersBackend`)."""
-    from ..evaluation.backends import SamplingSettings, TransformersBackend
 
     prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
     if backend is None:
@@ -442,8 +442,6 @@ def probe_label_permutation(
     fresh LoRA adapter when that stage used LoRA, for at most `steps` of its steps. A run whose records do not say
     where it started, or whose base changed since, is skipped with the reason, never failed.
     """
-    from ..evaluation.backends import SamplingSettings, TransformersBackend
-    from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
     start = control_start(spec.model, spec.data_dir)
     if isinstance(start, str):
@@ -481,7 +479,6 @@ def probe_label_permutation(
 
 
 def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
-    from ..integrity.fingerprint import compare_fingerprints
 
     if len(runs) < 2:
         return ProbeResult("seeds", "skip", "fewer than two runs with a fingerprint", {"runs": sorted(runs)})
@@ -497,7 +494,6 @@ def probe_seeds(runs: dict[str, dict]) -> ProbeResult:
 
 
 def probe_ceiling(result_path, ceiling: float) -> ProbeResult:
-    from ..integrity.gate import gate_result
 
     verdict = gate_result(result_path, ceiling=ceiling)
     return ProbeResult("ceiling", "fail" if verdict.suspect else "pass", verdict.reason, asdict(verdict))
@@ -512,8 +508,6 @@ def _is_run_dir(path: Path) -> bool:
 
 def run_spec(run_dir: Path) -> RunSpec | None:
     """What the run's records say about its model and data (None when they do not say)."""
-    from ..integrity.fingerprint import read_fingerprint
-    from ..integrity.lint import read_lint_record
 
     lint = read_lint_record(run_dir) or {}
     values: dict = {}
@@ -554,10 +548,6 @@ def audit(
 ) -> AuditReport:
     """Run every probe that applies to `target`: a Galaxy10-schema HDF5 file, a prepared directory, a run directory
     (training output or evaluation output) or a sweep directory (run directories inside)."""
-    from ..data.splits import MANIFEST_NAME, load_manifest, make_manifest
-    from ..integrity.fingerprint import read_fingerprint
-    from ..integrity.gate import DEFAULT_CEILING
-    from ..integrity.lint import read_lint_record
 
     ceiling = DEFAULT_CEILING if ceiling is None else ceiling
     path = Path(target)
@@ -592,8 +582,6 @@ def audit(
         report.probes.append(probe_row_order(data))
         report.probes.append(probe_duplicates(data))
         if templates is None:
-            from ..prompts import TEMPLATES
-
             templates = dict(TEMPLATES)
             lint = read_lint_record(path) if path.is_dir() else None
             if lint and lint.get("template"):

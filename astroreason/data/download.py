@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import atomic_path, sha256_file
 from .galaxy10 import DECALS_FILENAME, DECALS_SHA256, DECALS_URL, SDSS_FILENAME, SDSS_SHA256, SDSS_URL
 
 RELEASES = {
@@ -38,8 +38,6 @@ def download(
     url, expected = url or default_url, (sha256 or default_sha).lower()
     target = Path(out_dir) / filename
     if target.is_file():
-        from ..io import sha256_file
-
         if sha256_file(target) == expected:
             return target
         raise UserError(f"{target}: exists with another SHA-256 than {expected}; move it away and download again")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
 from .reader import CHUNK_ROWS, COLUMN_KEYS, Galaxy10File, open_galaxy10
 
 DEFAULT_RADIUS_ARCSEC = 5.0
@@ -161,8 +162,6 @@ def nan_counts(g10: Galaxy10File) -> dict[str, int]:
 def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: str | None = None) -> dict:
     """Everything `astroreason data inspect` shows, as a JSON-ready dict."""
     from pathlib import Path
-
-    from ..errors import UserError
 
     if not radius_arcsec >= 0:
         raise UserError(f"--radius: must be >= 0 arcsec, got {radius_arcsec}")

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 import httpx2  # the openai client's transport: its exceptions say whether a failed attempt ever connected
 import openai
 
+from ..budget import BudgetExhausted
 from ..errors import CheckFailed, UserError
+from ..models import load_model_and_processor
 
 BACKENDS = ("transformers", "vllm", "openai")
 
@@ -178,7 +180,6 @@ class TransformersBackend(_Batched):
 
     @classmethod
     def from_pretrained(cls, model_dir: str, sampling: SamplingSettings, *, batch_size: int = 16, **kwargs):
-        from ..models import load_model_and_processor
 
         model, processor = load_model_and_processor(model_dir, **kwargs)
         return cls(model, processor, sampling, batch_size=batch_size)
@@ -362,7 +363,6 @@ class OpenAIBackend:
         """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
         submitted; a refusal while requests are in flight waits for them to settle (their real cost is usually
         below their reservation) and tries again, so the run stops only when the next request cannot fit at all."""
-        from ..budget import BudgetExhausted
 
         images = images if images is not None else [None] * len(prompts)
         queue = list(range(len(prompts)))
@@ -409,7 +409,6 @@ class OpenAIBackend:
         its own and reserves its own worst case first (refused, it is not sent). An attempt answered with an HTTP
         error, or that never connected, was not billed: its retry reuses the reservation, released if all fail.
         """
-        from ..budget import BudgetExhausted
 
         request = self._request(prompt, image)
         billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed

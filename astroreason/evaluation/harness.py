@@ -19,15 +19,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..arms import Arm, build_arm
-from ..budget import Budget, BudgetExhausted, Caps, Ledger
+from ..budget import Budget, BudgetExhausted, Caps, Ledger, api_price, gpu_price, local_device
+from ..data.galaxy10 import DECALS_CLASSES
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
-from ..integrity.gate import DEFAULT_CEILING
+from ..integrity.gate import DEFAULT_CEILING, read_suspect
+from ..integrity.ledger import LEDGER_FILE, record_result
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..models import check_image_size
+from ..models import answer_files_hash, check_image_size, weights_hash
 from ..options import ArmArguments, BudgetArguments, help_from_docstring
+from ..prompts import TEMPLATES
 from ..provenance import GitState, provenance
-from .backends import BACKENDS, SamplingSettings
+from ..rewards import parse_answer
+from ..tokens import load_codec
+from .backends import BACKENDS, BackendError, OpenAIBackend, SamplingSettings, TransformersBackend, VLLMBackend
+from .metrics import classification_metrics
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
 # predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
@@ -186,7 +192,6 @@ CACHE_KEY_VERSION = 2
 def model_fingerprint(config: EvalConfig) -> str:
     """The weights hash of a local checkpoint (recorded as `weights_sha256`); for a served model with no local
     directory, the served name."""
-    from ..models import weights_hash
 
     if Path(config.model).is_dir():
         return weights_hash(config.model)
@@ -205,8 +210,6 @@ def answer_settings(config: EvalConfig) -> dict:
     - the arm: the prompt template in use; the image size (image arm); the rendering and the codec's hash (token arm);
     - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed.
     """
-    from ..models import answer_files_hash
-    from ..prompts import TEMPLATES
 
     served = config.backend == "openai"
     parts = {
@@ -222,8 +225,6 @@ def answer_settings(config: EvalConfig) -> dict:
     if config.modality == "image":
         parts["image_size"] = config.image_size
     else:
-        from ..tokens import load_codec
-
         parts.update(rendering=config.rendering, codec=load_codec(config.codec).codec_hash)
     return parts
 
@@ -286,8 +287,6 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
     """After `result.json` is written: the ceiling gate and one row in the results ledger. A result above the
     ceiling, or from a run marked suspect (training alarms, an audit), gets status `suspect`; the verdict is added
     to `result.json` as `integrity`."""
-    from ..integrity.gate import read_suspect
-    from ..integrity.ledger import LEDGER_FILE, record_result
 
     project = config.project_dir()
     row = record_result(
@@ -313,7 +312,6 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
 
 def make_price(config: EvalConfig):
     """The price this run pays, refused (fail closed) when neither the table nor the user sets one."""
-    from ..budget import api_price, gpu_price, local_device
 
     if config.backend == "openai":
         key = config.price_key or config.server_model or config.model
@@ -328,7 +326,6 @@ def make_price(config: EvalConfig):
 
 
 def make_backend(config: EvalConfig):
-    from .backends import OpenAIBackend, TransformersBackend, VLLMBackend
 
     sampling = config.sampling()
     if config.backend == "openai":
@@ -419,8 +416,6 @@ class Evaluation:
         BackendError when it has to stop (what finished is saved)."""
         from rich.progress import Progress
 
-        from ..rewards import parse_answer
-
         if not positions:
             return
         budget = self._budget()
@@ -492,8 +487,6 @@ class Evaluation:
 
     def finish(self, status: str = "complete", error: str | None = None, estimate: dict | None = None) -> dict:
         """Metrics over the answered samples and `result.json` (status `complete` only if every sample is in)."""
-        from ..data.galaxy10 import DECALS_CLASSES
-        from .metrics import classification_metrics
 
         finished = [
             {**self.done[k], "index": i, "label": self.labels[i]} for i, k in enumerate(self.keys) if k in self.done
@@ -557,7 +550,6 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
     Raises `IncompleteRun` (exit 1, with the partial result, not recorded as a result) when a cap or the backend
     stops it early.
     """
-    from .backends import BackendError
 
     run = Evaluation(config, backend, progress=progress)
     estimate = None

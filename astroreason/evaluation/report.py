@@ -11,12 +11,12 @@ from pathlib import Path
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..io import atomic_path, sha256_file, write_text_atomic
+from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
 
 
 def load_run(run_dir: str | Path) -> dict:
     """A finished evaluation: its result and its per-galaxy predictions in split order."""
-    from .harness import PREDICTIONS_NAME, RESULT_NAME
 
     run_dir = Path(run_dir)
     result_path, predictions_path = run_dir / RESULT_NAME, run_dir / PREDICTIONS_NAME

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..io import read_json_record, sha256_json, write_json_atomic
+from ..io import read_json_record, sha256_file, sha256_json, write_json_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Training arguments that name where a run writes, not what it does.
@@ -75,7 +75,6 @@ def model_files_dir(model_name_or_path: str) -> Path | None:
 def base_weights_sha256(model_name_or_path: str) -> str | None:
     """SHA-256 over the weight files of a model directory (name and content of each, in name order); None when the
     model or its weight files cannot be found."""
-    from ..io import sha256_file
 
     root = model_files_dir(model_name_or_path)
     if root is None:

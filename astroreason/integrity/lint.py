@@ -25,8 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.reader import open_galaxy10
+from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..io import read_json_record, sha256_bytes, write_json_atomic
+from ..prompts import MODALITIES, REPRESENTATION_FIELDS, TEMPLATES
+from ..prompts import template_fields as fields
 
 LINT_RECORD = "prompt_lint.json"
 
@@ -116,14 +120,12 @@ class LintReport:
 
 
 def template_fields(template: str) -> tuple[str, ...]:
-    from ..prompts import template_fields as fields
 
     return fields(template)
 
 
 def lint_template(modality: str, template: str) -> list[Finding]:
     """Findings for every field of `template` that is not the modality's representation."""
-    from ..prompts import MODALITIES, REPRESENTATION_FIELDS
 
     if modality not in MODALITIES:
         raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {modality!r}")
@@ -143,7 +145,6 @@ def lint_template(modality: str, template: str) -> list[Finding]:
 def render_text(template: str, modality: str, meta_row: dict, representation: str = "") -> str:
     """A template rendered with the galaxy's representation and any metadata fields it names (for deliberate
     experiments and for the audit's metadata probe, which renders it with the representation left empty)."""
-    from ..prompts import REPRESENTATION_FIELDS
 
     values = {name: _format_value(v) for name, v in meta_row.items()}
     for name in REPRESENTATION_FIELDS[modality]:
@@ -265,8 +266,6 @@ def split_metadata(
     pixel scale, label and label name (the columns a prompt must not carry). `positions` selects rows of the split
     (e.g. the token arm's rows that have codes); otherwise the first `n` rows (all by default). `manifest`: the
     directory's manifest, when the caller has loaded it already."""
-    from ..data.reader import open_galaxy10
-    from ..data.splits import load_manifest
 
     manifest = load_manifest(data_dir) if manifest is None else manifest
     if split not in manifest.rows:
@@ -336,7 +335,6 @@ def check_dataset(
     split's metadata. Rows are the split's first rows in the manifest's order (as `astroreason.arms` makes them)
     unless `positions` gives each row's position in the split. Writes `prompt_lint.json` into `record_dir`
     when given (the run's record; the ledger reads an override from it)."""
-    from ..prompts import TEMPLATES
 
     template = TEMPLATES[modality] if template is None else template
     prompts = dataset["prompt"]

@@ -10,8 +10,10 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
+from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
+from ..prompts import TEMPLATES, answer_text  # prompts sits above models in the layers; see docs/models.md
 from .family import families
 
 SIZES = ("tiny", "small")
@@ -78,8 +80,6 @@ _REASONING = (
 
 def tokenizer_corpus() -> list[str]:
     """The built-in corpus: the prompt templates, class names and answers, digits, some reasoning text."""
-    from ..data.galaxy10 import DECALS_CLASSES
-    from ..prompts import TEMPLATES, answer_text  # prompts sits above models in the layers; see docs/models.md
 
     numbers = " ".join(str(i) for i in range(0, 5000, 7))  # digits in every position, as codec ids appear
     lines = [t.replace("{tokens}", numbers) for t in TEMPLATES.values()]

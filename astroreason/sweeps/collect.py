@@ -20,6 +20,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..errors import CheckFailed, UserError
+from ..integrity.ledger import append_result, row_from_result, verify
 from ..io import sha256_file, write_json_atomic, write_text_atomic
 from .plan import Manifest
 from .task import DONE, read_state
@@ -204,7 +205,6 @@ def record_in_ledger(manifest: Manifest, rows: list[dict]) -> list[dict]:
     whose result changed (evaluated again) gets a new row. The ceiling gate and the run's SUSPECT marks apply as for
     any evaluation (`integrity.ledger.row_from_result`).
     """
-    from ..integrity.ledger import append_result, row_from_result, verify
 
     project = manifest.out_dir
     known = {m for r in verify(project) for m in re.findall(r"result_sha256=([0-9a-f]{64})", r["description"])}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import check_writable, sha256_json, write_json_atomic, write_text_atomic
-from .config import SweepConfig, load_sweep, refuse_second_meter
+from .config import Budget, Evaluation, Resources, SweepConfig, load_sweep, refuse_second_meter
 
 MANIFEST = "manifest.json"
 # Recipe settings derived from output_dir (they differ between tasks without making them different experiments).
@@ -53,7 +53,6 @@ class Manifest:
 
     @property
     def sweep(self) -> SweepConfig:
-        from .config import Budget, Evaluation, Resources
 
         s = dict(self.data["sweep"])
         return SweepConfig(

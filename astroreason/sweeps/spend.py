@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 
+from ..budget import Budget, Caps, Ledger, Price
 from ..errors import CheckFailed
 from .config import SweepConfig, parse_time
 
 
 def open_ledger(path: str | os.PathLike):
     """The project's spend ledger (the same file evaluation and training runs charge)."""
-    from ..budget import Ledger
 
     return Ledger(path)
 
@@ -28,7 +28,6 @@ def remaining(ledger, cap: float | None) -> float:
 
 def task_budget(config: SweepConfig, run: str):
     """What one task charges (a `budget.Budget`): wall-clock x its devices x the sweep's price per device-hour."""
-    from ..budget import Budget, Caps, Price
 
     price = Price(f"sweep:{config.name}", gpu_hour=config.budget.gpu_hour, source="sweep budget.gpu_hour")
     return Budget(

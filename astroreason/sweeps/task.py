@@ -23,6 +23,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from ..errors import CheckFailed, UserError, exit_status
+from ..io import write_json_atomic
+from .config import METERED, parse_time, refuse_second_meter
+from .plan import load_manifest, parse_task_config
+from .spend import open_ledger, remaining, task_budget
+
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: checkpointed after a signal; run me again
 CHARGE_EVERY_S = 30.0
 STATE = "state.json"
@@ -64,7 +70,6 @@ def read_state(task_dir: str | Path) -> dict:
 
 
 def write_state(task_dir: str | Path, state: dict) -> None:
-    from ..io import write_json_atomic
 
     write_json_atomic(Path(task_dir) / STATE, state)
 
@@ -129,7 +134,6 @@ def _lock(task_dir: Path) -> FileLock:
     `filelock.FileLock` (flock on `.lock`): the kernel drops it when the task dies. Across machines on NFS it holds
     only where the server supports locks and the mount lacks `nolock`/`local_lock` (see `astroreason.budget.ledger`).
     """
-    from ..errors import CheckFailed
 
     lock = FileLock(task_dir / ".lock")
     try:
@@ -142,8 +146,6 @@ def _lock(task_dir: Path) -> FileLock:
 def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:
     """Train to the end (or until a stop signal); True if training finished."""
     from ..training import build_grpo_trainer, build_sft_trainer, last_checkpoint, run_training
-    from .config import METERED, refuse_second_meter
-    from .plan import parse_task_config
 
     script_args, training_args, model_args = parse_task_config(task.config, sweep.trainer)
     refuse_second_meter({k: getattr(script_args, k) for k in METERED}, task.config)  # a hand-edited task config
@@ -162,7 +164,6 @@ def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:
 
 def _evaluate(task, sweep, stop: _Stop):
     from ..evaluation.harness import EvalConfig, evaluate, print_result_line
-    from .plan import parse_task_config
 
     script_args, _, _ = parse_task_config(task.config, sweep.trainer)
     e = sweep.evaluation
@@ -202,10 +203,6 @@ def _evaluate(task, sweep, stop: _Stop):
 
 def run_task(manifest_path: str | Path, index: int) -> int:
     """Run (or resume, or confirm done) task `index` of a manifest; returns the exit status."""
-    from ..errors import CheckFailed
-    from .config import parse_time
-    from .plan import load_manifest
-    from .spend import open_ledger, remaining, task_budget
 
     stop = install_handlers()  # before the heavy imports: a signal during start-up must not kill the task
     manifest = load_manifest(manifest_path)
@@ -284,7 +281,6 @@ def _requeue(state: dict, meter: Meter, sweep) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..errors import UserError, exit_status
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or not argv[1].isdigit():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.splits import load_manifest, load_split
 from ..errors import UserError
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .codec import Codec, check_bands, load_codec, read_inputs
@@ -29,7 +30,6 @@ CACHE_VERSION = 1
 
 
 def _manifest(prepared_dir):
-    from ..data.splits import load_manifest
 
     return load_manifest(prepared_dir)
 
@@ -266,7 +266,6 @@ def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=No
     the same as `matched_image_split`). The text holds the codes only. Codes come from the prepared directory's
     default cache, or from `cache_dir` (checked against `prepared_dir`).
     """
-    from ..data.splits import load_manifest, load_split
 
     check_rendering(rendering)
     codec = load_codec(codec)
@@ -280,7 +279,6 @@ def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=No
 
 def matched_image_split(prepared_dir, split: str, codec, *, cache_dir=None):
     """The image arm's `load_split` restricted to the galaxies `token_split` holds, in the same order."""
-    from ..data.splits import load_split
 
     codec = load_codec(codec)
     cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir)
