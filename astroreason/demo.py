@@ -111,6 +111,7 @@ class Demo:
     # --- data, model, codec ----------------------------------------------------------------------------------------
 
     def data(self) -> None:
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .data.splits import prepare
         from .data.surrogate import synthesize
 
@@ -136,6 +137,7 @@ class Demo:
         """Images present in both the pretraining file and the evaluation file (by the SHA-256 of their pixels)."""
         import h5py
 
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .io import sha256_bytes
 
         def hashes(path):
@@ -145,6 +147,7 @@ class Demo:
         return len(hashes(self.pretrain_h5) & hashes(self.data_h5))
 
     def models(self) -> dict:
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .models import build_tiny_model
         from .pretrain import PRETRAIN_RECORD, VisionPretrainConfig, pretrain_vision_tower
 
@@ -163,6 +166,7 @@ class Demo:
         return json.loads((self.model / PRETRAIN_RECORD).read_text())
 
     def tokens(self) -> None:
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .defaults import build_tiny_codec
         from .tokens.cache import encode_prepared
 
@@ -191,6 +195,7 @@ class Demo:
     # --- training and evaluation -----------------------------------------------------------------------------------
 
     def script_args(self, modality: str):
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .training import GalaxyScriptArguments
 
         return GalaxyScriptArguments(
@@ -217,6 +222,7 @@ class Demo:
         """SFT from the pretrained-vision model, with a learning rate per part (`astroreason.optim`)."""
         from trl import ModelConfig, SFTConfig
 
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .optim import PartLearningRates, use_part_learning_rates
         from .training import build_sft_trainer, run_training
 
@@ -244,6 +250,7 @@ class Demo:
         """GRPO from the SFT model (format + accuracy rewards); the vision blocks stay frozen."""
         from trl import GRPOConfig, ModelConfig
 
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .optim import PartLearningRates, use_part_learning_rates
         from .training import build_grpo_trainer, run_training
 
@@ -271,6 +278,7 @@ class Demo:
         return out
 
     def evaluate(self, modality: str, model_dir: Path) -> dict:
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .evaluation.harness import EvalConfig, evaluate
 
         c = self.config
@@ -305,6 +313,7 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     """Run (or resume) the demo into `out`; returns the summary also written to `out/demo_result.json`."""
     import torch
 
+    # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
     from .evaluation.report import write_report
 
     config = config or (replace(DemoConfig(), **QUICK) if quick else DemoConfig())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def run_tiny(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .io import check_writable
     from .models import build_record, build_tiny_model
 
@@ -18,6 +19,7 @@ def run_tiny(args) -> int:
 
 
 def add_parser(subparsers) -> None:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .errors import seed
     from .models import ARCHS, SIZES
 

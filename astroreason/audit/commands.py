@@ -56,6 +56,7 @@ def print_report(report) -> None:
 
 
 def run_audit(args: argparse.Namespace) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..integrity.gate import DEFAULT_CEILING
     from .probes import DEFAULT_PERMUTATION_STEPS, audit
 

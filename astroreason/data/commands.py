@@ -9,6 +9,7 @@ from ..io import check_writable
 
 
 def add_parser(subparsers) -> None:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .download import DEFAULT_DIR, RELEASES
     from .inspect import DEFAULT_RADIUS_ARCSEC
     from .splits import DEFAULT_FRACTIONS, SUBSETS
@@ -77,6 +78,7 @@ def add_parser(subparsers) -> None:
 
 def run_synth(args) -> int:
     # GalSim and scipy.signal take seconds to import: only `synth` pays for them.
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .surrogate import synthesize
 
     check_writable(args.out, "--out")
@@ -96,6 +98,7 @@ def run_synth(args) -> int:
 
 
 def run_inspect(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .inspect import inspect_file, print_report
 
     report = inspect_file(args.file, radius_arcsec=args.radius, sha256=args.sha256)
@@ -107,6 +110,7 @@ def run_inspect(args) -> int:
 
 
 def run_prepare(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .splits import load_manifest, prepare
 
     try:
@@ -136,6 +140,7 @@ def run_prepare(args) -> int:
 
 
 def run_download(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .download import download
 
     check_writable(args.out, "--out", directory=True)

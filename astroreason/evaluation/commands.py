@@ -10,6 +10,7 @@ import json
 def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
     """An `EvalConfig` from `--config FILE` plus `--key value` overrides; any mistake is one `UserError` line, and an
     `output_dir` that cannot be written is refused before anything runs."""
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..arguments import parse_config_args
     from .harness import EvalConfig
 
@@ -20,6 +21,7 @@ def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
 def check_eval_values(values: dict) -> None:
     """What `EvalConfig` itself does not refuse, before anything is loaded: sampling settings no run can have and an
     `output_dir` that cannot be written."""
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..errors import UserError
     from ..io import check_writable
 
@@ -34,6 +36,7 @@ def check_eval_values(values: dict) -> None:
 
 
 def run_eval(argv: list[str]) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..errors import CheckFailed
     from .harness import IncompleteRun, evaluate, print_result_line
 
@@ -51,6 +54,7 @@ def run_eval(argv: list[str]) -> int:
 
 
 def run_report(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..io import check_writable
     from .report import write_report
 
@@ -64,6 +68,7 @@ def run_budget_status(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..budget import Ledger
     from ..errors import UserError
 
@@ -94,6 +99,7 @@ def run_budget_status(args) -> int:
 
 def run_budget_estimate(args) -> int:
     """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .harness import Evaluation
 
     config = parse_eval_config(args.argv, prog="astroreason budget estimate")
@@ -119,6 +125,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("argv", nargs=argparse.REMAINDER, help="--config FILE.yaml and --key value overrides")
     p.set_defaults(func=lambda args: run_eval(args.argv))
 
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..budget import DEFAULT_LEDGER
 
     b = subparsers.add_parser("budget", help="The project's spend ledger: status, or a cost estimate from a pilot.")

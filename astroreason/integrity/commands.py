@@ -35,6 +35,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_gate(args: argparse.Namespace) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .gate import DEFAULT_CEILING, gate_result, read_result
     from .ledger import record_result
 
@@ -59,6 +60,7 @@ def run_gate(args: argparse.Namespace) -> int:
 
 
 def run_ledger_verify(args: argparse.Namespace) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .ledger import LEDGER_FILE, verify
 
     if not (args.dir / LEDGER_FILE).is_file():
@@ -69,6 +71,7 @@ def run_ledger_verify(args: argparse.Namespace) -> int:
 
 
 def run_ledger_log(args: argparse.Namespace) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .ledger import LEDGER_FILE, LOG_FILE, write_log
 
     if not (args.dir / LEDGER_FILE).is_file():  # nothing to render (and no directory created for it)

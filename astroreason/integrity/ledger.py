@@ -210,6 +210,7 @@ def row_from_result(
     The status is forced to `suspect` when the ceiling gate trips or the run (`run_dir`) carries `SUSPECT.json`
     (training alarms, a failed audit), and the reasons go into the description; a lint override is named there too.
     """
+    # lazy: `ledger verify` loads this module; the gate and the lint only when a row is made
     from .gate import DEFAULT_CEILING, check_ceiling, mark_suspect, read_suspect
     from .lint import read_lint_record
 

@@ -110,6 +110,7 @@ def arm_summary(results: dict[str, list[dict]]) -> dict:
 
 def arm_comparisons(manifest: Manifest, by_arm: dict[str, list[dict]]) -> dict:
     """Paired tests between every two arms, matching their tasks by seed (the same seeds run in every arm)."""
+    # lazy: `sweep status` loads this module; the evaluation reports only when collecting
     from ..evaluation.metrics import paired_comparison
     from ..evaluation.report import compare_runs, load_run
 
@@ -223,6 +224,7 @@ def record_in_ledger(manifest: Manifest, rows: list[dict]) -> list[dict]:
 def collect(manifest: Manifest, *, partial: bool = False) -> dict:
     """Gather finished tasks into results.jsonl and the reports; refuses (exit 1) while tasks are unfinished unless
     `partial`."""
+    # lazy: `sweep status` loads this module; the evaluation reports only when collecting
     from ..evaluation.report import write_report
 
     tasks = manifest.tasks

@@ -16,6 +16,7 @@ from ..errors import UserError
 
 
 def _manifest(target: str):
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .config import load_sweep
     from .plan import MANIFEST, load_manifest
 
@@ -26,6 +27,7 @@ def _manifest(target: str):
 
 
 def run_plan(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .plan import plan
     from .spend import task_estimate
 
@@ -42,6 +44,7 @@ def run_plan(args) -> int:
 
 
 def run_submit(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .plan import plan
     from .slurm import submit
 
@@ -57,6 +60,7 @@ def run_submit(args) -> int:
 
 
 def run_status(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .collect import print_table, task_table
     from .slurm import queued, submissions
 
@@ -76,6 +80,7 @@ def run_status(args) -> int:
 
 
 def run_collect(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .collect import collect, print_table
 
     manifest = _manifest(args.sweep)
@@ -112,6 +117,7 @@ def run_collect(args) -> int:
 
 
 def run_local_cmd(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .local import run_local
     from .plan import plan
 

@@ -100,6 +100,7 @@ def trainer_classes(trainer: str):
     """The recipe's config dataclasses for `trainer`, in TrlParser order."""
     from trl import ModelConfig
 
+    # lazy: `sweep status` loads this module; training pulls torch, transformers and trl
     from ..training import GalaxyScriptArguments
 
     if trainer == "grpo":
@@ -117,6 +118,7 @@ def parse_task_config(config_path: str | Path, trainer: str, *, planning: bool =
     """
     import torch
 
+    # lazy: `sweep status` loads this module; training pulls torch, transformers and trl
     from ..training import parse_recipe_args
 
     config_class = trainer_classes(trainer)[1]

@@ -145,6 +145,7 @@ def _lock(task_dir: Path) -> FileLock:
 
 def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:
     """Train to the end (or until a stop signal); True if training finished."""
+    # lazy: `sweep status` loads this module; training and evaluation pull torch and transformers
     from ..training import build_grpo_trainer, build_sft_trainer, last_checkpoint, run_training
 
     script_args, training_args, model_args = parse_task_config(task.config, sweep.trainer)
@@ -163,6 +164,7 @@ def _train(task, sweep, stop: _Stop, meter: Meter) -> bool:
 
 
 def _evaluate(task, sweep, stop: _Stop):
+    # lazy: `sweep status` loads this module; training and evaluation pull torch and transformers
     from ..evaluation.harness import EvalConfig, evaluate, print_result_line
 
     script_args, _, _ = parse_task_config(task.config, sweep.trainer)

@@ -130,6 +130,7 @@ def encode_prepared(
         where = f"{source}:{codec.input_spec.h5_key}"
         meta["input"] = f"source:{codec.input_spec.h5_key}"
     else:
+        # lazy: optional extra (polymathic-aion)
         from .aion import Galaxy10AionFlux
 
         if codec.input_spec.kind != "flux":
@@ -221,6 +222,7 @@ def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
             f"{meta['source']['path']}: source data changed since the codes were made; re-prepare and re-encode"
         )
     if "flux_source" in meta:
+        # lazy: optional extra (polymathic-aion)
         from .aion import Galaxy10AionFlux
 
         recorded = meta["flux_source"]

@@ -236,11 +236,13 @@ def load_codec(path) -> Codec:
     if (path / CONFIG_NAME).is_file():
         kind = read_config(path).get("type")
         if kind == "fsq":
+            # lazy: fsq imports codec at load time (load-time cycle)
             from .fsq import FSQCodec
 
             return FSQCodec.load(path)
         if kind != "aion":
             raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq or aion)")
+    # lazy: optional extra (polymathic-aion)
     from .aion import AionCodec
 
     return AionCodec.load(path)

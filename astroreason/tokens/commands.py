@@ -67,6 +67,7 @@ def add_parser(subparsers) -> None:
 def _training_rows(data: Path, seed: int):
     """(source file, train rows, held-out rows, description) from a prepared directory or an HDF5 file."""
     if data.is_dir():
+        # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
         from ..data.splits import load_manifest
         from .cache import _source_path
 
@@ -102,6 +103,7 @@ def _training_rows(data: Path, seed: int):
 
 
 def _load_inputs(source, rows, spec) -> np.ndarray:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .codec import check_inputs, read_inputs
 
     where = f"{source}:{spec.h5_key}"
@@ -111,6 +113,7 @@ def _load_inputs(source, rows, spec) -> np.ndarray:
 def run_train(args) -> int:
     from dataclasses import fields as dataclass_fields
 
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .fsq import FSQConfig, TrainConfig, train_fsq
 
     fields_json, training_json = {}, {}
@@ -192,6 +195,7 @@ def run_train(args) -> int:
 
 
 def run_encode(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .cache import META_NAME, encode_prepared, load_codes
     from .codec import load_codec
 
@@ -239,6 +243,7 @@ def _galaxy_codes(args, codec):
         return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
     import h5py
 
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..data.splits import load_manifest
     from .cache import _source_path, load_codes
     from .codec import read_inputs
@@ -264,6 +269,7 @@ def _galaxy_codes(args, codec):
 
 
 def run_cost(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..models import family_for, read_config  # the command compares the arms: it needs the model's family
     from .codec import load_codec
     from .cost import prompt_costs
