@@ -31,8 +31,7 @@ import openai
 from ..budget import BudgetExhausted
 from ..errors import CheckFailed, UserError
 from ..models import load_model_and_processor
-
-BACKENDS = ("transformers", "vllm", "openai")
+from .config import BACKENDS, SamplingSettings  # noqa: F401  (BACKENDS: re-exported for callers of this module)
 
 
 class BackendError(CheckFailed):
@@ -48,38 +47,6 @@ class Generation:
     completion_tokens: int
     attempts: int = 1
     dollars: float = 0.0
-
-
-@dataclass
-class SamplingSettings:
-    """Decoding settings; those that decide an answer (`deciding`) are part of every cache key."""
-
-    max_new_tokens: int = 32
-    temperature: float = 0.0  # 0 is greedy decoding
-    top_p: float = 1.0
-    seed: int = 0
-
-    def deciding(self) -> dict:
-        """The settings that decide an answer, for the cache key: greedy decoding ignores top_p and the seed."""
-        if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-        }
-
-    def generate_kwargs(self) -> dict:
-        if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-        }
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:

@@ -12,7 +12,7 @@ def parse_eval_config(argv: list[str], prog: str = "astroreason eval"):
     `output_dir` that cannot be written is refused before anything runs."""
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..arguments import parse_config_args
-    from .harness import EvalConfig
+    from .config import EvalConfig
 
     (config,) = parse_config_args((EvalConfig,), argv, prog=prog, check=check_eval_values)
     return config
@@ -38,9 +38,10 @@ def check_eval_values(values: dict) -> None:
 def run_eval(argv: list[str]) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..errors import CheckFailed
+
+    config = parse_eval_config(argv)  # before the harness loads: `--help` and a mistake stay fast
     from .harness import IncompleteRun, evaluate, print_result_line
 
-    config = parse_eval_config(argv)
     try:
         result = evaluate(config)
     except IncompleteRun as err:
@@ -100,9 +101,9 @@ def run_budget_status(args) -> int:
 def run_budget_estimate(args) -> int:
     """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    config = parse_eval_config(args.argv, prog="astroreason budget estimate")  # before the harness loads
     from .harness import Evaluation
 
-    config = parse_eval_config(args.argv, prog="astroreason budget estimate")
     run = Evaluation(config)
     estimate = run.pilot(config.pilot_samples or 10)
     print("ESTIMATE " + json.dumps(estimate, sort_keys=True))
