@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -76,7 +77,7 @@ def permuted_labels(dataset, seed: int):
     return dataset.remove_columns("label").add_column("label", permuted.tolist())
 
 
-class Arm:
+class Arm(ABC):
     """One split of one arm, built once from the manifest: the split's view in this arm (`view`, a `datasets`
     Dataset), how many of its first rows are used (`n`, from `max_samples`; rows are already a seeded shuffle), their
     positions in the split and the prompt of each.
@@ -114,13 +115,13 @@ class Arm:
 
     # --- what each modality defines ---
 
+    @abstractmethod
     def load_view(self):
         """The split's `datasets` view in this arm, in the manifest's order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def split_positions(self) -> np.ndarray:
         """Each row of the view, as its position in the split."""
-        raise NotImplementedError
 
     def representation(self, example) -> str | None:
         """The galaxy as prompt text (None when it is not text)."""
@@ -130,9 +131,9 @@ class Arm:
         """The galaxy's columns beside the prompt (the image arm's resized image)."""
         return {}
 
+    @abstractmethod
     def without_galaxy(self, seed: int = 0) -> list[dict]:
         """`rows()` with the galaxy taken out: the blank-input control."""
-        raise NotImplementedError
 
     # --- shared ---
 

@@ -25,15 +25,8 @@ class SamplingSettings:
 
     def deciding(self) -> dict:
         """The settings that decide an answer, for the cache key: greedy decoding ignores top_p and the seed."""
-        if self.temperature <= 0:
-            return {"max_new_tokens": self.max_new_tokens, "do_sample": False}
-        return {
-            "max_new_tokens": self.max_new_tokens,
-            "do_sample": True,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "seed": self.seed,
-        }
+        kwargs = self.generate_kwargs()
+        return {**kwargs, "seed": self.seed} if kwargs["do_sample"] else kwargs
 
     def generate_kwargs(self) -> dict:
         if self.temperature <= 0:

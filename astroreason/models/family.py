@@ -9,15 +9,17 @@ how to build a tiny random one offline. Each family is one module of this packag
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ..errors import UserError
 from ..tokens.render import add_code_token_strings, code_token
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
 
-class ModelFamily:
+class ModelFamily(ABC):
     """One family of vision-language models (its `model_type`). Subclasses set the class attributes and implement
-    the methods that raise `NotImplementedError`.
+    the abstract methods.
 
     Attributes:
         model_type: The `model_type` of the family's transformers config (`qwen2_5_vl`).
@@ -53,10 +55,10 @@ class ModelFamily:
         """The vision tower's parameters (merger included), in `named_parameters` order."""
         return [p for n, p in model.named_parameters() if self.is_vision(n)]
 
+    @abstractmethod
     def image_features(self, model, pixel_inputs) -> list:
         """The merged visual tokens of each image, one [tokens, hidden] tensor per image, from the image
         processor's output (`pixel_inputs`)."""
-        raise NotImplementedError
 
     # --- images -----------------------------------------------------------------------------------------------------
 
@@ -74,10 +76,10 @@ class ModelFamily:
             )
         return size
 
+    @abstractmethod
     def visual_tokens(self, processor, height: int, width: int | None = None) -> int:
         """Visual tokens the model's own image processor spends on one height x width image (asked of the
         processor on a blank image of that size, not computed from a constant)."""
-        raise NotImplementedError
 
     # --- vocabulary -------------------------------------------------------------------------------------------------
 
@@ -105,10 +107,10 @@ class ModelFamily:
         torchvision), or None when the stock processor loads without torchvision."""
         return None
 
+    @abstractmethod
     def build_tiny(self, out_dir, spec, seed: int):
         """(model, processor) of a tiny random member of the family, built offline from `spec`
-        (`astroreason.models.tiny.TinyModelSpec`). None for a family without a tiny builder."""
-        raise NotImplementedError
+        (`astroreason.models.tiny.TinyModelSpec`)."""
 
 
 def _has_prefix(name: str, prefixes: tuple[str, ...]) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from abc import abstractmethod
 
 import numpy as np
 
@@ -171,18 +172,21 @@ class QwenVLFamily(ModelFamily):
 
     # --- the tiny builder -------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def processor_class(self):
-        raise NotImplementedError
+        """The family's stock processor class."""
 
+    @abstractmethod
     def model_class(self):
-        raise NotImplementedError
+        """The family's `...ForConditionalGeneration` class."""
 
+    @abstractmethod
     def config_class(self):
-        raise NotImplementedError
+        """The family's model config class."""
 
+    @abstractmethod
     def tiny_config_extras(self, spec: TinyModelSpec, text: dict, vision: dict, mrope_section: list[int]) -> None:
         """Set the family's own fields of the tiny text and vision configs (in place)."""
-        raise NotImplementedError
 
     def image_only_processor_class(self):
         return _image_only(self.processor_class())
