@@ -131,7 +131,8 @@ class Ledger:
 
     def transaction(self, decide):
         """Under the exclusive lock: refresh the totals, call `decide(totals)` -> rows to append, append them."""
-        self._refuse_foreign_file()  # before the lock file is created beside it
+        if self._offset == 0:  # nothing read yet: before the lock file is created beside it (later rows: `_refresh`)
+            self._refuse_foreign_file()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._thread_lock, self._file_lock, open(self.path, "a+b") as f:
             self._refresh(f)
