@@ -1,9 +1,10 @@
-"""What a Galaxy10-schema file holds, and what would make a naive split of it leak.
+"""What a Galaxy10-schema source holds, and what would make a naive split of it leak.
 
-`inspect_file` reports the schema, class counts, whether rows are ordered by class (the real file is: a first-N
+`inspect_file` reads any source `sources.open_source` opens (an HDF5 file, a Hub-layout directory) and reports the schema, class counts, whether rows are ordered by class (the real file is: a first-N
 slice is single-class and a row index is a label), NaN counts, and duplicate groups: rows at the same sky position
 (exact), rows within a radius of each other (near), and rows with byte-identical images, each with its label
-conflicts. `splits.prepare` uses the same grouping (`duplicate_groups`) to keep each group inside one split.
+conflicts; for a dataset with its own train/test files, the duplicate groups that span them (its split leaks);
+and the rows left out for non-finite flux, with the reason. `splits.prepare` uses the same grouping (`duplicate_groups`) to keep each group inside one split.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .reader import CHUNK_ROWS, COLUMN_KEYS, Galaxy10File, open_galaxy10
+from .reader import CHUNK_ROWS, COLUMN_KEYS
+from .sources import open_source
 
 DEFAULT_RADIUS_ARCSEC = 5.0
 # Two rows closer than this are "the same position" (the real file's 59 exact pairs have identical coordinates).
@@ -98,16 +100,20 @@ def duplicate_groups(ra, dec, hashes: list[str], radius_arcsec: float) -> Duplic
     return DuplicateGroups(exact_groups, near_groups, groups_from_pairs(n, hi, hj), combined, separations)
 
 
-def describe_group(rows: np.ndarray, labels: np.ndarray, classes, separations=None) -> dict:
-    """A group as JSON: its rows, their labels, whether the labels conflict, and its widest separation."""
+def describe_group(rows: np.ndarray, labels: np.ndarray, classes, separations=None, *, ids=None, splits=None) -> dict:
+    """A group as JSON: its rows (and source ids, and the source's own split of each when it has splits), their
+    labels, whether the labels conflict, and its widest separation."""
     rows = [int(r) for r in rows]
     group_labels = [int(labels[r]) for r in rows]
     out = {
         "rows": rows,
+        "ids": [int(ids[r]) for r in rows] if ids is not None else rows,
         "labels": group_labels,
         "label_names": [classes[c] for c in group_labels],
         "conflict": len(set(group_labels)) > 1,
     }
+    if splits is not None:
+        out["source_splits"] = [str(splits[r]) for r in rows]
     if separations is not None:
         member = set(rows)
         seps = [s for (a, b), s in separations.items() if a in member and b in member]
@@ -144,7 +150,14 @@ def ordering(labels: np.ndarray, classes) -> dict:
     }
 
 
-def nan_counts(g10: Galaxy10File) -> dict[str, int]:
+def split_leaks(groups, splits) -> list[np.ndarray]:
+    """The duplicate groups whose rows lie in more than one of the source's own splits (None: it has none)."""
+    if splits is None:
+        return []
+    return [g for g in groups if len({str(splits[r]) for r in g}) > 1]
+
+
+def nan_counts(g10) -> dict[str, int]:
     """NaN values per one-value-per-row field, and rows of `flux` with any non-finite value."""
     counts = {}
     for key in COLUMN_KEYS:
@@ -152,7 +165,8 @@ def nan_counts(g10: Galaxy10File) -> dict[str, int]:
         if col is not None:
             counts[key] = int(np.isnan(col).sum())
     if g10.has_flux:
-        counts["flux (rows)"] = int(g10.n_rows - g10.finite_flux_rows().sum())
+        key = "image_bands" if "image_bands" in g10.keys else "flux"
+        counts[f"{key} (rows)"] = int(g10.n_rows - g10.finite_flux_rows().sum())
     return counts
 
 
@@ -161,16 +175,17 @@ def nan_counts(g10: Galaxy10File) -> dict[str, int]:
 
 def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: str | None = None) -> dict:
     """Everything `astroreason data inspect` shows, as a JSON-ready dict."""
-    from pathlib import Path
-
     if not radius_arcsec >= 0:
         raise UserError(f"--radius: must be >= 0 arcsec, got {radius_arcsec}")
-    with open_galaxy10(path, sha256=sha256) as g10:
-        labels, classes = g10.labels, g10.classes
+    with open_source(path, sha256=sha256) as g10:
+        labels, classes, ids, splits = g10.labels, g10.classes, g10.ids, g10.source_splits
         counts = np.bincount(labels, minlength=len(classes))
         hashes = g10.image_hashes(CHUNK_ROWS)
         groups = duplicate_groups(g10.column("ra"), g10.column("dec"), hashes, radius_arcsec)
-        describe = lambda gs, seps=None: [describe_group(g, labels, classes, seps) for g in gs]  # noqa: E731
+
+        def describe(gs, seps=None):
+            return [describe_group(g, labels, classes, seps, ids=ids, splits=splits) for g in gs]
+
         dupes = {
             "radius_arcsec": radius_arcsec,
             "exact_arcsec": EXACT_ARCSEC,
@@ -179,22 +194,30 @@ def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: 
             "near_position": describe(groups.near, groups.separations),
             "identical_image": describe(groups.image),
             "combined": describe(groups.combined),
+            "source_split_leaks": describe(split_leaks(groups.combined, splits)),
         }
         dupes["conflicts"] = {
             k: sum(g["conflict"] for g in dupes[k])
             for k in ("exact_position", "near_position", "identical_image", "combined")
         }
+        reasons = g10.flux_reasons()
         return {
-            "path": str(Path(path)),
-            "size_bytes": Path(path).stat().st_size,
+            "path": str(path),
+            "format": g10.format,
+            "size_bytes": g10.size_bytes,
             "sha256": sha256.lower() if sha256 else None,
             "release": g10.release.name,
             "n_rows": g10.n_rows,
             "image_size": [g10.height, g10.width],
+            "id_name": g10.id_name,
+            "source_splits": g10.split_counts() if splits is not None else None,
             "schema": g10.schema(),
             "classes": [{"label": c, "name": classes[c], "count": int(counts[c])} for c in range(len(classes))],
             "ordering": ordering(labels, classes),
             "nan_counts": nan_counts(g10),
+            "flux_excluded": [{"row": r, "id": int(ids[r]), "reason": why} for r, why in sorted(reasons.items())]
+            if g10.flux_required
+            else [],
             "duplicates": dupes,
         }
 
@@ -206,10 +229,17 @@ def print_report(report: dict, console=None) -> None:
 
     console = console or Console()
     console.print(
-        f"[bold]{report['path']}[/bold]: Galaxy10 {report['release']}, {report['n_rows']} rows, "
+        f"[bold]{report['path']}[/bold] ({report['format']}): Galaxy10 {report['release']}, {report['n_rows']} rows, "
         f"{report['image_size'][0]} x {report['image_size'][1]} px, {report['size_bytes']:,} bytes"
         + (" (SHA-256 verified)" if report["sha256"] else "")
     )
+
+    if report["source_splits"]:
+        console.print(
+            "Own splits: "
+            + ", ".join(f"{k} {v}" for k, v in report["source_splits"].items())
+            + f"; ids: {report['id_name']}"
+        )
 
     schema = Table(title="Schema")
     for col in ("key", "shape", "dtype", "NaN"):
@@ -273,3 +303,20 @@ def print_report(report: dict, console=None) -> None:
         f"{len(dupes['identical_image'])} identical-image groups ({c['identical_image']} conflicting); "
         f"{len(dupes['combined'])} groups in all, {c['combined']} of them conflicting."
     )
+    leaks = dupes["source_split_leaks"]
+    if leaks:
+        console.print(
+            f"[red]The dataset's own split leaks[/red]: {len(leaks)} duplicate group(s) span its splits "
+            "(prepare re-splits by content and keeps each group in one split):"
+        )
+        for g in leaks:
+            console.print(
+                f"  ids {', '.join(map(str, g['ids']))} in {', '.join(g['source_splits'])}, labels "
+                f"{', '.join(g['label_names'])}"
+                + (" [red](conflicting: dropped by prepare)[/red]" if g["conflict"] else "")
+            )
+    excluded = report["flux_excluded"]
+    if excluded:
+        console.print(f"{len(excluded)} row(s) left out for unusable flux (prepare excludes them from every split):")
+        for e in excluded:
+            console.print(f"  {report['id_name']} {e['id']} (row {e['row']}): {e['reason']}")

@@ -58,6 +58,10 @@ class Galaxy10File:
         self._images = handle["images"]
         self.n_rows, self.height, self.width, _ = self._images.shape
         self.labels = handle["ans"][()].astype(np.int64)  # N integers: small, and any integer width is accepted
+        self.ids = np.arange(self.n_rows, dtype=np.int64)  # a galaxy's source id is its row
+        self.id_name = "row"
+        self.source_splits = None  # one file, no splits of its own
+        self.format = "hdf5"
 
     # --- context manager ------------------------------------------------------------------------------------------
     def __enter__(self) -> Galaxy10File:
@@ -96,6 +100,22 @@ class Galaxy10File:
         bands = self._f["flux"].attrs.get("bands")
         return tuple(str(b.decode() if isinstance(b, bytes) else b) for b in bands) if bands is not None else FLUX_BANDS
 
+    @property
+    def flux_required(self) -> bool:
+        """Rows without finite flux stay in unless `--subset flux` asks otherwise."""
+        return False
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
     def schema(self) -> dict[str, dict]:
         """Each dataset's shape and dtype (and attributes worth showing), without reading its data."""
         out = {}
@@ -130,6 +150,40 @@ class Galaxy10File:
         if not self.has_flux:
             raise UserError(f"{self.path}: has no `flux` key")
         return self._read("flux", slice(int(start), int(stop)))
+
+    def image_rows(self, rows) -> np.ndarray:
+        """The images of rows in any order, (n, H, W, 3) uint8."""
+        return self._rows("images", rows)
+
+    def flux_rows(self, rows) -> np.ndarray:
+        """The `flux` of rows in any order, (n, bands, h, w) float32."""
+        if not self.has_flux:
+            raise UserError(f"{self.path}: has no `flux` key")
+        return self._rows("flux", rows)
+
+    def image_examples(self, rows) -> Iterator[tuple[int, np.ndarray]]:
+        """(row, image) for rows, read CHUNK_ROWS at a time."""
+        rows = np.asarray(rows, np.int64)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            chunk = rows[start : start + CHUNK_ROWS]
+            yield from zip(chunk.tolist(), self._rows("images", chunk))
+
+    def flux_reasons(self) -> dict[int, str]:
+        """Row -> why its `flux` is unusable (only non-finite rows; nothing without `flux`)."""
+        if not self.has_flux:
+            return {}
+        return {int(r): "NaN or infinite values in flux" for r in np.flatnonzero(~self.finite_flux_rows())}
+
+    def _rows(self, key: str, rows) -> np.ndarray:
+        rows = np.asarray(rows, np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise UserError(f"{self.path}:{key}: row {int(rows.max())} out of range for {self.n_rows} rows")
+        order = np.argsort(rows, kind="stable")
+        unique, inverse = np.unique(rows[order], return_inverse=True)
+        block = self._read(key, unique)[inverse]  # h5py wants increasing, unique indices
+        out = np.empty_like(block)
+        out[order] = block
+        return out
 
     def chunks(self, key: str = "images", chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, block) over the whole file, `chunk_rows` rows at a time: memory stays flat."""

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import atomic_path, sha256_bytes, sha256_file, sha256_json
-from .inspect import DEFAULT_RADIUS_ARCSEC, duplicate_groups
-from .reader import open_galaxy10
+from ..io import atomic_path, sha256_bytes, sha256_json
+from .inspect import DEFAULT_RADIUS_ARCSEC, describe_group, duplicate_groups, split_leaks
+from .sources import open_source
 
 MANIFEST_NAME = "manifest.json"
 _VERIFIED_MANIFESTS: set[str] = set()  # digests of manifest files whose hash this process has checked
@@ -36,7 +36,7 @@ SPLITS_DIR = "splits"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 SUBSETS = ("all", "flux")
-MANIFEST_VERSION = 2  # 2: one Arrow file per split (1 had save_to_disk directories)
+MANIFEST_VERSION = 3  # 3: source ids, exclusion reasons, source split leaks; 2: one Arrow file per split
 
 
 @dataclass
@@ -44,8 +44,10 @@ class Manifest:
     """A prepared split, as saved in `manifest.json`.
 
     Args:
-        source_path: The Galaxy10-schema HDF5 file split (absolute path at preparation time).
-        source_sha256: SHA-256 of that file: every later step checks its data against it.
+        source_path: The source split (absolute path at preparation time): a Galaxy10-schema HDF5 file or a
+            Hub-layout dataset directory (parquet, save_to_disk, a Hub cache snapshot).
+        source_sha256: SHA-256 of that file (HDF5), or the content fingerprint of the dataset (`HubSource.sha256`):
+            every later step checks its data against it.
         release: `decals` or `sdss`.
         classes: Class names, by label.
         n_source_rows: Rows in the source file.
@@ -54,12 +56,19 @@ class Manifest:
         radius_arcsec: Rows closer than this on the sky are one galaxy.
         subset: `all`, or `flux` (only rows with a finite multi-band flux cutout).
         include_rows_sha256: Hash of the row list a split was restricted to (e.g. the galaxy10-aion cross-match).
-        rows: Source rows of each split, in the split's (seeded, shuffled) order.
+        rows: Source rows of each split, in the split's (seeded, shuffled) order (for a dataset of several files,
+            positions in its files taken in split order: train, validation, test, then the rest by name).
         split_sha256: Per split, a hash of its rows' image hashes and labels in order: the content of the split.
         groups: Duplicate groups kept whole inside one split (source rows).
         dropped: Duplicate groups dropped because their labels conflict: rows and labels.
         excluded: Rows left out by the subset or the row list, counted (dropped rows are counted in `dropped`,
             unless the subset left them out already).
+        id_name: What a source id is: `row` (HDF5) or `Galaxy10_DECals_index` (galaxy10-aion).
+        ids: Source id of each split's rows, in the same order as `rows`: every kept galaxy by name.
+        excluded_rows: Rows left out for unusable flux, each `{row, id, reason}` (rows outside a row list or the
+            subset of an HDF5 file are only counted in `excluded`).
+        source_split_leaks: Duplicate groups that span the source's own splits (its train and test files):
+            `{rows, ids, source_splits, labels, conflict}`. Empty for a source without splits.
         hash: SHA-256 of everything above: the manifest's identity in every result.
     """
 
@@ -78,6 +87,10 @@ class Manifest:
     groups: list[list[int]]
     dropped: list[dict]
     excluded: int
+    id_name: str = "row"
+    ids: dict[str, list[int]] = field(default_factory=dict)
+    excluded_rows: list[dict] = field(default_factory=list)
+    source_split_leaks: list[dict] = field(default_factory=list)
     version: int = MANIFEST_VERSION
     hash: str = field(default="")
 
@@ -205,21 +218,26 @@ def make_manifest(
     include_rows=None,
     sha256: str | None = None,
 ) -> Manifest:
-    """Compute the split of a Galaxy10-schema file (nothing written)."""
+    """Compute the split of a source (an HDF5 file or a Hub-layout directory; nothing written)."""
     fractions = _parse_fractions(fractions)
     if subset not in SUBSETS:
         raise UserError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
     if not radius_arcsec >= 0:
         raise UserError(f"radius: must be >= 0 arcsec, got {radius_arcsec}")
-    source = Path(source)
-    with open_galaxy10(source, sha256=sha256) as g10:
-        labels, n = g10.labels, g10.n_rows
+    with open_source(source, sha256=sha256) as g10:
+        source = Path(g10.path)  # a Hub cache folder or repo id: the snapshot it resolved to
+        labels, n, ids, own_splits = g10.labels, g10.n_rows, g10.ids, g10.source_splits
         hashes = g10.image_hashes()
         keep = np.ones(n, bool)
-        if subset == "flux":
-            if not g10.has_flux:
-                raise UserError(f"{source}: subset=flux needs a `flux` key, and the file has none")
+        excluded_rows = []
+        if subset == "flux" and not g10.has_flux:
+            raise UserError(f"{source}: subset=flux needs a `flux` key, and the file has none")
+        if subset == "flux" or g10.flux_required:
             keep &= g10.finite_flux_rows()
+            if g10.flux_required:
+                excluded_rows = [
+                    {"row": r, "id": int(ids[r]), "reason": why} for r, why in sorted(g10.flux_reasons().items())
+                ]
         include_sha = None
         if include_rows is not None:
             wanted = _read_row_list(include_rows)
@@ -234,7 +252,11 @@ def make_manifest(
         ra, dec = g10.column("ra"), g10.column("dec")
         groups = duplicate_groups(ra, dec, hashes, radius_arcsec).combined
         release, classes = g10.release.name, list(g10.classes)
-    source_sha = sha256.strip().lower() if sha256 else sha256_file(source)
+        source_sha = sha256.strip().lower() if sha256 else g10.sha256()
+        id_name = g10.id_name
+    leaks = [describe_group(g, labels, classes, ids=ids, splits=own_splits) for g in split_leaks(groups, own_splits)]
+    for leak in leaks:
+        leak.pop("label_names")
 
     # Units: each duplicate group, and every other row alone. A group with conflicting labels is dropped whole,
     # even where the subset leaves out some of its rows: the kept label of a contradicted galaxy is suspect too.
@@ -244,7 +266,7 @@ def make_manifest(
     for g in groups:
         group_labels = labels[g]
         if len(set(group_labels.tolist())) > 1:
-            dropped.append({"rows": g.tolist(), "labels": group_labels.tolist()})
+            dropped.append({"rows": g.tolist(), "ids": ids[g].tolist(), "labels": group_labels.tolist()})
             keep[g] = False
         else:
             unit_of[g] = g[0]
@@ -293,6 +315,10 @@ def make_manifest(
         groups=kept_groups,
         dropped=dropped,
         excluded=excluded,
+        id_name=id_name,
+        ids={name: [int(ids[r]) for r in members] for name, members in split_rows.items()},
+        excluded_rows=excluded_rows,
+        source_split_leaks=leaks,
     )
 
 
@@ -302,46 +328,49 @@ def _features(classes):
     return Features({"image": Image(), "label": ClassLabel(names=list(classes)), "label_name": Value("string")})
 
 
-def _split_rows(source: Path, rows: list[int], classes: list[str], batch: int = 64):
-    """Generator of split examples, read from the HDF5 file a batch at a time (memory stays flat)."""
-    with open_galaxy10(source) as g10:
-        rows = np.asarray(rows, np.int64)
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            order = np.argsort(chunk)
-            block = g10._read("images", np.sort(chunk))  # h5py reads increasing indices
-            images = np.empty_like(block)
-            images[order] = block
-            for row, image in zip(chunk, images):
-                label = int(g10.labels[row])
-                yield {"image": image, "label": label, "label_name": classes[label]}
-
-
 def split_path(prepared_dir, name: str) -> Path:
     """The Arrow file holding one split's view."""
     return Path(prepared_dir) / SPLITS_DIR / f"{name}.arrow"
 
 
 def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
-    """One Arrow file per split under `out_dir/splits/`, streamed from the source file.
+    """One Arrow file per split under `out_dir/splits/`, streamed from the source.
 
-    Written with datasets' own `ArrowWriter`, a batch at a time, straight to its place: no builder cache and no
-    `save_to_disk` copy, whose read-back through a memory map makes the resident set grow with the split.
+    The source is read once in its own order (a parquet row group or an HDF5 chunk at a time) into a staging Arrow
+    file; each split is then taken from its memory map in the split's order. Written with datasets' own
+    `ArrowWriter`, a batch at a time: no builder cache, no `save_to_disk` copy, memory flat in the number of rows.
     """
+    import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
     features = _features(manifest.classes)
     (out_dir / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
-    for name, rows in manifest.rows.items():
-        examples = _split_rows(Path(manifest.source_path), rows, manifest.classes)
+    rows = np.unique(
+        np.concatenate([np.asarray(r, np.int64) for r in manifest.rows.values()] + [np.empty(0, np.int64)])
+    )
+    staging = out_dir / "staging.arrow"
+    with open_source(manifest.source_path) as g10:
+        examples = g10.image_examples(rows)
         if progress:
             from rich.progress import track
 
-            examples = track(examples, total=len(rows), description=f"writing {name}")
-        with ArrowWriter(features=features, path=str(split_path(out_dir, name)), writer_batch_size=64) as writer:
-            for example in examples:
-                writer.write(features.encode_example(example))
+            examples = track(examples, total=len(rows), description="reading images")
+        with ArrowWriter(features=features, path=str(staging), writer_batch_size=64) as writer:
+            for row, image in examples:
+                label = int(g10.labels[row])
+                writer.write(
+                    features.encode_example({"image": image, "label": label, "label_name": manifest.classes[label]})
+                )
             writer.finalize()
+    table = pa.ipc.open_stream(pa.memory_map(str(staging))).read_all()
+    for name, split in manifest.rows.items():
+        positions = np.searchsorted(rows, np.asarray(split, np.int64))
+        with ArrowWriter(features=features, path=str(split_path(out_dir, name)), writer_batch_size=64) as writer:
+            for start in range(0, len(positions), 64):
+                writer.write_table(table.take(pa.array(positions[start : start + 64])))
+            writer.finalize()
+    del table
+    staging.unlink()
 
 
 def prepare(
