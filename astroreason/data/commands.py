@@ -7,17 +7,24 @@ import json
 from ..errors import UserError, seed
 from ..io import check_writable
 
+SOURCE_HELP = (
+    "file or directory: a Galaxy10-schema HDF5 file, a Hub-layout dataset directory (data/<split>-*.parquet, e.g. "
+    "galaxy10-aion), a datasets save_to_disk directory, a local Hub cache folder (datasets--owner--name) or a "
+    "cached repo id (owner/name, offline)"
+)
+
 
 def add_parser(subparsers) -> None:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .download import DEFAULT_DIR, RELEASES
     from .inspect import DEFAULT_RADIUS_ARCSEC
     from .splits import DEFAULT_FRACTIONS, SUBSETS
+    from .surrogate import LAYOUTS
 
     parser = subparsers.add_parser("data", help="Galaxy10 data: surrogate, inspection, splits, download")
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    p = sub.add_parser("synth", help="write a GalSim surrogate of Galaxy10 DECaLS (HDF5, same schema)")
-    p.add_argument("--out", required=True, help="HDF5 file to write")
+    p = sub.add_parser("synth", help="write a GalSim surrogate of Galaxy10 DECaLS (HDF5, or the galaxy10-aion layout)")
+    p.add_argument("--out", required=True, help="HDF5 file to write (a new directory for --layout galaxy10-aion)")
     p.add_argument("--n", type=int, default=2000, help="rows (default 2000)")
     p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the surrogate's galaxies (default 0)")
@@ -25,10 +32,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
     p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: available cores)")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="hdf5",
+        help="hdf5 (Galaxy10_DECals.h5 schema) or galaxy10-aion (data/train|test-*.parquet: image_rgb, "
+        "image_bands flux, ra, dec, Galaxy10_DECals_index, label, label_name); default hdf5",
+    )
+    p.add_argument(
+        "--traps",
+        action="store_true",
+        help="galaxy10-aion layout: plant exact duplicates with conflicting labels (one across train/test), "
+        "a near pair across train/test and NaN/inf flux rows (listed in planted.json)",
+    )
     p.set_defaults(func=run_synth)
 
     p = sub.add_parser("inspect", help="schema, class counts, row order, NaNs, duplicate groups and label conflicts")
-    p.add_argument("file", help="Galaxy10-schema HDF5 file")
+    p.add_argument("file", help=SOURCE_HELP)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--radius",
@@ -36,11 +56,11 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_RADIUS_ARCSEC,
         help=f"near-duplicate radius on the sky, arcsec (default {DEFAULT_RADIUS_ARCSEC})",
     )
-    p.add_argument("--sha256", help="verify the file's SHA-256 first")
+    p.add_argument("--sha256", help="verify the file's SHA-256 (a directory's content fingerprint) first")
     p.set_defaults(func=run_inspect)
 
     p = sub.add_parser("prepare", help="seeded, stratified, deduplicated splits and their datasets views")
-    p.add_argument("file", help="Galaxy10-schema HDF5 file")
+    p.add_argument("file", help=SOURCE_HELP)
     p.add_argument("--out", required=True, help="prepared directory to write")
     p.add_argument("--seed", type=seed, default=0, help="seed of the split shuffle (default 0)")
     p.add_argument(
@@ -60,7 +80,7 @@ def add_parser(subparsers) -> None:
         help="file of source row indices to keep (one per line, or .npy), e.g. the "
         "rows a flux cross-match covers, so both modalities split the same galaxies",
     )
-    p.add_argument("--sha256", help="verify the file's SHA-256 first")
+    p.add_argument("--sha256", help="verify the file's SHA-256 (a directory's content fingerprint) first")
     p.set_defaults(func=run_prepare)
 
     p = sub.add_parser("download", help="fetch Galaxy10 from Zenodo, checksum-verified")
@@ -81,7 +101,7 @@ def run_synth(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .surrogate import synthesize
 
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", directory=args.layout != "hdf5")
     path = synthesize(
         args.out,
         n=args.n,
@@ -92,8 +112,11 @@ def run_synth(args) -> int:
         flux_size=args.flux_size,
         workers=args.workers,
         progress=True,
+        layout=args.layout,
+        traps=args.traps,
     )
-    print(f"wrote {path} ({args.n} galaxies, {args.size} px{', with flux' if args.flux else ''})")
+    flux = args.flux or args.layout != "hdf5"
+    print(f"wrote {path} ({args.n} galaxies, {args.size} px{', with flux' if flux else ''}, layout {args.layout})")
     return 0
 
 
@@ -136,6 +159,13 @@ def run_prepare(args) -> int:
         f"{len(m.dropped)} conflicting groups dropped ({sum(len(d['rows']) for d in m.dropped)} rows), "
         f"{m.excluded} rows outside the subset; manifest {m.hash[:12]}"
     )
+    for e in m.excluded_rows:
+        print(f"  excluded {m.id_name} {e['id']}: {e['reason']}")
+    if m.source_split_leaks:
+        print(
+            f"  the source's own split leaks: {len(m.source_split_leaks)} duplicate group(s) span its splits "
+            "(here each is kept in one split, or dropped when its labels conflict)"
+        )
     return 0
 
 

@@ -62,6 +62,7 @@ class Galaxy10File:
         self.id_name = "row"
         self.source_splits = None  # one file, no splits of its own
         self.format = "hdf5"
+        self.flux_key, self.image_key = "flux", "images"
 
     # --- context manager ------------------------------------------------------------------------------------------
     def __enter__(self) -> Galaxy10File:

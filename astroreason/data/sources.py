@@ -32,9 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..io import sha256_file
 from .galaxy10 import DECALS_CLASSES, FLUX_BANDS
-from .reader import CHUNK_ROWS, DECALS, Galaxy10File, open_galaxy10
+from .reader import CHUNK_ROWS, DECALS, open_galaxy10
 
 IMAGE_COLUMNS = ("image_rgb", "image")  # galaxy10-aion's RGB, then the plain Galaxy10 copy's
 FLUX_COLUMN = "image_bands"
@@ -315,6 +314,7 @@ class HubSource:
             odd = next(p for p, n in zip(self.parts, names) if n != names[0])
             raise UserError(f"{odd.path}: columns {sorted(odd.schema.names)} differ from {self.parts[0].path}'s")
         self.image_column = next((c for c in IMAGE_COLUMNS if c in self.columns), None)
+        self.image_key, self.flux_key = self.image_column, FLUX_COLUMN
         if self.image_column is None:
             raise UserError(f"{self.path}: missing column `image_rgb` (or `image`) (has: {', '.join(self.columns)})")
         if "label" not in self.columns:
@@ -578,13 +578,6 @@ class HubSource:
 
     def sha256(self) -> str:
         return self.scan().sha256
-
-
-def source_sha256(source) -> str:
-    """The hash a manifest records for a source: the file's SHA-256 (HDF5) or the content fingerprint."""
-    if isinstance(source, Galaxy10File):
-        return sha256_file(source.path)
-    return source.sha256()
 
 
 def _first_line(err: BaseException) -> str:

@@ -10,6 +10,12 @@ Schema (as the real file, plus the optional `flux`):
   ra, dec  (N,) float64 degrees              redshift (N,) float64, some NaN
   pxscale  (N,) float64 arcsec/pixel         flux     (N, 4, flux_size, flux_size) float32 nanomaggies
 Every row is seeded from (seed, row of the unsorted draw): the output does not depend on `workers`.
+
+`layout="galaxy10-aion"` writes the same galaxies as the public galaxy10-aion dataset lays them out instead: a
+directory with data/train-00000-of-00001.parquet and data/test-00000-of-00001.parquet, columns `image_rgb` (PNG),
+`image_bands` (g,r,i,z nanomaggies, 4 x flux_size x flux_size), `ra`, `dec`, `Galaxy10_DECals_index` (the row the
+HDF5 layout of the same seed has the galaxy at), `label`, `label_name`. `traps=True` plants what a naive split of it
+would trip on (see `plant_traps`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from .morphology import BANDS, SKY_SIGMA, draw_galaxy, render
 
 REDSHIFT_NAN_FRACTION = 0.08  # rows without a redshift (the real file has some NaN; its fraction is not recorded here)
 _CHUNK = 32  # rows per task: memory stays flat however large n is
-_STREAM_LABELS, _STREAM_SKY = 1, 2  # seed streams beside the per-row ones
+_STREAM_LABELS, _STREAM_SKY, _STREAM_SPLIT = 1, 2, 3  # seed streams beside the per-row ones
+LAYOUTS = ("hdf5", "galaxy10-aion")
+AION_TEST_FRACTION = 796 / 17736  # the public galaxy10-aion's test share
+NEAR_ARCSEC = 2.0  # the planted near pair's separation
 
 
 def class_counts(n: int) -> np.ndarray:
@@ -127,20 +136,29 @@ def synthesize(
     flux_size: int = 96,
     workers: int | None = None,
     progress: bool = False,
+    layout: str = "hdf5",
+    traps: bool = False,
 ) -> Path:
     """Write a Galaxy10 DECaLS surrogate of `n` rows to `out` (HDF5, atomically) and return its path.
 
     `size` is the RGB side in pixels; the field of view stays Galaxy10's 67" (pxscale = 0.262 * 256 / size).
     `sort_by_class` orders rows by class (then RA), as the real file is. `flux` adds g, r, i, z nanomaggies of the
     same galaxies at 0.262"/pixel, `flux_size` pixels square. `workers` processes render in parallel (default:
-    the available cores); the bytes written do not depend on it.
+    the available cores); the bytes written do not depend on it. `layout` `galaxy10-aion` writes a parquet
+    directory instead (flux always, see the module doc); `traps` plants its hazards (galaxy10-aion layout only).
     """
     out = Path(out)
+    if layout not in LAYOUTS:
+        raise UserError(f"synth: layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if traps and layout != "galaxy10-aion":
+        raise UserError("synth: traps are planted in the galaxy10-aion layout only")
     for name, value, low in (("n", n, 1), ("size", size, 16), ("flux_size", flux_size, 16)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise UserError(f"synth: {name} must be an integer >= {low}, got {value!r}")
-    if out.is_dir():
+    if layout == "hdf5" and out.is_dir():
         raise UserError(f"{out}: is a directory; give the HDF5 file to write")
+    if layout == "galaxy10-aion" and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out}: exists and is not an empty directory; give a new directory to write")
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if n >= 4 * _CHUNK else 1
     if workers < 1:
@@ -150,8 +168,11 @@ def synthesize(
     labels = np.random.default_rng([seed, _STREAM_LABELS]).permutation(np.repeat(np.arange(len(counts)), counts))
     ra, dec = sky_positions(n, np.random.default_rng([seed, _STREAM_SKY]))
     order = np.lexsort((ra, labels)) if sort_by_class else np.arange(n)
-    fsize = flux_size if flux else None
+    fsize = flux_size if flux or layout == "galaxy10-aion" else None
     tasks = [(order[i : i + _CHUNK], labels[order[i : i + _CHUNK]], seed, size, fsize) for i in range(0, n, _CHUNK)]
+    if layout == "galaxy10-aion":
+        rendered = _map(tasks, workers, progress)
+        return _write_aion(out, rendered, labels[order], ra[order], dec[order], seed=seed, traps=traps)
 
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["source"] = "astroreason GalSim surrogate of Galaxy10 DECaLS"
@@ -175,6 +196,106 @@ def synthesize(
             images[rows], redshift[rows] = img, z
             if flux:
                 flux_ds[rows] = flx
+    return out
+
+
+def aion_features():
+    """The galaxy10-aion columns as `datasets` features: what its parquet files declare."""
+    # lazy: datasets is only needed to write the Hub layout
+    from datasets import Features, Image, List, Value
+
+    return Features(
+        {
+            "image_rgb": Image(),
+            "image_bands": List(List(List(Value("float32")))),
+            "ra": Value("float64"),
+            "dec": Value("float64"),
+            "Galaxy10_DECals_index": Value("int64"),
+            "label": Value("int64"),
+            "label_name": Value("string"),
+        }
+    )
+
+
+def aion_test_rows(n: int, seed: int) -> np.ndarray:
+    """Which Galaxy10 rows go to galaxy10-aion's test file: a seeded draw of its test share (at least one)."""
+    k = max(1, round(n * AION_TEST_FRACTION)) if n > 1 else 0
+    return np.sort(np.random.default_rng([seed, _STREAM_SPLIT]).choice(n, k, replace=False))
+
+
+def plant_traps(test: np.ndarray, labels: np.ndarray, ra: np.ndarray, dec: np.ndarray) -> dict:
+    """Hazards planted in place (labels and positions changed, flux spoiled later), as the real sets have them.
+
+    - an exact sky duplicate across the dataset's own train and test files, with conflicting labels;
+    - an exact duplicate inside train, conflicting;
+    - a near pair (NEAR_ARCSEC apart) across train and test, same class;
+    - a row whose flux holds a NaN, and one whose flux holds an infinity.
+    Returns the Galaxy10 rows of each, so a caller (or a test) knows what to look for.
+    """
+    train = np.setdiff1d(np.arange(len(labels)), test)
+    if len(test) < 2 or len(train) < 6:
+        raise UserError("synth: traps need at least 6 train and 2 test rows; raise --n")
+    a, b, c, d, e, f = (int(r) for r in train[:6])
+    t1, t2 = int(test[0]), int(test[1])
+    for copy, of in ((t1, a), (c, b)):  # exact, conflicting
+        ra[copy], dec[copy] = ra[of], dec[of]
+        labels[copy] = (labels[of] + 1) % len(DECALS_CLASSES)
+    ra[t2], dec[t2] = ra[d] + NEAR_ARCSEC / 3600 / math.cos(math.radians(dec[d])), dec[d]
+    labels[t2] = labels[d]
+    return {"exact_across": [a, t1], "exact_train": [b, c], "near_across": [d, t2], "nan_flux": e, "inf_flux": f}
+
+
+def _write_aion(out: Path, rendered, labels, ra, dec, *, seed: int, traps: bool) -> Path:
+    """Write rendered chunks (in Galaxy10 row order) as galaxy10-aion's train and test parquet files."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    labels, ra, dec = labels.copy(), ra.copy(), dec.copy()
+    test = aion_test_rows(len(labels), seed)
+    planted = plant_traps(test, labels, ra, dec) if traps else {}
+    is_test = np.zeros(len(labels), bool)
+    is_test[test] = True
+    features = aion_features()
+    schema = features.arrow_schema
+    with atomic_path(out) as tmp:
+        (tmp / "data").mkdir(parents=True)
+        writers = {
+            name: pq.ParquetWriter(tmp / "data" / f"{name}-00000-of-00001.parquet", schema)
+            for name in ("train", "test")
+        }
+        row = 0
+        for images, flux, _ in rendered:
+            rows = np.arange(row, row + len(images))
+            row += len(images)
+            flux = flux.copy()
+            for r, bad in ((planted.get("nan_flux"), np.nan), (planted.get("inf_flux"), np.inf)):
+                if r is not None and rows[0] <= r < rows[-1] + 1:
+                    flux[r - rows[0], 1, 0, 0] = bad
+            pngs = []
+            for img in images:
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                pngs.append({"bytes": buf.getvalue(), "path": None})
+            batch = {
+                "image_rgb": pngs,
+                "image_bands": [f.tolist() for f in flux],
+                "ra": ra[rows].tolist(),
+                "dec": dec[rows].tolist(),
+                "Galaxy10_DECals_index": rows.tolist(),
+                "label": labels[rows].astype(np.int64).tolist(),
+                "label_name": [DECALS_CLASSES[c] for c in labels[rows]],
+            }
+            table = pa.Table.from_pydict(batch, schema=schema)
+            for name, mask in (("train", ~is_test[rows]), ("test", is_test[rows])):
+                if mask.any():
+                    writers[name].write_table(table.filter(pa.array(mask)))
+        for w in writers.values():
+            w.close()
+        if planted:
+            (tmp / "planted.json").write_text(json.dumps(planted, indent=1) + "\n")
     return out
 
 

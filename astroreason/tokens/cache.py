@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.sources import open_source
 from ..data.splits import load_manifest, load_split
 from ..errors import UserError
 from ..io import atomic_path, sha256_file, write_json_atomic
-from .codec import Codec, check_bands, load_codec, read_inputs
+from .codec import Codec, check_bands, input_key, load_codec, read_inputs
 from .render import check_rendering, render
 
 CODES_NAME = "codes.safetensors"
@@ -51,9 +52,24 @@ def _file_stat(path) -> dict:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _source_stat(source) -> dict:
+    """What `_unchanged` compares later: the HDF5 file's stat, or the stat of every file of a dataset directory."""
+    if source.format == "hdf5":
+        return _file_stat(source.path)
+    return {"path": str(Path(source.path).resolve()), "files": [_file_stat(f) for f in source.files]}
+
+
 def _unchanged(recorded: dict, sha256: str) -> bool:
-    """A file still holds what was recorded: same size and mtime, or else (touched, copied) the same SHA-256."""
+    """A source still holds what was recorded: same sizes and mtimes, or else (touched, copied) the same hash."""
     path = Path(recorded["path"])
+    if "files" in recorded:  # a dataset directory: its files' stats, else its content fingerprint
+        if all(Path(f["path"]).is_file() and _file_stat(f["path"]) == f for f in recorded["files"]):
+            return True
+        try:
+            with open_source(path) as source:
+                return source.sha256() == sha256
+        except UserError:
+            return False
     if not path.is_file():
         return False
     st = path.stat()
@@ -93,11 +109,20 @@ def _key(manifest, codec: Codec) -> dict:
 
 
 def encode_prepared(
-    prepared_dir, codec, *, out=None, flux_source=None, batch_size: int = 256, force: bool = False
+    prepared_dir,
+    codec,
+    *,
+    out=None,
+    flux_source=None,
+    batch_size: int = 256,
+    force: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Encode every row of a prepared manifest once and write the cache (atomically); returns its directory.
 
-    The codec's input comes from the source file's `flux` key (flux codecs) or `images` key (rgb codecs), or, with
+    The codec's input is read from the source (`open_source`: an HDF5 file or a Hub-layout dataset): its flux (the
+    `flux` key, galaxy10-aion's `image_bands`) for flux codecs, its images (`images`, `image_rgb`) for rgb codecs,
+    a batch at a time (`progress`: a bar over the batches). Or, with
     `flux_source`, from a local galaxy10-aion copy joined by Galaxy10 row: rows without flux are left out, and a
     row whose label there disagrees with the source file's is refused. An up-to-date cache is kept unless `force`; a cache at `out` made for other data or another codec is
     refused (one line) unless `force`, so stale codes are never served and a shared cache is never clobbered.
@@ -116,19 +141,35 @@ def encode_prepared(
         except UserError as err:
             # Never overwrite silently: the cache may serve another prepared directory or codec.
             raise UserError(f"{err} (or pass --force to overwrite {out})") from None
-    source = _source_path(manifest, prepared_dir)
-    if not source.is_file():
-        raise UserError(f"{source}: source data file of {prepared_dir} not found")
-    if sha256_file(source) != manifest.source_sha256:
-        raise UserError(f"{source}: changed since {prepared_dir} was prepared (SHA-256 differs); prepare it again")
-    rows = manifest_rows(manifest)
-    meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
-    meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())
-    meta.update(prepared_dir=str(prepared_dir.resolve()), source=_file_stat(source))
+    source_path = _source_path(manifest, prepared_dir)
+    if not source_path.exists():
+        raise UserError(f"{source_path}: source data of {prepared_dir} not found")
+    with open_source(source_path) as source:
+        if source.sha256() != manifest.source_sha256:
+            raise UserError(
+                f"{source_path}: changed since {prepared_dir} was prepared (its hash differs); prepare it again"
+            )
+        rows = manifest_rows(manifest)
+        meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
+        meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())
+        meta.update(prepared_dir=str(prepared_dir.resolve()), source=_source_stat(source))
+        rows, codes = _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, progress)
+    meta["n_rows"] = int(len(rows))
+    meta["n_manifest_rows"] = int(len(manifest_rows(manifest)))
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        save_file({"rows": rows.astype(np.int64), "codes": codes.astype(np.int32)}, str(tmp / CODES_NAME))
+        write_json_atomic(tmp / META_NAME, meta)
+    return out
+
+
+def _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, progress):
+    """(rows encoded, their codes): from the source itself, or from a galaxy10-aion copy joined by Galaxy10 row."""
     if flux_source is None:
+        key = input_key(source, codec.input_spec)
         batches = read_inputs(source, rows, codec.input_spec, batch_size=batch_size)
-        where = f"{source}:{codec.input_spec.h5_key}"
-        meta["input"] = f"source:{codec.input_spec.h5_key}"
+        where = f"{source.path}:{key}"
+        meta["input"] = f"source:{key}"
     else:
         # lazy: optional extra (polymathic-aion)
         from .aion import Galaxy10AionFlux
@@ -148,33 +189,34 @@ def encode_prepared(
         where = f"{flux.path}:{flux.flux_column}"
         meta["input"] = "galaxy10-aion"
         meta["flux_source"] = {**flux.fingerprint(), "files": [_file_stat(f) for f in flux.files]}
-    codes = (
-        np.concatenate([codec.encode(b, source=where) for b in batches])
-        if len(rows)
-        else np.zeros((0, *codec.grid_shape), np.int32)
-    )
-    meta["n_rows"] = int(len(rows))
-    meta["n_manifest_rows"] = int(len(manifest_rows(manifest)))
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        save_file({"rows": rows.astype(np.int64), "codes": codes.astype(np.int32)}, str(tmp / CODES_NAME))
-        write_json_atomic(tmp / META_NAME, meta)
-    return out
+    if not len(rows):
+        return rows, np.zeros((0, *codec.grid_shape), np.int32)
+    if progress:
+        # lazy: rich only when a command asks for the bar
+        from rich.console import Console
+        from rich.progress import track
+
+        # On stderr and transient: a terminal sees it while it runs; stdout keeps only the command's summary line.
+        batches = track(
+            batches,
+            total=-(-len(rows) // batch_size),
+            description=f"encoding with {codec.name}",
+            console=Console(stderr=True),
+            transient=True,
+        )
+    return rows, np.concatenate([codec.encode(b, source=where) for b in batches])
 
 
 def _check_labels(flux, positions, source, rows) -> None:
     """The join is by row index: a label that disagrees with the source file means the index is not Galaxy10's."""
     if flux.labels is None:
         return
-    import h5py
-
-    with h5py.File(source, "r") as f:
-        ans = np.asarray(f["ans"][np.asarray(rows)]).astype(np.int64)
+    ans = source.labels[np.asarray(rows)]
     bad = np.flatnonzero(flux.labels[positions] != ans)
     if len(bad):
         i = bad[0]
         raise UserError(
-            f"{flux.path}: {len(bad)} of {len(rows)} joined galaxies disagree on the label with {source} "
+            f"{flux.path}: {len(bad)} of {len(rows)} joined galaxies disagree on the label with {source.path} "
             f"(Galaxy10 row {int(rows[i])}: {int(flux.labels[positions[i]])} vs {int(ans[i])}); is {flux.index_column} a Galaxy10 row index?"
         )
 

@@ -9,6 +9,7 @@ directory.
 from __future__ import annotations
 
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -18,6 +19,7 @@ from typing import Literal
 import numpy as np
 
 from ..data.galaxy10 import FLUX_BANDS
+from ..data.sources import open_source
 from ..errors import UserError
 
 CONFIG_NAME = "codec.json"
@@ -178,13 +180,41 @@ def _resize_rgb(images: np.ndarray, size: int) -> np.ndarray:
     return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def read_inputs(path, rows: Sequence[int], spec: InputSpec, *, batch_size: int = 256) -> Iterator[np.ndarray]:
-    """Yield the codec's input for Galaxy10-schema HDF5 rows, in the order given, `batch_size` rows at a time.
+def read_inputs(source, rows: Sequence[int], spec: InputSpec, *, batch_size: int = 256) -> Iterator[np.ndarray]:
+    """Yield the codec's input for source rows, in the order given, `batch_size` rows at a time.
 
-    Reads lazily (h5py, sorted indices per batch): a real 3 GB file is never loaded whole. The `flux` key's band
-    names come from its `bands` attribute (the file's, else the key's); without one, the schema order
-    (DES-G, DES-R, DES-I, DES-Z) is assumed.
+    `source` is a path `open_source` opens (a Galaxy10-schema HDF5 file, a Hub-layout dataset such as galaxy10-aion)
+    or a source already open. A flux codec reads the `flux` key (HDF5) or the `image_bands` column; an rgb codec
+    the `images` key or the `image_rgb` (`image`) column. Reads lazily: a 3 GB file is never loaded whole. Band
+    names come from the `flux` key's `bands` attribute; without one (and for galaxy10-aion) g, r, i, z is assumed.
     """
+    if getattr(source, "format", None) == "hdf5":
+        source = source.path  # the one key read directly, as for a path
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        yield from _read_hdf5_inputs(source, rows, spec, batch_size=batch_size)
+        return
+    if isinstance(source, (str, os.PathLike)):
+        with open_source(source) as src:
+            yield from read_inputs(src, rows, spec, batch_size=batch_size)
+        return
+    src = source
+    if spec.kind == "flux":
+        if not src.has_flux:
+            raise UserError(
+                f"{src.path}: no `{src.flux_key}` data; a flux codec needs it (keys: {', '.join(sorted(src.keys))})"
+            )
+        check_bands(list(src.flux_bands), spec, source=f"{src.path}:{src.flux_key}")
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= src.n_rows):
+        bad = int(rows.max() if rows.max() >= src.n_rows else rows.min())
+        raise UserError(f"{src.path}: row {bad} out of range for {src.n_rows} rows")
+    read = src.flux_rows if spec.kind == "flux" else src.image_rows
+    for start in range(0, len(rows), batch_size):
+        yield read(rows[start : start + batch_size])
+
+
+def _read_hdf5_inputs(path, rows: Sequence[int], spec: InputSpec, *, batch_size: int) -> Iterator[np.ndarray]:
+    """`read_inputs` for an HDF5 path: only the one key is needed (the file need not carry the full schema)."""
     import h5py
 
     path = Path(path)
@@ -211,6 +241,11 @@ def read_inputs(path, rows: Sequence[int], spec: InputSpec, *, batch_size: int =
             out = np.empty_like(block)
             out[order] = block
             yield out
+
+
+def input_key(source, spec: InputSpec) -> str:
+    """The key or column of `source` a codec of `spec` reads (for messages and the cache's record)."""
+    return source.flux_key if spec.kind == "flux" else source.image_key
 
 
 def read_config(path) -> dict:

@@ -205,7 +205,13 @@ def run_encode(args) -> int:
         check_writable(args.out, "--out", directory=True)
     codec = load_codec(args.codec)
     out = encode_prepared(
-        args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force
+        args.data,
+        codec,
+        out=args.out,
+        flux_source=args.flux_source,
+        batch_size=args.batch_size,
+        force=args.force,
+        progress=True,
     )
     cache = load_codes(out, codec, prepared_dir=args.data)
     meta = json.loads((Path(out) / META_NAME).read_text())
