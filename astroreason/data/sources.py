@@ -76,7 +76,9 @@ def _resolve_dir(path: Path, text: str) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(text, repo_type="dataset", local_files_only=True))
+        # HF_HUB_CACHE read now, not when huggingface_hub was first imported
+        cache = os.environ.get("HF_HUB_CACHE") or None
+        return Path(snapshot_download(text, repo_type="dataset", local_files_only=True, cache_dir=cache))
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError, OSError):
         raise UserError(
             f"{text}: no such file or directory, and no dataset of that id in the local Hub cache "
