@@ -31,7 +31,7 @@ import numpy as np
 
 from ..arms import ArmSettings, build_arm
 from ..data.inspect import duplicate_groups, ordering
-from ..data.reader import open_galaxy10
+from ..data.sources import open_source
 from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
 from ..errors import UserError
 from ..evaluation.backends import SamplingSettings, TransformersBackend
@@ -115,7 +115,7 @@ class SplitData:
 
 def load_split_data(manifest) -> SplitData:
 
-    with open_galaxy10(manifest.source_path) as g10:
+    with open_source(manifest.source_path) as g10:
         columns = {k: c for k in ("ra", "dec", "redshift", "pxscale") if (c := g10.column(k)) is not None}
         return SplitData(manifest, g10.labels, g10.image_hashes(), columns)
 

@@ -194,7 +194,7 @@ def _find_parts(root: Path) -> tuple[str, list]:
             f"{root}: is a directory with no dataset in it (neither parquet files, e.g. data/train-00000-of-00001.parquet, "
             "nor a datasets save_to_disk directory)"
         )
-    named = [(_parquet_split(f), f) for f in files]
+    named = [(_parquet_split(f, root), f) for f in files]
     return "parquet", [_ParquetPart(f, s) for s, f in sorted(named, key=lambda sf: (_split_key(sf[0]), str(sf[1])))]
 
 
@@ -301,7 +301,9 @@ class _Scan:
 class HubSource:
     """A dataset in a Hub layout (parquet or save_to_disk), opened and checked; rows read on demand."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, images: bool = True, flux_columns: tuple[str, ...] = (FLUX_COLUMN,)):
+        """`images=False` opens a flux table (e.g. a galaxy10-aion copy joined to an HDF5 file): no image column
+        and no label needed; the flux column is the first of `flux_columns` present."""
         self.path = Path(root)
         self.format, self.parts = _find_parts(self.path)
         if not self.parts:
@@ -316,20 +318,21 @@ class HubSource:
             odd = next(p for p, n in zip(self.parts, names) if n != names[0])
             raise UserError(f"{odd.path}: columns {sorted(odd.schema.names)} differ from {self.parts[0].path}'s")
         self.image_column = next((c for c in IMAGE_COLUMNS if c in self.columns), None)
-        self.image_key, self.flux_key = self.image_column, FLUX_COLUMN
-        if self.image_column is None:
+        self.flux_key = next((c for c in flux_columns if c in self.columns), flux_columns[0])
+        self.image_key = self.image_column
+        if images and self.image_column is None:
             raise UserError(f"{self.path}: missing column `image_rgb` (or `image`) (has: {', '.join(self.columns)})")
-        if "label" not in self.columns:
+        if images and "label" not in self.columns:
             raise UserError(f"{self.path}: missing column `label` (has: {', '.join(self.columns)})")
         self.release = DECALS
-        self.labels = self._labels()
+        self.labels = self._labels() if "label" in self.columns else None
         self.ids = self._ids()
         self.id_name = ID_COLUMN if ID_COLUMN in self.columns else "row"
         self.source_splits = np.repeat(
             np.asarray([p.split for p in self.parts], dtype=object), [p.n_rows for p in self.parts]
         )
         self._check_pair("ra", "dec")
-        self.height, self.width = self.image(0).shape[:2]
+        self.height, self.width = self.image(0).shape[:2] if images else (None, None)
         self._scan: _Scan | None = None
 
     # --- context manager ------------------------------------------------------------------------------------------
@@ -340,7 +343,9 @@ class HubSource:
         self.close()
 
     def close(self) -> None:
-        self.parts = self.parts  # memory maps close when the tables are collected
+        for part in self.parts:  # parquet handles; Arrow memory maps close when their tables are collected
+            if hasattr(part, "file"):
+                part.file.close()
 
     def __len__(self) -> int:
         return self.n_rows
@@ -356,7 +361,7 @@ class HubSource:
 
     @property
     def has_flux(self) -> bool:
-        return FLUX_COLUMN in self.columns
+        return self.flux_key in self.columns
 
     @property
     def flux_required(self) -> bool:
@@ -444,10 +449,6 @@ class HubSource:
         return values.astype(np.float64)
 
     # --- row access -----------------------------------------------------------------------------------------------
-    def _locate(self, row: int) -> tuple[int, int]:
-        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
-        return k, int(row - self.offsets[k])
-
     def _runs(self, rows: np.ndarray) -> Iterator[tuple[int, int, int, np.ndarray]]:
         """For rows in any order: (part, block first, block stop, local rows, their positions in `rows`) per row group
         touched, in file order."""
@@ -473,9 +474,7 @@ class HubSource:
         for k, first, stop, local, where in self._runs(rows):
             block = self.parts[k].read(column, first, stop)
             picked = block.take(pa.array(local - first))
-            for i, value in zip(
-                where, _storage(picked).combine_chunks() if column == FLUX_COLUMN else picked.to_pylist()
-            ):
+            for i, value in zip(where, picked.to_pylist()):
                 out[i] = value
         return out
 
@@ -504,14 +503,14 @@ class HubSource:
     def flux_rows(self, rows) -> np.ndarray:
         """Flux of rows (any order) as (n, 4, H, W) float32 nanomaggies (NaN where a row has none)."""
         if not self.has_flux:
-            raise UserError(f"{self.path}: has no `{FLUX_COLUMN}` column")
+            raise UserError(f"{self.path}: has no `{self.flux_key}` column")
         import pyarrow as pa
 
         rows = np.asarray(rows, np.int64)
         out = None
         for k, first, stop, local, where in self._runs(rows):
-            block = self.parts[k].read(FLUX_COLUMN, first, stop).take(pa.array(local - first))
-            flux, _ = _flux_block(block, f"{self.parts[k].path}: `{FLUX_COLUMN}`")
+            block = self.parts[k].read(self.flux_key, first, stop).take(pa.array(local - first))
+            flux, _ = _flux_block(block, f"{self.parts[k].path}: `{self.flux_key}`")
             if out is None:
                 out = np.empty((len(rows), *flux.shape[1:]), np.float32)
             out[where] = flux
@@ -547,7 +546,7 @@ class HubSource:
             images = [_decode_png(v, where) for v in part.read(self.image_column, a, b).to_pylist()]
             flux = null = None
             if self.has_flux:
-                flux, null = _flux_block(part.read(FLUX_COLUMN, a, b), f"{part.path}: `{FLUX_COLUMN}`")
+                flux, null = _flux_block(part.read(self.flux_key, a, b), f"{part.path}: `{self.flux_key}`")
             for i, img in enumerate(images):
                 row = start + i
                 h = hashlib.sha256(np.ascontiguousarray(img).data).hexdigest()
@@ -558,11 +557,11 @@ class HubSource:
                     cut = flux[i]
                     digest.update(np.ascontiguousarray(cut).data)
                     if null[i]:
-                        reasons[row] = f"no {FLUX_COLUMN} (null)"
+                        reasons[row] = f"no {self.flux_key} (null)"
                     elif not np.isfinite(cut).all():
                         kinds = [w for w, m in (("NaN", np.isnan(cut)), ("infinite", np.isinf(cut))) if m.any()]
                         reasons[row] = (
-                            f"{' and '.join(kinds)} values in {FLUX_COLUMN} ({int((~np.isfinite(cut)).sum())} of {cut.size})"
+                            f"{' and '.join(kinds)} values in {self.flux_key} ({int((~np.isfinite(cut)).sum())} of {cut.size})"
                         )
                     else:
                         finite[row] = True

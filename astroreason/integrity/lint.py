@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.reader import open_galaxy10
+from ..data.sources import open_source
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..io import read_json_record, sha256_bytes, write_json_atomic
@@ -275,7 +275,7 @@ def split_metadata(
         np.arange(len(split_rows))[: n if n is not None else None] if positions is None else np.asarray(positions)
     )
     rows = split_rows[position]
-    with open_galaxy10(manifest.source_path) as g10:
+    with open_source(manifest.source_path) as g10:
         meta = {"row_index": rows, "position": position, "label": g10.labels[rows]}
         for key in FLOAT_COLUMNS:
             column = g10.column(key)

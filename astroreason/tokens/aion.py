@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.galaxy10 import FLUX_BANDS
+from ..data.sources import HubSource
 from ..errors import UserError
 from ..io import sha256_bytes, sha256_file
 from .codec import Codec, InputSpec
@@ -142,49 +143,35 @@ class Galaxy10AionFlux:
     """A local copy of galaxy10-aion: `rows` (Galaxy10 row indices) and `flux(positions)` -> [n, 4, 96, 96].
 
     Accepts a `datasets.save_to_disk` directory (a Dataset or a DatasetDict, all splits concatenated) or a directory
-    of parquet files (searched recursively, e.g. data/train-*.parquet and data/test-*.parquet). The flux column is
-    the first of FLUX_COLUMNS present, the Galaxy10 index the first of INDEX_COLUMNS. Bands are assumed to be
-    g, r, i, z in that order (the dataset card's; the files carry no band names).
+    of parquet files (data/train-*.parquet and data/test-*.parquet), read lazily through `data.sources.HubSource`:
+    only the index and label columns are read whole, flux a row group at a time. The flux column is the first of
+    FLUX_COLUMNS present, the Galaxy10 index the first of INDEX_COLUMNS. Bands are assumed to be g, r, i, z in that
+    order (the dataset card's; the files carry no band names).
     """
 
     bands = tuple(FLUX_BANDS)
 
     def __init__(self, path):
-        import datasets
-
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"{self.path}: galaxy10-aion directory not found")
-        self.files = self._data_files()
-        bars = datasets.utils.logging.is_progress_bar_enabled()
-        datasets.disable_progress_bars()  # a command's stderr is for its one-line errors
-        try:
-            if (self.path / "dataset_dict.json").is_file() or (self.path / "state.json").is_file():
-                loaded = datasets.load_from_disk(str(self.path))
-                parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
-                dataset = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-            elif any(f.suffix == ".parquet" for f in self.files):
-                parquet = [str(f) for f in self.files if f.suffix == ".parquet"]
-                dataset = datasets.load_dataset("parquet", data_files=parquet, split="train")
-            else:
-                raise UserError(f"{self.path}: neither a datasets.save_to_disk directory nor parquet files")
-        except (FileNotFoundError, ValueError) as err:
-            raise UserError(f"{self.path}: cannot read as galaxy10-aion ({err})") from None
-        finally:
-            if bars:
-                datasets.enable_progress_bars()
-        self.flux_column = next((c for c in FLUX_COLUMNS if c in dataset.column_names), None)
-        self.index_column = next((c for c in INDEX_COLUMNS if c in dataset.column_names), None)
+        source = HubSource(self.path, images=False, flux_columns=FLUX_COLUMNS)
+        self.flux_column = source.flux_key if source.has_flux else None
+        self.index_column = next((c for c in INDEX_COLUMNS if c in source.columns), None)
         if self.flux_column is None or self.index_column is None:
             raise UserError(
                 f"{self.path}: need a flux column ({' or '.join(FLUX_COLUMNS)}) and a Galaxy10 index column "
-                f"({' or '.join(INDEX_COLUMNS)}); found {dataset.column_names}"
+                f"({' or '.join(INDEX_COLUMNS)}); found {source.columns}"
             )
-        self.dataset = dataset
-        self.rows = np.asarray(dataset[self.index_column], dtype=np.int64)
+        self.source = source
+        self.files = self._data_files()
+        rows = source._whole(self.index_column)
+        if rows.dtype == object or not np.issubdtype(rows.dtype, np.integer):
+            raise UserError(f"{self.path}:{self.index_column}: must be integer Galaxy10 rows, got {rows.dtype}")
+        self.rows = rows.astype(np.int64)
         if len(np.unique(self.rows)) != len(self.rows):
             raise UserError(f"{self.path}:{self.index_column}: the same Galaxy10 row appears more than once")
-        self.labels = np.asarray(dataset["label"], dtype=np.int64) if "label" in dataset.column_names else None
+        self.labels = source.labels
 
     def _data_files(self) -> list[Path]:
         return sorted(p for p in self.path.rglob("*") if p.is_file() and p.suffix in (".parquet", ".arrow", ".json"))
@@ -196,16 +183,7 @@ class Galaxy10AionFlux:
 
     def flux(self, positions) -> np.ndarray:
         """Flux [n, 4, H, W] float32 for dataset positions (not Galaxy10 rows; see `positions_of`)."""
-        table = self.dataset.select_columns([self.flux_column]).with_format("numpy")
-        block = table[np.asarray(positions, dtype=np.int64)][self.flux_column]
-        try:
-            return np.stack(
-                [np.asarray(np.stack(list(b)) if b.dtype == object else b, dtype=np.float32) for b in block]
-            )
-        except ValueError as err:
-            raise UserError(
-                f"{self.path}:{self.flux_column}: flux cutouts are not equally shaped arrays ({err})"
-            ) from None
+        return self.source.flux_rows(np.asarray(positions, dtype=np.int64))
 
     def positions_of(self, galaxy10_rows) -> np.ndarray:
         """Dataset position of each Galaxy10 row, -1 where the row has no flux cutout."""
