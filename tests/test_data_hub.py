@@ -317,7 +317,7 @@ def small_codec(tmp_path, kind: str):
     return FSQCodec(FSQConfig(input=kind, size=size, hidden=8), name=f"fsq_{kind}").save(tmp_path / f"codec_{kind}")
 
 
-def test_tokens_encode_reads_image_bands_for_exactly_the_kept_rows(aion_prepared, cols, tmp_path, capsys):
+def test_tokens_encode_reads_image_bands_for_exactly_the_kept_rows(aion_prepared, cols, tmp_path, capsys, monkeypatch):
     codec_dir = small_codec(tmp_path, "flux")
     status, out, _ = cli(capsys, "tokens", "encode", "--data", aion_prepared, "--codec", codec_dir)
     assert status == 0 and "━" not in out  # the bar is transient, on stderr
@@ -336,7 +336,10 @@ def test_tokens_encode_reads_image_bands_for_exactly_the_kept_rows(aion_prepared
         assert tokens["label"] == images["label"] == load_split(aion_prepared, split)["label"]
 
     rgb_dir = small_codec(tmp_path, "rgb")
-    rgb = load_codes(encode_prepared(aion_prepared, rgb_dir), FSQCodec.load(rgb_dir))
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich takes stderr for a terminal: the bar is drawn
+    capsys.readouterr()
+    rgb = load_codes(encode_prepared(aion_prepared, rgb_dir, progress=True), FSQCodec.load(rgb_dir))
+    assert "encoding with fsq_rgb" in capsys.readouterr().err
     images = np.stack([cols["images"][(ids[int(r)] - ID_BASE) // 3] for r in rgb.rows])
     assert np.array_equal(rgb.codes, FSQCodec.load(rgb_dir).encode(images))  # rgb codecs read image_rgb
 

@@ -111,7 +111,7 @@ class _ParquetPart:
 
         self.path, self.split = path, split
         try:
-            self.file = pq.ParquetFile(path, memory_map=True)
+            self.file = pq.ParquetFile(path)
         except (OSError, ValueError) as err:
             raise UserError(f"{path}: not a readable parquet file ({_first_line(err)})") from None
         self.schema = self.file.schema_arrow
@@ -198,13 +198,17 @@ def _find_parts(root: Path) -> tuple[str, list]:
     return "parquet", [_ParquetPart(f, s) for s, f in sorted(named, key=lambda sf: (_split_key(sf[0]), str(sf[1])))]
 
 
-def _parquet_split(path: Path) -> str:
+def _parquet_split(path: Path, root: Path) -> str:
+    """The split a parquet file belongs to: `train-00000-of-00002` -> train; `test.parquet` -> test; a file in a
+    split-named folder (`train/0000.parquet`) -> that folder; anything else -> train."""
     match = SHARD.match(path.stem)
     if match:
         return match["split"]
-    return (
-        path.stem.split("-")[0] if "-" in path.stem else (path.parent.name if path.parent.name != "data" else "train")
-    )
+    for name in (path.stem, path.parent.name if path.parent != root else ""):
+        head = re.split(r"[-_.]", name)[0]
+        if head in SPLIT_ORDER:
+            return head
+    return "train"
 
 
 def _arrow_files(folder: Path) -> list[Path]:

@@ -196,14 +196,16 @@ def _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, p
         from rich.console import Console
         from rich.progress import track
 
-        # On stderr and transient: a terminal sees it while it runs; stdout keeps only the command's summary line.
-        batches = track(
-            batches,
-            total=-(-len(rows) // batch_size),
-            description=f"encoding with {codec.name}",
-            console=Console(stderr=True),
-            transient=True,
-        )
+        # On a terminal's stderr, transient: stdout keeps only the command's summary line, a log no bar.
+        console = Console(stderr=True)
+        if console.is_terminal:
+            batches = track(
+                batches,
+                total=-(-len(rows) // batch_size),
+                description=f"encoding with {codec.name}",
+                console=console,
+                transient=True,
+            )
     return rows, np.concatenate([codec.encode(b, source=where) for b in batches])
 
 
