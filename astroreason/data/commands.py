@@ -157,7 +157,7 @@ def run_prepare(args) -> int:
     print(
         f"{out}: {sizes} galaxies (seed {m.seed}); {len(m.groups)} duplicate groups kept whole, "
         f"{len(m.dropped)} conflicting groups dropped ({sum(len(d['rows']) for d in m.dropped)} rows), "
-        f"{m.excluded} rows outside the subset; manifest {m.hash[:12]}"
+        f"{m.excluded} rows excluded (subset, row list or unusable flux); manifest {m.hash[:12]}"
     )
     for e in m.excluded_rows:
         print(f"  excluded {m.id_name} {e['id']}: {e['reason']}")
