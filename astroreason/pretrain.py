@@ -1,12 +1,17 @@
-"""A short supervised pretraining of a tiny Qwen-VL's vision tower, on a surrogate set disjoint from the evaluation.
+"""Short supervised pretrainings of a tiny Qwen-VL's input paths, on a surrogate set disjoint from the evaluation:
+the vision tower for the image arm, the code-token embeddings for the token arm (each arm's warm start has its
+counterpart in the other).
 
 Why: a from-scratch tiny Qwen-VL memorises a few dozen images through the answer-token loss but does not generalise
 within a CPU budget (issue 4). Its vision tower alone, with a linear head on the mean of its merged visual tokens,
 learns surrogate morphology in a few hundred steps when trained with dihedral augmentation (a galaxy's class does
 not change when it is rotated by 90 degrees or mirrored) and a warm-up + cosine learning rate. The head is thrown away;
 the tower (patch embedding, blocks and the merger into the language model's width) is saved in a copy of the model,
-from which SFT starts. The pretraining data must be a separate surrogate file (another seed): its galaxies are not
-the galaxies of the split that is evaluated, and the demo says so.
+from which SFT starts. The token arm's counterpart gives the model one token per code id (the `special` rendering)
+and trains those tokens' embedding rows the same way: a linear head on the mean of a galaxy's code embeddings, head
+thrown away. Without it the same tiny language model reading random code rows answers the majority class. The
+pretraining data must be a separate surrogate file (another seed): its galaxies are not the galaxies of the split
+that is evaluated, and the demo says so.
 """
 
 from __future__ import annotations
@@ -194,4 +199,132 @@ def pretrain_vision_tower(
         if base_record.is_file():
             (tmp / base_record.name).write_bytes(base_record.read_bytes())
         write_json_atomic(tmp / PRETRAIN_RECORD, record)
+    return record
+
+
+# --- the token arm's counterpart: the code-token embeddings ----------------------------------------------------------
+
+CODE_PRETRAIN_RECORD = "astroreason_code_pretrain.json"
+
+
+@dataclass
+class CodePretrainConfig:
+    """Code-embedding pretraining: the token arm's counterpart of the vision tower's.
+
+    Args:
+        steps: Optimiser steps.
+        batch_size: Galaxies per step.
+        lr: Peak learning rate (linear warm-up over 10 % of the steps, then cosine decay).
+        weight_decay: AdamW weight decay.
+        held_out: Fraction of the pretraining galaxies kept aside to report the embeddings' own accuracy.
+        match_norm: Rescale the trained rows to the mean norm of the vocabulary's other rows (the head is thrown
+            away: the rows' directions carry what was learnt, and a code then weighs in the residual stream as much as
+            a word of the prompt).
+        seed: Seed of the head and the batches.
+    """
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 0.01
+    held_out: float = 0.1
+    match_norm: bool = True
+    seed: int = 0
+
+
+def pretrain_code_embeddings(
+    model_dir: str | Path,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    vocab_size: int,
+    out_dir: str | Path,
+    config: CodePretrainConfig | None = None,
+    *,
+    source: str = "",
+) -> dict:
+    """Give the model one token per code id (the `special` rendering) and pretrain those tokens' embedding rows on
+    labelled code grids `codes` [N, H', W'] (from a file disjoint from the evaluation), with a linear head on the mean
+    of a galaxy's code embeddings: what the vision tower's pretraining does with the mean of its visual tokens. The
+    head is thrown away; every other parameter (the rest of the vocabulary included) is left as it was. Saves the
+    model and its processor (with the code tokens) in `out_dir`; returns the record also saved there."""
+    import torch
+
+    # lazy: the tokens layer's rendering names the code tokens; loading it here keeps `pretrain` light to import
+    from .tokens.render import code_token
+
+    config = config or CodePretrainConfig()
+    if config.steps < 1 or config.batch_size < 1:
+        raise UserError(f"pretrain: steps and batch_size must be >= 1, got {config.steps} and {config.batch_size}")
+    codes = np.asarray(codes, np.int64).reshape(len(codes), -1)
+    labels = np.asarray(labels, np.int64)
+    if len(codes) != len(labels) or codes.min() < 0 or codes.max() >= vocab_size:
+        raise UserError(
+            f"pretrain codes: {len(codes)} grids for {len(labels)} labels, ids must lie in 0-{vocab_size - 1}"
+        )
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(labels))
+    n_held = int(round(config.held_out * len(labels)))
+    held, train = order[:n_held], order[n_held:]
+    if len(train) < config.batch_size:
+        raise UserError(f"pretrain codes: {len(train)} training galaxies, fewer than one batch of {config.batch_size}")
+
+    model, processor = load_model_and_processor(model_dir, dtype="float32")
+    family_for(model).add_code_tokens(processor, model, vocab_size)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    ids = torch.as_tensor(tokenizer.convert_tokens_to_ids([code_token(i) for i in range(vocab_size)]))
+    embeddings = model.get_input_embeddings().weight
+    others = torch.ones(len(embeddings), dtype=torch.bool)
+    others[ids] = False
+    rows = torch.nn.Parameter(embeddings.detach()[ids].clone())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        head = torch.nn.Linear(rows.shape[1], len(DECALS_CLASSES))
+    optimizer = torch.optim.AdamW([rows, *head.parameters()], lr=config.lr, weight_decay=config.weight_decay)
+    warm = max(1, config.steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, config.steps - warm)))),
+    )
+    grids, targets = torch.as_tensor(codes), torch.as_tensor(labels)
+
+    def logits(index):
+        return head(rows[grids[index]].mean(1))
+
+    started, losses = time.monotonic(), []
+    for _ in range(config.steps):
+        batch = torch.as_tensor(train[rng.integers(0, len(train), config.batch_size)])
+        loss = torch.nn.functional.cross_entropy(logits(batch), targets[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    with torch.no_grad():
+        predicted = logits(torch.as_tensor(held)).argmax(-1).numpy() if len(held) else np.empty(0, np.int64)
+        if config.match_norm:
+            rows.mul_(embeddings[others].norm(dim=1).mean() / rows.norm(dim=1).mean())
+        embeddings[ids] = rows.detach()
+    record = {
+        "what": "code-token embeddings pretrained with a linear head (discarded) on code grids of a file disjoint "
+        "from evaluation",
+        "source": source,
+        "vocab_size": int(vocab_size),
+        "n_train": int(len(train)),
+        "n_held_out": int(len(held)),
+        "held_out_accuracy": float(np.mean(predicted == labels[held])) if len(held) else None,
+        "held_out_majority_rate": float(np.bincount(labels[held]).max() / len(held)) if len(held) else None,
+        "final_loss": float(np.mean(losses[-20:])),
+        "seconds": round(time.monotonic() - started, 1),
+        "config": asdict(config),
+        "base_model": str(model_dir),
+    }
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        for name in ("astroreason_tiny.json", PRETRAIN_RECORD):
+            if (Path(model_dir) / name).is_file():
+                (tmp / name).write_bytes((Path(model_dir) / name).read_bytes())
+        write_json_atomic(tmp / CODE_PRETRAIN_RECORD, record)
     return record

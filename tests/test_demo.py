@@ -1,9 +1,11 @@
-"""The demo's learning recipe at a small scale: the image must matter, and the demo refuses bad output folders.
+"""The demo's learning recipe at a small scale: the image must matter, the codes must matter, and the demo refuses
+bad output folders.
 
-A small run of the demo's own stages (surrogate files, split, vision-tower pretraining on the disjoint file, SFT
-with per-part learning rates) and then the trained model is asked about the real test images, the same galaxies'
-images shuffled among them, and blank images. If the model stopped looking at the image (a broken image path, a
-vision tower that learns nothing, a recipe that only learns the class prior), the three accuracies are the same.
+A small run of the demo's own stages (surrogate files, split, codec, the warm starts on the disjoint file, SFT with
+per-part learning rates) and then each trained model is asked about the real test galaxies and about the same
+galaxies' inputs shuffled among them (and, for the image arm, blank images). If a model stopped looking at its input
+(a broken image path, code tokens split into pieces, a warm start that learns nothing, a recipe that only learns the
+class prior), the accuracies are the same.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ SMALL = DemoConfig(
     n_pretrain=700,
     fractions=(0.7, 0.05, 0.25),
     pretrain_steps=120,
-    sft_steps=60,
+    sft_steps=100,
     sft_batch=16,
     check=False,
 )
@@ -37,8 +39,9 @@ def trained(tmp_path_factory):
     demo = Demo(tmp_path_factory.mktemp("demo"), SMALL)
     demo.data()
     assert demo.shared_galaxies() == 0
-    record = demo.models()
-    return demo, record, demo.sft("image")
+    demo.tokens()
+    records = demo.models()
+    return demo, records, {"image": demo.sft("image"), "tokens": demo.sft("tokens")}
 
 
 def _accuracy(backend, rows, images) -> float:
@@ -52,7 +55,8 @@ def test_image_matters(trained):
     from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
     from astroreason.training import galaxy_dataset
 
-    demo, record, model_dir = trained
+    demo, records, models = trained
+    record, model_dir = records["image"], models["image"]
     # The tower alone learned something on its own held-out galaxies (well above the majority rate).
     assert record["held_out_accuracy"] > record["held_out_majority_rate"] + 0.1, record
     rows = list(galaxy_dataset(demo.script_args("image"), "test", with_completion=False))
@@ -69,6 +73,36 @@ def test_image_matters(trained):
     print(json.dumps({**acc, "majority": majority}))
     assert acc["real"] > acc["shuffled"] + 0.08, acc
     assert acc["real"] > acc["blank"] + 0.08, acc
+    assert acc["real"] > majority + 0.05, (acc, majority)
+
+
+def test_codes_matter(trained):
+    from astroreason.arms import ArmSettings, build_arm
+    from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
+    from astroreason.tokens import load_codec
+
+    demo, records, models = trained
+    record = records["tokens"]
+    assert record["held_out_accuracy"] > record["held_out_majority_rate"] + 0.1, record
+    args = demo.script_args("tokens")
+    arm = build_arm(
+        ArmSettings(data_dir=args.data_dir, modality="tokens", codec=args.codec, rendering="special"), "test"
+    )
+    backend = TransformersBackend.from_pretrained(
+        str(models["tokens"]), SamplingSettings(max_new_tokens=16), batch_size=32
+    )
+    # One LM token per code: the checkpoint's own tokenizer reads each <|g_N|> whole.
+    codes_text = arm.view[0]["tokens_text"]
+    cells = int(np.prod(load_codec(args.codec).grid_shape))
+    assert len(backend.processor.tokenizer(codes_text, add_special_tokens=False).input_ids) == cells
+    rows = arm.rows()
+    acc = {
+        name: _accuracy(backend, prompts, None)
+        for name, prompts in (("real", rows), ("shuffled", arm.without_galaxy(seed=0)))
+    }
+    majority = np.bincount(arm.labels).max() / len(arm.labels)
+    print(json.dumps({**acc, "majority": majority}))
+    assert acc["real"] > acc["shuffled"] + 0.08, acc
     assert acc["real"] > majority + 0.05, (acc, majority)
 
 

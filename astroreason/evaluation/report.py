@@ -10,7 +10,9 @@ from pathlib import Path
 
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
+from ..integrity.fingerprint import read_fingerprint
 from ..io import atomic_path, sha256_file, write_text_atomic
+from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
 
@@ -49,7 +51,23 @@ def load_run(run_dir: str | Path) -> dict:
         "records": records,
         "training_log": log,
         "files_sha256": files,
+        "warm_starts": warm_starts(result["config"].get("model", "")),
     }
+
+
+def warm_starts(model: str) -> list[dict]:
+    """The pretraining records (`astroreason.pretrain`) along an evaluated model's lineage: the model's folder, then
+    the base each training run recorded in its fingerprint, back to the first model. A warm start one arm got is
+    thereby disclosed beside its result, read from the file that pretraining wrote."""
+    found, seen, path = {}, set(), Path(model) if model else None
+    while path is not None and path.is_dir() and path.resolve() not in seen:
+        seen.add(path.resolve())
+        for name in (PRETRAIN_RECORD, CODE_PRETRAIN_RECORD):
+            if name not in found and (path / name).is_file():
+                found[name] = {**json.loads((path / name).read_text()), "record": str(path / name)}
+        base = ((read_fingerprint(path) or {}).get("base") or {}).get("model_name_or_path")
+        path = Path(base) if base else None
+    return list(found.values())
 
 
 def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
@@ -203,6 +221,20 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
                 f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
                 f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |"
             )
+    if any(run["warm_starts"] for run in runs):
+        lines += [
+            "",
+            "## Warm starts (read from each model's pretraining record)",
+            "",
+            "| run | what | galaxies | steps | held-out accuracy (majority) | record |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in runs:
+            for w in run["warm_starts"]:
+                lines.append(
+                    f"| {run['name']} | {w['what']} | {w['n_train']} | {w['config']['steps']} "
+                    f"| {_pct(w['held_out_accuracy'])} ({_pct(w['held_out_majority_rate'])}) | {w['record']} |"
+                )
     lines += ["", "## Figures", ""]
     for name in figures:
         lines += [f"![{name[:-4]}]({name})", ""]
@@ -237,7 +269,12 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
         write_text_atomic(tmp / "report.md", render_report(runs, comparisons, figures))
         summary = {
             "runs": {
-                r["name"]: {"dir": r["dir"], "metrics": r["result"]["metrics"], "files_sha256": r["files_sha256"]}
+                r["name"]: {
+                    "dir": r["dir"],
+                    "metrics": r["result"]["metrics"],
+                    "files_sha256": r["files_sha256"],
+                    "warm_starts": r["warm_starts"],
+                }
                 for r in runs
             },
             "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
