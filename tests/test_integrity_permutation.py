@@ -41,6 +41,7 @@ def honest(tmp_path_factory):
     torch.set_num_threads(SMALL.threads)
     demo = Demo(tmp_path_factory.mktemp("demo"), SMALL)
     demo.data()
+    demo.tokens()  # the codec: the model both arms start from has its code-token embeddings pretrained too
     demo.models()
     sft = demo.sft("image")
     return demo, sft, demo.grpo("image")
@@ -98,7 +99,7 @@ def test_honest_trained_run_passes_the_control(honest, capsys):
     assert details["steps"] == SMALL.sft_steps and details["n"] == N
     assert not details["beats"] and details["accuracy"] < trained["accuracy"] - 0.1
     assert details["parsed"] > 0.9  # the control learned to answer; it answers without knowing the galaxy's class
-    assert "tiny_pretrained_vision" in control["summary"] and "not the trained checkpoint" in control["summary"]
+    assert "models/tiny_pretrained " in control["summary"] and "not the trained checkpoint" in control["summary"]
 
 
 def test_base_that_already_saw_the_labels_fails_the_control(honest, tmp_path, capsys):
