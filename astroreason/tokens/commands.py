@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hidden", type=int, help="convolution channels (default 32)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
     p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
     p.add_argument("--seed", type=seed, help="seed for initialisation, sampling and batches (default 0)")
     p.add_argument("--max-images", type=int, help="cap on training images held in memory (default 4096)")
     p.add_argument("--crop", type=int, help="train on random crops of this side, a multiple of 4 (default: full size)")
@@ -185,7 +185,8 @@ def run_train(args) -> int:
     m = metrics["held_out"]
     print(f"wrote {out} ({codec.describe()})")
     print(
-        f"held-out: MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
+        f"held-out ({provenance.get('held_out_split', provenance.get('held_out'))}, {m['n_images']} images): "
+        f"MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
         f"perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)"
     )
     return 0

@@ -115,7 +115,7 @@ class TrainConfig:
 
     steps: int = 400
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     seed: int = 0
     max_images: int = 4096
     max_eval_images: int = 512
