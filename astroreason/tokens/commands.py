@@ -41,7 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--codec", required=True, help="codec directory (built-in FSQ, or a local AION-1 codec)")
     p.add_argument("--out", help="cache directory (default: PREPARED/tokens/<codec>-<hash>/)")
     p.add_argument("--flux-source", help="local galaxy10-aion copy (parquet or save_to_disk) to take flux from")
-    p.add_argument("--batch-size", type=int, default=256, help="images per encode batch (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per encode batch (default: the codec's own, 256 for the built-in codec, 32 for AION-1)",
+    )
     p.add_argument("--force", action="store_true", help="re-encode even when the cache is up to date")
     p.set_defaults(func=run_encode)
 
@@ -200,13 +204,14 @@ def run_encode(args) -> int:
     from .cache import META_NAME, encode_prepared, load_codes
     from .codec import load_codec
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
     if args.out is not None:
         check_writable(args.out, "--out", directory=True)
     codec = load_codec(args.codec)
+    batch_size = args.batch_size or codec.default_batch_size
     out = encode_prepared(
-        args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=args.batch_size, force=args.force
+        args.data, codec, out=args.out, flux_source=args.flux_source, batch_size=batch_size, force=args.force
     )
     cache = load_codes(out, codec, prepared_dir=args.data)
     meta = json.loads((Path(out) / META_NAME).read_text())
