@@ -1,7 +1,7 @@
 """Benchmark of the token arm: codec encode throughput, LM tokens per galaxy of each rendering, codebook use.
 
     python bench/tokens_bench.py [--config tokenizers/fsq_rgb_96.json] [--images 4096] [--repeats 3]
-                                 [--aion-cutouts 1024] [--train-data PREPARED]
+                                 [--aion-cutouts 1000] [--train-data PREPARED]
 
 1. Built-in codec throughput: the codec of `--config` (seeded, untrained: the arithmetic does not depend on the
    weights) encodes `--images` random uint8 RGB images at its input size (96 px: no resize), in batches of 256,
@@ -26,6 +26,7 @@ Prints the figures and writes bench/results/tokens_bench.json.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -115,6 +116,17 @@ def aion_throughput(n_cutouts: int, batch_size: int) -> dict:
     }
 
 
+def with_cpu_rate(aion: dict) -> dict:
+    """Add the rate per CPU-second and what it gives if the threads had the cores to themselves (the wall-clock rate
+    depends on what else the machine runs; see the load average)."""
+    per_cpu_s = aion["cutouts_timed"] / aion["cpu_seconds"]
+    return {
+        **aion,
+        "cutouts_per_cpu_s": round(per_cpu_s, 2),
+        "galaxy10_aion_seconds_if_cores_free": round(GALAXY10_ROWS / (per_cpu_s * aion["torch_threads"]), 0),
+    }
+
+
 def tokens_per_galaxy(vocab_size: int, grid: tuple[int, int], n: int = 64) -> list[dict]:
     tokenizer = train_tokenizer(1024)  # the tiny model's tokenizer (Qwen2's pre-tokenizer), built offline
     codes = np.random.default_rng(0).integers(0, vocab_size, size=(n, *grid))
@@ -139,7 +151,12 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "tokenizers" / "fsq_rgb_96.json"), help="codec config JSON")
     parser.add_argument("--images", type=int, default=4096, help="images to time (extrapolated to 17,736)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--aion-cutouts", type=int, default=1024, help="cutouts to time the full AION codec on")
+    parser.add_argument(
+        "--aion-cutouts",
+        type=int,
+        default=1000,
+        help="cutouts to time the full AION codec on (0: keep the last figures)",
+    )
     parser.add_argument("--aion-batch-size", type=int, default=32)
     parser.add_argument("--train-data", help="prepared surrogate: train the codec and report held-out figures")
     parser.add_argument(
@@ -184,16 +201,19 @@ def main() -> None:
         result["encode"] = speed
         result["meets_galaxy10_target_best"] = speed["galaxy10_seconds_best"] < TARGET_SECONDS
     elif "encode" in previous:
-        result["encode"], result["meets_galaxy10_target_best"] = (
-            previous["encode"],
-            previous.get("meets_galaxy10_target_best"),
-        )
+        result["encode"] = {
+            **previous["encode"],
+            "kept": "not rerun (--images 0): figures of the previous output, on the codec's architecture then",
+        }
+        result["meets_galaxy10_target_best"] = previous.get("meets_galaxy10_target_best")
 
+    if args.aion_cutouts > 0 and importlib.util.find_spec("aion") is None:
+        print("AION encode: skipped, the `aion` extra (polymathic-aion) is not installed")
+        args.aion_cutouts = 0
     if args.aion_cutouts > 0:
-        aion = aion_throughput(args.aion_cutouts, args.aion_batch_size)
-        result["aion_encode"] = aion
+        aion = result["aion_encode"] = with_cpu_rate(aion_throughput(args.aion_cutouts, args.aion_batch_size))
     elif "aion_encode" in previous:
-        aion = result["aion_encode"] = previous["aion_encode"]
+        aion = result["aion_encode"] = with_cpu_rate(previous["aion_encode"])
         print("AION encode: not rerun (--aion-cutouts 0); figures kept from the previous output")
     else:
         aion = None
@@ -202,7 +222,9 @@ def main() -> None:
             f"AION full-size encode: {aion['cutouts_per_s']} cutouts/s ({aion['cutouts_timed']} cutouts in "
             f"{aion['wall_seconds']} s, {aion['torch_threads']} threads); galaxy10-aion ({GALAXY10_ROWS} cutouts): "
             f"{aion['galaxy10_aion_seconds_extrapolated']:.0f} s = {aion['galaxy10_aion_seconds_extrapolated'] / 3600:.2f} h, "
-            f"{aion['extrapolated']}"
+            f"{aion['extrapolated']}; {aion['cutouts_per_cpu_s']} cutouts per CPU-second: "
+            f"{aion['galaxy10_aion_seconds_if_cores_free'] / 3600:.2f} h if {aion['torch_threads']} threads had the "
+            f"cores to themselves (load average {aion['load_average_before_after'][0]} during the run)"
         )
 
     costs = tokens_per_galaxy(AION_VOCAB, AION_GRID)
