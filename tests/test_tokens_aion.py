@@ -2,7 +2,9 @@
 
 The codec is AION's own class (PyPI polymathic-aion, extra `aion`) with smaller dimensions than the released one,
 saved with AION's own `save_pretrained` in the Hub layout (`codecs/image/config.json` + `model.safetensors`).
-The flux source is a local parquet copy in the public dataset's layout, cut from the surrogate's flux.
+The flux source is a local parquet copy in the public dataset's layout, cut from the surrogate's flux. Also: the
+weights found in a local Hub cache (offline), batched and deterministic encodes, the cache key following the weights,
+and what AION cannot use (bands, units, shapes) refused through the CLI in one line.
 """
 
 from __future__ import annotations
