@@ -402,20 +402,17 @@ def test_the_normalised_latent_uses_more_of_the_vocabulary(prepared_dir, tmp_pat
     assert usage["batch"]["perplexity"] > usage["none"]["perplexity"], usage
 
 
-def test_a_codec_saved_before_latent_norm_existed_still_loads(codec_dir, prepared_dir, tmp_path):
-    import torch
-
-    from astroreason.tokens.fsq import FSQAutoencoder
-
-    old = tmp_path / "old"
-    shutil.copytree(codec_dir, old)
-    meta = json.loads((old / "codec.json").read_text())
-    config = {k: v for k, v in meta["config"].items() if k != "latent_norm"}
-    torch.manual_seed(0)
-    model = FSQAutoencoder(FSQConfig.from_json({**config, "latent_norm": "none"}))
-    save_file({k: v.contiguous().numpy() for k, v in model.state_dict().items()}, str(old / "model.safetensors"))
-    (old / "codec.json").write_text(json.dumps({**meta, "config": config}))
+def test_a_codec_saved_before_latent_norm_existed_loads_with_its_hash(codec_dir, prepared_dir, tmp_path):
+    """A codec.json without `latent_norm` (saved before it existed) is a codec without the layer, and keeps the hash
+    it was saved with: its token caches stay valid."""
+    meta = json.loads((codec_dir / "codec.json").read_text())
+    config = FSQConfig.from_json({**meta["config"], "latent_norm": "none"})
+    old = FSQCodec(config, name="old").save(tmp_path / "old")
+    saved = json.loads((old / "codec.json").read_text())
+    del saved["config"]["latent_norm"]
+    (old / "codec.json").write_text(json.dumps(saved))
     codec = load_codec(old)
-    assert codec.config.latent_norm == "none"
+    assert codec.config.latent_norm == "none" and codec.codec_hash == saved["codec_hash"]
+    assert codec.codec_hash != load_codec(codec_dir).codec_hash
     _, inputs = val_inputs(prepared_dir, codec.input_spec)
     assert codec.encode(inputs).shape == (len(inputs), GRID, GRID)

@@ -275,7 +275,10 @@ class FSQCodec(Codec):
             from safetensors.torch import save
 
             self._weights_sha256 = sha256_bytes(save(self._state_dict()))
-        return sha256_bytes("fsq", json.dumps(asdict(self.config), sort_keys=True), self._weights_sha256)
+        config = asdict(self.config)
+        if config["latent_norm"] == "none":  # hashed as before the field existed: old codecs keep their caches
+            del config["latent_norm"]
+        return sha256_bytes("fsq", json.dumps(config, sort_keys=True), self._weights_sha256)
 
     def _state_dict(self):
         return {k: v.contiguous() for k, v in self.model.state_dict().items()}
