@@ -2,7 +2,9 @@
 
 The codec is AION's own class (PyPI polymathic-aion, extra `aion`) with smaller dimensions than the released one,
 saved with AION's own `save_pretrained` in the Hub layout (`codecs/image/config.json` + `model.safetensors`).
-The flux source is a local parquet copy in the public dataset's layout, cut from the surrogate's flux.
+The flux source is a local parquet copy in the public dataset's layout, cut from the surrogate's flux. Also: the
+weights found in a local Hub cache (offline), batched and deterministic encodes, the cache key following the weights,
+and what AION cannot use (bands, units, shapes) refused through the CLI in one line.
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ def test_bad_flux_is_refused(aion_dir, flux96):
         codec.encode(bad)
     with pytest.raises(UserError, match="floating point nanomaggies"):
         codec.encode(flux96.astype(np.int32))
+    # 8-bit levels: a uint8 array (`data prepare` already refuses such a file), or the same levels as floats.
+    levels = np.clip(flux96 * 40, 0, 255).round()
+    with pytest.raises(UserError, match="floating point nanomaggies, got uint8"):
+        codec.encode(levels.astype(np.uint8))
+    with pytest.raises(UserError, match=r"all whole numbers in \[0, 255\].*not nanomaggies"):
+        codec.encode(levels.astype(np.float32))
+    with pytest.raises(UserError, match="96x112 px, not square"):
+        codec.encode(np.pad(flux96, ((0, 0), (0, 0), (0, 0), (8, 8))))
+    # Real flux with whole-number pixels here and there is still flux (the surrogate's has noise and negatives).
+    assert (flux96 < 0).any() and codec.encode(flux96).shape == (6, 24, 24)
 
 
 def test_missing_weights_say_how_to_get_them(aion_dir, tmp_path, capsys):
@@ -248,3 +260,134 @@ def test_an_rgb_codec_cannot_take_a_flux_source(prepared_dir, tmp_path, capsys):
     rgb = FSQCodec(FSQConfig(size=32, hidden=8), name="rgb").save(tmp_path / "rgb")
     status, _, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", rgb, "--flux-source", tmp_path)
     assert_one_line_error(status, err, "takes rgb images, not flux")
+
+
+# --- where the weights come from: a snapshot root, its codecs/image folder, or a local Hub cache --------------------
+
+
+def hub_cache(aion_dir, root, revisions=("a" * 40,), *, ref=True):
+    """A Hugging Face Hub cache in huggingface_hub's layout: blobs, snapshots/<rev>/ symlinks, refs/main."""
+    repo = root / "models--polymathic-ai--aion-base"
+    (repo / "blobs").mkdir(parents=True)
+    for rev in revisions:
+        folder = repo / "snapshots" / rev / "codecs" / "image"
+        folder.mkdir(parents=True)
+        for name in ("config.json", "model.safetensors"):
+            blob = repo / "blobs" / f"{rev[:8]}-{name}"
+            shutil.copy(aion_dir / "codecs" / "image" / name, blob)
+            (folder / name).symlink_to(blob)
+    if ref:
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revisions[-1])
+    return repo
+
+
+def test_a_local_hub_cache_opens_offline(aion_dir, tmp_path, capsys):
+    reference = load_codec(aion_dir)
+    repo = hub_cache(aion_dir, tmp_path / "hub", revisions=("b" * 40, "c" * 40))
+    for path in (tmp_path / "hub", repo, repo / "snapshots" / ("c" * 40)):
+        codec = load_codec(path)
+        assert codec.codec_hash == reference.codec_hash and codec.name == "aion-aion-base"
+    # Two snapshots and no refs/main: which one is meant is not guessed.
+    shutil.rmtree(repo / "refs")
+    status, _, err = cli(capsys, "tokens", "cost", "--codec", repo, "--model", tmp_path)
+    assert_one_line_error(status, err, "2 snapshots hold an image codec", "snapshots/<revision>")
+    # One snapshot and no ref: that one.
+    single = hub_cache(aion_dir, tmp_path / "hub1", ref=False)
+    assert load_codec(single).codec_hash == reference.codec_hash
+
+
+# --- batched, deterministic encodes; the cache key follows the weights --------------------------------------------
+
+
+def test_batched_encode_with_a_progress_bar_is_the_same_and_deterministic(aion_dir, flux96, capsys):
+    codec = load_codec(aion_dir)
+    whole = codec.encode(flux96)
+    capsys.readouterr()
+    batched = codec.encode(flux96, batch_size=4, progress=True)
+    err = capsys.readouterr().err
+    assert "encoding (aion-aion-base)" in err and "6/6" in err
+    np.testing.assert_array_equal(batched, whole)
+    np.testing.assert_array_equal(load_codec(aion_dir).encode(flux96, batch_size=1), whole)  # another load, same ids
+    lazily = codec.encode_batches([flux96[:2], flux96[2:]], total=6)
+    np.testing.assert_array_equal(lazily, whole)
+    assert len(np.unique(whole)) > 1  # the random codec does not map everything to one id
+    with pytest.raises(UserError, match="batch size: must be at least 1"):
+        codec.encode(flux96, batch_size=-1)
+
+
+def test_other_weights_are_another_codec_and_another_cache(aion_dir, prepared_dir, tmp_path, capsys):
+    torch.manual_seed(1)
+    other_dir = tmp_path / "aion-base"
+    aion_codecs.ImageCodec(quantizer_levels=[7, 5, 5, 5, 5], hidden_dims=16, num_consecutive=1).save_pretrained(
+        str(other_dir), modality=LegacySurveyImage
+    )
+    codec, other = load_codec(aion_dir), load_codec(other_dir)
+    assert (other_dir / "codecs" / "image" / "config.json").read_text() == (
+        aion_dir / "codecs" / "image" / "config.json"
+    ).read_text()  # same config: only the weights differ
+    assert other.codec_hash != codec.codec_hash
+
+    cache_dir = tmp_path / "cache"
+    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", aion_dir, "--out", cache_dir)
+    assert status == 0, err
+    cached = load_codes(cache_dir, codec, prepared_dir=prepared_dir)
+    assert cached.codes.shape[1:] == (24, 24) and cached.codes.max() <= 4374
+    with h5py.File(load_manifest(prepared_dir).source_path, "r") as f:
+        rows = cached.rows[:5]
+        np.testing.assert_array_equal(
+            cached.codes_for(rows), codec.encode(f["flux"][np.sort(rows)])[np.argsort(np.argsort(rows))]
+        )
+    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared_dir, "--codec", other_dir, "--out", cache_dir)
+    assert_one_line_error(status, err, "codes were made by codec")
+    with pytest.raises(UserError, match="codes were made by codec"):
+        load_codes(cache_dir, other, prepared_dir=prepared_dir)
+
+
+# --- what the codec cannot use: one line, exit status 2, through the CLI --------------------------------------------
+
+
+def flux_file(surrogate_h5, path, *, flux, bands=FLUX_BANDS, n=60):
+    """A Galaxy10-schema file of the surrogate's first `n` rows with the given flux and band names."""
+    with h5py.File(surrogate_h5, "r") as src, h5py.File(path, "w") as dst:
+        dst.attrs.update(src.attrs)
+        for key in src:
+            if key != "flux":
+                dst[key] = src[key][:n]
+        dst["flux"] = flux
+        dst["flux"].attrs["bands"] = list(bands)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, needles",
+    [
+        ("hsc_bands", ["['HSC-G', 'HSC-R', 'HSC-I', 'HSC-Z']", "do not match the codec's", "count and order"]),
+        ("three_bands", ["['DES-G', 'DES-R', 'DES-I']", "do not match the codec's"]),
+        ("whole_numbers", ["whole numbers in [0, 255]", "not nanomaggies"]),
+        ("small", ["64x64 px, smaller than the codec's 96 px"]),
+        ("not_square", ["96x112 px, not square"]),
+    ],
+)
+def test_what_aion_cannot_use_is_refused_in_one_line(case, needles, aion_dir, surrogate_h5, tmp_path, capsys):
+    from astroreason.data.splits import prepare
+
+    n = 60
+    with h5py.File(surrogate_h5, "r") as f:
+        flux = f["flux"][:n]
+    bands = FLUX_BANDS
+    if case == "hsc_bands":
+        bands = ("HSC-G", "HSC-R", "HSC-I", "HSC-Z")
+    elif case == "three_bands":
+        flux, bands = flux[:, :3], FLUX_BANDS[:3]
+    elif case == "whole_numbers":  # 8-bit levels stored as float: still not flux
+        flux = np.clip(flux * 40, 0, 255).round().astype(np.float32)
+    elif case == "small":
+        flux = np.ascontiguousarray(flux[:, :, 16:80, 16:80])
+    elif case == "not_square":
+        flux = np.pad(flux, ((0, 0), (0, 0), (0, 0), (8, 8)))
+    prepared = prepare(flux_file(surrogate_h5, tmp_path / "bad.h5", flux=flux, bands=bands, n=n), tmp_path / "p")
+    out = tmp_path / "cache"
+    status, _, err = cli(capsys, "tokens", "encode", "--data", prepared, "--codec", aion_dir, "--out", out)
+    assert_one_line_error(status, err, *needles)
+    assert not out.exists()

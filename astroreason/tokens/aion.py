@@ -39,17 +39,66 @@ def _import_aion():
     return ImageCodec, LegacySurveyImage
 
 
+HUB_CACHE_NAME = "models--" + AION_HUB_REPO.replace("/", "--")
+
+
+def resolve_snapshot(path: Path) -> Path:
+    """A local Hugging Face Hub cache of aion-base -> its snapshot folder, offline; any other path as given.
+
+    Accepted: the cache root holding `models--polymathic-ai--aion-base` (e.g. ~/.cache/huggingface/hub), or that
+    folder itself. The snapshot is the one `refs/main` names (huggingface_hub's own lookup, `local_files_only`: no
+    network); without a usable ref, the one snapshot that holds the image codec.
+    """
+    if (path / HUB_CACHE_NAME).is_dir():
+        path = path / HUB_CACHE_NAME
+    snapshots = path / "snapshots"
+    if not snapshots.is_dir():
+        return path
+    # lazy: only a Hub cache folder needs huggingface_hub
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(AION_HUB_REPO, cache_dir=str(path.parent), local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass  # no refs/main (or a cache folder under another name): pick the snapshot by its content
+    found = sorted(p for p in snapshots.iterdir() if (p / "codecs" / "image" / "config.json").is_file())
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UserError(f"{path}: no snapshot holds an AION image codec (codecs/image/config.json); {HOW_TO_GET}")
+    raise UserError(
+        f"{path}: {len(found)} snapshots hold an image codec ({', '.join(p.name[:12] for p in found)}) and no "
+        "refs/main names one; pass the snapshots/<revision> folder to use"
+    )
+
+
 def find_codec_dir(path) -> Path:
-    """The folder holding AION's image codec `config.json` + `model.safetensors` under a local aion-base copy."""
-    path = Path(path)
+    """The folder holding AION's image codec `config.json` + `model.safetensors`: under an aion-base snapshot root,
+    that `codecs/image` folder itself, or the snapshot a local Hub cache folder points to (`resolve_snapshot`)."""
+    path = resolve_snapshot(Path(path))
     for candidate in (path / "codecs" / "image", path):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise UserError(f"{path}: no AION image codec weights (codecs/image/config.json + model.safetensors); {HOW_TO_GET}")
 
 
+def codec_name(folder: Path) -> str:
+    """`aion-<root>`: the aion-base copy's folder name, or the Hub repo's name for a Hub cache snapshot."""
+    root = folder.parent.parent if folder.parent.name == "codecs" else folder
+    if root.parent.name == "snapshots":
+        return "aion-" + root.parent.parent.name.split("--")[-1]
+    return f"aion-{root.name}"
+
+
 class AionCodec(Codec):
-    """AION-1's image codec: 4-band DES g,r,i,z flux in nanomaggies, 96 px -> 24x24 = 576 ids in [0, 4374]."""
+    """AION-1's image codec: 4-band DES g,r,i,z flux in nanomaggies, 96 px -> 24x24 = 576 ids in [0, 4374].
+
+    Inputs larger than 96 px are centre-cropped to 96 px (AION's own behaviour, done before AION sees them);
+    smaller or non-square ones, other bands and 8-bit image levels are refused (`check_inputs`, `check_bands`).
+    """
+
+    default_batch_size = 32  # the released codec is ~70 M parameters: ~0.4 s a cutout on one CPU core
 
     def __init__(self, codec, config: dict, *, name: str, config_sha256: str, weights_sha256: str):
         self.codec = codec.eval()
@@ -102,7 +151,7 @@ class AionCodec(Codec):
         return cls(
             codec,
             config,
-            name=f"aion-{Path(path).name}",
+            name=codec_name(folder),
             config_sha256=sha256_file(config_path),
             weights_sha256=sha256_file(weights),
         )

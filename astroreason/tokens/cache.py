@@ -191,22 +191,7 @@ def _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, p
         meta["flux_source"] = {**flux.fingerprint(), "files": [_file_stat(f) for f in flux.files]}
     if not len(rows):
         return rows, np.zeros((0, *codec.grid_shape), np.int32)
-    if progress:
-        # lazy: rich only when a command asks for the bar
-        from rich.console import Console
-        from rich.progress import track
-
-        # On a terminal's stderr, transient: stdout keeps only the command's summary line, a log no bar.
-        console = Console(stderr=True)
-        if console.is_terminal:
-            batches = track(
-                batches,
-                total=-(-len(rows) // batch_size),
-                description=f"encoding with {codec.name}",
-                console=console,
-                transient=True,
-            )
-    return rows, np.concatenate([codec.encode(b, source=where) for b in batches])
+    return rows, codec.encode_batches(batches, source=where, total=len(rows), progress=progress)
 
 
 def _check_labels(flux, positions, source, rows) -> None:

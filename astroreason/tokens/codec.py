@@ -8,6 +8,7 @@ directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -35,8 +36,9 @@ class InputSpec:
         kind: `rgb`: uint8 images [B, H, W, 3], the Galaxy10 `images` key. `flux`: float flux in nanomaggies
             [B, C, H, W], the Galaxy10-schema `flux` key or the galaxy10-aion cutouts.
         channels: 3 for `rgb`; the number of bands for `flux`.
-        size: Side in pixels the codec works at. Larger inputs are resized (`rgb`, keeping the field of view, as the
-            image arm does) or centre-cropped (`flux`, as AION does); smaller inputs are refused.
+        size: Side in pixels the codec works at. Inputs must be square. Larger inputs are resized (`rgb`, keeping
+            the field of view, as the image arm does) or centre-cropped (`flux`, as AION does); smaller inputs are
+            refused.
         bands: Band names of a `flux` input, in channel order.
     """
 
@@ -99,12 +101,44 @@ class Codec(ABC):
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes [B, H', W'] -> inputs in the codec's units: uint8 [B, S, S, 3] (rgb) or nanomaggies [B, C, S, S]."""
 
-    def encode(self, x, *, source: str = "input") -> np.ndarray:
+    default_batch_size: int = 256  # inputs per forward pass when `encode` is given more; AION's is smaller
+
+    def encode(self, x, *, source: str = "input", batch_size: int | None = None, progress: bool = False) -> np.ndarray:
         """Inputs in the layout of `input_spec` -> int32 codes [B, H', W'], each in [0, vocab_size).
 
-        `source` names the inputs in error messages (a file and key, usually).
+        `source` names the inputs in error messages (a file and key, usually). The inputs are checked whole first (a
+        bad row fails before minutes of encoding), then encoded `batch_size` at a time (default
+        `default_batch_size`), with a progress bar on stderr when `progress` is true.
         """
-        codes = np.asarray(self._encode(check_inputs(x, self.input_spec, source=source)))
+        x = check_inputs(x, self.input_spec, source=source)
+        size = batch_size or self.default_batch_size
+        if size < 1:
+            raise UserError(f"batch size: must be at least 1, got {size}")
+        batches = (x[i : i + size] for i in range(0, len(x), size))
+        return self._encode_all(batches, source=source, total=len(x), progress=progress, fitted=True)
+
+    def encode_batches(
+        self, batches, *, source: str = "input", total: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """Encode an iterable of input batches (e.g. `read_inputs`, read lazily) into one int32 array [N, H', W'].
+
+        Each batch is checked as `encode` checks it. `total` (inputs over all batches) sizes the progress bar.
+        """
+        return self._encode_all(batches, source=source, total=total, progress=progress, fitted=False)
+
+    def _encode_all(self, batches, *, source: str, total: int | None, progress: bool, fitted: bool) -> np.ndarray:
+        out = []
+        bar = _progress_bar(f"encoding ({self.name})", total) if progress else None
+        with bar if bar is not None else contextlib.nullcontext():
+            for batch in batches:
+                x = batch if fitted else check_inputs(batch, self.input_spec, source=source)
+                out.append(self._encode_fitted(x))
+                if bar is not None:
+                    bar.advance(bar.task_ids[0], len(x))
+        return np.concatenate(out) if out else np.zeros((0, *self.grid_shape), np.int32)
+
+    def _encode_fitted(self, x: np.ndarray) -> np.ndarray:
+        codes = np.asarray(self._encode(x))
         expected = (len(codes), *self.grid_shape)
         if codes.shape != expected or codes.size and not (0 <= codes.min() and codes.max() < self.vocab_size):
             raise UserError(
@@ -121,6 +155,32 @@ class Codec(ABC):
         )
 
 
+def _progress_bar(description: str, total: int | None):
+    """A rich progress bar on stderr (stdout stays for the command's result lines)."""
+    # lazy: rich loads only when a bar is asked for
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    bar.add_task(description, total=total)
+    return bar
+
+
 def check_bands(bands: Sequence[str], spec: InputSpec, *, source: str) -> None:
     """Refuse flux whose bands are not the codec's, in the codec's order (one line naming both)."""
     bands = [b.decode() if isinstance(b, bytes) else str(b) for b in bands]
@@ -131,8 +191,10 @@ def check_bands(bands: Sequence[str], spec: InputSpec, *, source: str) -> None:
 def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
     """Validate a batch against `spec` and fit it to the codec's size; a copy, never the caller's array.
 
-    rgb: uint8 [B, H, W, 3], resized to `spec.size` with antialiasing when larger. flux: finite float [B, C, H, W],
-    centre-cropped to `spec.size` when larger. Smaller inputs are refused: AION silently mis-crops them.
+    rgb: uint8 [B, H, W, 3], resized to `spec.size` with antialiasing when larger. flux: finite float nanomaggies
+    [B, C, H, W], centre-cropped to `spec.size` when larger (what AION does itself). Refused: smaller inputs (AION
+    silently mis-crops them), non-square ones, and "flux" that is 8-bit image levels (an integer dtype, or float
+    values that are all whole numbers in [0, 255]).
     """
     import torch
 
@@ -151,14 +213,24 @@ def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
                 f"{source}: the codec takes {spec.channels} bands {list(spec.bands)}, got {arr.shape[1]} (shape {arr.shape})"
             )
         if not np.issubdtype(arr.dtype, np.floating):
-            raise UserError(f"{source}: flux must be floating point nanomaggies, got {arr.dtype}")
+            raise UserError(
+                f"{source}: flux must be floating point nanomaggies, got {arr.dtype} (8-bit or integer images are "
+                "not flux; an rgb codec takes those)"
+            )
         bad = ~np.isfinite(arr)
         if bad.any():
             first = np.argwhere(bad)[0]
             raise UserError(
                 f"{source}: {int(bad.sum())} NaN or infinite flux values (first at batch row {first[0]}, band {first[1]})"
             )
+        if _looks_8bit(arr):
+            raise UserError(
+                f"{source}: flux values are all whole numbers in [0, 255] (max {arr.max():g}): 8-bit image levels, "
+                "not nanomaggies; convert to calibrated flux first"
+            )
         height, width = arr.shape[2:4]
+    if height != width:
+        raise UserError(f"{source}: images are {height}x{width} px, not square; the codec takes square cutouts")
     if min(height, width) < spec.size:
         raise UserError(
             f"{source}: images are {height}x{width} px, smaller than the codec's {spec.size} px input; refusing to pad"
@@ -167,6 +239,17 @@ def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
         return _resize_rgb(arr, spec.size)
     top, left = (height - spec.size) // 2, (width - spec.size) // 2
     return np.array(arr[:, :, top : top + spec.size, left : left + spec.size], dtype=np.float32)
+
+
+def _looks_8bit(flux: np.ndarray) -> bool:
+    """Whether float "flux" is really 8-bit image levels: every value a whole number in [0, 255], some above 1.
+
+    Calibrated nanomaggies are real numbers with sky noise around zero (negative values included), so a batch of
+    whole numbers only is not flux. The `> 1` keeps an all-zero (or 0/1 mask-like) batch out of this rule.
+    """
+    return bool(
+        flux.size and flux.min() >= 0 and flux.max() <= 255 and flux.max() > 1 and (flux == np.round(flux)).all()
+    )
 
 
 def _resize_rgb(images: np.ndarray, size: int) -> np.ndarray:

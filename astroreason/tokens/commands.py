@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--hidden", type=int, help="convolution channels (default 32)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 400)")
     p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-3)")
     p.add_argument("--seed", type=seed, help="seed for initialisation, sampling and batches (default 0)")
     p.add_argument("--max-images", type=int, help="cap on training images held in memory (default 4096)")
     p.add_argument("--crop", type=int, help="train on random crops of this side, a multiple of 4 (default: full size)")
@@ -41,7 +41,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--codec", required=True, help="codec directory (built-in FSQ, or a local AION-1 codec)")
     p.add_argument("--out", help="cache directory (default: PREPARED/tokens/<codec>-<hash>/)")
     p.add_argument("--flux-source", help="local galaxy10-aion copy (parquet or save_to_disk) to take flux from")
-    p.add_argument("--batch-size", type=int, default=256, help="images per encode batch (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per encode batch (default: the codec's own, 256 for the built-in codec, 32 for AION-1)",
+    )
     p.add_argument("--force", action="store_true", help="re-encode even when the cache is up to date")
     p.set_defaults(func=run_encode)
 
@@ -185,7 +189,8 @@ def run_train(args) -> int:
     m = metrics["held_out"]
     print(f"wrote {out} ({codec.describe()})")
     print(
-        f"held-out: MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
+        f"held-out ({provenance.get('held_out_split', provenance.get('held_out'))}, {m['n_images']} images): "
+        f"MSE {m['mse']:.5f}  PSNR {m['psnr_db']:.2f} dB  codebook usage {m['codebook_usage']:.1%}  "
         f"perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)"
     )
     return 0
@@ -199,17 +204,18 @@ def run_encode(args) -> int:
     from .cache import META_NAME, encode_prepared, load_codes
     from .codec import load_codec
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
     if args.out is not None:
         check_writable(args.out, "--out", directory=True)
     codec = load_codec(args.codec)
+    batch_size = args.batch_size or codec.default_batch_size
     out = encode_prepared(
         args.data,
         codec,
         out=args.out,
         flux_source=args.flux_source,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         force=args.force,
         progress=True,
     )

@@ -44,6 +44,10 @@ class FSQConfig:
         arcsinh_scale: Softening of the RGB arcsinh stretch, in units of full scale.
         flux_softening: Softening of the flux arcsinh stretch, nanomaggies (AION's range_compression_factor).
         flux_clip: Per-band clip in nanomaggies before the stretch (AION's values by default).
+        latent_norm: Normalisation of the latent just before quantisation. `batch`: each latent dimension
+            standardised over the batch and positions (BatchNorm without affine parameters; running statistics at
+            encode time), so every dimension spreads over all its levels and the vocabulary gets used. `none`: the
+            raw projection (codecs saved before this field existed; they used ~2 % of a 4375-id vocabulary).
     """
 
     levels: list[int] = field(default_factory=lambda: [7, 5, 5, 5, 5])
@@ -56,6 +60,7 @@ class FSQConfig:
     arcsinh_scale: float = 0.1
     flux_softening: float = 0.01
     flux_clip: dict[str, float] = field(default_factory=lambda: dict(FLUX_CLIP))
+    latent_norm: str = "batch"
 
     def __post_init__(self):
         self.levels = [int(v) for v in self.levels]
@@ -65,6 +70,8 @@ class FSQConfig:
             raise UserError(f"input: expected rgb or flux, got {self.input!r}")
         if self.size <= 0 or self.size % 4:
             raise UserError(f"size: must be a positive multiple of 4 (the codec downsamples 4x), got {self.size}")
+        if self.latent_norm not in ("batch", "none"):
+            raise UserError(f"latent_norm: expected batch or none, got {self.latent_norm!r}")
         if self.stretch not in ("linear", "arcsinh"):
             raise UserError(f"stretch: expected linear or arcsinh, got {self.stretch!r}")
         if self.input == "flux":
@@ -108,7 +115,7 @@ class TrainConfig:
 
     steps: int = 400
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 5e-3
     seed: int = 0
     max_images: int = 4096
     max_eval_images: int = 512
@@ -184,6 +191,7 @@ class FSQAutoencoder(nn.Module):
             ChannelNorm(h),
             nn.SiLU(),
             nn.Conv2d(h, d, 1),
+            *([nn.BatchNorm2d(d, affine=False)] if config.latent_norm == "batch" else []),
         )
         self.quantizer = FSQ(config.levels)
         self.decoder = nn.Sequential(
@@ -267,7 +275,10 @@ class FSQCodec(Codec):
             from safetensors.torch import save
 
             self._weights_sha256 = sha256_bytes(save(self._state_dict()))
-        return sha256_bytes("fsq", json.dumps(asdict(self.config), sort_keys=True), self._weights_sha256)
+        config = asdict(self.config)
+        if config["latent_norm"] == "none":  # hashed as before the field existed: old codecs keep their caches
+            del config["latent_norm"]
+        return sha256_bytes("fsq", json.dumps(config, sort_keys=True), self._weights_sha256)
 
     def _state_dict(self):
         return {k: v.contiguous() for k, v in self.model.state_dict().items()}
@@ -312,7 +323,8 @@ class FSQCodec(Codec):
 
         path = Path(path)
         meta = read_config(path)
-        config = FSQConfig.from_json(meta["config"])
+        # Saved before `latent_norm` existed: those codecs had no normalisation layer.
+        config = FSQConfig.from_json({"latent_norm": "none", **meta["config"]})
         weights = path / WEIGHTS_NAME
         if not weights.is_file():
             raise UserError(f"{weights}: missing; the codec directory is incomplete")
