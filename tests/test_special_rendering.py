@@ -139,14 +139,33 @@ def train(recipe: str, model_dir, prepared_dir, codec_dir, out: Path, *extra: st
 LORA = ("--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj", "--lora_r", "4")
 
 
+@pytest.fixture(scope="module")
+def tied_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model's architecture with tied input and output embeddings (as Qwen2.5-VL-3B has)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from astroreason.models import load_processor
+
+    out = tmp_path_factory.mktemp("tied") / "model"
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(
+        AutoConfig.from_pretrained(tiny_model_dir, tie_word_embeddings=True)
+    )
+    model.save_pretrained(out)
+    load_processor(tiny_model_dir).save_pretrained(out)
+    return out
+
+
 @pytest.mark.parametrize(
-    "recipe,lora,init",
-    [("sft", False, "mean"), ("sft", True, "codebook"), ("grpo", True, "mean")],
-    ids=["sft-full", "sft-lora", "grpo-lora"],
+    "recipe,kind,init",
+    [("sft", "full", "mean"), ("sft", "lora", "codebook"), ("sft", "lora-tied", "mean"), ("grpo", "lora", "mean")],
+    ids=["sft-full", "sft-lora", "sft-lora-tied", "grpo-lora"],
 )
 def test_special_checkpoint_trains_saves_and_evaluates(
-    recipe, lora, init, tiny_model_dir, prepared_dir, codec_dir, tmp_path, capsys
+    recipe, kind, init, request, prepared_dir, codec_dir, tmp_path, capsys
 ):
+    lora = kind.startswith("lora")
+    tiny_model_dir = request.getfixturevalue("tied_model_dir" if kind == "lora-tied" else "tiny_model_dir")
     vocab = load_codec(codec_dir).vocab_size
     base, base_proc = load_model_and_processor(tiny_model_dir)
     n_old = len(base_proc.tokenizer)
@@ -179,10 +198,12 @@ def test_special_checkpoint_trains_saves_and_evaluates(
     if recipe == "sft":  # every code the training prompts hold moved (GRPO's rewards may not vary in 3 steps)
         seen = {t for row in trainer.train_dataset["input_ids"] for t in row} & set(ids)
         assert seen and all(moved[ids.index(t)] > 1e-4 for t in seen), moved
-    if lora:  # trainable_token_indices: only the code rows train, the old vocabulary is untouched
+    if kind == "lora":  # trainable_token_indices: only the code rows train, the old vocabulary is untouched
         torch.testing.assert_close(emb[:n_old], base_rows)
-        assert (out / "adapter_config.json").is_file()
         assert json.loads((out / "adapter_config.json").read_text())["trainable_token_indices"]
+    if kind == "lora-tied":  # the whole embedding trains, saved in the adapter, still tied to the head
+        assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["embed_tokens"]
+        assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
     # Evaluated with its own tokenizer; the prompt per galaxy is the 16 codes plus the template, as `tokens cost`
     # counts it for the same tokenizer.
