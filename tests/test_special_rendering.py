@@ -303,3 +303,40 @@ def test_recipe_refuses_an_unknown_init(tiny_model_dir, prepared_dir, codec_dir,
     argv += ["--output_dir", str(tmp_path / "out"), "--data_dir", str(prepared_dir), "--codec", str(codec_dir)]
     with pytest.raises(UserError, match="code_token_init: expected one of mean, codebook, got 'zeros'"):
         parse_recipe_args(SFTConfig, argv)
+
+
+def test_recipe_refuses_a_tokenizer_built_for_another_codec(tiny_model_dir, prepared_dir, codec_dir, tmp_path):
+    """A model holding code tokens of a larger codec: some code tokens would never be one of this codec's codes."""
+    from trl import SFTConfig
+
+    from astroreason.errors import UserError
+    from astroreason.models import save_with_code_tokens
+    from astroreason.training import build_sft_trainer, parse_recipe_args
+
+    other = save_with_code_tokens(tiny_model_dir, tmp_path / "other", 30)
+    argv = ["--config", str(REPO / "recipes/configs/tiny/sft_tokens.yaml"), "--rendering", "special"]
+    argv += ["--model_name_or_path", str(other), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(prepared_dir), "--codec", str(codec_dir), "--max_train_samples", "4"]
+    script_args, training_args, model_args = parse_recipe_args(SFTConfig, argv)
+    with pytest.raises(
+        UserError,
+        match=r"rendering special: the tokenizer of .*other holds more code tokens than the codec's vocabulary 25",
+    ):
+        build_sft_trainer(script_args, training_args, model_args)
+    assert not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_recipe_refuses_a_codec_too_large_for_special(tiny_model_dir, prepared_dir, tmp_path):
+    from trl import SFTConfig
+
+    from astroreason.errors import UserError
+    from astroreason.tokens.fsq import FSQCodec, FSQConfig
+    from astroreason.training import build_sft_trainer, parse_recipe_args
+
+    huge = FSQCodec(FSQConfig(size=32, hidden=8, levels=[256, 256, 2]), name="huge").save(tmp_path / "huge")
+    argv = ["--config", str(REPO / "recipes/configs/tiny/sft_tokens.yaml"), "--rendering", "special"]
+    argv += ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+    argv += ["--data_dir", str(prepared_dir), "--codec", str(huge)]
+    script_args, training_args, model_args = parse_recipe_args(SFTConfig, argv)
+    with pytest.raises(UserError, match="131072 codes would add 131072 tokens"):
+        build_sft_trainer(script_args, training_args, model_args)
