@@ -20,7 +20,15 @@ from .defaults import ensure_tiny_defaults
 from .errors import UserError
 from .integrity.lint import write_lint_record
 from .io import check_writable
-from .models import add_code_tokens, check_image_size, check_init, codec_vectors, family_for, load_model_and_processor
+from .models import (
+    add_code_tokens,
+    check_image_size,
+    check_init,
+    codec_vectors,
+    family_for,
+    load_model_and_processor,
+    tied_embeddings,
+)
 from .options import ArmArguments, BudgetArguments
 from .rewards import get_reward_funcs
 from .tokens import load_codec
@@ -421,11 +429,16 @@ def code_tokens_for(args: GalaxyScriptArguments, model, processor, *, seed: int,
 
 
 def peft_config(model_args, model=None, code_ids: list[int] | None = None):
-    """TRL's LoRA config from `ModelConfig` (None without `use_peft`). With code tokens, their embedding rows (and
-    the LM head's, when untied) train too, through peft's `trainable_token_indices`: only those rows are trained
-    and saved in the adapter, the rest of the vocabulary stays frozen (cheaper than `modules_to_save` of the whole
-    embedding and head, which would also save every old row). A user's own `lora_modules_to_save` naming the
-    embeddings already trains and saves them whole, and is left as it is."""
+    """TRL's LoRA config from `ModelConfig` (None without `use_peft`); with code tokens, their rows train and are
+    saved in the adapter too (docs/models.md):
+
+    - untied embeddings: peft's `trainable_token_indices` on the input embeddings (the family's
+      `code_token_modules`), so only the code rows train and are saved, the old vocabulary stays frozen; cheaper
+      than `modules_to_save`, which would train and save every row of the embedding and the head;
+    - tied embeddings: peft's token wrapper would also wrap the tied LM head, whose `bias` TRL's fused LM head reads
+      and the wrapper lacks, so the embedding goes to `modules_to_save` with `ensure_weight_tying` (the head follows).
+
+    A user's own `lora_modules_to_save` naming the embeddings already trains and saves them, and is left as it is."""
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
@@ -440,11 +453,6 @@ def peft_config(model_args, model=None, code_ids: list[int] | None = None):
     else:
         config.trainable_token_indices = modules
     return config
-
-
-def tied_embeddings(model) -> bool:
-    out = model.get_output_embeddings()
-    return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:

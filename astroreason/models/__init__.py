@@ -6,7 +6,7 @@ registration. See docs/models.md.
 """
 
 from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (registration: each module registers its family)
-from .code_tokens import CODE_TOKEN_INITS, check_init, codec_vectors
+from .code_tokens import CODE_TOKEN_INITS, check_init, codec_vectors, tied_embeddings
 from .family import ModelFamily, families, family_for, find_family, register
 from .files import ANSWER_FILES, adapter_base_dir, answer_files_hash, file_hash, weights_hash
 from .loading import (
@@ -58,6 +58,7 @@ __all__ = [
     "register",
     "save_with_code_tokens",
     "tokenizer_corpus",
+    "tied_embeddings",
     "tokenizer_dir",
     "train_tokenizer",
     "weights_hash",

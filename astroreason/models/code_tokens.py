@@ -67,15 +67,20 @@ def new_rows(old, n: int, init: str, *, vectors: np.ndarray | None = None, seed:
     return mean + scale * projected
 
 
+def tied_embeddings(model) -> bool:
+    """Whether the model's output embeddings are its input embeddings (one tensor, `tie_word_embeddings`)."""
+    out = model.get_output_embeddings()
+    return out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
 def init_code_rows(model, ids: list[int], n_old: int, init: str, *, vectors=None, seed: int = 0) -> None:
     """Write the rows of the added tokens `ids` in the input embeddings and, when it is not tied to them, the output
     embeddings (same init, same projection); `n_old` rows (the tokenizer's earlier tokens) are the reference."""
     import torch
 
-    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
-    weights = [inp.weight]
-    if out is not None and out.weight.data_ptr() != inp.weight.data_ptr():
-        weights.append(out.weight)
+    weights = [model.get_input_embeddings().weight]
+    if model.get_output_embeddings() is not None and not tied_embeddings(model):
+        weights.append(model.get_output_embeddings().weight)
     index = torch.as_tensor(ids, dtype=torch.long)
     with torch.no_grad():
         for weight in weights:
