@@ -340,3 +340,15 @@ def test_recipe_refuses_a_codec_too_large_for_special(tiny_model_dir, prepared_d
     script_args, training_args, model_args = parse_recipe_args(SFTConfig, argv)
     with pytest.raises(UserError, match="131072 codes would add 131072 tokens"):
         build_sft_trainer(script_args, training_args, model_args)
+
+
+def test_codebook_init_needs_a_codec_with_code_vectors():
+    """A codec exposing no code vectors (the AION-1 adapter wraps a model astroreason does not look into)."""
+    from types import SimpleNamespace
+
+    from astroreason.errors import UserError
+
+    with pytest.raises(
+        UserError, match="code_token_init: codebook needs the codec's code vectors.*use --code_token_init mean"
+    ):
+        codec_vectors(SimpleNamespace(name="aion-image", vocab_size=10000, model=None))
