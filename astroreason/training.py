@@ -386,15 +386,15 @@ def check_precision(values: dict) -> None:
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
-    size the model's family does not fit (read from its config, before any image is resized) and a codec whose
-    vocabulary the rendering cannot carry."""
+    size the model's family does not fit (read from its config, before any image is resized) and, for the special
+    rendering, a codec whose vocabulary is too large to add one token per code."""
 
     ensure_tiny_defaults(
         args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
     )
     if args.modality == "image" and model_args.model_name_or_path:
         check_image_size(model_args.model_name_or_path, args.image_size)
-    if args.modality == "tokens":  # a codec the rendering cannot carry is refused before any data is read
+    if args.modality == "tokens" and args.rendering == "special":  # a codec too large for one token per code
         check_fits(args.rendering, load_codec(args.codec).vocab_size)
 
 
