@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .arguments import parse_config_args
 from .arms import Arm, build_arm
@@ -80,7 +81,7 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
         },
     )
 
-    code_token_init: str = field(
+    code_token_init: Literal["mean", "codebook"] = field(
         default="mean",
         metadata={
             "help": "rendering special: how the added code tokens' embedding rows start: mean (the existing rows' "
