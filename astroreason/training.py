@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .arguments import parse_config_args
 from .arms import Arm, build_arm
@@ -20,9 +21,19 @@ from .defaults import ensure_tiny_defaults
 from .errors import UserError
 from .integrity.lint import write_lint_record
 from .io import check_writable
-from .models import check_image_size, load_model_and_processor
+from .models import (
+    add_code_tokens,
+    check_image_size,
+    check_init,
+    codec_vectors,
+    family_for,
+    load_model_and_processor,
+    tied_embeddings,
+)
 from .options import ArmArguments, BudgetArguments
 from .rewards import get_reward_funcs
+from .tokens import load_codec
+from .tokens.render import check_fits, code_token
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,10 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
         alarm_no_signal_logs: GRPO training alarm: consecutive logs in which every group's completions score the
             same (`frac_reward_zero_std` = 1: no gradient) before the run is marked suspect as learning nothing
             (default: `AlarmConfig.no_signal_logs`, 10; 0 turns the rule off). See docs/integrity.md.
+        code_token_init: With `rendering: special`, how the rows of the added code tokens start
+            (`astroreason.models.code_tokens`): `mean` (the existing rows' mean plus small seeded noise) or
+            `codebook` (each code's codec vector through a seeded random projection, so similar codes start close).
+            Tokens the model already holds keep their rows.
     """
 
     train_split: str = field(default="train", metadata={"help": "Training split."})
@@ -66,8 +81,18 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
         },
     )
 
+    code_token_init: Literal["mean", "codebook"] = field(
+        default="mean",
+        metadata={
+            "help": "rendering special: how the added code tokens' embedding rows start: mean (the existing rows' "
+            "mean plus small seeded noise) or codebook (each code's codec vector through a seeded random "
+            "projection, so similar codes start close). Rows a model already holds are kept. See docs/models.md."
+        },
+    )
+
     def __post_init__(self):
         self.arm_settings()  # the arm's own checks: modality, codec, image size
+        check_init(self.code_token_init)
         if self.alarm_no_signal_logs is not None and (
             isinstance(self.alarm_no_signal_logs, bool)
             or not isinstance(self.alarm_no_signal_logs, int)
@@ -362,13 +387,16 @@ def check_precision(values: dict) -> None:
 
 def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
-    size the model's family does not fit (read from its config, before any image is resized)."""
+    size the model's family does not fit (read from its config, before any image is resized) and, for the special
+    rendering, a codec whose vocabulary is too large to add one token per code."""
 
     ensure_tiny_defaults(
         args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
     )
     if args.modality == "image" and model_args.model_name_or_path:
         check_image_size(model_args.model_name_or_path, args.image_size)
+    if args.modality == "tokens" and args.rendering == "special":  # a codec too large for one token per code
+        check_fits(args.rendering, load_codec(args.codec).vocab_size)
 
 
 def load_model(model_args, training_args):
@@ -385,10 +413,47 @@ def load_model(model_args, training_args):
     )
 
 
-def peft_config(model_args):
+def code_tokens_for(args: GalaxyScriptArguments, model, processor, *, seed: int, model_dir: str) -> list[int] | None:
+    """With `rendering: special`, give the model one token per code id (the family's surgery, rows initialised as
+    `code_token_init` says) and return their ids; None for any other rendering. Tokens already there (a checkpoint
+    trained with special, rows warm-started elsewhere) are kept as they are. Refuses a codec that does not fit, and
+    a tokenizer that still would not read each code as one token (one built for another codec)."""
+    if args.modality != "tokens" or args.rendering != "special":
+        return None
+    codec = load_codec(args.codec)
+    check_fits("special", codec.vocab_size)
+    vectors = codec_vectors(codec) if args.code_token_init == "codebook" else None
+    add_code_tokens(processor, model, codec.vocab_size, init=args.code_token_init, vectors=vectors, seed=seed)
+    check_fits("special", codec.vocab_size, processor, model_dir=model_dir)
+    tok = getattr(processor, "tokenizer", processor)
+    return tok.convert_tokens_to_ids([code_token(i) for i in range(codec.vocab_size)])
+
+
+def peft_config(model_args, model=None, code_ids: list[int] | None = None):
+    """TRL's LoRA config from `ModelConfig` (None without `use_peft`); with code tokens, their rows train and are
+    saved in the adapter too (docs/models.md):
+
+    - untied embeddings: peft's `trainable_token_indices` on the input embeddings (the family's
+      `code_token_modules`), so only the code rows train and are saved, the old vocabulary stays frozen; cheaper
+      than `modules_to_save`, which would train and save every row of the embedding and the head;
+    - tied embeddings: peft's token wrapper would also wrap the tied LM head, whose `bias` TRL's fused LM head reads
+      and the wrapper lacks, so the embedding goes to `modules_to_save` with `ensure_weight_tying` (the head follows).
+
+    A user's own `lora_modules_to_save` naming the embeddings already trains and saves them, and is left as it is."""
     from trl import get_peft_config
 
-    return get_peft_config(model_args)
+    config = get_peft_config(model_args)
+    if config is None or not code_ids:
+        return config
+    modules = family_for(model).code_token_modules(model, code_ids)
+    if set(modules) & set(config.modules_to_save or []):
+        return config
+    if tied_embeddings(model):
+        config.modules_to_save = [*(config.modules_to_save or []), *modules]
+        config.ensure_weight_tying = True
+    else:
+        config.trainable_token_indices = modules
+    return config
 
 
 def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
@@ -498,6 +563,7 @@ def build_sft_trainer(
         args, training_args, with_completion=True, permute_labels_seed=permute_labels_seed
     )
     model, processor = load_model(model_args, training_args)
+    code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
     base = base_record("sft", args, training_args, model_args)
     return SFTTrainer(
         model=model,
@@ -505,7 +571,7 @@ def build_sft_trainer(
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        peft_config=peft_config(model_args),
+        peft_config=peft_config(model_args, model, code_ids),
         callbacks=callbacks + integrity_callbacks(args, base=base) + extra,
     )
 
@@ -524,6 +590,7 @@ def build_grpo_trainer(
         args, training_args, with_completion=False, permute_labels_seed=permute_labels_seed
     )
     model, processor = load_model(model_args, training_args)
+    code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
     base = base_record("grpo", args, training_args, model_args)
     return GRPOTrainer(
         model=model,
@@ -532,6 +599,6 @@ def build_grpo_trainer(
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        peft_config=peft_config(model_args),
+        peft_config=peft_config(model_args, model, code_ids),
         callbacks=callbacks + integrity_callbacks(args, grpo=True, base=base) + extra,
     )

@@ -31,6 +31,7 @@ import openai
 from ..budget import BudgetExhausted
 from ..errors import CheckFailed, UserError
 from ..models import load_model_and_processor
+from ..tokens.cost import chat_prompt_text
 from .config import BACKENDS, SamplingSettings  # noqa: F401  (BACKENDS: re-exported for callers of this module)
 
 
@@ -165,7 +166,7 @@ class TransformersBackend(_Batched):
 
     def _inputs(self, prompts, images):
         texts = [
-            self.processor.apply_chat_template(chat_messages(p, im), tokenize=False, add_generation_prompt=True)
+            chat_prompt_text(self.processor, chat_messages(p, im))  # as `tokens cost` counts a prompt
             for p, im in zip(prompts, images)
         ]
         has_images = [im for im in images if im is not None]

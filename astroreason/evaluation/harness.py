@@ -26,11 +26,12 @@ from ..errors import CheckFailed, UserError
 from ..integrity.gate import read_suspect
 from ..integrity.ledger import LEDGER_FILE, record_result
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..models import answer_files_hash, check_image_size, weights_hash
+from ..models import answer_files_hash, check_code_tokens, check_image_size, weights_hash
 from ..prompts import TEMPLATES
 from ..provenance import GitState, provenance
 from ..rewards import parse_answer
 from ..tokens import load_codec
+from ..tokens.render import check_fits
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
 from .config import EvalConfig
 from .metrics import classification_metrics
@@ -125,6 +126,17 @@ def append_records(path: Path, records: list[dict]) -> None:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def check_token_arm(config: EvalConfig) -> None:
+    """Refuse (one line) a codec the rendering cannot carry and, for `special`, a local checkpoint whose own
+    tokenizer (an adapter's when it saved one) lacks a code token: codes would be split into BPE pieces. A served
+    model without a local directory is the server's to tokenize."""
+    codec = load_codec(config.codec)
+    if Path(config.model).is_dir():
+        check_code_tokens(config.model, config.rendering, codec.vocab_size)
+    else:
+        check_fits(config.rendering, codec.vocab_size)
 
 
 def evaluation_arm(config: EvalConfig) -> Arm:
@@ -243,6 +255,8 @@ class Evaluation:
         self.weights = model_fingerprint(config)
         if config.modality == "image":  # the model's family fits this side (read from a local config only)
             check_image_size(config.model, config.image_size)
+        else:  # before any row is built or model loaded: codes never silently split into several tokens
+            check_token_arm(config)
         self.arm = evaluation_arm(config)
         self.rows = self.arm.rows()
         self.labels = [int(r["label"]) for r in self.rows]
@@ -391,6 +405,10 @@ class Evaluation:
             "n_from_cache": self.n_from_cache,
             "seconds": round(time.monotonic() - self.started, 3),
             "prompt_tokens": sum(r["prompt_tokens"] for r in finished),
+            # The whole prompt per galaxy (template + galaxy), as `astroreason tokens cost` counts it.
+            "prompt_tokens_per_galaxy": (sum(r["prompt_tokens"] for r in finished) / len(finished))
+            if finished
+            else None,
             "completion_tokens": sum(r["completion_tokens"] for r in finished),
             # What the answers in use cost when they were bought (each distinct input paid once, whichever run).
             "dollars": sum(self.done[k].get("dollars", 0.0) for k in set(self.keys) if k in self.done),

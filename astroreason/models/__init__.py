@@ -6,16 +6,20 @@ registration. See docs/models.md.
 """
 
 from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (registration: each module registers its family)
+from .code_tokens import CODE_TOKEN_INITS, check_init, codec_vectors, tied_embeddings
 from .family import ModelFamily, families, family_for, find_family, register
 from .files import ANSWER_FILES, adapter_base_dir, answer_files_hash, file_hash, weights_hash
 from .loading import (
     add_code_tokens,
+    check_code_tokens,
     check_image_size,
     checkpoint_family,
+    has_tokenizer,
     load_model_and_processor,
     load_processor,
     read_config,
     save_with_code_tokens,
+    tokenizer_dir,
 )
 from .qwen_vl import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 from .tiny import BUILD_RECORD, SIZE_SPECS, SIZES, TinyModelSpec, build_record, build_tiny_model, tokenizer_corpus
@@ -25,6 +29,7 @@ ARCHS = tuple(families())  # the families with a tiny offline builder: `astrorea
 __all__ = [
     "ANSWER_FILES",
     "ARCHS",
+    "CODE_TOKEN_INITS",
     "BUILD_RECORD",
     "CHAT_TEMPLATE",
     "SIZES",
@@ -37,18 +42,24 @@ __all__ = [
     "answer_files_hash",
     "build_record",
     "build_tiny_model",
+    "check_code_tokens",
     "check_image_size",
+    "check_init",
+    "codec_vectors",
     "checkpoint_family",
     "families",
     "family_for",
     "file_hash",
     "find_family",
+    "has_tokenizer",
     "load_model_and_processor",
     "load_processor",
     "read_config",
     "register",
     "save_with_code_tokens",
     "tokenizer_corpus",
+    "tied_embeddings",
+    "tokenizer_dir",
     "train_tokenizer",
     "weights_hash",
 ]

@@ -12,7 +12,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from ..errors import UserError
-from ..tokens.render import add_code_token_strings, code_token
+from ..tokens.render import add_code_token_strings, check_fits, code_token
+from .code_tokens import check_init, init_code_rows
 
 _FAMILIES: dict[str, ModelFamily] = {}
 
@@ -83,22 +84,46 @@ class ModelFamily(ABC):
 
     # --- vocabulary -------------------------------------------------------------------------------------------------
 
-    def add_code_tokens(self, processor, model, vocab_size: int) -> int:
-        """Add the `special` rendering's code tokens to the tokenizer and grow the model's embeddings to hold them.
+    def add_code_tokens(
+        self, processor, model, vocab_size: int, *, init: str = "mean", vectors=None, seed: int = 0
+    ) -> int:
+        """Add the `special` rendering's code tokens to the tokenizer and give each its own embedding row.
 
-        Returns the tokens added (0 when all are there). The embedding matrix grows only when the tokenizer outgrows
-        it (a checkpoint may carry spare rows), new rows at the mean of the old ones (transformers' `mean_resizing`).
+        Returns the tokens added (0 when all are there: then nothing is touched, so rows trained or warm-started
+        before are kept). The embedding matrix grows only when the tokenizer outgrows it (a checkpoint may carry
+        spare rows); the rows of the added tokens start as `init` says (`astroreason.models.code_tokens`: `mean`, or
+        `codebook` from the codec's `vectors` [vocab_size, D]), in the output embeddings too when they are not tied
+        to the input ones (tied ones stay one tensor).
         """
-        added = add_code_token_strings(processor, vocab_size)
+        check_fits("special", vocab_size)
+        check_init(init)
         tok = getattr(processor, "tokenizer", processor)
-        rows = model.get_input_embeddings().weight.shape[0]
-        if len(tok) > rows:
-            model.resize_token_embeddings(len(tok), mean_resizing=True)
+        n_old = len(tok)
+        vocab = tok.get_vocab()
+        missing = [i for i in range(vocab_size) if code_token(i) not in vocab]
+        added = add_code_token_strings(processor, vocab_size)
+        if added:
+            if len(tok) > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(tok), mean_resizing=False)  # rows written below
+            ids = tok.convert_tokens_to_ids([code_token(i) for i in missing])
+            chosen = None if vectors is None else vectors[missing]
+            init_code_rows(model, ids, n_old, init, vectors=chosen, seed=seed)
         top = tok.convert_tokens_to_ids(code_token(vocab_size - 1))
         rows = model.get_input_embeddings().weight.shape[0]
         if top >= rows:
             raise UserError(f"model embeddings: {rows} rows cannot hold token id {top}")
         return added
+
+    def code_token_modules(self, model, ids: list[int]) -> dict[str, list[int]]:
+        """peft's `trainable_token_indices` for the code tokens `ids`: the input embeddings, by module name.
+
+        Not the LM head: TRL's fused LM head reads `lm_head.weight` and `lm_head.bias`, and peft's token wrapper
+        exposes only `weight`. An untied head's code rows stay at their init (they only score a code token as the
+        next token, which no target holds); a tied head is the embedding itself and follows it.
+        """
+        inp = model.get_input_embeddings()
+        name = next(n for n, m in model.named_modules() if m is inp)
+        return {name.rsplit(".", 1)[-1]: list(ids)}
 
     # --- loading and building ---------------------------------------------------------------------------------------
 

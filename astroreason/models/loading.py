@@ -95,6 +95,13 @@ def load_model_and_processor(
             device_map=device_map,
             attn_implementation=attn_implementation,
         )
+        if has_tokenizer(path):
+            # The run saved its own tokenizer (the special rendering's code tokens): evaluate with it, and grow the
+            # base to its size first; the adapter carries the trained rows of the added tokens.
+            processor = load_processor(path, trust_remote_code=trust_remote_code)
+            rows = len(getattr(processor, "tokenizer", processor))
+            if rows > model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(rows, mean_resizing=False)
         return PeftModel.from_pretrained(model, str(path)), processor
     if looks_local and not (path / "config.json").is_file():
         raise UserError(f"model: {name} is not a model directory (no config.json there)")
@@ -119,18 +126,55 @@ def load_model_and_processor(
     return model, processor
 
 
-def add_code_tokens(processor, model, vocab_size: int) -> int:
-    """Add the `special` rendering's code tokens to the processor's tokenizer and grow the model's embeddings to
-    hold them (the model family's surgery); returns the tokens added, 0 when they are all there."""
-    return family_for(model).add_code_tokens(processor, model, vocab_size)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
-def save_with_code_tokens(model_dir, out_dir, vocab_size: int) -> Path:
+def has_tokenizer(path: str | Path) -> bool:
+    """Whether a directory holds a saved tokenizer of its own (a LoRA run's output does: the recipes save it)."""
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def tokenizer_dir(name_or_path: str | Path) -> str:
+    """The directory (or Hub name) whose tokenizer a checkpoint is evaluated with: its own, or for a peft adapter
+    saved without one, its base model's."""
+    path = Path(str(name_or_path)).expanduser()
+    if (path / "adapter_config.json").is_file() and not has_tokenizer(path):
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return tokenizer_dir(base) if base else str(path)
+    return str(name_or_path)
+
+
+def check_code_tokens(name_or_path: str | Path, rendering: str, vocab_size: int) -> None:
+    """Refuse (one line) a checkpoint whose tokenizer does not hold the `special` rendering's code tokens one token
+    per code (they would be split into several BPE pieces), or holds more than the codec has."""
+    from transformers import AutoTokenizer
+
+    check_fits(rendering, vocab_size)
+    if rendering != "special":
+        return
+    source = tokenizer_dir(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"model: cannot load the tokenizer of {source}: {str(err).splitlines()[0]}") from None
+    check_fits(rendering, vocab_size, tokenizer, model_dir=source)
+
+
+def add_code_tokens(processor, model, vocab_size: int, *, init: str = "mean", vectors=None, seed: int = 0) -> int:
+    """Add the `special` rendering's code tokens to the processor's tokenizer and give each its own embedding row
+    (the model family's surgery, `ModelFamily.add_code_tokens`); returns the tokens added, 0 when they are all there
+    (then no row is touched)."""
+    return family_for(model).add_code_tokens(processor, model, vocab_size, init=init, vectors=vectors, seed=seed)
+
+
+def save_with_code_tokens(
+    model_dir, out_dir, vocab_size: int, *, init: str = "mean", vectors=None, seed: int = 0
+) -> Path:
     """Load a model and its processor, add the code tokens, and save both to `out_dir` (atomically)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     check_fits("special", vocab_size)
     model, processor = load_model_and_processor(model_dir)  # image-only processor where torchvision is missing
-    add_code_tokens(processor, model, vocab_size)
+    add_code_tokens(processor, model, vocab_size, init=init, vectors=vectors, seed=seed)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

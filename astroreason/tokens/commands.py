@@ -307,12 +307,16 @@ def run_cost(args) -> int:
 
     print(codec.describe())
     print(f"model {model_dir}: {type(tokenizer).__name__}, {type(image_processor).__name__}; {where}")
-    print(f"{'rendering':<10} {'LM tokens/galaxy':>17} {'min-max':>13} {'tokens/code':>12}")
+    print(f"{'rendering':<10} {'LM tokens/galaxy':>17} {'min-max':>13} {'tokens/code':>12} {'prompt/galaxy':>14}")
     for c in costs:
         note = f"  ({c.note})" if c.note else ""
         print(
-            f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} {c.tokens_per_code:>12.3f}{note}"
+            f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} "
+            f"{c.tokens_per_code:>12.3f} {c.prompt_tokens_mean:>14.1f}{note}"
         )
+    print(
+        f"(prompt/galaxy: the default template's {costs[0].template_tokens} tokens with the codes, chat template included)"
+    )
     print(f"{'image':<10} {n_visual:>17d} {'':>13} {'':>12}  (visual tokens of a {side}x{side} px image)")
     if args.json:
         write_json_atomic(

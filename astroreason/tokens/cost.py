@@ -1,7 +1,10 @@
-"""What a galaxy's codes cost in the prompt: LM tokens of each rendering.
+"""What a galaxy's codes cost in the prompt: LM tokens of each rendering, alone and in the whole prompt.
 
-Counts are exact: the model's own tokenizer on the rendered text. The image arm's cost (visual tokens per image) is
-the model family's to say (`astroreason.models.ModelFamily.visual_tokens`).
+Counts are exact: the model's own tokenizer on the rendered text. The whole prompt is counted by `prompt_tokens`,
+the same function the evaluation's transformers backend builds its prompts with (`chat_prompt_text`), so
+`astroreason tokens cost` and `result.json` give the same figure for the same tokenizer, template and rendering. The
+image arm's cost (visual tokens per image) is the model family's to say
+(`astroreason.models.ModelFamily.visual_tokens`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import UserError
+from ..prompts import TEMPLATES
 from .render import RENDERINGS, add_code_token_strings, check_fits, check_rendering, missing_code_tokens, render
 
 
@@ -26,6 +30,10 @@ class RenderingCost:
         lm_tokens_max: Most LM tokens over the galaxies.
         tokens_per_code: `lm_tokens_mean / codes_per_galaxy`.
         n_galaxies: Galaxies measured.
+        prompt_tokens_mean: Mean LM tokens of the whole prompt per galaxy: the default token-arm template with
+            the rendered codes, through the chat template with the assistant's turn opened (`prompt_tokens`), as
+            the evaluation counts it (`result.json`'s `prompt_tokens_per_galaxy`).
+        template_tokens: LM tokens of that prompt without the codes (for `special`, prompt = codes + template).
         note: How the count was taken, when not with the model's tokenizer as saved.
     """
 
@@ -36,6 +44,8 @@ class RenderingCost:
     lm_tokens_max: int
     tokens_per_code: float
     n_galaxies: int
+    prompt_tokens_mean: float = 0.0
+    template_tokens: int = 0
     note: str = ""
 
     def to_json(self) -> dict:
@@ -46,6 +56,25 @@ def lm_tokens(text: str, tokenizer) -> int:
     """Exact LM tokens of `text` under `tokenizer`, without BOS/EOS or a chat template."""
     tok = getattr(tokenizer, "tokenizer", tokenizer)
     return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def chat_prompt_text(processor, messages: list[dict]) -> str:
+    """A conversational prompt as the model reads it: the chat template, with the assistant's turn opened."""
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_tokens(messages: list[dict], processor) -> int:
+    """LM tokens of a text-only conversational prompt as the evaluation sends it: `chat_prompt_text`, tokenized as
+    `processor(text=...)` tokenizes it (the tokenizer's own special tokens included, none for Qwen)."""
+    text = chat_prompt_text(processor, messages)
+    return len(getattr(processor, "tokenizer", processor)(text)["input_ids"])
+
+
+def token_prompt(tokens_text: str, template: str | None = None) -> list[dict]:
+    """The token arm's prompt of one galaxy (the default template unless given); an empty `tokens_text` gives the
+    template alone."""
+    template = TEMPLATES["tokens"] if template is None else template
+    return [{"role": "user", "content": template.format(tokens=tokens_text)}]
 
 
 def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: int, model_dir=None) -> RenderingCost:
@@ -69,7 +98,9 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
             add_code_token_strings(tok, vocab_size)
             note = "code tokens added to a copy of the tokenizer in memory"
         check_fits(rendering, vocab_size, tok, model_dir=model_dir)  # a partial or oversized set is a mismatch
-    counts = np.array([lm_tokens(render(grid, rendering), tok) for grid in codes])
+    texts = [render(grid, rendering) for grid in codes]
+    counts = np.array([lm_tokens(text, tok) for text in texts])
+    prompts = np.array([prompt_tokens(token_prompt(text), tok) for text in texts])
     per_galaxy = int(codes.shape[1] * codes.shape[2])
     return RenderingCost(
         rendering=rendering,
@@ -79,6 +110,8 @@ def rendering_cost(codes: np.ndarray, rendering: str, tokenizer, *, vocab_size: 
         lm_tokens_max=int(counts.max()),
         tokens_per_code=float(counts.mean() / per_galaxy),
         n_galaxies=int(len(codes)),
+        prompt_tokens_mean=float(prompts.mean()),
+        template_tokens=prompt_tokens(token_prompt(""), tok),
         note=note,
     )
 

@@ -141,13 +141,15 @@ def check_fits(rendering: str, vocab_size: int, tokenizer=None, *, model_dir: st
         if missing:
             have = vocab_size - missing
             raise UserError(
-                f"{where}: tokenizer holds {have} of the codec's {vocab_size} code tokens {code_token(0)}.. "
-                "(add them with astroreason.models.save_with_code_tokens, or choose the ints or rows rendering)"
+                f"rendering special: the tokenizer of {where} holds {have} of the codec's {vocab_size} code tokens "
+                f"{code_token(0)}.., so codes would be split into several tokens (train it with --rendering special, "
+                "which adds them, or add them with astroreason.models.save_with_code_tokens; or choose ints or rows)"
             )
         # Code tokens beyond the largest the codec can emit would never be trained: a codec/model mismatch.
         if code_token(vocab_size) in tok.get_vocab():
             raise UserError(
-                f"{where}: tokenizer holds more code tokens than the codec's vocabulary {vocab_size}: built for another codec"
+                f"rendering special: the tokenizer of {where} holds more code tokens than the codec's vocabulary "
+                f"{vocab_size}: built for another codec (use that codec, or a model without code tokens)"
             )
 
 
