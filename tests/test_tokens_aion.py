@@ -300,10 +300,13 @@ def test_a_local_hub_cache_opens_offline(aion_dir, tmp_path, capsys):
 # --- batched, deterministic encodes; the cache key follows the weights --------------------------------------------
 
 
-def test_batched_encode_with_a_progress_bar_is_the_same_and_deterministic(aion_dir, flux96, capsys):
+def test_batched_encode_with_a_progress_bar_is_the_same_and_deterministic(aion_dir, flux96, capsys, monkeypatch):
     codec = load_codec(aion_dir)
     whole = codec.encode(flux96)
     capsys.readouterr()
+    codec.encode(flux96, batch_size=4, progress=True)
+    assert capsys.readouterr().err == ""  # no bar where stderr is not a terminal (a log, a test)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich then takes stderr for a terminal
     batched = codec.encode(flux96, batch_size=4, progress=True)
     err = capsys.readouterr().err
     assert "encoding (aion-aion-base)" in err and "6/6" in err

@@ -156,7 +156,8 @@ class Codec(ABC):
 
 
 def _progress_bar(description: str, total: int | None):
-    """A rich progress bar on stderr (stdout stays for the command's result lines)."""
+    """A rich progress bar on a terminal's stderr (stdout stays for the command's result lines), transient; None when
+    stderr is not a terminal: a log or a test keeps only the command's own lines (an error stays one line)."""
     # lazy: rich loads only when a bar is asked for
     from rich.console import Console
     from rich.progress import (
@@ -168,14 +169,17 @@ def _progress_bar(description: str, total: int | None):
         TimeRemainingColumn,
     )
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        return None
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
+        console=console,
+        transient=True,
     )
     bar.add_task(description, total=total)
     return bar
