@@ -255,11 +255,11 @@ class Demo:
         )
 
     def sft(self, modality: str) -> Path:
-        """SFT from the pretrained-vision model, with a learning rate per part (`astroreason.optim`)."""
+        """SFT from the warm-started model, with a learning rate per part (`astroreason.optim`)."""
         from trl import ModelConfig, SFTConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .optim import PartLearningRates, use_part_learning_rates
+        from .optim import PartLearningRates
         from .training import build_sft_trainer, run_training
 
         c, out = self.config, self.out / modality / "sft"
@@ -276,18 +276,18 @@ class Demo:
                 **self._common(),
             )
             trainer = build_sft_trainer(self.script_args(modality), args, ModelConfig(str(self.model), dtype="float32"))
-            use_part_learning_rates(trainer, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
+            self.learning_rates(trainer, modality, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
             run_training(trainer, self.script_args(modality))
 
         self.stage(f"SFT, {modality} arm", out / "config.json", run)
         return out
 
     def grpo(self, modality: str) -> Path:
-        """GRPO from the SFT model (format + accuracy rewards); the vision blocks stay frozen."""
+        """GRPO from the SFT model (format + accuracy rewards); the vision blocks and the code rows stay frozen."""
         from trl import GRPOConfig, ModelConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .optim import PartLearningRates, use_part_learning_rates
+        from .optim import PartLearningRates
         from .training import build_grpo_trainer, run_training
 
         c, out, start = self.config, self.out / modality / "grpo", self.out / modality / "sft"
@@ -307,11 +307,23 @@ class Demo:
                 **self._common(),
             )
             trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(start), dtype="float32"))
-            use_part_learning_rates(trainer, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
+            self.learning_rates(trainer, modality, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
             run_training(trainer, self.script_args(modality))
 
         self.stage(f"GRPO, {modality} arm", out / "config.json", run)
         return out
+
+    def learning_rates(self, trainer, modality: str, rates) -> None:
+        """A learning rate per part; on the token arm the pretrained code rows are held fixed, the counterpart of the
+        pretrained vision tower's slow (SFT) or zero (GRPO) rate: rows of the embedding matrix cannot have a rate of
+        their own. Without it, on small data, SFT's language-model rate washes out what the rows learnt."""
+        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
+        from .optim import freeze_code_rows, use_part_learning_rates
+        from .tokens import load_codec
+
+        use_part_learning_rates(trainer, rates)
+        if modality == "tokens":
+            freeze_code_rows(trainer, load_codec(self.codec).vocab_size)
 
     def evaluate(self, modality: str, model_dir: Path) -> dict:
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
@@ -361,7 +373,8 @@ def warm_start_notes(pretrain: dict, config: DemoConfig) -> list[str]:
         f"{_pct(image['held_out_accuracy'])}.",
         f"token arm: its {tokens['vocab_size']} code-token embeddings pretrained ({tokens['config']['steps']} steps, "
         f"linear head on the mean code embedding, discarded) on the codes of the same {tokens['n_train']} galaxies; "
-        f"held-out accuracy there {_pct(tokens['held_out_accuracy'])}. Both arms fine-tune that one model.",
+        f"held-out accuracy there {_pct(tokens['held_out_accuracy'])}. Both arms fine-tune that one model; the code rows "
+        "stay fixed in SFT and GRPO (the vision blocks: a 50x lower rate in SFT, frozen in GRPO).",
     ]
 
 

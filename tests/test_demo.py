@@ -77,9 +77,13 @@ def test_image_matters(trained):
 
 
 def test_codes_matter(trained):
+    import torch
+    from safetensors.torch import load_file
+
     from astroreason.arms import ArmSettings, build_arm
     from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
     from astroreason.tokens import load_codec
+    from astroreason.tokens.render import code_token
 
     demo, records, models = trained
     record = records["tokens"]
@@ -95,6 +99,14 @@ def test_codes_matter(trained):
     codes_text = arm.view[0]["tokens_text"]
     cells = int(np.prod(load_codec(args.codec).grid_shape))
     assert len(backend.processor.tokenizer(codes_text, add_special_tokens=False).input_ids) == cells
+    # The pretrained code rows stayed as they were (held fixed), while the rest of the language model learnt.
+    before, after = load_file(demo.model / "model.safetensors"), load_file(models["tokens"] / "model.safetensors")
+    name = next(k for k in after if k.endswith("embed_tokens.weight"))
+    ids = backend.processor.tokenizer.convert_tokens_to_ids(
+        [code_token(i) for i in range(load_codec(args.codec).vocab_size)]
+    )
+    assert torch.equal(after[name][ids], before[name][ids])
+    assert not torch.equal(after[name], before[name])
     rows = arm.rows()
     acc = {
         name: _accuracy(backend, prompts, None)
