@@ -30,7 +30,6 @@ from filelock import FileLock
 
 from ..errors import CheckFailed, UserError
 from ..io import sha256_bytes, sha256_file, write_json_atomic, write_text_atomic
-from ..stats import paired_comparison
 
 LEDGER_FILE = "results.tsv"
 LOG_FILE = "experiment_log.md"
@@ -380,6 +379,9 @@ def judge_row(project_dir, rows: list[dict], row: LedgerRow) -> None:
     if labels != [int(r["label"]) for r in theirs]:
         _verdict(row, "discard", f"baseline row {i} disagrees on the labels of the same galaxies: not compared")
         return
+    # lazy: `ledger verify` loads this module; scipy only when a row is judged
+    from ..stats import paired_comparison
+
     c = paired_comparison(labels, [r["prediction"] for r in ours], [r["prediction"] for r in theirs])
     floor, source = noise_floor(project_dir, name)
     diff, (lo, hi), p = c["accuracy_difference"], c["difference_interval"], c["mcnemar_p_value"]
