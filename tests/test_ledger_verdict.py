@@ -136,17 +136,19 @@ def test_noise_floor_turns_a_small_significant_gain_into_discard(tmp_path):
 
 
 def test_suspect_wins_and_crash_is_recorded(tmp_path):
+    first = record(tmp_path, "z", correct(195))  # above the ceiling: suspect, and no baseline
+    assert first["status"] == "suspect" and first["comparison"].endswith("(but suspect: no baseline)")
     record(tmp_path, "a", correct(100))
     run = write_run(tmp_path / "runs" / "b", correct(160))
     mark_suspect(run, "row_order", "the row-order probe scored 0.80")
     row = record_result(tmp_path, json.loads((run / "result.json").read_text()), run_dir=run, experiment="sft-lr")
     assert row["status"] == "suspect" and row["difference"] == "+0.3000" and "(but suspect)" in row["comparison"]
     # The suspect row is no baseline: the next result is still compared with the first.
-    assert record(tmp_path, "c", correct(101))["baseline"] == "row 1 runs/a"
+    assert record(tmp_path, "c", correct(101))["baseline"] == "row 2 runs/a"
     crash = record_crash(tmp_path, experiment="sft-lr", run_dir=tmp_path / "runs" / "d", description="OOM at step 3")
     assert crash["status"] == "crash" and crash["run_dir"] == "runs/d" and crash["value"] == ""
     assert cli(["ledger", "crash", str(tmp_path), "--experiment", "sft-lr", "--description", "killed"]) == 0
-    assert [r["status"] for r in verify(tmp_path)] == ["keep", "suspect", "discard", "crash", "crash"]
+    assert [r["status"] for r in verify(tmp_path)] == ["suspect", "keep", "suspect", "discard", "crash", "crash"]
 
 
 def test_a_changed_baseline_is_never_compared(tmp_path):

@@ -357,6 +357,8 @@ def judge_row(project_dir, rows: list[dict], row: LedgerRow) -> None:
             )
         else:
             row.comparison = f"first result of experiment {name!r}: the baseline"
+        if row.status == "suspect":
+            row.comparison += " (but suspect: no baseline)"
         return
     # The best: the highest kept value on these galaxies (the latest of equals).
     i, best = max(same, key=lambda pair: (float(pair[1]["value"]), pair[0]))
