@@ -204,3 +204,15 @@ def test_two_real_evaluations_of_the_tiny_model(tiny_model_dir, prepared_dir, tm
     third = evaluate("third", max_samples=4)
     assert third["status"] == "keep" and "not compared" in third["comparison"]
     capsys.readouterr()
+
+
+def test_noise_floor_mistakes_are_one_line(tmp_path, capsys):
+    assert cli(["ledger", "noise-floor", str(tmp_path), "sft-lr", "2", "--source", "x"]) == 2
+    assert cli(["ledger", "noise-floor", str(tmp_path), "sft-lr", "0.01", "--source", " "]) == 2
+    assert not (tmp_path / "noise_floors.json").exists()
+    (tmp_path / "noise_floors.json").write_text('{"sft-lr": 0.02}')
+    assert cli(["ledger", "noise-floor", str(tmp_path), "sft-lr", "0.01", "--source", "seeds"]) == 2
+    assert (tmp_path / "noise_floors.json").read_text() == '{"sft-lr": 0.02}'  # a malformed file is left alone
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("astroreason: error: ") for line in err)
+    assert "[0, 1)" in err[0] and "source" in err[1] and "noise_floors.json: not a noise-floor file" in err[2]
