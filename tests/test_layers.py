@@ -6,7 +6,7 @@ inside a function, relative or absolute) that names one of the package's own mod
 to a unit (its top-level package or module: `astroreason.tokens.cache` -> `tokens`), and each unit to a layer:
 
     errors
-    io, dotted, arguments                        plain helpers
+    io, dotted, arguments, stats                 plain helpers; the bootstrap and the paired comparison
     data                                         sources, splits, the manifest
     prompts, rewards                             templates and the answer format; GRPO rewards
     tokens                                       codecs, renderings, the token cache
@@ -42,7 +42,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "astroreason"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("astroreason", "errors"),  # `astroreason` is the package's own __init__ (its version)
-    ("io", "dotted", "arguments"),
+    ("io", "dotted", "arguments", "stats"),
     ("data",),
     ("prompts", "rewards"),
     ("tokens",),

@@ -80,6 +80,9 @@ class EvalConfig(BudgetArguments, ArmArguments):
         results_dir: Directory of the results ledger (`results.tsv`, `experiment_log.md`), to which every finished
             evaluation appends one row; default: the spend ledger's directory (one project directory for both).
         description: One line for the results ledger: what this run tries.
+        experiment: Name of the experiment this run belongs to: the ledger keeps it only when it beats the
+            experiment's best kept result on the same galaxies (paired test, noise floor), else discards it; empty:
+            recorded `keep` without a comparison, as before.
     """
 
     model: str = ""
@@ -113,6 +116,7 @@ class EvalConfig(BudgetArguments, ArmArguments):
     ceiling: float = DEFAULT_CEILING
     results_dir: str | None = None
     description: str = ""
+    experiment: str = ""
 
     def __post_init__(self):
         self.ledger = self.spend_ledger()  # an evaluation always charges the ledger

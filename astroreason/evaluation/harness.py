@@ -166,7 +166,12 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
 
     project = config.project_dir()
     row = record_result(
-        project, result, run_dir=config.output_dir, ceiling=config.ceiling, description=config.description
+        project,
+        result,
+        run_dir=config.output_dir,
+        ceiling=config.ceiling,
+        description=config.description,
+        experiment=config.experiment,
     )
     reasons = [
         r["reason"]
@@ -181,6 +186,9 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
         "row_sha256": row["row_sha256"],
         "reasons": reasons,
         "description": row["description"],
+        "experiment": row["experiment"],
+        "baseline": row["baseline"],
+        "comparison": row["comparison"],
     }
     write_json_atomic(Path(config.output_dir) / RESULT_NAME, result)
     return result
@@ -427,7 +435,8 @@ class Evaluation:
 
 def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict:
     """Run (or resume) one evaluation; returns the result also written to `output_dir/result.json`, gated by the
-    ceiling and recorded in the results ledger (`result["integrity"]["status"]` is `keep` or `suspect`).
+    ceiling and recorded in the results ledger (`result["integrity"]["status"]` is `keep`, `suspect`, or under an
+    `experiment` name `discard` when it does not beat the experiment's best).
 
     Raises `IncompleteRun` (exit 1, with the partial result, not recorded as a result) when a cap or the backend
     stops it early.
