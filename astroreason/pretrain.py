@@ -55,6 +55,40 @@ class VisionPretrainConfig:
     seed: int = 0
 
 
+def _held_out_split(labels: np.ndarray, config, where: str) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """(held-out, training) positions of a seeded permutation, and the generator for the batches. The same seed
+    and number of galaxies give the same split in both pretrainings: the tower and the code rows see the same
+    galaxies."""
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(labels))
+    n_held = int(round(config.held_out * len(labels)))
+    held, train = order[:n_held], order[n_held:]
+    if len(train) < config.batch_size:
+        raise UserError(f"{where}: {len(train)} training galaxies, fewer than one batch of {config.batch_size}")
+    return held, train, rng
+
+
+def _warmup_cosine(optimizer, steps: int):
+    """Linear warm-up over 10 % of the steps, then cosine decay to 0."""
+    import torch
+
+    warm = max(1, steps // 10)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, steps - warm)))),
+    )
+
+
+def _held_out_record(predicted: np.ndarray, labels: np.ndarray, held: np.ndarray, train: np.ndarray) -> dict:
+    """The record's counts and the pretraining's own held-out accuracy beside the held-out majority rate."""
+    return {
+        "n_train": int(len(train)),
+        "n_held_out": int(len(held)),
+        "held_out_accuracy": float(np.mean(predicted == labels[held])) if len(held) else None,
+        "held_out_majority_rate": float(np.bincount(labels[held]).max() / len(held)) if len(held) else None,
+    }
+
+
 def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
@@ -127,23 +161,14 @@ def pretrain_vision_tower(
     data_h5, out_dir = Path(data_h5), Path(out_dir)
     images, labels = _read_h5(data_h5)
     images = _resized(images, config.image_size)  # once, not per batch: the augmentation commutes with it
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(labels))
-    n_held = int(round(config.held_out * len(labels)))
-    held, train = order[:n_held], order[n_held:]
-    if len(train) < config.batch_size:
-        raise UserError(f"{data_h5}: {len(train)} training images, fewer than one batch of {config.batch_size}")
+    held, train, rng = _held_out_split(labels, config, str(data_h5))
 
     model, processor = load_model_and_processor(model_dir, dtype="float32")
     model.train()
     tower = _Tower(model, processor, len(DECALS_CLASSES), config.seed)
     params = tower.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warm = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, config.steps - warm)))),
-    )
+    schedule = _warmup_cosine(optimizer, config.steps)
     targets = torch.as_tensor(labels)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -177,15 +202,11 @@ def pretrain_vision_tower(
             if len(held)
             else np.empty(0, np.int64)
         )
-    held_accuracy = float(np.mean(predicted == labels[held])) if len(held) else None
     record = {
         "what": "vision tower pretrained with a linear head (discarded) on a surrogate file disjoint from evaluation",
         "source_h5": str(data_h5),
         "source_sha256": sha256_file(data_h5),
-        "n_train": int(len(train)),
-        "n_held_out": int(len(held)),
-        "held_out_accuracy": held_accuracy,
-        "held_out_majority_rate": float(np.bincount(labels[held]).max() / len(held)) if len(held) else None,
+        **_held_out_record(predicted, labels, held, train),
         "final_loss": float(np.mean(losses[-20:])),
         "seconds": round(time.monotonic() - started, 1),
         "config": asdict(config),
@@ -261,12 +282,7 @@ def pretrain_code_embeddings(
         raise UserError(
             f"pretrain codes: {len(codes)} grids for {len(labels)} labels, ids must lie in 0-{vocab_size - 1}"
         )
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(labels))
-    n_held = int(round(config.held_out * len(labels)))
-    held, train = order[:n_held], order[n_held:]
-    if len(train) < config.batch_size:
-        raise UserError(f"pretrain codes: {len(train)} training galaxies, fewer than one batch of {config.batch_size}")
+    held, train, rng = _held_out_split(labels, config, "pretrain codes")
 
     model, processor = load_model_and_processor(model_dir, dtype="float32")
     family_for(model).add_code_tokens(processor, model, vocab_size)
@@ -280,11 +296,7 @@ def pretrain_code_embeddings(
         torch.manual_seed(config.seed)
         head = torch.nn.Linear(rows.shape[1], len(DECALS_CLASSES))
     optimizer = torch.optim.AdamW([rows, *head.parameters()], lr=config.lr, weight_decay=config.weight_decay)
-    warm = max(1, config.steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * max(0, s - warm) / max(1, config.steps - warm)))),
-    )
+    schedule = _warmup_cosine(optimizer, config.steps)
     grids, targets = torch.as_tensor(codes), torch.as_tensor(labels)
 
     def logits(index):
@@ -309,10 +321,7 @@ def pretrain_code_embeddings(
         "from evaluation",
         "source": source,
         "vocab_size": int(vocab_size),
-        "n_train": int(len(train)),
-        "n_held_out": int(len(held)),
-        "held_out_accuracy": float(np.mean(predicted == labels[held])) if len(held) else None,
-        "held_out_majority_rate": float(np.bincount(labels[held]).max() / len(held)) if len(held) else None,
+        **_held_out_record(predicted, labels, held, train),
         "final_loss": float(np.mean(losses[-20:])),
         "seconds": round(time.monotonic() - started, 1),
         "config": asdict(config),
