@@ -5,7 +5,9 @@ Galaxy10 DECaLS's schema under a temporary directory: 256 x 256 x 3 uint8 images
 every image is distinct), class-sorted with Galaxy10's class shares, random sky positions, and the traps scaled
 to the size (at full size 59 exact duplicates, same pixels and position, with conflicting labels, and 18 near pairs
 2-4.5 arcsec apart). Each command runs as the CLI in a fresh child process; its peak RSS is read from the child's
-resource usage (os.wait4), its time is the child's wall clock (imports included). The files are deleted after use.
+resource usage (os.wait4), its time is the child's wall clock (imports included). Before each command the file's
+pages are evicted from the page cache (posix_fadvise), so it is read from disk (`--warm` keeps them). The files are
+deleted after use.
 
     python bench/data_bench.py                        # 2000 8000 17736 rows; writes bench/results/data_bench.json
     python bench/data_bench.py --sizes 500 2000 --out /tmp/x.json
@@ -120,6 +122,16 @@ def run_cli(args: list[str]) -> dict:
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
 
 
+def evict_from_page_cache(path: Path) -> None:
+    """Drop this file's pages (only its own) from the page cache, so that the next command reads it from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def du_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -136,6 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, FULL_ROWS], help="rows of each file")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn files")
     parser.add_argument("--workdir", default=None, help="where the files go (default: a new temporary directory)")
+    parser.add_argument(
+        "--warm", action="store_true", help="leave the file in the page cache (default: evicted before each command)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data_bench.json"))
     args = parser.parse_args(argv)
     base = Path(args.workdir) if args.workdir else Path(tempfile.gettempdir())
@@ -154,6 +169,8 @@ def main(argv=None) -> int:
                 ("inspect", ["data", "inspect", str(path)]),
                 ("prepare", ["data", "prepare", str(path), "--out", str(out)]),
             ):
+                if not args.warm:
+                    evict_from_page_cache(path)
                 r = run_cli(cli)
                 r.update(step=step, n=n, file_gib=path.stat().st_size / 2**30, planted=planted)
                 r["ms_per_row"] = 1000 * r["seconds"] / n
@@ -193,6 +210,7 @@ def main(argv=None) -> int:
         "side_px": SIDE,
         "sizes": args.sizes,
         "seed": args.seed,
+        "page_cache": "warm" if args.warm else "the file evicted from the page cache before each command",
         "runs": runs,
         "ratios_vs_smallest": ratios,
         "machine": {

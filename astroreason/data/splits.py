@@ -4,8 +4,8 @@
 
     manifest.json        the split: rows of each split, seed, fractions, source file hash, per-split content hashes,
                          the duplicate groups kept together and the conflicting ones dropped; hashed (`hash`)
-    splits/<name>.arrow  a `datasets` view per split (`Dataset.from_file`): `image` (PIL), `label` (ClassLabel),
-                         `label_name`
+    splits/<name>.arrow  a `datasets` view per split (`Dataset.from_file`): `image` (PIL; cells hold raw
+                         PPM pixels from HDF5, a Hub source's PNG as is: `view_image`), `label` (ClassLabel), `label_name`
 
 Nothing depends on row order. Every galaxy is placed by the content of its image (SHA-256 of its pixels), not by
 its row: the same file with its rows permuted gives the same galaxies in the same splits, and a class-sorted file is
