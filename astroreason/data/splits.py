@@ -338,7 +338,7 @@ VIEW_BATCH_ROWS = 64  # rows per Arrow record batch of a view: 12 MiB of 256 px 
 
 def view_image(image) -> dict:
     """A view's `image` cell: the source's own encoded bytes (a Hub dataset's PNG) are kept as they are; pixels
-    (an HDF5 row, (H, W, 3) uint8) are stored raw, as a binary PPM (a 15-byte header, then the RGB bytes).
+    (an HDF5 row, (H, W, 3) uint8) are stored raw, as a binary PPM (a `P6 W H 255` text header, then the RGB bytes).
 
     PPM rather than PNG: encoding is a copy (PNG took ~7 ms per 256 px image, nearly all of `prepare`'s time) and
     decoding is ~3x faster than PNG's, while the column stays a `datasets` `Image` giving PIL images, pixel-exact.
@@ -352,13 +352,13 @@ def view_image(image) -> dict:
 def _stage(manifest: Manifest, rows: np.ndarray, features, staging: Path, progress: bool) -> None:
     """The view cells of `rows`, read once in the source's order, into an Arrow IPC file of one-row record batches,
     so that any row can then be read alone (`get_batch`)."""
-    import pyarrow as pa
+    import pyarrow as pa  # lazy: pyarrow and datasets load only for commands that write views
 
     schema = features.arrow_schema
     with open_source(manifest.source_path) as g10, pa.OSFile(str(staging), "wb") as sink:
         examples = g10.image_examples(rows)
         if progress:
-            from rich.progress import track
+            from rich.progress import track  # lazy: only with a progress bar
 
             examples = track(examples, total=len(rows), description="reading images")
         with pa.ipc.new_file(sink, schema) as writer:
@@ -382,6 +382,7 @@ def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) ->
     map, whose pages would count as this process's memory) and written with datasets' own `ArrowWriter`, a batch
     at a time: no builder cache, no `save_to_disk` copy, memory flat in the number of rows.
     """
+    # lazy: pyarrow and datasets load only for commands that write views
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
 
@@ -397,8 +398,13 @@ def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) ->
         for name, split in manifest.rows.items():
             positions = np.searchsorted(rows, np.asarray(split, np.int64)).tolist()
             path = str(split_path(out_dir, name))
+            starts = range(0, len(positions), VIEW_BATCH_ROWS)
+            if progress:
+                from rich.progress import track  # lazy: only with a progress bar
+
+                starts = track(starts, description=f"writing {name}")
             with ArrowWriter(features=features, path=path, writer_batch_size=VIEW_BATCH_ROWS) as writer:
-                for start in range(0, len(positions), VIEW_BATCH_ROWS):
+                for start in starts:
                     batches = [staged.get_batch(p) for p in positions[start : start + VIEW_BATCH_ROWS]]
                     writer.write_table(pa.Table.from_batches(batches, schema=staged.schema).combine_chunks())
                 writer.finalize()
