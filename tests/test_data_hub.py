@@ -339,7 +339,7 @@ def test_tokens_encode_reads_image_bands_for_exactly_the_kept_rows(aion_prepared
     monkeypatch.setenv("FORCE_COLOR", "1")  # rich takes stderr for a terminal: the bar is drawn
     capsys.readouterr()
     rgb = load_codes(encode_prepared(aion_prepared, rgb_dir, progress=True), FSQCodec.load(rgb_dir))
-    assert "encoding with fsq_rgb" in capsys.readouterr().err
+    assert "encoding (fsq_rgb" in capsys.readouterr().err
     images = np.stack([cols["images"][(ids[int(r)] - ID_BASE) // 3] for r in rgb.rows])
     assert np.array_equal(rgb.codes, FSQCodec.load(rgb_dir).encode(images))  # rgb codecs read image_rgb
 
