@@ -194,6 +194,87 @@ def build_model(work: Path, *, dry_run: bool, device: str, dtype) -> Path:
     return out
 
 
+# --- the bare model: torch and transformers only ---------------------------------------------------------------------
+
+
+def phase_model(ctx: dict, budget_s: float) -> dict:
+    """The shaped model on its own, text-only random token ids (no data, no TRL): greedy generation tokens/s at the
+    GRPO batch, and AdamW training steps (forward + backward + step) tokens/s, each with its MFU. What the GPU gives
+    before any library of the project or TRL's is involved; the floor the phases below are judged against."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    s, device, dtype, peak = ctx["settings"], ctx["device"], ctx["dtype"], ctx["peak_flops"]
+    deadline = time.monotonic() + budget_s
+    text, vision = (DRY_TEXT, DRY_VISION) if s["dry_run"] else (QWEN2_5_VL_3B_TEXT, QWEN2_5_VL_3B_VISION)
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=QWEN2_5_VL_3B_TIED)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    n = sum(p.numel() for p in model.parameters())
+    batch, prompt, new = s["batch_size"], s["model_prompt_tokens"], s["max_completion_length"]
+    # Ordinary text ids, below every special token (Qwen's start at 151643; the dry run's vocabulary is small).
+    ids = torch.randint(0, min(text["vocab_size"], 151643), (batch, prompt), device=device)
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def generate():
+        sync()
+        start = time.perf_counter()
+        with torch.no_grad():  # min_new_tokens: every row generates exactly `new` tokens
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        sync()
+        return time.perf_counter() - start
+
+    model.eval()
+    generate()  # warm-up: kernels, allocator
+    gen_s = [generate() for _ in range(2 if time.monotonic() < deadline else 1)]
+    gen_time = statistics.median(gen_s)
+    gen_flops = 2 * n * batch * (prompt + new)
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    sequence = torch.randint(0, min(text["vocab_size"], 151643), (batch, prompt + new), device=device)
+    train_s = []
+    for step in range(s["warmup_steps"] + 3):
+        sync()
+        start = time.perf_counter()
+        model(input_ids=sequence, labels=sequence).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        if step >= s["warmup_steps"]:
+            train_s.append(time.perf_counter() - start)
+            if time.monotonic() > deadline:
+                break
+    train_time = statistics.median(train_s)
+    train_flops = 6 * n * batch * (prompt + new)
+    memory = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return {
+        "parameters": n,
+        "batch": batch,
+        "prompt_tokens": prompt,
+        "new_tokens": new,
+        "generate_seconds": gen_s,
+        "generated_tokens_per_s": batch * new / gen_time,
+        "generate_mfu": gen_flops / gen_time / peak if peak else None,
+        "train_step_seconds": train_s,
+        "train_tokens_per_s": batch * (prompt + new) / train_time,
+        "train_mfu": train_flops / train_time / peak if peak else None,
+        "peak_memory_gib": memory,
+        "flops_formula": "generation 2 * N * B * (prompt + new); training step 6 * N * B * (prompt + new)",
+    }
+
+
 # --- training phases ------------------------------------------------------------------------------------------------
 
 
@@ -534,14 +615,17 @@ def release_memory():
         torch.cuda.empty_cache()
 
 
-PHASES = {"grpo": phase_grpo, "sft": phase_sft, "eval": phase_eval}
-# Share of the time left for each phase (grpo runs two trainers).
-BUDGET_SHARE = {"grpo": 0.5, "sft": 0.5, "eval": 1.0}
+PHASES = {"model": phase_model, "grpo": phase_grpo, "sft": phase_sft, "eval": phase_eval}
+NEEDS = {"model": (), "grpo": ("data", "model"), "sft": ("data", "model"), "eval": ("data", "model")}
+# Share of the time left for each phase (grpo runs two trainers); the last phase gets all that is left.
+BUDGET_SHARE = {"model": 0.15, "grpo": 0.5, "sft": 0.5, "eval": 1.0}
 
 
 def settings(dry_run: bool, cuda: bool) -> dict:
     if dry_run:
         return dict(
+            dry_run=True,
+            model_prompt_tokens=16,
             dtype="float32",
             bf16=False,
             use_cpu=True,
@@ -559,6 +643,8 @@ def settings(dry_run: bool, cuda: bool) -> dict:
             surrogate_rows=120,
         )
     return dict(
+        dry_run=False,
+        model_prompt_tokens=128,  # about a GRPO prompt: template, 16 visual tokens
         dtype="bfloat16",
         bf16=cuda,
         use_cpu=not cuda,
@@ -629,21 +715,31 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu_check."))
     ctx = {"work": work, "settings": s, "device": "cuda" if cuda else "cpu", "peak_flops": peak}
     try:
-        try:
+        ctx["dtype"] = getattr(torch, s["dtype"])
+        # The model phase needs torch and transformers only; the others the prepared data and the model directory.
+        result["setup"] = {}
+        for part, build in (
+            ("data", lambda: build_data(work, s["surrogate_rows"])),
+            ("model", lambda: build_model(work, dry_run=args.dry_run, device=ctx["device"], dtype=ctx["dtype"])),
+        ):
             start = time.monotonic()
-            ctx["dtype"] = getattr(torch, s["dtype"])
-            ctx["data_dir"] = build_data(work, s["surrogate_rows"])
-            ctx["model_dir"] = build_model(work, dry_run=args.dry_run, device=ctx["device"], dtype=ctx["dtype"])
-            ctx["n_params"] = n_params(ctx["model_dir"])
-            result["setup"] = {"seconds": time.monotonic() - start, "parameters": ctx["n_params"]}
-            print(f"setup: {ctx['n_params'] / 1e6:,.1f} M parameters, {result['setup']['seconds']:.0f} s", flush=True)
-        except Exception as err:  # noqa: BLE001  recorded: every phase then says setup failed
-            result["setup"] = {"error": error_string(err)}
-            print(f"setup FAILED: {result['setup']['error']}", flush=True)
+            try:
+                ctx[f"{part}_dir"] = build()
+                result["setup"][part] = {"seconds": time.monotonic() - start}
+            except Exception as err:  # noqa: BLE001  recorded: the phases that need it then say so
+                result["setup"][part] = {"error": error_string(err)}
+            print(f"setup {part}: {result['setup'][part]}", flush=True)
+        if "model_dir" in ctx:
+            ctx["n_params"] = result["setup"]["model"]["parameters"] = n_params(ctx["model_dir"])
         write_json_atomic(args.out, result)
         for i, name in enumerate(args.phases):
-            if "error" in result["setup"]:
-                result["phases"][name] = {"error": "not run: setup failed"}
+            failed = [part for part in NEEDS[name] if "error" in result["setup"][part]]
+            if failed:
+                result["phases"][name] = {
+                    "error": "not run: setup failed: "
+                    + "; ".join(f"{p}: {result['setup'][p]['error']}" for p in failed)
+                }
+                print(f"{name}: {summary(name, result['phases'][name])}", flush=True)
                 continue
             left = args.budget_s - (time.monotonic() - begin)
             budget = max(5.0, left * BUDGET_SHARE[name] if i < len(args.phases) - 1 else left)
@@ -672,6 +768,11 @@ def summary(name: str, phase: dict) -> str:
     def pct(x):
         return f"{100 * x:.1f} %" if x is not None else "n/a"
 
+    if name == "model":
+        return (
+            f"generate {phase['generated_tokens_per_s']:.0f} tokens/s (MFU {pct(phase['generate_mfu'])}), train "
+            f"{phase['train_tokens_per_s']:.0f} tokens/s (MFU {pct(phase['train_mfu'])})"
+        )
     if name == "grpo":
         return (
             f"recipe {phase['recipe']['steps_per_s']:.3f} steps/s, bare TRL {phase['bare_trl']['steps_per_s']:.3f} "

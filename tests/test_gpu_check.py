@@ -30,10 +30,12 @@ def _load_script():
     return module
 
 
-def test_dry_run_reports_every_phase(tmp_path):
+def run_dry(tmp_path, *extra_path: Path) -> dict:
+    """`python bench/gpu_check.py --dry-run --out FILE` in a fresh directory; the JSON it wrote."""
     out = tmp_path / "gpu_check.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    paths = [*map(str, extra_path), str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths).rstrip(os.pathsep)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out)],
         cwd=tmp_path,
@@ -43,12 +45,20 @@ def test_dry_run_reports_every_phase(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert "error" not in result["setup"], result["setup"]
+    return json.loads(out.read_text())
+
+
+def test_dry_run_reports_every_phase(tmp_path):
+    result = run_dry(tmp_path)
+    assert all("error" not in part for part in result["setup"].values()), result["setup"]
     phases = result["phases"]
-    assert set(phases) == {"grpo", "sft", "eval"}
+    assert set(phases) == {"model", "grpo", "sft", "eval"}
     for name, phase in phases.items():
         assert "error" not in phase, f"{name}: {phase['error']}"
+
+    bare = phases["model"]
+    assert bare["parameters"] == result["setup"]["model"]["parameters"]  # the same shape, built twice
+    assert _number(bare["generated_tokens_per_s"]) and _number(bare["train_tokens_per_s"])
 
     grpo = phases["grpo"]
     for trainer in ("recipe", "bare_trl"):
@@ -68,7 +78,12 @@ def test_dry_run_reports_every_phase(tmp_path):
     assert _number(evaluation["samples_per_s"]["bare_generate"])
 
     # On a CPU there is no peak to divide by: MFU is null and the file says why; versions and gaps are recorded.
-    assert grpo["mfu"] is None and result["peak_bf16_flops"] is None and "cpu" in result["peak_bf16_flops_note"]
+    assert (
+        grpo["mfu"] is None
+        and bare["train_mfu"] is None
+        and result["peak_bf16_flops"] is None
+        and "cpu" in result["peak_bf16_flops_note"]
+    )
     assert result["machine"]["versions"]["torch"] and result["machine"]["versions"]["transformers"]
     assert "vllm_rollouts" in result["not_measured"]
     assert result["reference"]["tokens_per_s_per_gpu"] == 1800 and result["reference"]["mfu"] == 0.081
@@ -98,3 +113,17 @@ def test_peak_flops_by_device_name():
     gpu_check = _load_script()
     assert gpu_check.peak_flops("NVIDIA H200") == gpu_check.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert gpu_check.peak_flops("cpu") is None
+
+
+def test_a_missing_library_loses_only_the_phases_that_need_it(tmp_path):
+    """As on a GPU machine without `datasets` (nor TRL, which imports it): the data setup and every phase built on it
+    record why they did not run, the model phase (torch and transformers only) still reports, the file is written."""
+    missing = tmp_path / "no_datasets"
+    (missing / "datasets").mkdir(parents=True)
+    (missing / "datasets" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'datasets'\")\n")
+    result = run_dry(tmp_path, missing)
+    assert "datasets" in result["setup"]["data"]["error"]
+    for name in ("grpo", "sft", "eval"):
+        assert result["phases"][name]["error"].startswith("not run: setup failed"), result["phases"][name]
+        assert "datasets" in result["phases"][name]["error"]
+    assert _number(result["phases"]["model"]["generated_tokens_per_s"]), result["phases"]["model"]
