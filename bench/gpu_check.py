@@ -45,6 +45,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "gpu_check.json"
 sys.path.insert(0, str(ROOT))
 
 # Qwen2.5-VL-3B-Instruct's config.json, the fields that set its shape (token ids come from the tokenizer used).
@@ -678,10 +679,16 @@ def not_measured(found: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="every phase once on a tiny model on the CPU")
-    parser.add_argument("--out", default=str(ROOT / "bench/results/gpu_check.json"))
+    parser.add_argument(
+        "--out",
+        help="the JSON file (default bench/results/gpu_check.json; with --dry-run, gpu_check_dry_run.json in the "
+        "system's temporary directory, so a dry run never overwrites a GPU record)",
+    )
     parser.add_argument("--budget-s", type=float, default=420.0, help="seconds for the whole check (default 420)")
     parser.add_argument("--phases", nargs="+", choices=list(PHASES), default=list(PHASES))
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / "gpu_check_dry_run.json" if args.dry_run else RESULT
 
     import torch
 
