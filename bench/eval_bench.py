@@ -15,6 +15,20 @@ result files: tens of ms) weighs more on fewer. Prints the figures and writes be
 Batch size, completion budget and image size default to the shipped eval/configs/tiny_image.yaml (16, 32, 112 px).
 
     python bench/eval_bench.py [--samples 192] [--max-new-tokens 32] [--image-size 112] [--repeats 21]
+
+`--backend http` measures the HTTP backend instead, against `transformers serve` on 127.0.0.1 serving a tiny text
+model (the token arm: codec ids as text, as tests/test_eval_server.py serves it):
+
+1. the harness (`evaluate` with the `openai` backend at `--concurrency`) against a bare asyncio loop with the `openai`
+   client (`AsyncOpenAI`) sending the same requests (same messages, max_tokens, temperature, seed) at the same
+   concurrency (target <= 1.10);
+2. the harness at `--concurrency` against the harness at concurrency 1 (target >= 3x faster).
+
+Both ratios go under the `http` key of bench/results/eval_bench.json (`http_continuous_batching` with
+`--continuous-batching`); the other keys are kept. The CPU time of this process (the client's side: the server's work
+is in another process) is recorded too, as a measure of the harness's own cost that the server's noise leaves out.
+
+    python bench/eval_bench.py --backend http [--samples 96] [--concurrency 8] [--repeats 5] [--continuous-batching]
 """
 
 from __future__ import annotations
@@ -122,9 +136,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--single-repeats", type=int, default=2, help="repeats of the slow one-at-a-time run")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "eval_bench.json"))
+    parser.add_argument("--backend", choices=("transformers", "http"), default="transformers")
+    parser.add_argument("--concurrency", type=int, default=8, help="--backend http: requests in flight (default 8)")
+    parser.add_argument(
+        "--continuous-batching", action="store_true", help="--backend http: `transformers serve --continuous-batching`"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or not 1 <= args.single_repeats <= args.repeats:
         parser.error("--repeats must be at least 1 and --single-repeats between 1 and --repeats")
+    if args.backend == "http":
+        return http_main(args)
 
     import torch
 
@@ -263,6 +284,184 @@ def main() -> int:
         f"batched is {result['batched_speedup_over_one_at_a_time']:.2f}x faster"
     )
     print(f"wrote {out}")
+    return 0
+
+
+# --- --backend http ---------------------------------------------------------------------------------------------------
+
+
+def bare_requests(config) -> list[dict]:
+    """The chat-completion requests the harness's HTTP backend sends for `config` (`OpenAIBackend._request`'s fields),
+    from the same evaluation rows; each distinct one once, as the harness asks each distinct input once (two
+    galaxies with the same codes make the same prompt)."""
+    from astroreason.evaluation.backends import openai_messages
+    from astroreason.evaluation.harness import evaluation_rows
+
+    requests = [
+        {
+            "model": config.server_model,
+            "messages": openai_messages(row["prompt"], row.get("image")),
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "seed": config.seed,
+            "stream": False,
+        }
+        for row in evaluation_rows(config)
+    ]
+    return list({json.dumps(r, sort_keys=True): r for r in requests}.values())
+
+
+def bare_async_loop(base_url: str, config) -> list[str]:
+    """The reference: the rows, then every request through `AsyncOpenAI`, `concurrency` in flight, answers kept."""
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    requests = bare_requests(config)  # the harness reads its rows too: the same builder, inside the timing
+
+    async def run() -> list[str]:
+        client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=config.request_timeout)
+        gate = asyncio.Semaphore(config.concurrency)
+
+        async def one(request):
+            async with gate:
+                response = await client.chat.completions.create(**request)
+                return response.choices[0].message.content or ""
+
+        try:
+            return await asyncio.gather(*(one(r) for r in requests))
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def write_http_result(out: Path, key: str, http: dict) -> None:
+    """`http` under `key` in `out`, every other key as it was."""
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result[key] = http
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def http_main(args) -> int:
+    import openai
+    import transformers
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from evalkit import ServeProcess, build_text_lm  # the suite's real server on 127.0.0.1
+
+    from astroreason.cli import main as cli
+    from astroreason.data.splits import prepare
+    from astroreason.data.surrogate import synthesize
+    from astroreason.defaults import build_tiny_codec
+    from astroreason.evaluation.harness import EvalConfig, evaluate
+
+    work = Path(tempfile.mkdtemp(prefix="eval_bench_http."))
+    server = None
+    try:
+        source = synthesize(work / "g10.h5", n=300, size=64, seed=0, flux=False)
+        prepared = prepare(source, work / "prepared", seed=0)
+        codec = build_tiny_codec(str(work / "codec"), str(prepared))  # the tiny recipes' codec: 64 codes a galaxy
+        if cli(["tokens", "encode", "--data", str(prepared), "--codec", str(codec)]) != 0:
+            raise SystemExit("eval_bench: encoding the token cache failed")
+        model = build_text_lm(work / "lm")
+        extra = ("--continuous-batching",) if args.continuous_batching else ()
+        server = ServeProcess(model, work / "serve.log", extra_args=extra)
+        base_url = server.url + "/v1"
+        config = EvalConfig(
+            model=str(model),
+            server_model=str(model),
+            backend="openai",
+            base_url=base_url,
+            data_dir=str(prepared),
+            split="train",
+            modality="tokens",
+            codec=str(codec),
+            rendering="ints",
+            max_samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            concurrency=args.concurrency,
+            max_retries=0,
+            n_boot=200,
+            price_input_per_million=0.0,  # a local server: nothing to pay, no price-table entry needed
+            price_output_per_million=0.0,
+            ledger=str(work / "ledger" / "spend.jsonl"),
+        )
+        distinct = len(bare_requests(config))
+        one_at_a_time = replace(config, concurrency=1)
+        runs = {
+            "bare_async": lambda r: bare_async_loop(base_url, config),
+            "harness": lambda r: evaluate(replace(config, output_dir=str(work / f"run-{r}")), progress=False),
+            "harness_concurrency1": lambda r: evaluate(
+                replace(one_at_a_time, output_dir=str(work / f"run1-{r}")), progress=False
+            ),
+        }
+        warm_up = {}
+        for name in ("bare_async", "harness"):  # the server's first requests and the harness's imports, left out
+            start = time.perf_counter()
+            runs[name]("warm-up")
+            warm_up[name] = time.perf_counter() - start
+        times = {name: [] for name in runs}
+        cpu = {name: [] for name in runs}  # CPU seconds of this (the client's) process: the server's work is not in it
+        for r in range(args.repeats):
+            order = ["bare_async", "harness"] if r % 2 == 0 else ["harness", "bare_async"]
+            if r < args.single_repeats:
+                order.append("harness_concurrency1")
+            for name in order:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                runs[name](r)
+                times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v))
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    median = {name: statistics.median(v) for name, v in times.items()}
+    http = {
+        "server": "transformers serve on 127.0.0.1, tiny random Qwen2 text model, CPU"
+        + (", --continuous-batching" if args.continuous_batching else ""),
+        "arm": "tokens (codec ids as text, rendering ints)",
+        "samples": args.samples,
+        "distinct_requests": distinct,
+        "max_new_tokens": args.max_new_tokens,
+        "concurrency": args.concurrency,
+        "repeats": args.repeats,
+        "single_repeats": args.single_repeats,
+        "seconds": times,
+        "warm_up_seconds": warm_up,
+        "median_seconds": median,
+        "harness_over_bare_async": median["harness"] / median["bare_async"],
+        "client_cpu_seconds": cpu,
+        "median_client_cpu_seconds": {name: statistics.median(v) for name, v in cpu.items()},
+        "paired_ratios": [h / b for h, b in zip(times["harness"], times["bare_async"])],
+        "target_harness_over_bare_async": 1.10,
+        "concurrency_speedup": median["harness_concurrency1"] / median["harness"],
+        "target_concurrency_speedup": 3.0,
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "transformers": transformers.__version__,
+        "openai": openai.__version__,
+    }
+    key = "http_continuous_batching" if args.continuous_batching else "http"
+    write_http_result(Path(args.out), key, http)
+    print(
+        f"{args.samples} samples ({distinct} distinct requests), {args.max_new_tokens} new tokens, concurrency {args.concurrency}, median of "
+        f"{args.repeats}"
+    )
+    client = http["median_client_cpu_seconds"]
+    print(f"bare AsyncOpenAI loop : {median['bare_async']:.2f} s  (client CPU {client['bare_async']:.2f} s)")
+    print(
+        f"harness (openai)      : {median['harness']:.2f} s  (client CPU {client['harness']:.2f} s)   ratio "
+        f"{http['harness_over_bare_async']:.3f} (target <= 1.10)"
+    )
+    print(
+        f"harness, concurrency 1: {median['harness_concurrency1']:.2f} s   concurrency {args.concurrency} is "
+        f"{http['concurrency_speedup']:.2f}x faster (target >= 3)"
+    )
+    print(f"wrote {args.out} (key {key})")
     return 0
 
 

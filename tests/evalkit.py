@@ -63,9 +63,10 @@ def build_text_lm(out: Path, seed: int = 0) -> Path:
 
 
 class ServeProcess:
-    """`transformers serve MODEL --host 127.0.0.1` in its own process group, stopped by its own pid."""
+    """`transformers serve MODEL --host 127.0.0.1` in its own process group, stopped by its own pid; `extra_args` are
+    more `transformers serve` options (bench/eval_bench.py: `--continuous-batching`)."""
 
-    def __init__(self, model_dir: Path, log: Path):
+    def __init__(self, model_dir: Path, log: Path, extra_args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -84,6 +85,7 @@ class ServeProcess:
                 "cpu",
                 "--log-level",
                 "info",
+                *extra_args,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
