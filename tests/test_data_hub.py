@@ -393,3 +393,20 @@ def test_bad_hub_datasets_are_one_line_exit_2(case, needles, cols, tmp_path, cap
         status, _, err = cli(capsys, "data", *command)
         assert_one_line_error(status, err, *needles)
     assert not (tmp_path / "out").exists()
+
+
+def test_row_order_is_judged_within_each_of_the_sources_splits():
+    from astroreason.data.galaxy10 import DECALS_CLASSES
+    from astroreason.data.inspect import ordering
+
+    labels = np.concatenate([np.repeat(np.arange(10), 12), np.repeat(np.arange(10), 4)])  # train, then test, sorted
+    splits = np.array(["train"] * 120 + ["test"] * 40)
+    assert ordering(labels, DECALS_CLASSES)["sorted_by_class"] is False  # the two files concatenated are not
+    per_split = ordering(labels, DECALS_CLASSES, splits)
+    assert per_split["sorted_by_class"] and per_split["grouped_by_class"]
+    nudged = labels.copy()
+    nudged[[5, 50, 130]] = [9, 0, 7]  # a few labels changed: no longer sorted, still ordered
+    order = ordering(nudged, DECALS_CLASSES, splits)
+    assert not order["sorted_by_class"] and not order["grouped_by_class"] and order["clustered_by_class"]
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert not any(ordering(shuffled, DECALS_CLASSES, splits)[k] for k in ("sorted_by_class", "clustered_by_class"))

@@ -133,20 +133,27 @@ def class_runs(labels: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(labels[a]), int(a), int(b)) for a, b in zip(starts, stops)]
 
 
-def ordering(labels: np.ndarray, classes) -> dict:
-    """Is the file ordered by class? Sorted (labels never decrease), grouped (one run per class), or neither;
+def ordering(labels: np.ndarray, classes, splits=None) -> dict:
+    """Is the file ordered by class? Sorted (labels never decrease), grouped (one run per class) or clustered
+    (neighbours share a label far more often than in a shuffled file, e.g. a sorted file with a few labels changed),
+    each judged within each of the source's own splits when it has them (a train file and a test file, each sorted);
     and how often neighbours share a label compared with a shuffled file."""
+    parts = [labels] if splits is None else [labels[splits == name] for name in dict.fromkeys(splits.tolist())]
     runs = class_runs(labels)
     share = np.bincount(labels, minlength=len(classes)) / len(labels)
+    same = [p[1:] == p[:-1] for p in parts if len(p) > 1]
+    adjacent = float(np.mean(np.concatenate(same))) if same else None
+    shuffled = float(np.sum(share**2))
     return {
-        "sorted_by_class": bool(np.all(np.diff(labels) >= 0)),
-        "grouped_by_class": len(runs) == len(np.unique(labels)),
+        "sorted_by_class": all(bool(np.all(np.diff(p) >= 0)) for p in parts),
+        "grouped_by_class": all(len(class_runs(p)) == len(np.unique(p)) for p in parts),
+        "clustered_by_class": adjacent is not None and adjacent > max(0.5, 3 * shuffled),
         "n_runs": len(runs),
         "runs": [{"label": c, "name": classes[c], "start": a, "stop": b} for c, a, b in runs]
         if len(runs) <= MAX_RUNS_LISTED
         else None,
-        "adjacent_same_label": float(np.mean(labels[1:] == labels[:-1])) if len(labels) > 1 else None,
-        "adjacent_same_label_if_shuffled": float(np.sum(share**2)),
+        "adjacent_same_label": adjacent,
+        "adjacent_same_label_if_shuffled": shuffled,
     }
 
 
@@ -213,7 +220,7 @@ def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: 
             "source_splits": g10.split_counts() if splits is not None else None,
             "schema": g10.schema(),
             "classes": [{"label": c, "name": classes[c], "count": int(counts[c])} for c in range(len(classes))],
-            "ordering": ordering(labels, classes),
+            "ordering": ordering(labels, classes, splits),
             "nan_counts": nan_counts(g10),
             "flux_excluded": [{"row": r, "id": int(ids[r]), "reason": why} for r, why in sorted(reasons.items())]
             if g10.flux_required
@@ -259,11 +266,14 @@ def print_report(report: dict, console=None) -> None:
     console.print(classes)
 
     order = report["ordering"]
+    within = " within each of its splits" if report["source_splits"] else ""
     verdict = (
-        "[red]sorted by class[/red]"
+        f"[red]sorted by class{within}[/red]"
         if order["sorted_by_class"]
-        else "[red]grouped by class[/red]"
+        else f"[red]grouped by class{within}[/red]"
         if order["grouped_by_class"]
+        else f"[red]clustered by class{within}[/red] (neighbours mostly share a label)"
+        if order.get("clustered_by_class")
         else "not ordered by class"
     )
     same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
