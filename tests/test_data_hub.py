@@ -344,6 +344,18 @@ def test_tokens_encode_reads_image_bands_for_exactly_the_kept_rows(aion_prepared
     assert np.array_equal(rgb.codes, FSQCodec.load(rgb_dir).encode(images))  # rgb codecs read image_rgb
 
 
+def test_tokens_cost_reads_a_hub_prepared_directory(aion_prepared, tiny_model_dir, tmp_path, capsys):
+    codec_dir = small_codec(tmp_path, "flux")
+    status, out, err = cli(
+        capsys, "tokens", "cost", "--codec", codec_dir, "--model", tiny_model_dir, "--data", aion_prepared
+    )
+    assert status == 0, err
+    cells = int(np.prod(FSQCodec.load(codec_dir).grid_shape))
+    special = next(line for line in out.splitlines() if line.startswith("special"))
+    assert special.split()[1] == f"{cells:.1f}"  # one LM token per code, read from the galaxies of this directory
+    assert "split test" in out
+
+
 def test_a_changed_dataset_is_never_served_stale_codes(cols, tmp_path, capsys):
     root = write_aion_parquet(tmp_path / "aion", cols)
     prepared = prepare(root, tmp_path / "p", seed=0)

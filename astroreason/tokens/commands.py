@@ -253,9 +253,8 @@ def _galaxy_codes(args, codec):
         rng = np.random.default_rng(0)
         codes = rng.integers(0, codec.vocab_size, size=(args.n, *codec.grid_shape))
         return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
-    import h5py
-
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from ..data.sources import open_source
     from ..data.splits import load_manifest
     from .cache import _source_path, load_codes
     from .codec import read_inputs
@@ -275,8 +274,8 @@ def _galaxy_codes(args, codec):
             [codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)]
         )
         how = "encoded now"
-    with h5py.File(source, "r") as f:
-        side = int(f["images"].shape[1])
+    with open_source(source) as src:  # an HDF5 file or a Hub-layout dataset
+        side = int(src.height)
     return codes, args.image_size or side, f"{len(codes)} galaxies of {args.data} split {args.split} ({how})"
 
 
