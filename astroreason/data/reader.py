@@ -13,9 +13,11 @@ side, e.g. the surrogate's) and the older Galaxy10 SDSS (`Galaxy10.h5`, 69 px, a
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import h5py
 import numpy as np
@@ -48,7 +50,32 @@ def release_for_side(side: int) -> Release:
     return SDSS if side == SDSS_SIDE else DECALS
 
 
-class Galaxy10File:
+class Source(ABC):
+    """What every source shares (a Galaxy10-schema file here, a Hub-layout dataset in `sources.HubSource`): a
+    context manager over `n_rows` rows of one `release`."""
+
+    n_rows: int
+    release: Release
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the open files."""
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.release.classes
+
+
+class Galaxy10File(Source):
     """An open, validated Galaxy10-schema file. Reads rows on demand; small per-row columns are read whole."""
 
     def __init__(self, path: Path, handle: h5py.File, release: Release):
@@ -64,24 +91,10 @@ class Galaxy10File:
         self.format = "hdf5"
         self.flux_key, self.image_key = "flux", "images"
 
-    # --- context manager ------------------------------------------------------------------------------------------
-    def __enter__(self) -> Galaxy10File:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         self._f.close()
 
-    def __len__(self) -> int:
-        return self.n_rows
-
     # --- metadata -------------------------------------------------------------------------------------------------
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.release.classes
-
     @property
     def keys(self) -> list[str]:
         return sorted(self._f.keys())

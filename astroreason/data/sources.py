@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import UserError
 from .galaxy10 import DECALS_CLASSES, FLUX_BANDS
-from .reader import CHUNK_ROWS, DECALS, open_galaxy10
+from .reader import CHUNK_ROWS, DECALS, Source, open_galaxy10
 
 IMAGE_COLUMNS = ("image_rgb", "image")  # galaxy10-aion's RGB, then the plain Galaxy10 copy's
 FLUX_COLUMN = "image_bands"
@@ -302,7 +302,7 @@ class _Scan:
     sha256: str
 
 
-class HubSource:
+class HubSource(Source):
     """A dataset in a Hub layout (parquet or save_to_disk), opened and checked; rows read on demand."""
 
     def __init__(self, root: Path, *, images: bool = True, flux_columns: tuple[str, ...] = (FLUX_COLUMN,)):
@@ -339,26 +339,12 @@ class HubSource:
         self.height, self.width = self.image(0).shape[:2] if images else (None, None)
         self._scan: _Scan | None = None
 
-    # --- context manager ------------------------------------------------------------------------------------------
-    def __enter__(self) -> HubSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def close(self) -> None:
         for part in self.parts:  # parquet handles; Arrow memory maps close when their tables are collected
             if hasattr(part, "file"):
                 part.file.close()
 
-    def __len__(self) -> int:
-        return self.n_rows
-
     # --- metadata -------------------------------------------------------------------------------------------------
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return self.release.classes
-
     @property
     def keys(self) -> list[str]:
         return self.columns
