@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .models import family_for
-from .tokens.render import code_token
+from .tokens.render import code_token_ids
 
 PARTS = ("vision", "merger", "language")
 
@@ -73,7 +73,7 @@ def freeze_code_rows(trainer, vocab_size: int):
     if trainer.args.weight_decay:
         raise ValueError(f"freeze_code_rows: weight_decay {trainer.args.weight_decay} would shrink the frozen rows")
     tokenizer = getattr(trainer.processing_class, "tokenizer", trainer.processing_class)
-    ids = tokenizer.convert_tokens_to_ids([code_token(i) for i in range(vocab_size)])
+    ids = code_token_ids(tokenizer, vocab_size)
     weight = trainer.model.get_input_embeddings().weight
     if any(i is None or i == tokenizer.unk_token_id or i >= len(weight) for i in ids):
         raise ValueError("freeze_code_rows: the model has no code tokens (add them first: models.add_code_tokens)")

@@ -271,7 +271,7 @@ def pretrain_code_embeddings(
     import torch
 
     # lazy: the tokens layer's rendering names the code tokens; loading it here keeps `pretrain` light to import
-    from .tokens.render import code_token
+    from .tokens.render import code_token_ids
 
     config = config or CodePretrainConfig()
     if config.steps < 1 or config.batch_size < 1:
@@ -286,8 +286,7 @@ def pretrain_code_embeddings(
 
     model, processor = load_model_and_processor(model_dir, dtype="float32")
     family_for(model).add_code_tokens(processor, model, vocab_size)
-    tokenizer = getattr(processor, "tokenizer", processor)
-    ids = torch.as_tensor(tokenizer.convert_tokens_to_ids([code_token(i) for i in range(vocab_size)]))
+    ids = torch.as_tensor(code_token_ids(processor, vocab_size))
     embeddings = model.get_input_embeddings().weight
     others = torch.ones(len(embeddings), dtype=torch.bool)
     others[ids] = False

@@ -33,7 +33,7 @@ from .models import (
 from .options import ArmArguments, BudgetArguments
 from .rewards import get_reward_funcs
 from .tokens import load_codec
-from .tokens.render import check_fits, code_token
+from .tokens.render import check_fits, code_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -425,8 +425,7 @@ def code_tokens_for(args: GalaxyScriptArguments, model, processor, *, seed: int,
     vectors = codec_vectors(codec) if args.code_token_init == "codebook" else None
     add_code_tokens(processor, model, codec.vocab_size, init=args.code_token_init, vectors=vectors, seed=seed)
     check_fits("special", codec.vocab_size, processor, model_dir=model_dir)
-    tok = getattr(processor, "tokenizer", processor)
-    return tok.convert_tokens_to_ids([code_token(i) for i in range(codec.vocab_size)])
+    return code_token_ids(processor, codec.vocab_size)
 
 
 def peft_config(model_args, model=None, code_ids: list[int] | None = None):

@@ -118,6 +118,11 @@ def _tokenizer_of(processor_or_tokenizer):
     return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
 
 
+def code_token_ids(tokenizer, vocab_size: int) -> list[int]:
+    """The ids of the code tokens <|g_0|>..<|g_{vocab_size-1}|> in a tokenizer (or a processor's), by code id."""
+    return _tokenizer_of(tokenizer).convert_tokens_to_ids(code_tokens(vocab_size))
+
+
 def missing_code_tokens(tokenizer, vocab_size: int) -> int:
     """How many of the codec's special code tokens the tokenizer does not hold as single tokens."""
     vocab = _tokenizer_of(tokenizer).get_vocab()
