@@ -1,0 +1,212 @@
+"""The recipes' script arguments and the checks of a recipe's merged settings, all made before any data or model
+is loaded: every mistake is one `UserError` line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..arguments import parse_config_args
+from ..errors import UserError
+from ..io import check_writable
+from ..models import (
+    check_init,
+)
+from ..options import ArmArguments, BudgetArguments
+from ..rewards import get_reward_funcs
+
+
+@dataclass
+class GalaxyScriptArguments(BudgetArguments, ArmArguments):
+    """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
+    options are the evaluation's too (`astroreason.options`).
+
+    Args:
+        train_split: Split used for training.
+        eval_split: Split used for evaluation during training (when `eval_strategy` is not `no`).
+        max_train_samples: Keep only the first N training rows (rows are already a seeded shuffle).
+        max_eval_samples: Keep only the first N evaluation rows.
+        reward_funcs: GRPO reward functions by name (`astroreason.rewards.REWARD_FUNCS`).
+        resume: Continue from the last checkpoint in `output_dir`. Without it, a run refuses an `output_dir` that
+            already holds checkpoints, so an overnight job never silently restarts from scratch over its own work.
+        callbacks: Extra `transformers.TrainerCallback` classes by dotted path (`my_module.MyCallback`), each built
+            with no arguments and added to the trainer after the project's own callbacks.
+        alarm_no_signal_logs: GRPO training alarm: consecutive logs in which every group's completions score the
+            same (`frac_reward_zero_std` = 1: no gradient) before the run is marked suspect as learning nothing
+            (default: `AlarmConfig.no_signal_logs`, 10; 0 turns the rule off). See docs/integrity.md.
+        code_token_init: With `rendering: special`, how the rows of the added code tokens start
+            (`astroreason.models.code_tokens`): `mean` (the existing rows' mean plus small seeded noise) or
+            `codebook` (each code's codec vector through a seeded random projection, so similar codes start close).
+            Tokens the model already holds keep their rows.
+    """
+
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: str = field(default="val", metadata={"help": "Evaluation split."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Cap on training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Cap on evaluation rows."})
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["format", "accuracy"], metadata={"help": "GRPO reward functions by name."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Resume from the last checkpoint in output_dir."})
+    callbacks: list[str] = field(
+        default_factory=list, metadata={"help": "Extra TrainerCallback classes by dotted path (module.Class)."}
+    )
+    alarm_no_signal_logs: int | None = field(
+        default=None,
+        metadata={
+            "help": "GRPO alarm: consecutive logs with every group's rewards equal (no gradient) before the run "
+            "is marked suspect (default 10; 0: off)."
+        },
+    )
+
+    code_token_init: Literal["mean", "codebook"] = field(
+        default="mean",
+        metadata={
+            "help": "rendering special: how the added code tokens' embedding rows start: mean (the existing rows' "
+            "mean plus small seeded noise) or codebook (each code's codec vector through a seeded random "
+            "projection, so similar codes start close). Rows a model already holds are kept. See docs/models.md."
+        },
+    )
+
+    def __post_init__(self):
+        self.arm_settings()  # the arm's own checks: modality, codec, image size
+        check_init(self.code_token_init)
+        if self.alarm_no_signal_logs is not None and (
+            isinstance(self.alarm_no_signal_logs, bool)
+            or not isinstance(self.alarm_no_signal_logs, int)
+            or self.alarm_no_signal_logs < 0
+        ):
+            raise UserError(f"alarm_no_signal_logs: expected a non-negative integer, got {self.alarm_no_signal_logs!r}")
+        for name in ("max_dollars", "price_gpu_hour"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise UserError(f"{name}: expected a non-negative number, got {value!r}")
+        self.lint_override()  # an override without a reason (or a reason without an override) is refused up front
+
+    def lint_override(self):
+        """The explicit prompt-lint override these arguments ask for, or None."""
+        return self.arm_settings().lint_override()
+
+
+def parse_recipe_args(config_class, argv: list[str] | None = None, *, check_device: bool = True) -> tuple:
+    """A recipe's (script arguments, `config_class` (SFTConfig/GRPOConfig), ModelConfig) from `--config FILE` plus
+    `--key value` overrides, TRL's way; every mistake is one `UserError` line before any data or model is loaded.
+
+    `check_device=False` leaves out the mixed-precision check (`sweep plan` checks on a login node what runs on GPUs).
+    """
+    from trl import ModelConfig
+
+    def check(values):
+        check_recipe_values(values, check_device=check_device)
+
+    return parse_config_args((GalaxyScriptArguments, config_class, ModelConfig), argv, check=check)
+
+
+POSITIVE = (
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "max_train_samples",
+    "max_eval_samples",
+    "logging_steps",
+    "save_steps",
+    "eval_steps",
+    "max_completion_length",
+    "steps_per_generation",
+    "generation_batch_size",
+)
+
+
+NON_NEGATIVE = ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "num_train_epochs")
+
+
+def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
+    """Refuse what a recipe cannot run, from the merged settings and before any dataclass is built: numbers no run
+    can have (TRL would divide by zero, or fail only once the model is loaded), mixed precision this machine lacks,
+    and an `output_dir` (or spend ledger) that cannot be written."""
+
+    get = values.get
+    max_steps = get("max_steps")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise UserError(
+            f"max_steps: must be a positive number of steps, or -1 to train for num_train_epochs; got {max_steps}"
+        )
+    for name in POSITIVE:
+        if get(name) is not None and get(name) <= 0:
+            raise UserError(f"{name}: must be positive, got {get(name)}")
+    for name in NON_NEGATIVE:
+        if get(name) is not None and get(name) < 0:
+            raise UserError(f"{name}: must be >= 0, got {get(name)}")
+    for name in ("seed", "data_seed"):  # transformers' set_seed hands them to numpy, which refuses negative seeds
+        if get(name) is not None and get(name) < 0:
+            raise UserError(f"{name}: must be a non-negative integer, got {get(name)}")
+    if max_steps == -1 and get("num_train_epochs") == 0:
+        raise UserError(
+            "num_train_epochs: 0 with max_steps -1 trains nothing; give a positive number of epochs or --max_steps N"
+        )
+    if "num_generations" in values:  # GRPO
+        if get("num_generations") is None or get("num_generations") < 2:
+            raise UserError(
+                f"num_generations: GRPO compares completions of one prompt, so it needs at least 2; "
+                f"got {get('num_generations')}"
+            )
+        if get("temperature") is not None and get("temperature") <= 0:
+            raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
+
+        get_reward_funcs(get("reward_funcs") or [])  # an unknown reward is refused before any data or model
+    if get("use_peft"):
+        check_lora(values)
+    if check_device:
+        check_precision(values)
+    if get("output_dir"):
+        check_writable(get("output_dir"), "output_dir", directory=True)
+    if get("ledger"):
+        check_writable(get("ledger"), "ledger")
+
+
+def check_lora(values: dict) -> None:
+    """LoRA settings peft would refuse only once the model is loaded: a rank or alpha below 1, and no target
+    modules for a model type peft has no default for (every Qwen-VL model)."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULT_TARGETS
+
+    for name in ("lora_r", "lora_alpha"):
+        if values.get(name) is not None and values[name] < 1:
+            raise UserError(f"{name}: must be at least 1 with use_peft, got {values[name]}")
+    if values.get("lora_target_modules") or values.get("lora_target_parameters"):
+        return
+    config = Path(values.get("model_name_or_path") or "") / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    if model_type not in DEFAULT_TARGETS:
+        raise UserError(
+            f"lora_target_modules: use_peft needs the modules LoRA adapts for model type "
+            f"{model_type or 'unknown'!s} (e.g. --lora_target_modules all-linear, or q_proj v_proj)"
+        )
+
+
+def check_precision(values: dict) -> None:
+    """bf16/fp16 that this machine cannot run, as one line saying how to fix it.
+
+    bf16 is refused where `TrainingArguments` refuses it (no GPU with bf16 and no `use_cpu`; torch runs bf16 on the
+    CPU, slowly, with `use_cpu`); fp16 mixed precision (its loss scaler) needs an accelerator, so it is refused
+    without one or with `use_cpu`.
+    """
+    import torch
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if (
+        values.get("bf16")
+        and not values.get("use_cpu")
+        and not (is_torch_bf16_gpu_available() or is_torch_xla_available())
+    ):
+        raise UserError(
+            "bf16: this machine has no GPU with bf16 support; pass --bf16 false (or --use_cpu true to "
+            "train in bf16 on the CPU, slowly)"
+        )
+    if values.get("fp16") and (values.get("use_cpu") or not torch.accelerator.is_available()):
+        raise UserError(
+            "fp16: fp16 mixed precision needs a GPU, and "
+            + ("use_cpu is set" if values.get("use_cpu") else "this machine has none")
+            + "; pass --fp16 false"
+        )

@@ -1,0 +1,227 @@
+"""The SFT and GRPO trainers of a recipe, built from its arguments: the arm's datasets (linted), the model with its
+code tokens and LoRA config, the callbacks; and the run loop that trains, saves and resumes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..arms import Arm, build_arm
+from ..budget import BudgetExhausted
+from ..callbacks import budget_callbacks, budget_stop, integrity_callbacks, user_callbacks
+from ..defaults import ensure_tiny_defaults
+from ..errors import UserError
+from ..integrity.lint import write_lint_record
+from ..models import (
+    add_code_tokens,
+    check_image_size,
+    codec_vectors,
+    family_for,
+    load_model_and_processor,
+    tied_embeddings,
+)
+from ..rewards import get_reward_funcs
+from ..tokens import load_codec
+from ..tokens.render import check_fits, code_token_ids
+from .arguments import GalaxyScriptArguments
+from .checkpoints import check_output_dir, load_checkpoint_weights, resume_point
+from .launch import check_launch, check_vllm
+from .records import base_record
+
+
+def galaxy_dataset(
+    args: GalaxyScriptArguments,
+    split: str,
+    *,
+    with_completion: bool,
+    max_samples: int | None = None,
+    permute_labels_seed: int | None = None,
+):
+    """The conversational dataset of one split for one arm (`Arm.dataset`): `prompt`, `label`, `completion` (SFT
+    targets, when asked) and the image arm's `image`; `permute_labels_seed` is the label-permutation control's."""
+    return build_arm(args.arm_settings(), split, max_samples=max_samples).dataset(
+        with_completion=with_completion, permute_labels_seed=permute_labels_seed
+    )
+
+
+def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
+    """`galaxy_dataset`'s rows (prompt, label, image), built in memory (`Arm.rows`)."""
+    return build_arm(args.arm_settings(), split, max_samples=max_samples).rows()
+
+
+def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[Arm, object]]):
+    """The prompt lint of the training (and evaluation) prompts before anything is trained: `CheckFailed` (exit 1)
+    on a column the override does not allow; the main process records `prompt_lint.json` in `output_dir`. `arms`
+    holds each (arm, its dataset)."""
+
+    reports = [arm.lint(dataset["prompt"]) for arm, dataset in arms]
+    if training_args.process_index == 0:
+        report = reports[0]
+        seen = {(f.kind, f.name) for f in report.overridden}
+        report.overridden += [f for r in reports[1:] for f in r.overridden if (f.kind, f.name) not in seen]
+        write_lint_record(
+            training_args.output_dir, report, data_dir=args.data_dir, split=",".join(arm.split for arm, _ in arms)
+        )
+    return reports
+
+
+def training_datasets(
+    args: GalaxyScriptArguments, training_args, *, with_completion: bool, permute_labels_seed: int | None = None
+):
+    """The (train, evaluation or None) datasets of a recipe, each split's arm built once, and their prompts linted.
+
+    The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`)."""
+    settings = args.arm_settings()
+    train_arm = build_arm(settings, args.train_split, max_samples=args.max_train_samples)
+    arms = [(train_arm, train_arm.dataset(with_completion=with_completion, permute_labels_seed=permute_labels_seed))]
+    if training_args.eval_strategy != "no":
+        eval_arm = build_arm(settings, args.eval_split, max_samples=args.max_eval_samples, manifest=train_arm.manifest)
+        arms.append((eval_arm, eval_arm.dataset(with_completion=with_completion)))
+    lint_datasets(args, training_args, arms)
+    return arms[0][1], (arms[1][1] if len(arms) > 1 else None)
+
+
+def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
+    """Build the tiny defaults a run names but lacks (runs/tiny/*, see `astroreason.defaults`), then refuse an image
+    size the model's family does not fit (read from its config, before any image is resized) and, for the special
+    rendering, a codec whose vocabulary is too large to add one token per code."""
+
+    ensure_tiny_defaults(
+        args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
+    )
+    if args.modality == "image" and model_args.model_name_or_path:
+        check_image_size(model_args.model_name_or_path, args.image_size)
+    if args.modality == "tokens" and args.rendering == "special":  # a codec too large for one token per code
+        check_fits(args.rendering, load_codec(args.codec).vocab_size)
+
+
+def load_model(model_args, training_args):
+    """The policy and its processor, from a local path or a Hub name; `trust_remote_code` (a field of TRL's
+    SFTConfig/GRPOConfig) only when asked."""
+
+    if not model_args.model_name_or_path:
+        raise UserError("model_name_or_path: no model given (a local directory or a Hub name)")
+    return load_model_and_processor(
+        model_args.model_name_or_path,
+        dtype=model_args.dtype,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+    )
+
+
+def code_tokens_for(args: GalaxyScriptArguments, model, processor, *, seed: int, model_dir: str) -> list[int] | None:
+    """With `rendering: special`, give the model one token per code id (the family's surgery, rows initialised as
+    `code_token_init` says) and return their ids; None for any other rendering. Tokens already there (a checkpoint
+    trained with special, rows warm-started elsewhere) are kept as they are. Refuses a codec that does not fit, and
+    a tokenizer that still would not read each code as one token (one built for another codec)."""
+    if args.modality != "tokens" or args.rendering != "special":
+        return None
+    codec = load_codec(args.codec)
+    check_fits("special", codec.vocab_size)
+    vectors = codec_vectors(codec) if args.code_token_init == "codebook" else None
+    add_code_tokens(processor, model, codec.vocab_size, init=args.code_token_init, vectors=vectors, seed=seed)
+    check_fits("special", codec.vocab_size, processor, model_dir=model_dir)
+    return code_token_ids(processor, codec.vocab_size)
+
+
+def peft_config(model_args, model=None, code_ids: list[int] | None = None):
+    """TRL's LoRA config from `ModelConfig` (None without `use_peft`); with code tokens, their rows train and are
+    saved in the adapter too (docs/models.md):
+
+    - untied embeddings: peft's `trainable_token_indices` on the input embeddings (the family's
+      `code_token_modules`), so only the code rows train and are saved, the old vocabulary stays frozen; cheaper
+      than `modules_to_save`, which would train and save every row of the embedding and the head;
+    - tied embeddings: peft's token wrapper would also wrap the tied LM head, whose `bias` TRL's fused LM head reads
+      and the wrapper lacks, so the embedding goes to `modules_to_save` with `ensure_weight_tying` (the head follows).
+
+    A user's own `lora_modules_to_save` naming the embeddings already trains and saves them, and is left as it is."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is None or not code_ids:
+        return config
+    modules = family_for(model).code_token_modules(model, code_ids)
+    if set(modules) & set(config.modules_to_save or []):
+        return config
+    if tied_embeddings(model):
+        config.modules_to_save = [*(config.modules_to_save or []), *modules]
+        config.ensure_weight_tying = True
+    else:
+        config.trainable_token_indices = modules
+    return config
+
+
+def run_training(trainer, args: GalaxyScriptArguments) -> None:
+    """Train (resuming if asked), then save the final model and processor in `output_dir`."""
+    output_dir = trainer.args.output_dir
+    checkpoint = resume_point(args, output_dir)
+    if checkpoint:
+        step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+        trainer.accelerator.print(f"Resuming from {checkpoint} (global step {step})")
+        if load_checkpoint_weights(trainer, checkpoint):
+            trainer.accelerator.print(
+                f"Weights loaded from {Path(checkpoint).name} with from_pretrained (the "
+                "Trainer's own raw load may still report every key missing: it loads nothing)"
+            )
+    elif args.resume:
+        trainer.accelerator.print(f"Nothing to resume in {output_dir}: starting from step 0")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process and trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(output_dir)
+    trainer.accelerator.print(
+        f"Model saved to {output_dir} after {trainer.state.global_step} steps "
+        f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
+    )
+    if reason := budget_stop(trainer):
+        step = trainer.state.global_step
+        raise BudgetExhausted(
+            f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
+            f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)"
+        )
+
+
+def _trainer_parts(
+    recipe: str, args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None
+) -> dict:
+    """What both trainers are built from, in the order that refuses early: launch and `output_dir` checks, then the
+    tiny defaults and the size checks, the linted datasets, and only then the model (with its code tokens)."""
+    check_launch()
+    check_output_dir(args, training_args.output_dir)
+    if recipe == "grpo":
+        check_vllm(training_args)
+    callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
+    prepare_inputs(args, model_args)
+    train, evaluation = training_datasets(
+        args, training_args, with_completion=recipe == "sft", permute_labels_seed=permute_labels_seed
+    )
+    model, processor = load_model(model_args, training_args)
+    code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
+    base = base_record(recipe, args, training_args, model_args)
+    return dict(
+        model=model,
+        args=training_args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        processing_class=processor,
+        peft_config=peft_config(model_args, model, code_ids),
+        callbacks=callbacks + integrity_callbacks(args, grpo=recipe == "grpo", base=base) + extra,
+    )
+
+
+def build_sft_trainer(
+    args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
+):
+    """TRL's `SFTTrainer` for a recipe: the arm's prompts with their answers as completions."""
+    from trl import SFTTrainer
+
+    return SFTTrainer(**_trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed))
+
+
+def build_grpo_trainer(
+    args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
+):
+    """TRL's `GRPOTrainer` for a recipe: the arm's prompts, scored by `reward_funcs`."""
+    from trl import GRPOTrainer
+
+    parts = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
+    return GRPOTrainer(reward_funcs=get_reward_funcs(args.reward_funcs), **parts)
