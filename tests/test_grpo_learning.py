@@ -16,6 +16,7 @@ from statistics import mean
 import pytest
 import torch
 
+from astroreason.callbacks import integrity_callbacks
 from astroreason.errors import UserError
 from astroreason.integrity import SUSPECT_FILE
 from astroreason.integrity.alarms import AlarmConfig, TrainingAlarms, pipeline_alarms
@@ -23,7 +24,6 @@ from astroreason.training import (
     GalaxyScriptArguments,
     build_grpo_trainer,
     galaxy_dataset,
-    integrity_callbacks,
     load_model,
     run_training,
 )

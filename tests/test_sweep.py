@@ -89,7 +89,7 @@ def write_sweep(path: Path, base: Path, **fields) -> Path:
         "array_throttle": 2,
         "evaluation": {"split": "test", "max_samples": 8, "batch_size": 8, "max_new_tokens": 8, "n_boot": 100},
         "resources": {"time": "00:10:00", "cpus_per_task": 1, "signal_lead_s": 60, "max_requeues": 2},
-        "budget": {"ledger": str(path.parent / "ledger.jsonl"), "max_dollars": 5.0, "gpu_hour": 1.0},
+        "budget": {"ledger": str(path.parent / "ledger.jsonl"), "max_dollars": 5.0, "price_gpu_hour": 1.0},
     }
     for key, value in fields.items():
         if value is DROP:
@@ -174,6 +174,41 @@ def test_submit_refused_when_estimate_exceeds_what_remains(cli, base_config, tmp
     assert "may cost up to $2.00" in out.stderr and "only $1.60 remains" in out.stderr
     assert not (tmp_path / "costly-out" / "submissions.jsonl").exists()
     assert ledger.read_text().count("\n") == 1  # nothing charged
+
+
+def test_the_budget_section_is_the_runs_budget_options(base_config, tmp_path):
+    """The sweep's `budget:` holds the same options as every run's (`BudgetArguments`): the device price comes from
+    `price_gpu_hour` or the price table's `price_key`, `gpu_hour` is read as its older name, and a GPU task whose
+    price nobody gave is refused before anything is planned."""
+    from astroreason.errors import CheckFailed, UserError
+    from astroreason.options import BudgetArguments
+    from astroreason.sweeps.config import load_sweep
+    from astroreason.sweeps.spend import task_rate
+
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("gpu_hour:\n  cpu: 0.36\n  NVIDIA H200: 3.6\n")
+    ledger = str(tmp_path / "ledger.jsonl")
+
+    def load(name, budget, **fields):
+        path = write_sweep(tmp_path / f"{name}.yaml", base_config, **fields)
+        data = yaml.safe_load(path.read_text())
+        data["budget"] = {"ledger": ledger, **budget}
+        path.write_text(yaml.safe_dump(data))
+        return load_sweep(path)
+
+    assert isinstance(load("given", {"price_gpu_hour": 1.8}).budget, BudgetArguments)
+    assert task_rate(load("given", {"price_gpu_hour": 1.8})) == pytest.approx(1.8 / 3600)
+    assert task_rate(load("old", {"gpu_hour": 1.8})) == pytest.approx(1.8 / 3600)  # the older spelling
+    assert task_rate(load("cpu", {"prices": str(prices)})) == pytest.approx(0.36 / 3600)  # CPU task: the `cpu` entry
+    gpu = {"time": "00:10:00", "signal_lead_s": 60, "gpus_per_task": 2}
+    h200 = load("h200", {"prices": str(prices), "price_key": "NVIDIA H200"}, resources=gpu)
+    assert task_rate(h200) == pytest.approx(2 * 3.6 / 3600)  # two devices per task
+    with pytest.raises(UserError, match="price_key: a task with GPUs"):
+        load("unpriced", {"prices": str(prices)}, resources=gpu)
+    with pytest.raises(CheckFailed, match="has no GPU-hour price"):  # fail closed, as for every run
+        load("unknown", {"prices": str(prices), "price_key": "NVIDIA B200"}, resources=gpu)
+    with pytest.raises(UserError, match="give one"):
+        load("both", {"gpu_hour": 1.0, "price_gpu_hour": 1.0})
 
 
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.2):

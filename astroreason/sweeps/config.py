@@ -7,7 +7,7 @@
     seeds: 2                                             # each arm runs with each derived seed
     resources: {time: "00:30:00", cpus_per_task: 1, signal_lead_s: 120, max_requeues: 2}
     array_throttle: 2
-    budget: {ledger: runs/ledger/spend.jsonl, max_dollars: 20, gpu_hour: 2.5}
+    budget: {ledger: runs/ledger/spend.jsonl, max_dollars: 20, price_gpu_hour: 2.5}   # BudgetArguments
 
 Nested sections are plain YAML mappings, read into the dataclasses below; an unknown key or a bad value is one line
 naming the file and the field.
@@ -20,7 +20,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..budget.prices import gpu_price
 from ..errors import UserError
+from ..options import BudgetArguments
 
 TRAINERS = ("sft", "grpo")
 # Keys a sweep sets itself for every task: a grid or an override may not set them.
@@ -92,18 +94,24 @@ class Evaluation:
 
 
 @dataclass
-class Budget:
-    """What the sweep may spend, checked against the project's spend ledger.
+class Budget(BudgetArguments):
+    """What the sweep may spend, checked against the project's spend ledger: the same options as every run's
+    (`astroreason.options.BudgetArguments`: `max_dollars`, `ledger`, `prices`, `price_key`, `price_gpu_hour`).
 
-    Args:
-        ledger: The project's spend ledger (JSONL), shared with evaluation and training runs.
-        max_dollars: The project's cap in dollars; None means no cap (the sweep is still charged).
-        gpu_hour: Dollars per device-hour of one task (a CPU-only task counts as one device).
+    A task is charged by its wall-clock x its devices x one device-hour price: `price_gpu_hour` when given, else the
+    price table's entry `price_key` (default `cpu` for a CPU-only task; a GPU task names its device, since the
+    node's device is unknown at `sweep plan` time). `gpu_hour:` is read as `price_gpu_hour` (older sweep files).
     """
 
-    ledger: str = "runs/ledger/spend.jsonl"
-    max_dollars: float | None = None
-    gpu_hour: float = 0.0
+    def device_price(self, gpus_per_task: int, where: str = "budget"):
+        """The `budget.Price` of one device-hour of a task (the table fails closed on an unknown device)."""
+        key = self.price_key or ("cpu" if gpus_per_task == 0 else None)
+        if key is None and self.price_gpu_hour is None:
+            raise UserError(
+                f"{where}: price_key: a task with GPUs is priced by the device it runs on; name it (an entry of "
+                f"{self.prices}'s gpu_hour: section) or set price_gpu_hour"
+            )
+        return gpu_price(self.prices, key or "sweep", gpu_hour=self.price_gpu_hour)
 
 
 @dataclass
@@ -174,6 +182,16 @@ def _section(cls, data, where: str):
     return cls(**data)
 
 
+def _budget_aliases(data):
+    """The budget section with its older spelling `gpu_hour` read as `price_gpu_hour`."""
+    if isinstance(data, dict) and "gpu_hour" in data:
+        data = dict(data)
+        if "price_gpu_hour" in data:
+            raise UserError("budget: gpu_hour and price_gpu_hour: give one (gpu_hour is price_gpu_hour's older name)")
+        data["price_gpu_hour"] = data.pop("gpu_hour")
+    return data
+
+
 def _check_int(value, where: str, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UserError(f"{where}: must be an integer >= {low}, got {value!r}")
@@ -200,7 +218,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     nested = {
         "resources": _section(Resources, data.pop("resources", None), f"{path}: resources"),
         "evaluation": _section(Evaluation, data.pop("evaluation", None), f"{path}: evaluation"),
-        "budget": _section(Budget, data.pop("budget", None), f"{path}: budget"),
+        "budget": _section(Budget, _budget_aliases(data.pop("budget", None)), f"{path}: budget"),
     }
     config = SweepConfig(**data, **nested)
     validate(config, str(path))
@@ -259,6 +277,8 @@ def validate(c: SweepConfig, where: str) -> None:
     _check_int(e.max_new_tokens, f"{where}: evaluation.max_new_tokens", 1)
     _check_int(e.n_boot, f"{where}: evaluation.n_boot", 1)
     b = c.budget
-    for name, value in (("max_dollars", b.max_dollars), ("gpu_hour", b.gpu_hour)):
+    for name in ("max_dollars", "price_gpu_hour"):
+        value = getattr(b, name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise UserError(f"{where}: budget.{name}: must be a non-negative number, got {value!r}")
+    b.device_price(r.gpus_per_task, f"{where}: budget")  # an unpriced device is refused before anything is planned

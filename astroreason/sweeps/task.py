@@ -226,11 +226,11 @@ def run_task(manifest_path: str | Path, index: int) -> int:
             f"task {index} ({task.name}): {state['attempts']} attempts and {state['elapsed_s']:.0f} s "
             f"spent, the most its resources allow ({limit} s); not run again"
         )
-    if remaining(open_ledger(sweep.budget.ledger), sweep.budget.max_dollars) <= 0:
+    if remaining(open_ledger(sweep.budget.spend_ledger()), sweep.budget.max_dollars) <= 0:
         state["status"] = FAILED
         write_state(task_dir, state)
         raise CheckFailed(
-            f"budget: the ${sweep.budget.max_dollars:g} cap in {sweep.budget.ledger} is spent; "
+            f"budget: the ${sweep.budget.max_dollars:g} cap in {sweep.budget.spend_ledger()} is spent; "
             f"task {index} ({task.name}) not started"
         )
 
