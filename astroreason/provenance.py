@@ -42,10 +42,15 @@ class GitState:
 
 
 def provenance(
-    config: dict, *, data_dir: str | None = None, seed: int | None = None, git: GitState | None = None
+    config: dict,
+    *,
+    data_dir: str | None = None,
+    seed: int | None = None,
+    git: GitState | None = None,
+    manifest=None,
 ) -> dict:
     """Commit and dirty flag (from `git`, if started earlier), config hash, split-manifest hash, source data hash
-    and seed."""
+    and seed (`manifest`: `data_dir`'s, when the caller has loaded it already)."""
     record = {
         **(git or GitState()).result(),
         "config_sha256": sha256_json(config),
@@ -53,8 +58,9 @@ def provenance(
         "manifest_sha256": None,
         "data_sha256": None,
     }
-    if data_dir is not None and (Path(data_dir) / "manifest.json").exists():
+    if manifest is None and data_dir is not None and (Path(data_dir) / "manifest.json").exists():
         manifest = load_manifest(data_dir)
+    if manifest is not None:
         record["manifest_sha256"] = manifest.hash
         record["data_sha256"] = manifest.source_sha256
     return record

@@ -50,6 +50,20 @@ def test_the_image_arm_reads_its_manifest_once(prepared_dir, manifest_reads):
     assert len(manifest_reads) == 1
 
 
+def test_the_token_arm_reads_its_manifest_and_cache_once(prepared_dir, codec, manifest_reads, monkeypatch):
+    import astroreason.tokens.cache as cache_module
+
+    opened = []
+    load_codes = cache_module.load_codes
+    monkeypatch.setattr(cache_module, "load_codes", lambda *a, **k: opened.append(a) or load_codes(*a, **k))
+    arm = build_arm(settings(prepared_dir, codec), "test", max_samples=6)
+    rows = arm.rows()
+    arm.lint([r["prompt"] for r in rows])
+    assert isinstance(arm, TokenArm) and len(rows) == 6 and len(arm.positions) == 6
+    assert len(manifest_reads) == 1  # the view, its positions and the cache's data check share the arm's manifest
+    assert opened == []  # the arm opened the cache itself, once, not through the split functions
+
+
 def test_rows_are_the_training_dataset(prepared_dir, codec):
     for s in (settings(prepared_dir), settings(prepared_dir, codec)):
         arm = build_arm(s, "test", max_samples=5)

@@ -6,7 +6,8 @@ from itertools import islice
 
 import numpy as np
 
-from ..tokens import token_split
+from ..tokens import load_codec, token_split
+from ..tokens.cache import load_codes
 from ..tokens.cache import split_positions as token_positions
 from .base import Arm
 
@@ -17,11 +18,15 @@ class TokenArm(Arm):
 
     def load_view(self):
         s = self.settings
-        return token_split(s.data_dir, self.split, s.codec, s.rendering)
+        # The codec and its cache are opened once, with the arm's one manifest, for the view and its positions.
+        self.codec = load_codec(s.codec)
+        self.cache = load_codes(s.data_dir, self.codec, manifest=self.manifest)
+        return token_split(s.data_dir, self.split, self.codec, s.rendering, cache=self.cache, manifest=self.manifest)
 
     def split_positions(self) -> np.ndarray:
         # An AION cache holds only the rows with flux: the view's rows are a subset of the split.
-        return token_positions(self.settings.data_dir, self.split, self.settings.codec)
+        s = self.settings
+        return token_positions(s.data_dir, self.split, self.codec, cache=self.cache, manifest=self.manifest)
 
     def representation(self, example) -> str:
         return example["tokens_text"]

@@ -403,7 +403,9 @@ class Evaluation:
             "status": status if len(finished) == len(self.keys) or status != "complete" else "incomplete",
             "error": error,
             "config": config,
-            "provenance": provenance(config, data_dir=self.config.data_dir, seed=self.config.seed, git=self.git),
+            "provenance": provenance(
+                config, data_dir=self.config.data_dir, seed=self.config.seed, git=self.git, manifest=self.arm.manifest
+            ),
             "weights_sha256": self.weights,
             "cache_key": self.settings,
             "n_total": len(self.keys),

@@ -208,11 +208,12 @@ def _check_labels(flux, positions, source, rows) -> None:
         )
 
 
-def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
+def load_codes(path, codec, *, prepared_dir=None, manifest=None) -> TokenCache:
     """Open a token cache (or the default one of a prepared directory), refusing one built for other data or codec.
 
     `path` is a cache directory or a prepared directory. The data key is checked against `prepared_dir` when given,
-    else against the prepared directory the cache was built from.
+    else against the prepared directory the cache was built from; `manifest` is that directory's manifest when the
+    caller has loaded it already.
     """
     from safetensors.numpy import load_file
 
@@ -240,7 +241,7 @@ def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
             f"({codec.codec_hash[:12]}); re-run tokens encode"
         )
     prepared_dir = Path(prepared_dir or meta["prepared_dir"])
-    manifest = _manifest(prepared_dir)
+    manifest = _manifest(prepared_dir) if manifest is None else manifest
     for field, now in _key(manifest, codec).items():
         if meta[field] != now:
             raise UserError(
@@ -273,8 +274,7 @@ def load_codes(path, codec, *, prepared_dir=None) -> TokenCache:
     return TokenCache(path, rows, codes, meta)
 
 
-def _split_positions(prepared_dir, split: str, cache: TokenCache) -> np.ndarray:
-    manifest = _manifest(prepared_dir)
+def _split_positions(prepared_dir, split: str, cache: TokenCache, manifest) -> np.ndarray:
     if split not in manifest.rows:
         raise UserError(f"split: {prepared_dir} has no split {split!r} (has {', '.join(manifest.rows)})")
     rows = np.asarray(manifest.rows[split], dtype=np.int64)
@@ -283,35 +283,43 @@ def _split_positions(prepared_dir, split: str, cache: TokenCache) -> np.ndarray:
     return np.flatnonzero([r in cache for r in rows])
 
 
-def split_positions(prepared_dir, split: str, codec, *, cache_dir=None) -> np.ndarray:
+def _opened(prepared_dir, codec, cache_dir, cache, manifest):
+    """(codec, cache, manifest) of a split function's arguments, each loaded only when the caller has not."""
+    codec = load_codec(codec)
+    manifest = _manifest(prepared_dir) if manifest is None else manifest
+    if cache is None:
+        cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir, manifest=manifest)
+    return codec, cache, manifest
+
+
+def split_positions(prepared_dir, split: str, codec, *, cache_dir=None, cache=None, manifest=None) -> np.ndarray:
     """The positions in the split of the rows `token_split` holds (all of them, or for a galaxy10-aion cache those
-    with flux), in its order."""
-    cache = load_codes(cache_dir or prepared_dir, load_codec(codec), prepared_dir=prepared_dir)
-    return _split_positions(prepared_dir, split, cache)
+    with flux), in its order. `cache` and `manifest`: the opened cache and manifest, when the caller has them."""
+    _, cache, manifest = _opened(prepared_dir, codec, cache_dir, cache, manifest)
+    return _split_positions(prepared_dir, split, cache, manifest)
 
 
-def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=None):
+def token_split(prepared_dir, split: str, codec, rendering: str, *, cache_dir=None, cache=None, manifest=None):
     """The token arm's dataset for one split: columns `tokens_text`, `label`, `label_name`.
 
     Same rows, same order as `load_split(prepared_dir, split)` (for a galaxy10-aion cache: those rows that have flux,
     the same as `matched_image_split`). The text holds the codes only. Codes come from the prepared directory's
-    default cache, or from `cache_dir` (checked against `prepared_dir`).
+    default cache, or from `cache_dir` (checked against `prepared_dir`), or the opened `cache`.
     """
 
     check_rendering(rendering)
-    codec = load_codec(codec)
-    cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir)
-    positions = _split_positions(prepared_dir, split, cache)
-    rows = np.asarray(load_manifest(prepared_dir).rows[split], dtype=np.int64)[positions]
+    _, cache, manifest = _opened(prepared_dir, codec, cache_dir, cache, manifest)
+    positions = _split_positions(prepared_dir, split, cache, manifest)
+    rows = np.asarray(manifest.rows[split], dtype=np.int64)[positions]
     texts = [render(grid, rendering) for grid in cache.codes_for(rows)]
-    labels = load_split(prepared_dir, split).select_columns(["label", "label_name"]).select(positions)
+    labels = load_split(prepared_dir, split, manifest=manifest).select_columns(["label", "label_name"])
+    labels = labels.select(positions)
     return labels.add_column("tokens_text", texts).select_columns(["tokens_text", "label", "label_name"])
 
 
-def matched_image_split(prepared_dir, split: str, codec, *, cache_dir=None):
+def matched_image_split(prepared_dir, split: str, codec, *, cache_dir=None, cache=None, manifest=None):
     """The image arm's `load_split` restricted to the galaxies `token_split` holds, in the same order."""
 
-    codec = load_codec(codec)
-    cache = load_codes(cache_dir or prepared_dir, codec, prepared_dir=prepared_dir)
-    positions = _split_positions(prepared_dir, split, cache)
-    return load_split(prepared_dir, split).select(positions)
+    _, cache, manifest = _opened(prepared_dir, codec, cache_dir, cache, manifest)
+    positions = _split_positions(prepared_dir, split, cache, manifest)
+    return load_split(prepared_dir, split, manifest=manifest).select(positions)
