@@ -164,6 +164,19 @@ def graph():
     return unit_edges(imports(PACKAGE))
 
 
+def test_no_cycle_between_modules_either():
+    """Inside a package too, no two modules import each other, even inside a function (a package's `__init__`
+    gathering its own submodules aside): a load-time cycle only works while the import stays in a function."""
+    graph: dict[tuple[str, str], str] = {}
+    for a, b, where in imports(PACKAGE):
+        if not b.startswith(a + "."):
+            graph.setdefault((a, b), where)
+    cycle = find_cycle(graph)
+    assert cycle is None, "module cycle: " + " -> ".join(
+        f"{m} ({graph.get((m, n), '')})" for m, n in zip(cycle, cycle[1:])
+    )
+
+
 def test_the_scan_sees_function_local_and_relative_imports():
     edges = {(a, b) for a, b, _ in imports(PACKAGE)}
     # `training.builders` imports `..models` (relative, two dots); `arms.base` imports `..integrity.lint` at the top.

@@ -5,7 +5,8 @@ Images or flux -> codec ids (`Codec.encode`) -> cached on disk per manifest + co
 """
 
 from .cache import encode_prepared, load_codes, matched_image_split, token_split
-from .codec import Codec, InputSpec, load_codec
+from .codec import Codec, InputSpec
+from .loading import load_codec
 from .render import RENDERINGS, add_code_token_strings, render
 
 __all__ = [

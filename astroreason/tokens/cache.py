@@ -22,7 +22,8 @@ from ..data.sources import open_source
 from ..data.splits import load_manifest, load_split
 from ..errors import UserError
 from ..io import atomic_path, sha256_file, write_json_atomic
-from .codec import Codec, check_bands, input_key, load_codec, read_inputs
+from .codec import Codec, check_bands, input_key, read_inputs
+from .loading import load_codec
 from .render import check_rendering, render
 
 CODES_NAME = "codes.safetensors"

@@ -345,26 +345,3 @@ def read_config(path) -> dict:
         ) from None
     except json.JSONDecodeError as err:
         raise UserError(f"{path / CONFIG_NAME}: not valid JSON ({err})") from None
-
-
-def load_codec(path) -> Codec:
-    """Open a codec from a local directory: a built-in FSQ codec (`codec.json` + `model.safetensors`) or an AION-1
-    image codec (a local copy of polymathic-ai/aion-base holding `codecs/image/`, or that folder itself)."""
-    if isinstance(path, Codec):
-        return path
-    path = Path(path)
-    if not path.is_dir():
-        raise UserError(f"{path}: codec directory not found")
-    if (path / CONFIG_NAME).is_file():
-        kind = read_config(path).get("type")
-        if kind == "fsq":
-            # lazy: fsq imports codec at load time (load-time cycle)
-            from .fsq import FSQCodec
-
-            return FSQCodec.load(path)
-        if kind != "aion":
-            raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq or aion)")
-    # lazy: optional extra (polymathic-aion)
-    from .aion import AionCodec
-
-    return AionCodec.load(path)

@@ -202,7 +202,7 @@ def run_train(args) -> int:
 def run_encode(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .cache import META_NAME, encode_prepared, load_codes
-    from .codec import load_codec
+    from .loading import load_codec
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
@@ -282,8 +282,8 @@ def _galaxy_codes(args, codec):
 def run_cost(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..models import family_for, read_config  # the command compares the arms: it needs the model's family
-    from .codec import load_codec
     from .cost import prompt_costs
+    from .loading import load_codec
     from .render import RENDERINGS, check_fits, check_rendering
 
     renderings = (

@@ -1,0 +1,35 @@
+"""Opening a codec directory: the built-in FSQ codec or the AION-1 adapter, told apart by what the directory holds.
+
+Kept apart from `codec` (the interface every codec implements) so that the implementations import the interface and
+nothing imports back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .codec import CONFIG_NAME, Codec, read_config
+
+
+def load_codec(path) -> Codec:
+    """Open a codec from a local directory: a built-in FSQ codec (`codec.json` + `model.safetensors`) or an AION-1
+    image codec (a local copy of polymathic-ai/aion-base holding `codecs/image/`, or that folder itself)."""
+    if isinstance(path, Codec):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: codec directory not found")
+    if (path / CONFIG_NAME).is_file():
+        kind = read_config(path).get("type")
+        if kind == "fsq":
+            # lazy: the FSQ codec brings torch, which commands that only read token caches never need
+            from .fsq import FSQCodec
+
+            return FSQCodec.load(path)
+        if kind != "aion":
+            raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq or aion)")
+    # lazy: optional extra (polymathic-aion)
+    from .aion import AionCodec
+
+    return AionCodec.load(path)
