@@ -19,12 +19,14 @@ import os
 import signal
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from ..errors import CheckFailed, UserError, exit_status
 from ..io import write_json_atomic
+from ..options import ArmArguments
 from .config import METERED, parse_time, refuse_second_meter
 from .plan import load_manifest, parse_task_config
 from .spend import open_ledger, remaining, task_budget
@@ -171,21 +173,16 @@ def _evaluate(task, sweep, stop: _Stop):
     e = sweep.evaluation
     config = EvalConfig(
         model=str(task.train_dir),
-        data_dir=script_args.data_dir,
+        # The arm options are one dataclass shared by the recipe and the evaluation: the task evaluates its model on
+        # the arm it trained on, whatever options the arm gains.
+        **{f.name: getattr(script_args, f.name) for f in fields(ArmArguments)},
         split=e.split,
-        modality=script_args.modality,
-        codec=script_args.codec,
-        rendering=script_args.rendering,
-        image_size=script_args.image_size,
         output_dir=task.dir,
         max_samples=e.max_samples,
         batch_size=e.batch_size,
         max_new_tokens=e.max_new_tokens,
         seed=task.seed,
         n_boot=e.n_boot,
-        prompt_template=script_args.prompt_template,
-        allow_prompt_fields=script_args.allow_prompt_fields,
-        override_reason=script_args.override_reason,
         # The task's meter already charges the sweep's ledger for its whole wall-clock, evaluation included: the
         # evaluation's own spend and results rows stay in the task's folder, and `sweep collect` writes the sweep's
         # results.tsv from the task results.
