@@ -51,13 +51,15 @@ def model_dirs(tiny_model_dir, qwen3_dir, gemma3_dir):
     return {"qwen2_5_vl": tiny_model_dir, "qwen3_vl": qwen3_dir, "gemma3": gemma3_dir}
 
 
-# The families the end-to-end tests run (Qwen2.5-VL has its own, elsewhere) and their tiny model's fixture.
-E2E_ARCHS = ("qwen3_vl", "gemma3")
+# The families the end-to-end tests run (Qwen2.5-VL has its own, elsewhere), by their tiny model's fixture.
+E2E_FIXTURES = {"qwen3_vl": "qwen3_dir", "gemma3": "gemma3_dir"}
+E2E_ARCHS = tuple(E2E_FIXTURES)
 
 
 @pytest.fixture(scope="module", params=E2E_ARCHS)
 def e2e_dir(request):
-    return request.param, request.getfixturevalue(f"{request.param}_dir")
+    """(arch, tiny model directory) of each family the end-to-end tests run."""
+    return request.param, request.getfixturevalue(E2E_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="module")
