@@ -475,3 +475,24 @@ def test_vision_pretraining_moves_only_the_tower(e2e_dir, surrogate_h5, tmp_path
         model_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE), progress=False
     )
     assert changed(model_dir, out) == {"vision": True, "language": False}
+
+
+def test_the_cli_builds_a_tiny_gemma3_and_costs_its_image_arm(q3_data, tmp_path, capsys):
+    """`astroreason model tiny --arch gemma3`, then `tokens cost` on it: the image arm costs what its processor
+    writes (16 soft tokens, whatever the side), the token arm what its own tokenizer makes of the codes."""
+    import json
+
+    from astroreason.cli import main
+
+    _, codec = q3_data
+    out = tmp_path / "g3"
+    assert main(["model", "tiny", "--arch", "gemma3", "--out", str(out)]) == 0
+    assert "Built a random gemma3 (tiny, seed 0" in capsys.readouterr().out
+    report = tmp_path / "cost.json"
+    argv = ["tokens", "cost", "--codec", str(codec), "--model", str(out), "--n", "2", "--image-size", "200"]
+    assert main([*argv, "--rendering", "ints,special", "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["image"] == {"side_px": 200, "visual_tokens": 16}
+    by_rendering = {r["rendering"]: r for r in figures["renderings"]}
+    assert by_rendering["special"]["tokens_per_code"] == 1.0  # one added token per code, on Gemma's tokenizer too
+    assert by_rendering["ints"]["tokens_per_code"] > 1.0  # digits one by one, plus the separators
