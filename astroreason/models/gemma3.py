@@ -192,6 +192,9 @@ class Gemma3(ModelFamily):
             num_attention_heads=spec.num_heads,
             num_key_value_heads=spec.num_kv_heads,
             head_dim=spec.hidden_size // spec.num_heads,
+            query_pre_attn_scalar=spec.hidden_size // spec.num_heads,  # as on the real ones: the head size
+            # Gemma 3 interleaves sliding-window and full attention (5:1); the tiny model has one of each.
+            layer_types=["sliding_attention"] * (spec.num_layers - 1) + ["full_attention"],
             max_position_embeddings=32768,
             bos_token_id=bos,
             eos_token_id=end_turn,
