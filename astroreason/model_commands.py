@@ -1,4 +1,4 @@
-"""`astroreason model`: build a tiny random Qwen-VL offline (for tests, demos and dry runs of the recipes)."""
+"""`astroreason model`: build a tiny random vision-language model (Qwen-VL, Gemma 3) offline (for tests, demos and dry runs of the recipes)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ def add_parser(subparsers) -> None:
     from .errors import seed
     from .models import ARCHS, SIZES
 
-    p = subparsers.add_parser("model", help="Model utilities (a tiny offline Qwen-VL).")
+    p = subparsers.add_parser("model", help="Model utilities (a tiny offline vision-language model).")
     sub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     tiny = sub.add_parser(
         "tiny",
-        help="Build a tiny random Qwen-VL with a locally trained tokenizer; no network needed.",
-        description="Build a tiny random Qwen-VL (model, tokenizer, image processor, chat template) in --out. "
+        help="Build a tiny random vision-language model with a locally trained tokenizer; no network needed.",
+        description="Build a tiny random model of a family (--arch: Qwen2.5-VL, Qwen3-VL, Gemma 3; model, tokenizer, "
+        "image processor, chat template) in --out. "
         "The same arguments give the same weights.",
     )
     tiny.add_argument("--out", required=True, help="Directory to create (must not exist or be empty).")

@@ -47,7 +47,8 @@ class ArmArguments:
         metadata={
             "help": "Side in pixels images are resized to before the processor; a multiple of the model "
             "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
-            "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16). See docs/models.md."
+            "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16); any side on Gemma 3, whose "
+            "processor resizes every image to its tower's (a fixed number of tokens). See docs/models.md."
         },
     )
     prompt_template: str | None = field(

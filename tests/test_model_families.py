@@ -1,9 +1,11 @@
-"""The model families (astroreason/models/): what each says about its real tiny model, and a tiny Qwen3-VL through
-SFT (the recipe, as a user runs it), GRPO and evaluation (the library) in both arms, as the Qwen2.5-VL tests do.
+"""The model families (astroreason/models/): what each says about its real tiny model, and a tiny Qwen3-VL and a
+tiny Gemma 3 through SFT (the recipe, as a user runs it), GRPO and evaluation (the library) in both arms, as the
+Qwen2.5-VL tests do.
 
-Visual tokens are checked against the processor's own expansion of `<|image_pad|>` and the model's own image
-features; vision prefixes against the model's own `visual` submodules; chat templates against TRL's tool checks
-and a GRPOTrainer built with a tool.
+Visual tokens are checked against the processor's own expansion of the image placeholder (`<|image_pad|>`,
+`<image_soft_token>`) and the model's own image features; vision prefixes against the model's own vision
+submodules (`visual`; `vision_tower` and `multi_modal_projector`); chat templates against TRL's tool checks and a
+GRPOTrainer built with a tool.
 """
 
 from __future__ import annotations
@@ -40,8 +42,24 @@ def qwen3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tiny_model_dir, qwen3_dir):
-    return {"qwen2_5_vl": tiny_model_dir, "qwen3_vl": qwen3_dir}
+def gemma3_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "gemma3", arch="gemma3", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tiny_model_dir, qwen3_dir, gemma3_dir):
+    return {"qwen2_5_vl": tiny_model_dir, "qwen3_vl": qwen3_dir, "gemma3": gemma3_dir}
+
+
+# The families the end-to-end tests run (Qwen2.5-VL has its own, elsewhere), by their tiny model's fixture.
+E2E_FIXTURES = {"qwen3_vl": "qwen3_dir", "gemma3": "gemma3_dir"}
+E2E_ARCHS = tuple(E2E_FIXTURES)
+
+
+@pytest.fixture(scope="module", params=E2E_ARCHS)
+def e2e_dir(request):
+    """(arch, tiny model directory) of each family the end-to-end tests run."""
+    return request.param, request.getfixturevalue(E2E_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +67,8 @@ def loaded(model_dirs):
     return {arch: load_model_and_processor(d) for arch, d in model_dirs.items()}
 
 
-def test_both_families_are_registered_and_chosen_from_the_config(loaded):
-    assert set(families()) >= {"qwen2_5_vl", "qwen3_vl"}
+def test_the_families_are_registered_and_chosen_from_the_config(loaded):
+    assert set(families()) >= {"qwen2_5_vl", "qwen3_vl", "gemma3"}
     for arch, (model, _) in loaded.items():
         assert family_for(model).model_type == arch == model.config.model_type
         assert family_for(model.config) is family_for(model)
@@ -61,15 +79,18 @@ def test_both_families_are_registered_and_chosen_from_the_config(loaded):
 # --- visual tokens, asked of the processor ---------------------------------------------------------------------------
 
 
-def image_pads(processor, size: int) -> int:
-    """How many `<|image_pad|>` tokens the processor puts in the prompt for one size x size image."""
+IMAGE_TOKEN = {"qwen2_5_vl": "<|image_pad|>", "qwen3_vl": "<|image_pad|>", "gemma3": "<image_soft_token>"}
+
+
+def image_pads(processor, size: int, arch: str) -> int:
+    """How many image placeholder tokens the processor puts in the prompt for one size x size image."""
     chat = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}],
         tokenize=False,
         add_generation_prompt=True,
     )
     ids = processor(text=[chat], images=[Image.new("RGB", (size, size))], return_tensors="pt")["input_ids"][0]
-    return int((ids == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    return int((ids == processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN[arch])).sum())
 
 
 @pytest.mark.parametrize(
@@ -81,13 +102,15 @@ def image_pads(processor, size: int) -> int:
         ("qwen3_vl", 128, 16),
         ("qwen3_vl", 224, 49),
         ("qwen3_vl", 256, 64),
+        ("gemma3", 112, 16),  # every side is resized to the tower's: a fixed 16 soft tokens (256 on real ones)
+        ("gemma3", 256, 16),
     ],
 )
 def test_visual_tokens_are_what_the_processor_and_the_model_spend(loaded, arch, size, expected):
     model, processor = loaded[arch]
     family = family_for(model)
     n = family.visual_tokens(processor, size)
-    assert n == expected == image_pads(processor, size)
+    assert n == expected == image_pads(processor, size, arch)
     pixel_inputs = processor.image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt")
     with torch.no_grad():
         features = family.image_features(model, pixel_inputs)
@@ -107,6 +130,10 @@ def test_image_size_guard_names_the_valid_sizes(model_dirs):
     with pytest.raises(UserError, match="256 px does not fit Qwen2.5-VL's 28-px grid; valid sizes are multiples of 28"):
         check_image_size(model_dirs["qwen2_5_vl"], 256)
     check_image_size(model_dirs["qwen3_vl"].parent / "missing", 100)  # no config here: left to the loader
+    for side in (100, 112, 256):  # Gemma 3's processor resizes every image to its tower's side
+        check_image_size(model_dirs["gemma3"], side)
+    with pytest.raises(UserError, match="0 px does not fit Gemma 3's"):
+        check_image_size(model_dirs["gemma3"], 0)
 
 
 def test_the_recipes_refuse_a_size_the_model_does_not_fit_before_any_data(qwen3_dir, prepared_dir, tmp_path):
@@ -133,21 +160,29 @@ def test_the_recipes_refuse_a_size_the_model_does_not_fit_before_any_data(qwen3_
 # --- vision parameters --------------------------------------------------------------------------------------------
 
 
+def own_vision_modules(model) -> tuple[list, list]:
+    """(vision tower modules, merger modules) as the model itself holds them, by its own attribute names."""
+    inner = model.model
+    if hasattr(inner, "visual"):  # Qwen-VL: the merger(s) sit inside the tower
+        visual = inner.visual
+        return [visual], [visual.merger] + list(getattr(visual, "deepstack_merger_list", []))
+    return [inner.vision_tower, inner.multi_modal_projector], [inner.multi_modal_projector]  # Gemma 3
+
+
 def test_vision_prefixes_match_the_models_own_vision_tower(model_dirs):
     from peft import LoraConfig, get_peft_model
 
     for arch, model_dir in model_dirs.items():
         model, _ = load_model_and_processor(model_dir)
         family = family_for(model)
-        visual = model.model.visual
-        mergers = [visual.merger] + list(getattr(visual, "deepstack_merger_list", []))
+        towers, mergers = own_vision_modules(model)
         merger_ids = {id(p) for m in mergers for p in m.parameters()}
-        vision_ids = {id(p) for p in visual.parameters()} - merger_ids
+        vision_ids = {id(p) for m in towers for p in m.parameters()} - merger_ids
         parts = {name: family.part_of(name) for name, _ in model.named_parameters()}
         by_id = {id(p): parts[name] for name, p in model.named_parameters()}
         assert {i for i, part in by_id.items() if part == "merger"} == merger_ids, arch
         assert {i for i, part in by_id.items() if part == "vision"} == vision_ids, arch
-        assert parts["lm_head.weight"] == "language" and len(vision_ids) > 0 and len(merger_ids) > 0
+        assert family.part_of("lm_head.weight") == "language" and len(vision_ids) > 0 and len(merger_ids) > 0
         assert {id(p) for p in family.vision_parameters(model)} == vision_ids | merger_ids
         if arch == "qwen3_vl":
             assert any("deepstack_merger_list" in n and part == "merger" for n, part in parts.items())
@@ -159,14 +194,18 @@ def test_vision_prefixes_match_the_models_own_vision_tower(model_dirs):
         assert wrapped_parts == by_id
 
 
-def test_part_learning_rates_follow_the_family(model_dirs):
+@pytest.mark.parametrize("arch", E2E_ARCHS)
+def test_part_learning_rates_follow_the_family(model_dirs, arch):
     from astroreason.optim import PartLearningRates, part_param_groups
 
-    model, _ = load_model_and_processor(model_dirs["qwen3_vl"])
+    model, _ = load_model_and_processor(model_dirs[arch])
     groups = {g["name"]: g for g in part_param_groups(model, PartLearningRates(vision=0.0, merger=1e-3, language=2e-3))}
     assert set(groups) == {"merger", "language"}
-    assert not any(p.requires_grad for p in model.model.visual.blocks.parameters())  # vision frozen
-    assert all(p.requires_grad for p in model.model.visual.deepstack_merger_list.parameters())
+    towers, mergers = own_vision_modules(model)
+    merger_ids = {id(p) for m in mergers for p in m.parameters()}
+    tower = [p for m in towers for p in m.parameters() if id(p) not in merger_ids]
+    assert tower and not any(p.requires_grad for p in tower)  # vision frozen
+    assert all(p.requires_grad for m in mergers for p in m.parameters())
     assert sum(len(g["params"]) for g in groups.values()) == sum(p.requires_grad for p in model.parameters())
 
 
@@ -193,8 +232,9 @@ def test_chat_templates_pass_trls_tool_checks(loaded, model_dirs, tmp_path):
         model, processor = load_model_and_processor(model_dir)
         assert processor.chat_template == family_for(model).chat_template
         assert supports_tool_calling(processor) and is_chat_template_prefix_preserving(processor), arch
+        end_of_turn = processor.tokenizer.eos_token  # `<|im_end|>`, `<end_of_turn>`
         parsed = processor.tokenizer.parse_response(
-            prefix="", response='<tool_call>\n{"name": "zoom", "arguments": {"x": 3}}\n</tool_call><|im_end|>'
+            prefix="", response=f'<tool_call>\n{{"name": "zoom", "arguments": {{"x": 3}}}}\n</tool_call>{end_of_turn}'
         )
         assert parsed["tool_calls"][0]["function"] == {"name": "zoom", "arguments": {"x": 3}}
         # TRL's GRPOTrainer accepts the processor with a tool (it refuses a template that drops tool calls).
@@ -217,25 +257,27 @@ def test_chat_templates_pass_trls_tool_checks(loaded, model_dirs, tmp_path):
             processing_class=processor,
             tools=[zoom],
         )
-    # The check can fail: Qwen2.5-VL's stock template drops tool calls.
-    stock = (files("trl") / "chat_templates" / "qwen2_5_vl.jinja").read_text()
-    _, processor = loaded["qwen2_5_vl"]
-    saved, processor.chat_template = processor.chat_template, stock
-    try:
-        assert not supports_tool_calling(processor)
-    finally:
-        processor.chat_template = saved
+    # The check can fail: Qwen2.5-VL's stock template drops tool calls, Gemma 3's rejects the tool role.
+    for arch, stock_name in (("qwen2_5_vl", "qwen2_5_vl.jinja"), ("gemma3", "gemma3.jinja")):
+        stock = (files("trl") / "chat_templates" / stock_name).read_text()
+        _, processor = loaded[arch]
+        saved, processor.chat_template = processor.chat_template, stock
+        try:
+            assert not supports_tool_calling(processor), arch
+        finally:
+            processor.chat_template = saved
 
 
-def test_code_token_surgery_on_qwen3(qwen3_dir, tmp_path):
-    out = save_with_code_tokens(qwen3_dir, tmp_path / "coded", 300)
+@pytest.mark.parametrize("arch", E2E_ARCHS)
+def test_code_token_surgery(model_dirs, tmp_path, arch):
+    out = save_with_code_tokens(model_dirs[arch], tmp_path / "coded", 300)
     model, processor = load_model_and_processor(out)
     ids = processor.tokenizer.convert_tokens_to_ids(["<|g_0|>", "<|g_299|>"])
     assert ids[1] - ids[0] == 299 and model.get_input_embeddings().weight.shape[0] > ids[1]
     assert model.get_output_embeddings().weight.shape == model.get_input_embeddings().weight.shape
 
 
-# --- a tiny Qwen3-VL end to end: SFT (recipe), GRPO (library), evaluation (library), both arms ----------------------
+# --- a tiny Qwen3-VL and a tiny Gemma 3 end to end: SFT (recipe), GRPO (library), evaluation (library), both arms --
 
 
 @pytest.fixture(scope="module")
@@ -289,10 +331,11 @@ def arm_overrides(modality: str, codec: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def q3_sft(qwen3_dir, q3_data, tmp_path_factory):
-    """`python recipes/sft.py` on the tiny Qwen3-VL, each arm, two steps; both runs at once (one core each)."""
+def e2e_sft(e2e_dir, q3_data, tmp_path_factory):
+    """`python recipes/sft.py` on the family's tiny model, each arm, two steps; both runs at once (one core each)."""
+    arch, model_dir = e2e_dir
     data, codec = q3_data
-    root = tmp_path_factory.mktemp("q3sft")
+    root = tmp_path_factory.mktemp(f"sft_{arch}")
     procs = {}
     for modality in ("image", "tokens"):
         cmd = [
@@ -301,7 +344,7 @@ def q3_sft(qwen3_dir, q3_data, tmp_path_factory):
             "--config",
             str(TINY / "sft_image.yaml"),
             "--model_name_or_path",
-            str(qwen3_dir),
+            str(model_dir),
             "--data_dir",
             str(data),
             *arm_overrides(modality, codec),
@@ -322,37 +365,43 @@ def q3_sft(qwen3_dir, q3_data, tmp_path_factory):
 
 
 def changed(before_dir: Path, after_dir: Path) -> dict[str, bool]:
-    """Whether any vision parameter and any language parameter differ between two saved checkpoints (whose keys
-    are the checkpoint format's, not `named_parameters`')."""
-    from safetensors.torch import load_file
+    """Whether any vision parameter and any language parameter differ between two saved checkpoints, loaded as
+    models (the checkpoint files' keys are the format's, not `named_parameters`') and told apart by their family."""
+    from transformers import AutoModelForImageTextToText
 
-    before, after = load_file(before_dir / "model.safetensors"), load_file(after_dir / "model.safetensors")
-    assert before.keys() == after.keys()
-    moved = [k for k in before if not torch.equal(before[k], after[k])]
-    return {"vision": any("visual." in k for k in moved), "language": any("visual." not in k for k in moved)}
+    before, after = (
+        AutoModelForImageTextToText.from_pretrained(d, dtype=torch.float32) for d in (before_dir, after_dir)
+    )
+    family = family_for(before)
+    params = dict(after.named_parameters())
+    assert params.keys() == dict(before.named_parameters()).keys()
+    moved = [n for n, p in before.named_parameters() if not torch.equal(p, params[n])]
+    return {"vision": any(family.is_vision(n) for n in moved), "language": any(not family.is_vision(n) for n in moved)}
 
 
 @pytest.mark.parametrize("modality", ["image", "tokens"])
-def test_qwen3_sft_recipe_learns(q3_sft, qwen3_dir, modality):
-    status, out, out_dir = q3_sft[modality]
+def test_sft_recipe_learns(e2e_sft, e2e_dir, modality):
+    arch, model_dir = e2e_dir
+    status, out, out_dir = e2e_sft[modality]
     assert status == 0, out[-4000:]
     assert f"after {STEPS} steps (1 process)" in out
     import json
 
     config = json.loads((out_dir / "config.json").read_text())
-    assert config["model_type"] == "qwen3_vl"
-    moved = changed(qwen3_dir, out_dir)
+    assert config["model_type"] == arch
+    moved = changed(model_dir, out_dir)
     assert moved["language"]
     assert moved["vision"] == (modality == "image")  # the token arm shows no image: the tower gets no gradient
 
 
 @pytest.mark.parametrize("modality", ["image", "tokens"])
-def test_qwen3_grpo_learns(qwen3_dir, q3_data, tmp_path, modality):
+def test_grpo_learns(e2e_dir, q3_data, tmp_path, modality):
     from test_grpo_learning import answer_vocab_reward_for, grpo_config
     from trl import GRPOTrainer, ModelConfig
 
     from astroreason.training import GalaxyScriptArguments, galaxy_dataset, load_model, prepare_inputs
 
+    arch, model_dir = e2e_dir
     data, codec = q3_data
     args = GalaxyScriptArguments(
         data_dir=str(data),
@@ -361,8 +410,8 @@ def test_qwen3_grpo_learns(qwen3_dir, q3_data, tmp_path, modality):
         image_size=Q3_SIZE,
         max_train_samples=8,
     )
-    model_args = ModelConfig(str(qwen3_dir), dtype="float32")
-    prepare_inputs(args, model_args)  # the recipe's checks: the size fits Qwen3-VL's grid
+    model_args = ModelConfig(str(model_dir), dtype="float32")
+    prepare_inputs(args, model_args)  # the recipe's checks: the size fits the family's grid
     config = grpo_config(tmp_path, STEPS)
     train = galaxy_dataset(args, args.train_split, with_completion=False, max_samples=args.max_train_samples)
     model, processor = load_model(model_args, config)
@@ -378,15 +427,17 @@ def test_qwen3_grpo_learns(qwen3_dir, q3_data, tmp_path, modality):
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     assert len(rewards) == STEPS and all(math.isfinite(r) for r in rewards)
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
+    family = family_for(model)
     assert any(n.startswith("model.language_model.") for n in moved)
-    assert any(n.startswith("model.visual.") for n in moved) == (modality == "image")
+    assert any(family.is_vision(n) for n in moved) == (modality == "image")
 
 
 @pytest.mark.parametrize("modality", ["image", "tokens"])
-def test_qwen3_evaluates(q3_sft, q3_data, tmp_path, modality):
+def test_evaluates(e2e_sft, e2e_dir, q3_data, tmp_path, modality):
     from astroreason.evaluation.harness import EvalConfig, evaluate
 
-    status, out, sft_dir = q3_sft[modality]
+    arch, _ = e2e_dir
+    status, out, sft_dir = e2e_sft[modality]
     assert status == 0, out[-4000:]
     data, codec = q3_data
     config = EvalConfig(
@@ -408,17 +459,40 @@ def test_qwen3_evaluates(q3_sft, q3_data, tmp_path, modality):
     assert 0.0 <= result["metrics"]["accuracy"] <= 1.0
     if modality == "image":  # each prompt carries the 16 visual tokens of a 128 px image, plus the text
         assert result["prompt_tokens"] > 4 * 16
+    if modality == "image" and arch == "qwen3_vl":  # Gemma 3 resizes any side: nothing to refuse
         with pytest.raises(UserError, match="112 px does not fit Qwen3-VL's 32-px grid"):
             evaluate(
                 EvalConfig(**{**config.__dict__, "image_size": 112, "output_dir": str(tmp_path / "e2")}), progress=False
             )
 
 
-def test_vision_pretraining_moves_only_the_tower_on_qwen3(qwen3_dir, surrogate_h5, tmp_path):
+def test_vision_pretraining_moves_only_the_tower(e2e_dir, surrogate_h5, tmp_path):
     from astroreason.pretrain import VisionPretrainConfig, pretrain_vision_tower
 
+    _, model_dir = e2e_dir
     out = tmp_path / "pretrained"
     pretrain_vision_tower(
-        qwen3_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE), progress=False
+        model_dir, surrogate_h5, out, VisionPretrainConfig(steps=3, batch_size=8, image_size=Q3_SIZE), progress=False
     )
-    assert changed(qwen3_dir, out) == {"vision": True, "language": False}
+    assert changed(model_dir, out) == {"vision": True, "language": False}
+
+
+def test_the_cli_builds_a_tiny_gemma3_and_costs_its_image_arm(q3_data, tmp_path, capsys):
+    """`astroreason model tiny --arch gemma3`, then `tokens cost` on it: the image arm costs what its processor
+    writes (16 soft tokens, whatever the side), the token arm what its own tokenizer makes of the codes."""
+    import json
+
+    from astroreason.cli import main
+
+    _, codec = q3_data
+    out = tmp_path / "g3"
+    assert main(["model", "tiny", "--arch", "gemma3", "--out", str(out)]) == 0
+    assert "Built a random gemma3 (tiny, seed 0" in capsys.readouterr().out
+    report = tmp_path / "cost.json"
+    argv = ["tokens", "cost", "--codec", str(codec), "--model", str(out), "--n", "2", "--image-size", "200"]
+    assert main([*argv, "--rendering", "ints,special", "--json", str(report)]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["image"] == {"side_px": 200, "visual_tokens": 16}
+    by_rendering = {r["rendering"]: r for r in figures["renderings"]}
+    assert by_rendering["special"]["tokens_per_code"] == 1.0  # one added token per code, on Gemma's tokenizer too
+    assert by_rendering["ints"]["tokens_per_code"] > 1.0  # digits one by one, plus the separators

@@ -169,10 +169,13 @@ class TransformersBackend(_Batched):
             chat_prompt_text(self.processor, chat_messages(p, im))  # as `tokens cost` counts a prompt
             for p, im in zip(prompts, images)
         ]
-        has_images = [im for im in images if im is not None]
-        return self.processor(text=texts, images=has_images or None, padding=True, return_tensors="pt").to(
-            self.model.device
-        )
+        # One list of images per prompt, as TRL passes them: a processor that nests images by prompt (Gemma 3)
+        # reads a flat list as all the images of the first prompt.
+        per_prompt = [[im] if im is not None else [] for im in images]
+        has_images = any(per_prompt)
+        return self.processor(
+            text=texts, images=per_prompt if has_images else None, padding=True, return_tensors="pt"
+        ).to(self.model.device)
 
     def _generate(self, inputs) -> list[Generation]:
         import torch

@@ -1,11 +1,11 @@
 """The model layer: one `ModelFamily` per kind of vision-language model (family.py), chosen from the model's config;
 loading (loading.py), checkpoint hashes (files.py) and tiny offline models (tiny.py).
 
-A family is one module here that registers one instance (qwen2_5_vl.py, qwen3_vl.py); importing it below is its
+A family is one module here that registers one instance (qwen2_5_vl.py, qwen3_vl.py, gemma3.py); importing it below is its
 registration. See docs/models.md.
 """
 
-from . import qwen2_5_vl, qwen3_vl  # noqa: F401  (registration: each module registers its family)
+from . import gemma3, qwen2_5_vl, qwen3_vl  # noqa: F401  (registration: each module registers its family)
 from .code_tokens import CODE_TOKEN_INITS, check_init, codec_vectors, tied_embeddings
 from .family import ModelFamily, families, family_for, find_family, register
 from .files import ANSWER_FILES, adapter_base_dir, answer_files_hash, file_hash, weights_hash

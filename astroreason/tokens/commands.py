@@ -281,7 +281,7 @@ def _galaxy_codes(args, codec):
 
 def run_cost(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from ..models import family_for, read_config  # the command compares the arms: it needs the model's family
+    from ..models import family_for, load_processor, read_config  # the command compares the arms: the model's family
     from .cost import prompt_costs
     from .loading import load_codec
     from .render import RENDERINGS, check_fits, check_rendering
@@ -302,7 +302,8 @@ def run_cost(args) -> int:
         check_fits(r, codec.vocab_size)
     codes, side, where = _galaxy_codes(args, codec)
     costs = prompt_costs(codes, tokenizer, vocab_size=codec.vocab_size, renderings=renderings, model_dir=model_dir)
-    n_visual = family_for(read_config(model_dir, local_files_only=True)).visual_tokens(image_processor, side)
+    family = family_for(read_config(model_dir, local_files_only=True))
+    n_visual = family.visual_tokens(load_processor(model_dir), side)  # the whole processor: Gemma 3's counts there
 
     print(codec.describe())
     print(f"model {model_dir}: {type(tokenizer).__name__}, {type(image_processor).__name__}; {where}")
