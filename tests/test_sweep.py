@@ -296,10 +296,13 @@ def check_charges(ledger: Path, name: str, tasks: list[dict]) -> None:
         assert charged.dollars == pytest.approx(charged.gpu_seconds / 3600, rel=1e-4)
 
 
-def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path) -> None:
+def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path, experiment: str = "") -> None:
     """`sweep collect` of a finished 2 arms x 2 seeds sweep (learning_rate 1e-3 vs 1e-2, 8 test galaxies): four rows
     in results.tsv (each (arm, seed) once, with its interval and cost), a verified hash chain, nothing added by a
-    second collect, and the report: per arm mean and t-interval over seeds, the paired test between the arms."""
+    second collect, and the report: per arm mean and t-interval over seeds, the paired test between the arms.
+
+    Under an `experiment`, the first row is the baseline (`keep`) and every later one is judged against the best
+    kept row before it, on the same galaxies."""
     from astroreason.integrity.ledger import LEDGER_FILE, LOG_FILE, verify
 
     tasks = json.loads((out_dir / "manifest.json").read_text())["tasks"]
@@ -316,7 +319,10 @@ def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path) -> None:
         result = json.loads((Path(task["dir"]) / "result.json").read_text())
         state = json.loads((Path(task["dir"]) / "state.json").read_text())
         assert f"arm {task['arm']} " in row["description"]
-        assert row["seed"] == str(task["seed"]) and row["modality"] == "image" and row["status"] == "keep"
+        assert row["seed"] == str(task["seed"]) and row["modality"] == "image"
+        assert row["experiment"] == experiment
+        if not experiment:
+            assert row["status"] == "keep" and not row["baseline"]
         assert row["metric"] == "accuracy" and float(row["value"]) == pytest.approx(result["metrics"]["accuracy"])
         lo, hi = map(float, row["interval"].split(","))
         assert [lo, hi] == pytest.approx(result["metrics"]["interval"]["accuracy"], abs=1e-6)
@@ -328,7 +334,15 @@ def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path) -> None:
         assert len({seed for a, seed in keys if a == arm}) == 2
     verified = cli("ledger", "verify", str(out_dir), cwd=cwd)
     assert verified.returncode == 0 and "4 rows, hash chain intact" in verified.stdout
-    assert (out_dir / LOG_FILE).read_text().count(" | keep | ") == 4
+    if experiment:  # judged in the order collected: the first is the baseline, the others against the best so far
+        assert rows[0]["status"] == "keep" and not rows[0]["baseline"]
+        for i, row in enumerate(rows[1:], start=2):
+            kept = [j for j, r in enumerate(rows[: i - 1], start=1) if r["status"] == "keep"]
+            assert row["status"] in ("keep", "discard") and row["baseline"].split()[1] == str(kept[-1])
+            assert row["difference"] and row["p_value"], row
+        assert (out_dir / LOG_FILE).read_text().count(" | keep | ") == sum(r["status"] == "keep" for r in rows)
+    else:
+        assert (out_dir / LOG_FILE).read_text().count(" | keep | ") == 4
 
     # Collecting again adds nothing: the ledger is byte for byte the same.
     before = (out_dir / LEDGER_FILE).read_bytes()
@@ -357,14 +371,14 @@ def check_collect(cli, sweep: Path, cwd: Path, out_dir: Path) -> None:
 def test_local_sweep_charges_one_ledger_and_collects_four_results_rows(cli, base_config, tmp_path):
     """2 arms x 2 seeds run here; each task charged the project's spend ledger; `collect` adds one results.tsv row
     per task, once, and writes the per-arm and paired comparison report."""
-    sweep = write_sweep(tmp_path / "four.yaml", base_config)
+    sweep = write_sweep(tmp_path / "four.yaml", base_config, experiment="lr")
     ran = cli("sweep", "run", "--local", "--jobs", "2", str(sweep), cwd=tmp_path)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     out_dir = tmp_path / "four-out"
     tasks = json.loads((out_dir / "manifest.json").read_text())["tasks"]
     assert all(json.loads((Path(t["dir"]) / "state.json").read_text())["status"] == "done" for t in tasks)
     check_charges(tmp_path / "ledger.jsonl", "four", tasks)
-    check_collect(cli, sweep, tmp_path, out_dir)
+    check_collect(cli, sweep, tmp_path, out_dir, experiment="lr")
 
 
 @pytest.mark.parametrize(

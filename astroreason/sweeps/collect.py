@@ -215,8 +215,16 @@ def record_in_ledger(manifest: Manifest, rows: list[dict]) -> list[dict]:
             continue
         description = f"sweep {manifest.sweep.name} arm {r['arm']} task {r['task']} result_sha256={r['result_sha256']}"
         cost = f"usd={r['dollars']:.6g},wall_s={r['elapsed_s']:.1f},attempts={r['attempts']}"
-        row = row_from_result(_result(r["dir"]), run_dir=r["dir"], description=description, cost=cost)
-        added.append(append_result(project, row))
+        experiment = manifest.sweep.experiment
+        row = row_from_result(
+            _result(r["dir"]),
+            run_dir=r["dir"],
+            description=description,
+            cost=cost,
+            experiment=experiment,
+            project_dir=project,
+        )
+        added.append(append_result(project, row, judge=bool(experiment)))
         known.add(r["result_sha256"])
     return added
 

@@ -133,6 +133,10 @@ class SweepConfig:
         evaluation: How each task evaluates its model.
         budget: Spend ledger, cap and price.
         template: The sbatch script each array task runs.
+        experiment: Results-ledger experiment the collected rows are recorded under: each task's result is then
+            judged against the experiment's best kept result on the same galaxies (paired test and noise floor,
+            `astroreason.integrity.ledger`), `keep` only when it beats it, else `discard`; empty: every row `keep`
+            without a comparison (the arms are compared in `sweep.md`).
     """
 
     name: str = ""
@@ -148,6 +152,7 @@ class SweepConfig:
     evaluation: Evaluation = field(default_factory=Evaluation)
     budget: Budget = field(default_factory=Budget)
     template: str = "slurm/array_sweep.slurm"
+    experiment: str = ""
 
     @property
     def output_dir(self) -> Path:
@@ -182,7 +187,7 @@ def _section(cls, data, where: str):
     return cls(**data)
 
 
-def _budget_aliases(data):
+def budget_aliases(data):
     """The budget section with its older spelling `gpu_hour` read as `price_gpu_hour`."""
     if isinstance(data, dict) and "gpu_hour" in data:
         data = dict(data)
@@ -218,7 +223,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     nested = {
         "resources": _section(Resources, data.pop("resources", None), f"{path}: resources"),
         "evaluation": _section(Evaluation, data.pop("evaluation", None), f"{path}: evaluation"),
-        "budget": _section(Budget, _budget_aliases(data.pop("budget", None)), f"{path}: budget"),
+        "budget": _section(Budget, budget_aliases(data.pop("budget", None)), f"{path}: budget"),
     }
     config = SweepConfig(**data, **nested)
     validate(config, str(path))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import check_writable, sha256_json, write_json_atomic, write_text_atomic
-from .config import Budget, Evaluation, Resources, SweepConfig, load_sweep, refuse_second_meter
+from .config import Budget, Evaluation, Resources, SweepConfig, budget_aliases, load_sweep, refuse_second_meter
 
 MANIFEST = "manifest.json"
 # Recipe settings derived from output_dir (they differ between tasks without making them different experiments).
@@ -60,7 +60,7 @@ class Manifest:
                 **s,
                 "resources": Resources(**s["resources"]),
                 "evaluation": Evaluation(**s["evaluation"]),
-                "budget": Budget(**s["budget"]),
+                "budget": Budget(**budget_aliases(s["budget"])),  # a manifest planned before may say gpu_hour
             }
         )
 
