@@ -17,9 +17,9 @@ SOURCE_HELP = (
 def add_parser(subparsers) -> None:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .download import DEFAULT_DIR, RELEASES
+    from .galaxy10 import LAYOUTS
     from .inspect import DEFAULT_RADIUS_ARCSEC
     from .splits import DEFAULT_FRACTIONS, SUBSETS
-    from .surrogate import LAYOUTS
 
     parser = subparsers.add_parser("data", help="Galaxy10 data: surrogate, inspection, splits, download")
     sub = parser.add_subparsers(dest="data_command", metavar="ACTION", required=True)

@@ -43,3 +43,7 @@ SDSS_CLASSES: tuple[str, ...] = (
 # HDF5 keys every Galaxy10-schema file carries; `flux` (N, 4, H, W) float32 nanomaggies is optional.
 REQUIRED_KEYS = ("images", "ans", "ra", "dec", "redshift", "pxscale")
 FLUX_BANDS = ("DES-G", "DES-R", "DES-I", "DES-Z")
+LAYOUTS = (
+    "hdf5",
+    "galaxy10-aion",
+)  # what `data synth` writes: one Galaxy10 HDF5 file, or the Hub galaxy10-aion parquet

@@ -31,13 +31,12 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_path
-from .galaxy10 import DECALS_CLASSES, DECALS_COUNTS, DECALS_PIXEL_SCALE, FLUX_BANDS
+from .galaxy10 import DECALS_CLASSES, DECALS_COUNTS, DECALS_PIXEL_SCALE, FLUX_BANDS, LAYOUTS
 from .morphology import BANDS, SKY_SIGMA, draw_galaxy, render
 
 REDSHIFT_NAN_FRACTION = 0.08  # rows without a redshift (the real file has some NaN; its fraction is not recorded here)
 _CHUNK = 32  # rows per task: memory stays flat however large n is
 _STREAM_LABELS, _STREAM_SKY, _STREAM_SPLIT = 1, 2, 3  # seed streams beside the per-row ones
-LAYOUTS = ("hdf5", "galaxy10-aion")
 AION_TEST_FRACTION = 796 / 17736  # the public galaxy10-aion's test share
 NEAR_ARCSEC = 2.0  # the planted near pair's separation
 
