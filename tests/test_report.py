@@ -114,6 +114,7 @@ def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_
     assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(second)]) == 0
     assert (first / "report.md").read_bytes() == (second / "report.md").read_bytes()
     assert (first / "report.json").read_bytes() == (second / "report.json").read_bytes()
+    assert (first / "report.html").read_bytes() == (second / "report.html").read_bytes()
     assert not (first / "training_curves.png").exists()
 
     # A trainer_state.json beside a run (as a real Trainer writes it) adds the training-curve figure.

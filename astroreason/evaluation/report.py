@@ -15,6 +15,7 @@ from ..io import atomic_path, sha256_file, write_text_atomic
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
+from .report_html import render_html
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -256,7 +257,8 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
 
 
 def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
-    """Write `report.md`, `report.json` and the figures for these runs into `out_dir` (atomically)."""
+    """Write `report.md`, `report.json`, the figures and `report.html` (self-contained: the tables, the figures and
+    galleries of the galaxies) for these runs into `out_dir` (atomically)."""
     runs = [load_run(d) for d in run_dirs]
     comparisons = {}
     for a, b in combinations(runs, 2):
@@ -266,7 +268,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         figures = _figures(runs, tmp)
-        write_text_atomic(tmp / "report.md", render_report(runs, comparisons, figures))
+        markdown = render_report(runs, comparisons, figures)
+        write_text_atomic(tmp / "report.md", markdown)
+        page, galleries = render_html(markdown, tmp, runs, list(comparisons))
+        write_text_atomic(tmp / "report.html", page)
         summary = {
             "runs": {
                 r["name"]: {
@@ -278,6 +283,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
                 for r in runs
             },
             "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
+            "galleries": galleries,
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return out_dir / "report.md"

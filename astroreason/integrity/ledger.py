@@ -30,9 +30,11 @@ from filelock import FileLock
 
 from ..errors import CheckFailed, UserError
 from ..io import sha256_bytes, sha256_file, write_json_atomic, write_text_atomic
+from .summary import experiment_summaries, plot_experiments
 
 LEDGER_FILE = "results.tsv"
 LOG_FILE = "experiment_log.md"
+PLOT_FILE = "experiment_log.png"  # the metric over time per experiment, beside the log and linked from it
 NOISE_FILE = "noise_floors.json"  # per experiment: the smallest accuracy difference that counts as a change
 PREDICTIONS_FILE = "predictions.jsonl"  # an evaluation's per-galaxy records (`evaluation.harness` writes it)
 STATUSES = ("keep", "discard", "crash", "suspect")
@@ -207,18 +209,20 @@ def append_result(project_dir, row: LedgerRow | dict, *, judge: bool = False) ->
             )
         if judge:
             judge_row(project_dir, rows, row)
+        floors = noise_floors(project_dir)  # read (and refused when malformed) before anything is written
         old = path.read_text() if path.exists() else HEADER + "\n"
         prev = rows[-1]["row_sha256"] if rows else GENESIS
         cells = [_clean(v) for v in asdict(row).values()]
         written = dict(zip(COLUMNS, cells + [prev, row_hash(cells, prev)]))
         write_text_atomic(path, old + "\t".join(written.values()) + "\n")
-        write_log(project_dir, rows + [written])
+        write_log(project_dir, rows + [written], floors)
     return written
 
 
-def render_log(rows: list[dict]) -> str:
-    """`experiment_log.md`: every row, newest last, suspect ones called out, each verdict with its baseline (`#N`),
-    the accuracy difference [95 % interval] and the McNemar p."""
+def render_log(rows: list[dict], floors: dict[str, float] | None = None, plot: str | None = None) -> str:
+    """`experiment_log.md`: a summary per experiment (best so far, verdict counts, dollars, noise floor), the figure
+    `plot` when drawn, then every row, newest last, suspect ones called out, each verdict with its baseline (`#N`),
+    the accuracy difference [95 % interval] and the McNemar p. `floors`: each experiment's noise floor."""
     lines = [
         "# Experiment log",
         "",
@@ -226,6 +230,15 @@ def render_log(rows: list[dict]) -> str:
         "ledger itself is hash-chained).",
         "",
         f"{len(rows)} results: " + ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in STATUSES) + ".",
+        "",
+    ]
+    summaries = experiment_summaries(rows, floors or {})
+    if summaries:
+        lines += _summary_lines(summaries)
+    if plot:
+        lines += [f"![the metric over time per experiment, best so far and its noise band]({plot})", ""]
+    lines += [
+        "## Results",
         "",
         "| # | time | commit | experiment | modality | seed | metric | value | interval | vs | difference [95 %] | p "
         "| cost | status | verdict | description |",
@@ -254,15 +267,58 @@ def render_log(rows: list[dict]) -> str:
             r["comparison"],
             r["description"],
         ]
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append(_table_row(cells))
     return "\n".join(lines) + "\n"
 
 
-def write_log(project_dir, rows: list[dict] | None = None) -> Path:
+def _table_row(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
+def _summary_lines(summaries: list[dict]) -> list[str]:
+    """The per-experiment table: the best kept result (value, row, run), how many rows got each verdict, the dollars
+    the rows' cost cells name and the noise floor the verdicts use."""
+    lines = [
+        "## Experiments",
+        "",
+        "| experiment | results | best so far | kept | discarded | suspect | crashed | dollars spent | noise floor |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        if s["best"]:
+            number, row = s["best"]
+            best = f"{row['value']} ({row['metric']}, #{number}" + (f" {row['run_dir']})" if row["run_dir"] else ")")
+            if s["galaxy_sets"] > 1:
+                best += f"; kept rows on {s['galaxy_sets']} sets of galaxies, never compared across them"
+        else:
+            best = "none kept"
+        spent = f"{s['dollars']:.4f}"
+        if s["rows_without_dollars"]:
+            k = s["rows_without_dollars"]
+            spent += f" ({k} row{'s' if k != 1 else ''} name no usd)"
+        c = s["counts"]
+        cells = [s["experiment"], str(len(s["rows"])), best, str(c["keep"]), str(c["discard"]), str(c["suspect"])]
+        lines.append(_table_row(cells + [str(c["crash"]), spent, f"{s['noise_floor']:g}"]))
+    return lines + [""]
+
+
+def write_log(project_dir, rows: list[dict] | None = None, floors: dict[str, float] | None = None) -> Path:
+    """Regenerate `experiment_log.md` and, when a row has a value, its figure `experiment_log.png` beside it."""
     rows = verify(project_dir) if rows is None else rows
+    floors = noise_floors(project_dir) if floors is None else floors
+    summaries = experiment_summaries(rows, floors)
+    plot = None
+    if any(r["value"] for r in rows):
+        plot_experiments(summaries, Path(project_dir) / PLOT_FILE)
+        plot = PLOT_FILE
     path = Path(project_dir) / LOG_FILE
-    write_text_atomic(path, render_log(rows))
+    write_text_atomic(path, render_log(rows, floors, plot))
     return path
+
+
+def noise_floors(project_dir) -> dict[str, float]:
+    """Every experiment's recorded noise floor (`noise_floor`'s values)."""
+    return {name: float(record["value"]) for name, record in _noise_floors(project_dir).items()}
 
 
 def noise_floor(project_dir, experiment: str) -> tuple[float, str]:
@@ -454,7 +510,9 @@ def row_from_result(
     interval = metrics.get("interval", {}).get(metric)
     if cost is None:
         tokens = (result.get("prompt_tokens") or 0) + (result.get("completion_tokens") or 0)
-        cost = f"tokens={tokens}" if tokens else ""
+        # What this run paid (answers from the cache cost it nothing), for the log's dollars per experiment.
+        spent = ((result.get("spend") or {}).get("this_run") or {}).get("dollars")
+        cost = ",".join(([f"tokens={tokens}"] if tokens else []) + ([f"usd={spent:.6g}"] if spent is not None else []))
     text = " ".join([description] + notes + ([f"SUSPECT: {'; '.join(reasons)}"] if reasons else []))
     row = LedgerRow(
         commit=prov.get("commit") or "",
