@@ -135,6 +135,36 @@ def test_sampled_decoding_repeats_per_seed(tiny_model_dir, prepared_dir):
     assert texts(seed=0, temperature=0.0) == texts(seed=1, temperature=0.0)  # greedy ignores the seed
 
 
+def test_greedy_answers_carry_their_log_probability(tiny_model_dir, prepared_dir):
+    """The local backend records each completion's log-probability: the sum over its tokens, the same as a forward
+    pass over prompt + completion gives (padding and the tokens after end-of-sequence left out)."""
+    import torch
+
+    from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
+    from astroreason.evaluation.harness import EvalConfig, evaluation_rows
+
+    rows = evaluation_rows(
+        EvalConfig(model=str(tiny_model_dir), data_dir=str(prepared_dir), image_size=56, max_samples=3)
+    )
+    backend = TransformersBackend.from_pretrained(str(tiny_model_dir), SamplingSettings(max_new_tokens=6), batch_size=3)
+    generations = backend.generate([r["prompt"] for r in rows], [r["image"] for r in rows])
+    for row, g in zip(rows, generations):
+        inputs = backend._inputs([row["prompt"]], [row["image"]])  # one prompt alone: no padding
+        out = backend.model.generate(
+            **inputs, max_new_tokens=6, do_sample=False, pad_token_id=backend.tokenizer.pad_token_id
+        )
+        completion = out[:, inputs["input_ids"].shape[1] :][:, : g.completion_tokens]
+        full = {**inputs, "input_ids": torch.cat([inputs["input_ids"], completion], 1)}
+        full["attention_mask"] = torch.ones_like(full["input_ids"])
+        if "mm_token_type_ids" in inputs:  # the completion holds text tokens only
+            full["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(completion)], 1)
+        with torch.no_grad():
+            logits = backend.model(**full).logits[0, inputs["input_ids"].shape[1] - 1 : -1]
+        expected = torch.log_softmax(logits.float(), -1).gather(1, completion[0][:, None]).sum()
+        assert g.logprob is not None and g.logprob <= 0
+        assert g.logprob == pytest.approx(float(expected), abs=1e-3)
+
+
 def test_token_arm_and_pilot_estimate(tiny_model_dir, prepared_dir, tmp_path, capsys):
     codec = build_codec(prepared_dir, tmp_path / "codec")
     out, ledger = tmp_path / "tokens", tmp_path / "spend.jsonl"

@@ -10,6 +10,7 @@ absence is a failure.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -23,7 +24,13 @@ from test_report import two_runs  # noqa: F401  (the module's fixture: two real 
 
 from astroreason.cli import main
 from astroreason.data.splits import load_manifest
-from astroreason.evaluation.report_html import ERRORS_PER_CLASS, MAX_PER_GALLERY, NO_CONFIDENCE, THUMB_PX
+from astroreason.evaluation.report_html import (
+    BY_CONFIDENCE,
+    ERRORS_PER_CLASS,
+    MAX_PER_GALLERY,
+    NO_CONFIDENCE,
+    THUMB_PX,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REQUIRED = os.environ.get("ASTROREASON_REQUIRE_CHROMIUM") == "1"
@@ -85,7 +92,30 @@ def test_galleries_follow_the_predictions(report):
         assert Image.open(io.BytesIO(base64.b64decode(thumb))).size == (THUMB_PX, THUMB_PX)
     first = galleries["image: errors per true class"][0]
     assert f"<figcaption>{first}<br>true: " in page
-    assert NO_CONFIDENCE in page  # the page says the errors are not ranked by a confidence it does not have
+    assert (
+        html.escape(NO_CONFIDENCE) in page
+    )  # the page says the errors are not ranked by a confidence it does not have
+
+
+def test_errors_are_ranked_by_the_answers_log_probability(two_runs, tmp_path):  # noqa: F811
+    """With a `logprob` on every answer the errors per class come most confident first; the page says so."""
+    root, runs = two_runs
+    run = tmp_path / "image"
+    shutil.copytree(runs["image"], run)
+    records = predictions(run)
+    for r in records:  # a confidence that grows along the split: the ranking must reverse split order
+        r["logprob"] = -1.0 / (1 + r["index"])
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    galleries = {g["title"]: g["ids"] for g in json.loads((tmp_path / "r" / "report.json").read_text())["galleries"]}
+    ids = source_ids(run)
+    errors = []
+    for c in range(10):
+        wrong = [i for i, r in enumerate(records) if r["label"] == c != r["prediction"]]
+        errors += [ids[i] for i in sorted(wrong, key=lambda i: records[i]["logprob"], reverse=True)][:ERRORS_PER_CLASS]
+    assert galleries["image: errors per true class"] == errors
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert html.escape(BY_CONFIDENCE) in page and html.escape(NO_CONFIDENCE) not in page and "answer logprob: " in page
 
 
 def test_a_run_whose_data_is_gone_gets_no_gallery(two_runs, tmp_path):  # noqa: F811

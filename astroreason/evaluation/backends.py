@@ -41,13 +41,15 @@ class BackendError(CheckFailed):
 
 @dataclass
 class Generation:
-    """One completion and what it cost."""
+    """One completion and what it cost; `logprob`: the log-probability of the completion's tokens (summed) under
+    the decoding distribution, how sure the model was of its whole answer, or None where the backend reports none."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     attempts: int = 1
     dollars: float = 0.0
+    logprob: float | None = None
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:
@@ -186,13 +188,22 @@ class TransformersBackend(_Batched):
             # CPU torch.manual_seed formats a stack trace for each lazily initialised accelerator backend.
             torch.manual_seed(self.sampling.seed)
         with torch.no_grad():
-            generated = self.model.generate(**inputs, **kwargs, pad_token_id=self.tokenizer.pad_token_id)
-        new_tokens = generated[:, inputs["input_ids"].shape[1] :].tolist()
+            out = self.model.generate(
+                **inputs,
+                **kwargs,
+                pad_token_id=self.tokenizer.pad_token_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+            # Each generated token's log-probability under the (temperature-warped) distribution it was drawn from.
+            token_logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
-        for ids, n_prompt in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist()):
+        for ids, n_prompt, logprobs in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist(), token_logprobs):
             # Completion tokens run up to and including the first end-of-sequence token; the rest is padding.
             n = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
-            results.append(Generation(self.tokenizer.decode(ids[:n], skip_special_tokens=True), int(n_prompt), n))
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
+            results.append(Generation(text, int(n_prompt), n, logprob=float(logprobs[:n].sum())))
         return results
 
 
@@ -232,6 +243,7 @@ class VLLMBackend(_Batched):
             temperature=max(sampling.temperature, 0.0),
             top_p=sampling.top_p,
             seed=sampling.seed,
+            logprobs=0,  # the sampled token's own log-probability only: `cumulative_logprob` of the completion
         )
 
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
@@ -248,7 +260,13 @@ class VLLMBackend(_Batched):
             def run():
                 outputs = self.llm.chat(conversations, sampling_params=self.params, use_tqdm=False)  # noqa: B023
                 return [
-                    Generation(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs
+                    Generation(
+                        o.outputs[0].text,
+                        len(o.prompt_token_ids),
+                        len(o.outputs[0].token_ids),
+                        logprob=o.outputs[0].cumulative_logprob,
+                    )
+                    for o in outputs
                 ]
 
             generations = self._timed_batch(budget, len(batch), bound, run)

@@ -325,6 +325,7 @@ class Evaluation:
                             "completion_tokens": g.completion_tokens,
                             "attempts": g.attempts,
                             "dollars": g.dollars,
+                            "logprob": g.logprob,
                         }
                     )
                 append_records(self.cache_path, records)
@@ -429,7 +430,11 @@ class Evaluation:
         fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
         write_text_atomic(
             self.out / PREDICTIONS_NAME,
-            "".join(json.dumps({f: r[f] for f in fields}, sort_keys=True) + "\n" for r in finished),
+            "".join(
+                # `logprob`: None for a backend that reports none, or an answer cached before it was recorded
+                json.dumps({**{f: r[f] for f in fields}, "logprob": r.get("logprob")}, sort_keys=True) + "\n"
+                for r in finished
+            ),
         )
         write_json_atomic(self.out / RESULT_NAME, result)
         return result

@@ -28,8 +28,13 @@ THUMB_PX = 96  # thumbnail side in pixels
 MAX_PER_GALLERY = 24  # galaxies shown per disagreement gallery (in split order; the page gives the total)
 ERRORS_PER_CLASS = 3  # errors shown per true class
 NO_CONFIDENCE = (
-    "predictions.jsonl records no confidence for an answer (no score or log-probability), so the errors cannot be "
-    "ranked by confidence: they are shown per true class in split order."
+    "Some answers in predictions.jsonl carry no confidence (a backend that reports no log-probability, or answers "
+    "cached before it was recorded), so these errors are not ranked by confidence: they are shown per true class in "
+    "split order."
+)
+BY_CONFIDENCE = (
+    "The most confident errors first: ranked by the answer's log-probability under the model (its tokens' "
+    "log-probabilities summed, `logprob` in predictions.jsonl)."
 )
 
 STYLE = """
@@ -136,12 +141,19 @@ def _disagreements(right: str, wrong: str, placed: dict, source: GalaxySource) -
 
 
 def _errors_per_class(name: str, records: dict, source: GalaxySource) -> dict:
-    """Up to `ERRORS_PER_CLASS` wrong answers per true class, in split order (no confidence to rank them by)."""
+    """Up to `ERRORS_PER_CLASS` wrong answers per true class: the most confident first (highest `logprob`) when
+    every answer has one, else in split order."""
+    ranked = all(r.get("logprob") is not None for r in records.values())
     items = []
     for c in range(len(source.classes)):
         wrong = [(p, r) for p, r in records.items() if r["label"] == c and r["prediction"] != c]
-        items += [{"position": p, "label": c, "answers": {name: r["prediction"]}} for p, r in wrong[:ERRORS_PER_CLASS]]
-    note = NO_CONFIDENCE + f" Up to {ERRORS_PER_CLASS} per class."
+        if ranked:
+            wrong.sort(key=lambda pr: -pr[1]["logprob"])  # stable: equal confidence stays in split order
+        items += [
+            {"position": p, "label": c, "answers": {name: r["prediction"]}, "logprob": r.get("logprob")}
+            for p, r in wrong[:ERRORS_PER_CLASS]
+        ]
+    note = (BY_CONFIDENCE if ranked else NO_CONFIDENCE) + f" Up to {ERRORS_PER_CLASS} per class."
     return {"title": f"{name}: errors per true class", "note": note, "source": source, "items": items}
 
 
@@ -169,6 +181,8 @@ def _figure_html(item: dict, source: GalaxySource) -> str:
         lines.append(f"<span{cls}>{html.escape(name)}: {html.escape(_class(source.classes, prediction))}</span>")
     if "count" in item:
         lines.append(f"cell count: {item['count']}")
+    if item.get("logprob") is not None:
+        lines.append(f"answer logprob: {item['logprob']:.2f}")
     alt = html.escape(f"{source.source_id(item['position'])}, true {_class(source.classes, item['label'])}", quote=True)
     return (
         f'<figure class="galaxy"><img src="{data_uri(source.thumbnail(item["position"]))}" width="{THUMB_PX}" '
