@@ -266,6 +266,39 @@ def test_special_checkpoint_trains_saves_and_evaluates(
     assert cost["template_tokens"] > 10
 
 
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_a_resumed_special_run_ends_where_an_uninterrupted_one_does(
+    kind, tiny_model_dir, prepared_dir, codec_dir, tmp_path, capsys
+):
+    """A requeued overnight job: 3 steps, stopped at checkpoint-3, resumed to 6 (the code tokens are added again,
+    rows from the run's seed, before the checkpoint is loaded) ends with the same code rows and weights as 6 steps
+    run straight through."""
+    extra = (*LORA, "--save_strategy", "steps") if kind == "lora" else ("--save_strategy", "steps")
+    whole = train("sft", tiny_model_dir, prepared_dir, codec_dir, tmp_path / "whole", *extra, "--max_steps", "6")
+    part = tmp_path / "part"
+    train("sft", tiny_model_dir, prepared_dir, codec_dir, part, *extra)  # 3 steps, checkpoint-3
+    capsys.readouterr()
+    resumed = train(
+        "sft", tiny_model_dir, prepared_dir, codec_dir, part, *extra, "--max_steps", "6", "--resume", "true"
+    )
+    assert whole.state.global_step == resumed.state.global_step == 6
+    # It did resume (a restart from step 0 would end at the same weights: it is the same 6 steps).
+    assert f"Resuming from {part}/checkpoint-3 (global step 3)" in capsys.readouterr().out
+    vocab = load_codec(codec_dir).vocab_size
+    ids = code_ids(resumed.processing_class, vocab)
+    assert ids == code_ids(whole.processing_class, vocab)
+    rows = {
+        name: t.model.get_input_embeddings().weight[ids].detach()
+        for name, t in (("whole", whole), ("resumed", resumed))
+    }
+    fresh, fresh_proc = load_model_and_processor(tiny_model_dir)
+    add_code_tokens(fresh_proc, fresh, vocab, init="mean", seed=42)
+    assert (rows["whole"] - fresh.get_input_embeddings().weight[ids]).abs().max() > 1e-4  # the rows trained
+    torch.testing.assert_close(rows["resumed"], rows["whole"], rtol=1e-4, atol=1e-5)
+    for (name, a), b in zip(whole.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_eval_refuses_special_without_code_tokens(tiny_model_dir, prepared_dir, codec_dir, tmp_path, capsys):
     status, _, err = cli(
         capsys,
