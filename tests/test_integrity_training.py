@@ -97,6 +97,20 @@ def test_alarm_rules_on_log_sequences():
     assert feed(TrainingAlarms(AlarmConfig(watch_loss=False)), "loss", [0.0, 0.0]) == []
 
 
+def test_zoom_rate_alarms():
+    """A zoom run's alarms on TRL's `tools/call_frequency` (calls per rollout), with a turn cap of 2."""
+    zoom = AlarmConfig(zoom_cap=2)
+    key = "tools/call_frequency"
+    # The tool driven out: rollouts zoomed, then none did for 3 logs.
+    assert feed(TrainingAlarms(zoom), key, [0.5, 0.25, 0.0, 0.0, 0.0, 0.0]) == ["zoom_rate_collapse"]
+    assert feed(TrainingAlarms(zoom), key, [0.5, 0.0, 0.0, 0.25, 0.0, 0.0]) == []  # it came back in between
+    # Every episode zooms until it is cut off, 3 logs running.
+    assert feed(TrainingAlarms(zoom), key, [1.0, 2.0, 2.0, 2.5, 0.5]) == ["zoom_always_cap"]
+    # A healthy zoom run: the rate moves between 0 and the cap; and a run without the tool has no zoom rules.
+    assert feed(TrainingAlarms(zoom), key, [0.0, 0.5, 1.0, 1.5, 0.75, 1.25, 0.5] * 3) == []
+    assert feed(TrainingAlarms(), key, [0.5, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0]) == []
+
+
 def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():
     """The recipes' SFT alarms: learning the answer format (loss 2.3 -> 0.27, entropy 6.4 -> 0.52, token accuracy
     0.3 -> 0.8, the shape of the demo's image-arm SFT) is no alarm; a loss or entropy toward zero still is."""

@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from .gate import mark_suspect
 
 logger = logging.getLogger(__name__)
+ZOOM_RATE_KEY = "tools/call_frequency"  # TRL's GRPO log: mean tool calls per rollout
 
 
 @dataclass
@@ -46,6 +47,12 @@ class AlarmConfig:
             whose rewards differ.
         entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse (0: rule off) ...
         entropy_floor: ... and so is entropy below this (nats per token).
+        zoom_cap: A zoom run's turn cap (`zoom_max_turns`); 0 for a run without the zoom tool (the zoom rules off).
+            The zoom rules watch TRL's `tools/call_frequency`, the mean tool calls per rollout in a log:
+        zoom_patience: ... the zoom rate collapsed (0 calls for this many consecutive logs after some rollout
+            zoomed: an outcome-only reward drove the tool out, and the run measures no zoom at all), or it sits at
+            the cap (at least `zoom_cap` calls per rollout for this many consecutive logs: every episode zooms until
+            it is cut off, which a per-call `zoom_cost` is meant to prevent).
         stop_on_alarm: Stop training at the first alarm (default: finish, marked suspect).
         watch_loss: Apply the loss rules. They suit a cross-entropy loss (SFT); GRPO's loss is a policy-gradient
             surrogate that is exactly 0 whenever every completion of a group scores the same (an untrained policy),
@@ -64,6 +71,8 @@ class AlarmConfig:
     no_signal_logs: int = 10
     entropy_fraction: float = 0.1
     entropy_floor: float = 0.02
+    zoom_cap: int = 0
+    zoom_patience: int = 3
     stop_on_alarm: bool = False
     watch_loss: bool = True
 
@@ -99,6 +108,9 @@ class AlarmState:
     zero_std_run: int = 0
     zero_std_was_low: bool = False
     no_signal_run: int = 0
+    zoomed: bool = False
+    no_zoom_run: int = 0
+    at_cap_run: int = 0
 
 
 class TrainingAlarms(TrainerCallback):
@@ -191,6 +203,8 @@ class TrainingAlarms(TrainerCallback):
                             "is 0 and the policy cannot learn from these rewards)",
                         )
                     )
+            if key == ZOOM_RATE_KEY and c.zoom_cap:
+                out += self._zoom_rules(key, step, value)
             if key == "entropy" and past:
                 first = past[0]
                 if value < c.entropy_floor or (first > 0 and value < c.entropy_fraction * first):
@@ -205,6 +219,37 @@ class TrainingAlarms(TrainerCallback):
                     )
             past.append(value)
         return [a for a in out if a is not None]
+
+    def _zoom_rules(self, key: str, step: int, value: float) -> list[dict | None]:
+        c, s = self.config, self.state
+        s.zoomed = s.zoomed or value > 0
+        s.no_zoom_run = s.no_zoom_run + 1 if value == 0 else 0
+        s.at_cap_run = s.at_cap_run + 1 if value >= c.zoom_cap else 0
+        out = []
+        if s.zoomed and s.no_zoom_run >= c.zoom_patience:
+            out.append(
+                self._alarm(
+                    "zoom_rate_collapse",
+                    key,
+                    step,
+                    value,
+                    f"the zoom rate collapsed: no rollout called the tool for {s.no_zoom_run} logs after some did "
+                    "(the run measures no zoom; a correctness-gated zoom_bonus or a warm start on zoom episodes "
+                    "keeps it)",
+                )
+            )
+        if s.at_cap_run >= c.zoom_patience:
+            out.append(
+                self._alarm(
+                    "zoom_always_cap",
+                    key,
+                    step,
+                    value,
+                    f"every episode zooms to the cap: {value:.3g} calls per rollout (cap {c.zoom_cap}) for "
+                    f"{s.at_cap_run} logs (the cut-off episodes carry no answer; a zoom_cost per call prices it)",
+                )
+            )
+        return out
 
     def _alarm(self, rule: str, key: str, step: int, value: float, reason: str) -> dict | None:
         if (rule, key) in self.state.fired:
