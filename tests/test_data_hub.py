@@ -173,6 +173,21 @@ def test_prepare_defuses_the_traps_and_names_galaxies_by_id(aion_prepared, cols)
             assert view[k]["label"] == cols["labels"][row]
 
 
+def test_include_rows_names_galaxies_by_their_galaxy10_index(aion_dir, tmp_path):
+    """A Galaxy10 row list restricts a galaxy10-aion copy to those galaxies: its values are the source's ids
+    (Galaxy10_DECals_index), not positions in the parquet files; an id the source lacks is one line."""
+    wanted = [gid(r) for r in range(0, N, 4)]
+    listing = tmp_path / "rows.txt"
+    listing.write_text("\n".join(map(str, wanted)) + "\n")
+    m = make_manifest(aion_dir, include_rows=listing)
+    kept = {i for ids in m.ids.values() for i in ids}
+    assert kept and kept <= set(wanted) and m.include_rows_sha256
+    assert len(kept) >= len(wanted) - 6  # only the planted duplicates and bad-flux rows among them go
+    listing.write_text(f"{gid(0)}\n{gid(0) + 1}\n")  # ids step by 3: gid(0) + 1 is no galaxy of the source
+    with pytest.raises(UserError, match=f"Galaxy10_DECals_index {gid(0) + 1} is outside the source's"):
+        make_manifest(aion_dir, include_rows=listing)
+
+
 def test_class_order_and_file_order_do_not_move_a_galaxy(cols, tmp_path):
     shuffled = {k: v.copy() for k, v in cols.items()}
     perm = np.random.default_rng(5).permutation(N)

@@ -77,8 +77,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--subset", choices=SUBSETS, default="all", help="flux: only rows with a finite g,r,i,z cutout")
     p.add_argument(
         "--include-rows",
-        help="file of source row indices to keep (one per line, or .npy), e.g. the "
-        "rows a flux cross-match covers, so both modalities split the same galaxies",
+        help="file of source ids to keep (one per line, or .npy): the row of an HDF5 file, the "
+        "Galaxy10_DECals_index of a galaxy10-aion copy; e.g. the Galaxy10 rows a flux cross-match covers, so both "
+        "modalities split the same galaxies",
     )
     p.add_argument("--sha256", help="verify the file's SHA-256 (a directory's content fingerprint) first")
     p.set_defaults(func=run_prepare)

@@ -240,13 +240,16 @@ def make_manifest(
                 ]
         include_sha = None
         if include_rows is not None:
+            # Matched against the source's ids (the manifest's `ids`): an HDF5 file's row, a galaxy10-aion copy's
+            # Galaxy10_DECals_index, so one Galaxy10 row list restricts either source to the same galaxies.
             wanted = _read_row_list(include_rows)
-            if len(wanted) and (wanted.min() < 0 or wanted.max() >= n):
+            mask = np.isin(ids, wanted)
+            missing = np.setdiff1d(wanted, ids)
+            if len(missing):
                 raise UserError(
-                    f"{include_rows}: row {int(wanted.max() if wanted.max() >= n else wanted.min())} is outside 0-{n - 1}"
+                    f"{include_rows}: {g10.id_name} {int(missing[0])} is outside the source's {g10.id_name}s "
+                    f"({int(ids.min())}-{int(ids.max())}; {len(missing)} such)"
                 )
-            mask = np.zeros(n, bool)
-            mask[wanted] = True
             keep &= mask
             include_sha = sha256_json(wanted.tolist())
         ra, dec = g10.column("ra"), g10.column("dec")
