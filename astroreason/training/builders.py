@@ -245,6 +245,6 @@ def build_grpo_trainer(
     parts = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
     reward_funcs = get_reward_funcs(args.reward_funcs)
     if args.zoom:
-        zoom = zoom_parts(args, parts["model"], parts["processing_class"], reward_funcs)
+        zoom = zoom_parts(args, training_args, parts["model"], parts["processing_class"], reward_funcs)
         return GRPOTrainer(**zoom, **parts)
     return GRPOTrainer(reward_funcs=reward_funcs, **parts)

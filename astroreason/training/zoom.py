@@ -33,6 +33,20 @@ def tool_capable(processor, family) -> None:
         tokenizer.response_template = family.response_template()
 
 
+def suppress_video_tokens(training_args, model) -> None:
+    """Never sample the video placeholder token (transformers generation). TRL suppresses the image token itself;
+    once a tool has returned an image it marks every video token of the sequence as a video, and the forward pass
+    then looks for a video that is not there (a random or early policy does sample it). vLLM's sampling has no
+    such option, so a vLLM run is left as TRL makes it."""
+    video = getattr(model.config, "video_token_id", None)
+    if training_args.use_vllm or video is None:
+        return
+    kwargs = dict(training_args.generation_kwargs or {})
+    image = getattr(model.config, "image_token_id", None)
+    kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), video} | ({image} if image else set()))
+    training_args.generation_kwargs = kwargs
+
+
 def token_counter(args: GalaxyScriptArguments, processor, family):
     """What a zoom result costs the model: the crop's visual tokens (asked of the processor once), or the text's."""
     if args.modality == "image":
@@ -46,12 +60,14 @@ def _text_tokens(processor, text: str) -> int:
     return len(tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
 
-def zoom_parts(args: GalaxyScriptArguments, model, processor, reward_funcs: list) -> dict:
+def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list) -> dict:
     """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
     `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
-    episodes unless `zoom_skip_unanswered` is off)."""
+    episodes unless `zoom_skip_unanswered` is off). Makes the processor tool-capable and keeps the video token out
+    of sampling (`suppress_video_tokens`)."""
     family = family_for(model)
     tool_capable(processor, family)
+    suppress_video_tokens(training_args, model)
     tool = zoom_tool(
         args.arm_settings(),
         min_side=args.zoom_min_side,
