@@ -347,3 +347,48 @@ def test_episodes_stopped_at_the_turn_cap_are_left_out(prepared_dir, tiny_model_
     for *_, completions, _logprobs, _extra, _images, _tool_images in generated:
         assert all(ended_on_tool_call(c) and [m["role"] for m in c][-1] == "assistant" for c in completions)
     assert all(torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+
+
+def test_zoom_recipe_under_two_processes(prepared_dir, tiny_model_dir, tmp_path):
+    """recipes/grpo.py with the tiny zoom config, launched by accelerate as two CPU processes (gloo), steered to call
+    the tool once: both processes run their episodes, and the run trains and saves."""
+    import subprocess
+    import sys
+
+    import yaml
+    from test_recipes import ROOT, _env, _free_port, trainer_state
+
+    config = yaml.safe_load((ROOT / "recipes/configs/tiny/grpo_zoom_image.yaml").read_text())
+    config.update(
+        model_name_or_path=str(tiny_model_dir),
+        data_dir=str(prepared_dir),
+        image_size=56,
+        max_train_samples=16,
+        max_steps=2,
+        save_steps=2,
+        max_completion_length=256,
+        zoom_max_turns=1,
+        output_dir=str(tmp_path / "out"),
+        reward_funcs=["format", "accuracy", "test_zoom.final_length_reward"],
+        generation_kwargs={"sequence_bias": steering(tiny_model_dir, "image", again=False)},
+    )
+    (tmp_path / "zoom.yaml").write_text(yaml.safe_dump(config))
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate/cpu.yaml"),
+    ]
+    launch += ["--num_processes", "2", "--main_process_port", str(_free_port())]
+    env = _env()
+    env["PYTHONPATH"] = f"{env['PYTHONPATH']}:{ROOT / 'tests'}"  # the test's own reward, by dotted path
+    cmd = [*launch, str(ROOT / "recipes/grpo.py"), "--config", str(tmp_path / "zoom.yaml")]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "after 2 steps (2 processes)" in result.stdout
+    logs = [h for h in trainer_state(tmp_path / "out" / "checkpoint-2")["log_history"] if "zoom/rate" in h]
+    # Metrics are gathered over both processes: every episode of both called the tool once, validly, and answered.
+    assert [(h["tools/call_frequency"], h["zoom/rate"], h["zoom/invalid_share"]) for h in logs] == [(1, 1, 0)] * 2
+    assert [h["zoom/unanswered_share"] for h in logs] == [0, 0]
+    assert all(h["grad_norm"] > 0 for h in logs)
