@@ -24,7 +24,7 @@ def apply_turn_cap(args: GalaxyScriptArguments, training_args) -> None:
 def tool_capable(processor, family) -> None:
     """Give the processor the family's tool-calling chat template when its own drops tool calls (Qwen2.5-VL's stock
     one), and the family's response template, by which TRL parses tool calls, when it has none."""
-    from trl.chat_template_utils import supports_tool_calling
+    from trl.chat_template_utils import supports_tool_calling  # lazy: trl loads with the trainer
 
     tokenizer = getattr(processor, "tokenizer", processor)
     if not supports_tool_calling(processor):

@@ -15,6 +15,7 @@ costs the model.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,7 +56,7 @@ class ZoomCall:
         return {"box": self.box, "valid": self.valid, "error": self.error, "pixels": self.pixels, "tokens": self.tokens}
 
 
-class ZoomTool:
+class ZoomTool(ABC):
     """The zoom of one arm.
 
     Args:
@@ -82,27 +83,29 @@ class ZoomTool:
         self.setup()
         self.limits = BoxLimits(min_side or self.default_min_side(pixel_multiple), max_aspect)
 
+    @abstractmethod
     def setup(self) -> None:
         """What the arm's tool opens once (views, codec)."""
 
+    @abstractmethod
     def default_min_side(self, pixel_multiple: int | None) -> float:
         """The smallest box by default: one unit of what the first view resolves."""
-        raise NotImplementedError
 
+    @abstractmethod
     def source(self, split: str, position: int):
         """The full-resolution source of the galaxy at `position` in `split`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def crop(self, source, pixels: tuple[int, int, int, int]):
         """The crop of `source` at `pixels`, in the arm's representation (an image, or codes [H', W'])."""
-        raise NotImplementedError
 
+    @abstractmethod
     def content(self, crop):
         """What the model reads: TRL's tool result (image blocks, or text)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def source_size(self, source) -> tuple[int, int]:
-        raise NotImplementedError
+        """(width, height) of a source in pixels."""
 
     def __call__(self, split: str, position: int, bbox_2d) -> ZoomCall:
         """Zoom into `bbox_2d` of the galaxy at `position` of `split`; never raises for a bad box."""
