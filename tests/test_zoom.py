@@ -240,7 +240,9 @@ def final_length_reward(completions, **kwargs) -> list[float]:
     return [len(str(c[-1].get("content", ""))) / 50 for c in completions]
 
 
-def zoom_trainer(prepared_dir, model_dir, out, modality, codec=None, *, again=False, max_completion_length=256):
+def zoom_trainer(
+    prepared_dir, model_dir, out, modality, codec=None, *, again=False, max_completion_length=256, image_size=56
+):
     from trl import GRPOConfig, ModelConfig
 
     from astroreason.training import GalaxyScriptArguments, build_grpo_trainer
@@ -249,7 +251,7 @@ def zoom_trainer(prepared_dir, model_dir, out, modality, codec=None, *, again=Fa
     args = GalaxyScriptArguments(
         data_dir=str(prepared_dir),
         modality=modality,
-        image_size=56,
+        image_size=image_size,
         max_train_samples=8,
         zoom=True,
         zoom_max_turns=1,
@@ -334,6 +336,29 @@ def test_zoom_grpo_runs_the_tool_and_learns(prepared_dir, tiny_model_dir, codec,
     used = {n: p for n, p in before.items() if modality == "image" or not family.is_vision(n)}
     unchanged = [n for n, p in used.items() if torch.equal(p, trainer.model.get_parameter(n))]
     assert used and not unchanged, f"parameters unchanged after zoom GRPO: {unchanged[:5]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_vl(tmp_path_factory):
+    from astroreason.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3_vl", arch="qwen3_vl", seed=0)
+
+
+def test_zoom_grpo_on_qwen3_vl_uses_its_own_template(prepared_dir, tiny_qwen3_vl, tmp_path):
+    """Qwen3-VL (the real-model zoom configs' family): its stock chat template renders the tool turns, TRL parses
+    its calls, and the crop (64 px: 4 visual tokens of 32 px) reaches the next turn."""
+    trainer, generated = zoom_trainer(prepared_dir, tiny_qwen3_vl, tmp_path, "image", image_size=64)
+    assert trainer.processing_class.chat_template == family_for(trainer.model).chat_template  # its own, untouched
+    before = trainable(trainer.model)
+    trainer.train()
+    assert logged(trainer, "tools/call_frequency") == [1.0, 1.0] and logged(trainer, "zoom/unanswered_share") == [0, 0]
+    assert logged(trainer, "zoom/tokens_per_rollout") == [4.0, 4.0]
+    for *_, completions, _logprobs, _extra, _images, tool_images in generated:
+        assert all([m["role"] for m in c] == ["assistant", "tool", "assistant"] for c in completions)
+        assert all(len(images) == 1 and images[0].size == (64, 64) for images in tool_images)
+    unchanged = [n for n, p in before.items() if torch.equal(p, trainer.model.get_parameter(n))]
+    assert not unchanged, f"parameters unchanged after zoom GRPO: {unchanged[:5]}"
 
 
 def test_episodes_stopped_at_the_turn_cap_are_left_out(prepared_dir, tiny_model_dir, tmp_path):
