@@ -449,3 +449,21 @@ def test_the_sft_recipe_refuses_zoom(prepared_dir, tiny_model_dir, tmp_path):
     config = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(UserError, match="zoom: zoom episodes are GRPO's"):
         build_sft_trainer(args, config, ModelConfig(str(tiny_model_dir)))
+
+
+def test_a_template_without_tool_calls_gets_the_familys(tiny_model_dir):
+    """Qwen2.5-VL's stock template drops tool calls (TRL refuses it): a zoom run gives the processor the family's."""
+    from trl.chat_template_utils import supports_tool_calling
+
+    from astroreason.models import load_processor
+    from astroreason.training.zoom import tool_capable
+
+    processor = load_processor(str(tiny_model_dir))
+    plain = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    processor.chat_template = processor.tokenizer.chat_template = plain
+    processor.tokenizer.response_template = None
+    assert not supports_tool_calling(processor)
+    family = family_for("qwen2_5_vl")
+    tool_capable(processor, family)
+    assert supports_tool_calling(processor) and processor.chat_template == family.chat_template
+    assert processor.tokenizer.response_template == family.response_template()

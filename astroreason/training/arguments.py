@@ -157,10 +157,10 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
             raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
 
         get_reward_funcs(get("reward_funcs") or [])  # an unknown reward is refused before any data or model
-        cap = get("max_tool_calling_iterations")
-        if get("zoom") and cap is not None and cap != get("zoom_max_turns", 2):
+        cap, turns = get("max_tool_calling_iterations"), get("zoom_max_turns", ZoomArguments.zoom_max_turns)
+        if get("zoom") and cap is not None and cap != turns:
             raise UserError(
-                f"max_tool_calling_iterations: {cap} disagrees with zoom_max_turns {get('zoom_max_turns', 2)}; "
+                f"max_tool_calling_iterations: {cap} disagrees with zoom_max_turns {turns}; "
                 "a zoom run sets the turn cap with zoom_max_turns only"
             )
     if get("use_peft"):
