@@ -467,3 +467,39 @@ def test_a_template_without_tool_calls_gets_the_familys(tiny_model_dir):
     tool_capable(processor, family)
     assert supports_tool_calling(processor) and processor.chat_template == family.chat_template
     assert processor.tokenizer.response_template == family.response_template()
+
+
+def test_aion_token_zoom_reads_the_galaxy10_aion_flux(prepared_dir, surrogate_h5, tmp_path):
+    """The token arm on AION codes made from a galaxy10-aion copy (`--flux-source`): the zoom re-reads that copy's
+    flux (96 px, the whole field AION sees) for the galaxy at that split position; the arm holds only the galaxies
+    with flux, so positions skip the others."""
+    import shutil
+
+    pytest.importorskip("aion.codecs", reason="the AION adapter needs the `aion` extra (polymathic-aion)")
+    from aion import codecs as aion_codecs
+    from aion.modalities import LegacySurveyImage
+    from test_tokens_aion import write_galaxy10_aion
+
+    from astroreason.cli import main
+
+    data = tmp_path / "prepared"
+    shutil.copytree(prepared_dir, data, ignore=shutil.ignore_patterns("tokens"))
+    torch.manual_seed(0)
+    codec_dir = tmp_path / "aion-base"
+    aion_codecs.ImageCodec(quantizer_levels=[7, 5, 5, 5, 5], hidden_dims=16, num_consecutive=1).save_pretrained(
+        str(codec_dir), modality=LegacySurveyImage
+    )
+    with h5py.File(surrogate_h5) as f:
+        covered = np.flatnonzero(np.random.default_rng(3).random(len(f["ans"])) < 0.66)
+    source = write_galaxy10_aion(surrogate_h5, tmp_path / "galaxy10-aion", covered)
+    encode = ["tokens", "encode", "--data", str(data), "--codec", str(codec_dir), "--flux-source", str(source)]
+    assert main(encode) == 0
+    arm_settings = ArmSettings(data_dir=str(data), modality="tokens", codec=str(codec_dir))
+    env, row = episode(data, arm_settings, row=5)
+    assert row in set(covered.tolist()) and env._tool.cache.meta["input"] == "galaxy10-aion"
+    text = env.zoom(BOX)
+    with h5py.File(surrogate_h5) as f:
+        patch = torch.from_numpy(f["flux"][row][:, 24:72, 24:72].copy())[None]
+    patch = torch.nn.functional.interpolate(patch, size=(96, 96), mode="bilinear", align_corners=False)
+    assert text == render(load_codec(codec_dir).encode(patch.numpy())[0], "ints")
+    assert env.calls[0].pixels == (24, 24, 72, 72) and "too small" in env.zoom([0, 0, 0.04, 0.04])  # a cell: 1/24
