@@ -19,6 +19,8 @@ from typing import Literal
 from .arms import ArmSettings
 from .budget.ledger import DEFAULT_LEDGER
 from .budget.prices import DEFAULT_PRICES
+from .errors import UserError
+from .zoom import DEFAULT_MAX_ASPECT
 
 MODALITIES = ("image", "tokens")
 
@@ -81,6 +83,70 @@ class ArmArguments:
             allow_prompt_fields=self.allow_prompt_fields,
             override_reason=self.override_reason,
         )
+
+
+@dataclass
+class ZoomArguments:
+    """Zoom episodes (`astroreason.zoom`, docs/zoom.md): the model may call `zoom(bbox_2d)` to look again at part of
+    the galaxy, cropped from its full-resolution source, before it answers."""
+
+    zoom: bool = field(
+        default=False,
+        metadata={
+            "help": "Multi-turn episodes with the zoom tool (GRPO: TRL's environment_factory, one environment per "
+            "rollout). The prompts gain a system turn saying the tool exists."
+        },
+    )
+    zoom_max_turns: int = field(
+        default=2,
+        metadata={
+            "help": "Turn cap: rounds of tool calls per episode (GRPOConfig.max_tool_calling_iterations). An "
+            "episode still calling the tool at the cap has no answer and is left out of the loss."
+        },
+    )
+    zoom_cost: float = field(
+        default=0.0,
+        metadata={"help": "Reward taken off per zoom call (valid or not), against zooming always. 0: free."},
+    )
+    zoom_bonus: float = field(
+        default=0.0,
+        metadata={
+            "help": "Reward added to a right answer reached with at least one valid zoom (correctness-gated tool "
+            "bonus, against the zoom rate collapsing to 0). 0: none."
+        },
+    )
+    zoom_min_side: float | None = field(
+        default=None,
+        metadata={
+            "help": "Smallest box side, a fraction of the galaxy's side (default: one merged patch of the first "
+            "view, the family's pixels per visual token over image_size; token arm: one codec cell)."
+        },
+    )
+    zoom_max_aspect: float = field(
+        default=DEFAULT_MAX_ASPECT,
+        metadata={"help": "Largest ratio of a box's long side to its short side."},
+    )
+    zoom_skip_unanswered: bool = field(
+        default=True,
+        metadata={
+            "help": "Leave episodes that end on an unanswered tool call (turn cap, or no room left in "
+            "max_completion_length) out of the loss: every reward None, so TRL gives them zero advantage and "
+            "leaves them out of the group baseline. false: score them like any completion (0 for no answer)."
+        },
+    )
+
+    def check_zoom(self) -> None:
+        """Refuse zoom settings no run can have (one line each)."""
+        if isinstance(self.zoom_max_turns, bool) or not isinstance(self.zoom_max_turns, int) or self.zoom_max_turns < 1:
+            raise UserError(f"zoom_max_turns: expected a positive number of turns, got {self.zoom_max_turns!r}")
+        for name in ("zoom_cost", "zoom_bonus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"{name}: expected a non-negative reward, got {value!r}")
+        if self.zoom_min_side is not None and not 0 < self.zoom_min_side <= 1:
+            raise UserError(f"zoom_min_side: expected a fraction in (0, 1], got {self.zoom_min_side!r}")
+        if not self.zoom_max_aspect >= 1:
+            raise UserError(f"zoom_max_aspect: expected a ratio of at least 1, got {self.zoom_max_aspect!r}")
 
 
 @dataclass

@@ -35,6 +35,31 @@ TEMPLATES: dict[str, str] = {
 }
 
 
+# The zoom episodes' system turn (`astroreason.zoom`): the tool exists, what a box is, what comes back. The tool's
+# own schema (name, argument, docstring) is rendered by the chat template beside it.
+_ZOOM_BOX = (
+    "a box [x1, y1, x2, y2] given as fractions (0 to 1) of the galaxy's width and height from the top-left corner"
+)
+ZOOM_INSTRUCTIONS: dict[str, str] = {
+    "image": (
+        "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
+        f"give it {_ZOOM_BOX}. Each call returns that part as a new image. Calls are limited; answer in the end."
+    ),
+    "tokens": (
+        "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
+        f"give it {_ZOOM_BOX}. Each call returns the codec tokens of that part, encoded again from the "
+        "full-resolution image, written as text like the first ones. Calls are limited; answer in the end."
+    ),
+}
+
+
+def zoom_prompt(prompt: list[dict], modality: str) -> list[dict]:
+    """A prompt with the zoom instruction as its system turn (before the user turn TRL puts the image into)."""
+    if modality not in ZOOM_INSTRUCTIONS:
+        raise UserError(f"modality: expected one of {', '.join(ZOOM_INSTRUCTIONS)}, got {modality!r}")
+    return [{"role": "system", "content": ZOOM_INSTRUCTIONS[modality]}, *prompt]
+
+
 def template_fields(template: str) -> tuple[str, ...]:
     """The replacement fields of a format string, in order of first appearance (`{}` is listed as "")."""
     try:

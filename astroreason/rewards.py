@@ -11,6 +11,7 @@ to a class.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -86,10 +87,65 @@ def partial_credit_reward(completions, label, **kwargs) -> list[float]:
     return out
 
 
+# --- zoom episodes (astroreason.zoom) ------------------------------------------------------------------------------
+# TRL hands reward functions the rollouts' environments (`environments=`); a `ZoomEnvironment` records its calls.
+
+
+def _environments(environments, n: int, name: str) -> list:
+    if environments is None or len(environments) != n:
+        raise UserError(f"reward_funcs: {name} needs zoom episodes (--zoom true), which give it the rollouts' tools")
+    return environments
+
+
+def ended_on_tool_call(completion) -> bool:
+    """Whether a multi-turn completion ends on a tool call that was never answered: the turn cap stopped the episode
+    (TRL runs at most `max_tool_calling_iterations` rounds of calls), or the tool's result would not fit in
+    `max_completion_length`. Such a rollout has no final answer to score."""
+    return isinstance(completion, list) and bool(completion) and bool(completion[-1].get("tool_calls"))
+
+
+def zoom_cost_reward(completions, environments=None, log_metric=None, **kwargs) -> list[float]:
+    """Minus `zoom_cost` per zoom call (valid or not): the price of looking again. Also logs the zoom rate, the calls
+    and tokens per rollout, the share of invalid calls and of rollouts stopped at the turn cap."""
+    envs = _environments(environments, len(completions), "zoom_cost")
+    if log_metric is not None and envs:
+        calls = sum(e.n_calls for e in envs)
+        log_metric("zoom/rate", sum(e.n_calls > 0 for e in envs) / len(envs))
+        log_metric("zoom/calls_per_rollout", calls / len(envs))
+        log_metric("zoom/tokens_per_rollout", sum(e.zoom_tokens for e in envs) / len(envs))
+        log_metric("zoom/invalid_share", (calls - sum(e.valid_calls for e in envs)) / calls if calls else 0.0)
+        log_metric("zoom/unanswered_share", sum(map(ended_on_tool_call, completions)) / len(completions))
+    return [-e.zoom_cost * e.n_calls for e in envs]
+
+
+def zoom_bonus_reward(completions, label, environments=None, **kwargs) -> list[float]:
+    """`zoom_bonus` for a right answer reached with at least one valid zoom, else 0: a tool bonus that only
+    correctness earns, against the zoom rate collapsing to 0 under an outcome-only reward."""
+    envs = _environments(environments, len(completions), "zoom_bonus")
+    right = accuracy_reward(completions, label)
+    return [e.zoom_bonus if r and e.valid_calls else 0.0 for e, r in zip(envs, right)]
+
+
+def skip_unanswered(func: Callable) -> Callable:
+    """`func`, returning None for a rollout that ended on an unanswered tool call (`ended_on_tool_call`).
+
+    When every reward function returns None for a rollout, TRL leaves it out of its group's baseline and gives it
+    zero advantage: it contributes no policy gradient, instead of being scored 0 as a wrong answer would be."""
+
+    @functools.wraps(func)
+    def wrapped(completions, **kwargs):
+        rewards = func(completions=completions, **kwargs)
+        return [None if ended_on_tool_call(c) else r for c, r in zip(completions, rewards)]
+
+    return wrapped
+
+
 REWARD_FUNCS: dict[str, Callable] = {
     "format": format_reward,
     "accuracy": accuracy_reward,
     "partial": partial_credit_reward,
+    "zoom_cost": zoom_cost_reward,
+    "zoom_bonus": zoom_bonus_reward,
 }
 
 

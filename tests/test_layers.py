@@ -13,6 +13,7 @@ to a unit (its top-level package or module: `astroreason.tokens.cache` -> `token
     models                                       loading, tiny builders, checkpoint hashes
     integrity, provenance                        guards: prompt lint, ceiling gate, results ledger, alarms, fingerprints
     arms                                         how a galaxy reaches the model (image, tokens), built once per split
+    zoom                                         the zoom tool of each arm and its TRL environment
     budget                                       prices, the spend ledger, caps
     defaults, optim, pretrain, callbacks,        tiny defaults, learning rates per part, vision pretraining, the
     options                                      trainer's callbacks (chosen in one place), options shared by commands
@@ -49,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("integrity", "provenance"),
     ("arms",),
+    ("zoom",),
     ("budget",),
     ("defaults", "optim", "pretrain", "callbacks", "options"),
     ("training", "evaluation"),

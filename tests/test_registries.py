@@ -67,7 +67,7 @@ def test_user_reward_by_dotted_path_is_called_the_trl_way(tmp_path, monkeypatch)
     ]
     rewards = [f(prompts=[[]] * 2, completions=completions, completion_ids=[[], []], label=[1, 0]) for f in funcs]
     assert rewards == [[1.0, 0.0], [0.0, 0.0]]
-    assert set(REWARD_FUNCS) == {"format", "accuracy", "partial"}  # the registry itself is untouched
+    assert set(REWARD_FUNCS) == {"format", "accuracy", "partial", "zoom_cost", "zoom_bonus"}  # untouched by it
 
 
 def test_unknown_or_unimportable_reward_is_one_line(tmp_path, monkeypatch):

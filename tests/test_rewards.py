@@ -104,7 +104,7 @@ def test_content_parts_and_numpy_labels():
 def test_reward_funcs_by_name():
     assert get_reward_funcs(["format", "accuracy"]) == [format_reward, accuracy_reward]
     assert get_reward_funcs("format, partial") == [format_reward, partial_credit_reward]
-    assert set(REWARD_FUNCS) == {"format", "accuracy", "partial"}
+    assert set(REWARD_FUNCS) == {"format", "accuracy", "partial", "zoom_cost", "zoom_bonus"}
     with pytest.raises(UserError, match="unknown"):
         get_reward_funcs(["format", "accuracy_typo"])
     with pytest.raises(UserError, match="empty"):

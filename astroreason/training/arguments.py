@@ -14,14 +14,14 @@ from ..io import check_writable
 from ..models import (
     check_init,
 )
-from ..options import ArmArguments, BudgetArguments
+from ..options import ArmArguments, BudgetArguments, ZoomArguments
 from ..rewards import get_reward_funcs
 
 
 @dataclass
-class GalaxyScriptArguments(BudgetArguments, ArmArguments):
+class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
-    options are the evaluation's too (`astroreason.options`).
+    options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's.
 
     Args:
         train_split: Split used for training.
@@ -72,6 +72,7 @@ class GalaxyScriptArguments(BudgetArguments, ArmArguments):
 
     def __post_init__(self):
         self.arm_settings()  # the arm's own checks: modality, codec, image size
+        self.check_zoom()
         check_init(self.code_token_init)
         if self.alarm_no_signal_logs is not None and (
             isinstance(self.alarm_no_signal_logs, bool)
@@ -156,6 +157,12 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
             raise UserError(f"temperature: must be positive (sampling), got {get('temperature')}")
 
         get_reward_funcs(get("reward_funcs") or [])  # an unknown reward is refused before any data or model
+        cap, turns = get("max_tool_calling_iterations"), get("zoom_max_turns", ZoomArguments.zoom_max_turns)
+        if get("zoom") and cap is not None and cap != turns:
+            raise UserError(
+                f"max_tool_calling_iterations: {cap} disagrees with zoom_max_turns {turns}; "
+                "a zoom run sets the turn cap with zoom_max_turns only"
+            )
     if get("use_peft"):
         check_lora(values)
     if check_device:

@@ -22,10 +22,12 @@ from ..models import (
 from ..rewards import get_reward_funcs
 from ..tokens import load_codec
 from ..tokens.render import check_fits, code_token_ids
+from ..zoom import with_zoom_columns
 from .arguments import GalaxyScriptArguments
 from .checkpoints import check_output_dir, load_checkpoint_weights, resume_point
 from .launch import check_launch, check_vllm
 from .records import base_record
+from .zoom import apply_turn_cap, zoom_parts
 
 
 def galaxy_dataset(
@@ -65,17 +67,25 @@ def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[A
 
 
 def training_datasets(
-    args: GalaxyScriptArguments, training_args, *, with_completion: bool, permute_labels_seed: int | None = None
+    args: GalaxyScriptArguments,
+    training_args,
+    *,
+    with_completion: bool,
+    permute_labels_seed: int | None = None,
+    zoom: bool = False,
 ):
     """The (train, evaluation or None) datasets of a recipe, each split's arm built once, and their prompts linted.
 
-    The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`)."""
+    The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`). With `zoom`, the
+    datasets are made for zoom episodes (`zoom.with_zoom_columns`) before the lint reads their prompts."""
     settings = args.arm_settings()
     train_arm = build_arm(settings, args.train_split, max_samples=args.max_train_samples)
     arms = [(train_arm, train_arm.dataset(with_completion=with_completion, permute_labels_seed=permute_labels_seed))]
     if training_args.eval_strategy != "no":
         eval_arm = build_arm(settings, args.eval_split, max_samples=args.max_eval_samples, manifest=train_arm.manifest)
         arms.append((eval_arm, eval_arm.dataset(with_completion=with_completion)))
+    if zoom:
+        arms = [(arm, with_zoom_columns(dataset, arm)) for arm, dataset in arms]
     lint_datasets(args, training_args, arms)
     return arms[0][1], (arms[1][1] if len(arms) > 1 else None)
 
@@ -192,7 +202,11 @@ def _trainer_parts(
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
     prepare_inputs(args, model_args)
     train, evaluation = training_datasets(
-        args, training_args, with_completion=recipe == "sft", permute_labels_seed=permute_labels_seed
+        args,
+        training_args,
+        with_completion=recipe == "sft",
+        permute_labels_seed=permute_labels_seed,
+        zoom=recipe == "grpo" and args.zoom,
     )
     model, processor = load_model(model_args, training_args)
     code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
@@ -214,14 +228,23 @@ def build_sft_trainer(
     """TRL's `SFTTrainer` for a recipe: the arm's prompts with their answers as completions."""
     from trl import SFTTrainer
 
+    if args.zoom:
+        raise UserError("zoom: zoom episodes are GRPO's (recipes/grpo.py); the SFT recipe has no zoom yet")
     return SFTTrainer(**_trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed))
 
 
 def build_grpo_trainer(
     args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
 ):
-    """TRL's `GRPOTrainer` for a recipe: the arm's prompts, scored by `reward_funcs`."""
+    """TRL's `GRPOTrainer` for a recipe: the arm's prompts, scored by `reward_funcs`; with `zoom`, multi-turn
+    episodes with the zoom tool (`training.zoom`)."""
     from trl import GRPOTrainer
 
+    if args.zoom:
+        apply_turn_cap(args, training_args)
     parts = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
-    return GRPOTrainer(reward_funcs=get_reward_funcs(args.reward_funcs), **parts)
+    reward_funcs = get_reward_funcs(args.reward_funcs)
+    if args.zoom:
+        zoom = zoom_parts(args, training_args, parts["model"], parts["processing_class"], reward_funcs)
+        return GRPOTrainer(**zoom, **parts)
+    return GRPOTrainer(reward_funcs=reward_funcs, **parts)

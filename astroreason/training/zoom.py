@@ -1,0 +1,84 @@
+"""What a GRPO recipe adds for zoom episodes (`--zoom true`, docs/zoom.md): the turn cap, a tool-capable chat
+template, one `ZoomEnvironment` per rollout (TRL's `environment_factory`) and the zoom rewards."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+from ..models import family_for
+from ..rewards import get_reward_funcs, skip_unanswered
+from ..zoom import environment_factory, zoom_tool
+from .arguments import GalaxyScriptArguments
+
+
+def apply_turn_cap(args: GalaxyScriptArguments, training_args) -> None:
+    """The turn cap is TRL's `max_tool_calling_iterations` (set before the trainer reads it)."""
+    cap = training_args.max_tool_calling_iterations
+    if cap is not None and cap != args.zoom_max_turns:
+        raise UserError(
+            f"max_tool_calling_iterations: {cap} disagrees with zoom_max_turns {args.zoom_max_turns}; "
+            "a zoom run sets the turn cap with zoom_max_turns only"
+        )
+    training_args.max_tool_calling_iterations = args.zoom_max_turns
+
+
+def tool_capable(processor, family) -> None:
+    """Give the processor the family's tool-calling chat template when its own drops tool calls (Qwen2.5-VL's stock
+    one), and the family's response template, by which TRL parses tool calls, when it has none."""
+    from trl.chat_template_utils import supports_tool_calling  # lazy: trl loads with the trainer
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if not supports_tool_calling(processor):
+        processor.chat_template = tokenizer.chat_template = family.chat_template
+    if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
+        tokenizer.response_template = family.response_template()
+
+
+def suppress_video_tokens(training_args, model) -> None:
+    """Never sample the video placeholder token (transformers generation). TRL suppresses the image token itself;
+    once a tool has returned an image it marks every video token of the sequence as a video, and the forward pass
+    then looks for a video that is not there (a random or early policy does sample it). vLLM's sampling has no
+    such option, so a vLLM run is left as TRL makes it."""
+    video = getattr(model.config, "video_token_id", None)
+    if training_args.use_vllm or video is None:
+        return
+    kwargs = dict(training_args.generation_kwargs or {})
+    image = getattr(model.config, "image_token_id", None)
+    kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), video} | ({image} if image else set()))
+    training_args.generation_kwargs = kwargs
+
+
+def token_counter(args: GalaxyScriptArguments, processor, family):
+    """What a zoom result costs the model: the crop's visual tokens (asked of the processor once), or the text's."""
+    if args.modality == "image":
+        visual = family.visual_tokens(processor, args.image_size)
+        return lambda content: visual if isinstance(content, list) else _text_tokens(processor, content)
+    return lambda content: _text_tokens(processor, content)
+
+
+def _text_tokens(processor, text: str) -> int:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return len(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+
+
+def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list) -> dict:
+    """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
+    `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
+    episodes unless `zoom_skip_unanswered` is off). Makes the processor tool-capable and keeps the video token out
+    of sampling (`suppress_video_tokens`)."""
+    family = family_for(model)
+    tool_capable(processor, family)
+    suppress_video_tokens(training_args, model)
+    tool = zoom_tool(
+        args.arm_settings(),
+        min_side=args.zoom_min_side,
+        max_aspect=args.zoom_max_aspect,
+        pixel_multiple=family.pixel_multiple,
+        count_tokens=token_counter(args, processor, family),
+    )
+    names = [getattr(f, "__name__", "") for f in reward_funcs]
+    extra = ["zoom_cost"] + (["zoom_bonus"] if args.zoom_bonus else [])
+    funcs = reward_funcs + [f for f in get_reward_funcs(extra) if f.__name__ not in names]
+    if args.zoom_skip_unanswered:
+        funcs = [skip_unanswered(f) for f in funcs]
+    factory = environment_factory(tool, zoom_cost=args.zoom_cost, zoom_bonus=args.zoom_bonus)
+    return dict(environment_factory=factory, reward_funcs=funcs)

@@ -1,0 +1,210 @@
+"""The zoom tool of each arm: a normalised box -> a crop of the galaxy's full-resolution source, in the arm's modality.
+
+- Image arm (`ImageZoom`): the source is the split view's own image (stored at the source's size: Galaxy10's 256 px,
+  the surrogate's native render), not the resized first view. The crop is resized (bicubic, as the arm resizes)
+  to the arm's `image_size` x `image_size` and returned as an image block, which TRL adds to the sample's images.
+- Token arm (`TokenZoom`): the source is the codec's input for that galaxy as the token cache read it (the source
+  file's images or flux; a galaxy10-aion copy's flux), over the field the first view showed (a flux codec's centre
+  crop). The crop is resized to the codec's input size (bicubic for rgb, bilinear for flux), encoded by the arm's
+  codec and returned as its codes in the arm's rendering, as text.
+
+A box is refused (`box.parse_box`) with a message the model reads; the tool never raises. Every call returns a
+`ZoomCall`: the box as given, whether it was valid, the error, the source pixels cropped, the tokens the result
+costs the model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..arms import ArmSettings
+from ..data.splits import load_manifest, load_split
+from ..tokens import load_codec, load_codes, render
+from ..tokens.cache import _source_path
+from ..tokens.codec import read_inputs
+from .box import BoxError, BoxLimits, parse_box, pixel_box
+
+BICUBIC = 3  # PIL.Image.BICUBIC, as `arms.resize_image`
+DEFAULT_MAX_ASPECT = 4.0
+
+
+@dataclass
+class ZoomCall:
+    """One call of the tool.
+
+    Args:
+        box: The box as the model gave it.
+        valid: Whether the box was accepted and a crop returned.
+        error: The message returned instead of a crop (None when valid).
+        pixels: The source pixels cropped, (left, top, right, bottom), when valid.
+        tokens: Tokens the returned content costs in the next turn (visual tokens of the crop, or the text's tokens;
+            an error's text included); None when the tool has no token counter.
+    """
+
+    box: object
+    valid: bool
+    error: str | None = None
+    pixels: tuple[int, int, int, int] | None = None
+    tokens: int | None = None
+    result: object = field(default=None, repr=False)
+
+    def to_json(self) -> dict:
+        return {"box": self.box, "valid": self.valid, "error": self.error, "pixels": self.pixels, "tokens": self.tokens}
+
+
+class ZoomTool(ABC):
+    """The zoom of one arm.
+
+    Args:
+        settings: The arm's settings (its data, image size, codec, rendering).
+        min_side: Smallest box side, a fraction of the source's side; default `default_min_side`.
+        max_aspect: Largest long-to-short side ratio of a box.
+        pixel_multiple: The model family's pixels per visual token (the image arm's default `min_side`).
+        count_tokens: `count_tokens(content)` -> tokens a result costs the model (optional).
+    """
+
+    modality: str
+
+    def __init__(
+        self,
+        settings: ArmSettings,
+        *,
+        min_side: float | None = None,
+        max_aspect: float = DEFAULT_MAX_ASPECT,
+        pixel_multiple: int | None = None,
+        count_tokens: Callable | None = None,
+    ):
+        self.settings, self.count_tokens = settings, count_tokens
+        self.manifest = load_manifest(settings.data_dir)
+        self.setup()
+        self.limits = BoxLimits(min_side or self.default_min_side(pixel_multiple), max_aspect)
+
+    @abstractmethod
+    def setup(self) -> None:
+        """What the arm's tool opens once (views, codec)."""
+
+    @abstractmethod
+    def default_min_side(self, pixel_multiple: int | None) -> float:
+        """The smallest box by default: one unit of what the first view resolves."""
+
+    @abstractmethod
+    def source(self, split: str, position: int):
+        """The full-resolution source of the galaxy at `position` in `split`."""
+
+    @abstractmethod
+    def crop(self, source, pixels: tuple[int, int, int, int]):
+        """The crop of `source` at `pixels`, in the arm's representation (an image, or codes [H', W'])."""
+
+    @abstractmethod
+    def content(self, crop):
+        """What the model reads: TRL's tool result (image blocks, or text)."""
+
+    @abstractmethod
+    def source_size(self, source) -> tuple[int, int]:
+        """(width, height) of a source in pixels."""
+
+    def __call__(self, split: str, position: int, bbox_2d) -> ZoomCall:
+        """Zoom into `bbox_2d` of the galaxy at `position` of `split`; never raises for a bad box."""
+        try:
+            box = parse_box(bbox_2d, self.limits)
+        except BoxError as err:
+            message = f"error: {err}"
+            return ZoomCall(bbox_2d, False, error=message, tokens=self._tokens(message), result=message)
+        source = self.source(split, int(position))
+        pixels = pixel_box(box, *self.source_size(source))
+        content = self.content(self.crop(source, pixels))
+        return ZoomCall(bbox_2d, True, pixels=pixels, tokens=self._tokens(content), result=content)
+
+    def _tokens(self, content) -> int | None:
+        return None if self.count_tokens is None else int(self.count_tokens(content))
+
+
+class ImageZoom(ZoomTool):
+    modality = "image"
+
+    def setup(self) -> None:
+        self._views = {}
+
+    def default_min_side(self, pixel_multiple: int | None) -> float:
+        """One merged patch of the first view: the family's pixel multiple over `image_size`."""
+        if not pixel_multiple:
+            raise ValueError("ImageZoom: the default min_side needs the model family's pixel_multiple")
+        return min(1.0, pixel_multiple / self.settings.image_size)
+
+    def source(self, split: str, position: int):
+        if split not in self._views:
+            self._views[split] = load_split(self.settings.data_dir, split, manifest=self.manifest)
+        return self._views[split][position]["image"].convert("RGB")
+
+    def source_size(self, source) -> tuple[int, int]:
+        return source.size
+
+    def crop(self, source, pixels):
+        size = self.settings.image_size
+        return source.crop(pixels).resize((size, size), resample=BICUBIC)
+
+    def content(self, crop) -> list[dict]:
+        return [{"type": "image", "image": crop}]
+
+
+class TokenZoom(ZoomTool):
+    modality = "tokens"
+
+    def setup(self) -> None:
+        s = self.settings
+        self.codec = load_codec(s.codec)
+        self.spec = self.codec.input_spec
+        self.cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir)
+        self._flux = None
+
+    def default_min_side(self, pixel_multiple: int | None) -> float:
+        """One cell of the codec's grid: the smallest part of the first view a code describes."""
+        return 1.0 / max(self.codec.grid_shape)
+
+    def source(self, split: str, position: int) -> np.ndarray:
+        """The codec's input for the galaxy, as the token cache read it: rgb [H, W, 3] uint8 (the whole image, as
+        the codec resizes it) or flux [C, S, S] (the centre crop of the codec's size, as the codec crops it)."""
+        row = int(self.manifest.rows[split][position])
+        if self.cache.meta.get("input") == "galaxy10-aion":
+            # lazy: optional extra (polymathic-aion), as the cache itself opens it
+            from ..tokens.aion import Galaxy10AionFlux
+
+            if self._flux is None:
+                self._flux = Galaxy10AionFlux(self.cache.meta["flux_source"]["path"])
+            x = self._flux.flux(self._flux.positions_of([row]))[0]
+        else:
+            path = _source_path(self.manifest, self.settings.data_dir)
+            x = next(read_inputs(path, [row], self.spec, batch_size=1))[0]
+        if self.spec.kind == "rgb":
+            return np.asarray(x, np.uint8)
+        top, left = (x.shape[1] - self.spec.size) // 2, (x.shape[2] - self.spec.size) // 2
+        return np.asarray(x[:, top : top + self.spec.size, left : left + self.spec.size], np.float32)
+
+    def source_size(self, source) -> tuple[int, int]:
+        return (source.shape[1], source.shape[0]) if self.spec.kind == "rgb" else (source.shape[2], source.shape[1])
+
+    def crop(self, source, pixels) -> np.ndarray:
+        left, top, right, bottom = pixels
+        size = self.spec.size
+        if self.spec.kind == "rgb":
+            from PIL import Image  # lazy: PIL only once a crop is made
+
+            patch = Image.fromarray(source).crop(pixels).resize((size, size), resample=BICUBIC)
+            x = np.asarray(patch, np.uint8)[None]
+        else:
+            import torch  # lazy: torch only once a flux crop is made
+            import torch.nn.functional as F
+
+            patch = torch.from_numpy(np.ascontiguousarray(source[:, top:bottom, left:right]))[None]
+            x = F.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False).numpy()
+        return self.codec.encode(x, source="zoom crop")[0]
+
+    def content(self, crop) -> str:
+        return render(crop, self.settings.rendering)
+
+
+ZOOM_TOOLS: dict[str, type[ZoomTool]] = {"image": ImageZoom, "tokens": TokenZoom}
