@@ -43,6 +43,8 @@ def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -
     alarms = pipeline_alarms("grpo" if grpo else "sft")
     if args.alarm_no_signal_logs is not None:
         alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
+    if grpo and args.zoom:  # the zoom-rate rules watch the turn cap of a zoom run
+        alarms = replace(alarms, zoom_cap=args.zoom_max_turns)
     return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
 
 

@@ -111,6 +111,19 @@ def test_zoom_rate_alarms():
     assert feed(TrainingAlarms(), key, [0.5, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0]) == []
 
 
+def test_a_zoom_recipe_watches_its_zoom_rate_against_its_turn_cap(tmp_path):
+    from astroreason.callbacks import integrity_callbacks
+    from astroreason.training import GalaxyScriptArguments
+
+    def alarms(**kwargs):
+        args = GalaxyScriptArguments(data_dir=str(tmp_path), **kwargs)
+        return next(c for c in integrity_callbacks(args, grpo=True) if isinstance(c, TrainingAlarms))
+
+    assert alarms(zoom=True, zoom_max_turns=3).config.zoom_cap == 3
+    assert alarms().config.zoom_cap == 0  # no tool: no zoom rules
+    assert feed(alarms(zoom=True, zoom_max_turns=3), "tools/call_frequency", [3.0] * 3) == ["zoom_always_cap"]
+
+
 def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():
     """The recipes' SFT alarms: learning the answer format (loss 2.3 -> 0.27, entropy 6.4 -> 0.52, token accuracy
     0.3 -> 0.8, the shape of the demo's image-arm SFT) is no alarm; a loss or entropy toward zero still is."""
