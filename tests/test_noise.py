@@ -91,6 +91,7 @@ def test_noise_records_the_seed_spread_as_the_floor(recipe, tiny_model_dir, tmp_
     prints = [read_fingerprint(out / f"seed-{s}") for s in (0, 1)]
     assert [p["seed"] for p in prints] == [0, 1]
     assert prints[0]["first_batch_sha256"] != prints[1]["first_batch_sha256"]
+    assert cli(["audit", str(out)]) == 0  # the audit's seed probe passes the same runs
 
     # Training and evaluation both charged the project's spend ledger.
     runs = Ledger(project / "spend.jsonl").by_run()
@@ -116,6 +117,7 @@ def test_seeds_that_are_one_run_are_refused(recipe, tmp_path, capsys):
     )
     assert not (tmp_path / "project" / NOISE_FILE).exists()
     assert not (tmp_path / "noise" / "seed-0" / "eval").exists()
+    assert cli(["audit", str(tmp_path / "noise")]) == 1  # and the audit's seed probe fails them
 
 
 def test_a_gain_inside_the_measured_floor_is_discarded(tmp_path):
