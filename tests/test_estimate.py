@@ -56,6 +56,9 @@ def test_eval_estimate_only_spends_nothing_and_the_run_records_both(tiny_model_d
     status, _, err = cli(capsys, "eval", *args, "--estimate_only", "true")
     assert_one_line_error(status, err, "estimate_only: no answers in", "budget estimate")
     assert not out.exists() and not ledger.exists()
+    status, _, err = cli(capsys, "budget", "estimate", *args, "--estimate_only", "true")
+    assert_one_line_error(status, err, "`budget estimate` runs a pilot")
+    assert not out.exists() and not ledger.exists()
 
     # The pilot (paid, cached), then the estimate from its answers: nothing asked, charged or written.
     status, pilot_out, _ = cli(capsys, "budget", "estimate", *args, "--pilot_samples", "4")

@@ -142,6 +142,7 @@ def test_a_gain_inside_the_measured_floor_is_discarded(tmp_path):
         (("--seeds", "two"), "--seeds: expected a count"),
         (("--set", "seed=4"), "--set seed: the noise command sets seed"),
         (("--set", "max_steps"), "--set: expected KEY=VALUE"),
+        (("--set", "estimate_only=true"), "--set estimate_only: a seed's estimate is the recipe's own"),
         (("--set", "learning_rate=-1"), "learning_rate"),
     ],
 )

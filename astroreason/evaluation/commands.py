@@ -119,7 +119,11 @@ def run_budget_status(args) -> int:
 def run_budget_estimate(args) -> int:
     """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from ..errors import UserError
+
     config = parse_eval_config(args.argv, prog="astroreason budget estimate")  # before the harness loads
+    if config.estimate_only:
+        raise UserError("estimate_only: `budget estimate` runs a pilot; --estimate_only is `astroreason eval`'s")
     from .harness import Evaluation
 
     run = Evaluation(config)

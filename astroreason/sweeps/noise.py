@@ -84,6 +84,12 @@ class NoiseConfig:
                 raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
             if key in RESERVED:
                 raise UserError(f"--set {key}: the noise command sets {', '.join(RESERVED)} itself, per seed")
+            if key == "estimate_only":
+                raise UserError(
+                    "--set estimate_only: a seed's estimate is the recipe's own (`python recipes/sft.py --config "
+                    "RECIPE.yaml --estimate_only true`); here --set pilot_steps=N makes each seed's training refuse "
+                    "to go on when its estimate does not fit the cap"
+                )
         for name in ("max_samples", "batch_size", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
