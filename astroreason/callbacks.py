@@ -16,11 +16,12 @@ from .integrity.fingerprint import RunFingerprint
 
 
 def budget_callbacks(args, training_args) -> list:
-    """The spend ledger's callback when the run sets `max_dollars` or `ledger`, else none (nothing charged).
+    """The spend ledger's callback when the run sets `max_dollars` or `ledger`, or asks for an estimate
+    (`pilot_steps`, `estimate_only`), else none (nothing charged).
 
     The price is looked up before the model is loaded: an unknown device price is refused at once (fail closed).
     """
-    if args.max_dollars is None and args.ledger is None:
+    if args.max_dollars is None and args.ledger is None and not (args.pilot_steps or args.estimate_only):
         return []
 
     return [
@@ -31,6 +32,8 @@ def budget_callbacks(args, training_args) -> list:
             price_gpu_hour=args.price_gpu_hour,
             price_key=args.price_key,
             run=f"train:{training_args.output_dir}",
+            pilot_steps=args.pilot_steps,
+            estimate_only=args.estimate_only,
         )
     ]
 
@@ -52,6 +55,15 @@ def user_callbacks(args) -> list:
     """The `callbacks` the user named, built (with no arguments) before any model is loaded."""
 
     return [import_dotted(path, "callbacks")() for path in args.callbacks]
+
+
+def budget_estimate(trainer) -> dict | None:
+    """The estimate a budget callback made from this trainer's pilot steps, or None."""
+
+    return next(
+        (c.estimate for c in trainer.callback_handler.callbacks if isinstance(c, BudgetCallback) and c.estimate),
+        None,
+    )
 
 
 def budget_stop(trainer) -> str | None:

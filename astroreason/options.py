@@ -190,6 +190,16 @@ class BudgetArguments:
         },
     )
 
+    estimate_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Print the run's cost estimate (one ESTIMATE {json} line) and stop: nothing charged to the spend "
+            "ledger, nothing written; exit 1 when it would not fit in what the caps have left. An evaluation "
+            "extrapolates from the answers already in output_dir (a `budget estimate` pilot); training from "
+            "`pilot_steps` timed steps that are neither charged nor kept."
+        },
+    )
+
     def spend_ledger(self) -> str:
         """The ledger file this run charges."""
         return self.ledger or DEFAULT_LEDGER

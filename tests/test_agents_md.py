@@ -1,9 +1,10 @@
 """AGENTS.md runs as written: every command of its ```bash blocks, in order, exits as the page says.
 
 The commands are run by bash, one process each, exactly as a user would paste them, in a temporary directory laid
-out like the repository's root (a link to `eval/`, whose configs and price table the commands name), with an
-`astroreason` on PATH that runs this checkout's code. A comment `# exit N` is the status the page promises
-(0 otherwise), and `RESULT "key": value` (also `ESTIMATE`, `STATUS`) a field of that JSON line.
+out like the repository's root (links to `eval/` and `recipes/`, whose configs, price table and recipe scripts the
+commands name), with an `astroreason` and a `python` on PATH that run this checkout's code. A comment `# exit N` is
+the status the page promises (0 otherwise), and `RESULT "key": value` (also `ESTIMATE`, `NOISE`, `STATUS`) a field
+of that JSON line.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "AGENTS.md"
-JSON_LINES = ("RESULT", "ESTIMATE", "STATUS")
+JSON_LINES = ("RESULT", "ESTIMATE", "NOISE", "STATUS")
 # One `"key": value` pair of a promised JSON field: a string, a number, true, false or null.
 FIELD = r'"(\w+)":\s*("[^"]*"|true|false|null|-?[\d.]+(?:e-?\d+)?)'
 FIELDS = "(?:[ ,]*" + re.sub(r"\((?!\?)", "(?:", FIELD) + ")+"  # one or more of them, nothing captured
@@ -54,11 +55,13 @@ def json_lines(out: str, word: str) -> list[dict]:
 def workdir(tmp_path):
     """A directory laid out like the repository's root, and the environment that puts `astroreason` on PATH."""
     (tmp_path / "eval").symlink_to(ROOT / "eval")
+    (tmp_path / "recipes").symlink_to(ROOT / "recipes")
     bin_dir = tmp_path / ".bin"
     bin_dir.mkdir()
-    shim = bin_dir / "astroreason"
-    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m astroreason.cli "$@"\n')
-    shim.chmod(0o755)
+    for name, run in (("astroreason", "-m astroreason.cli "), ("python", "")):
+        shim = bin_dir / name
+        shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" {run}"$@"\n')
+        shim.chmod(0o755)
     env = os.environ | {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(ROOT),
@@ -96,7 +99,7 @@ def test_every_command_of_agents_md_runs_as_written(workdir):
     assert len(commands) >= 10, commands
     statuses = set()
     for command in commands:
-        assert command.startswith("astroreason "), f"not an astroreason command: {command}"
+        assert command.startswith(("astroreason ", "python recipes/")), f"not an astroreason command: {command}"
         expected, fields = promises(command)
         done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True)
         where = f"{command}\n--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-3000:]}"
@@ -104,7 +107,9 @@ def test_every_command_of_agents_md_runs_as_written(workdir):
         statuses.add(done.returncode)
         for word in JSON_LINES:  # every such line is one JSON object (json.loads raises otherwise)
             json_lines(done.stdout, word)
-        if command.startswith(("astroreason eval ", "astroreason demo")) and expected != 2:
+        if "--estimate_only true" in command:  # an estimate is not a result: one ESTIMATE line instead
+            assert len(json_lines(done.stdout, "ESTIMATE")) == 1 and not json_lines(done.stdout, "RESULT"), where
+        elif command.startswith(("astroreason eval ", "astroreason demo")) and expected != 2:
             assert len(json_lines(done.stdout, "RESULT")) == 1, where
         for word, promised in fields.items():
             printed = json_lines(done.stdout, word)
@@ -116,6 +121,11 @@ def test_every_command_of_agents_md_runs_as_written(workdir):
     # The page shows a refusal of each kind, and the ledger it wrote verifies.
     assert statuses == {0, 1, 2}
     assert (cwd / "runs/agents/ledger/experiment_log.md").is_file()
+    # The measured floor and the hand-set one are recorded; the recipe's estimate wrote nothing.
+    assert {"agents-demo", "agents-cluster"} <= set(
+        json.loads((cwd / "runs/agents/ledger/noise_floors.json").read_text())
+    )
+    assert not (cwd / "runs/agents/sft").exists()
 
 
 def test_an_edited_results_ledger_fails_verify(workdir):

@@ -382,12 +382,21 @@ def test_local_sweep_charges_one_ledger_and_collects_four_results_rows(cli, base
 
 
 @pytest.mark.parametrize(
-    "where, key", [("base", "max_dollars"), ("base", "ledger"), ("overrides", "max_dollars"), ("grid", "ledger")]
+    "where, key",
+    [
+        ("base", "max_dollars"),
+        ("base", "ledger"),
+        ("overrides", "max_dollars"),
+        ("grid", "ledger"),
+        ("base", "pilot_steps"),
+        ("overrides", "estimate_only"),
+    ],
 )
 def test_a_second_training_meter_is_refused(cli, prepared_dir, tiny_model_dir, tmp_path, where, key):
     """Each task's meter charges the sweep's ledger for its whole wall-clock, training included: a recipe
-    `max_dollars`/`ledger` (its BudgetCallback) would charge training a second time, so planning refuses it."""
-    value = 1.0 if key == "max_dollars" else str(tmp_path / "other.jsonl")
+    `max_dollars`/`ledger` (its BudgetCallback) would charge training a second time, and the recipe's own estimate
+    (`pilot_steps`, `estimate_only`) would add that callback, so planning refuses them."""
+    value = {"max_dollars": 1.0, "pilot_steps": 2, "estimate_only": True}.get(key, str(tmp_path / "other.jsonl"))
     base = write_base_config(tmp_path / "base.yaml", prepared_dir, tiny_model_dir, max_steps=2, save_steps=2)
     fields = {}
     if where == "base":

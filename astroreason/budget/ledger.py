@@ -13,7 +13,8 @@ is fsync'd. What the lock promises depends on the filesystem the ledger lives on
   marker file that only excludes writers using the same lock file.
 
 Rows: `reserve` (a request's worst case, counted as spent until settled), `charge` (what it cost; settles the
-reservation with the same id, or with no reservation is training time) and `release` (never spent).
+reservation with the same id, or with no reservation is training time), `release` (never spent) and `estimate`
+(what a run expected to cost when it started, `estimated_dollars`: a record beside the charges, never counted).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,6 +172,10 @@ class Ledger:
 
     def append(self, row: dict) -> None:
         self.transaction(lambda totals: [row])
+
+    def note_estimate(self, run: str, estimated_dollars: float, **fields) -> None:
+        """Record what `run` expects to cost before it spends (counted in no total: its charges are the spend)."""
+        self.append(ledger_row("estimate", uuid.uuid4().hex, run, estimated_dollars=estimated_dollars, **fields))
 
 
 def ledger_row(kind: str, rid: str, run: str, **fields) -> dict:

@@ -40,7 +40,11 @@ def run_eval(argv: list[str]) -> int:
     from ..errors import CheckFailed
 
     config = parse_eval_config(argv)  # before the harness loads: `--help` and a mistake stay fast
-    from .harness import IncompleteRun, evaluate, print_result_line
+    from .harness import IncompleteRun, estimate_evaluation, evaluate, print_result_line
+
+    if config.estimate_only:
+        print_estimate(estimate_evaluation(config), "nothing was asked, charged or written")
+        return 0
 
     try:
         result = evaluate(config)
@@ -52,6 +56,20 @@ def run_eval(argv: list[str]) -> int:
     if integrity.get("status") == "suspect":
         raise CheckFailed(f"result: SUSPECT, recorded so in {integrity['ledger']} ({integrity['description']})")
     return 0
+
+
+def print_estimate(estimate: dict, what: str) -> None:
+    """The one `ESTIMATE {json}` line; `CheckFailed` (exit 1) when the estimate does not fit under the caps."""
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from ..errors import CheckFailed
+
+    print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
+    if not estimate["fits"]:
+        left = estimate.get("cap_left_dollars")
+        raise CheckFailed(
+            f"budget: the estimate (${estimate['estimated_dollars']:.6g} more) exceeds the "
+            f"{', '.join(estimate['over'])} cap" + (f" (${left:.6g} left)" if left is not None else "") + f"; {what}"
+        )
 
 
 def run_report(args) -> int:
@@ -101,7 +119,11 @@ def run_budget_status(args) -> int:
 def run_budget_estimate(args) -> int:
     """Answer a small stratified pilot (charged and cached like any run) and extrapolate the cost of the rest."""
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from ..errors import UserError
+
     config = parse_eval_config(args.argv, prog="astroreason budget estimate")  # before the harness loads
+    if config.estimate_only:
+        raise UserError("estimate_only: `budget estimate` runs a pilot; --estimate_only is `astroreason eval`'s")
     from .harness import Evaluation
 
     run = Evaluation(config)

@@ -164,6 +164,11 @@ class EvalConfig(BudgetArguments, ArmArguments):
             raise UserError(f"max_samples: must be at least 1, got {self.max_samples}")
         if isinstance(self.ceiling, bool) or not isinstance(self.ceiling, (int, float)) or not 0 < self.ceiling <= 1:
             raise UserError(f"ceiling: expected a number in (0, 1], got {self.ceiling!r}")
+        if self.estimate_only and self.pilot_samples:
+            raise UserError(
+                "estimate_only: asks nothing, and pilot_samples asks a pilot; for a pilot and its estimate use "
+                "`astroreason budget estimate`, then --estimate_only extrapolates from its answers"
+            )
         self.arm_settings().lint_override()  # a lint override without a reason is refused before anything runs
 
     def project_dir(self) -> Path:

@@ -268,10 +268,12 @@ class Evaluation:
         self.arm = evaluation_arm(config)
         self.rows = self.arm.rows()
         self.labels = [int(r["label"]) for r in self.rows]
-        self.out.mkdir(parents=True, exist_ok=True)
+        if not config.estimate_only:  # an estimate writes nothing
+            self.out.mkdir(parents=True, exist_ok=True)
         # The prompt lint (as in training), recorded in output_dir/prompt_lint.json: CheckFailed before anything is
         # asked or paid for.
-        self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=config.output_dir)
+        record_dir = None if config.estimate_only else config.output_dir
+        self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=record_dir)
         self.settings = answer_settings(config)
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
@@ -356,10 +358,14 @@ class Evaluation:
             "dollars_per_sample": mean("dollars"),
             "tokens_per_sample": mean("prompt_tokens") + mean("completion_tokens"),
             "estimated_dollars": mean("dollars") * remaining,
+            # The whole run: what the answers in hand cost plus the estimate of the rest (the results ledger's
+            # `estimated_usd`, beside what the run's answers actually cost).
+            "estimated_total_dollars": sum(r.get("dollars", 0.0) for r in answered) + mean("dollars") * remaining,
             "estimated_tokens": round((mean("prompt_tokens") + mean("completion_tokens")) * remaining),
             "estimated_requests": remaining,
             "ledger_committed_dollars": totals.committed_dollars,
             "max_dollars": caps.max_dollars,
+            "cap_left_dollars": None if caps.max_dollars is None else caps.max_dollars - totals.committed_dollars,
         }
         over = []
         if caps.max_dollars is not None and totals.committed_dollars + estimate["estimated_dollars"] > caps.max_dollars:
@@ -449,12 +455,20 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
     stops it early.
     """
 
+    if config.estimate_only:
+        raise UserError("estimate_only: call estimate_evaluation (an estimate is not a result)")
     run = Evaluation(config, backend, progress=progress)
     estimate = None
     try:
-        if config.pilot_samples > 0 and run.todo():
-            estimate = run.pilot(config.pilot_samples)
+        # Refuse to start when the estimate does not fit: from a pilot asked now, or from the answers already in hand
+        # (an earlier pilot, an interrupted run).
+        in_hand = any(k in run.done for k in run.keys)
+        if run.todo() and (config.pilot_samples > 0 or in_hand):
+            estimate = run.pilot(config.pilot_samples) if config.pilot_samples > 0 else run.estimate()
             print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
+            run.budget.ledger.note_estimate(
+                run.budget.run, estimate["estimated_total_dollars"], output_dir=str(config.output_dir)
+            )
             if not estimate["fits"]:
                 message = (
                     f"budget: the estimate for the remaining {estimate['remaining_samples']} samples exceeds "
@@ -467,6 +481,22 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
     except BackendError as err:
         raise IncompleteRun(str(err), run.finish("backend_error", str(err), estimate)) from None
     return record_integrity(config, run.finish("complete", None, estimate))
+
+
+def estimate_evaluation(config: EvalConfig) -> dict:
+    """`--estimate_only`: the cost of the run, extrapolated from the answers already in `output_dir` (a pilot of
+    `astroreason budget estimate`, or an interrupted run), without asking, charging or writing anything.
+
+    No answers in hand is refused: a pilot is paid work, asked for explicitly (its answers are cached and reused by
+    the run, so they are paid once)."""
+    run = Evaluation(config, progress=False)
+    if not any(k in run.done for k in run.keys):
+        raise UserError(
+            f"estimate_only: no answers in {config.output_dir} to extrapolate from; run a pilot there first "
+            f"(`astroreason budget estimate ... --output_dir {config.output_dir} --pilot_samples N`: charged once, "
+            "cached, reused by the run)"
+        )
+    return run.estimate()
 
 
 def result_summary(result: dict) -> dict:

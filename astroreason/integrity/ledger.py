@@ -57,7 +57,8 @@ class LedgerRow:
         metric: Name of the headline metric (e.g. `accuracy`).
         value: Its value.
         interval: Its 95 % interval, `lo,hi` (empty when none).
-        cost: What it cost (e.g. `tokens=123456`, `usd=1.20`, `gpu_h=3.5`).
+        cost: What it cost (e.g. `tokens=123456`, `usd=1.20`, `gpu_h=3.5`); an evaluation's also names the estimate
+            it started from (`estimated_usd=1.10`).
         status: `keep`, `discard`, `crash` or `suspect`.
         description: One line: what was tried, and why a suspect row is suspect.
         experiment: The experiment the result belongs to; only results of one experiment are compared (empty: no
@@ -509,10 +510,7 @@ def row_from_result(
             notes += [note] if note not in notes else []  # the eval's record and its model's name the same one
     interval = metrics.get("interval", {}).get(metric)
     if cost is None:
-        tokens = (result.get("prompt_tokens") or 0) + (result.get("completion_tokens") or 0)
-        # What this run paid (answers from the cache cost it nothing), for the log's dollars per experiment.
-        spent = ((result.get("spend") or {}).get("this_run") or {}).get("dollars")
-        cost = ",".join(([f"tokens={tokens}"] if tokens else []) + ([f"usd={spent:.6g}"] if spent is not None else []))
+        cost = result_cost(result)
     text = " ".join([description] + notes + ([f"SUSPECT: {'; '.join(reasons)}"] if reasons else []))
     row = LedgerRow(
         commit=prov.get("commit") or "",
@@ -540,6 +538,18 @@ def row_from_result(
         row.galaxies_sha256 = galaxies_hash(row.manifest_sha256, row.split, records)
         row.predictions_sha256 = sha256_file(Path(run) / PREDICTIONS_FILE)
     return row
+
+
+def result_cost(result: dict) -> str:
+    """The cost cell of an evaluation, `usd=X,estimated_usd=Y,tokens=N`: what this run paid (`usd`: answers from the
+    cache cost it nothing, so an experiment's rows add up to what it spent), the estimate it started from when it made
+    one (`estimated_usd`, the whole run's), and its tokens."""
+    tokens = (result.get("prompt_tokens") or 0) + (result.get("completion_tokens") or 0)
+    paid = ((result.get("spend") or {}).get("this_run") or {}).get("dollars", result.get("dollars"))
+    parts = [f"usd={_clean(float(paid))}"] if paid is not None else []
+    if (result.get("estimate") or {}).get("estimated_total_dollars") is not None:
+        parts.append(f"estimated_usd={_clean(float(result['estimate']['estimated_total_dollars']))}")
+    return ",".join(parts + ([f"tokens={tokens}"] if tokens else []))
 
 
 def _relative(run_dir, project_dir) -> str:

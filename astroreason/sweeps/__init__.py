@@ -6,5 +6,7 @@
   across requeues in a per-task state file.
 - `spend`: the project's spend ledger as the sweeps use it (estimate, remaining, charge).
 - `slurm`: `sbatch --array` submission and task states from `squeue`; `local`: the same tasks without SLURM.
+- `noise`: the noise floor, measured: one recipe under N seeds, each evaluated on the same galaxies, the spread of
+  the accuracy recorded as the experiment's floor (`astroreason noise`).
 - `collect`: the results table and the comparison report (per arm over seeds; paired tests between arms).
 """

@@ -5,6 +5,7 @@ astroreason sweep submit  SWEEP.yaml           one `sbatch --array=I%K` job for 
 astroreason sweep status  SWEEP.yaml|DIR       task states (state files + squeue)
 astroreason sweep collect SWEEP.yaml|DIR       results.jsonl, results.tsv rows and the comparison report
 astroreason sweep run --local SWEEP.yaml       the same tasks on this machine, resumable
+astroreason noise RECIPE.yaml --experiment NAME --seeds N    the experiment's noise floor, measured
 """
 
 from __future__ import annotations
@@ -129,8 +130,72 @@ def run_local_cmd(args) -> int:
     return 0
 
 
+def run_noise(args) -> int:
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from .noise import NoiseConfig, measure_noise, parse_seeds
+
+    config = NoiseConfig(
+        config=args.config,
+        experiment=args.experiment,
+        seeds=parse_seeds(args.seeds, args.base_seed),
+        trainer=args.trainer,
+        out=args.out,
+        overrides=args.set or [],
+        split=args.split,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        ledger=args.ledger,
+        results_dir=args.results_dir,
+        max_dollars=args.max_dollars,
+        prices=args.prices,
+        price_gpu_hour=args.price_gpu_hour,
+    )
+    record = measure_noise(config)
+    print("NOISE " + json.dumps(record, sort_keys=True))
+    return 0
+
+
+def add_noise_parser(subparsers) -> None:
+    n = subparsers.add_parser(
+        "noise",
+        help="Measure an experiment's noise floor: one recipe under N seeds, the spread of their accuracy.",
+        description="Train the recipe under each seed on the same data, evaluate each on the same galaxies, and "
+        "record the standard deviation of the accuracy across seeds as the experiment's noise floor "
+        "(noise_floors.json beside results.tsv): a later gain no larger is discarded. Seeds whose fingerprints "
+        "are equal (one run under several names) are refused (exit 1). Prints one NOISE {json} line.",
+        allow_abbrev=False,
+    )
+    n.add_argument("config", help="The recipe config (YAML), as recipes/sft.py --config takes it.")
+    n.add_argument("--experiment", required=True, help="The experiment whose noise floor this is.")
+    n.add_argument("--seeds", default="3", help="How many seeds (from --base-seed), or a list: 0,7,11 (default 3).")
+    n.add_argument("--base-seed", type=int, default=0, help="First seed when --seeds is a count (default 0).")
+    n.add_argument("--trainer", choices=("sft", "grpo"), default="sft", help="The recipe the config is for.")
+    n.add_argument("--out", default="runs/noise", help="Directory of the runs (seed-S/ each) and noise.json.")
+    n.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="A recipe setting on top of the config (repeatable), e.g. --set max_steps=4.",
+    )
+    n.add_argument("--split", default="test", help="Split each run is evaluated on (the experiment's).")
+    n.add_argument("--max-samples", type=int, help="Evaluate the first N galaxies of the split (the experiment's).")
+    n.add_argument("--batch-size", type=int, default=16, help="Prompts per generate call of the evaluation.")
+    n.add_argument("--max-new-tokens", type=int, default=32, help="Completion budget per galaxy in the evaluation.")
+    n.add_argument("--ledger", help="The project's spend ledger (training and evaluation charge it).")
+    n.add_argument(
+        "--results-dir", help="Where the floor is recorded (default: the spend ledger's directory, as eval)."
+    )
+    n.add_argument("--max-dollars", type=float, help="Cap on the project's total spend.")
+    n.add_argument("--prices", help="Price table (YAML).")
+    n.add_argument("--price-gpu-hour", type=float, help="Set the device price yourself (dollars per GPU-hour).")
+    n.set_defaults(func=run_noise)
+
+
 def add_parser(subparsers) -> None:
     import sys
+
+    add_noise_parser(subparsers)
 
     p = subparsers.add_parser("sweep", help="Grids of arms x seeds as SLURM array jobs (or locally), and their report.")
     sub = p.add_subparsers(dest="sweep_command", metavar="SUBCOMMAND", required=True)

@@ -30,16 +30,19 @@ RESERVED = ("output_dir", "resume", "seed")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Recipe settings that turn on the recipe's own training meter (BudgetCallback). A sweep task's meter already charges
 # the sweep's ledger for the task's whole wall-clock, training included: with these, training would be charged twice.
-METERED = ("max_dollars", "ledger")
+METERED = ("max_dollars", "ledger", "pilot_steps", "estimate_only")
+_OFF = {"pilot_steps": 0, "estimate_only": False}  # the recipe's own estimate is off by default; the others None
 
 
 def refuse_second_meter(settings: dict, where: str, section: str = "") -> None:
-    """Refuse a recipe setting that would charge a sweep task's training a second time."""
+    """Refuse a recipe setting that would charge a sweep task's training a second time (or meter it with a budget
+    callback of its own, as the recipe's estimate does)."""
     for key in METERED:
-        if settings.get(key) is not None:
+        value = settings.get(key)
+        if value is not None and not (key in _OFF and value == _OFF[key]):
             raise UserError(
                 f"{where}: {section}{key}: a sweep task's training is charged by the sweep (its `budget:` "
-                f"section); {key} would charge it a second time; remove it"
+                f"section; `sweep plan` prints its worst case); {key} would meter it a second time; remove it"
             )
 
 

@@ -61,6 +61,15 @@ class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
         },
     )
 
+    pilot_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Estimate the whole run's cost from its first N steps (max_steps x their seconds per step x "
+            "GPUs x price) and print one ESTIMATE {json} line; a run whose estimate does not fit under max_dollars "
+            "stops there, checkpoint saved, exit 1 (0: no estimate; with estimate_only: 2)."
+        },
+    )
+
     code_token_init: Literal["mean", "codebook"] = field(
         default="mean",
         metadata={
@@ -80,6 +89,10 @@ class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
             or self.alarm_no_signal_logs < 0
         ):
             raise UserError(f"alarm_no_signal_logs: expected a non-negative integer, got {self.alarm_no_signal_logs!r}")
+        if isinstance(self.pilot_steps, bool) or not isinstance(self.pilot_steps, int) or self.pilot_steps < 0:
+            raise UserError(f"pilot_steps: expected a non-negative integer, got {self.pilot_steps!r}")
+        if self.estimate_only and not self.pilot_steps:
+            self.pilot_steps = 2  # the first is warm-up: one timed step after it
         for name in ("max_dollars", "price_gpu_hour"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):

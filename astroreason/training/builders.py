@@ -3,11 +3,13 @@ code tokens and LoRA config, the callbacks; and the run loop that trains, saves 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 from ..arms import Arm, build_arm
 from ..budget import BudgetExhausted
-from ..callbacks import budget_callbacks, budget_stop, integrity_callbacks, user_callbacks
+from ..callbacks import budget_callbacks, budget_estimate, budget_stop, integrity_callbacks, user_callbacks
 from ..defaults import ensure_tiny_defaults
 from ..errors import UserError
 from ..integrity.lint import write_lint_record
@@ -56,7 +58,7 @@ def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[A
     holds each (arm, its dataset)."""
 
     reports = [arm.lint(dataset["prompt"]) for arm, dataset in arms]
-    if training_args.process_index == 0:
+    if training_args.process_index == 0 and not args.estimate_only:  # an estimate writes nothing
         report = reports[0]
         seen = {(f.kind, f.name) for f in report.overridden}
         report.overridden += [f for r in reports[1:] for f in r.overridden if (f.kind, f.name) not in seen]
@@ -161,8 +163,14 @@ def peft_config(model_args, model=None, code_ids: list[int] | None = None):
 
 
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
-    """Train (resuming if asked), then save the final model and processor in `output_dir`."""
+    """Train (resuming if asked), then save the final model and processor in `output_dir`.
+
+    With `estimate_only`: only the pilot steps, neither charged nor saved; the estimate is printed (by the budget
+    callback) and a run that would not fit is refused (`BudgetExhausted`, exit 1)."""
     output_dir = trainer.args.output_dir
+    if args.estimate_only:
+        estimate_training(trainer)
+        return
     checkpoint = resume_point(args, output_dir)
     if checkpoint:
         step = int(Path(checkpoint).name.rsplit("-", 1)[1])
@@ -190,6 +198,23 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         )
 
 
+def estimate_training(trainer) -> dict:
+    """The pilot of `estimate_only`: a few steps, then the budget callback's estimate; nothing saved or charged."""
+    try:
+        trainer.train()
+    finally:
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    estimate = budget_estimate(trainer)
+    if trainer.accelerator.is_main_process and estimate and not estimate["fits"]:
+        left = estimate["cap_left_dollars"]
+        raise BudgetExhausted(
+            f"budget: the estimate for the whole run (${estimate['estimated_total_dollars']:.6g}, "
+            f"{estimate['max_steps']} steps) exceeds what the dollar cap has left (${left:.6g}); nothing was "
+            "charged or saved"
+        )
+    return estimate
+
+
 def _trainer_parts(
     recipe: str, args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None
 ) -> dict:
@@ -200,6 +225,8 @@ def _trainer_parts(
     if recipe == "grpo":
         check_vllm(training_args)
     callbacks, extra = budget_callbacks(args, training_args), user_callbacks(args)
+    if args.estimate_only:  # the Trainer makes its output_dir: an estimate's pilot gets a scratch one, removed after
+        training_args.output_dir = tempfile.mkdtemp(prefix="astroreason-estimate-")
     prepare_inputs(args, model_args)
     train, evaluation = training_datasets(
         args,
@@ -218,7 +245,10 @@ def _trainer_parts(
         eval_dataset=evaluation,
         processing_class=processor,
         peft_config=peft_config(model_args, model, code_ids),
-        callbacks=callbacks + integrity_callbacks(args, grpo=recipe == "grpo", base=base) + extra,
+        # An estimate's pilot keeps nothing, so it has no fingerprint or alarms to record.
+        callbacks=callbacks
+        + ([] if args.estimate_only else integrity_callbacks(args, grpo=recipe == "grpo", base=base))
+        + extra,
     )
 
 
