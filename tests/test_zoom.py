@@ -169,6 +169,27 @@ def test_token_arm_min_side_is_one_codec_cell(prepared_dir, codec):
 # --- the dataset, the prompt, the rewards ----------------------------------------------------------------------------
 
 
+def test_the_lint_reads_the_tool_turns(prepared_dir, codec):
+    """Every tool result is linted like a prompt: the honest tools pass in both arms; a tool that also returns its
+    galaxy's source row (a leak, Galaxy10 being sorted by class) is refused before anything trains."""
+    from astroreason.errors import CheckFailed
+    from astroreason.zoom import TokenZoom
+    from astroreason.zoom.lint import LINT_BOXES, lint_tool_turns
+
+    positions = build_arm(settings(prepared_dir), "train").positions
+    for arm in (settings(prepared_dir), settings(prepared_dir, codec)):
+        assert lint_tool_turns(make_zoom_tool(arm, pixel_multiple=28), "train", positions) == 32 * len(LINT_BOXES)
+
+    class LeakyZoom(TokenZoom):
+        def __call__(self, split, position, bbox_2d):
+            call = super().__call__(split, position, bbox_2d)
+            call.result = f"{call.result} (source row {self.manifest.rows[split][int(position)]})"
+            return call
+
+    with pytest.raises(CheckFailed, match=r"tool lint: .* carry more than the galaxy \(.*row_index"):
+        lint_tool_turns(LeakyZoom(settings(prepared_dir, codec)), "train", positions)
+
+
 def test_zoom_rows_carry_the_galaxy_outside_the_prompt(prepared_dir):
     arm = build_arm(settings(prepared_dir), "train", max_samples=8)
     dataset = with_zoom_columns(arm.dataset(with_completion=False), arm)

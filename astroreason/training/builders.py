@@ -275,6 +275,8 @@ def build_grpo_trainer(
     parts = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
     reward_funcs = get_reward_funcs(args.reward_funcs)
     if args.zoom:
-        zoom = zoom_parts(args, training_args, parts["model"], parts["processing_class"], reward_funcs)
+        zoom = zoom_parts(
+            args, training_args, parts["model"], parts["processing_class"], reward_funcs, parts["train_dataset"]
+        )
         return GRPOTrainer(**zoom, **parts)
     return GRPOTrainer(reward_funcs=reward_funcs, **parts)

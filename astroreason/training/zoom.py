@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
-from ..zoom import environment_factory, zoom_tool
+from ..zoom import POSITION_COLUMN, environment_factory, zoom_tool
+from ..zoom.lint import lint_tool_turns
 from .arguments import GalaxyScriptArguments
 
 
@@ -60,11 +61,12 @@ def _text_tokens(processor, text: str) -> int:
     return len(tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
 
-def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list) -> dict:
+def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list, train_dataset) -> dict:
     """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
     `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
-    episodes unless `zoom_skip_unanswered` is off). Makes the processor tool-capable and keeps the video token out
-    of sampling (`suppress_video_tokens`)."""
+    episodes unless `zoom_skip_unanswered` is off). Makes the processor tool-capable, keeps the video token out
+    of sampling (`suppress_video_tokens`), and lints the tool's turns on the training rows (`zoom.lint`): what the
+    tool returns must carry the galaxy and nothing else."""
     family = family_for(model)
     tool_capable(processor, family)
     suppress_video_tokens(training_args, model)
@@ -75,6 +77,7 @@ def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, rew
         pixel_multiple=family.pixel_multiple,
         count_tokens=token_counter(args, processor, family),
     )
+    lint_tool_turns(tool, args.train_split, train_dataset[POSITION_COLUMN])
     names = [getattr(f, "__name__", "") for f in reward_funcs]
     extra = ["zoom_cost"] + (["zoom_bonus"] if args.zoom_bonus else [])
     funcs = reward_funcs + [f for f in get_reward_funcs(extra) if f.__name__ not in names]
