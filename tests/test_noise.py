@@ -106,6 +106,26 @@ def test_noise_records_the_seed_spread_as_the_floor(recipe, tiny_model_dir, tmp_
     assert noise_floor(project, "sft-lr")[0] == pytest.approx(printed["noise_floor"])
 
 
+def test_estimate_only_prices_every_seed_and_spends_nothing(recipe, tmp_path, capsys):
+    """One pilot of the recipe (uncharged, unsaved) times the seeds; nothing trained, evaluated or recorded; over
+    what the cap has left it is exit 1."""
+    assert cli(noise_argv(recipe, tmp_path, "--seeds", "3", "--estimate-only")) == 0
+    lines = [json.loads(ln[9:]) for ln in capsys.readouterr().out.splitlines() if ln.startswith("ESTIMATE ")]
+    seed, total = lines[0], lines[-1]  # the recipe's own line for its pilot, then the command's
+    assert total["seeds"] == 3 and total["fits"] and total["cap_left_dollars"] is None
+    assert seed["estimated_total_dollars"] > 0
+    assert total["training_dollars_per_seed"] == pytest.approx(seed["estimated_total_dollars"])
+    assert total["estimated_training_dollars"] == pytest.approx(3 * seed["estimated_total_dollars"])
+    assert not (tmp_path / "noise").exists()
+    ledger = tmp_path / "project" / "spend.jsonl"
+    assert not ledger.exists() or Ledger(ledger).totals().committed_dollars == 0
+    # Over what the cap has left the whole measurement is refused, in one line ($1e-12: less than any real step).
+    argv = noise_argv(recipe, tmp_path, "--seeds", "3", "--estimate-only", "--max-dollars", "1e-12")
+    assert cli(argv) == 1
+    assert "budget: training 3 seeds would cost about" in capsys.readouterr().err
+    assert not (tmp_path / "noise").exists()
+
+
 def test_seeds_that_are_one_run_are_refused(recipe, tmp_path, capsys):
     """With the data order pinned (`data_seed`), full fine-tuning of the same base makes the seed change nothing:
     the fingerprints are equal, so the command refuses (exit 1) before evaluating or recording a floor."""
@@ -142,7 +162,7 @@ def test_a_gain_inside_the_measured_floor_is_discarded(tmp_path):
         (("--seeds", "two"), "--seeds: expected a count"),
         (("--set", "seed=4"), "--set seed: the noise command sets seed"),
         (("--set", "max_steps"), "--set: expected KEY=VALUE"),
-        (("--set", "estimate_only=true"), "--set estimate_only: a seed's estimate is the recipe's own"),
+        (("--set", "estimate_only=true"), "--set estimate_only: use the command's own --estimate-only"),
         (("--set", "learning_rate=-1"), "learning_rate"),
     ],
 )

@@ -132,7 +132,7 @@ def run_local_cmd(args) -> int:
 
 def run_noise(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from .noise import NoiseConfig, measure_noise, parse_seeds
+    from .noise import NoiseConfig, estimate_noise, measure_noise, parse_seeds
 
     config = NoiseConfig(
         config=args.config,
@@ -150,7 +150,11 @@ def run_noise(args) -> int:
         max_dollars=args.max_dollars,
         prices=args.prices,
         price_gpu_hour=args.price_gpu_hour,
+        estimate_only=args.estimate_only,
     )
+    if config.estimate_only:
+        estimate_noise(config)
+        return 0
     record = measure_noise(config)
     print("NOISE " + json.dumps(record, sort_keys=True))
     return 0
@@ -189,6 +193,12 @@ def add_noise_parser(subparsers) -> None:
     n.add_argument("--max-dollars", type=float, help="Cap on the project's total spend.")
     n.add_argument("--prices", help="Price table (YAML).")
     n.add_argument("--price-gpu-hour", type=float, help="Set the device price yourself (dollars per GPU-hour).")
+    n.add_argument(
+        "--estimate-only",
+        action="store_true",
+        help="Print the training estimate of all the seeds (one pilot of the recipe, neither charged nor saved, "
+        "times the seeds: one ESTIMATE {json} line) and stop; exit 1 when it does not fit the cap.",
+    )
     n.set_defaults(func=run_noise)
 
 

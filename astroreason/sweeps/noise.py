@@ -11,6 +11,7 @@ A rerun into the same `OUT` reuses the models already trained and the answers al
 
 from __future__ import annotations
 
+import json
 import statistics
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class NoiseConfig:
         max_dollars: Cap on the project's total spend (training and evaluation).
         prices: Price table.
         price_gpu_hour: Set the device price yourself (dollars per GPU-hour).
+        estimate_only: Print the training estimate of all the seeds (the recipe's own pilot, once: its steps are
+            neither charged nor saved, times the number of seeds) and stop; refused (exit 1) when it does not fit
+            what the dollar cap has left. The evaluations are not in it: their models do not exist yet.
     """
 
     config: str
@@ -66,6 +70,7 @@ class NoiseConfig:
     max_dollars: float | None = None
     prices: str | None = None
     price_gpu_hour: float | None = None
+    estimate_only: bool = False
 
     def __post_init__(self):
         if not self.experiment:
@@ -85,11 +90,7 @@ class NoiseConfig:
             if key in RESERVED:
                 raise UserError(f"--set {key}: the noise command sets {', '.join(RESERVED)} itself, per seed")
             if key == "estimate_only":
-                raise UserError(
-                    "--set estimate_only: a seed's estimate is the recipe's own (`python recipes/sft.py --config "
-                    "RECIPE.yaml --estimate_only true`); here --set pilot_steps=N makes each seed's training refuse "
-                    "to go on when its estimate does not fit the cap"
-                )
+                raise UserError("--set estimate_only: use the command's own --estimate-only (all the seeds' cost)")
         for name in ("max_samples", "batch_size", "max_new_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -232,6 +233,43 @@ def record_floor(project_dir, experiment: str, results: list[dict], measured: st
         "mean_accuracy": statistics.fmean(accuracies),
         "seeds": results,
     }
+
+
+def estimate_noise(config: NoiseConfig) -> dict:
+    """`--estimate-only`: the recipe's training estimate (its pilot steps, run once, under the first seed: nothing
+    charged or saved) times the number of seeds, against what the dollar cap has left; `BudgetExhausted` (exit 1)
+    when it does not fit. Seeds train the same recipe on the same data, so one pilot speaks for all of them."""
+    # lazy: training pulls torch, transformers and trl
+    from ..budget import BudgetExhausted
+    from ..training import build_grpo_trainer, build_sft_trainer
+    from ..training.builders import estimate_training
+
+    for seed in config.seeds:
+        parse_recipe(config, seed)  # every seed's settings refused before the pilot runs
+    script_args, training_args, model_args = parse_recipe(config, config.seeds[0])
+    script_args.estimate_only = True
+    build = build_grpo_trainer if config.trainer == "grpo" else build_sft_trainer
+    per_seed = estimate_training(build(script_args, training_args, model_args), refuse_over_cap=False)
+    if not per_seed:
+        raise UserError("--estimate-only: the recipe made no estimate (no price for this device: --price-gpu-hour)")
+    total = per_seed["estimated_total_dollars"] * len(config.seeds)
+    left = per_seed["cap_left_dollars"]
+    estimate = {
+        "seeds": len(config.seeds),
+        "training_dollars_per_seed": per_seed["estimated_total_dollars"],
+        "estimated_training_dollars": total,
+        "max_steps": per_seed["max_steps"],
+        "cap_left_dollars": left,
+        "fits": left is None or total <= left,
+        "evaluation": "not estimated: the seeds' models do not exist until they are trained",
+    }
+    print("ESTIMATE " + json.dumps(estimate, sort_keys=True), flush=True)
+    if not estimate["fits"]:
+        raise BudgetExhausted(
+            f"budget: training {len(config.seeds)} seeds would cost about ${total:.6g} (${estimate['training_dollars_per_seed']:.6g} "
+            f"each), more than the dollar cap has left (${left:.6g}); nothing was charged or saved"
+        )
+    return estimate
 
 
 def measure_noise(config: NoiseConfig) -> dict:

@@ -198,14 +198,15 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         )
 
 
-def estimate_training(trainer) -> dict:
-    """The pilot of `estimate_only`: a few steps, then the budget callback's estimate; nothing saved or charged."""
+def estimate_training(trainer, *, refuse_over_cap: bool = True) -> dict:
+    """The pilot of `estimate_only`: a few steps, then the budget callback's estimate; nothing saved or charged.
+    `refuse_over_cap=False` leaves the verdict to the caller (`astroreason noise` prices several runs)."""
     try:
         trainer.train()
     finally:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     estimate = budget_estimate(trainer)
-    if trainer.accelerator.is_main_process and estimate and not estimate["fits"]:
+    if refuse_over_cap and trainer.accelerator.is_main_process and estimate and not estimate["fits"]:
         left = estimate["cap_left_dollars"]
         raise BudgetExhausted(
             f"budget: the estimate for the whole run (${estimate['estimated_total_dollars']:.6g}, "
