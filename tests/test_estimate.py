@@ -101,7 +101,8 @@ def test_eval_estimate_only_spends_nothing_and_the_run_records_both(tiny_model_d
     assert len(notes) == 2 and notes[1]["estimated_dollars"] == pytest.approx(started["estimated_total_dollars"])
     (row,) = verify(project)
     cost = dict(part.split("=") for part in row["cost"].split(","))
-    assert float(cost["usd"]) == pytest.approx(result["dollars"], rel=1e-5) and result["dollars"] > 0
+    paid = result["spend"]["this_run"]["dollars"]  # what this run paid: the pilot's 4 answers came from the cache
+    assert float(cost["usd"]) == pytest.approx(paid, rel=1e-5) and 0 < paid < result["dollars"]
     assert float(cost["estimated_usd"]) == pytest.approx(started["estimated_total_dollars"], rel=1e-5)
     assert int(cost["tokens"]) == result["prompt_tokens"] + result["completion_tokens"]
     assert cli(capsys, "ledger", "verify", project)[0] == 0
