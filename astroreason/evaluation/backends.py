@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx2  # the openai client's transport: its exceptions say whether a failed attempt ever connected
 import openai
@@ -50,6 +50,8 @@ class Generation:
     attempts: int = 1
     dollars: float = 0.0
     logprob: float | None = None
+    token_ids: list[int] | None = field(default=None, repr=False)  # the completion's ids (local backends)
+    prompt_ids: list[int] | None = field(default=None, repr=False)  # the prompt's, unpadded (for parse_response)
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:
@@ -136,12 +138,18 @@ class _Batched:
 
 
 class TransformersBackend(_Batched):
-    """Batched `model.generate` on a local model (the default backend)."""
+    """Batched `model.generate` on a local model (the default backend).
+
+    `generation_kwargs`: extra `model.generate` keywords (e.g. `suppress_tokens`, or a `sequence_bias` that steers a
+    tiny test model into a scripted tool call). They are not part of the cache key: a caller that changes answers
+    with them keys its run apart (its own `output_dir`).
+    """
 
     name = "transformers"
 
-    def __init__(self, model, processor, sampling: SamplingSettings, *, batch_size: int = 16):
+    def __init__(self, model, processor, sampling: SamplingSettings, *, batch_size: int = 16, generation_kwargs=None):
         self.model, self.processor, self.sampling, self.batch_size = model.eval(), processor, sampling, batch_size
+        self.generation_kwargs = dict(generation_kwargs or {})
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
         self.tokenizer = tokenizer
@@ -179,10 +187,30 @@ class TransformersBackend(_Batched):
             text=texts, images=per_prompt if has_images else None, padding=True, return_tensors="pt"
         ).to(self.model.device)
 
+    def conversations(
+        self, conversations, image_lists, budget=None, *, tools=None, chat_template=None
+    ) -> list[Generation]:
+        """One batch of whole conversations (multi-turn, any number of images each, in order of appearance),
+        rendered with `tools` (and `chat_template`, if given, in place of the processor's), through one gate
+        reservation; each `Generation` carries its token ids (for `parse_response`). The caller batches
+        (`batch_size` at most)."""
+        texts = [
+            self.processor.apply_chat_template(
+                c, tools=tools, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+            )
+            for c in conversations
+        ]
+        has_images = any(image_lists)
+        inputs = self.processor(
+            text=texts, images=[list(x) for x in image_lists] if has_images else None, padding=True, return_tensors="pt"
+        ).to(self.model.device)
+        n_prompt = int(inputs["attention_mask"].sum())
+        return self._timed_batch(budget, len(conversations), n_prompt, lambda: self._generate(inputs))
+
     def _generate(self, inputs) -> list[Generation]:
         import torch
 
-        kwargs = self.sampling.generate_kwargs()
+        kwargs = {**self.sampling.generate_kwargs(), **self.generation_kwargs}
         if kwargs["do_sample"]:
             # Seeded per batch so a sampled run repeats. Greedy needs no seed, and skipping it saves time: on a
             # CPU torch.manual_seed formats a stack trace for each lazily initialised accelerator backend.
@@ -199,11 +227,22 @@ class TransformersBackend(_Batched):
             token_logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
-        for ids, n_prompt, logprobs in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist(), token_logprobs):
+        masks = inputs["attention_mask"].tolist()
+        for ids, prompt, mask, logprobs in zip(new_tokens, inputs["input_ids"].tolist(), masks, token_logprobs):
             # Completion tokens run up to and including the first end-of-sequence token; the rest is padding.
             n = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
-            results.append(Generation(text, int(n_prompt), n, logprob=float(logprobs[:n].sum())))
+            prompt_ids = [t for t, m in zip(prompt, mask) if m]
+            results.append(
+                Generation(
+                    text,
+                    len(prompt_ids),
+                    n,
+                    logprob=float(logprobs[:n].sum()),
+                    token_ids=ids[:n],
+                    prompt_ids=prompt_ids,
+                )
+            )
         return results
 
 

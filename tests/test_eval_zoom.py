@@ -1,0 +1,190 @@
+"""Zoom episodes in the evaluation harness on the tiny offline Qwen2.5-VL and the GalSim surrogate.
+
+A random tiny model never writes a tool call on its own, so, as in tests/test_zoom.py, its decoding is steered with
+transformers' own `sequence_bias` (passed through `TransformersBackend(generation_kwargs=...)`) to write one scripted
+zoom call right after the user's prompt (and, with `again`, once more after the tool's result). Everything after
+that is the harness's: parsing the call as TRL parses it, the arm's zoom tool, the tool turn, the next generation,
+the gate's reservations, the cache and result.json. The backend is the real one; `SeenBackend` only keeps a copy of
+the images each turn was sent, to compare with the tool called directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from evalkit import ledger_rows, sample_lines
+from test_zoom import BOX, steering
+
+from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
+from astroreason.evaluation.harness import EvalConfig, IncompleteRun, evaluate
+from astroreason.models import load_model_and_processor
+from astroreason.zoom import zoom_tool
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"max_samples": 2, "batch_size": 1, "max_new_tokens": 96, "n_boot": 50, "image_size": 56}
+
+
+class SeenBackend(TransformersBackend):
+    """The transformers backend, keeping the images of each turn it generated (a copy, after the fact)."""
+
+    def conversations(self, conversations, image_lists, budget=None, **kwargs):
+        out = super().conversations(conversations, image_lists, budget, **kwargs)
+        self.seen.extend([list(x) for x in image_lists])
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return load_model_and_processor(str(tiny_model_dir))
+
+
+def backend(tiny, model_dir, *, steer: bool = True, again: bool = False, batch_size: int = 1) -> SeenBackend:
+    model, processor = tiny
+    kwargs = {"sequence_bias": steering(model_dir, "image", again=again)} if steer else {}
+    b = SeenBackend(
+        model, processor, SamplingSettings(max_new_tokens=96), batch_size=batch_size, generation_kwargs=kwargs
+    )
+    b.seen = []
+    return b
+
+
+def config(model_dir, prepared_dir, out: Path, **settings) -> EvalConfig:
+    return EvalConfig(
+        model=str(model_dir),
+        data_dir=str(prepared_dir),
+        output_dir=str(out),
+        ledger=str(out.parent / "spend.jsonl"),
+        prices=str(REPO / "eval" / "prices.yaml"),
+        **{**BASE, **settings},
+    )
+
+
+def charges(out: Path) -> list[dict]:
+    return [r for r in ledger_rows(out.parent / "spend.jsonl") if r["kind"] == "charge"]
+
+
+def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, prepared_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=2)
+    steered = backend(tiny, tiny_model_dir)
+    result = evaluate(cfg, steered, progress=False)
+    assert result["status"] == "complete"
+
+    samples = sorted(sample_lines(out), key=lambda r: r["index"])
+    assert len(samples) == 2
+    from astroreason.arms import build_arm
+
+    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
+    tool = zoom_tool(cfg.arm_settings(), pixel_multiple=28)
+    for s in samples:
+        zoom = s["zoom"]
+        # The scripted call, run by the tool: the 64 px surrogate's pixels 16-48, then an answer turn (no call).
+        assert [(c["box"], c["valid"], c["error"], tuple(c["pixels"])) for c in zoom["calls"]] == [
+            (BOX, True, None, (16, 16, 48, 48))
+        ]
+        assert zoom["turns"] == 2 and not zoom["capped"]
+        assert (
+            len(zoom["turn_tokens"]) == 2
+            and zoom["turn_tokens"][1]["prompt_tokens"]
+            > zoom["turn_tokens"][0]["prompt_tokens"] + zoom["turn_tokens"][0]["completion_tokens"]
+        )  # the tool turn's crop joined the second prompt
+        assert zoom["total_tokens"] == s["prompt_tokens"] + s["completion_tokens"]
+    # Turn by turn across the galaxies (one per batch): both first turns, then both second turns. Each galaxy's
+    # second turn was sent its first view and the crop the tool makes of that galaxy's own source.
+    assert [len(images) for images in steered.seen] == [1, 1, 2, 2]
+    for k, s in enumerate(samples):
+        by_tool = tool("test", int(positions[s["index"]]), BOX).result[0]["image"]
+        first, second = steered.seen[k], steered.seen[2 + k]
+        assert np.array_equal(np.asarray(second[1]), np.asarray(by_tool))
+        assert np.array_equal(np.asarray(second[0]), np.asarray(first[0]))
+    assert not np.array_equal(np.asarray(steered.seen[2][1]), np.asarray(steered.seen[3][1]))  # two galaxies
+
+    # One gate charge per turn (one galaxy per batch), each reserved before it was sent.
+    paid = charges(out)
+    assert len(paid) == sum(s["zoom"]["turns"] for s in samples) == 4
+    assert sum(r["prompt_tokens"] for r in paid) == sum(s["prompt_tokens"] for s in samples)
+
+    z = result["zoom"]
+    assert z["zoom_rate"] == 1.0 and z["zooms_per_galaxy"] == 1.0 and z["capped"] == 0
+    assert z["n_with_zoom"] == 2 and z["n_without_zoom"] == 0 and z["accuracy_without_zoom"] is None
+    assert z["tokens_per_galaxy"] == pytest.approx(sum(s["zoom"]["total_tokens"] for s in samples) / 2)
+    assert result["cache_key"]["zoom"]["max_turns"] == 2 and result["cache_key"]["zoom"]["min_side"] == 0.5
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["zoom"]["n_calls"] for p in predictions] == [1, 1]
+
+    # Resumed: every episode comes from the cache, nothing is generated or charged.
+    again = backend(tiny, tiny_model_dir)
+    resumed = evaluate(cfg, again, progress=False)
+    assert resumed["n_from_cache"] == 2 and resumed["n_asked_this_run"] == 0 and again.seen == []
+    assert len(charges(out)) == 4 and resumed["zoom"] == z
+
+    # Another turn cap is another key: asked again.
+    other = evaluate(config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=1), steered, progress=False)
+    assert other["n_from_cache"] == 0 and other["n_asked_this_run"] == 2
+
+
+def test_an_episode_still_calling_at_the_turn_cap_is_capped(tiny, tiny_model_dir, prepared_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=1, batch_size=2)
+    result = evaluate(cfg, backend(tiny, tiny_model_dir, again=True, batch_size=2), progress=False)
+    for s in sample_lines(out):
+        assert s["zoom"]["turns"] == 2 and s["zoom"]["capped"] and s["zoom"]["n_calls"] == 1
+        assert s["prediction"] is None  # the last turn is a tool call, not an answer
+    assert result["zoom"]["capped"] == 2
+    assert len(charges(out)) == 2  # two turns, each a batch of both galaxies
+
+
+def test_a_cap_stops_an_episode_between_two_turns(tiny, tiny_model_dir, prepared_dir, tmp_path):
+    """Two galaxies, one batch: the first turn is paid for (2 requests); the second would pass the request cap and
+    is never sent. The unfinished episodes are not cached: a resumed run asks them again from the start."""
+    out = tmp_path / "run"
+    cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, batch_size=2, max_requests=2)
+    steered = backend(tiny, tiny_model_dir, batch_size=2)
+    with pytest.raises(IncompleteRun, match="request cap 2 reached") as stopped:
+        evaluate(cfg, steered, progress=False)
+    assert stopped.value.result["status"] == "budget_exhausted"
+    assert [len(images) for images in steered.seen] == [1, 1]  # the first turn only
+    paid = charges(out)
+    assert len(paid) == 1 and paid[0]["requests"] == 2
+    assert sample_lines(out) == []
+
+
+def test_evaluation_without_zoom_is_unchanged(tiny, tiny_model_dir, prepared_dir, tmp_path):
+    """`zoom: false` (the default) is the evaluation as it was: no system turn, no tools, no zoom in the key, the
+    records or the result; one batched generate per batch of galaxies. A zoom run on the same galaxies is keyed
+    apart, so neither is ever served the other's answers."""
+    out = tmp_path / "run"
+    plain = backend(tiny, tiny_model_dir, steer=False, batch_size=2)
+    result = evaluate(config(tiny_model_dir, prepared_dir, out), plain, progress=False)
+    assert plain.seen == []  # the single-turn path, `stream`, not the episodes'
+    assert "zoom" not in result and "zoom" not in result["cache_key"]
+    assert all("zoom" not in s for s in sample_lines(out))
+    fields = {"index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens", "logprob"}
+    assert all(set(json.loads(line)) == fields for line in (out / "predictions.jsonl").read_text().splitlines())
+    # The same answers as an evaluation through `generate` on the plain prompts.
+    rows = sorted(sample_lines(out), key=lambda r: r["index"])
+    from astroreason.evaluation.harness import evaluation_rows
+
+    ev = evaluation_rows(config(tiny_model_dir, prepared_dir, out))
+    direct = backend(tiny, tiny_model_dir, steer=False, batch_size=2).generate(
+        [r["prompt"] for r in ev], [r["image"] for r in ev]
+    )
+    assert [r["completion"] for r in rows] == [g.text for g in direct]
+    assert [r["prompt_tokens"] for r in rows] == [g.prompt_tokens for g in direct]
+
+    zoomed = evaluate(
+        config(tiny_model_dir, prepared_dir, out, zoom=True), backend(tiny, tiny_model_dir), progress=False
+    )
+    assert zoomed["n_from_cache"] == 0 and zoomed["n_asked_this_run"] == 2
+
+
+def test_zoom_needs_the_local_backend(tiny_model_dir, prepared_dir, tmp_path):
+    from astroreason.errors import UserError
+
+    with pytest.raises(UserError, match="zoom: zoom episodes run on the transformers backend only"):
+        config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, backend="openai", base_url="http://127.0.0.1:1")
+    with pytest.raises(UserError, match="zoom_max_turns"):
+        config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, zoom_max_turns=0)
