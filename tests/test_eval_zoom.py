@@ -108,6 +108,8 @@ def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, 
     assert sum(r["prompt_tokens"] for r in paid) == sum(s["prompt_tokens"] for s in samples)
 
     z = result["zoom"]
+    n_split = len(build_arm(cfg.arm_settings(), "test").split_positions())
+    assert z["tool_lint_calls"] == 3 * min(32, n_split)  # the tool's turns linted on the split's first rows, 3 boxes
     assert z["zoom_rate"] == 1.0 and z["zooms_per_galaxy"] == 1.0 and z["capped"] == 0
     assert z["n_with_zoom"] == 2 and z["n_without_zoom"] == 0 and z["accuracy_without_zoom"] is None
     assert z["tokens_per_galaxy"] == pytest.approx(sum(s["zoom"]["total_tokens"] for s in samples) / 2)
@@ -119,7 +121,7 @@ def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, 
     again = backend(tiny, tiny_model_dir)
     resumed = evaluate(cfg, again, progress=False)
     assert resumed["n_from_cache"] == 2 and resumed["n_asked_this_run"] == 0 and again.seen == []
-    assert len(charges(out)) == 4 and resumed["zoom"] == z
+    assert len(charges(out)) == 4 and resumed["zoom"] == z  # the same figures, read from the cache
 
     # Another turn cap is another key: asked again.
     other = evaluate(config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=1), steered, progress=False)

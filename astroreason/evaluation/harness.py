@@ -318,7 +318,8 @@ class Evaluation:
             zoom = zoom_settings(config, self.tool, self.family)
         self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=record_dir)
         if self.tool is not None:  # the tool's turns are prompt text too: CheckFailed before anything is asked
-            self.tool_lint_calls = lint_tool_turns(self.tool, config.split, self.arm.positions)
+            # on the split's first rows, not only those evaluated (a few galaxies would test nothing)
+            self.tool_lint_calls = lint_tool_turns(self.tool, config.split, self.arm.split_positions())
         self.settings = answer_settings(config, zoom)
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
@@ -520,7 +521,7 @@ class Evaluation:
             "metrics": metrics,
         }
         if self.tool is not None:  # zoom rate, zooms and tokens per galaxy, accuracy with and without zoom
-            result["zoom"] = zoom_summary(finished)
+            result["zoom"] = {**zoom_summary(finished), "tool_lint_calls": self.tool_lint_calls}
         fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
         write_text_atomic(
             self.out / PREDICTIONS_NAME,
