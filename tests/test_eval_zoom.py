@@ -183,10 +183,10 @@ def test_evaluation_without_zoom_is_unchanged(tiny, tiny_model_dir, prepared_dir
     assert zoomed["n_from_cache"] == 0 and zoomed["n_asked_this_run"] == 2
 
 
-def test_zoom_needs_the_local_backend(tiny_model_dir, prepared_dir, tmp_path):
+def test_zoom_is_refused_on_vllm_and_a_bad_turn_cap(tiny_model_dir, prepared_dir, tmp_path):
     from astroreason.errors import UserError
 
-    with pytest.raises(UserError, match="zoom: zoom episodes run on the transformers backend only"):
-        config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, backend="openai", base_url="http://127.0.0.1:1")
+    with pytest.raises(UserError, match="zoom: zoom episodes run on the transformers and openai backends, not vllm"):
+        config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, backend="vllm")
     with pytest.raises(UserError, match="zoom_max_turns"):
         config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, zoom_max_turns=0)

@@ -52,6 +52,7 @@ class Generation:
     logprob: float | None = None
     token_ids: list[int] | None = field(default=None, repr=False)  # the completion's ids (local backends)
     prompt_ids: list[int] | None = field(default=None, repr=False)  # the prompt's, unpadded (for parse_response)
+    message: dict | None = field(default=None, repr=False)  # the server's whole message (its tool_calls; openai)
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:
@@ -312,6 +313,11 @@ class VLLMBackend(_Batched):
             yield [(start + k, g) for k, g in enumerate(generations)]
 
 
+# A conversation's chat-template tokens beyond its text: per turn (role markers), and the tool preamble a template
+# writes when tools are offered (Qwen's is ~400 bytes); a response reporting more still widens `_overhead`.
+TURN_ALLOWANCE, TOOLS_ALLOWANCE = 16, 1024
+
+
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions server. Each request reserves its worst case (a prompt-token bound plus
     `max_new_tokens`) before it is sent and is charged the usage its response reports. An attempt that may have been
@@ -336,6 +342,7 @@ class OpenAIBackend:
         max_retries: int = 4,
         backoff: float = 1.0,
         image_tokens_bound: int = 1536,
+        extra_body: dict | None = None,
     ):
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url: expected an http(s) URL of an OpenAI-compatible server, got {base_url!r}")
@@ -345,6 +352,9 @@ class OpenAIBackend:
         self.model, self.sampling = model, sampling
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
         self.image_tokens_bound = image_tokens_bound
+        # Extra request fields the server reads beyond the OpenAI API (e.g. `transformers serve`'s
+        # `generation_config` JSON, through which a test steers a tiny served model); not part of the cache key.
+        self.extra_body = dict(extra_body or {})
         self._overhead = 64
         self._lock = threading.Lock()
         self._key = None
@@ -369,10 +379,13 @@ class OpenAIBackend:
         return text.replace(self._key, "***") if self._key else text
 
     def _request(self, prompt, image) -> dict:
+        return self._chat_request(openai_messages(prompt, image))
+
+    def _chat_request(self, messages: list[dict], tools: list[dict] | None = None) -> dict:
         s = self.sampling
         request = {
             "model": self.model,
-            "messages": openai_messages(prompt, image),
+            "messages": messages,
             "max_tokens": s.max_new_tokens,
             "temperature": max(s.temperature, 0.0),
             "seed": s.seed,
@@ -380,6 +393,8 @@ class OpenAIBackend:
         }
         if s.temperature > 0:
             request["top_p"] = s.top_p
+        if tools:
+            request["tools"] = tools
         return request
 
     def prompt_bound(self, prompt, image) -> int:
@@ -414,7 +429,8 @@ class OpenAIBackend:
                             stop = err
                         break
                     queue.pop(0)
-                    pending[pool.submit(self._one, prompts[i], images[i], bound, budget, reservation)] = i
+                    request = self._request(prompts[i], images[i])
+                    pending[pool.submit(self._one, request, bound, budget, reservation)] = i
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -429,7 +445,38 @@ class OpenAIBackend:
         if stop is not None:
             raise stop
 
-    def _one(self, prompt, image, bound: int, budget, reservation) -> Generation:
+    def chat(self, messages: list[dict], budget=None, *, tools: list[dict] | None = None) -> Generation:
+        """One request of a whole conversation in OpenAI messages (a zoom episode's turn: its tool calls and tool
+        turns, images as data URLs anywhere), with `tools`; its worst case (`messages_bound`) reserved first. The
+        `Generation` carries the server's message (its `tool_calls`)."""
+        bound = self.messages_bound(messages, tools)
+        reservation = None
+        if budget is not None:
+            reservation = budget.reserve(
+                requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens
+            )
+        return self._one(self._chat_request(messages, tools), bound, budget, reservation)
+
+    def messages_bound(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        """The prompt-token bound of a conversation: the UTF-8 bytes of its text (tool calls and the tools' schemas
+        included), the chat-template allowance per turn, the template's tool preamble when there are tools
+        (`TOOLS_ALLOWANCE`), and `image_tokens_bound` per image."""
+        n_images, text = 0, []
+        for m in messages:
+            content = m.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+            for part in parts:
+                if part.get("type") == "image_url":
+                    n_images += 1
+                else:
+                    text.append(str(part.get("text", "")))
+            if m.get("tool_calls"):
+                text.append(json.dumps(m["tool_calls"]))
+        text.append(json.dumps(tools or []))
+        allowance = self._overhead + TURN_ALLOWANCE * len(messages) + (TOOLS_ALLOWANCE if tools else 0)
+        return len("".join(text).encode()) + allowance + self.image_tokens_bound * n_images
+
+    def _one(self, request: dict, bound: int, budget, reservation) -> Generation:
         """Send one request, retrying as `_attempt` allows, and settle its reservations.
 
         An attempt that may have reached the server and been billed (it timed out, or the connection dropped
@@ -438,7 +485,6 @@ class OpenAIBackend:
         error, or that never connected, was not billed: its retry reuses the reservation, released if all fail.
         """
 
-        request = self._request(prompt, image)
         billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed
         used = 0  # attempts on the current reservation
         failure: _Failed | None = None
@@ -476,7 +522,7 @@ class OpenAIBackend:
             where = "" if not failure.retry else f" after {attempt} attempts"
             raise BackendError(self._scrub(f"{self.url}: {failure}{where}")) from None
         try:
-            text, prompt_tokens, completion_tokens = self._parse(raw)
+            text, prompt_tokens, completion_tokens, message = self._parse(raw)
         except _Malformed as err:
             if budget is not None:
                 budget.charge_worst_case(reservation, attempts=used, reason="malformed response")
@@ -496,7 +542,7 @@ class OpenAIBackend:
                     completion_tokens=completion_tokens,
                     attempts=used,
                 )
-        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars)
+        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars, message=message)
 
     @staticmethod
     def _settle_billed(budget, billed: list[tuple]) -> None:
@@ -510,7 +556,9 @@ class OpenAIBackend:
         whether to retry (429/5xx with the server's Retry-After, timeouts, refused or dropped connections)."""
         try:
             response = self._client.chat.completions.with_raw_response.create(
-                **request, extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)}
+                **request,
+                extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)},
+                extra_body=self.extra_body or None,
             )
             return response.content
         except openai.APIStatusError as err:  # the server answered, with an error: nothing was billed
@@ -527,7 +575,7 @@ class OpenAIBackend:
             raise _Failed(f"connection lost ({cause.__class__.__name__})", "no answer", maybe_billed=True) from None
 
     @staticmethod
-    def _parse(raw: bytes) -> tuple[str, int, int]:
+    def _parse(raw: bytes) -> tuple[str, int, int, dict]:
         try:
             payload = json.loads(raw)
             message = payload["choices"][0]["message"]
@@ -540,9 +588,9 @@ class OpenAIBackend:
             raise _Malformed(f"no choices[0].message.content ({err.__class__.__name__}: {err})") from None
         usage = payload.get("usage") or {}
         try:
-            return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+            return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"]), message
         except (KeyError, TypeError, ValueError):
-            return text, -1, -1
+            return text, -1, -1, message
 
 
 def _retry_after(headers) -> float | None:

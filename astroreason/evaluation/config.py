@@ -173,10 +173,10 @@ class EvalConfig(ZoomArguments, BudgetArguments, ArmArguments):
             )
         if self.zoom:
             self.check_zoom()
-            if self.backend != "transformers":
+            if self.backend == "vllm":
                 raise UserError(
-                    f"zoom: zoom episodes run on the transformers backend only so far, not {self.backend} "
-                    "(docs/zoom.md, Zoom in evaluation)"
+                    "zoom: zoom episodes run on the transformers and openai backends, not vllm (docs/zoom.md, "
+                    "Zoom in evaluation); serve the model with `vllm serve` and use --backend openai"
                 )
         self.arm_settings().lint_override()  # a lint override without a reason is refused before anything runs
 

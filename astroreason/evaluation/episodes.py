@@ -18,11 +18,13 @@ spend ledger, not in the cache).
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, ZoomTool
 from ..zoom.chat import tool_templates
+from .backends import image_data_url, openai_messages
 
 
 @dataclass
@@ -51,70 +53,141 @@ class Episode:
         }
 
 
-def first_messages(prompt: list[dict], image) -> list[dict]:
-    """The episode's opening turns in content blocks: the image block before the user's text (as in training)."""
-    from trl.data_utils import prepare_multimodal_messages  # lazy: trl loads with a backend
-
-    return prepare_multimodal_messages(prompt, images=[image] if image is not None else [])
-
-
-def parsed_turn(tokenizer, generation) -> dict:
-    """The assistant turn of a completion, its tool calls parsed as TRL parses them (a malformed call is text)."""
-    from trl.chat_template_utils import parse_response  # lazy: trl loads with a backend
-
-    return parse_response(tokenizer, generation.token_ids, prefix=generation.prompt_ids)
-
-
-def zoom_calls(turn: dict) -> list[dict]:
-    """The function calls of a parsed assistant turn."""
-    return [c["function"] for c in turn.get("tool_calls") or [] if c.get("type") == "function"]
-
-
-def tool_message(name: str, result) -> dict:
-    """The tool turn TRL appends: content blocks for an image result, text otherwise."""
-    if isinstance(result, list):
-        return {"role": "tool", "name": name, "content": result}
-    return {"role": "tool", "name": name, "content": [{"type": "text", "text": str(result)}]}
-
-
 def call_tool(env: ZoomEnvironment, function: dict):
     """Run one call as TRL runs it: the tool's own result, or an error text for a wrong name or arguments (never an
     exception). A bad box is the tool's own error message (`ZoomCall.error`)."""
     if function.get("name") != "zoom":
         return {"error": f"Tool {function.get('name')} not found."}
+    arguments = function.get("arguments") or {}
+    if not isinstance(arguments, dict):
+        return {"error": f"arguments must be a JSON object, got {arguments!r}"}
     try:
-        return env.zoom(**(function.get("arguments") or {}))
+        return env.zoom(**arguments)
     except TypeError as err:
         return {"error": str(err)}
 
 
-class ZoomEpisodes:
-    """Runs zoom episodes on a `TransformersBackend`, rendered with the family's tool-calling chat template where the
-    processor's own drops tool calls and parsed with its response template where the tokenizer has none
-    (`zoom.chat.tool_templates`); the backend's processor itself is left as it is."""
+@dataclass
+class Turn:
+    """One generated turn: its cost, the assistant message to append, the calls it made (`id`, `name`,
+    `arguments` each)."""
 
-    def __init__(self, backend, tool: ZoomTool, split: str, family, *, max_turns: int):
-        self.backend, self.tool, self.split, self.max_turns = backend, tool, split, max_turns
+    generation: object
+    message: dict
+    calls: list[dict]
+
+
+class LocalTurns:
+    """Turns on a `TransformersBackend`: batched `generate`, rendered with the family's tool-calling chat template
+    where the processor's own drops tool calls and parsed as TRL parses them (`parse_response`, with the family's
+    response template where the tokenizer has none; `zoom.chat.tool_templates`). The backend's processor is left
+    as it is."""
+
+    def __init__(self, backend, family):
+        self.backend, self.batch_size = backend, backend.batch_size
         self.chat_template, response_template = tool_templates(backend.processor, family)
         self.tokenizer = getattr(backend.processor, "tokenizer", backend.processor)
         if response_template is not None:  # a shallow copy parses with it; the backend's tokenizer is unchanged
             self.tokenizer = copy.copy(self.tokenizer)
             self.tokenizer.response_template = response_template
 
+    def first(self, prompt: list[dict], image) -> tuple[list[dict], list]:
+        """The opening turns in content blocks, the image block before the user's text (as in training)."""
+        from trl.data_utils import prepare_multimodal_messages  # lazy: trl loads with a backend
+
+        images = [image] if image is not None else []
+        return prepare_multimodal_messages(prompt, images=images), images
+
+    def generate(self, episodes: list[Episode], budget) -> list[Turn]:
+        from trl.chat_template_utils import parse_response  # lazy: trl loads with a backend
+
+        tools = [episodes[0].env.zoom]  # the schema TRL renders: read from the method's type hints and docstring
+        generations = self.backend.conversations(
+            [e.messages for e in episodes],
+            [e.images for e in episodes],
+            budget,
+            tools=tools,
+            chat_template=self.chat_template,
+        )
+        turns = []
+        for g in generations:
+            parsed = parse_response(self.tokenizer, g.token_ids, prefix=g.prompt_ids)
+            calls = [c["function"] for c in parsed.get("tool_calls") or [] if c.get("type") == "function"]
+            message = {**parsed, "content": [{"type": "text", "text": parsed.get("content") or ""}]}
+            turns.append(Turn(g, message, calls))
+        return turns
+
+    def tool_message(self, call: dict, result) -> tuple[dict, list]:
+        """The tool turn TRL appends (content blocks for an image result, text otherwise) and its images."""
+        name = call.get("name", "zoom")
+        if isinstance(result, list):
+            return {"role": "tool", "name": name, "content": result}, [b["image"] for b in result if "image" in b]
+        return {"role": "tool", "name": name, "content": [{"type": "text", "text": str(result)}]}, []
+
+
+class ServedTurns:
+    """Turns on an `OpenAIBackend`: one chat-completions request per turn, with `tools=` (the zoom schema TRL
+    renders); the server parses the tool calls (`message.tool_calls`, arguments as JSON text), and a tool turn
+    carries an image result as an `image_url` data URL (PNG: the crop's pixels exactly), a text result as text.
+    Requests go one at a time."""
+
+    batch_size = 1
+
+    def __init__(self, backend):
+        from transformers.utils import get_json_schema  # lazy: transformers loads with a backend
+
+        self.backend = backend
+        self.tools = [get_json_schema(ZoomEnvironment(None).zoom)]
+
+    def first(self, prompt: list[dict], image) -> tuple[list[dict], list]:
+        return openai_messages(prompt, image), [image] if image is not None else []
+
+    def generate(self, episodes: list[Episode], budget) -> list[Turn]:
+        turns = []
+        for e in episodes:
+            g = self.backend.chat(e.messages, budget, tools=self.tools)
+            tool_calls = [c for c in (g.message or {}).get("tool_calls") or [] if c.get("type") == "function"]
+            calls = []
+            for c in tool_calls:
+                arguments = c["function"].get("arguments")
+                try:
+                    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+                except json.JSONDecodeError:
+                    pass  # left as text: `call_tool` answers with an error the model reads
+                calls.append({"id": c.get("id"), "name": c["function"].get("name"), "arguments": arguments})
+            message = {"role": "assistant", "content": g.text or ""}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            turns.append(Turn(g, message, calls))
+        return turns
+
+    def tool_message(self, call: dict, result) -> tuple[dict, list]:
+        if isinstance(result, list):
+            images = [b["image"] for b in result if "image" in b]
+            content = [{"type": "image_url", "image_url": {"url": image_data_url(im)}} for im in images]
+            return {"role": "tool", "tool_call_id": call.get("id"), "content": content}, images
+        return {"role": "tool", "tool_call_id": call.get("id"), "content": str(result)}, []
+
+
+class ZoomEpisodes:
+    """Runs zoom episodes through `turns` (`LocalTurns` or `ServedTurns`), turn by turn across the galaxies."""
+
+    def __init__(self, turns, tool: ZoomTool, split: str, *, max_turns: int):
+        self.turns, self.tool, self.split, self.max_turns = turns, tool, split, max_turns
+
     def start(self, prompt: list[dict], image, position: int) -> Episode:
         env = ZoomEnvironment(self.tool)
         env.reset(**{SPLIT_COLUMN: self.split, POSITION_COLUMN: position})
-        return Episode(first_messages(prompt, image), [image] if image is not None else [], env)
+        return Episode(*self.turns.first(prompt, image), env)
 
     def stream(self, prompts, images, positions, budget=None) -> Iterator[list[tuple[int, Episode]]]:
         """Episodes of these galaxies, turn by turn in batches; yields `(k, Episode)` lists as episodes end."""
         episodes = [self.start(p, im, pos) for p, im, pos in zip(prompts, images, positions)]
         active = list(range(len(episodes)))
         while active:
-            step = self.backend.batch_size
             going = []
-            for start in range(0, len(active), step):
-                batch = active[start : start + step]
+            for start in range(0, len(active), self.turns.batch_size):
+                batch = active[start : start + self.turns.batch_size]
                 self.turn([episodes[k] for k in batch], budget)
                 ended = [(k, episodes[k]) for k in batch if episodes[k].done]
                 if ended:
@@ -123,37 +196,25 @@ class ZoomEpisodes:
             active = going
 
     def turn(self, batch: list[Episode], budget) -> None:
-        """One generated turn of each episode in `batch` (one gate reservation), and the tool calls it made."""
-        tools = [batch[0].env.zoom]  # the schema TRL renders: read from the method's type hints and docstring
-        generations = self.backend.conversations(
-            [e.messages for e in batch],
-            [e.images for e in batch],
-            budget,
-            tools=tools,
-            chat_template=self.chat_template,
-        )
-        for episode, g in zip(batch, generations):
+        """One generated turn of each episode in `batch`, and the tool calls it made."""
+        for episode, turn in zip(batch, self.turns.generate(batch, budget)):
+            g = turn.generation
             episode.turns.append(
                 {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "dollars": g.dollars}
             )
             episode.logprob += g.logprob or 0.0
-            turn = parsed_turn(self.tokenizer, g)
-            calls = zoom_calls(turn)
             episode.text = g.text
-            if not calls:
+            if not turn.calls:
                 episode.done = True
                 continue
-            rounds = len(episode.turns) - 1  # rounds of tool calls already run
-            if rounds >= self.max_turns:
+            if len(episode.turns) - 1 >= self.max_turns:  # as many rounds of calls as the cap allows: no answer
                 episode.capped = episode.done = True
                 continue
-            content = turn.get("content") or ""
-            episode.messages.append({**turn, "content": [{"type": "text", "text": content}]})
-            for function in calls:
-                result = call_tool(episode.env, function)
-                message = tool_message(function.get("name", "zoom"), result)
-                episode.images += [b["image"] for b in message["content"] if b.get("type") == "image"]
+            episode.messages.append(turn.message)
+            for call in turn.calls:
+                message, images = self.turns.tool_message(call, call_tool(episode.env, call))
                 episode.messages.append(message)
+                episode.images += images
 
 
 def zoom_summary(records: list[dict]) -> dict:

@@ -36,7 +36,7 @@ from ..zoom import zoom_tool
 from ..zoom.lint import lint_tool_turns
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
 from .config import EvalConfig
-from .episodes import ZoomEpisodes, zoom_summary
+from .episodes import LocalTurns, ServedTurns, ZoomEpisodes, zoom_summary
 from .metrics import classification_metrics
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
@@ -116,17 +116,19 @@ def zoom_settings(config: EvalConfig, tool, family) -> dict:
 
 def evaluation_zoom_tool(config: EvalConfig, arm: Arm):
     """The arm's zoom tool (the training rollout's), its limits as `zoom_min_side`/`zoom_max_aspect` set them, and
-    the checkpoint's family (whose merged patch is the image arm's default smallest box)."""
+    the checkpoint's family (whose merged patch is the image arm's default smallest box; None for a served model
+    without a local directory)."""
     family = checkpoint_family(config.model) if Path(config.model).is_dir() else None
-    if family is None:
+    if family is None and config.modality == "image" and config.zoom_min_side is None:
         raise UserError(
-            f"zoom: {config.model} is not a checkpoint of a model family astroreason knows (docs/models.md)"
+            f"zoom_min_side: {config.model} is no local checkpoint of a model family astroreason knows, so the "
+            "image arm's smallest box (one merged patch) is unknown; set --zoom_min_side"
         )
     tool = zoom_tool(
         config.arm_settings(),
         min_side=config.zoom_min_side,
         max_aspect=config.zoom_max_aspect,
-        pixel_multiple=family.pixel_multiple,
+        pixel_multiple=family.pixel_multiple if family is not None else None,
     )
     return tool, family
 
@@ -385,15 +387,16 @@ class Evaluation:
 
     def _ask_episodes(self, positions: list[int], budget) -> None:
         """Zoom episodes (`episodes.ZoomEpisodes`) for these samples, each saved with all its turns once it ends."""
-        config = self.backend.model.config
-        # As in training (`training.zoom.suppress_video_tokens`): a sampled image or video placeholder in a turn
-        # would be read back as an image that is not there in the next one.
-        placeholders = {getattr(config, n, None) for n in ("image_token_id", "video_token_id")} - {None}
-        kwargs = self.backend.generation_kwargs
-        kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), *placeholders})
-        runner = ZoomEpisodes(
-            self.backend, self.tool, self.config.split, self.family, max_turns=self.config.zoom_max_turns
-        )
+        if isinstance(self.backend, TransformersBackend):
+            # As in training (`training.zoom.suppress_video_tokens`): a sampled image or video placeholder in a turn
+            # would be read back as an image that is not there in the next one.
+            config = self.backend.model.config
+            placeholders = {getattr(config, n, None) for n in ("image_token_id", "video_token_id")} - {None}
+            kwargs = self.backend.generation_kwargs
+            kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), *placeholders})
+        served = isinstance(self.backend, OpenAIBackend)
+        turns = ServedTurns(self.backend) if served else LocalTurns(self.backend, self.family)
+        runner = ZoomEpisodes(turns, self.tool, self.config.split, max_turns=self.config.zoom_max_turns)
         rows = [self.rows[i] for i in positions]
         split_positions = [int(self.arm.positions[i]) for i in positions]
         for chunk in runner.stream(
