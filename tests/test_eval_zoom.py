@@ -190,3 +190,84 @@ def test_zoom_is_refused_on_vllm_and_a_bad_turn_cap(tiny_model_dir, prepared_dir
         config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, backend="vllm")
     with pytest.raises(UserError, match="zoom_max_turns"):
         config(tiny_model_dir, prepared_dir, tmp_path / "r", zoom=True, zoom_max_turns=0)
+
+
+# --- the HTTP backend against `transformers serve` -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A tiny random text LM (the token arm's kind of model: no images) behind `transformers serve` on 127.0.0.1."""
+    from evalkit import ServeProcess, build_text_lm
+
+    root = tmp_path_factory.mktemp("served-zoom")
+    model = build_text_lm(root / "text-lm")
+    server = ServeProcess(model, root / "serve.log")
+    yield model, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def codec(prepared_dir, tmp_path_factory):
+    from evalkit import build_codec
+
+    return build_codec(prepared_dir, tmp_path_factory.mktemp("zoom-codec") / "fsq")
+
+
+def served_steering(model_dir) -> str:
+    """`transformers serve`'s `generation_config` extension: greedy decoding with the `sequence_bias` that writes
+    the zoom call after the user's prompt (a 16 px codec's 4x4 grid: a cell is 0.25, so `BOX` is valid)."""
+    from test_zoom import CALL, anchored_bias
+    from transformers import AutoTokenizer
+
+    from astroreason.prompts import zoom_prompt
+    from astroreason.zoom import ZoomEnvironment
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], "tokens")
+    bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], CALL.format(box=json.dumps(BOX)), anchor=8)
+    eos = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config = {"sequence_bias": bias, "do_sample": False, "eos_token_id": eos, "pad_token_id": eos[1]}
+    return json.dumps(config)
+
+
+def test_served_zoom_episodes_over_the_chat_api(served, codec, prepared_dir, tmp_path):
+    """The token arm's episodes through `--backend openai` against a real `transformers serve`: the zoom schema goes
+    out as `tools=`, the server parses the scripted call into `message.tool_calls`, the harness runs it through the
+    arm's tool and sends the codes back in a `tool` message; every request is reserved before it is sent and charged
+    what the server reports, and a finished episode is served from the cache on a rerun."""
+    from astroreason.evaluation.backends import OpenAIBackend
+
+    model, server = served
+    out = tmp_path / "run"
+    settings = {"modality": "tokens", "codec": str(codec), "backend": "openai", "base_url": server.url + "/v1"}
+    settings.update(price_input_per_million=1.0, price_output_per_million=1.0)
+    cfg = config(model, prepared_dir, out, zoom=True, zoom_max_turns=1, **settings)
+
+    def steered():
+        return OpenAIBackend(
+            cfg.base_url, cfg.model, cfg.sampling(), max_retries=0, extra_body={"generation_config": served_steering(model)}
+        )
+
+    result = evaluate(cfg, steered(), progress=False)
+    assert result["status"] == "complete"
+    samples = sorted(sample_lines(out), key=lambda r: r["index"])
+    from astroreason.arms import build_arm
+
+    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
+    tool = zoom_tool(cfg.arm_settings())
+    for s in samples:
+        zoom = s["zoom"]
+        assert [(c["box"], c["valid"], tuple(c["pixels"])) for c in zoom["calls"]] == [(BOX, True, (16, 16, 48, 48))]
+        assert zoom["turns"] == 2
+        # The second request carried the tool's codes: its prompt grew by at least the codes' text.
+        codes = tool("test", int(positions[s["index"]]), BOX).result
+        first, second = zoom["turn_tokens"]
+        assert second["prompt_tokens"] > first["prompt_tokens"] + len(codes.split()) // 4
+    paid = charges(out)
+    assert len(paid) == sum(s["zoom"]["turns"] for s in samples) == 4
+    assert sum(r["prompt_tokens"] for r in paid) == sum(s["prompt_tokens"] for s in samples)
+    assert result["zoom"]["zoom_rate"] == 1.0 and result["zoom"]["zooms_per_galaxy"] == 1.0
+
+    again = evaluate(cfg, steered(), progress=False)
+    assert again["n_from_cache"] == 2 and again["n_asked_this_run"] == 0 and len(charges(out)) == 4
