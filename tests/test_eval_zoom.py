@@ -21,6 +21,7 @@ from test_zoom import BOX, steering
 from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
 from astroreason.evaluation.harness import EvalConfig, IncompleteRun, evaluate
 from astroreason.models import load_model_and_processor
+from astroreason.rewards import parse_answer
 from astroreason.zoom import zoom_tool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -246,7 +247,11 @@ def test_served_zoom_episodes_over_the_chat_api(served, codec, prepared_dir, tmp
 
     def steered():
         return OpenAIBackend(
-            cfg.base_url, cfg.model, cfg.sampling(), max_retries=0, extra_body={"generation_config": served_steering(model)}
+            cfg.base_url,
+            cfg.model,
+            cfg.sampling(),
+            max_retries=0,
+            extra_body={"generation_config": served_steering(model)},
         )
 
     result = evaluate(cfg, steered(), progress=False)
@@ -271,3 +276,73 @@ def test_served_zoom_episodes_over_the_chat_api(served, codec, prepared_dir, tmp
 
     again = evaluate(cfg, steered(), progress=False)
     assert again["n_from_cache"] == 2 and again["n_asked_this_run"] == 0 and len(charges(out)) == 4
+
+
+def test_served_image_episode_sends_the_crop_in_the_tool_message(tiny_model_dir, prepared_dir, tmp_path):
+    """The image arm over the chat API. `transformers serve` cannot load a Qwen-VL processor without torchvision
+    (docs/zoom.md), so the server here is a scripted one on 127.0.0.1 (real HTTP, real client): it calls `zoom`
+    on the first turn of each galaxy and answers on the second. The tool message it receives carries the crop as a
+    PNG data URL whose pixels are the tool's crop of that galaxy's full-resolution source."""
+    import base64
+    import io
+    from http.server import BaseHTTPRequestHandler
+
+    from evalkit import _Server
+    from PIL import Image
+
+    from astroreason.arms import build_arm
+    from astroreason.evaluation.backends import OpenAIBackend
+
+    bodies = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            bodies.append(body)
+            if body["messages"][-1]["role"] == "tool":
+                message = {"role": "assistant", "content": "<answer>Round Smooth</answer>"}
+            else:
+                call = {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "zoom", "arguments": json.dumps({"bbox_2d": BOX})},
+                }
+                message = {"role": "assistant", "content": "", "tool_calls": [call]}
+            payload = {
+                "choices": [{"index": 0, "message": message}],
+                "usage": {"prompt_tokens": 50, "completion_tokens": 5},
+            }
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = _Server(Handler)
+    try:
+        out = tmp_path / "run"
+        settings = {"backend": "openai", "base_url": server.url, "price_input_per_million": 1.0}
+        cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, price_output_per_million=1.0, **settings)
+        result = evaluate(cfg, OpenAIBackend(cfg.base_url, cfg.model, cfg.sampling(), max_retries=0), progress=False)
+    finally:
+        server.stop()
+    assert result["zoom"]["zoom_rate"] == 1.0 and result["metrics"]["n"] == 2
+    assert all(b["tools"][0]["function"]["name"] == "zoom" for b in bodies) and len(bodies) == 4
+    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
+    tool = zoom_tool(cfg.arm_settings(), pixel_multiple=28)
+    seconds = [b for b in bodies if b["messages"][-1]["role"] == "tool"]
+    for s in sorted(sample_lines(out), key=lambda r: r["index"]):
+        by_tool = np.asarray(tool("test", int(positions[s["index"]]), BOX).result[0]["image"])
+        sent = []
+        for b in seconds:
+            url = b["messages"][-1]["content"][0]["image_url"]["url"]
+            sent.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))))
+        assert any(x.shape == by_tool.shape and np.array_equal(x, by_tool) for x in sent)
+        assert s["prediction"] == parse_answer("<answer>Round Smooth</answer>")  # the second turn's answer
+    assert [m["role"] for m in seconds[0]["messages"]] == ["system", "user", "assistant", "tool"]
+    assert seconds[0]["messages"][2]["tool_calls"][0]["id"] == seconds[0]["messages"][3]["tool_call_id"] == "c1"
+    assert len(charges(out)) == 4
