@@ -19,7 +19,7 @@ from evalkit import ledger_rows, sample_lines
 from test_zoom import BOX, steering
 
 from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
-from astroreason.evaluation.harness import EvalConfig, IncompleteRun, evaluate
+from astroreason.evaluation.harness import EvalConfig, IncompleteRun, estimate_evaluation, evaluate, result_summary
 from astroreason.models import load_model_and_processor
 from astroreason.rewards import parse_answer
 from astroreason.zoom import zoom_tool
@@ -124,6 +124,14 @@ def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, 
     assert resumed["n_from_cache"] == 2 and resumed["n_asked_this_run"] == 0 and again.seen == []
     assert len(charges(out)) == 4 and resumed["zoom"] == z  # the same figures, read from the cache
 
+    assert result_summary(resumed)["zoom_rate"] == 1.0  # the RESULT line says it too
+
+    # The estimate of two more galaxies counts a request per turn of the episodes in hand.
+    estimate = estimate_evaluation(
+        config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=2, max_samples=4, estimate_only=True)
+    )
+    assert estimate["remaining_samples"] == 2 and estimate["estimated_requests"] == 4
+
     # Another turn cap is another key: asked again.
     other = evaluate(config(tiny_model_dir, prepared_dir, out, zoom=True, zoom_max_turns=1), steered, progress=False)
     assert other["n_from_cache"] == 0 and other["n_asked_this_run"] == 2
@@ -163,7 +171,7 @@ def test_evaluation_without_zoom_is_unchanged(tiny, tiny_model_dir, prepared_dir
     plain = backend(tiny, tiny_model_dir, steer=False, batch_size=2)
     result = evaluate(config(tiny_model_dir, prepared_dir, out), plain, progress=False)
     assert plain.seen == []  # the single-turn path, `stream`, not the episodes'
-    assert "zoom" not in result and "zoom" not in result["cache_key"]
+    assert "zoom" not in result and "zoom" not in result["cache_key"] and "zoom_rate" not in result_summary(result)
     assert all("zoom" not in s for s in sample_lines(out))
     fields = {"index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens", "logprob"}
     assert all(set(json.loads(line)) == fields for line in (out / "predictions.jsonl").read_text().splitlines())

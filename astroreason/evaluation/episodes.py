@@ -34,7 +34,7 @@ class Episode:
     messages: list[dict]
     images: list
     env: ZoomEnvironment
-    turns: list[dict] = field(default_factory=list)  # per generated turn: prompt_tokens, completion_tokens, dollars
+    turns: list[dict] = field(default_factory=list)  # per turn: prompt/completion tokens, attempts, dollars
     text: str = ""
     logprob: float = 0.0
     capped: bool = False
@@ -200,7 +200,12 @@ class ZoomEpisodes:
         for episode, turn in zip(batch, self.turns.generate(batch, budget)):
             g = turn.generation
             episode.turns.append(
-                {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens, "dollars": g.dollars}
+                {
+                    "prompt_tokens": g.prompt_tokens,
+                    "completion_tokens": g.completion_tokens,
+                    "attempts": g.attempts,
+                    "dollars": g.dollars,
+                }
             )
             episode.logprob += g.logprob or 0.0
             episode.text = g.text

@@ -415,7 +415,7 @@ class Evaluation:
                         "prediction": parse_answer(episode.text),
                         "prompt_tokens": sum(t["prompt_tokens"] for t in episode.turns),
                         "completion_tokens": sum(t["completion_tokens"] for t in episode.turns),
-                        "attempts": len(episode.turns),
+                        "attempts": sum(t["attempts"] for t in episode.turns),
                         "dollars": sum(t["dollars"] for t in episode.turns),
                         "logprob": episode.logprob,
                         "zoom": zoom,
@@ -440,6 +440,9 @@ class Evaluation:
         if not answered:
             raise CheckFailed("estimate: no pilot sample was answered; nothing to extrapolate from")
         mean = lambda field: sum(r.get(field, 0) for r in answered) / len(answered)  # noqa: E731
+        # One request per sample; a zoom episode makes one per turn.
+        per_sample = sum((r.get("zoom") or {}).get("turns", 1) for r in answered) / len(answered)
+        requests = round(per_sample * remaining)
         totals = self._budget().ledger.totals()
         caps = self.config.caps()
         estimate = {
@@ -452,7 +455,7 @@ class Evaluation:
             # `estimated_usd`, beside what the run's answers actually cost).
             "estimated_total_dollars": sum(r.get("dollars", 0.0) for r in answered) + mean("dollars") * remaining,
             "estimated_tokens": round((mean("prompt_tokens") + mean("completion_tokens")) * remaining),
-            "estimated_requests": remaining,
+            "estimated_requests": requests,
             "ledger_committed_dollars": totals.committed_dollars,
             "max_dollars": caps.max_dollars,
             "cap_left_dollars": None if caps.max_dollars is None else caps.max_dollars - totals.committed_dollars,
@@ -462,7 +465,7 @@ class Evaluation:
             over.append("dollars")
         if caps.max_tokens is not None and totals.committed_tokens + estimate["estimated_tokens"] > caps.max_tokens:
             over.append("tokens")
-        if caps.max_requests is not None and totals.committed_requests + remaining > caps.max_requests:
+        if caps.max_requests is not None and totals.committed_requests + requests > caps.max_requests:
             over.append("requests")
         estimate["fits"] = not over
         estimate["over"] = over
@@ -617,6 +620,8 @@ def result_summary(result: dict) -> dict:
         "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
         "integrity": (result.get("integrity") or {}).get("status"),
     }
+    if result.get("zoom"):  # a zoom run's line says how often the model zoomed
+        summary["zoom_rate"] = result["zoom"].get("zoom_rate")
     return summary
 
 
