@@ -354,3 +354,31 @@ def test_served_image_episode_sends_the_crop_in_the_tool_message(tiny_model_dir,
     assert [m["role"] for m in seconds[0]["messages"]] == ["system", "user", "assistant", "tool"]
     assert seconds[0]["messages"][2]["tool_calls"][0]["id"] == seconds[0]["messages"][3]["tool_call_id"] == "c1"
     assert len(charges(out)) == 4
+
+
+def test_a_local_token_arm_episode_gets_the_codes_of_the_crop(tiny, tiny_model_dir, prepared_dir, codec, tmp_path):
+    """The token arm on the local backend: the scripted call's result is the codec's codes of the crop, as text in
+    the tool turn (the second turn's prompt holds them)."""
+    model, processor = tiny
+    out = tmp_path / "run"
+    cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, modality="tokens", codec=str(codec))
+    kwargs = {"sequence_bias": steering(tiny_model_dir, "tokens", again=False)}
+    b = SeenBackend(model, processor, cfg.sampling(), batch_size=2, generation_kwargs=kwargs)
+    b.seen, texts = [], []
+    real = b.conversations
+
+    def keep_texts(conversations, image_lists, budget=None, **kw):
+        texts.extend(json.dumps([m["content"] for m in c]) for c in conversations)
+        return real(conversations, image_lists, budget, **kw)
+
+    b.conversations = keep_texts
+    result = evaluate(cfg, b, progress=False)
+    from astroreason.arms import build_arm
+
+    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
+    tool = zoom_tool(cfg.arm_settings())
+    for s in sorted(sample_lines(out), key=lambda r: r["index"]):
+        assert [(c["box"], c["valid"]) for c in s["zoom"]["calls"]] == [(BOX, True)] and s["zoom"]["turns"] == 2
+        codes = tool("test", int(positions[s["index"]]), BOX).result
+        assert codes in texts[2 + s["index"]] and codes not in texts[s["index"]]
+    assert result["zoom"]["zoom_rate"] == 1.0 and len(charges(out)) == 2  # two turns, each one batch of both
