@@ -1,15 +1,17 @@
 """Zoom episodes in the evaluation (`--zoom true`, docs/zoom.md): each galaxy is a multi-turn conversation in which
-the model may call `zoom(bbox_2d)` before it answers, run by the local `transformers` backend.
+the model may call `zoom(bbox_2d)` before it answers, run by the local `transformers` backend (`LocalTurns`) or an
+OpenAI-compatible server (`ServedTurns`).
 
-One episode: the zoom system turn and the first view; generate; if the completion holds a zoom call (parsed as TRL
-parses it: `trl.chat_template_utils.parse_response` with the family's response template), run it through the
+One episode: the zoom system turn and the first view; generate; if the completion holds a zoom call (locally parsed
+as TRL parses it, `trl.chat_template_utils.parse_response` with the family's response template; a server's
+`message.tool_calls`), run it through the
 arm's `ZoomTool` in a `ZoomEnvironment` (the training rollout's own tool: the crop from the full-resolution
 source), append the assistant turn and the tool turn (an image block, or the codes as text), and generate again; up
 to `zoom_max_turns` rounds of calls. The last completion is the answer, parsed as every answer is. An episode whose
 last completion still calls the tool is `capped` (it has no answer).
 
-Episodes are batched across galaxies turn by turn: every turn, the galaxies still going (up to `batch_size` at a
-time) are one `generate` call, reserved against the budget (prompt tokens + `max_new_tokens` each) before it is
+Episodes run turn by turn across galaxies: locally, every turn the galaxies still going (up to `batch_size` at a
+time) are one `generate` call; served, one request each, one at a time. Each is reserved against the budget (prompt tokens + `max_new_tokens` each) before it is
 sent, so a cap stops the run between two turns, within one request. An episode is saved only once it has ended:
 one stopped by a cap mid-way is asked again, from its first turn, when the run resumes (its paid turns are in the
 spend ledger, not in the cache).
