@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx2  # the openai client's transport: its exceptions say whether a failed attempt ever connected
 import openai
@@ -50,6 +50,9 @@ class Generation:
     attempts: int = 1
     dollars: float = 0.0
     logprob: float | None = None
+    token_ids: list[int] | None = field(default=None, repr=False)  # the completion's ids (local backends)
+    prompt_ids: list[int] | None = field(default=None, repr=False)  # the prompt's, unpadded (for parse_response)
+    message: dict | None = field(default=None, repr=False)  # the server's whole message (its tool_calls; openai)
 
 
 def chat_messages(prompt: list[dict], image=None) -> list[dict]:
@@ -136,12 +139,18 @@ class _Batched:
 
 
 class TransformersBackend(_Batched):
-    """Batched `model.generate` on a local model (the default backend)."""
+    """Batched `model.generate` on a local model (the default backend).
+
+    `generation_kwargs`: extra `model.generate` keywords (e.g. `suppress_tokens`, or a `sequence_bias` that steers a
+    tiny test model into a scripted tool call). They are not part of the cache key: a caller that changes answers
+    with them keys its run apart (its own `output_dir`).
+    """
 
     name = "transformers"
 
-    def __init__(self, model, processor, sampling: SamplingSettings, *, batch_size: int = 16):
+    def __init__(self, model, processor, sampling: SamplingSettings, *, batch_size: int = 16, generation_kwargs=None):
         self.model, self.processor, self.sampling, self.batch_size = model.eval(), processor, sampling, batch_size
+        self.generation_kwargs = dict(generation_kwargs or {})
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"  # decoder-only batched generation pads on the left
         self.tokenizer = tokenizer
@@ -179,10 +188,30 @@ class TransformersBackend(_Batched):
             text=texts, images=per_prompt if has_images else None, padding=True, return_tensors="pt"
         ).to(self.model.device)
 
+    def conversations(
+        self, conversations, image_lists, budget=None, *, tools=None, chat_template=None
+    ) -> list[Generation]:
+        """One batch of whole conversations (multi-turn, any number of images each, in order of appearance),
+        rendered with `tools` (and `chat_template`, if given, in place of the processor's), through one gate
+        reservation; each `Generation` carries its token ids (for `parse_response`). The caller batches
+        (`batch_size` at most)."""
+        texts = [
+            self.processor.apply_chat_template(
+                c, tools=tools, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+            )
+            for c in conversations
+        ]
+        has_images = any(image_lists)
+        inputs = self.processor(
+            text=texts, images=[list(x) for x in image_lists] if has_images else None, padding=True, return_tensors="pt"
+        ).to(self.model.device)
+        n_prompt = int(inputs["attention_mask"].sum())
+        return self._timed_batch(budget, len(conversations), n_prompt, lambda: self._generate(inputs))
+
     def _generate(self, inputs) -> list[Generation]:
         import torch
 
-        kwargs = self.sampling.generate_kwargs()
+        kwargs = {**self.sampling.generate_kwargs(), **self.generation_kwargs}
         if kwargs["do_sample"]:
             # Seeded per batch so a sampled run repeats. Greedy needs no seed, and skipping it saves time: on a
             # CPU torch.manual_seed formats a stack trace for each lazily initialised accelerator backend.
@@ -199,11 +228,22 @@ class TransformersBackend(_Batched):
             token_logprobs = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         new_tokens = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
-        for ids, n_prompt, logprobs in zip(new_tokens, inputs["attention_mask"].sum(dim=1).tolist(), token_logprobs):
+        masks = inputs["attention_mask"].tolist()
+        for ids, prompt, mask, logprobs in zip(new_tokens, inputs["input_ids"].tolist(), masks, token_logprobs):
             # Completion tokens run up to and including the first end-of-sequence token; the rest is padding.
             n = next((i + 1 for i, t in enumerate(ids) if t in self._eos), len(ids))
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True)
-            results.append(Generation(text, int(n_prompt), n, logprob=float(logprobs[:n].sum())))
+            prompt_ids = [t for t, m in zip(prompt, mask) if m]
+            results.append(
+                Generation(
+                    text,
+                    len(prompt_ids),
+                    n,
+                    logprob=float(logprobs[:n].sum()),
+                    token_ids=ids[:n],
+                    prompt_ids=prompt_ids,
+                )
+            )
         return results
 
 
@@ -273,6 +313,11 @@ class VLLMBackend(_Batched):
             yield [(start + k, g) for k, g in enumerate(generations)]
 
 
+# A conversation's chat-template tokens beyond its text: per turn (role markers), and the tool preamble a template
+# writes when tools are offered (Qwen's is ~400 bytes); a response reporting more still widens `_overhead`.
+TURN_ALLOWANCE, TOOLS_ALLOWANCE = 16, 1024
+
+
 class OpenAIBackend:
     """An OpenAI-compatible chat-completions server. Each request reserves its worst case (a prompt-token bound plus
     `max_new_tokens`) before it is sent and is charged the usage its response reports. An attempt that may have been
@@ -297,6 +342,7 @@ class OpenAIBackend:
         max_retries: int = 4,
         backoff: float = 1.0,
         image_tokens_bound: int = 1536,
+        extra_body: dict | None = None,
     ):
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise UserError(f"base_url: expected an http(s) URL of an OpenAI-compatible server, got {base_url!r}")
@@ -306,6 +352,9 @@ class OpenAIBackend:
         self.model, self.sampling = model, sampling
         self.concurrency, self.timeout, self.max_retries, self.backoff = concurrency, timeout, max_retries, backoff
         self.image_tokens_bound = image_tokens_bound
+        # Extra request fields the server reads beyond the OpenAI API (e.g. `transformers serve`'s
+        # `generation_config` JSON, through which a test steers a tiny served model); not part of the cache key.
+        self.extra_body = dict(extra_body or {})
         self._overhead = 64
         self._lock = threading.Lock()
         self._key = None
@@ -330,10 +379,13 @@ class OpenAIBackend:
         return text.replace(self._key, "***") if self._key else text
 
     def _request(self, prompt, image) -> dict:
+        return self._chat_request(openai_messages(prompt, image))
+
+    def _chat_request(self, messages: list[dict], tools: list[dict] | None = None) -> dict:
         s = self.sampling
         request = {
             "model": self.model,
-            "messages": openai_messages(prompt, image),
+            "messages": messages,
             "max_tokens": s.max_new_tokens,
             "temperature": max(s.temperature, 0.0),
             "seed": s.seed,
@@ -341,6 +393,8 @@ class OpenAIBackend:
         }
         if s.temperature > 0:
             request["top_p"] = s.top_p
+        if tools:
+            request["tools"] = tools
         return request
 
     def prompt_bound(self, prompt, image) -> int:
@@ -375,7 +429,8 @@ class OpenAIBackend:
                             stop = err
                         break
                     queue.pop(0)
-                    pending[pool.submit(self._one, prompts[i], images[i], bound, budget, reservation)] = i
+                    request = self._request(prompts[i], images[i])
+                    pending[pool.submit(self._one, request, bound, budget, reservation)] = i
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -390,7 +445,38 @@ class OpenAIBackend:
         if stop is not None:
             raise stop
 
-    def _one(self, prompt, image, bound: int, budget, reservation) -> Generation:
+    def chat(self, messages: list[dict], budget=None, *, tools: list[dict] | None = None) -> Generation:
+        """One request of a whole conversation in OpenAI messages (a zoom episode's turn: its tool calls and tool
+        turns, images as data URLs anywhere), with `tools`; its worst case (`messages_bound`) reserved first. The
+        `Generation` carries the server's message (its `tool_calls`)."""
+        bound = self.messages_bound(messages, tools)
+        reservation = None
+        if budget is not None:
+            reservation = budget.reserve(
+                requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens
+            )
+        return self._one(self._chat_request(messages, tools), bound, budget, reservation)
+
+    def messages_bound(self, messages: list[dict], tools: list[dict] | None = None) -> int:
+        """The prompt-token bound of a conversation: the UTF-8 bytes of its text (tool calls and the tools' schemas
+        included), the chat-template allowance per turn, the template's tool preamble when there are tools
+        (`TOOLS_ALLOWANCE`), and `image_tokens_bound` per image."""
+        n_images, text = 0, []
+        for m in messages:
+            content = m.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+            for part in parts:
+                if part.get("type") == "image_url":
+                    n_images += 1
+                else:
+                    text.append(str(part.get("text", "")))
+            if m.get("tool_calls"):
+                text.append(json.dumps(m["tool_calls"]))
+        text.append(json.dumps(tools or []))
+        allowance = self._overhead + TURN_ALLOWANCE * len(messages) + (TOOLS_ALLOWANCE if tools else 0)
+        return len("".join(text).encode()) + allowance + self.image_tokens_bound * n_images
+
+    def _one(self, request: dict, bound: int, budget, reservation) -> Generation:
         """Send one request, retrying as `_attempt` allows, and settle its reservations.
 
         An attempt that may have reached the server and been billed (it timed out, or the connection dropped
@@ -399,7 +485,6 @@ class OpenAIBackend:
         error, or that never connected, was not billed: its retry reuses the reservation, released if all fail.
         """
 
-        request = self._request(prompt, image)
         billed: list[tuple] = []  # (reservation, attempts on it, why) of attempts that may have been billed
         used = 0  # attempts on the current reservation
         failure: _Failed | None = None
@@ -437,7 +522,7 @@ class OpenAIBackend:
             where = "" if not failure.retry else f" after {attempt} attempts"
             raise BackendError(self._scrub(f"{self.url}: {failure}{where}")) from None
         try:
-            text, prompt_tokens, completion_tokens = self._parse(raw)
+            text, prompt_tokens, completion_tokens, message = self._parse(raw)
         except _Malformed as err:
             if budget is not None:
                 budget.charge_worst_case(reservation, attempts=used, reason="malformed response")
@@ -457,7 +542,7 @@ class OpenAIBackend:
                     completion_tokens=completion_tokens,
                     attempts=used,
                 )
-        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars)
+        return Generation(text, max(prompt_tokens, 0), max(completion_tokens, 0), attempt, dollars, message=message)
 
     @staticmethod
     def _settle_billed(budget, billed: list[tuple]) -> None:
@@ -471,7 +556,9 @@ class OpenAIBackend:
         whether to retry (429/5xx with the server's Retry-After, timeouts, refused or dropped connections)."""
         try:
             response = self._client.chat.completions.with_raw_response.create(
-                **request, extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)}
+                **request,
+                extra_headers={**self._headers, "x-stainless-retry-count": str(attempt - 1)},
+                extra_body=self.extra_body or None,
             )
             return response.content
         except openai.APIStatusError as err:  # the server answered, with an error: nothing was billed
@@ -488,7 +575,7 @@ class OpenAIBackend:
             raise _Failed(f"connection lost ({cause.__class__.__name__})", "no answer", maybe_billed=True) from None
 
     @staticmethod
-    def _parse(raw: bytes) -> tuple[str, int, int]:
+    def _parse(raw: bytes) -> tuple[str, int, int, dict]:
         try:
             payload = json.loads(raw)
             message = payload["choices"][0]["message"]
@@ -501,9 +588,9 @@ class OpenAIBackend:
             raise _Malformed(f"no choices[0].message.content ({err.__class__.__name__}: {err})") from None
         usage = payload.get("usage") or {}
         try:
-            return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+            return text, int(usage["prompt_tokens"]), int(usage["completion_tokens"]), message
         except (KeyError, TypeError, ValueError):
-            return text, -1, -1
+            return text, -1, -1, message
 
 
 def _retry_after(headers) -> float | None:

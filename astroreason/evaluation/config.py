@@ -9,7 +9,7 @@ from pathlib import Path
 from ..budget import Caps
 from ..errors import UserError
 from ..integrity.gate import DEFAULT_CEILING
-from ..options import ArmArguments, BudgetArguments, help_from_docstring
+from ..options import ArmArguments, BudgetArguments, ZoomArguments, help_from_docstring
 
 BACKENDS = ("transformers", "vllm", "openai")
 
@@ -41,8 +41,10 @@ class SamplingSettings:
 
 @help_from_docstring
 @dataclass
-class EvalConfig(BudgetArguments, ArmArguments):
-    """One evaluation run (with the arm and budget options it shares with training, `astroreason.options`).
+class EvalConfig(ZoomArguments, BudgetArguments, ArmArguments):
+    """One evaluation run (with the arm, budget and zoom options it shares with training, `astroreason.options`;
+    with `zoom: true` each galaxy is a zoom episode, `evaluation.episodes`, and `zoom_cost`, `zoom_bonus` and
+    `zoom_skip_unanswered`, which only shape training's reward, do nothing).
 
     Args:
         model: Checkpoint directory (or Hub name) of the model to evaluate. With `backend: openai` it may name the
@@ -169,6 +171,13 @@ class EvalConfig(BudgetArguments, ArmArguments):
                 "estimate_only: asks nothing, and pilot_samples asks a pilot; for a pilot and its estimate use "
                 "`astroreason budget estimate`, then --estimate_only extrapolates from its answers"
             )
+        if self.zoom:
+            self.check_zoom()
+            if self.backend == "vllm":
+                raise UserError(
+                    "zoom: zoom episodes run on the transformers and openai backends, not vllm (docs/zoom.md, "
+                    "Zoom in evaluation); serve the model with `vllm serve` and use --backend openai"
+                )
         self.arm_settings().lint_override()  # a lint override without a reason is refused before anything runs
 
     def project_dir(self) -> Path:

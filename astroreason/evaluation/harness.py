@@ -26,14 +26,17 @@ from ..errors import CheckFailed, UserError
 from ..integrity.gate import read_suspect
 from ..integrity.ledger import LEDGER_FILE, record_result
 from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..models import answer_files_hash, check_code_tokens, check_image_size, weights_hash
-from ..prompts import TEMPLATES
+from ..models import answer_files_hash, check_code_tokens, check_image_size, checkpoint_family, weights_hash
+from ..prompts import TEMPLATES, zoom_prompt
 from ..provenance import GitState, provenance
 from ..rewards import parse_answer
 from ..tokens import load_codec
 from ..tokens.render import check_fits
+from ..zoom import zoom_tool
+from ..zoom.lint import lint_tool_turns
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
 from .config import EvalConfig
+from .episodes import LocalTurns, ServedTurns, ZoomEpisodes, zoom_summary
 from .metrics import classification_metrics
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
@@ -65,7 +68,7 @@ def model_fingerprint(config: EvalConfig) -> str:
     return sha256_bytes("served", config.server_model or config.model)
 
 
-def answer_settings(config: EvalConfig) -> dict:
+def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
     """Everything besides the prompt and the image that decides an answer, part by part (`cache_key` in
     result.json); each sample's key hashes all of it. Files are hashed once per process, not per sample.
 
@@ -73,7 +76,9 @@ def answer_settings(config: EvalConfig) -> dict:
       configs, remote code, and for a peft adapter its base model's files too (`models.ANSWER_FILES`);
     - `backend`, and for `openai` the served model name (`trust_remote_code` for the local backends);
     - the arm: the prompt template in use; the image size (image arm); the rendering and the codec's hash (token arm);
-    - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed.
+    - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed;
+    - with `zoom: true` only, `zoom` (`zoom_settings`): the turn cap, the tool and its box limits, the family's
+      tool-calling templates. A run without zoom keys its samples exactly as before.
     """
 
     served = config.backend == "openai"
@@ -91,7 +96,41 @@ def answer_settings(config: EvalConfig) -> dict:
         parts["image_size"] = config.image_size
     else:
         parts.update(rendering=config.rendering, codec=load_codec(config.codec).codec_hash)
+    if zoom is not None:
+        parts["zoom"] = zoom
     return parts
+
+
+def zoom_settings(config: EvalConfig, tool, family) -> dict:
+    """What decides a zoom episode besides the model and the first prompt (part of every zoom sample's key)."""
+    return {
+        "max_turns": config.zoom_max_turns,
+        "tool": type(tool).__name__,
+        "min_side": tool.limits.min_side,
+        "max_aspect": tool.limits.max_aspect,
+        "family": family.name if family is not None else None,
+        "chat_template": sha256_bytes(family.chat_template) if family is not None else None,
+        "response_template": sha256_json(family.response_template()) if family is not None else None,
+    }
+
+
+def evaluation_zoom_tool(config: EvalConfig, arm: Arm):
+    """The arm's zoom tool (the training rollout's), its limits as `zoom_min_side`/`zoom_max_aspect` set them, and
+    the checkpoint's family (whose merged patch is the image arm's default smallest box; None for a served model
+    without a local directory)."""
+    family = checkpoint_family(config.model) if Path(config.model).is_dir() else None
+    if family is None and config.modality == "image" and config.zoom_min_side is None:
+        raise UserError(
+            f"zoom_min_side: {config.model} is no local checkpoint of a model family astroreason knows, so the "
+            "image arm's smallest box (one merged patch) is unknown; set --zoom_min_side"
+        )
+    tool = zoom_tool(
+        config.arm_settings(),
+        min_side=config.zoom_min_side,
+        max_aspect=config.zoom_max_aspect,
+        pixel_multiple=family.pixel_multiple if family is not None else None,
+    )
+    return tool, family
 
 
 def sample_key(prompt: list[dict], image, settings_sha256: str) -> str:
@@ -273,8 +312,17 @@ class Evaluation:
         # The prompt lint (as in training), recorded in output_dir/prompt_lint.json: CheckFailed before anything is
         # asked or paid for.
         record_dir = None if config.estimate_only else config.output_dir
+        zoom = None
+        self.tool = self.family = None
+        if config.zoom:  # the zoom system turn before each prompt, as in training (`zoom.with_zoom_columns`)
+            self.rows = [{**r, "prompt": zoom_prompt(r["prompt"], config.modality)} for r in self.rows]
+            self.tool, self.family = evaluation_zoom_tool(config, self.arm)
+            zoom = zoom_settings(config, self.tool, self.family)
         self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=record_dir)
-        self.settings = answer_settings(config)
+        if self.tool is not None:  # the tool's turns are prompt text too: CheckFailed before anything is asked
+            # on the split's first rows, not only those evaluated (a few galaxies would test nothing)
+            self.tool_lint_calls = lint_tool_turns(self.tool, config.split, self.arm.split_positions())
+        self.settings = answer_settings(config, zoom)
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
         self.done = read_cache(self.cache_path)
@@ -309,6 +357,8 @@ class Evaluation:
         budget = self._budget()
         if self.backend is None:
             self.backend = make_backend(self.config)
+        if self.tool is not None:
+            return self._ask_episodes(positions, budget)
         rows = [self.rows[i] for i in positions]
         with Progress(disable=not self.progress, transient=True) as bar:
             task = bar.add_task(f"eval {self.config.modality} {self.config.split}", total=len(positions))
@@ -335,6 +385,46 @@ class Evaluation:
                 self.n_asked += len(records)
                 bar.advance(task, len(records))
 
+    def _ask_episodes(self, positions: list[int], budget) -> None:
+        """Zoom episodes (`episodes.ZoomEpisodes`) for these samples, each saved with all its turns once it ends."""
+        if isinstance(self.backend, TransformersBackend):
+            # As in training (`training.zoom.suppress_video_tokens`): a sampled image or video placeholder in a turn
+            # would be read back as an image that is not there in the next one.
+            config = self.backend.model.config
+            placeholders = {getattr(config, n, None) for n in ("image_token_id", "video_token_id")} - {None}
+            kwargs = self.backend.generation_kwargs
+            kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), *placeholders})
+        served = isinstance(self.backend, OpenAIBackend)
+        turns = ServedTurns(self.backend) if served else LocalTurns(self.backend, self.family)
+        runner = ZoomEpisodes(turns, self.tool, self.config.split, max_turns=self.config.zoom_max_turns)
+        rows = [self.rows[i] for i in positions]
+        split_positions = [int(self.arm.positions[i]) for i in positions]
+        for chunk in runner.stream(
+            [r["prompt"] for r in rows], [r.get("image") for r in rows], split_positions, budget
+        ):
+            records = []
+            for k, episode in chunk:
+                i = positions[k]
+                zoom = episode.record()
+                records.append(
+                    {
+                        "key": self.keys[i],
+                        "index": i,
+                        "label": self.labels[i],
+                        "completion": episode.text,
+                        "prediction": parse_answer(episode.text),
+                        "prompt_tokens": sum(t["prompt_tokens"] for t in episode.turns),
+                        "completion_tokens": sum(t["completion_tokens"] for t in episode.turns),
+                        "attempts": sum(t["attempts"] for t in episode.turns),
+                        "dollars": sum(t["dollars"] for t in episode.turns),
+                        "logprob": episode.logprob,
+                        "zoom": zoom,
+                    }
+                )
+            append_records(self.cache_path, records)
+            self.done.update({r["key"]: r for r in records})
+            self.n_asked += len(records)
+
     def pilot(self, n: int) -> dict:
         """Make sure at least n distinct inputs are answered (topping up with a class-stratified pick), then
         estimate the cost of the rest from every answer in hand."""
@@ -350,6 +440,9 @@ class Evaluation:
         if not answered:
             raise CheckFailed("estimate: no pilot sample was answered; nothing to extrapolate from")
         mean = lambda field: sum(r.get(field, 0) for r in answered) / len(answered)  # noqa: E731
+        # One request per sample; a zoom episode makes one per turn.
+        per_sample = sum((r.get("zoom") or {}).get("turns", 1) for r in answered) / len(answered)
+        requests = round(per_sample * remaining)
         totals = self._budget().ledger.totals()
         caps = self.config.caps()
         estimate = {
@@ -362,7 +455,7 @@ class Evaluation:
             # `estimated_usd`, beside what the run's answers actually cost).
             "estimated_total_dollars": sum(r.get("dollars", 0.0) for r in answered) + mean("dollars") * remaining,
             "estimated_tokens": round((mean("prompt_tokens") + mean("completion_tokens")) * remaining),
-            "estimated_requests": remaining,
+            "estimated_requests": requests,
             "ledger_committed_dollars": totals.committed_dollars,
             "max_dollars": caps.max_dollars,
             "cap_left_dollars": None if caps.max_dollars is None else caps.max_dollars - totals.committed_dollars,
@@ -372,7 +465,7 @@ class Evaluation:
             over.append("dollars")
         if caps.max_tokens is not None and totals.committed_tokens + estimate["estimated_tokens"] > caps.max_tokens:
             over.append("tokens")
-        if caps.max_requests is not None and totals.committed_requests + remaining > caps.max_requests:
+        if caps.max_requests is not None and totals.committed_requests + requests > caps.max_requests:
             over.append("requests")
         estimate["fits"] = not over
         estimate["over"] = over
@@ -433,12 +526,22 @@ class Evaluation:
             "estimate": estimate,
             "metrics": metrics,
         }
+        if self.tool is not None:  # zoom rate, zooms and tokens per galaxy, accuracy with and without zoom
+            result["zoom"] = {**zoom_summary(finished), "tool_lint_calls": self.tool_lint_calls}
         fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
         write_text_atomic(
             self.out / PREDICTIONS_NAME,
             "".join(
                 # `logprob`: None for a backend that reports none, or an answer cached before it was recorded
-                json.dumps({**{f: r[f] for f in fields}, "logprob": r.get("logprob")}, sort_keys=True) + "\n"
+                json.dumps(
+                    {
+                        **{f: r[f] for f in fields},
+                        "logprob": r.get("logprob"),
+                        **({"zoom": r["zoom"]} if "zoom" in r else {}),
+                    },
+                    sort_keys=True,
+                )
+                + "\n"
                 for r in finished
             ),
         )
@@ -517,6 +620,8 @@ def result_summary(result: dict) -> dict:
         "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
         "integrity": (result.get("integrity") or {}).get("status"),
     }
+    if result.get("zoom"):  # a zoom run's line says how often the model zoomed
+        summary["zoom_rate"] = result["zoom"].get("zoom_rate")
     return summary
 
 

@@ -7,6 +7,7 @@ from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
 from ..zoom import POSITION_COLUMN, environment_factory, zoom_tool
+from ..zoom.chat import tool_capable
 from ..zoom.lint import lint_tool_turns
 from .arguments import GalaxyScriptArguments
 
@@ -20,18 +21,6 @@ def apply_turn_cap(args: GalaxyScriptArguments, training_args) -> None:
             "a zoom run sets the turn cap with zoom_max_turns only"
         )
     training_args.max_tool_calling_iterations = args.zoom_max_turns
-
-
-def tool_capable(processor, family) -> None:
-    """Give the processor the family's tool-calling chat template when its own drops tool calls (Qwen2.5-VL's stock
-    one), and the family's response template, by which TRL parses tool calls, when it has none."""
-    from trl.chat_template_utils import supports_tool_calling  # lazy: trl loads with the trainer
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    if not supports_tool_calling(processor):
-        processor.chat_template = tokenizer.chat_template = family.chat_template
-    if getattr(tokenizer, "response_template", None) is None and getattr(tokenizer, "response_schema", None) is None:
-        tokenizer.response_template = family.response_template()
 
 
 def suppress_video_tokens(training_args, model) -> None:
