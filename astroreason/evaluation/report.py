@@ -91,6 +91,29 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def tokens_per_galaxy(result: dict) -> float:
+    """Prompt and completion tokens per galaxy, every turn of a zoom episode counted: what an answer cost."""
+    return (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
+
+
+def arm_of(run: dict) -> str:
+    """The run's modality and whether it zoomed, e.g. `image, zoom`: what a pair of runs compares."""
+    zoom = "zoom" if run["result"].get("zoom") else "no zoom"
+    return f"{run['result']['config']['modality']}, {zoom}"
+
+
+def pair_kind(a: dict, b: dict) -> str:
+    """How two runs differ, named for the table: zoom against no zoom of one modality is the zoom question."""
+    (ma, za), (mb, zb) = (arm_of(r).split(", ") for r in (a, b))
+    if ma == mb and za != zb:
+        return f"{za} vs {zb} ({ma})"
+    return f"{arm_of(a)} vs {arm_of(b)}"
+
+
+def _with_n(accuracy: float | None, n: int) -> str:
+    return f"{_pct(accuracy)} ({n})" if accuracy is not None else f"- ({n})"
+
+
 def _figures(runs: list[dict], out_dir: Path) -> list[str]:
     import matplotlib
 
@@ -160,6 +183,40 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
     fig.savefig(out_dir / names[-1], dpi=110)
     plt.close(fig)
 
+    # Accuracy against every token an answer cost (prompt + completion, all turns of a zoom episode), by arm.
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers, colours, seen = {"image": "o", "tokens": "s"}, {False: "C0", True: "C3"}, {}
+    # Names above and below by turns along the cost axis, so runs of about the same cost stay legible.
+    rank = {id(r): k for k, r in enumerate(sorted(runs, key=lambda r: tokens_per_galaxy(r["result"])))}
+    for run in runs:
+        m, modality = run["result"]["metrics"], run["result"]["config"]["modality"]
+        zoom = bool(run["result"].get("zoom"))
+        x, (lo, hi) = tokens_per_galaxy(run["result"]), m["interval"]["accuracy"]
+        handle = ax.errorbar(
+            [x],
+            [m["accuracy"]],
+            yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]],
+            fmt=markers.get(modality, "^"),
+            color=colours[zoom],
+            capsize=4,
+        )
+        seen.setdefault(arm_of(run), handle)
+        offset = (6, 4) if rank[id(run)] % 2 == 0 else (6, -11)
+        ax.annotate(run["name"], (x, m["accuracy"]), textcoords="offset points", xytext=offset, fontsize=8)
+    seen["majority class"] = ax.axhline(majority, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    # Plain numbers at 1, 2 and 5 of each decade (the default minor labels overlap).
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("tokens per galaxy (prompt + completion, all turns)")
+    ax.set_ylabel("accuracy (95 % interval)")
+    ax.legend(list(seen.values()), list(seen), fontsize=8, title="modality, zoom", title_fontsize=8)
+    fig.tight_layout()
+    names.append("accuracy_vs_tokens.png")
+    fig.savefig(out_dir / names[-1], dpi=110)
+    plt.close(fig)
+
     # Training curves, where a run's trainer_state.json can be found (the run, the checkpoint or its parent).
     curves = [(run["name"], run["training_log"]) for run in runs if run.get("training_log")]
     if curves:
@@ -208,18 +265,43 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
             f"| {_pct(m['balanced_accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['parse_failure_rate'])} "
             f"| {_pct(m['majority_rate'])} | {r['prompt_tokens'] / m['n']:.0f} | {r.get('dollars', 0.0):.4f} |"
         )
+    lines += [
+        "",
+        "## Accuracy against tokens per galaxy",
+        "",
+        "Tokens per galaxy are prompt + completion tokens, every turn of a zoom episode counted "
+        "(figure `accuracy_vs_tokens.png`).",
+        "",
+        "| run | modality | zoom | zoom rate | zooms / galaxy | tokens / galaxy | accuracy [95 % CI] "
+        "| acc. with zoom (n) | acc. without zoom (n) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        r, m, z = run["result"], run["result"]["metrics"], run["result"].get("zoom")
+        lo, hi = m["interval"]["accuracy"]
+        zoom_cells = f"yes | {_pct(z['zoom_rate'])} | {z['zooms_per_galaxy']:.2f}" if z else "no | - | -"
+        split_cells = (
+            f"{_with_n(z['accuracy_with_zoom'], z['n_with_zoom'])} | "
+            f"{_with_n(z['accuracy_without_zoom'], z['n_without_zoom'])}"
+            if z
+            else "- | -"
+        )
+        lines.append(
+            f"| {run['name']} | {r['config']['modality']} | {zoom_cells} | {tokens_per_galaxy(r):.1f} "
+            f"| {_pct(m['accuracy'])} [{_pct(lo)}, {_pct(hi)}] | {split_cells} |"
+        )
     if comparisons:
         lines += [
             "",
             "## Paired comparisons (same galaxies)",
             "",
-            "| a vs b | acc. a - b [95 % CI] | only a right | only b right | exact McNemar p |",
-            "|---|---|---|---|---|",
+            "| a vs b | arms compared | acc. a - b [95 % CI] | only a right | only b right | exact McNemar p |",
+            "|---|---|---|---|---|---|",
         ]
         for (a, b), c in comparisons.items():
             lo, hi = c["difference_interval"]
             lines.append(
-                f"| {a} vs {b} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
+                f"| {a} vs {b} | {c['arms']} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
                 f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |"
             )
     if any(run["warm_starts"] for run in runs):
@@ -263,7 +345,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     comparisons = {}
     for a, b in combinations(runs, 2):
         if a["result"]["provenance"].get("manifest_sha256") == b["result"]["provenance"].get("manifest_sha256"):
-            comparisons[(a["name"], b["name"])] = compare_runs(a, b)
+            # Every pair on the same galaxies, zoom against no zoom of one modality included, named by its arms.
+            comparisons[(a["name"], b["name"])] = {**compare_runs(a, b), "arms": pair_kind(a, b)}
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -277,6 +360,9 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
                 r["name"]: {
                     "dir": r["dir"],
                     "metrics": r["result"]["metrics"],
+                    "modality": r["result"]["config"]["modality"],
+                    "zoom": r["result"].get("zoom"),
+                    "tokens_per_galaxy": tokens_per_galaxy(r["result"]),
                     "files_sha256": r["files_sha256"],
                     "warm_starts": r["warm_starts"],
                 }
