@@ -43,7 +43,7 @@ def both_spellings(names) -> list[str]:
 # Command groups, in the order `astroreason --help` lists them.
 COMMAND_MODULES = [
     "astroreason.data.commands",
-    "astroreason.tokens.commands",
+    "astroreason.tokens_commands",
     "astroreason.model_commands",
     "astroreason.evaluation.commands",
     "astroreason.sweeps.commands",

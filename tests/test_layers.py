@@ -21,10 +21,12 @@ to a unit (its top-level package or module: `astroreason.tokens.cache` -> `token
     audit                                        probes and controls that re-ask and retrain a run's model
     sweeps
     demo
-    cli, model_commands, every `*.commands`       the command line
+    cli, model_commands, tokens_commands,        the command line
+    every `*.commands`
 
 A sub-command's module (`astroreason/<package>/commands.py`) is the command line's, not its package's: it only
-parses and calls the library (`tokens cost` compares the arms for a model's family), and only `cli` imports it.
+parses and calls the library, and only `cli` imports it. `tokens_commands` sits at the top beside `cli` because
+`tokens cost` compares the arms for a model's family: it needs `models`, which sits above `tokens`.
 A unit may import only its own modules and units of lower layers (two units of one layer never import each other).
 The integrity guards sit low because the arms, training and evaluation use them (the prompt lint, the results
 ledger, the training alarms); the audit, which scores a run through an evaluation backend and reruns its recipe
@@ -57,7 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("audit",),
     ("sweeps",),
     ("demo",),
-    ("cli", "model_commands"),
+    ("cli", "model_commands", "tokens_commands"),
 )
 LAYER = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, seed
-from ..io import check_writable, sha256_file, write_json_atomic
+from .errors import UserError, seed
+from .io import check_writable, sha256_file, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
@@ -72,8 +72,8 @@ def _training_rows(data: Path, seed: int):
     """(source file, train rows, held-out rows, description) from a prepared directory or an HDF5 file."""
     if data.is_dir():
         # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-        from ..data.splits import load_manifest
-        from .cache import _source_path
+        from .data.splits import load_manifest
+        from .tokens.cache import _source_path
 
         manifest = load_manifest(data)
         held = "val" if "val" in manifest.rows else next(s for s in manifest.rows if s != "train")
@@ -108,7 +108,7 @@ def _training_rows(data: Path, seed: int):
 
 def _load_inputs(source, rows, spec) -> np.ndarray:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from .codec import check_inputs, read_inputs
+    from .tokens.codec import check_inputs, read_inputs
 
     where = f"{source}:{spec.h5_key}"
     return np.concatenate([check_inputs(b, spec, source=where) for b in read_inputs(source, rows, spec)])
@@ -118,7 +118,7 @@ def run_train(args) -> int:
     from dataclasses import fields as dataclass_fields
 
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from .fsq import FSQConfig, TrainConfig, train_fsq
+    from .tokens.fsq import FSQConfig, TrainConfig, train_fsq
 
     fields_json, training_json = {}, {}
     if args.config:
@@ -201,8 +201,8 @@ def run_train(args) -> int:
 
 def run_encode(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from .cache import META_NAME, encode_prepared, load_codes
-    from .loading import load_codec
+    from .tokens.cache import META_NAME, encode_prepared, load_codes
+    from .tokens.loading import load_codec
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UserError(f"--batch-size: must be at least 1, got {args.batch_size}")
@@ -254,10 +254,10 @@ def _galaxy_codes(args, codec):
         codes = rng.integers(0, codec.vocab_size, size=(args.n, *codec.grid_shape))
         return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from ..data.sources import open_source
-    from ..data.splits import load_manifest
-    from .cache import _source_path, load_codes
-    from .codec import read_inputs
+    from .data.sources import open_source
+    from .data.splits import load_manifest
+    from .tokens.cache import _source_path, load_codes
+    from .tokens.codec import read_inputs
 
     manifest = load_manifest(args.data)
     if args.split not in manifest.rows:
@@ -281,10 +281,10 @@ def _galaxy_codes(args, codec):
 
 def run_cost(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from ..models import family_for, load_processor, read_config  # the command compares the arms: the model's family
-    from .cost import prompt_costs
-    from .loading import load_codec
-    from .render import RENDERINGS, check_fits, check_rendering
+    from .models import family_for, load_processor, read_config  # the command compares the arms: the model's family
+    from .tokens.cost import prompt_costs
+    from .tokens.loading import load_codec
+    from .tokens.render import RENDERINGS, check_fits, check_rendering
 
     renderings = (
         RENDERINGS if args.rendering == "all" else tuple(check_rendering(r.strip()) for r in args.rendering.split(","))
