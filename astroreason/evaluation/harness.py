@@ -33,11 +33,14 @@ from ..rewards import parse_answer
 from ..tokens import load_codec
 from ..tokens.render import check_fits
 from ..zoom import zoom_tool
+from ..zoom.chat import suppressing_placeholders
 from ..zoom.lint import lint_tool_turns
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
 from .config import EvalConfig
 from .episodes import LocalTurns, ServedTurns, ZoomEpisodes, zoom_summary
 from .metrics import classification_metrics
+
+TURN_COSTS = ("prompt_tokens", "completion_tokens", "attempts", "dollars")  # an episode's: the sum over its turns
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
 # predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
@@ -125,10 +128,11 @@ def evaluation_zoom_tool(config: EvalConfig, arm: Arm):
             "image arm's smallest box (one merged patch) is unknown; set --zoom_min_side"
         )
     tool = zoom_tool(
-        config.arm_settings(),
+        arm.settings,
         min_side=config.zoom_min_side,
         max_aspect=config.zoom_max_aspect,
         pixel_multiple=family.pixel_multiple if family is not None else None,
+        manifest=arm.manifest,
     )
     return tool, family
 
@@ -363,37 +367,39 @@ class Evaluation:
         with Progress(disable=not self.progress, transient=True) as bar:
             task = bar.add_task(f"eval {self.config.modality} {self.config.split}", total=len(positions))
             for chunk in self.backend.stream([r["prompt"] for r in rows], [r.get("image") for r in rows], budget):
-                records = []
-                for k, g in chunk:
-                    i = positions[k]
-                    records.append(
-                        {
-                            "key": self.keys[i],
-                            "index": i,
-                            "label": self.labels[i],
-                            "completion": g.text,
-                            "prediction": parse_answer(g.text),
-                            "prompt_tokens": g.prompt_tokens,
-                            "completion_tokens": g.completion_tokens,
-                            "attempts": g.attempts,
-                            "dollars": g.dollars,
-                            "logprob": g.logprob,
-                        }
+                records = [
+                    self._record(
+                        positions[k],
+                        g.text,
+                        prompt_tokens=g.prompt_tokens,
+                        completion_tokens=g.completion_tokens,
+                        attempts=g.attempts,
+                        dollars=g.dollars,
+                        logprob=g.logprob,
                     )
-                append_records(self.cache_path, records)
-                self.done.update({r["key"]: r for r in records})
-                self.n_asked += len(records)
+                    for k, g in chunk
+                ]
+                self._keep(records)
                 bar.advance(task, len(records))
+
+    def _record(self, i: int, text: str, **fields) -> dict:
+        """The cache record of sample `i`'s answer: its key, index, label, completion and parsed prediction, and the
+        answer's costs and extras (`fields`)."""
+        base = {"key": self.keys[i], "index": i, "label": self.labels[i], "completion": text}
+        return {**base, "prediction": parse_answer(text), **fields}
+
+    def _keep(self, records: list[dict]) -> None:
+        """Append answers to the cache as they arrive (a killed run keeps them) and count them as asked."""
+        append_records(self.cache_path, records)
+        self.done.update({r["key"]: r for r in records})
+        self.n_asked += len(records)
 
     def _ask_episodes(self, positions: list[int], budget) -> None:
         """Zoom episodes (`episodes.ZoomEpisodes`) for these samples, each saved with all its turns once it ends."""
-        if isinstance(self.backend, TransformersBackend):
-            # As in training (`training.zoom.suppress_video_tokens`): a sampled image or video placeholder in a turn
-            # would be read back as an image that is not there in the next one.
-            config = self.backend.model.config
-            placeholders = {getattr(config, n, None) for n in ("image_token_id", "video_token_id")} - {None}
-            kwargs = self.backend.generation_kwargs
-            kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), *placeholders})
+        if isinstance(self.backend, TransformersBackend):  # as in training (`training.zoom.suppress_video_tokens`)
+            self.backend.generation_kwargs = suppressing_placeholders(
+                self.backend.generation_kwargs, self.backend.model.config
+            )
         served = isinstance(self.backend, OpenAIBackend)
         turns = ServedTurns(self.backend) if served else LocalTurns(self.backend, self.family)
         runner = ZoomEpisodes(turns, self.tool, self.config.split, max_turns=self.config.zoom_max_turns)
@@ -402,28 +408,17 @@ class Evaluation:
         for chunk in runner.stream(
             [r["prompt"] for r in rows], [r.get("image") for r in rows], split_positions, budget
         ):
-            records = []
-            for k, episode in chunk:
-                i = positions[k]
-                zoom = episode.record()
-                records.append(
-                    {
-                        "key": self.keys[i],
-                        "index": i,
-                        "label": self.labels[i],
-                        "completion": episode.text,
-                        "prediction": parse_answer(episode.text),
-                        "prompt_tokens": sum(t["prompt_tokens"] for t in episode.turns),
-                        "completion_tokens": sum(t["completion_tokens"] for t in episode.turns),
-                        "attempts": sum(t["attempts"] for t in episode.turns),
-                        "dollars": sum(t["dollars"] for t in episode.turns),
-                        "logprob": episode.logprob,
-                        "zoom": zoom,
-                    }
+            records = [
+                self._record(
+                    positions[k],
+                    episode.text,
+                    **{f: sum(t[f] for t in episode.turns) for f in TURN_COSTS},
+                    logprob=episode.logprob,
+                    zoom=episode.record(),
                 )
-            append_records(self.cache_path, records)
-            self.done.update({r["key"]: r for r in records})
-            self.n_asked += len(records)
+                for k, episode in chunk
+            ]
+            self._keep(records)
 
     def pilot(self, n: int) -> dict:
         """Make sure at least n distinct inputs are answered (topping up with a class-stratified pick), then

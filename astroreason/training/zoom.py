@@ -7,7 +7,7 @@ from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
 from ..zoom import POSITION_COLUMN, environment_factory, zoom_tool
-from ..zoom.chat import tool_capable
+from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
 from .arguments import GalaxyScriptArguments
 
@@ -28,13 +28,9 @@ def suppress_video_tokens(training_args, model) -> None:
     once a tool has returned an image it marks every video token of the sequence as a video, and the forward pass
     then looks for a video that is not there (a random or early policy does sample it). vLLM's sampling has no
     such option, so a vLLM run is left as TRL makes it."""
-    video = getattr(model.config, "video_token_id", None)
-    if training_args.use_vllm or video is None:
+    if training_args.use_vllm or getattr(model.config, "video_token_id", None) is None:
         return
-    kwargs = dict(training_args.generation_kwargs or {})
-    image = getattr(model.config, "image_token_id", None)
-    kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), video} | ({image} if image else set()))
-    training_args.generation_kwargs = kwargs
+    training_args.generation_kwargs = suppressing_placeholders(training_args.generation_kwargs, model.config)
 
 
 def token_counter(args: GalaxyScriptArguments, processor, family):

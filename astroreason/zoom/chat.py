@@ -27,3 +27,12 @@ def tool_capable(processor, family) -> None:
         processor.chat_template = tokenizer.chat_template = chat
     if response is not None:
         tokenizer.response_template = response
+
+
+def suppressing_placeholders(generation_kwargs: dict | None, model_config) -> dict:
+    """`generation_kwargs` that also never sample the model's image and video placeholder tokens: a sampled one in a
+    turn would be read back as an image or a video that is not there once a tool has returned an image."""
+    kwargs = dict(generation_kwargs or {})
+    placeholders = {getattr(model_config, n, None) for n in ("image_token_id", "video_token_id")} - {None}
+    kwargs["suppress_tokens"] = sorted({*kwargs.get("suppress_tokens", ()), *placeholders})
+    return kwargs

@@ -65,6 +65,7 @@ class ZoomTool(ABC):
         max_aspect: Largest long-to-short side ratio of a box.
         pixel_multiple: The model family's pixels per visual token (the image arm's default `min_side`).
         count_tokens: `count_tokens(content)` -> tokens a result costs the model (optional).
+        manifest: The prepared directory's manifest, when the caller (an arm) has loaded it already.
     """
 
     modality: str
@@ -77,9 +78,10 @@ class ZoomTool(ABC):
         max_aspect: float = DEFAULT_MAX_ASPECT,
         pixel_multiple: int | None = None,
         count_tokens: Callable | None = None,
+        manifest=None,
     ):
         self.settings, self.count_tokens = settings, count_tokens
-        self.manifest = load_manifest(settings.data_dir)
+        self.manifest = load_manifest(settings.data_dir) if manifest is None else manifest
         self.setup()
         self.limits = BoxLimits(min_side or self.default_min_side(pixel_multiple), max_aspect)
 
@@ -158,7 +160,7 @@ class TokenZoom(ZoomTool):
         s = self.settings
         self.codec = load_codec(s.codec)
         self.spec = self.codec.input_spec
-        self.cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir)
+        self.cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir, manifest=self.manifest)
         self._flux = None
 
     def default_min_side(self, pixel_multiple: int | None) -> float:
