@@ -51,17 +51,21 @@ def test_the_image_arm_reads_its_manifest_once(prepared_dir, manifest_reads):
 
 
 def test_the_token_arm_reads_its_manifest_and_cache_once(prepared_dir, codec, manifest_reads, monkeypatch):
-    import astroreason.tokens.cache as cache_module
+    cache_opens = []  # each opening of a token cache reads its meta.json
+    read_text = pathlib.Path.read_text
 
-    opened = []
-    load_codes = cache_module.load_codes
-    monkeypatch.setattr(cache_module, "load_codes", lambda *a, **k: opened.append(a) or load_codes(*a, **k))
+    def counting(self, *args, **kwargs):
+        if self.name == "meta.json":
+            cache_opens.append(self)
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", counting)
     arm = build_arm(settings(prepared_dir, codec), "test", max_samples=6)
     rows = arm.rows()
     arm.lint([r["prompt"] for r in rows])
     assert isinstance(arm, TokenArm) and len(rows) == 6 and len(arm.positions) == 6
     assert len(manifest_reads) == 1  # the view, its positions and the cache's data check share the arm's manifest
-    assert opened == []  # the arm opened the cache itself, once, not through the split functions
+    assert len(cache_opens) == 1  # and the cache is opened once for the view and its positions
 
 
 def test_rows_are_the_training_dataset(prepared_dir, codec):
