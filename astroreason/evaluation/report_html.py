@@ -75,11 +75,17 @@ class GalaxySource:
         self.ids = (manifest.ids.get(split) or manifest.rows[split])[:]
         self.key = (manifest.hash, split)  # two runs with equal keys evaluated the same split
         self._view, self._data_dir, self._split, self._manifest = None, data_dir, split, manifest
+        self._thumbnails: dict[int, bytes] = {}  # a galaxy shown in several galleries is drawn once
 
     def source_id(self, position: int) -> str:
         return f"{self.id_name} {self.ids[position]}"
 
     def thumbnail(self, position: int) -> bytes:
+        if position not in self._thumbnails:
+            self._thumbnails[position] = self._draw(position)
+        return self._thumbnails[position]
+
+    def _draw(self, position: int) -> bytes:
         from PIL import Image  # lazy: only when a gallery is drawn
 
         if self._view is None:
