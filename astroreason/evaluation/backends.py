@@ -21,6 +21,7 @@ import os
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -403,19 +404,48 @@ class OpenAIBackend:
         )
 
     def stream(self, prompts, images=None, budget=None) -> Iterator[list[tuple[int, Generation]]]:
-        """Up to `concurrency` requests in flight. The worst case of the next request is reserved here, before it is
-        submitted; a refusal while requests are in flight waits for them to settle (their real cost is usually
-        below their reservation) and tries again, so the run stops only when the next request cannot fit at all."""
-
+        """One request per prompt, up to `concurrency` in flight (`requests`); yields `[(position, Generation)]`."""
         images = images if images is not None else [None] * len(prompts)
-        queue = list(range(len(prompts)))
+
+        def prepare(i: int) -> tuple[dict, int]:
+            return self._request(prompts[i], images[i]), self.prompt_bound(prompts[i], images[i])
+
+        for i, generation in self.requests(deque(range(len(prompts))), prepare, budget):
+            yield [(i, generation)]
+
+    def chats(
+        self, queue: deque, conversation, budget=None, *, tools: list[dict] | None = None
+    ) -> Iterator[tuple[object, Generation]]:
+        """Requests of whole conversations in OpenAI messages (a zoom episode's turns: its tool calls and tool turns,
+        images as data URLs anywhere) with `tools`, up to `concurrency` in flight (`requests`): `conversation(tag)`
+        gives the messages of `tag` as they are when its request is sent, each bounded by `messages_bound`. Yields
+        `(tag, Generation)`, the `Generation` carrying the server's message (its `tool_calls`); the caller may append
+        a tag to `queue` while it reads (an episode's next turn, once its last one is answered)."""
+
+        def prepare(tag) -> tuple[dict, int]:
+            messages = list(conversation(tag))
+            return self._chat_request(messages, tools), self.messages_bound(messages, tools)
+
+        return self.requests(queue, prepare, budget)
+
+    def requests(self, queue: deque, prepare, budget=None) -> Iterator[tuple[object, Generation]]:
+        """Up to `concurrency` requests in flight, one per tag taken from the front of `queue`, yielding
+        `(tag, Generation)` as each finishes; `prepare(tag)` gives its request and prompt bound. The caller may append
+        tags to `queue` while it reads the results: they are sent in turn.
+
+        The worst case of the next request is reserved here, before it is submitted; a refusal while requests are in
+        flight waits for them to settle (their real cost is usually below their reservation) and tries again, so the
+        run stops only when the next request cannot fit at all, within the requests then in flight (which finish and
+        are yielded). A server that failed for good stops the sending too; the error is raised once the requests in
+        flight have finished."""
         stop: Exception | None = None
+        head = None  # (request, bound) of the tag at the front, built once however often its reservation waits
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai") as pool:
             pending: dict = {}
             while queue or pending:
                 while queue and stop is None and len(pending) < self.concurrency:
-                    i = queue[0]
-                    bound = self.prompt_bound(prompts[i], images[i])
+                    head = head or prepare(queue[0])
+                    request, bound = head
                     try:
                         reservation = (
                             None
@@ -428,34 +458,21 @@ class OpenAIBackend:
                         if not pending:
                             stop = err
                         break
-                    queue.pop(0)
-                    request = self._request(prompts[i], images[i])
-                    pending[pool.submit(self._one, request, bound, budget, reservation)] = i
+                    pending[pool.submit(self._one, request, bound, budget, reservation)] = queue.popleft()
+                    head = None
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    i = pending.pop(future)
+                    tag = pending.pop(future)
                     try:
                         generation = future.result()
                     except (CheckFailed, UserError) as err:  # the server failed for good: send nothing more
                         stop = stop or err
                         continue
-                    yield [(i, generation)]
+                    yield tag, generation
         if stop is not None:
             raise stop
-
-    def chat(self, messages: list[dict], budget=None, *, tools: list[dict] | None = None) -> Generation:
-        """One request of a whole conversation in OpenAI messages (a zoom episode's turn: its tool calls and tool
-        turns, images as data URLs anywhere), with `tools`; its worst case (`messages_bound`) reserved first. The
-        `Generation` carries the server's message (its `tool_calls`)."""
-        bound = self.messages_bound(messages, tools)
-        reservation = None
-        if budget is not None:
-            reservation = budget.reserve(
-                requests=1, prompt_tokens=bound, completion_tokens=self.sampling.max_new_tokens
-            )
-        return self._one(self._chat_request(messages, tools), bound, budget, reservation)
 
     def messages_bound(self, messages: list[dict], tools: list[dict] | None = None) -> int:
         """The prompt-token bound of a conversation: the UTF-8 bytes of its text (tool calls and the tools' schemas

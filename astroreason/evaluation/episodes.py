@@ -10,33 +10,43 @@ source), append the assistant turn and the tool turn (an image block, or the cod
 to `zoom_max_turns` rounds of calls. The last completion is the answer, parsed as every answer is. An episode whose
 last completion still calls the tool is `capped` (it has no answer).
 
-Episodes run turn by turn across galaxies: locally, every turn the galaxies still going (up to `batch_size` at a
-time) are one `generate` call; served, one request each, one at a time. Each is reserved against the budget (prompt tokens + `max_new_tokens` each) before it is
-sent, so a cap stops the run between two turns, within one request. An episode is saved only once it has ended:
-one stopped by a cap mid-way is asked again, from its first turn, when the run resumes (its paid turns are in the
-spend ledger, not in the cache).
+Episodes run across galaxies: locally, turn by turn, every turn the galaxies still going (up to `batch_size` at a
+time) are one `generate` call; served, up to `concurrency` requests in flight (`OpenAIBackend.chats`, the plain
+evaluation's own pool), an episode's next turn queued as soon as its last one is answered (its own turns one after
+another). Each turn is reserved against the budget (prompt tokens, or their bound, + `max_new_tokens` each) before
+it is sent, so a cap stops the run between two turns of an episode, within the requests in flight.
+
+Every turn is handed to the caller as it is paid (`stream` yields the episodes that took one): the harness saves a
+finished episode to its cache and the turn of one still going to its turn log, and a resumed run replays an unfinished
+episode's paid turns (`ZoomEpisodes.start(..., paid=)`: the recorded assistant turns, and the tool run again on the
+recorded calls, deterministic, the crop from the same source) and asks only its next turn.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, ZoomTool
 from ..zoom.chat import tool_templates
-from .backends import image_data_url, openai_messages
+from .backends import Generation, image_data_url, openai_messages
+
+TURN_COSTS = ("prompt_tokens", "completion_tokens", "attempts", "dollars")  # an episode's: the sum over its turns
 
 
 @dataclass
 class Episode:
-    """One galaxy's zoom episode as it runs: the conversation so far, its images in order, the turns' costs."""
+    """One galaxy's zoom episode as it runs: the conversation so far, its images in order, its turns."""
 
     messages: list[dict]
     images: list
     env: ZoomEnvironment
-    turns: list[dict] = field(default_factory=list)  # per turn: prompt/completion tokens, attempts, dollars
+    # per turn (`turn_entry`): its costs (`TURN_COSTS`), text, logprob, assistant message and calls, what a resumed run
+    # replays
+    turns: list[dict] = field(default_factory=list)
     text: str = ""
     logprob: float = 0.0
     capped: bool = False
@@ -49,7 +59,7 @@ class Episode:
             "n_calls": self.env.n_calls,
             "valid_calls": self.env.valid_calls,
             "turns": len(self.turns),
-            "turn_tokens": self.turns,
+            "turn_tokens": [{f: t[f] for f in TURN_COSTS} for t in self.turns],
             "total_tokens": sum(t["prompt_tokens"] + t["completion_tokens"] for t in self.turns),
             "capped": self.capped,
         }
@@ -74,9 +84,22 @@ class Turn:
     """One generated turn: its cost, the assistant message to append, the calls it made (`id`, `name`,
     `arguments` each)."""
 
-    generation: object
+    generation: Generation
     message: dict
     calls: list[dict]
+
+
+def turn_entry(turn: Turn) -> dict:
+    """What an episode keeps of a turn (JSON): its costs, and all a resumed run needs to replay it (`replayed`)."""
+    g = turn.generation
+    costs = {f: getattr(g, f) for f in TURN_COSTS}
+    return {**costs, "text": g.text, "logprob": g.logprob, "message": turn.message, "calls": turn.calls}
+
+
+def replayed(entry: dict) -> Turn:
+    """A paid turn read back from its entry, as it was generated (nothing is sent)."""
+    costs = [entry[f] for f in TURN_COSTS]
+    return Turn(Generation(entry["text"], *costs, logprob=entry["logprob"]), entry["message"], entry["calls"])
 
 
 class LocalTurns:
@@ -129,11 +152,9 @@ class LocalTurns:
 
 class ServedTurns:
     """Turns on an `OpenAIBackend`: one chat-completions request per turn, with `tools=` (the zoom schema TRL
-    renders); the server parses the tool calls (`message.tool_calls`, arguments as JSON text), and a tool turn
-    carries an image result as an `image_url` data URL (PNG: the crop's pixels exactly), a text result as text.
-    Requests go one at a time."""
-
-    batch_size = 1
+    renders), up to the backend's `concurrency` in flight across episodes; the server parses the tool calls
+    (`message.tool_calls`, arguments as JSON text), and a tool turn carries an image result as an `image_url` data
+    URL (PNG: the crop's pixels exactly), a text result as text."""
 
     def __init__(self, backend):
         from transformers.utils import get_json_schema  # lazy: transformers loads with a backend
@@ -144,24 +165,28 @@ class ServedTurns:
     def first(self, prompt: list[dict], image) -> tuple[list[dict], list]:
         return openai_messages(prompt, image), [image] if image is not None else []
 
-    def generate(self, episodes: list[Episode], budget) -> list[Turn]:
-        turns = []
-        for e in episodes:
-            g = self.backend.chat(e.messages, budget, tools=self.tools)
-            tool_calls = [c for c in (g.message or {}).get("tool_calls") or [] if c.get("type") == "function"]
-            calls = []
-            for c in tool_calls:
-                arguments = c["function"].get("arguments")
-                try:
-                    arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-                except json.JSONDecodeError:
-                    pass  # left as text: `call_tool` answers with an error the model reads
-                calls.append({"id": c.get("id"), "name": c["function"].get("name"), "arguments": arguments})
-            message = {"role": "assistant", "content": g.text or ""}
-            if tool_calls:
-                message["tool_calls"] = tool_calls
-            turns.append(Turn(g, message, calls))
-        return turns
+    def stream(self, episodes: list[Episode], queue: deque, budget) -> Iterator[tuple[int, Turn]]:
+        """The next turn of each episode in `queue` (its position in `episodes`) as it is answered; the caller may
+        append to `queue` while it reads."""
+        conversation = lambda k: episodes[k].messages  # noqa: E731 (read when its request is sent)
+        for k, g in self.backend.chats(queue, conversation, budget, tools=self.tools):
+            yield k, self.turn(g)
+
+    @staticmethod
+    def turn(g: Generation) -> Turn:
+        tool_calls = [c for c in (g.message or {}).get("tool_calls") or [] if c.get("type") == "function"]
+        calls = []
+        for c in tool_calls:
+            arguments = c["function"].get("arguments")
+            try:
+                arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except json.JSONDecodeError:
+                pass  # left as text: `call_tool` answers with an error the model reads
+            calls.append({"id": c.get("id"), "name": c["function"].get("name"), "arguments": arguments})
+        message = {"role": "assistant", "content": g.text or ""}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        return Turn(g, message, calls)
 
     def tool_message(self, call: dict, result) -> tuple[dict, list]:
         if isinstance(result, list):
@@ -172,56 +197,74 @@ class ServedTurns:
 
 
 class ZoomEpisodes:
-    """Runs zoom episodes through `turns` (`LocalTurns` or `ServedTurns`), turn by turn across the galaxies."""
+    """Runs zoom episodes through `turns` (`LocalTurns`: turn by turn across the galaxies, batched; `ServedTurns`:
+    up to `concurrency` requests in flight)."""
 
     def __init__(self, turns, tool: ZoomTool, split: str, *, max_turns: int):
         self.turns, self.tool, self.split, self.max_turns = turns, tool, split, max_turns
 
-    def start(self, prompt: list[dict], image, position: int) -> Episode:
+    def start(self, prompt: list[dict], image, position: int, paid: list[dict] = ()) -> Episode:
+        """A new episode, or one resumed: its `paid` turns (`turn_entry`s) replayed through `advance` (the tool run
+        again on their calls), nothing sent."""
         env = ZoomEnvironment(self.tool)
         env.reset(**{SPLIT_COLUMN: self.split, POSITION_COLUMN: position})
-        return Episode(*self.turns.first(prompt, image), env)
+        episode = Episode(*self.turns.first(prompt, image), env)
+        for entry in paid:
+            self.advance(episode, replayed(entry))
+        return episode
 
-    def stream(self, prompts, images, positions, budget=None) -> Iterator[list[tuple[int, Episode]]]:
-        """Episodes of these galaxies, turn by turn in batches; yields `(k, Episode)` lists as episodes end."""
-        episodes = [self.start(p, im, pos) for p, im, pos in zip(prompts, images, positions)]
-        active = list(range(len(episodes)))
+    def stream(self, prompts, images, positions, budget=None, paid=None) -> Iterator[list[tuple[int, Episode]]]:
+        """Episodes of these galaxies (resumed from `paid[k]`, their turns paid so far, where given); yields
+        `(k, Episode)` lists of the episodes that took a turn, as they take it (`done` once it ended them)."""
+        paid = paid or [()] * len(prompts)
+        episodes = [self.start(*args) for args in zip(prompts, images, positions, paid)]
+        ended = [(k, e) for k, e in enumerate(episodes) if e.done]
+        if ended:  # a replay that ends its episode (never written so, but then it is saved, not lost)
+            yield ended
+        active = [k for k, e in enumerate(episodes) if not e.done]
+        if isinstance(self.turns, ServedTurns):
+            yield from self._in_flight(episodes, active, budget)
+        else:
+            yield from self._in_rounds(episodes, active, budget)
+
+    def _in_rounds(self, episodes: list[Episode], active: list[int], budget) -> Iterator[list[tuple[int, Episode]]]:
+        """Turn by turn across the galaxies: every round, the episodes still going, `batch_size` at a time."""
         while active:
             going = []
             for start in range(0, len(active), self.turns.batch_size):
                 batch = active[start : start + self.turns.batch_size]
-                self.turn([episodes[k] for k in batch], budget)
-                ended = [(k, episodes[k]) for k in batch if episodes[k].done]
-                if ended:
-                    yield ended
+                for k, turn in zip(batch, self.turns.generate([episodes[k] for k in batch], budget)):
+                    self.advance(episodes[k], turn)
+                yield [(k, episodes[k]) for k in batch]
                 going += [k for k in batch if not episodes[k].done]
             active = going
 
-    def turn(self, batch: list[Episode], budget) -> None:
-        """One generated turn of each episode in `batch`, and the tool calls it made."""
-        for episode, turn in zip(batch, self.turns.generate(batch, budget)):
-            g = turn.generation
-            episode.turns.append(
-                {
-                    "prompt_tokens": g.prompt_tokens,
-                    "completion_tokens": g.completion_tokens,
-                    "attempts": g.attempts,
-                    "dollars": g.dollars,
-                }
-            )
-            episode.logprob += g.logprob or 0.0
-            episode.text = g.text
-            if not turn.calls:
-                episode.done = True
-                continue
-            if len(episode.turns) - 1 >= self.max_turns:  # as many rounds of calls as the cap allows: no answer
-                episode.capped = episode.done = True
-                continue
-            episode.messages.append(turn.message)
-            for call in turn.calls:
-                message, images = self.turns.tool_message(call, call_tool(episode.env, call))
-                episode.messages.append(message)
-                episode.images += images
+    def _in_flight(self, episodes: list[Episode], active: list[int], budget) -> Iterator[list[tuple[int, Episode]]]:
+        """Up to `concurrency` requests in flight: an episode's next turn is queued once its last one is answered."""
+        queue = deque(active)
+        for k, turn in self.turns.stream(episodes, queue, budget):
+            self.advance(episodes[k], turn)
+            if not episodes[k].done:
+                queue.append(k)
+            yield [(k, episodes[k])]
+
+    def advance(self, episode: Episode, turn: Turn) -> None:
+        """Add one generated turn to its episode, and run the tool calls it made."""
+        g = turn.generation
+        episode.turns.append(turn_entry(turn))
+        episode.logprob += g.logprob or 0.0
+        episode.text = g.text
+        if not turn.calls:
+            episode.done = True
+            return
+        if len(episode.turns) - 1 >= self.max_turns:  # as many rounds of calls as the cap allows: no answer
+            episode.capped = episode.done = True
+            return
+        episode.messages.append(turn.message)
+        for call in turn.calls:
+            message, images = self.turns.tool_message(call, call_tool(episode.env, call))
+            episode.messages.append(message)
+            episode.images += images
 
 
 def zoom_summary(records: list[dict]) -> dict:

@@ -37,14 +37,15 @@ from ..zoom.chat import suppressing_placeholders
 from ..zoom.lint import lint_tool_turns
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
 from .config import EvalConfig
-from .episodes import LocalTurns, ServedTurns, ZoomEpisodes, zoom_summary
+from .episodes import TURN_COSTS, LocalTurns, ServedTurns, ZoomEpisodes, zoom_summary
 from .metrics import classification_metrics
-
-TURN_COSTS = ("prompt_tokens", "completion_tokens", "attempts", "dollars")  # an episode's: the sum over its turns
 
 # samples.jsonl: the answer cache, one line per distinct input (append-only, fsync'd as answers arrive);
 # predictions.jsonl: one line per evaluated galaxy, in split order (written with result.json); result.json.
 CACHE_NAME, PREDICTIONS_NAME, RESULT_NAME = "samples.jsonl", "predictions.jsonl", "result.json"
+# A zoom run's turn log: one line per paid turn of an episode that had not ended with it (append-only, fsync'd), by
+# sample key and turn number; a resumed run replays these turns instead of asking them again.
+TURNS_NAME = "episode_turns.jsonl"
 
 
 class IncompleteRun(CheckFailed):
@@ -143,17 +144,36 @@ def sample_key(prompt: list[dict], image, settings_sha256: str) -> str:
     return sha256_bytes(json.dumps(prompt, sort_keys=True), pixels, settings_sha256)
 
 
-def read_cache(path: Path) -> dict[str, dict]:
-    """Finished samples by key. A line cut short by a kill (the last one) is ignored and asked again."""
-    done: dict[str, dict] = {}
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of an append-only file; a line cut short by a kill (the last one) is skipped."""
+    records = []
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                record = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            done[record["key"]] = record
-    return done
+    return records
+
+
+def read_cache(path: Path) -> dict[str, dict]:
+    """Finished samples by key. A line cut short by a kill (the last one) is ignored and asked again."""
+    return {record["key"]: record for record in read_jsonl(path)}
+
+
+def read_episode_turns(path: Path) -> dict[str, list[dict]]:
+    """The paid turns of unfinished zoom episodes by key, in order: each key's turns 0, 1, ... as far as they run
+    unbroken (a line cut short by a kill is ignored, and the turns after it are asked again)."""
+    by_key: dict[str, dict[int, dict]] = {}
+    for record in read_jsonl(path):
+        by_key.setdefault(record.pop("key"), {})[record.pop("turn")] = record
+    paid = {}
+    for key, turns in by_key.items():
+        n = 0
+        while n in turns:
+            n += 1
+        paid[key] = [turns[t] for t in range(n)]
+    return paid
 
 
 def append_records(path: Path, records: list[dict]) -> None:
@@ -330,6 +350,8 @@ class Evaluation:
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
         self.done = read_cache(self.cache_path)
+        self.turns_path = self.out / TURNS_NAME
+        self.paid_turns = read_episode_turns(self.turns_path) if config.zoom else {}  # unfinished episodes'
         self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
         self.started = time.monotonic()
@@ -395,7 +417,9 @@ class Evaluation:
         self.n_asked += len(records)
 
     def _ask_episodes(self, positions: list[int], budget) -> None:
-        """Zoom episodes (`episodes.ZoomEpisodes`) for these samples, each saved with all its turns once it ends."""
+        """Zoom episodes (`episodes.ZoomEpisodes`) for these samples: each paid turn of an episode still going is
+        appended to the turn log, an episode is saved with all its turns once it ends, and one stopped mid-way by an
+        earlier run resumes after its paid turns."""
         if isinstance(self.backend, TransformersBackend):  # as in training (`training.zoom.suppress_video_tokens`)
             self.backend.generation_kwargs = suppressing_placeholders(
                 self.backend.generation_kwargs, self.backend.model.config
@@ -405,9 +429,17 @@ class Evaluation:
         runner = ZoomEpisodes(turns, self.tool, self.config.split, max_turns=self.config.zoom_max_turns)
         rows = [self.rows[i] for i in positions]
         split_positions = [int(self.arm.positions[i]) for i in positions]
+        paid = [self.paid_turns.get(self.keys[i], []) for i in positions]
         for chunk in runner.stream(
-            [r["prompt"] for r in rows], [r.get("image") for r in rows], split_positions, budget
+            [r["prompt"] for r in rows], [r.get("image") for r in rows], split_positions, budget, paid
         ):
+            going = [
+                {"key": self.keys[positions[k]], "turn": len(episode.turns) - 1, **episode.turns[-1]}
+                for k, episode in chunk
+                if not episode.done
+            ]
+            if going:
+                append_records(self.turns_path, going)
             records = [
                 self._record(
                     positions[k],
@@ -417,8 +449,10 @@ class Evaluation:
                     zoom=episode.record(),
                 )
                 for k, episode in chunk
+                if episode.done
             ]
-            self._keep(records)
+            if records:
+                self._keep(records)
 
     def pilot(self, n: int) -> dict:
         """Make sure at least n distinct inputs are answered (topping up with a class-stratified pick), then
