@@ -10,6 +10,7 @@ the images each turn was sent, to compare with the tool called directly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -148,9 +149,13 @@ def test_an_episode_still_calling_at_the_turn_cap_is_capped(tiny, tiny_model_dir
     assert len(charges(out)) == 2  # two turns, each a batch of both galaxies
 
 
-def test_a_cap_stops_an_episode_between_two_turns(tiny, tiny_model_dir, prepared_dir, tmp_path):
+def test_a_cap_stops_an_episode_between_two_turns_and_resume_goes_on_from_there(
+    tiny, tiny_model_dir, prepared_dir, tmp_path
+):
     """Two galaxies, one batch: the first turn is paid for (2 requests); the second would pass the request cap and
-    is never sent. The unfinished episodes are not cached: a resumed run asks them again from the start."""
+    is never sent. The unfinished episodes are not cached, their first turns are in the turn log: a resumed run
+    replays them (the tool run again on the recorded box) and generates only the second turns, sent exactly what an
+    uninterrupted run sends them, and its records are that run's (but for the GPU time each turn was charged)."""
     out = tmp_path / "run"
     cfg = config(tiny_model_dir, prepared_dir, out, zoom=True, batch_size=2, max_requests=2)
     steered = backend(tiny, tiny_model_dir, batch_size=2)
@@ -161,6 +166,25 @@ def test_a_cap_stops_an_episode_between_two_turns(tiny, tiny_model_dir, prepared
     paid = charges(out)
     assert len(paid) == 1 and paid[0]["requests"] == 2
     assert sample_lines(out) == []
+
+    resumed = backend(tiny, tiny_model_dir, batch_size=2)
+    result = evaluate(config(tiny_model_dir, prepared_dir, out, zoom=True, batch_size=2), resumed, progress=False)
+    assert result["status"] == "complete" and result["n_asked_this_run"] == 2
+    assert [len(images) for images in resumed.seen] == [2, 2]  # the second turns only: first view and crop
+    assert len(charges(out)) == 2  # one batch more
+
+    whole_out = tmp_path / "whole" / "run"
+    whole = backend(tiny, tiny_model_dir, batch_size=2)
+    evaluate(config(tiny_model_dir, prepared_dir, whole_out, zoom=True, batch_size=2), whole, progress=False)
+    for sent, by_whole in zip(resumed.seen, whole.seen[2:]):
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(sent, by_whole, strict=True))
+
+    def unpriced(record: dict) -> dict:
+        turns = [{k: v for k, v in t.items() if k != "dollars"} for t in record["zoom"]["turn_tokens"]]
+        return {**{k: v for k, v in record.items() if k != "dollars"}, "zoom": {**record["zoom"], "turn_tokens": turns}}
+
+    assert [unpriced(r) for r in by_index(out)] == [unpriced(r) for r in by_index(whole_out)]
+    assert all(r["zoom"]["turns"] == 2 and r["zoom"]["n_calls"] == 1 for r in by_index(out))
 
 
 def test_evaluation_without_zoom_is_unchanged(tiny, tiny_model_dir, prepared_dir, tmp_path):
@@ -382,3 +406,140 @@ def test_a_local_token_arm_episode_gets_the_codes_of_the_crop(tiny, tiny_model_d
         codes = tool("test", int(positions[s["index"]]), BOX).result
         assert codes in texts[2 + s["index"]] and codes not in texts[s["index"]]
     assert result["zoom"]["zoom_rate"] == 1.0 and len(charges(out)) == 2  # two turns, each one batch of both
+
+
+class ZoomServer:
+    """A scripted chat-completions server on 127.0.0.1 (real HTTP, the real client) for served image-arm episodes:
+    it calls `zoom(BOX)` on a galaxy's first turn and answers on the next, naming a class picked by a hash of the
+    galaxy's user turn (its image), so answers differ by galaxy. It keeps every request body, counts requests by
+    galaxy and turn, and the most it had in flight at once. With `hold_first`, the first request waits (up to a
+    minute, a guard against a hang, not a measure) until a second request is in flight: a run then finishes
+    promptly only if it keeps several requests in flight."""
+
+    def __init__(self, *, hold_first: bool = False):
+        import threading
+        from http.server import BaseHTTPRequestHandler
+
+        from evalkit import _Server
+
+        from astroreason.data.galaxy10 import DECALS_CLASSES
+
+        self.bodies: dict[tuple[str, int], list[dict]] = {}  # (galaxy, messages) -> every body that asked it
+        self.in_flight = self.max_in_flight = self.n = 0
+        self.second = threading.Event()
+        self.held_until_second: bool | None = None
+        lock, server = threading.Lock(), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                galaxy = json.dumps(body["messages"][1], sort_keys=True)  # the user turn: the prompt and first view
+                with lock:
+                    server.n += 1
+                    first = server.n == 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    if server.in_flight >= 2:
+                        server.second.set()
+                    server.bodies.setdefault((galaxy, len(body["messages"])), []).append(body)
+                if first and hold_first:
+                    server.held_until_second = server.second.wait(timeout=60)
+                if body["messages"][-1]["role"] == "tool":
+                    pick = int(hashlib.sha256(galaxy.encode()).hexdigest(), 16) % len(DECALS_CLASSES)
+                    message = {"role": "assistant", "content": f"<answer>{DECALS_CLASSES[pick]}</answer>"}
+                else:
+                    arguments = json.dumps({"bbox_2d": BOX})
+                    call = {"id": "c1", "type": "function", "function": {"name": "zoom", "arguments": arguments}}
+                    message = {"role": "assistant", "content": "", "tool_calls": [call]}
+                usage = {"prompt_tokens": 40 + 10 * len(body["messages"]), "completion_tokens": 5}
+                data = json.dumps({"choices": [{"index": 0, "message": message}], "usage": usage}).encode()
+                with lock:  # out of flight before the answer leaves, so the next request never overlaps it
+                    server.in_flight -= 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.http = _Server(Handler)
+        self.url = self.http.url
+
+    def stop(self):
+        self.http.stop()
+
+
+def served_image_config(model_dir, prepared_dir, out: Path, url: str, **settings) -> EvalConfig:
+    prices = {"price_input_per_million": 1.0, "price_output_per_million": 1.0}
+    return config(model_dir, prepared_dir, out, zoom=True, backend="openai", base_url=url, **prices, **settings)
+
+
+def served_run(cfg: EvalConfig, concurrency: int) -> dict:
+    from astroreason.evaluation.backends import OpenAIBackend
+
+    backend = OpenAIBackend(cfg.base_url, cfg.model, cfg.sampling(), concurrency=concurrency, max_retries=0)
+    return evaluate(cfg, backend, progress=False)
+
+
+def by_index(out: Path) -> list[dict]:
+    return sorted(sample_lines(out), key=lambda r: r["index"])
+
+
+def test_served_episodes_keep_requests_in_flight_across_galaxies(tiny_model_dir, prepared_dir, tmp_path):
+    """Four galaxies at `concurrency` 4: the server's first request is held until a second one is in flight, so
+    turns of several episodes were in flight at once; every turn was reserved and charged, and the records equal
+    those of the same run at `concurrency` 1 (one request at a time), whatever order the answers came in."""
+    runs = {}
+    for concurrency in (1, 4):
+        server = ZoomServer(hold_first=concurrency > 1)
+        out = tmp_path / f"c{concurrency}" / "run"
+        try:
+            cfg = served_image_config(tiny_model_dir, prepared_dir, out, server.url, max_samples=4)
+            result = served_run(cfg, concurrency)
+        finally:
+            server.stop()
+        assert result["status"] == "complete" and result["zoom"]["zoom_rate"] == 1.0
+        assert server.n == 8 and len(charges(out)) == 8  # two turns per galaxy, each reserved and charged
+        assert all(len(bodies) == 1 for bodies in server.bodies.values())  # no turn asked twice
+        runs[concurrency] = (server, by_index(out))
+    assert runs[1][0].max_in_flight == 1
+    assert runs[4][0].held_until_second is True and runs[4][0].max_in_flight >= 2
+    assert len({r["prediction"] for r in runs[1][1]}) > 1  # the answers differ by galaxy: a mix-up would show
+    assert runs[4][1] == runs[1][1]
+
+
+def test_a_served_episode_stopped_mid_way_resumes_after_its_paid_turns(tiny_model_dir, prepared_dir, tmp_path):
+    """Two galaxies of two turns each at `concurrency` 2 under a request cap of 3: the cap stops the run within the
+    requests in flight, one episode finished (cached) and the other after its first turn (in the turn log). Resumed
+    without the cap, the server is asked only the missing turn: over both runs each galaxy's turn was asked once, with
+    the very body an uninterrupted run sends (the replayed tool turn's crop included), and the records equal that
+    run's."""
+    whole = ZoomServer()
+    try:
+        served_run(served_image_config(tiny_model_dir, prepared_dir, tmp_path / "whole" / "run", whole.url), 2)
+    finally:
+        whole.stop()
+
+    server = ZoomServer()
+    out = tmp_path / "parts" / "run"
+    try:
+        capped = served_image_config(tiny_model_dir, prepared_dir, out, server.url, max_requests=3)
+        with pytest.raises(IncompleteRun, match="request cap 3 reached"):
+            served_run(capped, 2)
+        assert server.n == 3 and len(charges(out)) == 3  # every request sent was reserved and charged
+        [finished] = sample_lines(out)
+        assert finished["zoom"]["turns"] == 2
+        logged = [json.loads(line) for line in (out / "episode_turns.jsonl").read_text().splitlines()]
+        unfinished = [r for r in logged if r["key"] != finished["key"]]
+        assert [r["turn"] for r in unfinished] == [0] and unfinished[0]["calls"][0]["arguments"] == {"bbox_2d": BOX}
+
+        resumed = served_run(served_image_config(tiny_model_dir, prepared_dir, out, server.url), 2)
+    finally:
+        server.stop()
+    assert resumed["status"] == "complete" and resumed["n_asked_this_run"] == 1 and resumed["n_from_cache"] == 1
+    assert server.n == 4 and len(charges(out)) == 4  # only the unfinished episode's second turn was asked
+    assert {k: len(b) for k, b in server.bodies.items()} == {k: 1 for k in whole.bodies}
+    assert server.bodies == whole.bodies  # the resumed turn's request is the uninterrupted run's, byte for byte
+    assert by_index(out) == by_index(tmp_path / "whole" / "run")

@@ -44,8 +44,7 @@ class Episode:
     messages: list[dict]
     images: list
     env: ZoomEnvironment
-    # per turn (`turn_entry`): its costs (`TURN_COSTS`), text, logprob, assistant message and calls, what a resumed run
-    # replays
+    # per turn (`turn_entry`): its costs, text, logprob, assistant message and calls (what a resumed run replays)
     turns: list[dict] = field(default_factory=list)
     text: str = ""
     logprob: float = 0.0
@@ -98,8 +97,8 @@ def turn_entry(turn: Turn) -> dict:
 
 def replayed(entry: dict) -> Turn:
     """A paid turn read back from its entry, as it was generated (nothing is sent)."""
-    costs = [entry[f] for f in TURN_COSTS]
-    return Turn(Generation(entry["text"], *costs, logprob=entry["logprob"]), entry["message"], entry["calls"])
+    costs = {f: entry[f] for f in TURN_COSTS}
+    return Turn(Generation(entry["text"], **costs, logprob=entry["logprob"]), entry["message"], entry["calls"])
 
 
 class LocalTurns:
