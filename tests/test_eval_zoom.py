@@ -170,6 +170,7 @@ def test_a_cap_stops_an_episode_between_two_turns_and_resume_goes_on_from_there(
     resumed = backend(tiny, tiny_model_dir, batch_size=2)
     result = evaluate(config(tiny_model_dir, prepared_dir, out, zoom=True, batch_size=2), resumed, progress=False)
     assert result["status"] == "complete" and result["n_asked_this_run"] == 2
+    assert result["zoom"]["resumed_mid_episode"] == 2
     assert [len(images) for images in resumed.seen] == [2, 2]  # the second turns only: first view and crop
     assert len(charges(out)) == 2  # one batch more
 
@@ -539,6 +540,7 @@ def test_a_served_episode_stopped_mid_way_resumes_after_its_paid_turns(tiny_mode
     finally:
         server.stop()
     assert resumed["status"] == "complete" and resumed["n_asked_this_run"] == 1 and resumed["n_from_cache"] == 1
+    assert resumed["zoom"]["resumed_mid_episode"] == 1
     assert server.n == 4 and len(charges(out)) == 4  # only the unfinished episode's second turn was asked
     assert {k: len(b) for k, b in server.bodies.items()} == {k: 1 for k in whole.bodies}
     assert server.bodies == whole.bodies  # the resumed turn's request is the uninterrupted run's, byte for byte

@@ -354,6 +354,7 @@ class Evaluation:
         self.paid_turns = read_episode_turns(self.turns_path) if config.zoom else {}  # unfinished episodes'
         self.n_from_cache = len({k for k in self.keys if k in self.done})
         self.n_asked = 0
+        self.n_resumed = 0  # zoom episodes this run took up after turns an earlier run paid
         self.started = time.monotonic()
         self.budget: Budget | None = None
         self.git = GitState()  # read when the result is written
@@ -430,6 +431,7 @@ class Evaluation:
         rows = [self.rows[i] for i in positions]
         split_positions = [int(self.arm.positions[i]) for i in positions]
         paid = [self.paid_turns.get(self.keys[i], []) for i in positions]
+        self.n_resumed += sum(bool(p) for p in paid)
         for chunk in runner.stream(
             [r["prompt"] for r in rows], [r.get("image") for r in rows], split_positions, budget, paid
         ):
@@ -556,7 +558,11 @@ class Evaluation:
             "metrics": metrics,
         }
         if self.tool is not None:  # zoom rate, zooms and tokens per galaxy, accuracy with and without zoom
-            result["zoom"] = {**zoom_summary(finished), "tool_lint_calls": self.tool_lint_calls}
+            result["zoom"] = {
+                **zoom_summary(finished),
+                "tool_lint_calls": self.tool_lint_calls,
+                "resumed_mid_episode": self.n_resumed,
+            }
         fields = ("index", "key", "label", "prediction", "completion", "prompt_tokens", "completion_tokens")
         write_text_atomic(
             self.out / PREDICTIONS_NAME,
