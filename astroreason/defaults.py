@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .data.splits import load_manifest, prepare
+from .data.splits import load_manifest, prepare, source_path
 from .data.surrogate import synthesize
 from .models import build_tiny_model
-from .tokens.cache import _source_path, encode_prepared
+from .tokens.cache import encode_prepared
 from .tokens.codec import check_inputs, read_inputs
 from .tokens.fsq import FSQConfig, TrainConfig, train_fsq
 
@@ -65,7 +65,7 @@ def build_tiny_codec(
     import numpy as np
 
     manifest = load_manifest(data_dir)
-    source = _source_path(manifest, data_dir)
+    source = source_path(manifest, data_dir)
     config = FSQConfig(size=CODEC_SIZE, hidden=hidden, **({"levels": list(levels)} if levels else {}))
     spec = config.input_spec
 

@@ -88,13 +88,15 @@ class ArmArguments:
 @dataclass
 class ZoomArguments:
     """Zoom episodes (`astroreason.zoom`, docs/zoom.md): the model may call `zoom(bbox_2d)` to look again at part of
-    the galaxy, cropped from its full-resolution source, before it answers."""
+    the galaxy, cropped from its full-resolution source, before it answers (GRPO and evaluation), or is taught to
+    (SFT on zoom trajectories, the warm start)."""
 
     zoom: bool = field(
         default=False,
         metadata={
             "help": "Multi-turn episodes with the zoom tool (GRPO: TRL's environment_factory, one environment per "
-            "rollout). The prompts gain a system turn saying the tool exists."
+            "rollout; SFT: the warm start, trained on zoom trajectories made from the data). The prompts gain a "
+            "system turn saying the tool exists."
         },
     )
     zoom_max_turns: int = field(
@@ -126,6 +128,14 @@ class ZoomArguments:
         default=DEFAULT_MAX_ASPECT,
         metadata={"help": "Largest ratio of a box's long side to its short side."},
     )
+    zoom_sft_fraction: float = field(
+        default=1.0,
+        metadata={
+            "help": "SFT with zoom (the warm start, `zoom.trajectories`): share of the training rows taught as a "
+            "zoom trajectory (a call on the galaxy's focus box, the tool's crop, then the answer); the others "
+            "answer at once. Which rows: a seeded choice."
+        },
+    )
     zoom_skip_unanswered: bool = field(
         default=True,
         metadata={
@@ -145,6 +155,8 @@ class ZoomArguments:
                 raise UserError(f"{name}: expected a non-negative reward, got {value!r}")
         if self.zoom_min_side is not None and not 0 < self.zoom_min_side <= 1:
             raise UserError(f"zoom_min_side: expected a fraction in (0, 1], got {self.zoom_min_side!r}")
+        if not 0 <= self.zoom_sft_fraction <= 1:
+            raise UserError(f"zoom_sft_fraction: expected a fraction in [0, 1], got {self.zoom_sft_fraction!r}")
         if not self.zoom_max_aspect >= 1:
             raise UserError(f"zoom_max_aspect: expected a ratio of at least 1, got {self.zoom_max_aspect!r}")
 

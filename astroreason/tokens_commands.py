@@ -72,13 +72,12 @@ def _training_rows(data: Path, seed: int):
     """(source file, train rows, held-out rows, description) from a prepared directory or an HDF5 file."""
     if data.is_dir():
         # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-        from .data.splits import load_manifest
-        from .tokens.cache import _source_path
+        from .data.splits import load_manifest, source_path
 
         manifest = load_manifest(data)
         held = "val" if "val" in manifest.rows else next(s for s in manifest.rows if s != "train")
         return (
-            _source_path(manifest, data),
+            source_path(manifest, data),
             np.asarray(manifest.rows["train"]),
             np.asarray(manifest.rows[held]),
             {
@@ -255,15 +254,15 @@ def _galaxy_codes(args, codec):
         return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .data.sources import open_source
-    from .data.splits import load_manifest
-    from .tokens.cache import _source_path, load_codes
+    from .data.splits import load_manifest, source_path
+    from .tokens.cache import load_codes
     from .tokens.codec import read_inputs
 
     manifest = load_manifest(args.data)
     if args.split not in manifest.rows:
         raise UserError(f"--split: {args.data} has no split {args.split!r} (has {', '.join(manifest.rows)})")
     rows = np.asarray(manifest.rows[args.split])[: args.n]
-    source = _source_path(manifest, args.data)
+    source = source_path(manifest, args.data)
     try:
         cache = load_codes(args.data, codec)
         rows = np.asarray([r for r in rows if r in cache])

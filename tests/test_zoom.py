@@ -447,6 +447,7 @@ def test_zoom_recipe_under_two_processes(prepared_dir, tiny_model_dir, tmp_path)
         (["--zoom_cost", "-0.1"], "zoom_cost: expected a non-negative reward"),
         (["--zoom_min_side", "1.5"], "zoom_min_side: expected a fraction in (0, 1]"),
         (["--zoom_max_aspect", "0.5"], "zoom_max_aspect: expected a ratio of at least 1"),
+        (["--zoom_sft_fraction", "1.5"], "zoom_sft_fraction: expected a fraction in [0, 1]"),
         (["--max_tool_calling_iterations", "3"], "max_tool_calling_iterations: 3 disagrees with zoom_max_turns 2"),
     ],
 )
@@ -459,17 +460,6 @@ def test_bad_zoom_options_are_one_line(overrides, message):
     with pytest.raises(UserError) as err:
         parse_recipe_args(GRPOConfig, ["--config", str(TINY / "grpo_zoom_image.yaml"), *overrides])
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
-
-
-def test_the_sft_recipe_refuses_zoom(prepared_dir, tiny_model_dir, tmp_path):
-    from trl import ModelConfig, SFTConfig
-
-    from astroreason.training import GalaxyScriptArguments, build_sft_trainer
-
-    args = GalaxyScriptArguments(data_dir=str(prepared_dir), zoom=True)
-    config = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none")
-    with pytest.raises(UserError, match="zoom: zoom episodes are GRPO's"):
-        build_sft_trainer(args, config, ModelConfig(str(tiny_model_dir)))
 
 
 def test_a_template_without_tool_calls_gets_the_familys(tiny_model_dir):

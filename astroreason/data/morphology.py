@@ -84,6 +84,15 @@ class Galaxy:
     dust: DustLane | None = None
     psf_fwhm: float = 1.2  # r band, arcsec
     psf_beta: float = 3.5
+    # The region that decides the class (bar, arms, bulge, both nuclei, ...): (x1, y1, x2, y2) arcsec
+    focus: tuple[float, float, float, float] | None = None
+
+    def focus_box(self) -> tuple[float, float, float, float] | None:
+        """`focus` as fractions of the field, [x1, y1, x2, y2] from the top-left corner (image rows follow +y),
+        clipped to the field."""
+        if self.focus is None:
+            return None
+        return tuple(float(np.clip(v / FIELD + 0.5, 0.0, 1.0)) for v in self.focus)
 
 
 def render(galaxy: Galaxy, size: int, pxscale: float, bands: tuple[int, ...] = (0, 1, 2, 3)) -> np.ndarray:
@@ -242,6 +251,18 @@ class _Builder:
     points_xy: list[np.ndarray] = field(default_factory=list)
     points_flux: list[np.ndarray] = field(default_factory=list)
     dust: DustLane | None = None
+    focus: list[tuple[float, float, float]] = field(default_factory=list)  # (x, y, radius) arcsec
+
+    def mark(self, centre, radius: float) -> None:
+        """Mark a disc (arcsec) of the region that decides the class; no random draw, so the pixels are unchanged."""
+        self.focus.append((float(centre[0]), float(centre[1]), float(radius)))
+
+    def focus_region(self) -> tuple[float, float, float, float] | None:
+        if not self.focus:
+            return None
+        xyr = np.asarray(self.focus)
+        lo, hi = xyr[:, :2] - xyr[:, 2:], xyr[:, :2] + xyr[:, 2:]
+        return (*lo.min(axis=0).tolist(), *hi.max(axis=0).tolist())
 
     def add(self, profile, population, flux_r, pattern=None):
         if flux_r > 0:
@@ -263,7 +284,9 @@ class _Builder:
 def _smooth(q_range, n_range, hlr_range, population=_OLD):
     def recipe(b: _Builder, r50, flux, pa, centre):
         u = b.rng.uniform
-        b.add(_sersic(u(*n_range), r50 * u(*hlr_range), u(*q_range), pa, centre), population, flux)
+        n, hlr = u(*n_range), r50 * u(*hlr_range)  # drawn in this order: the pixels of a seed never change
+        b.add(_sersic(n, hlr, u(*q_range), pa, centre), population, flux)
+        b.mark(centre, 2.5 * hlr)  # the body: its axis ratio and concentration
 
     return recipe
 
@@ -277,6 +300,7 @@ def _edge_on(bulge_range, q_range, dust_prob, dust_tau):
         b.add(_sersic(u(2.0, 4.0), h * u(0.45, 0.8), u(0.65, 0.95), pa, centre), _OLD, flux * bt)
         if b.rng.random() < dust_prob:
             b.dust = DustLane(np.asarray(centre), pa, 2.5 * h, u(0.25, 0.5), u(*dust_tau))
+        b.mark(centre, 2.0 * h)  # the centre of the disk: a bulge or none, the dust lane
 
     return recipe
 
@@ -296,6 +320,7 @@ def _spiral(bulge_range, arm_range, pitch_deg, m3_prob, knot_range, bar: bool):
             bar_obj = bar_obj.shear(q=q_bar, beta=phase0 * galsim.radians)
             b.add(_incline(bar_obj, q, pa, centre), _OLD, flux * f_bar)
             r0, m = a_bar, 2
+            b.mark(centre, 1.4 * a_bar)  # the bar and where the arms leave it
         else:
             f_bar = 0.0
             if rng.random() < 0.5:  # a weak inner oval: unbarred spirals are not all perfectly round inside
@@ -305,6 +330,8 @@ def _spiral(bulge_range, arm_range, pitch_deg, m3_prob, knot_range, bar: bool):
                 )
                 b.add(_incline(oval, q, pa, centre), _OLD, flux * f_bar)
             r0, m = h * u(0.35, 0.6), 3 if rng.random() < m3_prob else 2
+        if not bar:
+            b.mark(centre, 2.2 * h)  # the inner arms: how tightly they wind, whether an oval is there
         pitch = math.radians(u(*pitch_deg))
         arms = _arms(centre, q, pa, m, pitch, r0, phase0, u(2.0, 4.0), chirality)
         b.add(_incline(galsim.Exponential(scale_radius=1.25 * h), q, pa, centre), _YOUNG, flux * f_arm, arms)
@@ -341,6 +368,8 @@ def _disturbed(b: _Builder, r50, flux, pa, centre):
     off = np.asarray(centre) + d * np.array([math.cos(theta1), math.sin(theta1)])
     lump = h * (u(0.2, 0.35) if rng.random() < 0.35 else u(0.6, 1.2))
     b.add(_incline(galsim.Exponential(scale_radius=lump), u(0.4, 1.0), u(0, np.pi), off), _YOUNG, flux * f_off)
+    b.mark(centre, 1.5 * h)  # the nucleus and the offset lump: the asymmetry
+    b.mark(off, max(lump, 0.8 * h))
     k = int(rng.integers(3, 8))
     xy = off + rng.normal(0, 1.0 * h, (k, 2))
     b.add_points(xy, _YOUNG, _split_flux(rng, flux * f_knot, k))
@@ -373,6 +402,7 @@ def _merging(b: _Builder, r50, flux, pa, centre):
         q_i, pa_i = u(0.5, 1.0), u(0, np.pi)
         bt = u(0.2, 0.8)
         b.add(_sersic(u(2.0, 4.0), size * u(0.3, 0.5), u(0.7, 1.0), pa_i, c), _OLD, f * (1 - f_tail) * bt)
+        b.mark(c, 0.8 * size)  # both nuclei
         b.add(_incline(galsim.Exponential(scale_radius=size / 1.68), q_i, pa_i, c), _DISK, f * (1 - f_tail) * (1 - bt))
         if f_tail:
             tail = _tail(
@@ -428,4 +458,14 @@ def draw_galaxy(label: int, rng: np.random.Generator) -> Galaxy:
     _field(b, r50)
     xy = np.concatenate(b.points_xy) if b.points_xy else np.zeros((0, 2))
     flux = np.concatenate(b.points_flux) if b.points_flux else np.zeros((0, 4))
-    return Galaxy(label, r50, b.components, xy, flux, b.dust, psf_fwhm=u(1.0, 1.5), psf_beta=u(2.5, 4.5))
+    return Galaxy(
+        label,
+        r50,
+        b.components,
+        xy,
+        flux,
+        b.dust,
+        psf_fwhm=u(1.0, 1.5),
+        psf_beta=u(2.5, 4.5),
+        focus=b.focus_region(),
+    )

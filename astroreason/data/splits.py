@@ -466,6 +466,14 @@ def prepare(
     return out
 
 
+def source_path(manifest: Manifest, prepared_dir) -> Path:
+    """The manifest's source file or directory; a relative path is also looked up inside the prepared directory."""
+    path = Path(manifest.source_path)
+    if not path.is_absolute() and not path.exists() and (Path(prepared_dir) / path).exists():
+        path = Path(prepared_dir) / path
+    return path
+
+
 def load_split(prepared_dir, split: str, *, manifest: Manifest | None = None):
     """The `datasets` view of one split: `image` (PIL), `label`, `label_name`, in the manifest's order (`manifest`:
     the directory's manifest, when the caller has loaded it already)."""

@@ -9,6 +9,9 @@ Schema (as the real file, plus the optional `flux`):
   images   (N, size, size, 3) uint8 RGB      ans      (N,) uint8 class 0-9
   ra, dec  (N,) float64 degrees              redshift (N,) float64, some NaN
   pxscale  (N,) float64 arcsec/pixel         flux     (N, 4, flux_size, flux_size) float32 nanomaggies
+  focus_box (N, 4) float32: the region that decides the galaxy's class (its bar, inner arms, bulge, both nuclei,
+           ...), [x1, y1, x2, y2] as fractions of the image from its top-left corner; what the surrogate knows and
+           the real file does not (the zoom warm start's boxes, `astroreason.zoom.trajectories`)
 Every row is seeded from (seed, row of the unsorted draw): the output does not depend on `workers`.
 
 `layout="galaxy10-aion"` writes the same galaxies as the public galaxy10-aion dataset lays them out instead: a
@@ -93,7 +96,8 @@ def decals_rgb(g: np.ndarray, r: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 
 def render_row(index: int, label: int, seed: int, size: int, flux_size: int | None):
-    """One row: (RGB uint8 image, g,r,i,z flux float32 or None, redshift). Seeded from (seed, index) only."""
+    """One row: (RGB uint8 image, g,r,i,z flux float32 or None, redshift, focus box). Seeded from (seed, index)
+    only."""
     rng = np.random.default_rng([seed, index])
     galaxy = draw_galaxy(label, rng)
     # Size and redshift go together loosely (larger on the sky, nearer); some rows have no redshift.
@@ -113,7 +117,7 @@ def render_row(index: int, label: int, seed: int, size: int, flux_size: int | No
         flux = render(galaxy, flux_size, DECALS_PIXEL_SCALE)
         flux += rng.normal(size=flux.shape) * SKY_SIGMA[:, None, None]
         flux = flux.astype(np.float32)
-    return image, flux, redshift
+    return image, flux, redshift, galaxy.focus_box()
 
 
 def _render_chunk(task):
@@ -121,7 +125,7 @@ def _render_chunk(task):
     rows = [render_row(int(i), int(c), seed, size, flux_size) for i, c in zip(indices, labels)]
     images = np.stack([r[0] for r in rows])
     flux = np.stack([r[1] for r in rows]) if flux_size else None
-    return images, flux, np.array([r[2] for r in rows])
+    return images, flux, np.array([r[2] for r in rows]), np.array([r[3] for r in rows], np.float32)
 
 
 def synthesize(
@@ -185,14 +189,16 @@ def synthesize(
         f["ra"], f["dec"] = ra[order], dec[order]
         f["pxscale"] = np.full(n, DECALS_PIXEL_SCALE * 256 / size)
         redshift = f.create_dataset("redshift", (n,), np.float64)
+        focus = f.create_dataset("focus_box", (n, 4), np.float32)
+        focus.attrs["meaning"] = "region deciding the class, [x1, y1, x2, y2] fractions from the top-left corner"
         if flux:
             flux_ds = f.create_dataset("flux", (n, len(FLUX_BANDS), flux_size, flux_size), np.float32)
             flux_ds.attrs["bands"] = list(FLUX_BANDS)
             flux_ds.attrs["unit"] = "nanomaggy"
             flux_ds.attrs["pixel_scale"] = DECALS_PIXEL_SCALE
-        for k, (img, flx, z) in enumerate(_map(tasks, workers, progress)):
+        for k, (img, flx, z, box) in enumerate(_map(tasks, workers, progress)):
             rows = slice(k * _CHUNK, k * _CHUNK + len(img))
-            images[rows], redshift[rows] = img, z
+            images[rows], redshift[rows], focus[rows] = img, z, box
             if flux:
                 flux_ds[rows] = flx
     return out
@@ -266,7 +272,7 @@ def _write_aion(out: Path, rendered, labels, ra, dec, *, seed: int, traps: bool)
             for name in ("train", "test")
         }
         row = 0
-        for images, flux, _ in rendered:
+        for images, flux, _, _ in rendered:
             rows = np.arange(row, row + len(images))
             row += len(images)
             flux = flux.copy()

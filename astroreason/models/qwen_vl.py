@@ -43,6 +43,9 @@ SPECIAL_TOKENS = (
 # calls and tool results of Qwen2.5's text models: an assistant turn renders `tool_calls` as
 # `<tool_call>{"name": ..., "arguments": ...}</tool_call>`, consecutive `tool` turns become one user turn of
 # `<tool_response>` blocks, and `tools` go into the system turn. Without tools it renders what the stock template does.
+# An assistant turn, its `<|im_end|>` included, is inside `{% generation %}` markers: SFT's assistant-only loss
+# (`assistant_only_loss`, the zoom warm start) trains on it and on nothing else; they change nothing rendered. A
+# call follows a newline only after text: empty content, a string or a text block, renders as the model writes it.
 _CONTENT = (
     "{% macro render_content(content) %}"
     "{% if content is string %}{{ content }}"
@@ -75,16 +78,19 @@ CHAT_TEMPLATE = _CONTENT + (
     "{% if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}<|im_start|>user{% endif %}"
     "{{ '\\n' }}<tool_response>\n{{ render_content(message['content']) }}\n</tool_response>"
     "{% if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}<|im_end|>\n{% endif %}"
-    "{% else %}"
-    "<|im_start|>{{ message['role'] }}\n{{ render_content(message['content']) }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{% set text = render_content(message['content']) %}"
+    "<|im_start|>assistant\n{% generation %}{{ text }}"
     "{% if message['tool_calls'] %}{% for tool_call in message['tool_calls'] %}"
-    "{% if not loop.first or message['content'] %}{{ '\\n' }}{% endif %}"
+    "{% if not loop.first or text %}{{ '\\n' }}{% endif %}"
     "{% set call = tool_call['function'] if tool_call['function'] else tool_call %}"
     '<tool_call>\n{"name": "{{ call[\'name\'] }}", "arguments": '
     "{% if call['arguments'] is string %}{{ call['arguments'] }}{% else %}{{ call['arguments'] | tojson }}{% endif %}"
     "}\n</tool_call>"
     "{% endfor %}{% endif %}"
-    "<|im_end|>\n"
+    "<|im_end|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "<|im_start|>{{ message['role'] }}\n{{ render_content(message['content']) }}<|im_end|>\n"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.sources import open_source
-from ..data.splits import load_manifest, load_split
+from ..data.splits import load_manifest, load_split, source_path
 from ..errors import UserError
 from ..io import atomic_path, sha256_file, write_json_atomic
 from .codec import Codec, check_bands, input_key, read_inputs
@@ -34,13 +34,6 @@ CACHE_VERSION = 1
 def _manifest(prepared_dir):
 
     return load_manifest(prepared_dir)
-
-
-def _source_path(manifest, prepared_dir) -> Path:
-    path = Path(manifest.source_path)
-    if not path.is_absolute() and not path.exists() and (Path(prepared_dir) / path).exists():
-        path = Path(prepared_dir) / path
-    return path
 
 
 def manifest_rows(manifest) -> np.ndarray:
@@ -142,14 +135,12 @@ def encode_prepared(
         except UserError as err:
             # Never overwrite silently: the cache may serve another prepared directory or codec.
             raise UserError(f"{err} (or pass --force to overwrite {out})") from None
-    source_path = _source_path(manifest, prepared_dir)
-    if not source_path.exists():
-        raise UserError(f"{source_path}: source data of {prepared_dir} not found")
-    with open_source(source_path) as source:
+    path = source_path(manifest, prepared_dir)
+    if not path.exists():
+        raise UserError(f"{path}: source data of {prepared_dir} not found")
+    with open_source(path) as source:
         if source.sha256() != manifest.source_sha256:
-            raise UserError(
-                f"{source_path}: changed since {prepared_dir} was prepared (its hash differs); prepare it again"
-            )
+            raise UserError(f"{path}: changed since {prepared_dir} was prepared (its hash differs); prepare it again")
         rows = manifest_rows(manifest)
         meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
         meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())

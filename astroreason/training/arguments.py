@@ -21,7 +21,8 @@ from ..rewards import get_reward_funcs
 @dataclass
 class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
-    options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's.
+    options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's, and
+    SFT's warm start on zoom trajectories.
 
     Args:
         train_split: Split used for training.

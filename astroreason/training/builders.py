@@ -29,7 +29,7 @@ from .arguments import GalaxyScriptArguments
 from .checkpoints import check_output_dir, load_checkpoint_weights, resume_point
 from .launch import check_launch, check_vllm
 from .records import base_record
-from .zoom import apply_turn_cap, zoom_parts
+from .zoom import apply_turn_cap, zoom_parts, zoom_sft_parts
 
 
 def galaxy_dataset(
@@ -234,7 +234,7 @@ def _trainer_parts(
         training_args,
         with_completion=recipe == "sft",
         permute_labels_seed=permute_labels_seed,
-        zoom=recipe == "grpo" and args.zoom,
+        zoom=args.zoom,
     )
     model, processor = load_model(model_args, training_args)
     code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
@@ -256,12 +256,15 @@ def _trainer_parts(
 def build_sft_trainer(
     args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
 ):
-    """TRL's `SFTTrainer` for a recipe: the arm's prompts with their answers as completions."""
+    """TRL's `SFTTrainer` for a recipe: the arm's prompts with their answers as completions; with `zoom`, the warm
+    start's zoom trajectories (`training.zoom.zoom_sft_parts`)."""
     from trl import SFTTrainer
 
+    parts = _trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
     if args.zoom:
-        raise UserError("zoom: zoom episodes are GRPO's (recipes/grpo.py); the SFT recipe has no zoom yet")
-    return SFTTrainer(**_trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed))
+        datasets = {name: parts.pop(name) for name in ("train_dataset", "eval_dataset")}
+        parts.update(zoom_sft_parts(args, training_args, parts["model"], parts["processing_class"], datasets))
+    return SFTTrainer(**parts)
 
 
 def build_grpo_trainer(

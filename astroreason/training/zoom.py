@@ -1,14 +1,19 @@
-"""What a GRPO recipe adds for zoom episodes (`--zoom true`, docs/zoom.md): the turn cap, a tool-capable chat
-template, one `ZoomEnvironment` per rollout (TRL's `environment_factory`) and the zoom rewards."""
+"""What a recipe adds for zoom (`--zoom true`, docs/zoom.md). GRPO: the turn cap, a tool-capable chat template, one
+`ZoomEnvironment` per rollout (TRL's `environment_factory`) and the zoom rewards. SFT: the warm start, trained on
+zoom trajectories made from the data (`zoom.trajectories`)."""
 
 from __future__ import annotations
 
+import json
+
+from ..data.focus import focus_boxes
 from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
-from ..zoom import POSITION_COLUMN, environment_factory, zoom_tool
+from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, environment_factory, zoom_tool
 from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
+from ..zoom.trajectories import zoom_trajectories
 from .arguments import GalaxyScriptArguments
 
 
@@ -70,3 +75,74 @@ def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, rew
         funcs = [skip_unanswered(f) for f in funcs]
     factory = environment_factory(tool, zoom_cost=args.zoom_cost, zoom_bonus=args.zoom_bonus)
     return dict(environment_factory=factory, reward_funcs=funcs)
+
+
+def with_default_tools(chat_template: str, tools: list[dict]) -> str:
+    """`chat_template` rendering `tools` when it is given none: TRL's vision collator renders conversations without
+    a dataset's `tools` column, and a warm start's prompts must carry the tool schema its rollouts will see."""
+    return "{%- if not tools %}{%- set tools = " + json.dumps(tools) + " %}{%- endif %}" + chat_template
+
+
+def training_template(processor, family) -> str:
+    """The chat template an assistant-only loss trains with: the processor's own where it marks the assistant's
+    tokens (`{% generation %}`), else TRL's training variant of it; refused (one line) where neither exists."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers  # lazy: with the trainer
+
+    template = processor.chat_template
+    if has_generation_markers(template):
+        return template
+    try:
+        patched = get_training_chat_template(processor)
+    except ValueError:
+        patched = None
+    if patched is None:
+        raise UserError(
+            f"zoom: the {family.name} chat template marks no assistant tokens ({{% generation %}}) and TRL has no "
+            "training variant of it, so a zoom warm start cannot train on the assistant's turns only"
+        )
+    return patched
+
+
+def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor, datasets: dict) -> dict:
+    """The `SFTTrainer` keywords of a zoom warm start (`zoom.trajectories`): the datasets (`train_dataset`,
+    `eval_dataset`: each a zoom dataset or None) as zoom trajectories on each galaxy's focus box (`data.focus`),
+    trained on the assistant's turns only (`assistant_only_loss`); for the image arm, TRL's vision collator with
+    the training template and the tool schema. The tool's turns are linted on the training rows first."""
+    from transformers.utils import get_json_schema  # lazy: as trl
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling  # lazy: trl loads with the trainer
+
+    family = family_for(model)
+    tool_capable(processor, family)
+    training_args.assistant_only_loss = True
+    template = training_template(processor, family)
+    tool = zoom_tool(
+        args.arm_settings(),
+        min_side=args.zoom_min_side,
+        max_aspect=args.zoom_max_aspect,
+        pixel_multiple=family.pixel_multiple,
+        count_tokens=token_counter(args, processor, family),
+    )
+    train = datasets["train_dataset"]
+    lint_tool_turns(tool, args.train_split, train[POSITION_COLUMN])
+    tools = [get_json_schema(ZoomEnvironment(None).zoom)]
+    parts = {}
+    for name, dataset in datasets.items():
+        if dataset is None:
+            parts[name] = None
+            continue
+        split = dataset[0][SPLIT_COLUMN]
+        focus, origin = focus_boxes(args.data_dir, split, dataset[POSITION_COLUMN], manifest=tool.manifest)
+        parts[name] = zoom_trajectories(
+            dataset, tool, focus, fraction=args.zoom_sft_fraction, seed=training_args.seed, tools=tools
+        )
+        if name == "train_dataset" and training_args.process_index == 0:
+            print(f"zoom warm start: {len(dataset)} trajectories, boxes from the {origin} focus (data.focus)")
+    if args.modality == "image":
+        parts["data_collator"] = DataCollatorForVisionLanguageModeling(
+            processor,
+            max_length=training_args.max_length,
+            pad_to_multiple_of=training_args.pad_to_multiple_of,
+            assistant_only_loss=True,
+            chat_template=with_default_tools(template, tools),
+        )
+    return parts

@@ -74,3 +74,21 @@ def pixel_box(box, width: int, height: int) -> tuple[int, int, int, int]:
     left, top = math.floor(x1 * width + 1e-9), math.floor(y1 * height + 1e-9)
     right, bottom = math.ceil(x2 * width - 1e-9), math.ceil(y2 * height - 1e-9)
     return left, top, max(right, left + 1), max(bottom, top + 1)
+
+
+def fit_box(box, limits: BoxLimits, *, decimals: int = 2) -> list[float]:
+    """The smallest box around `box` that `parse_box` accepts, rounded as a model would write it: each side grown
+    about the box's centre to `limits.min_side` and to within `limits.max_aspect` of the other, shifted inside
+    [0, 1] (a box is never larger than the image). A warm start's target call (`zoom.trajectories`)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    step = 10.0**-decimals
+    width, height = max(x2 - x1, limits.min_side), max(y2 - y1, limits.min_side)
+    width, height = max(width, height / limits.max_aspect), max(height, width / limits.max_aspect)
+    edges = []
+    for centre, side in (((x1 + x2) / 2, width), ((y1 + y2) / 2, height)):
+        side = min(1.0, math.ceil(side / step - 1e-9) * step)  # rounded up: never below the limits once rounded
+        low = min(max(centre - side / 2, 0.0), 1.0 - side)
+        low = math.floor(low / step + 1e-9) * step
+        edges.append((round(low, decimals), round(min(low + side, 1.0), decimals)))
+    (x1, x2), (y1, y2) = edges
+    return [x1, y1, x2, y2]

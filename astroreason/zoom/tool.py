@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arms import ArmSettings
-from ..data.splits import load_manifest, load_split
+from ..data.splits import load_manifest, load_split, source_path
 from ..tokens import load_codec, load_codes, render
-from ..tokens.cache import _source_path
 from ..tokens.codec import read_inputs
 from .box import BoxError, BoxLimits, parse_box, pixel_box
 
@@ -179,7 +178,7 @@ class TokenZoom(ZoomTool):
                 self._flux = Galaxy10AionFlux(self.cache.meta["flux_source"]["path"])
             x = self._flux.flux(self._flux.positions_of([row]))[0]
         else:
-            path = _source_path(self.manifest, self.settings.data_dir)
+            path = source_path(self.manifest, self.settings.data_dir)
             x = next(read_inputs(path, [row], self.spec, batch_size=1))[0]
         if self.spec.kind == "rgb":
             return np.asarray(x, np.uint8)

@@ -1,0 +1,116 @@
+"""Zoom trajectories for a warm-start SFT (`recipes/sft.py --zoom true`, docs/zoom.md): the episode a zoom run should
+learn to play, made from the data, so that GRPO starts from a policy that calls the tool at all (under an
+outcome-only reward, one that never calls it never learns to).
+
+A trajectory is the zoom prompt (its system turn and the first view), one assistant turn that calls `zoom` on the
+galaxy's focus box (`data.focus`: the region that decides its class, as the surrogate knows it, or the galaxy's
+light), the tool's own result for that box (the crop of the full-resolution source, as in training and
+evaluation), and the answer. The box is fitted to the tool's limits (`box.fit_box`) and written with two decimals,
+as a model writes one. A `fraction` of the rows is taught this way (a seeded choice); the others answer at once, so
+the warm start does not teach zooming always. Only the assistant turns are trained (`assistant_only_loss`).
+
+The rows are conversations of TRL's language-modeling type (`messages`). The image arm's carry both images inside
+their turns (the first view in the user turn, the crop in the tool turn) and an empty `images`: TRL's vision collator
+renders them with the processor, which reads every image block. They are an `IterableDataset` made row by row as
+the trainer reads them, kept out of Arrow, which would give every content block the keys of all the others. The
+token arm's are text only: an Arrow dataset with TRL's `tools` column.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .box import fit_box
+from .environment import POSITION_COLUMN, SPLIT_COLUMN
+from .tool import ZoomTool
+
+SHUFFLE_BUFFER = 1024  # the image arm's trajectories are reshuffled each epoch within this many rows
+
+
+def zoom_turns(box: list[float], result, answer: str) -> list[dict]:
+    """The assistant's call of `zoom` on `box`, the tool's result and the answer: the turns after the prompt. The
+    call's content is empty, as the model writes a call; its arguments are JSON text, as a parsed call renders."""
+    call = {"type": "function", "function": {"name": "zoom", "arguments": json.dumps({"bbox_2d": box})}}
+    return [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "name": "zoom", "content": result},
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def taught_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Which of `n` rows are taught a zoom (a seeded choice of round(fraction * n) of them), as a boolean mask."""
+    taught = np.zeros(n, bool)
+    taught[np.random.default_rng(seed).permutation(n)[: round(fraction * n)]] = True
+    return taught
+
+
+class ImageTrajectories:
+    """The image arm's trajectories over a zoom SFT dataset (`prompt`, `completion`, `image`, the zoom columns), made
+    row by row as the trainer reads them (a map-style dataset: the crop is the tool's, from the source)."""
+
+    def __init__(self, dataset, tool: ZoomTool, boxes, taught):
+        self.dataset, self.tool, self.boxes, self.taught = dataset, tool, boxes, taught
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        row = self.dataset[int(i)]
+        system, user = row["prompt"]
+        messages = [system, {"role": "user", "content": [{"type": "image", "image": row["image"]}, _text(user)]}]
+        answer = row["completion"][0]["content"]
+        if self.taught[i]:
+            call = self.tool(row[SPLIT_COLUMN], row[POSITION_COLUMN], self.boxes[i])
+            messages += zoom_turns(self.boxes[i], call.result, answer)
+        else:
+            messages.append({"role": "assistant", "content": answer})
+        return {"messages": messages, "images": []}
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _rows(trajectories: ImageTrajectories):
+    yield from trajectories
+
+
+def _text(message: dict) -> dict:
+    return {"type": "text", "text": message["content"]}
+
+
+def zoom_trajectories(dataset, tool: ZoomTool, focus, *, fraction: float, seed: int, tools: list[dict]):
+    """The SFT trajectories of a zoom dataset (`zoom.with_zoom_columns` of an arm's SFT dataset): `focus` holds each
+    row's focus box (before fitting), `fraction` of the rows are taught a zoom, `tools` is the tool schema the
+    chat template renders (the token arm's `tools` column; the image arm's collator is given it). Every taught call
+    is checked to be one the tool accepts."""
+    boxes = [fit_box(b, tool.limits) for b in focus]
+    taught = taught_rows(len(dataset), fraction, seed)
+    for i in np.flatnonzero(taught)[:1]:  # a fitted box is always valid; one real call says so before training
+        call = tool(dataset[int(i)][SPLIT_COLUMN], dataset[int(i)][POSITION_COLUMN], boxes[i])
+        if not call.valid:
+            raise ValueError(f"zoom trajectories: the fitted box {boxes[i]} is refused by the tool: {call.error}")
+    if tool.modality == "image":
+        from datasets import IterableDataset  # lazy: datasets loads with the arm's dataset
+
+        # Iterable: its rows pass through as Python objects (no Arrow), made as the trainer reads them.
+        rows = ImageTrajectories(dataset, tool, boxes, taught)
+        return IterableDataset.from_generator(_rows, gen_kwargs={"trajectories": rows}).shuffle(
+            seed=seed, buffer_size=SHUFFLE_BUFFER
+        )
+    schema = json.dumps(tools)
+
+    def to_messages(row, i):
+        messages = [*row["prompt"]]
+        answer = row["completion"][0]["content"]
+        if taught[i]:
+            messages += zoom_turns(boxes[i], tool(row[SPLIT_COLUMN], row[POSITION_COLUMN], boxes[i]).result, answer)
+        else:
+            messages.append({"role": "assistant", "content": answer})
+        return {"messages": messages, "tools": schema}
+
+    return dataset.map(to_messages, with_indices=True, remove_columns=dataset.column_names, desc="zoom trajectories")
