@@ -9,6 +9,15 @@ figures printed, and one `RESULT {json}` line.
 Every stage writes into `--out` and is skipped when its output is already there, so a killed demo resumes. The demo
 checks its own claim: each arm must beat twice the majority-class rate with the lower end of its 95 % interval above
 that rate; otherwise it exits 1.
+
+`--zoom` (into runs/demo_zoom by default) renders the surrogate at Galaxy10's 256 px, so the 112 px first view is
+downsampled and a zoom can add detail (a bar, how tightly arms wind, a second nucleus), and adds a zoom arm of each
+modality: from that modality's SFT model, a short SFT on zoom trajectories (the warm start: a call on the galaxy's
+focus box, the tool's crop, the answer; `zoom.trajectories`), then multi-turn GRPO with the zoom tool, then
+evaluation as zoom episodes. Its claim is honest
+measurement, not that zoom wins: each zoom arm must still call the tool after GRPO (zoom rate above 0); its accuracy,
+the accuracy with and without a zoom and the tokens per galaxy are reported beside the plain arms', all from the
+results files.
 """
 
 from __future__ import annotations
@@ -51,7 +60,18 @@ class DemoConfig:
             nothing; the demo prints its codec's held-out codebook usage and perplexity.
         threads: Torch threads; tiny models are overhead-bound, and one thread is faster on a busy 2-core machine.
         seed: Seed of everything.
-        check: Whether to enforce the image arm's accuracy claim.
+        check: Whether to enforce the demo's claims (the plain arms' accuracy; the zoom arms' zoom rate).
+        zoom: Add a zoom arm of each modality (`--zoom`).
+        zoom_sft_steps: SFT steps of a zoom arm's warm start on zoom trajectories, from its modality's SFT model.
+        zoom_sft_lr: Learning rate of that warm start (language model; the merger's is at most this).
+        zoom_sft_fraction: Share of the warm start's rows taught a zoom; the others answer at once.
+        zoom_grpo_steps: GRPO steps of a zoom arm, with the zoom tool.
+        zoom_max_turns: Turn cap of a zoom episode (rounds of tool calls), in GRPO and in evaluation.
+        zoom_cost: GRPO reward taken off per zoom call.
+        zoom_bonus: GRPO reward added to a right answer reached with a valid zoom.
+        matched_image_size: First view of the `image_matched` arm (no zoom), with at least as many visual tokens as
+            the zoom arm's first view and its crops: 168 px = 36 visual tokens, against 16 + 16 at 112 px and one
+            call. The token arm has no such control: its codec takes one input size.
     """
 
     n_galaxies: int = 3000
@@ -75,7 +95,30 @@ class DemoConfig:
     threads: int = 1
     seed: int = 0
     check: bool = True
+    zoom: bool = False
+    zoom_sft_steps: int = 100
+    zoom_sft_lr: float = 1e-3
+    zoom_sft_fraction: float = 0.75
+    zoom_grpo_steps: int = 8
+    zoom_max_turns: int = 2
+    zoom_cost: float = 0.02
+    zoom_bonus: float = 0.1
+    matched_image_size: int = 168
 
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """The arms, by name: `image`, `tokens`, and with `zoom` `image_zoom`, `tokens_zoom` and `image_matched`."""
+        return ("image", "tokens", *(ZOOM_ARMS if self.zoom else ()))
+
+    def arm_image_size(self, arm: str) -> int:
+        return self.matched_image_size if arm == "image_matched" else self.image_size
+
+
+# `--zoom`: Galaxy10's 256 px, so the 112 px first view is downsampled and a crop can show more; a zoom arm of each
+# modality, and an image arm without zoom whose larger first view costs the zoom arm's visual tokens.
+ZOOM_ARMS = ("image_zoom", "tokens_zoom", "image_matched")
+ZOOM = dict(zoom=True, render_size=256)
+QUICK_ZOOM = dict(zoom_sft_steps=4, zoom_grpo_steps=2)
 
 QUICK = dict(
     n_galaxies=300,
@@ -230,16 +273,23 @@ class Demo:
 
     # --- training and evaluation -----------------------------------------------------------------------------------
 
-    def script_args(self, modality: str):
+    def script_args(self, arm: str):
+        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`)."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .training import GalaxyScriptArguments
 
+        c, modality = self.config, _modality(arm)
         return GalaxyScriptArguments(
             data_dir=str(self.prepared),
             modality=modality,
             codec=str(self.codec) if modality == "tokens" else None,
-            rendering=self.config.rendering,
-            image_size=self.config.image_size,
+            rendering=c.rendering,
+            image_size=c.arm_image_size(arm),
+            zoom=_zoomed(arm),
+            zoom_max_turns=c.zoom_max_turns,
+            zoom_cost=c.zoom_cost,
+            zoom_bonus=c.zoom_bonus,
+            zoom_sft_fraction=c.zoom_sft_fraction,
         )
 
     def _common(self) -> dict:
@@ -254,51 +304,59 @@ class Demo:
             disable_tqdm=False,
         )
 
-    def sft(self, modality: str) -> Path:
-        """SFT from the warm-started model, with a learning rate per part (`astroreason.optim`)."""
+    def sft(self, arm: str) -> Path:
+        """SFT from the warm-started model, with a learning rate per part (`astroreason.optim`); a zoom arm's is the
+        zoom warm start: a short SFT on zoom trajectories from its modality's SFT model."""
         from trl import ModelConfig, SFTConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .optim import PartLearningRates
         from .training import build_sft_trainer, run_training
 
-        c, out = self.config, self.out / modality / "sft"
+        c, out = self.config, self.out / arm / "sft"
+        # A zoom arm's warm start is short and starts from its modality's SFT model, which already answers.
+        start = self.out / _modality(arm) / "sft" if _zoomed(arm) else self.model
+        language = c.zoom_sft_lr if _zoomed(arm) else c.lr_language
 
         def run():
             args = SFTConfig(
                 output_dir=str(out),
-                max_steps=c.sft_steps,
+                max_steps=c.zoom_sft_steps if _zoomed(arm) else c.sft_steps,
                 per_device_train_batch_size=c.sft_batch,
-                learning_rate=c.lr_language,
+                learning_rate=language,
                 lr_scheduler_type="cosine",
                 warmup_steps=0.05,
                 max_length=None,
                 **self._common(),
             )
-            trainer = build_sft_trainer(self.script_args(modality), args, ModelConfig(str(self.model), dtype="float32"))
-            self.learning_rates(trainer, modality, PartLearningRates(c.lr_vision, c.lr_merger, c.lr_language))
-            run_training(trainer, self.script_args(modality))
+            script = self.script_args(arm)
+            trainer = build_sft_trainer(script, args, ModelConfig(str(start), dtype="float32"))
+            merger = min(c.lr_merger, language)
+            self.learning_rates(trainer, _modality(arm), PartLearningRates(c.lr_vision, merger, language))
+            run_training(trainer, script)
 
-        self.stage(f"SFT, {modality} arm", out / "config.json", run)
+        self.stage(f"SFT, {_title(arm)} arm", out / "config.json", run)
         return out
 
-    def grpo(self, modality: str) -> Path:
-        """GRPO from the SFT model (format + accuracy rewards); the vision blocks and the code rows stay frozen."""
+    def grpo(self, arm: str) -> Path:
+        """GRPO from the SFT model (format + accuracy rewards; a zoom arm's episodes also pay `zoom_cost` per call and
+        `zoom_bonus` for a right answer reached with a zoom); the vision blocks and the code rows stay frozen."""
         from trl import GRPOConfig, ModelConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .optim import PartLearningRates
         from .training import build_grpo_trainer, run_training
 
-        c, out, start = self.config, self.out / modality / "grpo", self.out / modality / "sft"
+        c, out, start = self.config, self.out / arm / "grpo", self.out / arm / "sft"
 
         def run():
             args = GRPOConfig(
                 output_dir=str(out),
-                max_steps=c.grpo_steps,
+                max_steps=c.zoom_grpo_steps if _zoomed(arm) else c.grpo_steps,
                 per_device_train_batch_size=8,
                 num_generations=4,
-                max_completion_length=24,
+                # A zoom episode's every turn: the call (its box digit by digit), the crop's tokens, the answer.
+                max_completion_length=ZOOM_COMPLETION_TOKENS if _zoomed(arm) else 24,
                 temperature=1.0,
                 beta=0.0,
                 learning_rate=c.grpo_lr,
@@ -306,11 +364,12 @@ class Demo:
                 activation_checkpointing=False,
                 **self._common(),
             )
-            trainer = build_grpo_trainer(self.script_args(modality), args, ModelConfig(str(start), dtype="float32"))
-            self.learning_rates(trainer, modality, PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
-            run_training(trainer, self.script_args(modality))
+            script = self.script_args(arm)
+            trainer = build_grpo_trainer(script, args, ModelConfig(str(start), dtype="float32"))
+            self.learning_rates(trainer, _modality(arm), PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
+            run_training(trainer, script)
 
-        self.stage(f"GRPO, {modality} arm", out / "config.json", run)
+        self.stage(f"GRPO, {_title(arm)} arm", out / "config.json", run)
         return out
 
     def learning_rates(self, trainer, modality: str, rates) -> None:
@@ -325,12 +384,13 @@ class Demo:
         if modality == "tokens":
             freeze_code_rows(trainer, load_codec(self.codec).vocab_size)
 
-    def evaluate(self, modality: str, model_dir: Path) -> dict:
+    def evaluate(self, arm: str, model_dir: Path) -> dict:
+        """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm>."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .evaluation.harness import EvalConfig, evaluate
 
-        c = self.config
-        out = self.out / "eval" / modality
+        c, modality = self.config, _modality(arm)
+        out = self.out / "eval" / arm
         config = EvalConfig(
             model=str(model_dir),
             data_dir=str(self.prepared),
@@ -338,19 +398,39 @@ class Demo:
             modality=modality,
             codec=str(self.codec) if modality == "tokens" else None,
             rendering=c.rendering,
-            image_size=c.image_size,
+            image_size=c.arm_image_size(arm),
             output_dir=str(out),
             batch_size=32,
-            max_new_tokens=24,
+            max_new_tokens=ZOOM_TURN_TOKENS if _zoomed(arm) else 24,
             seed=c.seed,
+            zoom=_zoomed(arm),
+            zoom_max_turns=c.zoom_max_turns,
             # The demo runs on this machine's CPU: no marginal cost, and its ledger stays inside the demo's folder.
             price_gpu_hour=0.0,
             ledger=str(self.out / "ledger" / "spend.jsonl"),
         )
         started = time.monotonic()
         result = evaluate(config)  # resumes from its per-sample cache
-        self.timings[f"evaluate {modality} arm"] = round(time.monotonic() - started, 1)
+        self.timings[f"evaluate {_title(arm)} arm"] = round(time.monotonic() - started, 1)
         return result
+
+
+ZOOM_COMPLETION_TOKENS = (
+    320  # GRPO, a zoom episode: the call (~90 tokens), the crop (16 visual or 64 code tokens), the answer
+)
+ZOOM_TURN_TOKENS = 128  # evaluation, each turn of a zoom episode
+
+
+def _modality(arm: str) -> str:
+    return arm.split("_")[0]
+
+
+def _zoomed(arm: str) -> bool:
+    return arm.endswith("_zoom")
+
+
+def _title(arm: str) -> str:
+    return arm.replace("_zoom", " + zoom").replace("_matched", " (matched view)")
 
 
 def _pct(x: float) -> str:
@@ -375,18 +455,37 @@ def warm_start_notes(pretrain: dict, config: DemoConfig) -> list[str]:
         f"linear head on the mean code embedding, discarded) on the codes of the same {tokens['n_train']} galaxies; "
         f"held-out accuracy there {_pct(tokens['held_out_accuracy'])}. Both arms fine-tune that one model; the code rows "
         "stay fixed in SFT and GRPO (the vision blocks: a 50x lower rate in SFT, frozen in GRPO).",
-    ]
+    ] + (
+        [
+            f"zoom arms: each starts from its modality's SFT model and gets {config.zoom_sft_steps} more SFT steps on "
+            f"zoom trajectories ({_pct(config.zoom_sft_fraction)} of the rows zoom on the galaxy's focus box, the "
+            f"others answer at once), then {config.zoom_grpo_steps} GRPO steps with the zoom tool (up to "
+            f"{config.zoom_max_turns} call(s) an episode, {config.zoom_cost} reward per call, {config.zoom_bonus} "
+            "bonus for a right answer after a zoom): more training than the plain arms, which get none of it."
+        ]
+        if config.zoom
+        else []
+    )
 
 
-def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: DemoConfig | None = None) -> dict:
-    """Run (or resume) the demo into `out`; returns the summary also written to `out/demo_result.json`."""
+def demo_config(*, quick: bool = False, zoom: bool = False) -> DemoConfig:
+    """The demo's sizes: the defaults, `--quick`'s and `--zoom`'s changes."""
+    changes = {**(QUICK if quick else {}), **(ZOOM if zoom else {}), **(QUICK_ZOOM if quick and zoom else {})}
+    return replace(DemoConfig(), **changes)
+
+
+def run_demo(
+    out: str | Path | None = None, *, quick: bool = False, zoom: bool = False, config: DemoConfig | None = None
+) -> dict:
+    """Run (or resume) the demo into `out` (default runs/demo, or runs/demo_zoom with `zoom`); returns the summary
+    also written to `out/demo_result.json`."""
     import torch
 
     # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-    from .evaluation.report import write_report
+    from .evaluation.report import tokens_per_galaxy, write_report
 
-    config = config or (replace(DemoConfig(), **QUICK) if quick else DemoConfig())
-    out = Path(out)
+    config = config or demo_config(quick=quick, zoom=zoom)
+    out = Path(out or ("runs/demo_zoom" if config.zoom else "runs/demo"))
     if out.exists() and not out.is_dir():
         raise UserError(f"out: {out} is a file; give a directory for the demo's outputs")
     check_writable(out, "out", directory=True)
@@ -411,17 +510,19 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     for line in warm_start_notes(pretrain, config):
         print(f"[demo] NOTE: {line}", flush=True)
     results = {}
-    for modality in ("image", "tokens"):
-        demo.sft(modality)
-        results[modality] = demo.evaluate(modality, demo.grpo(modality))
+    for arm in config.arms:
+        demo.sft(arm)
+        results[arm] = demo.evaluate(arm, demo.grpo(arm))
     report_started = time.monotonic()
-    report = write_report([out / "eval" / "image", out / "eval" / "tokens"], out / "report")
+    report = write_report([out / "eval" / arm for arm in config.arms], out / "report")
     demo.timings["report"] = round(time.monotonic() - report_started, 1)
     wall = round(time.monotonic() - started, 1)
 
     majority = results["image"]["metrics"]["majority_rate"]
-    beats = {m: _beats_twice(r["metrics"]) for m, r in results.items()}
-    passed = all(beats.values())
+    plain = [a for a in config.arms if not _zoomed(a)]
+    beats = {a: _beats_twice(results[a]["metrics"]) for a in plain}
+    zooms = {a: results[a]["zoom"]["zoom_rate"] > 0 for a in config.arms if _zoomed(a)}
+    passed = all(beats.values()) and all(zooms.values())
     summary = {
         "wall_seconds_this_run": wall,
         "stage_seconds": demo.timings,
@@ -430,20 +531,9 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
         "majority_rate": majority,
         "twice_majority_rate": 2 * majority,
         "beats_twice_majority": beats,
+        "zooms_after_training": zooms,
         "warm_starts": pretrain,
-        "arms": {
-            m: {
-                "accuracy": r["metrics"]["accuracy"],
-                "accuracy_interval": r["metrics"]["interval"]["accuracy"],
-                "balanced_accuracy": r["metrics"]["balanced_accuracy"],
-                "macro_f1": r["metrics"]["macro_f1"],
-                "parse_failure_rate": r["metrics"]["parse_failure_rate"],
-                "n": r["metrics"]["n"],
-                "prompt_tokens_per_galaxy": r["prompt_tokens"] / r["metrics"]["n"],
-                "eval_dir": r["config"]["output_dir"],
-            }
-            for m, r in results.items()
-        },
+        "arms": {a: arm_summary(r, tokens_per_galaxy(r)) for a, r in results.items()},
         "config": wanted,
     }
     write_json_atomic(out / "demo_result.json", summary)
@@ -451,44 +541,81 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, config: Demo
     # The end of the output: the side-by-side table and the figures, then one RESULT line.
     table = [line for line in report.read_text().splitlines() if line.startswith("|")]
     print("\n" + "\n".join(table[: 2 + len(results)]))
-    for m, a in summary["arms"].items():
-        lo, hi = a["accuracy_interval"]
+    if config.zoom:  # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
+        print("\n" + "\n".join(line for line in table if " zoom (" in line))
+    for a, s in summary["arms"].items():
+        lo, hi = s["accuracy_interval"]
         print(
-            f"{m:>6} arm: accuracy {_pct(a['accuracy'])} (95 % CI {_pct(lo)} - {_pct(hi)}), n = {a['n']}, "
-            f"{a['prompt_tokens_per_galaxy']:.0f} prompt tokens per galaxy"
+            f"{_title(a):>13} arm: accuracy {_pct(s['accuracy'])} (95 % CI {_pct(lo)} - {_pct(hi)}), n = {s['n']}, "
+            f"{s['tokens_per_galaxy']:.0f} tokens per galaxy (all turns)"
         )
+        if "zoom" in s:
+            z = s["zoom"]
+            print(
+                f"{'':>18}zoom rate {_pct(z['zoom_rate'])}, {z['zooms_per_galaxy']:.2f} zooms per galaxy; accuracy "
+                f"{_maybe_pct(z['accuracy_with_zoom'])} with a zoom (n = {z['n_with_zoom']}), "
+                f"{_maybe_pct(z['accuracy_without_zoom'])} without (n = {z['n_without_zoom']})"
+            )
     print(
         f"majority-class rate {_pct(majority)}; twice that {_pct(2 * majority)}: "
         + "; ".join(
-            f"{m} arm {'beats it (point estimate and CI lower end)' if ok else 'does NOT beat it'}"
-            for m, ok in beats.items()
+            f"{a} arm {'beats it (point estimate and CI lower end)' if ok else 'does NOT beat it'}"
+            for a, ok in beats.items()
         )
     )
+    for a, ok in zooms.items():
+        print(f"{_title(a)} arm {'still zooms' if ok else 'NEVER zooms'} after GRPO")
     print(f"report: {report}")
     for fig in summary["figures"]:
         print(f"figure: {fig}")
     print(f"demo wall time (this run): {wall:.0f} s")
     line = {"majority_rate": majority, "wall_seconds": wall, "report": str(report)}
-    for m, r in results.items():
-        line[f"{m}_accuracy"] = r["metrics"]["accuracy"]
-        line[f"{m}_interval"] = r["metrics"]["interval"]["accuracy"]
-        line[f"{m}_beats_twice_majority"] = beats[m]
+    for a, r in results.items():
+        line[f"{a}_accuracy"] = r["metrics"]["accuracy"]
+        line[f"{a}_interval"] = r["metrics"]["interval"]["accuracy"]
+        if a in beats:
+            line[f"{a}_beats_twice_majority"] = beats[a]
+        if a in zooms:
+            line[f"{a}_zoom_rate"] = r["zoom"]["zoom_rate"]
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     if config.check and not passed:
-        failed = [m for m, ok in beats.items() if not ok]
-        raise CheckFailed(
-            "; ".join(
-                f"{m} arm accuracy {_pct(results[m]['metrics']['accuracy'])} (CI low "
-                f"{_pct(results[m]['metrics']['interval']['accuracy'][0])}) does not beat twice the majority rate "
-                f"{_pct(2 * majority)}"
-                for m in failed
-            )
-        )
+        failed = [
+            f"{a} arm accuracy {_pct(results[a]['metrics']['accuracy'])} (CI low "
+            f"{_pct(results[a]['metrics']['interval']['accuracy'][0])}) does not beat twice the majority rate "
+            f"{_pct(2 * majority)}"
+            for a, ok in beats.items()
+            if not ok
+        ]
+        failed += [f"{_title(a)} arm never zoomed after GRPO (zoom rate 0)" for a, ok in zooms.items() if not ok]
+        raise CheckFailed("; ".join(failed))
     return summary
 
 
+def arm_summary(result: dict, tokens: float) -> dict:
+    """What the demo's summary keeps of one arm's `result.json` (and, for a zoom arm, its `zoom` block)."""
+    m = result["metrics"]
+    summary = {
+        "accuracy": m["accuracy"],
+        "accuracy_interval": m["interval"]["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "macro_f1": m["macro_f1"],
+        "parse_failure_rate": m["parse_failure_rate"],
+        "n": m["n"],
+        "prompt_tokens_per_galaxy": result["prompt_tokens"] / m["n"],
+        "tokens_per_galaxy": tokens,
+        "eval_dir": result["config"]["output_dir"],
+    }
+    if result.get("zoom", {}).get("n"):
+        summary["zoom"] = result["zoom"]
+    return summary
+
+
+def _maybe_pct(x: float | None) -> str:
+    return "n/a" if x is None else _pct(x)
+
+
 def _run(args) -> int:
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, zoom=args.zoom)
     return 0
 
 
@@ -498,8 +625,19 @@ def add_parser(subparsers) -> None:
         help="the whole pipeline on the GalSim surrogate: data, codec, tiny model, SFT+GRPO, both arms, report",
         description="Surrogate data -> codec -> tiny Qwen2.5-VL (vision tower and code-token embeddings pretrained "
         "on a disjoint surrogate file) -> SFT then GRPO for the image and the token arm -> evaluation -> side-by-side "
-        "report. CPU, offline.",
+        "report. CPU, offline. --zoom adds a zoom arm of each modality and an image arm at the zoom arm's visual-token "
+        "budget (docs/zoom.md).",
     )
-    p.add_argument("--out", default="runs/demo", help="output directory; rerunning into it resumes (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes); its accuracy is not checked")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory; rerunning into it resumes (default runs/demo, or runs/demo_zoom with --zoom)",
+    )
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (minutes); its claims are not checked")
+    p.add_argument(
+        "--zoom",
+        action="store_true",
+        help="also a zoom arm of each modality (warm start on zoom trajectories, GRPO with the zoom tool, zoom "
+        "evaluation) on a 256 px surrogate whose 112 px first view is downsampled",
+    )
     p.set_defaults(func=_run)

@@ -137,3 +137,30 @@ def test_refuses_a_folder_of_another_demo(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "other settings" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "demo_config.json").read_text()) == {"n_galaxies": 1}
+
+
+def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
+    """`astroreason demo --quick --zoom`: five arms trained and evaluated, the zoom arms as zoom episodes; every
+    figure of the summary is its arm's `result.json` (a smoke run: its claims are not checked)."""
+    proc = _cli("--quick", "--zoom", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo_result.json").read_text())
+    assert list(summary["arms"]) == ["image", "tokens", "image_zoom", "tokens_zoom", "image_matched"]
+    assert summary["config"]["matched_image_size"] == 168
+    assert summary["config"]["render_size"] == 256 and summary["config"]["image_size"] == 112
+    for arm, figures in summary["arms"].items():
+        result = json.loads((tmp_path / "eval" / arm / "result.json").read_text())
+        assert result["config"]["zoom"] is arm.endswith("_zoom")
+        assert result["config"]["image_size"] == (168 if arm == "image_matched" else 112)
+        assert figures["accuracy"] == result["metrics"]["accuracy"]
+        assert (
+            figures["tokens_per_galaxy"]
+            == (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
+        )
+        if arm.endswith("_zoom"):
+            assert figures["zoom"] == result["zoom"] and summary["zooms_after_training"][arm] == (
+                result["zoom"]["zoom_rate"] > 0
+            )
+        assert f'"{arm}_accuracy": {result["metrics"]["accuracy"]}' in proc.stdout
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "no zoom vs zoom (image)" in report and "no zoom vs zoom (tokens)" in report

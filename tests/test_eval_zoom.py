@@ -259,7 +259,9 @@ def served_steering(model_dir) -> str:
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], "tokens")
-    bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], CALL.format(box=json.dumps(BOX)), anchor=8)
+    bias = anchored_bias(
+        tokenizer, prompt, [ZoomEnvironment.zoom], CALL.format(box=json.dumps(BOX)), anchor="</answer>."
+    )
     eos = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     config = {"sequence_bias": bias, "do_sample": False, "eos_token_id": eos, "pad_token_id": eos[1]}
     return json.dumps(config)

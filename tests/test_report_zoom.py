@@ -41,11 +41,11 @@ def answer_steering(model_dir, modality: str, zoom: bool, label: int) -> list:
     answer = f"<answer>{DECALS_CLASSES[label]}</answer><|im_end|>"
     user = [{"role": "user", "content": "x <answer>CLASS NAME</answer>."}]
     if not zoom:
-        return anchored_bias(tokenizer, user, None, answer, anchor=8)
+        return anchored_bias(tokenizer, user, None, answer, anchor="</answer>.")
     called = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {}}]}
     called["tool_calls"][0]["function"] = {"name": "zoom", "arguments": {"bbox_2d": BOX}}
     turn = [*zoom_prompt(user, modality), called, {"role": "tool", "name": "zoom", "content": "x"}]
-    return anchored_bias(tokenizer, turn, [ZoomEnvironment.zoom], answer, anchor=9)
+    return anchored_bias(tokenizer, turn, [ZoomEnvironment.zoom], answer, anchor="</tool_response>")
 
 
 @pytest.fixture(scope="module")

@@ -229,11 +229,13 @@ def test_zoom_rewards_read_the_environments(prepared_dir):
 # --- GRPO episodes ---------------------------------------------------------------------------------------------------
 
 
-def anchored_bias(tokenizer, conversation, tools, script: str, anchor: int) -> list:
+def anchored_bias(tokenizer, conversation, tools, script: str, anchor: str) -> list:
     """`sequence_bias` entries that make sampling write `script` right after the rendered `conversation` (its last
-    `anchor` tokens anchor it, so it fires there and nowhere else)."""
+    tokens, back to the text `anchor`, anchor it, so it fires there and nowhere else)."""
     text = tokenizer.apply_chat_template(conversation, tools=tools, add_generation_prompt=True, tokenize=False)
-    anchor = tokenizer(text, add_special_tokens=False)["input_ids"][-anchor:]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    k = next(k for k in range(1, len(ids) + 1) if anchor in tokenizer.decode(ids[-k:]))
+    anchor = ids[-k:]
     ids = tokenizer(script, add_special_tokens=False)["input_ids"]
     return [[anchor + ids[: i + 1], 100.0] for i in range(len(ids))]
 
@@ -246,13 +248,13 @@ def steering(model_dir, modality: str, *, again: bool) -> list:
     prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], modality)
     call = CALL.format(box=json.dumps(BOX))
     # The user turn's end ("</answer>.<|im_end|>\n<|im_start|>assistant\n"): the first turn only.
-    bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], call, anchor=8)
+    bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], call, anchor="</answer>.")
     if again:
         called = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {}}]}
         called["tool_calls"][0]["function"] = {"name": "zoom", "arguments": {"bbox_2d": BOX}}
         turn = [*prompt, called, {"role": "tool", "name": "zoom", "content": "x"}]
         # The tool turn's end ("</tool_response><|im_end|>\n<|im_start|>assistant\n"), whatever came back.
-        bias += anchored_bias(tokenizer, turn, [ZoomEnvironment.zoom], call, anchor=9)
+        bias += anchored_bias(tokenizer, turn, [ZoomEnvironment.zoom], call, anchor="</tool_response>")
     return bias
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
-from ..prompts import TEMPLATES, answer_text  # prompts sits above models in the layers; see docs/models.md
+
+# prompts sits above models in the layers; see docs/models.md
+from ..prompts import TEMPLATES, ZOOM_INSTRUCTIONS, answer_text
 from .family import families
 
 SIZES = ("tiny", "small")
@@ -78,14 +80,33 @@ _REASONING = (
 )
 
 
+# A zoom episode's text (docs/zoom.md) besides its system turn: the families' tool-calling preamble, a tool schema's
+# JSON and a call. In the corpus, the tokenizer merges it as it merges the prompts; without it a zoom prompt's system
+# turn was ~750 tokens, nearly one per character, most of the cost of a tiny zoom run.
+_TOOL_TEXT = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n"
+    '{"type": "function", "function": {"name": "zoom", "description": "Look again at part of the galaxy, at full '
+    'resolution.", "parameters": {"type": "object", "properties": {"bbox_2d": {"type": "array", "items": {"type": '
+    '"number"}, "description": "The region as [x1, y1, x2, y2], fractions (0 to 1) of the image\'s width and height, '
+    'from the top-left corner; x1 < x2 and y1 < y2."}}, "required": ["bbox_2d"]}}}\n</tools>\n\n'
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
+    'XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>',
+    '<tool_call>\n{"name": "zoom", "arguments": {"bbox_2d": [0.25, 0.25, 0.75, 0.75]}}\n</tool_call>',
+    "<tool_response>\n</tool_response>",
+)
+
+
 def tokenizer_corpus() -> list[str]:
-    """The built-in corpus: the prompt templates, class names and answers, digits, some reasoning text."""
+    """The built-in corpus: the prompt templates, class names and answers, digits, some reasoning text, and a zoom
+    episode's system turn, tool schema and call."""
 
     numbers = " ".join(str(i) for i in range(0, 5000, 7))  # digits in every position, as codec ids appear
     lines = [t.replace("{tokens}", numbers) for t in TEMPLATES.values()]
     lines += list(DECALS_CLASSES) + [answer_text(i) for i in range(len(DECALS_CLASSES))]
     lines += [f"<think>{r}</think> {answer_text(i % 10)}" for i, r in enumerate(_REASONING)]
     lines += ["0 1 2 3 4 5 6 7 8 9", numbers, "You are a helpful assistant."]
+    lines += [*ZOOM_INSTRUCTIONS.values(), *_TOOL_TEXT]
     return lines
 
 

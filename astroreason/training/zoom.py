@@ -51,15 +51,11 @@ def _text_tokens(processor, text: str) -> int:
     return len(tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
 
-def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list, train_dataset) -> dict:
-    """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
-    `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
-    episodes unless `zoom_skip_unanswered` is off). Makes the processor tool-capable, keeps the video token out
-    of sampling (`suppress_video_tokens`), and lints the tool's turns on the training rows (`zoom.lint`): what the
-    tool returns must carry the galaxy and nothing else."""
+def linted_tool(args: GalaxyScriptArguments, model, processor, train_dataset):
+    """The run's zoom tool, its processor made tool-capable (in place), and the tool's turns linted on the training
+    rows (`zoom.lint`): what the tool returns must carry the galaxy and nothing else."""
     family = family_for(model)
     tool_capable(processor, family)
-    suppress_video_tokens(training_args, model)
     tool = zoom_tool(
         args.arm_settings(),
         min_side=args.zoom_min_side,
@@ -68,6 +64,16 @@ def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, rew
         count_tokens=token_counter(args, processor, family),
     )
     lint_tool_turns(tool, args.train_split, train_dataset[POSITION_COLUMN])
+    return tool
+
+
+def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list, train_dataset) -> dict:
+    """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
+    `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
+    episodes unless `zoom_skip_unanswered` is off), with the tool of `linted_tool`; keeps the video token out of
+    sampling (`suppress_video_tokens`)."""
+    suppress_video_tokens(training_args, model)
+    tool = linted_tool(args, model, processor, train_dataset)
     names = [getattr(f, "__name__", "") for f in reward_funcs]
     extra = ["zoom_cost"] + (["zoom_bonus"] if args.zoom_bonus else [])
     funcs = reward_funcs + [f for f in get_reward_funcs(extra) if f.__name__ not in names]
@@ -107,23 +113,13 @@ def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor,
     """The `SFTTrainer` keywords of a zoom warm start (`zoom.trajectories`): the datasets (`train_dataset`,
     `eval_dataset`: each a zoom dataset or None) as zoom trajectories on each galaxy's focus box (`data.focus`),
     trained on the assistant's turns only (`assistant_only_loss`); for the image arm, TRL's vision collator with
-    the training template and the tool schema. The tool's turns are linted on the training rows first."""
+    the training template and the tool schema. The tool is `linted_tool`'s."""
     from transformers.utils import get_json_schema  # lazy: as trl
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling  # lazy: trl loads with the trainer
 
-    family = family_for(model)
-    tool_capable(processor, family)
+    tool = linted_tool(args, model, processor, datasets["train_dataset"])
     training_args.assistant_only_loss = True
-    template = training_template(processor, family)
-    tool = zoom_tool(
-        args.arm_settings(),
-        min_side=args.zoom_min_side,
-        max_aspect=args.zoom_max_aspect,
-        pixel_multiple=family.pixel_multiple,
-        count_tokens=token_counter(args, processor, family),
-    )
-    train = datasets["train_dataset"]
-    lint_tool_turns(tool, args.train_split, train[POSITION_COLUMN])
+    template = training_template(processor, family_for(model))
     tools = [get_json_schema(ZoomEnvironment(None).zoom)]
     parts = {}
     for name, dataset in datasets.items():

@@ -29,11 +29,14 @@ from .tool import ZoomTool
 SHUFFLE_BUFFER = 1024  # the image arm's trajectories are reshuffled each epoch within this many rows
 
 
-def zoom_turns(box: list[float], result, answer: str) -> list[dict]:
-    """The assistant's call of `zoom` on `box`, the tool's result and the answer: the turns after the prompt. The
-    call's content is empty, as the model writes a call; its arguments are JSON text, as a parsed call renders."""
+def trajectory(prompt: list[dict], answer: str, box: list[float] | None = None, result=None) -> list[dict]:
+    """The prompt, then the answer; with a `box`, first the assistant's call of `zoom` on it and the tool's `result`.
+    The call's content is empty, as the model writes a call; its arguments are JSON text, as a parsed call renders."""
+    if box is None:
+        return [*prompt, {"role": "assistant", "content": answer}]
     call = {"type": "function", "function": {"name": "zoom", "arguments": json.dumps({"bbox_2d": box})}}
     return [
+        *prompt,
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "name": "zoom", "content": result},
         {"role": "assistant", "content": answer},
@@ -47,35 +50,29 @@ def taught_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     return taught
 
 
-class ImageTrajectories:
-    """The image arm's trajectories over a zoom SFT dataset (`prompt`, `completion`, `image`, the zoom columns), made
-    row by row as the trainer reads them (a map-style dataset: the crop is the tool's, from the source)."""
+class Trajectories:
+    """The trajectories of a zoom SFT dataset (`prompt`, `completion`, the zoom columns, the image arm's `image`),
+    row by row: `messages(row, i)` calls the tool on row `i`'s fitted box where it is taught a zoom."""
 
-    def __init__(self, dataset, tool: ZoomTool, boxes, taught):
+    def __init__(self, dataset, tool: ZoomTool, boxes: list[list[float]], taught: np.ndarray):
         self.dataset, self.tool, self.boxes, self.taught = dataset, tool, boxes, taught
 
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        row = self.dataset[int(i)]
+    def messages(self, row: dict, i: int) -> list[dict]:
         system, user = row["prompt"]
-        messages = [system, {"role": "user", "content": [{"type": "image", "image": row["image"]}, _text(user)]}]
+        if self.tool.modality == "image":  # the first view inside its turn, before the text, as TRL puts it
+            user = {"role": "user", "content": [{"type": "image", "image": row["image"]}, _text(user)]}
         answer = row["completion"][0]["content"]
-        if self.taught[i]:
-            call = self.tool(row[SPLIT_COLUMN], row[POSITION_COLUMN], self.boxes[i])
-            messages += zoom_turns(self.boxes[i], call.result, answer)
-        else:
-            messages.append({"role": "assistant", "content": answer})
-        return {"messages": messages, "images": []}
+        if not self.taught[i]:
+            return trajectory([system, user], answer)
+        box = self.boxes[i]
+        return trajectory([system, user], answer, box, self.tool(row[SPLIT_COLUMN], row[POSITION_COLUMN], box).result)
 
     def __iter__(self):
-        return (self[i] for i in range(len(self)))
+        for i, row in enumerate(self.dataset):
+            yield {"messages": self.messages(row, i), "images": []}
 
 
-def _rows(trajectories: ImageTrajectories):
+def _rows(trajectories: Trajectories):
     yield from trajectories
 
 
@@ -85,32 +82,22 @@ def _text(message: dict) -> dict:
 
 def zoom_trajectories(dataset, tool: ZoomTool, focus, *, fraction: float, seed: int, tools: list[dict]):
     """The SFT trajectories of a zoom dataset (`zoom.with_zoom_columns` of an arm's SFT dataset): `focus` holds each
-    row's focus box (before fitting), `fraction` of the rows are taught a zoom, `tools` is the tool schema the
-    chat template renders (the token arm's `tools` column; the image arm's collator is given it). Every taught call
-    is checked to be one the tool accepts."""
-    boxes = [fit_box(b, tool.limits) for b in focus]
-    taught = taught_rows(len(dataset), fraction, seed)
-    for i in np.flatnonzero(taught)[:1]:  # a fitted box is always valid; one real call says so before training
-        call = tool(dataset[int(i)][SPLIT_COLUMN], dataset[int(i)][POSITION_COLUMN], boxes[i])
-        if not call.valid:
-            raise ValueError(f"zoom trajectories: the fitted box {boxes[i]} is refused by the tool: {call.error}")
+    row's focus box (fitted here to the tool's limits), `fraction` of the rows are taught a zoom, `tools` is the tool
+    schema the chat template renders (the token arm's `tools` column; the image arm's collator is given it)."""
+    trajectories = Trajectories(
+        dataset, tool, [fit_box(b, tool.limits) for b in focus], taught_rows(len(dataset), fraction, seed)
+    )
     if tool.modality == "image":
         from datasets import IterableDataset  # lazy: datasets loads with the arm's dataset
 
         # Iterable: its rows pass through as Python objects (no Arrow), made as the trainer reads them.
-        rows = ImageTrajectories(dataset, tool, boxes, taught)
-        return IterableDataset.from_generator(_rows, gen_kwargs={"trajectories": rows}).shuffle(
+        return IterableDataset.from_generator(_rows, gen_kwargs={"trajectories": trajectories}).shuffle(
             seed=seed, buffer_size=SHUFFLE_BUFFER
         )
     schema = json.dumps(tools)
-
-    def to_messages(row, i):
-        messages = [*row["prompt"]]
-        answer = row["completion"][0]["content"]
-        if taught[i]:
-            messages += zoom_turns(boxes[i], tool(row[SPLIT_COLUMN], row[POSITION_COLUMN], boxes[i]).result, answer)
-        else:
-            messages.append({"role": "assistant", "content": answer})
-        return {"messages": messages, "tools": schema}
-
-    return dataset.map(to_messages, with_indices=True, remove_columns=dataset.column_names, desc="zoom trajectories")
+    return dataset.map(
+        lambda row, i: {"messages": trajectories.messages(row, i), "tools": schema},
+        with_indices=True,
+        remove_columns=dataset.column_names,
+        desc="zoom trajectories",
+    )
