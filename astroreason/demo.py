@@ -96,8 +96,8 @@ class DemoConfig:
     seed: int = 0
     check: bool = True
     zoom: bool = False
-    zoom_sft_steps: int = 100
-    zoom_sft_lr: float = 1e-3
+    zoom_sft_steps: int = 150
+    zoom_sft_lr: float = 5e-3
     zoom_sft_fraction: float = 0.75
     zoom_grpo_steps: int = 8
     zoom_max_turns: int = 2
