@@ -263,3 +263,32 @@ def test_the_warm_start_teaches_the_model_to_zoom(prepared_dir, tiny_model_dir, 
     trainer.processing_class.save_pretrained(tmp_path / "sft")
     after = zoom_rate(tmp_path / "sft", prepared_dir, tmp_path / "after", modality, codec)
     assert after["zoom_rate"] > 0.5 and after["valid_zooms_per_galaxy"] > 0.5
+
+    # The audit's blank-input control of this zoom run is asked as zoom episodes too (their zooms see the control's
+    # galaxy, see the next test); the model zooms there as well.
+    from astroreason.audit.probes import probe_blank_input, run_spec
+
+    spec = run_spec(tmp_path / "after")
+    assert spec.zoom and spec.zoom_max_turns == 1 and spec.split == "train"
+    probe = probe_blank_input(spec, max_samples=8)
+    assert "in zoom episodes" in probe.summary and probe.details["zoom_rate"] > 0.5 and probe.details["n"] == 8
+
+
+def test_the_blank_controls_zoom_sees_no_galaxy(prepared_dir, codec):
+    from astroreason.arms import ArmSettings, build_arm
+    from astroreason.audit.probes import BlankImageZoom
+    from astroreason.zoom import zoom_tool
+
+    settings = ArmSettings(data_dir=str(prepared_dir), image_size=56)
+    crop = BlankImageZoom(settings, pixel_multiple=28)("test", 3, [0.2, 0.2, 0.8, 0.8]).result[0]["image"]
+    assert crop.size == (56, 56) and not np.asarray(crop).any()
+    # The token arm's control: row k shows row control_order[k]'s codes, and zooms into that galaxy.
+    tokens = ArmSettings(data_dir=str(prepared_dir), modality="tokens", codec=str(codec))
+    arm = build_arm(tokens, "test", max_samples=8)
+    order = arm.control_order(0)
+    rows = arm.without_galaxy(0)
+    assert [r["prompt"] for r in rows] == [arm.prompt(arm.view[int(j)], k) for k, j in enumerate(order)]
+    assert sorted(order) == list(range(8)) and (order != np.arange(8)).any()
+    tool = zoom_tool(tokens)
+    whole = tool("test", int(arm.positions[order[0]]), [0, 0, 1, 1]).result
+    assert whole == arm.view[int(order[0])]["tokens_text"]  # the whole box: the first view's codes again

@@ -31,10 +31,14 @@ class TokenArm(Arm):
     def representation(self, example) -> str:
         return example["tokens_text"]
 
+    def control_order(self, seed: int = 0) -> np.ndarray:
+        """Whose codes each used row gets in `without_galaxy`: a seeded permutation of the used rows."""
+        return np.random.default_rng(seed).permutation(self.n)
+
     def without_galaxy(self, seed: int = 0) -> list[dict]:
-        """Another galaxy's codes in each prompt (a seeded permutation of the used rows' codes)."""
+        """Another galaxy's codes in each prompt (a seeded permutation of the used rows' codes, `control_order`)."""
         examples = list(islice(self.view, self.n))
-        order = np.random.default_rng(seed).permutation(len(examples))
+        order = self.control_order(seed)
         return [
             {"label": example["label"], "prompt": self.prompt(example, i, examples[j]["tokens_text"])}
             for i, (example, j) in enumerate(zip(examples, order))

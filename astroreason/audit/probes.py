@@ -13,7 +13,8 @@ Data probes (a Galaxy10-schema file, a prepared directory, or the data behind a 
 
 Model controls (a run with a model):
 - `blank_input`: the model answered with a blank image (image arm) or another galaxy's codes (token arm) must fall
-  to about the majority-class rate.
+  to about the majority-class rate. A zoom run's is asked as zoom episodes whose zoom tool crops that blank image or
+  that other galaxy, so no turn brings the asked galaxy back.
 - `label_permutation`: the run's recipe rerun from its base model (the root of its base chain, never the trained
   checkpoint) on permuted training labels, for a bounded number of steps, must stay at chance on the true test labels
   (`audit.permutation`); runs that do not record their base are skipped.
@@ -35,14 +36,19 @@ from ..data.sources import open_source
 from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
 from ..errors import UserError
 from ..evaluation.backends import SamplingSettings, TransformersBackend
+from ..evaluation.episodes import LocalTurns, ZoomEpisodes
 from ..integrity.fingerprint import compare_fingerprints, read_fingerprint
 from ..integrity.gate import DEFAULT_CEILING, gate_result
 from ..integrity.lint import _numbers, read_lint_record, render_text
 from ..io import sha256_bytes
-from ..prompts import TEMPLATES
+from ..models import family_for
+from ..prompts import TEMPLATES, zoom_prompt
 from ..rewards import parse_answer
+from ..zoom import ImageZoom, zoom_tool
+from ..zoom.chat import suppressing_placeholders
 from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
+ZOOM_TURN_TOKENS = 128  # a zoom control's turn: room for a call, its box digit by digit
 DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
 ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
 MIN_GAIN = 0.05  # ... and by at least this much accuracy (tiny effects on huge splits are not shortcuts)
@@ -377,6 +383,8 @@ class RunSpec:
     rendering: str = "ints"
     image_size: int = 112
     split: str = "test"
+    zoom: bool = False
+    zoom_max_turns: int = 2
 
     def arm_settings(self) -> ArmSettings:
         return ArmSettings(
@@ -412,15 +420,66 @@ def _score_backend(backend, prompts, images, labels) -> dict:
     return {**beats_rate(correct, len(labels), _majority_rate(labels)), "parsed": parsed}
 
 
+class BlankImageZoom(ImageZoom):
+    """The image arm's zoom over a black source of the galaxy's size: the blank-input control of a zoom run, whose
+    crops must not bring the galaxy back."""
+
+    def source(self, split: str, position: int):
+        from PIL import Image  # lazy: as the tool's own
+
+        return Image.new("RGB", super().source(split, position).size)
+
+
+def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) -> dict:
+    """The blank-input control of a zoom run, as zoom episodes (`evaluation.episodes`) on the run's model: a black
+    first view whose zooms crop black (image arm), or another galaxy's codes whose zooms crop that other galaxy (the
+    token arm's `control_order`), so no turn carries the asked galaxy."""
+    arm = build_arm(spec.arm_settings(), spec.split, max_samples=max_samples, lint_template=False)
+    rows = arm.without_galaxy(seed)
+    family = family_for(backend.model)
+    if spec.modality == "image":
+        tool = BlankImageZoom(arm.settings, pixel_multiple=family.pixel_multiple, manifest=arm.manifest)
+        positions = [int(p) for p in arm.positions]
+    else:
+        tool = zoom_tool(arm.settings, manifest=arm.manifest)
+        positions = [int(arm.positions[j]) for j in arm.control_order(seed)]
+    backend.generation_kwargs = suppressing_placeholders(backend.generation_kwargs, backend.model.config)
+    runner = ZoomEpisodes(LocalTurns(backend, family), tool, spec.split, max_turns=spec.zoom_max_turns)
+    prompts = [zoom_prompt(r["prompt"], spec.modality) for r in rows]
+    texts, zoomed = {}, 0
+    for ended in runner.stream(prompts, [r.get("image") for r in rows], positions):
+        for k, episode in ended:
+            if episode.done:
+                texts[k], zoomed = episode.text, zoomed + (episode.env.valid_calls > 0)
+    labels = np.asarray([r["label"] for r in rows], np.int64)
+    predictions = [parse_answer(texts[k]) for k in range(len(rows))]
+    correct = int(sum(p == y for p, y in zip(predictions, labels)))
+    parsed = sum(p is not None for p in predictions) / max(len(predictions), 1)
+    return {
+        **beats_rate(correct, len(labels), _majority_rate(labels)),
+        "parsed": parsed,
+        "zoom_rate": zoomed / len(rows),
+    }
+
+
 def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
     """The run's model with the galaxy removed must not beat the majority-class rate. `backend` is anything with
-    `generate(prompts, images)` (default: the run's model through `TransformersBackend`)."""
+    `generate(prompts, images)` (default: the run's model through `TransformersBackend`). A zoom run's control is
+    asked as zoom episodes whose tool sees the control's galaxy too (`_score_episodes`)."""
 
-    prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
     if backend is None:
-        backend = TransformersBackend.from_pretrained(spec.model, SamplingSettings(max_new_tokens=32), batch_size=16)
-    score = _score_backend(backend, prompts, images, labels)
+        max_new = ZOOM_TURN_TOKENS if spec.zoom else 32
+        backend = TransformersBackend.from_pretrained(
+            spec.model, SamplingSettings(max_new_tokens=max_new), batch_size=16
+        )
+    if spec.zoom:
+        score = _score_episodes(spec, backend, max_samples=max_samples)
+    else:
+        prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
+        score = _score_backend(backend, prompts, images, labels)
     what = "a blank image" if spec.modality == "image" else "another galaxy's codes"
+    if spec.zoom:
+        what += f" in zoom episodes whose zooms see it too ({score['zoom_rate']:.0%} zoomed)"
     line = (
         f"with {what}, accuracy {score['accuracy']:.3f} vs majority rate {score['rate']:.3f} "
         f"(n={score['n']}, p={score['p_value']:.1e})"
@@ -516,15 +575,19 @@ def run_spec(run_dir: Path) -> RunSpec | None:
         config = json.loads(result_path.read_text()).get("config", {})
         values = {
             k: config[k]
-            for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split")
+            for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split", "zoom")
             if config.get(k) is not None
         }
+        if config.get("zoom"):
+            values["zoom_max_turns"] = int(config.get("zoom_max_turns", RunSpec.zoom_max_turns))
     fingerprint = read_fingerprint(run_dir) or {}
     for k, v in fingerprint.get("extra", {}).items():
         if k in ("data_dir", "modality", "codec", "rendering") and k not in values and v not in ("None", ""):
             values[k] = v
-        if k == "image_size" and "image_size" not in values:
+        if k in ("image_size", "zoom_max_turns") and k not in values:
             values[k] = int(v)
+        if k == "zoom" and "zoom" not in values:
+            values[k] = v in (True, "True", "true")
     if "model" not in values and (run_dir / "config.json").is_file():
         values["model"] = str(run_dir)
     if lint.get("template"):

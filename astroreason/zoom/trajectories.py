@@ -7,7 +7,7 @@ galaxy's focus box (`data.focus`: the region that decides its class, as the surr
 light), the tool's own result for that box (the crop of the full-resolution source, as in training and
 evaluation), and the answer. The box is fitted to the tool's limits (`box.fit_box`) and written with two decimals,
 as a model writes one. A `fraction` of the rows is taught this way (a seeded choice); the others answer at once, so
-the warm start does not teach zooming always. Only the assistant turns are trained (`assistant_only_loss`).
+GRPO's samples hold both (greedy decoding follows the larger share: the choice does not depend on the galaxy). Only the assistant turns are trained (`assistant_only_loss`).
 
 The rows are conversations of TRL's language-modeling type (`messages`). The image arm's carry both images inside
 their turns (the first view in the user turn, the crop in the tool turn) and an empty `images`: TRL's vision collator
