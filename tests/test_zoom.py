@@ -264,7 +264,16 @@ def final_length_reward(completions, **kwargs) -> list[float]:
 
 
 def zoom_trainer(
-    prepared_dir, model_dir, out, modality, codec=None, *, again=False, max_completion_length=256, image_size=56
+    prepared_dir,
+    model_dir,
+    out,
+    modality,
+    codec=None,
+    *,
+    again=False,
+    max_completion_length=256,
+    image_size=56,
+    **model_kwargs,
 ):
     from trl import GRPOConfig, ModelConfig
 
@@ -300,7 +309,7 @@ def zoom_trainer(
         seed=0,
         generation_kwargs={"sequence_bias": steering(model_dir, modality, again=again)},
     )
-    trainer = build_grpo_trainer(args, config, ModelConfig(str(model_dir), dtype="float32"))
+    trainer = build_grpo_trainer(args, config, ModelConfig(str(model_dir), dtype="float32", **model_kwargs))
     generated = []
     generate = trainer._generate
 

@@ -98,7 +98,7 @@ def test_focus_boxes_follow_the_split_or_measure_the_light(prepared_dir, surroga
 # --- the trajectories and their loss mask ----------------------------------------------------------------------------
 
 
-def sft_trainer(prepared_dir, model_dir, out, modality, codec=None, *, steps=2, lr=1e-2, **zoom):
+def sft_trainer(prepared_dir, model_dir, out, modality, codec=None, *, steps=2, lr=1e-2, lora=None, **zoom):
     from trl import ModelConfig, SFTConfig
 
     from astroreason.training import GalaxyScriptArguments, build_sft_trainer
@@ -123,7 +123,8 @@ def sft_trainer(prepared_dir, model_dir, out, modality, codec=None, *, steps=2, 
         dataloader_num_workers=0,
         seed=0,
     )
-    return build_sft_trainer(args, config, ModelConfig(str(model_dir), dtype="float32")), args
+    model_args = ModelConfig(str(model_dir), dtype="float32", **(lora or {}))
+    return build_sft_trainer(args, config, model_args), args
 
 
 def zoom_prompt_ids(trainer, args, row: int) -> list[int]:
@@ -292,3 +293,29 @@ def test_the_blank_controls_zoom_sees_no_galaxy(prepared_dir, codec):
     tool = zoom_tool(tokens)
     whole = tool("test", int(arm.positions[order[0]]), [0, 0, 1, 1]).result
     assert whole == arm.view[int(order[0])]["tokens_text"]  # the whole box: the first view's codes again
+
+
+LORA = dict(use_peft=True, lora_r=4, lora_alpha=8, lora_target_modules=["q_proj", "v_proj"])
+
+
+def test_the_warm_start_and_zoom_grpo_with_lora(prepared_dir, tiny_model_dir, tmp_path):
+    """LoRA both ways: the warm start trains its adapters on the trajectories, and a zoom GRPO run (steered to call
+    the tool, as in tests/test_zoom.py) trains its own; the base weights stay as they are."""
+    from test_zoom import logged, zoom_trainer
+
+    def adapters(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+    trainer, _ = sft_trainer(prepared_dir, tiny_model_dir, tmp_path / "sft", "image", steps=3, lora=LORA)
+    q = next(n for n, _ in trainer.model.named_parameters() if n.endswith("q_proj.base_layer.weight"))
+    before, base = adapters(trainer.model), trainer.model.get_parameter(q).detach().clone()
+    trainer.train()
+    assert before and any(not torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+    assert torch.equal(trainer.model.get_parameter(q), base)
+
+    grpo, _ = zoom_trainer(prepared_dir, tiny_model_dir, tmp_path / "grpo", "image", **LORA)
+    before, base = adapters(grpo.model), grpo.model.get_parameter(q).detach().clone()
+    grpo.train()
+    assert logged(grpo, "zoom/rate") == [1.0, 1.0]
+    assert any(not torch.equal(p, grpo.model.get_parameter(n)) for n, p in before.items())
+    assert torch.equal(grpo.model.get_parameter(q), base)
