@@ -542,7 +542,7 @@ def run_demo(
     table = [line for line in report.read_text().splitlines() if line.startswith("|")]
     print("\n" + "\n".join(table[: 2 + len(results)]))
     if config.zoom:  # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
-        print("\n" + "\n".join(line for line in table if " zoom (" in line))
+        print("\n" + "\n".join(line for line in table if "vs zoom (" in line or "vs no zoom (" in line))
     for a, s in summary["arms"].items():
         lo, hi = s["accuracy_interval"]
         print(
@@ -559,7 +559,7 @@ def run_demo(
     print(
         f"majority-class rate {_pct(majority)}; twice that {_pct(2 * majority)}: "
         + "; ".join(
-            f"{a} arm {'beats it (point estimate and CI lower end)' if ok else 'does NOT beat it'}"
+            f"{_title(a)} arm {'beats it (point estimate and CI lower end)' if ok else 'does NOT beat it'}"
             for a, ok in beats.items()
         )
     )
