@@ -42,7 +42,7 @@ def grpo_config(output_dir, steps: int):
         max_steps=steps,
         per_device_train_batch_size=8,
         num_generations=4,
-        max_completion_length=8,
+        max_completion_length=16,
         temperature=1.0,
         beta=0.0,
         loss_type="dapo",
