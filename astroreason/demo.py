@@ -14,10 +14,10 @@ that rate; otherwise it exits 1.
 downsampled and a zoom can add detail (a bar, how tightly arms wind, a second nucleus), and adds a zoom arm of each
 modality: from that modality's SFT model, a short SFT on zoom trajectories (the warm start: a call on the galaxy's
 focus box, the tool's crop, the answer; `zoom.trajectories`), then multi-turn GRPO with the zoom tool, then
-evaluation as zoom episodes. Its claim is honest
-measurement, not that zoom wins: each zoom arm must still call the tool after GRPO (zoom rate above 0); its accuracy,
-the accuracy with and without a zoom and the tokens per galaxy are reported beside the plain arms', all from the
-results files.
+evaluation as zoom episodes; and an image arm without zoom whose 168 px first view has the zoom arm's visual tokens.
+Its claim is honest measurement, not that zoom wins: each zoom arm must still call the tool after GRPO (zoom rate
+above 0); its accuracy, the accuracy with and without a zoom and the tokens per galaxy are reported beside the plain
+arms', all from the results files.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class Demo:
     # --- training and evaluation -----------------------------------------------------------------------------------
 
     def script_args(self, arm: str):
-        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`)."""
+        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`, `image_matched`)."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .training import GalaxyScriptArguments
 
@@ -355,7 +355,6 @@ class Demo:
                 max_steps=c.zoom_grpo_steps if _zoomed(arm) else c.grpo_steps,
                 per_device_train_batch_size=8,
                 num_generations=4,
-                # A zoom episode's every turn: the call (its box digit by digit), the crop's tokens, the answer.
                 max_completion_length=ZOOM_COMPLETION_TOKENS if _zoomed(arm) else 24,
                 temperature=1.0,
                 beta=0.0,
@@ -415,9 +414,9 @@ class Demo:
         return result
 
 
-ZOOM_COMPLETION_TOKENS = (
-    320  # GRPO, a zoom episode: the call (~90 tokens), the crop (16 visual or 64 code tokens), the answer
-)
+# GRPO, a zoom episode's every turn: up to 2 calls (~46 tokens each, the box digit by digit), their results (16 visual
+# or 64 code tokens each, in their turn) and the answer.
+ZOOM_COMPLETION_TOKENS = 320
 ZOOM_TURN_TOKENS = 128  # evaluation, each turn of a zoom episode
 
 

@@ -411,13 +411,16 @@ def _majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels))
 
 
-def _score_backend(backend, prompts, images, labels) -> dict:
-
-    generations = backend.generate(prompts, images)
-    predictions = [parse_answer(g.text) for g in generations]
+def _score(texts: list[str], labels) -> dict:
+    """The answers' accuracy against the majority-class rate, and the share of answers parsed."""
+    predictions = [parse_answer(t) for t in texts]
     correct = int(sum(p == y for p, y in zip(predictions, labels)))
     parsed = sum(p is not None for p in predictions) / max(len(predictions), 1)
     return {**beats_rate(correct, len(labels), _majority_rate(labels)), "parsed": parsed}
+
+
+def _score_backend(backend, prompts, images, labels) -> dict:
+    return _score([g.text for g in backend.generate(prompts, images)], labels)
 
 
 class BlankImageZoom(ImageZoom):
@@ -452,14 +455,7 @@ def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) 
             if episode.done:
                 texts[k], zoomed = episode.text, zoomed + (episode.env.valid_calls > 0)
     labels = np.asarray([r["label"] for r in rows], np.int64)
-    predictions = [parse_answer(texts[k]) for k in range(len(rows))]
-    correct = int(sum(p == y for p, y in zip(predictions, labels)))
-    parsed = sum(p is not None for p in predictions) / max(len(predictions), 1)
-    return {
-        **beats_rate(correct, len(labels), _majority_rate(labels)),
-        "parsed": parsed,
-        "zoom_rate": zoomed / len(rows),
-    }
+    return {**_score([texts[k] for k in range(len(rows))], labels), "zoom_rate": zoomed / len(rows)}
 
 
 def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
