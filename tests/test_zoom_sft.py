@@ -319,3 +319,41 @@ def test_the_warm_start_and_zoom_grpo_with_lora(prepared_dir, tiny_model_dir, tm
     assert logged(grpo, "zoom/rate") == [1.0, 1.0]
     assert any(not torch.equal(p, grpo.model.get_parameter(n)) for n, p in before.items())
     assert torch.equal(grpo.model.get_parameter(q), base)
+
+
+@pytest.mark.parametrize("modality", ["image", "tokens"])
+def test_the_blank_controls_zoom_keeps_the_runs_box_limits(prepared_dir, tiny_model_dir, codec, tmp_path, modality):
+    """A zoom run recorded with its own box limits (result.json's config, or a training run's fingerprint) gets its
+    blank-input control asked with a tool of those limits, not the defaults."""
+    from dataclasses import asdict
+
+    from astroreason.arms import build_arm
+    from astroreason.audit.probes import control_zoom_tool, run_spec
+    from astroreason.evaluation.harness import EvalConfig
+    from astroreason.models import family_for, load_model_and_processor
+
+    extra = {"codec": str(codec)} if modality == "tokens" else {}
+    config = EvalConfig(
+        model=str(tiny_model_dir),
+        data_dir=str(prepared_dir),
+        modality=modality,
+        zoom=True,
+        zoom_min_side=0.375,
+        zoom_max_aspect=2.0,
+        **extra,
+    )
+    evaluated = tmp_path / "eval"
+    evaluated.mkdir()
+    (evaluated / "result.json").write_text(json.dumps({"config": asdict(config)}))
+    trained = tmp_path / "trained"  # a training run: the script arguments are in its fingerprint's `extra`
+    trained.mkdir()
+    fingerprint = {"extra": {k: str(v) for k, v in asdict(config).items()}}
+    (trained / "fingerprint.json").write_text(json.dumps(fingerprint))
+    model, _ = load_model_and_processor(str(tiny_model_dir))
+    for run in (evaluated, trained):
+        spec = run_spec(run)
+        assert (spec.zoom_min_side, spec.zoom_max_aspect) == (0.375, 2.0)
+        arm = build_arm(spec.arm_settings(), spec.split, max_samples=4, lint_template=False)
+        tool = control_zoom_tool(spec, arm, family_for(model))
+        assert (tool.limits.min_side, tool.limits.max_aspect) == (0.375, 2.0)
+        assert not tool("test", int(arm.positions[0]), [0.0, 0.0, 0.3, 0.3]).valid  # smaller than the run allowed

@@ -44,7 +44,7 @@ from ..io import sha256_bytes
 from ..models import family_for
 from ..prompts import TEMPLATES, zoom_prompt
 from ..rewards import parse_answer
-from ..zoom import ImageZoom, zoom_tool
+from ..zoom import DEFAULT_MAX_ASPECT, ImageZoom, zoom_tool
 from ..zoom.chat import suppressing_placeholders
 from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
@@ -385,6 +385,8 @@ class RunSpec:
     split: str = "test"
     zoom: bool = False
     zoom_max_turns: int = 2
+    zoom_min_side: float | None = None  # None: the tool's default (the image arm: one merged patch)
+    zoom_max_aspect: float = DEFAULT_MAX_ASPECT
 
     def arm_settings(self) -> ArmSettings:
         return ArmSettings(
@@ -433,6 +435,15 @@ class BlankImageZoom(ImageZoom):
         return Image.new("RGB", super().source(split, position).size)
 
 
+def control_zoom_tool(spec: RunSpec, arm, family):
+    """The zoom tool of a zoom run's blank-input control, with the run's box limits: `BlankImageZoom` (image arm)
+    or the arm's own tool, which crops the other galaxy the control's prompt shows (token arm)."""
+    limits = {"min_side": spec.zoom_min_side, "max_aspect": spec.zoom_max_aspect, "manifest": arm.manifest}
+    if spec.modality == "image":
+        return BlankImageZoom(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
+    return zoom_tool(arm.settings, **limits)
+
+
 def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) -> dict:
     """The blank-input control of a zoom run, as zoom episodes (`evaluation.episodes`) on the run's model: a black
     first view whose zooms crop black (image arm), or another galaxy's codes whose zooms crop that other galaxy (the
@@ -440,11 +451,10 @@ def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) 
     arm = build_arm(spec.arm_settings(), spec.split, max_samples=max_samples, lint_template=False)
     rows = arm.without_galaxy(seed)
     family = family_for(backend.model)
+    tool = control_zoom_tool(spec, arm, family)
     if spec.modality == "image":
-        tool = BlankImageZoom(arm.settings, pixel_multiple=family.pixel_multiple, manifest=arm.manifest)
         positions = [int(p) for p in arm.positions]
     else:
-        tool = zoom_tool(arm.settings, manifest=arm.manifest)
         positions = [int(arm.positions[j]) for j in arm.control_order(seed)]
     backend.generation_kwargs = suppressing_placeholders(backend.generation_kwargs, backend.model.config)
     runner = ZoomEpisodes(LocalTurns(backend, family), tool, spec.split, max_turns=spec.zoom_max_turns)
@@ -576,12 +586,15 @@ def run_spec(run_dir: Path) -> RunSpec | None:
         }
         if config.get("zoom"):
             values["zoom_max_turns"] = int(config.get("zoom_max_turns", RunSpec.zoom_max_turns))
+            values.update({k: float(config[k]) for k in ("zoom_min_side", "zoom_max_aspect") if config.get(k)})
     fingerprint = read_fingerprint(run_dir) or {}
     for k, v in fingerprint.get("extra", {}).items():
         if k in ("data_dir", "modality", "codec", "rendering") and k not in values and v not in ("None", ""):
             values[k] = v
         if k in ("image_size", "zoom_max_turns") and k not in values:
             values[k] = int(v)
+        if k in ("zoom_min_side", "zoom_max_aspect") and k not in values and v not in ("None", ""):
+            values[k] = float(v)
         if k == "zoom" and "zoom" not in values:
             values[k] = v in (True, "True", "true")
     if "model" not in values and (run_dir / "config.json").is_file():
