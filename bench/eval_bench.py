@@ -22,7 +22,8 @@ model (the token arm: codec ids as text, as tests/test_eval_server.py serves it)
 1. the harness (`evaluate` with the `openai` backend at `--concurrency`) against a bare asyncio loop with the `openai`
    client (`AsyncOpenAI`) sending the same requests (same messages, max_tokens, temperature, seed) at the same
    concurrency (target <= 1.10);
-2. the harness at `--concurrency` against the harness at concurrency 1 (target >= 3x faster).
+2. the harness at `--concurrency` against the harness at concurrency 1 (target >= 3x faster), beside the same ratio
+   for the bare loop: what the server itself gains from requests in flight, the ceiling the harness can reach.
 
 Both ratios go under the `http` key of bench/results/eval_bench.json (`http_continuous_batching` with
 `--continuous-batching`); the other keys are kept. The CPU time of this process (the client's side: the server's work
@@ -392,6 +393,7 @@ def http_main(args) -> int:
         one_at_a_time = replace(config, concurrency=1)
         runs = {
             "bare_async": lambda r: bare_async_loop(base_url, config),
+            "bare_async_concurrency1": lambda r: bare_async_loop(base_url, one_at_a_time),
             "harness": lambda r: evaluate(replace(config, output_dir=str(work / f"run-{r}")), progress=False),
             "harness_concurrency1": lambda r: evaluate(
                 replace(one_at_a_time, output_dir=str(work / f"run1-{r}")), progress=False
@@ -407,7 +409,8 @@ def http_main(args) -> int:
         for r in range(args.repeats):
             order = ["bare_async", "harness"] if r % 2 == 0 else ["harness", "bare_async"]
             if r < args.single_repeats:
-                order.append("harness_concurrency1")
+                singles = ["bare_async_concurrency1", "harness_concurrency1"]
+                order += singles if r % 2 == 0 else singles[::-1]
             for name in order:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 runs[name](r)
@@ -439,6 +442,10 @@ def http_main(args) -> int:
         "target_harness_over_bare_async": 1.10,
         "concurrency_speedup": median["harness_concurrency1"] / median["harness"],
         "target_concurrency_speedup": 3.0,
+        # The server's own ceiling: what the same requests gain from concurrency without the harness in the way.
+        "bare_async_concurrency_speedup": median["bare_async_concurrency1"] / median["bare_async"],
+        "concurrency_speedup_over_bare_async": (median["harness_concurrency1"] / median["harness"])
+        / (median["bare_async_concurrency1"] / median["bare_async"]),
         "cpu_count": os.cpu_count(),
         "load_average_1m_at_end": os.getloadavg()[0],
         "python": platform.python_version(),
@@ -460,6 +467,11 @@ def http_main(args) -> int:
     print(
         f"harness, concurrency 1: {median['harness_concurrency1']:.2f} s   concurrency {args.concurrency} is "
         f"{http['concurrency_speedup']:.2f}x faster (target >= 3)"
+    )
+    print(
+        f"bare, concurrency 1   : {median['bare_async_concurrency1']:.2f} s   the server itself gains "
+        f"{http['bare_async_concurrency_speedup']:.2f}x from concurrency {args.concurrency}; the harness reaches "
+        f"{http['concurrency_speedup_over_bare_async']:.2f} of that"
     )
     print(f"wrote {args.out} (key {key})")
     return 0
