@@ -170,6 +170,7 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
     output_dir = trainer.args.output_dir
     if args.estimate_only:
         estimate_training(trainer)
+        release_processes(trainer.accelerator)
         return
     checkpoint = resume_point(args, output_dir)
     if checkpoint:
@@ -190,12 +191,23 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         f"Model saved to {output_dir} after {trainer.state.global_step} steps "
         f"({trainer.accelerator.num_processes} process{'es' if trainer.accelerator.num_processes > 1 else ''})"
     )
+    release_processes(trainer.accelerator)
     if reason := budget_stop(trainer):
         step = trainer.state.global_step
         raise BudgetExhausted(
             f"budget: {reason}; training stopped at step {step} of {trainer.state.max_steps} with "
             f"checkpoint-{step} saved (raise --max_dollars and pass --resume true to continue)"
         )
+
+
+def release_processes(accelerator) -> None:
+    """Once every process is done, destroy the process group while the interpreter is still whole. Left to the
+    interpreter's exit, Gloo's worker threads can still hold finished work whose tensors are freed after Python is
+    gone, and a process that trained and saved aborts (SIGABRT) at exit. The barrier first, so that no process tears
+    its group down while another is still in a collective."""
+    if accelerator.num_processes > 1:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
 
 
 def estimate_training(trainer, *, refuse_over_cap: bool = True) -> dict:
