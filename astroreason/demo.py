@@ -386,6 +386,7 @@ class Demo:
     def evaluate(self, arm: str, model_dir: Path) -> dict:
         """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm>."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
+        from .evaluation.episodes import ZOOM_TURN_TOKENS
         from .evaluation.harness import EvalConfig, evaluate
 
         c, modality = self.config, _modality(arm)
@@ -417,7 +418,6 @@ class Demo:
 # GRPO, a zoom episode's every turn: up to 2 calls (~46 tokens each, the box digit by digit), their results (16 visual
 # or 64 code tokens each, in their turn) and the answer.
 ZOOM_COMPLETION_TOKENS = 320
-ZOOM_TURN_TOKENS = 128  # evaluation, each turn of a zoom episode
 
 
 def _modality(arm: str) -> str:

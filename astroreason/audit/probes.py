@@ -36,7 +36,7 @@ from ..data.sources import open_source
 from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
 from ..errors import UserError
 from ..evaluation.backends import SamplingSettings, TransformersBackend
-from ..evaluation.episodes import LocalTurns, ZoomEpisodes
+from ..evaluation.episodes import ZOOM_TURN_TOKENS, LocalTurns, ZoomEpisodes
 from ..integrity.fingerprint import compare_fingerprints, read_fingerprint
 from ..integrity.gate import DEFAULT_CEILING, gate_result
 from ..integrity.lint import _numbers, read_lint_record, render_text
@@ -48,7 +48,6 @@ from ..zoom import DEFAULT_MAX_ASPECT, ImageZoom, zoom_tool
 from ..zoom.chat import suppressing_placeholders
 from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 
-ZOOM_TURN_TOKENS = 128  # a zoom control's turn: room for a call, its box digit by digit
 DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
 ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
 MIN_GAIN = 0.05  # ... and by at least this much accuracy (tiny effects on huge splits are not shortcuts)

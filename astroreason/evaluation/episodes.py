@@ -30,10 +30,11 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, ZoomTool
+from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, ZoomTool, zoom_schema
 from ..zoom.chat import tool_templates
 from .backends import Generation, image_data_url, openai_messages
 
+ZOOM_TURN_TOKENS = 128  # new tokens of a zoom episode's turn: room for a call, its box digit by digit
 TURN_COSTS = ("prompt_tokens", "completion_tokens", "attempts", "dollars")  # an episode's: the sum over its turns
 
 
@@ -156,10 +157,8 @@ class ServedTurns:
     URL (PNG: the crop's pixels exactly), a text result as text."""
 
     def __init__(self, backend):
-        from transformers.utils import get_json_schema  # lazy: transformers loads with a backend
-
         self.backend = backend
-        self.tools = [get_json_schema(ZoomEnvironment(None).zoom)]
+        self.tools = zoom_schema()
 
     def first(self, prompt: list[dict], image) -> tuple[list[dict], list]:
         return openai_messages(prompt, image), [image] if image is not None else []

@@ -10,7 +10,7 @@ from ..data.focus import focus_boxes
 from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
-from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, environment_factory, zoom_tool
+from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, environment_factory, zoom_schema, zoom_tool
 from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
 from ..zoom.trajectories import zoom_trajectories
@@ -114,13 +114,12 @@ def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor,
     `eval_dataset`: each a zoom dataset or None) as zoom trajectories on each galaxy's focus box (`data.focus`),
     trained on the assistant's turns only (`assistant_only_loss`); for the image arm, TRL's vision collator with
     the training template and the tool schema. The tool is `linted_tool`'s."""
-    from transformers.utils import get_json_schema  # lazy: as trl
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling  # lazy: trl loads with the trainer
 
     tool = linted_tool(args, model, processor, datasets["train_dataset"])
     training_args.assistant_only_loss = True
     template = training_template(processor, family_for(model))
-    tools = [get_json_schema(ZoomEnvironment(None).zoom)]
+    tools = zoom_schema()
     parts = {}
     for name, dataset in datasets.items():
         if dataset is None:

@@ -14,6 +14,7 @@ from .environment import (
     ZoomEnvironment,
     environment_factory,
     with_zoom_columns,
+    zoom_schema,
     zoom_tool,
 )
 from .tool import DEFAULT_MAX_ASPECT, ZOOM_TOOLS, ImageZoom, TokenZoom, ZoomCall, ZoomTool
@@ -34,5 +35,6 @@ __all__ = [
     "parse_box",
     "pixel_box",
     "with_zoom_columns",
+    "zoom_schema",
     "zoom_tool",
 ]

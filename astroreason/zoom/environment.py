@@ -67,6 +67,14 @@ class ZoomEnvironment:
         return sum(call.tokens or 0 for call in self.calls)
 
 
+def zoom_schema() -> list[dict]:
+    """`tools` for a chat template or the chat API: the schema of `ZoomEnvironment.zoom`, as TRL makes it from the
+    method's signature and docstring for a rollout."""
+    from transformers.utils import get_json_schema  # lazy: as trl
+
+    return [get_json_schema(ZoomEnvironment(None).zoom)]
+
+
 def zoom_tool(settings: ArmSettings, **kwargs) -> ZoomTool:
     """The zoom of an arm (`ImageZoom` or `TokenZoom`; keyword arguments as `ZoomTool`'s)."""
     return ZOOM_TOOLS[settings.modality](settings, **kwargs)
