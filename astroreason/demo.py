@@ -274,15 +274,19 @@ class Demo:
     # --- training and evaluation -----------------------------------------------------------------------------------
 
     def script_args(self, arm: str):
-        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`, `image_matched`)."""
+        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`, `image_matched`), without
+        a stage's part options."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .training import GalaxyScriptArguments
 
+        return GalaxyScriptArguments(**self._arm_values(arm))
+
+    def _arm_values(self, arm: str) -> dict:
         c, modality = self.config, _modality(arm)
-        return GalaxyScriptArguments(
+        return dict(
             data_dir=str(self.prepared),
             modality=modality,
-            codec=str(self.codec) if modality == "tokens" else None,
+            **({"codec": str(self.codec)} if modality == "tokens" else {}),
             rendering=c.rendering,
             image_size=c.arm_image_size(arm),
             zoom=_zoomed(arm),
@@ -302,86 +306,99 @@ class Demo:
             logging_steps=10,
             dataloader_num_workers=0,
             disable_tqdm=False,
+            optim="adamw_torch",  # PyTorch's AdamW, not its fused kernel: the demo's numbers stay the same
         )
 
+    def _held_rows(self, arm: str) -> dict:
+        """On the token arm the pretrained code rows are held fixed, the counterpart of the pretrained vision tower's
+        slow (SFT) or zero (GRPO) rate: rows of the embedding matrix cannot have a rate of their own. Without it, on
+        small data, SFT's language-model rate washes out what the rows learnt."""
+        special = _modality(arm) == "tokens" and self.config.rendering == "special"
+        return {"freeze_code_rows": True} if special else {}
+
+    def sft_recipe(self, arm: str) -> dict:
+        """The SFT stage's recipe (model, script and training arguments): from the warm-started model, a learning
+        rate per part (`astroreason.optim`); a zoom arm's is the zoom warm start: a short SFT on zoom trajectories
+        from its modality's SFT model, which already answers."""
+        c, zoomed = self.config, _zoomed(arm)
+        start = self.out / _modality(arm) / "sft" if zoomed else self.model
+        language = c.zoom_sft_lr if zoomed else c.lr_language
+        parts = dict(vision_lr=c.lr_vision, merger_lr=min(c.lr_merger, language), **self._held_rows(arm))
+        training = dict(
+            output_dir=str(self.out / arm / "sft"),
+            max_steps=c.zoom_sft_steps if zoomed else c.sft_steps,
+            per_device_train_batch_size=c.sft_batch,
+            learning_rate=language,
+            lr_scheduler_type="cosine",
+            warmup_steps=0.05,
+            max_length=None,
+            **self._common(),
+        )
+        return _recipe(start, {**self._arm_values(arm), **parts}, training)
+
+    def grpo_recipe(self, arm: str) -> dict:
+        """The GRPO stage's recipe: from the SFT model, format + accuracy rewards (a zoom arm's episodes also pay
+        `zoom_cost` per call and `zoom_bonus` for a right answer reached with a zoom); the vision blocks and the code
+        rows stay frozen."""
+        c, zoomed = self.config, _zoomed(arm)
+        parts = dict(freeze_vision_tower=True, merger_lr=c.grpo_lr, **self._held_rows(arm))
+        training = dict(
+            output_dir=str(self.out / arm / "grpo"),
+            max_steps=c.zoom_grpo_steps if zoomed else c.grpo_steps,
+            per_device_train_batch_size=8,
+            num_generations=4,
+            max_completion_length=ZOOM_COMPLETION_TOKENS if zoomed else 24,
+            temperature=1.0,
+            beta=0.0,
+            learning_rate=c.grpo_lr,
+            lr_scheduler_type="constant",
+            activation_checkpointing=False,
+            **self._common(),
+        )
+        return _recipe(self.out / arm / "sft", {**self._arm_values(arm), **parts}, training)
+
+    def write_recipe(self, arm: str, stage: str) -> Path:
+        """Write a stage's recipe as a TRL config file, `configs/<arm>_<stage>.yaml`: the demo builds the stage from
+        it, and `accelerate launch recipes/<stage>.py --config FILE --output_dir ELSEWHERE`, from the directory the
+        demo ran in, reruns it."""
+        recipe = self.sft_recipe(arm) if stage == "sft" else self.grpo_recipe(arm)
+        path = self.out / "configs" / f"{arm}_{stage}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"astroreason demo: {_title(arm)} arm, {stage.upper()} (recipes/{stage}.py)"
+        path.write_text(recipe_yaml(recipe, title, f"{stage.upper()}Config"))
+        return path
+
     def sft(self, arm: str) -> Path:
-        """SFT from the warm-started model, with a learning rate per part (`astroreason.optim`); a zoom arm's is the
-        zoom warm start: a short SFT on zoom trajectories from its modality's SFT model."""
-        from trl import ModelConfig, SFTConfig
+        """SFT of an arm (`sft_recipe`), built through the recipe's own arguments from its written config file."""
+        from trl import SFTConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .optim import PartLearningRates
-        from .training import build_sft_trainer, run_training
+        from .training import build_sft_trainer, parse_recipe_args, run_training
 
-        c, out = self.config, self.out / arm / "sft"
-        # A zoom arm's warm start is short and starts from its modality's SFT model, which already answers.
-        start = self.out / _modality(arm) / "sft" if _zoomed(arm) else self.model
-        language = c.zoom_sft_lr if _zoomed(arm) else c.lr_language
+        out = self.out / arm / "sft"
 
         def run():
-            args = SFTConfig(
-                output_dir=str(out),
-                max_steps=c.zoom_sft_steps if _zoomed(arm) else c.sft_steps,
-                per_device_train_batch_size=c.sft_batch,
-                learning_rate=language,
-                lr_scheduler_type="cosine",
-                warmup_steps=0.05,
-                max_length=None,
-                **self._common(),
-            )
-            script = self.script_args(arm)
-            trainer = build_sft_trainer(script, args, ModelConfig(str(start), dtype="float32"))
-            merger = min(c.lr_merger, language)
-            self.learning_rates(trainer, _modality(arm), PartLearningRates(c.lr_vision, merger, language))
-            run_training(trainer, script)
+            script, args, model = parse_recipe_args(SFTConfig, ["--config", str(self.write_recipe(arm, "sft"))])
+            run_training(build_sft_trainer(script, args, model), script)
 
         self.stage(f"SFT, {_title(arm)} arm", out / "config.json", run)
         return out
 
     def grpo(self, arm: str) -> Path:
-        """GRPO from the SFT model (format + accuracy rewards; a zoom arm's episodes also pay `zoom_cost` per call and
-        `zoom_bonus` for a right answer reached with a zoom); the vision blocks and the code rows stay frozen."""
-        from trl import GRPOConfig, ModelConfig
+        """GRPO of an arm from its SFT model (`grpo_recipe`), built from its written config file."""
+        from trl import GRPOConfig
 
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .optim import PartLearningRates
-        from .training import build_grpo_trainer, run_training
+        from .training import build_grpo_trainer, parse_recipe_args, run_training
 
-        c, out, start = self.config, self.out / arm / "grpo", self.out / arm / "sft"
+        out = self.out / arm / "grpo"
 
         def run():
-            args = GRPOConfig(
-                output_dir=str(out),
-                max_steps=c.zoom_grpo_steps if _zoomed(arm) else c.grpo_steps,
-                per_device_train_batch_size=8,
-                num_generations=4,
-                max_completion_length=ZOOM_COMPLETION_TOKENS if _zoomed(arm) else 24,
-                temperature=1.0,
-                beta=0.0,
-                learning_rate=c.grpo_lr,
-                lr_scheduler_type="constant",
-                activation_checkpointing=False,
-                **self._common(),
-            )
-            script = self.script_args(arm)
-            trainer = build_grpo_trainer(script, args, ModelConfig(str(start), dtype="float32"))
-            self.learning_rates(trainer, _modality(arm), PartLearningRates(0.0, c.grpo_lr, c.grpo_lr))
-            run_training(trainer, script)
+            script, args, model = parse_recipe_args(GRPOConfig, ["--config", str(self.write_recipe(arm, "grpo"))])
+            run_training(build_grpo_trainer(script, args, model), script)
 
         self.stage(f"GRPO, {_title(arm)} arm", out / "config.json", run)
         return out
-
-    def learning_rates(self, trainer, modality: str, rates) -> None:
-        """A learning rate per part; on the token arm the pretrained code rows are held fixed, the counterpart of the
-        pretrained vision tower's slow (SFT) or zero (GRPO) rate: rows of the embedding matrix cannot have a rate of
-        their own. Without it, on small data, SFT's language-model rate washes out what the rows learnt."""
-        # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .optim import freeze_code_rows, use_part_learning_rates
-        from .tokens import load_codec
-
-        use_part_learning_rates(trainer, rates)
-        if modality == "tokens":
-            freeze_code_rows(trainer, load_codec(self.codec).vocab_size)
 
     def evaluate(self, arm: str, model_dir: Path) -> dict:
         """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm>."""
@@ -418,6 +435,29 @@ class Demo:
 # GRPO, a zoom episode's every turn: up to 2 calls (~46 tokens each, the box digit by digit), their results (16 visual
 # or 64 code tokens each, in their turn) and the answer.
 ZOOM_COMPLETION_TOKENS = 320
+
+
+def _recipe(start: Path, script: dict, training: dict) -> dict:
+    return {"model": {"model_name_or_path": str(start), "dtype": "float32"}, "script": script, "training": training}
+
+
+RECIPE_SECTIONS = {
+    "model": "Model (trl.ModelConfig)",
+    "script": "Data and parts (astroreason.training.GalaxyScriptArguments)",
+    "training": "Training (trl.{config})",
+}
+
+
+def recipe_yaml(recipe: dict, title: str, config: str) -> str:
+    """A recipe (`Demo.sft_recipe`) as one flat TRL config file, its sections commented; `config` names the training
+    arguments' class (`SFTConfig`, `GRPOConfig`)."""
+    import yaml
+
+    sections = [
+        f"# {RECIPE_SECTIONS[name].format(config=config)}\n" + yaml.safe_dump(values, sort_keys=False)
+        for name, values in recipe.items()
+    ]
+    return f"# {title}\n\n" + "\n".join(sections)
 
 
 def _modality(arm: str) -> str:

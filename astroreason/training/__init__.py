@@ -11,7 +11,14 @@ galaxy's representation (the arm, `astroreason.arms`) differs.
 - `builders`: the datasets, the model, the trainers and the run loop.
 """
 
-from .arguments import GalaxyScriptArguments, check_lora, check_precision, check_recipe_values, parse_recipe_args
+from .arguments import (
+    GalaxyScriptArguments,
+    PartArguments,
+    check_lora,
+    check_precision,
+    check_recipe_values,
+    parse_recipe_args,
+)
 from .builders import (
     build_grpo_trainer,
     build_sft_trainer,
@@ -33,6 +40,7 @@ __all__ = [
     "VLLM_MODES",
     "VLLM_RANGE",
     "GalaxyScriptArguments",
+    "PartArguments",
     "base_record",
     "build_grpo_trainer",
     "build_sft_trainer",

@@ -14,15 +14,88 @@ from ..io import check_writable
 from ..models import (
     check_init,
 )
+from ..optim import FREEZE_OPTIONS
 from ..options import ArmArguments, BudgetArguments, ZoomArguments
 from ..rewards import get_reward_funcs
 
 
 @dataclass
-class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
+class PartArguments:
+    """Which parts of the model train, and how fast (`astroreason.optim`; the parts are the model family's:
+    `ModelFamily.part_of`). A pretrained vision tower should move slowly or not at all while the language model
+    learns to read it. Frozen parts take no gradient (with LoRA, neither do their adapters); a part's own learning
+    rate is scaled by the trainer's scheduler like `learning_rate`, which is the language model's. With no option
+    set, the trainer builds its own optimizer as TRL does.
+
+    Args:
+        freeze_vision_tower: Freeze the vision tower (patch embedding and vision blocks; the merger is
+            `freeze_merger`'s).
+        freeze_merger: Freeze the merger that projects visual tokens into the language model's width.
+        freeze_language_model: Freeze the language model (token embeddings, decoder layers, output head).
+        freeze_code_rows: Hold the `special` rendering's code-token embedding rows fixed (tokens arm with rendering
+            special only: rows of one tensor cannot have a learning rate of their own). Needs weight_decay 0
+            (decoupled decay would still shrink them); with LoRA the rows stay out of the adapter.
+        vision_lr: Learning rate of the vision tower (None: `learning_rate`).
+        merger_lr: Learning rate of the merger (None: `learning_rate`).
+    """
+
+    freeze_vision_tower: bool = field(
+        default=False, metadata={"help": "Freeze the vision tower (patch embedding and vision blocks, not the merger)."}
+    )
+    freeze_merger: bool = field(
+        default=False, metadata={"help": "Freeze the merger projecting visual tokens into the language model."}
+    )
+    freeze_language_model: bool = field(
+        default=False, metadata={"help": "Freeze the language model (embeddings, decoder layers, output head)."}
+    )
+    freeze_code_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Tokens arm, rendering special: hold the code tokens' embedding rows fixed (needs "
+            "weight_decay 0; with LoRA they stay out of the adapter)."
+        },
+    )
+    vision_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision tower (default: learning_rate)."}
+    )
+    merger_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the merger (default: learning_rate)."}
+    )
+
+    def check_parts(self) -> None:
+        """Refuse part options no run can have (one line each)."""
+        frozen = FREEZE_OPTIONS
+        for name in (*frozen.values(), "freeze_code_rows"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+        if all(getattr(self, name) for name in frozen.values()):
+            raise UserError(
+                "freeze_language_model: with freeze_vision_tower and freeze_merger nothing is left to train"
+            )
+        for name, part in (("vision_lr", "vision"), ("merger_lr", "merger")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise UserError(f"{name}: expected a positive learning rate, got {value!r} (to freeze: {frozen[part]})")
+            if getattr(self, frozen[part]):
+                raise UserError(f"{name}: {frozen[part]} freezes that part, so it has no learning rate")
+        if self.freeze_code_rows and (getattr(self, "modality", None), getattr(self, "rendering", None)) != (
+            "tokens",
+            "special",
+        ):
+            raise UserError(
+                "freeze_code_rows: only the tokens arm with rendering special has code-token rows (here modality "
+                f"{getattr(self, 'modality', None)}, rendering {getattr(self, 'rendering', None)})"
+            )
+
+
+@dataclass
+class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmArguments):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
     options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's, and
-    SFT's warm start on zoom trajectories.
+    SFT's warm start on zoom trajectories; the part options (`PartArguments`: freezing, a learning rate per part)
+    are the recipes'.
 
     Args:
         train_split: Split used for training.
@@ -83,6 +156,7 @@ class GalaxyScriptArguments(ZoomArguments, BudgetArguments, ArmArguments):
     def __post_init__(self):
         self.arm_settings()  # the arm's own checks: modality, codec, image size
         self.check_zoom()
+        self.check_parts()
         check_init(self.code_token_init)
         if self.alarm_no_signal_logs is not None and (
             isinstance(self.alarm_no_signal_logs, bool)
@@ -177,6 +251,11 @@ def check_recipe_values(values: dict, *, check_device: bool = True) -> None:
                 f"max_tool_calling_iterations: {cap} disagrees with zoom_max_turns {turns}; "
                 "a zoom run sets the turn cap with zoom_max_turns only"
             )
+    if get("freeze_code_rows") and get("weight_decay"):
+        raise UserError(
+            f"freeze_code_rows: weight_decay {get('weight_decay')} would shrink the frozen rows (decoupled decay "
+            "is no gradient); pass --weight_decay 0"
+        )
     if get("use_peft"):
         check_lora(values)
     if check_device:

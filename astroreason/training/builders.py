@@ -21,6 +21,7 @@ from ..models import (
     load_model_and_processor,
     tied_embeddings,
 )
+from ..optim import use_part_options
 from ..rewards import get_reward_funcs
 from ..tokens import load_codec
 from ..tokens.render import check_fits, code_token_ids
@@ -120,22 +121,30 @@ def load_model(model_args, training_args):
     )
 
 
-def code_tokens_for(args: GalaxyScriptArguments, model, processor, *, seed: int, model_dir: str) -> list[int] | None:
+def code_tokens_for(
+    args: GalaxyScriptArguments, model, processor, *, seed: int, model_dir: str, lora: bool = False
+) -> list[int] | None:
     """With `rendering: special`, give the model one token per code id (the family's surgery, rows initialised as
     `code_token_init` says) and return their ids; None for any other rendering. Tokens already there (a checkpoint
     trained with special, rows warm-started elsewhere) are kept as they are. Refuses a codec that does not fit, and
-    a tokenizer that still would not read each code as one token (one built for another codec)."""
+    a tokenizer that still would not read each code as one token (one built for another codec). With `lora` and
+    `freeze_code_rows`, the rows stay out of the adapter, so they must be the base model's own."""
     if args.modality != "tokens" or args.rendering != "special":
         return None
     codec = load_codec(args.codec)
     check_fits("special", codec.vocab_size)
     vectors = codec_vectors(codec) if args.code_token_init == "codebook" else None
-    add_code_tokens(processor, model, codec.vocab_size, init=args.code_token_init, vectors=vectors, seed=seed)
+    added = add_code_tokens(processor, model, codec.vocab_size, init=args.code_token_init, vectors=vectors, seed=seed)
+    if added and lora and args.freeze_code_rows:
+        raise UserError(
+            f"freeze_code_rows: {model_dir} lacks the code tokens, and with use_peft frozen rows are not saved in "
+            "the adapter; start from a model that holds them (models.save_with_code_tokens) or let them train"
+        )
     check_fits("special", codec.vocab_size, processor, model_dir=model_dir)
     return code_token_ids(processor, codec.vocab_size)
 
 
-def peft_config(model_args, model=None, code_ids: list[int] | None = None):
+def peft_config(model_args, model=None, code_ids: list[int] | None = None, *, freeze_code_rows: bool = False):
     """TRL's LoRA config from `ModelConfig` (None without `use_peft`); with code tokens, their rows train and are
     saved in the adapter too (docs/models.md):
 
@@ -145,11 +154,12 @@ def peft_config(model_args, model=None, code_ids: list[int] | None = None):
     - tied embeddings: peft's token wrapper would also wrap the tied LM head, whose `bias` TRL's fused LM head reads
       and the wrapper lacks, so the embedding goes to `modules_to_save` with `ensure_weight_tying` (the head follows).
 
-    A user's own `lora_modules_to_save` naming the embeddings already trains and saves them, and is left as it is."""
+    A user's own `lora_modules_to_save` naming the embeddings already trains and saves them, and is left as it is.
+    With `freeze_code_rows` the code rows stay out of the adapter: LoRA's base is frozen, so they keep their rows."""
     from trl import get_peft_config
 
     config = get_peft_config(model_args)
-    if config is None or not code_ids:
+    if config is None or not code_ids or freeze_code_rows:
         return config
     modules = family_for(model).code_token_modules(model, code_ids)
     if set(modules) & set(config.modules_to_save or []):
@@ -249,20 +259,31 @@ def _trainer_parts(
         zoom=args.zoom,
     )
     model, processor = load_model(model_args, training_args)
-    code_ids = code_tokens_for(args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path)
+    lora = bool(getattr(model_args, "use_peft", False))
+    code_ids = code_tokens_for(
+        args, model, processor, seed=training_args.seed, model_dir=model_args.model_name_or_path, lora=lora
+    )
     base = base_record(recipe, args, training_args, model_args)
-    return dict(
+    parts = dict(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor,
-        peft_config=peft_config(model_args, model, code_ids),
+        peft_config=peft_config(model_args, model, code_ids, freeze_code_rows=args.freeze_code_rows),
         # An estimate's pilot keeps nothing, so it has no fingerprint or alarms to record.
         callbacks=callbacks
         + ([] if args.estimate_only else integrity_callbacks(args, grpo=recipe == "grpo", base=base))
         + extra,
     )
+    return parts, code_ids
+
+
+def with_part_options(trainer, args: GalaxyScriptArguments, model_args, code_ids: list[int] | None):
+    """The built trainer with the recipe's part options applied (`optim.use_part_options`): frozen parts, code
+    rows held fixed, a learning rate per part. Without any, the trainer is left as TRL built it."""
+    use_part_options(trainer, args, code_ids, lora=bool(getattr(model_args, "use_peft", False)))
+    return trainer
 
 
 def build_sft_trainer(
@@ -272,11 +293,11 @@ def build_sft_trainer(
     start's zoom trajectories (`training.zoom.zoom_sft_parts`)."""
     from trl import SFTTrainer
 
-    parts = _trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
+    parts, code_ids = _trainer_parts("sft", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
     if args.zoom:
         datasets = {name: parts.pop(name) for name in ("train_dataset", "eval_dataset")}
         parts.update(zoom_sft_parts(args, training_args, parts["model"], parts["processing_class"], datasets))
-    return SFTTrainer(**parts)
+    return with_part_options(SFTTrainer(**parts), args, model_args, code_ids)
 
 
 def build_grpo_trainer(
@@ -288,11 +309,13 @@ def build_grpo_trainer(
 
     if args.zoom:
         apply_turn_cap(args, training_args)
-    parts = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
+    parts, code_ids = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
     reward_funcs = get_reward_funcs(args.reward_funcs)
     if args.zoom:
         zoom = zoom_parts(
             args, training_args, parts["model"], parts["processing_class"], reward_funcs, parts["train_dataset"]
         )
-        return GRPOTrainer(**zoom, **parts)
-    return GRPOTrainer(reward_funcs=reward_funcs, **parts)
+        trainer = GRPOTrainer(**zoom, **parts)
+    else:
+        trainer = GRPOTrainer(reward_funcs=reward_funcs, **parts)
+    return with_part_options(trainer, args, model_args, code_ids)
