@@ -72,18 +72,19 @@ def freeze_parts(model, parts: Iterable[str]) -> None:
             param.requires_grad_(False)
 
 
-def use_part_optimizer(trainer, rates: PartLearningRates) -> None:
+def use_part_optimizer(trainer, rates: PartLearningRates, option: str = "vision_lr") -> None:
     """Have the trainer build its optimizer over one parameter group per part, each at its part's rate.
 
     The optimizer is built when the trainer would build its own (`Trainer.create_optimizer`, through its
     optimizer-factory hook `optimizer_cls_and_kwargs`, after any FSDP wrapping), of `args.optim`'s class with its
-    settings, so a resumed run loads its saved state into it as into the trainer's own."""
+    settings, so a resumed run loads its saved state into it as into the trainer's own. `option` names the setting
+    that asked for it, in a refusal."""
     from transformers.trainer_optimizer import is_optimizer_factory
 
     cls, kwargs = trainer.get_optimizer_cls_and_kwargs(trainer.args, trainer.model)
     if is_optimizer_factory(cls) or {"params", "model", "optimizer_dict"} & set(kwargs):
         raise UserError(
-            f"vision_lr: optim {trainer.args.optim} builds its own parameter groups, so it cannot take a learning "
+            f"{option}: optim {trainer.args.optim} builds its own parameter groups, so it cannot take a learning "
             "rate per part; use an optimizer over parameter groups (adamw_torch, adamw_torch_fused, adamw_8bit, ...)"
         )
 
@@ -106,15 +107,17 @@ def use_part_options(trainer, options, code_ids: list[int] | None = None, *, lor
         freeze_parts(model, frozen)
         if not any(p.requires_grad for p in model.parameters()):
             option = FREEZE_OPTIONS[frozen[-1]]
-            raise UserError(f"{option}: with {', '.join(FREEZE_OPTIONS[p] for p in frozen)} nothing is left to train")
+            names = ", ".join(FREEZE_OPTIONS[p] for p in frozen)
+            why = " (LoRA adapts only the frozen parts)" if lora else ""
+            raise UserError(f"{option}: with {names} nothing is left to train{why}")
     if options.freeze_code_rows and not lora and model.get_input_embeddings().weight.requires_grad:
         hold_rows(trainer, code_ids or [])
     if options.vision_lr is not None or options.merger_lr is not None:
         lr = trainer.args.learning_rate
         vision = options.vision_lr if options.vision_lr is not None else lr
-        use_part_optimizer(
-            trainer, PartLearningRates(vision, options.merger_lr if options.merger_lr is not None else lr, lr)
-        )
+        merger = options.merger_lr if options.merger_lr is not None else lr
+        option = "vision_lr" if options.vision_lr is not None else "merger_lr"
+        use_part_optimizer(trainer, PartLearningRates(vision, merger, lr), option)
 
 
 def hold_rows(trainer, ids: list[int]):

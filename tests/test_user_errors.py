@@ -147,6 +147,17 @@ RECIPE_CASES = {
         "lora_target_modules",
     ),
     "unknown reward": ("grpo", ["--config", "@grpo_image.yaml", "--reward_funcs", "bogus"], "reward_funcs"),
+    "every part frozen": (
+        "sft",
+        ["--config", "@sft_image.yaml", "--freeze_vision_tower", "true", "--freeze_merger", "true"]
+        + ["--freeze_language_model", "true"],
+        "freeze_language_model: with freeze_vision_tower and freeze_merger nothing is left to train",
+    ),
+    "code rows on the image arm": (
+        "grpo",
+        ["--config", "@grpo_image.yaml", "--freeze_code_rows", "true"],
+        "freeze_code_rows: only the tokens arm with rendering special",
+    ),
 }
 
 
