@@ -14,6 +14,10 @@ from .dotted import import_dotted
 from .integrity.alarms import TrainingAlarms, pipeline_alarms
 from .integrity.fingerprint import RunFingerprint
 
+# A zoom run's shaping rewards are constant by design (0 at zoom_cost 0, or while no rollout zooms; the bonus until a
+# zoom answers right): the zoom-rate rules watch the tool, `constant_reward` leaves them alone.
+ZOOM_SHAPING_REWARDS = ("zoom_cost_reward", "zoom_bonus_reward")
+
 
 def budget_callbacks(args, training_args) -> list:
     """The spend ledger's callback when the run sets `max_dollars` or `ledger`, or asks for an estimate
@@ -46,8 +50,10 @@ def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -
     alarms = pipeline_alarms("grpo" if grpo else "sft")
     if args.alarm_no_signal_logs is not None:
         alarms = replace(alarms, no_signal_logs=args.alarm_no_signal_logs)
+    if args.alarm_constant_reward_logs is not None:
+        alarms = replace(alarms, constant_reward_logs=args.alarm_constant_reward_logs)
     if grpo and args.zoom:  # the zoom-rate rules watch the turn cap of a zoom run
-        alarms = replace(alarms, zoom_cap=args.zoom_max_turns)
+        alarms = replace(alarms, zoom_cap=args.zoom_max_turns, constant_reward_skip=ZOOM_SHAPING_REWARDS)
     return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the integrity tests: a class-sorted copy of a surrogate, and a tiny prompt-reading classifier.
+"""Helpers shared by the integrity tests: a class-sorted copy of a surrogate, a tiny prompt-reading classifier, and a
+GRPO reward that any two random completions tell apart (`letter_share_reward`, named by dotted path in a recipe).
 
 `PromptNumberModel` is a real model trained with a real `transformers.Trainer`: it reads the first number written in
 a prompt (through a thermometer code) and nothing else. On a prompt that carries the row index of a class-sorted
@@ -74,3 +75,15 @@ class PromptNumberBackend:
         x = torch.from_numpy(prompt_features([prompt_text(p) for p in prompts], self.max_value))
         predictions = self.model(x)["logits"].argmax(-1).tolist()
         return [Generation(answer_text(int(c)), 0, 0) for c in predictions]
+
+
+SCORED: list[int] = []  # the completions each call of `letter_share_reward` scored, in order
+
+
+def letter_share_reward(completions, **kwargs) -> list[float]:
+    """The share of a completion's characters that are letters: it varies between a random model's completions."""
+    from astroreason.rewards import completion_text
+
+    SCORED.append(len(completions))
+    texts = [completion_text(c) for c in completions]
+    return [sum(ch.isalpha() for ch in t) / max(len(t), 1) for t in texts]

@@ -3,7 +3,10 @@ surrogate, built with the recipes' own pieces (`astroreason.training`).
 
 A random tiny model never names a galaxy class, so the recipes' own rewards (format, accuracy) are 0 for every
 completion: every group's rewards are equal, every advantage is 0 and nothing is learned. That run must raise the
-`no_reward_signal` alarm. The run that must learn uses a reward that varies inside a group from the first step: the
+`no_reward_signal` alarm, and `constant_reward` for each of its rewards. A run whose accuracy reward is 0 on every
+completion while another reward varies gets no `no_reward_signal` (some groups differ) but must raise
+`constant_reward` for the accuracy reward, and an evaluation of its model must say so. The run that must learn uses
+a reward that varies inside a group from the first step: the
 share of a completion's tokens that belong to the answer vocabulary (the tokens of `<answer>Class name</answer>`),
 a dense step toward the answer format that a 2-layer model picks up in a few dozen steps.
 """
@@ -11,6 +14,7 @@ a dense step toward the answer format that a 2-layer model picks up in a few doz
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from statistics import mean
 
 import pytest
@@ -28,16 +32,18 @@ from astroreason.training import (
     run_training,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 LEARNING_STEPS = 30
 SHORT_STEPS = 12  # more logs than the alarm's default patience (10)
 QUIET_STEP = 4  # the one step of the single-step run whose rewards are all equal
+CONSTANT_ACCURACY_STEPS = 8  # 4 logs of 2 steps: one more than the constant_accuracy_run's patience (3)
 
 
-def grpo_config(output_dir, steps: int):
+def grpo_config(output_dir, steps: int, **overrides):
     """Small groups (2 prompts x 4 completions a step), short completions, a high learning rate: seconds a step."""
     from trl import GRPOConfig
 
-    return GRPOConfig(
+    settings = dict(
         output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=8,
@@ -58,6 +64,7 @@ def grpo_config(output_dir, steps: int):
         dataloader_num_workers=0,
         seed=0,
     )
+    return GRPOConfig(**{**settings, **overrides})
 
 
 def script_args(prepared_dir, **kwargs) -> GalaxyScriptArguments:
@@ -162,6 +169,27 @@ def one_quiet_step_run(prepared_dir, tiny_model_dir, tmp_path_factory):
     return trainer, out
 
 
+@pytest.fixture(scope="module")
+def constant_accuracy_run(prepared_dir, tiny_model_dir, tmp_path_factory):
+    """The recipe's path with `accuracy` (which a random model never earns) beside a reward that varies from the first
+    step, `letter_share`; 4 completions a micro-batch x 2 accumulated = 8 a step, a log every 2 steps, the recipe's
+    `alarm_constant_reward_logs` 3: the alarm is due at step 6, after 3 logs x 2 steps x 8 = 48 completions."""
+    import integrity_helpers
+    from trl import ModelConfig
+
+    integrity_helpers.SCORED.clear()
+    out = tmp_path_factory.mktemp("grpo_constant_accuracy")
+    args = script_args(
+        prepared_dir, reward_funcs=["accuracy", "integrity_helpers.letter_share_reward"], alarm_constant_reward_logs=3
+    )
+    config = grpo_config(
+        out, CONSTANT_ACCURACY_STEPS, per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_steps=2
+    )
+    trainer = build_grpo_trainer(args, config, ModelConfig(str(tiny_model_dir), dtype="float32"))
+    run_training(trainer, args)
+    return trainer, out, list(integrity_helpers.SCORED)
+
+
 def test_grpo_learns_a_reward_that_varies_inside_groups(learning_run):
     trainer, before = learning_run
     rewards, zero_std = logged(trainer, "reward"), logged(trainer, "frac_reward_zero_std")
@@ -181,11 +209,20 @@ def test_a_run_whose_rewards_never_vary_raises_the_alarm(constant_run):
     assert logged(trainer, "frac_reward_zero_std") == [1.0] * SHORT_STEPS
     # Every advantage is 0: not one parameter moved. This is what the alarm is about.
     assert all(torch.equal(p, trainer.model.get_parameter(n)) for n, p in before.items())
+    # Both reward functions were 0 on every completion too: each raises its own `constant_reward`, 10 logs x 8.
     fired = alarms_of(trainer).alarms
-    assert [(a["rule"], a["step"]) for a in fired] == [("no_reward_signal", 10)]
+    assert [(a["rule"], a["key"], a["step"]) for a in fired] == [
+        ("constant_reward", "rewards/format_reward/mean", 10),
+        ("constant_reward", "rewards/accuracy_reward/mean", 10),
+        ("no_reward_signal", "frac_reward_zero_std", 10),
+    ]
     suspect = json.loads((out / SUSPECT_FILE).read_text())
-    assert suspect["suspect"] and [r["rule"] for r in suspect["reasons"]] == ["no_reward_signal"]
-    assert "cannot learn" in suspect["reasons"][0]["reason"]
+    assert suspect["suspect"] and [r["rule"] for r in suspect["reasons"]] == [a["rule"] for a in fired]
+    reasons = [r["reason"] for r in suspect["reasons"]]
+    assert reasons[1] == (
+        "step 10: accuracy reward was 0 on all 80 completions (10 logs in a row): no right answer to learn from"
+    )
+    assert reasons[0].startswith("step 10: format reward was 0 on all 80 completions") and "cannot learn" in reasons[2]
 
 
 def test_one_step_with_equal_rewards_raises_no_alarm(one_quiet_step_run):
@@ -205,23 +242,38 @@ def test_the_alarm_decision_on_real_log_records(constant_run, one_quiet_step_run
     constant = [h for h in constant_run[0].state.log_history if "reward" in h]
     quiet = [h for h in one_quiet_step_run[0].state.log_history if "reward" in h]
     learning = [h for h in learning_run[0].state.log_history if "reward" in h]
-    # It fires once, at the N-th consecutive log of equal rewards, for any N the run reaches; 0 turns it off.
+
+    # It fires once, at the N-th consecutive log of equal rewards, for any N the run reaches; 0 turns it off. (This
+    # rule alone: `constant_reward`, which these rewards also raise, is off here and checked below.)
+    def no_signal(n):
+        return TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=n, constant_reward_logs=0))
+
     for n in (1, 3, SHORT_STEPS):
-        assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=n)), constant) == [
-            ("no_reward_signal", n)
-        ]
-    assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=SHORT_STEPS + 1)), constant) == []
-    assert feed_logs(TrainingAlarms(AlarmConfig(watch_loss=False, no_signal_logs=0)), constant) == []
+        assert feed_logs(no_signal(n), constant) == [("no_reward_signal", n)]
+    assert feed_logs(no_signal(SHORT_STEPS + 1), constant) == []
+    assert feed_logs(no_signal(0), constant) == []
     # Runs whose groups vary: no such alarm at the default patience.
     for records in (quiet, learning):
         assert "no_reward_signal" not in {
             rule for rule, _ in feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records)
         }
-    # One log in which some group varied starts the count again.
-    varied = {**constant[0], "frac_reward_zero_std": 0.5}
-    records = constant[:9] + [varied] + constant[:9]
-    assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records) == []
-    assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records + constant[9:10]) == [("no_reward_signal", 10)]
+    # One log in which some group varied (the format reward told its completions apart) starts the count again; the
+    # accuracy reward, 0 on every completion throughout, raises `constant_reward` at its 10th log all the same, and the
+    # format reward, 0 again after the varied log, at the 10th log after it (with `no_reward_signal`).
+    varied = {
+        **constant[0],
+        "frac_reward_zero_std": 0.5,
+        "rewards/format_reward/mean": 0.25,
+        "rewards/format_reward/std": 0.46,
+    }
+    records = [{**r, "step": i + 1} for i, r in enumerate(constant[:9] + [varied] + constant[:9] + constant[9:10])]
+    assert feed_logs(TrainingAlarms(pipeline_alarms("grpo")), records[:-1]) == [("constant_reward", 10)]
+    alarms = TrainingAlarms(pipeline_alarms("grpo"))
+    assert [(a["rule"], a["key"], a["step"]) for r in records for a in alarms.check(r, r["step"])] == [
+        ("constant_reward", "rewards/accuracy_reward/mean", 10),
+        ("constant_reward", "rewards/format_reward/mean", 20),
+        ("no_reward_signal", "frac_reward_zero_std", 20),
+    ]
 
 
 def test_the_recipes_patience_is_a_script_argument(prepared_dir):
@@ -231,6 +283,55 @@ def test_the_recipes_patience_is_a_script_argument(prepared_dir):
     assert patience(script_args(prepared_dir)).no_signal_logs == AlarmConfig().no_signal_logs == 10
     assert patience(script_args(prepared_dir, alarm_no_signal_logs=3)).no_signal_logs == 3
     assert patience(script_args(prepared_dir, alarm_no_signal_logs=0)).no_signal_logs == 0
-    for bad in (-1, 2.5, True):
-        with pytest.raises(UserError, match="alarm_no_signal_logs"):
-            script_args(prepared_dir, alarm_no_signal_logs=bad)
+    assert patience(script_args(prepared_dir)).constant_reward_logs == AlarmConfig().constant_reward_logs == 10
+    assert patience(script_args(prepared_dir, alarm_constant_reward_logs=4)).constant_reward_logs == 4
+    assert patience(script_args(prepared_dir, alarm_constant_reward_logs=0)).constant_reward_logs == 0
+    for name in ("alarm_no_signal_logs", "alarm_constant_reward_logs"):
+        for bad in (-1, 2.5, True):
+            with pytest.raises(UserError, match=name):
+                script_args(prepared_dir, **{name: bad})
+
+
+def test_a_constant_accuracy_reward_marks_the_run_and_its_evaluation(constant_accuracy_run, prepared_dir, capsys):
+    """The accuracy reward 0 on every completion, the other reward varying: `no_reward_signal` cannot see it (groups
+    differ), `constant_reward` does, and the evaluation of the model says suspect, with the reason."""
+    from astroreason.evaluation.harness import EvalConfig, evaluate, print_result_line
+
+    trainer, out, scored = constant_accuracy_run
+    assert logged(trainer, "rewards/accuracy_reward/mean") == [0.0] * 4  # the premise: never right
+    assert logged(trainer, "rewards/accuracy_reward/std") == [0.0] * 4
+    assert all(v < 1.0 for v in logged(trainer, "frac_reward_zero_std"))  # ... but some groups' rewards differ
+    assert all(v > 0.0 for v in logged(trainer, "rewards/letter_share_reward/std"))
+    # One reward call per step (a step's generation batch); by step 6 the accuracy reward scored them all with 0.
+    assert scored == [8] * CONSTANT_ACCURACY_STEPS and sum(scored[:6]) == 48
+    reason = "step 6: accuracy reward was 0 on all 48 completions (3 logs in a row): no right answer to learn from"
+    (alarm,) = alarms_of(trainer).alarms  # once, though the 4th log is constant too
+    assert (alarm["rule"], alarm["key"], alarm["reason"]) == ("constant_reward", "rewards/accuracy_reward/mean", reason)
+    suspect = json.loads((out / SUSPECT_FILE).read_text())
+    assert [(r["rule"], r["reason"]) for r in suspect["reasons"]] == [("constant_reward", reason)]
+
+    # The evaluation of that model: recorded suspect, and result.json and the RESULT line say why.
+    eval_dir = out.parent / f"{out.name}_eval"
+    config = EvalConfig(
+        model=str(out),
+        data_dir=str(prepared_dir),
+        output_dir=str(eval_dir),
+        ledger=str(eval_dir.parent / f"{out.name}_ledger" / "spend.jsonl"),
+        prices=str(REPO / "eval" / "prices.yaml"),
+        max_samples=3,
+        batch_size=3,
+        max_new_tokens=4,
+        n_boot=50,
+        image_size=56,
+    )
+    capsys.readouterr()
+    result = evaluate(config, progress=False)
+    print_result_line(result)
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RESULT ")]
+    summary = json.loads(line[len("RESULT ") :])
+    assert summary["integrity"] == result["integrity"]["status"] == "suspect"
+    assert summary["suspect_reasons"] == result["integrity"]["suspect_reasons"] == [f"constant_reward: {reason}"]
+    assert result["integrity"]["reasons"] == [reason]
+    assert json.loads((eval_dir / "result.json").read_text())["integrity"]["suspect_reasons"] == [
+        f"constant_reward: {reason}"
+    ]

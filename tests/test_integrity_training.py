@@ -97,6 +97,93 @@ def test_alarm_rules_on_log_sequences():
     assert feed(TrainingAlarms(AlarmConfig(watch_loss=False)), "loss", [0.0, 0.0]) == []
 
 
+def reward_log(**rewards) -> dict:
+    """A GRPO log of per-reward (mean, std), as TRL 1.16 names them: `rewards/<func name>/mean` and `/std`."""
+    return {f"rewards/{n}/{k}": v for n, (mean, std) in rewards.items() for k, v in (("mean", mean), ("std", std))}
+
+
+def constant_alarms(alarms: TrainingAlarms, logs: list[dict], completions=80) -> list[tuple[int, str, str]]:
+    return [
+        (a["step"], a["key"], a["reason"])
+        for i, log in enumerate(logs)
+        for a in alarms.check(log, step=i + 1, completions=completions)
+        if a["rule"] == "constant_reward"
+    ]
+
+
+def test_constant_reward_alarm_on_log_sequences():
+    """One reward function that gives every completion the same value for `constant_reward_logs` logs (default 10):
+    its own alarm, naming the reward and the completions it scored, once per reward function."""
+    # The accuracy reward 0 on everything, the format reward varying a little: frac_reward_zero_std stays < 1.
+    logs = [
+        {**reward_log(accuracy_reward=(0.0, 0.0), format_reward=(0.01 * (i % 3), 0.05)), "frac_reward_zero_std": 0.8}
+        for i in range(12)
+    ]
+    alarms = TrainingAlarms()
+    assert constant_alarms(alarms, logs, completions=120) == [
+        (
+            10,
+            "rewards/accuracy_reward/mean",
+            "step 10: accuracy reward was 0 on all 1,200 completions (10 logs in a row): no right answer to learn from",
+        )
+    ]
+    assert all(a["rule"] != "no_reward_signal" for i, log in enumerate(logs) for a in TrainingAlarms().check(log, i))
+    # Every answer right: its own wording; any other value: the generic one. Each reward function fires once.
+    ones = [reward_log(accuracy_reward=(1.0, 0.0), format_reward=(0.5, 0.0))] * 13
+    fired = constant_alarms(TrainingAlarms(), ones, completions=8)
+    assert [(step, key) for step, key, _ in fired] == [
+        (10, "rewards/accuracy_reward/mean"),
+        (10, "rewards/format_reward/mean"),
+    ]
+    assert fired[0][2].endswith(
+        "accuracy reward was 1 on all 80 completions (10 logs in a row): every answer already "
+        "right, nothing left to learn"
+    )
+    assert "format reward was 0.5 on all 80 completions" in fired[1][2] and "right" not in fired[1][2]
+    # Without a count (a bare check), the reason says every completion.
+    assert "0 on every completion (10 logs" in constant_alarms(TrainingAlarms(), logs, completions=None)[0][2]
+    # Not constant: one log whose std > 0, or whose mean differs (each log constant, the value not), restarts it.
+    varied_std = logs[:9] + [reward_log(accuracy_reward=(0.0, 0.1))] + logs[:9]
+    assert constant_alarms(TrainingAlarms(), varied_std) == []
+    assert [s for s, _, _ in constant_alarms(TrainingAlarms(), varied_std + logs[:1])] == [20]
+    moving = [reward_log(accuracy_reward=(0.1 * (i % 2), 0.0)) for i in range(20)]
+    assert constant_alarms(TrainingAlarms(), moving) == []
+    # A log without the reward's metrics (an eval log, the run's summary) neither counts nor breaks a run.
+    with_evals = [x for log in logs[:10] for x in (log, {"eval_loss": 1.0, "eval_rewards/accuracy_reward/mean": 0.0})]
+    assert [s for s, _, _ in constant_alarms(TrainingAlarms(), with_evals)] == [19]
+    # The patience is a setting; 0 turns the rule off.
+    assert [s for s, _, _ in constant_alarms(TrainingAlarms(AlarmConfig(constant_reward_logs=3)), logs)] == [3]
+    assert constant_alarms(TrainingAlarms(AlarmConfig(constant_reward_logs=0)), logs + ones) == []
+
+
+def test_constant_reward_counts_the_completions_each_log_covers(tmp_path):
+    """`on_log`: GRPO's per_device_train_batch_size counts completions; a log covers the steps since the last one."""
+    from transformers import TrainerControl, TrainerState
+    from trl import GRPOConfig
+
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        gradient_accumulation_steps=3,
+        activation_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+    )
+    alarms, state = TrainingAlarms(AlarmConfig(constant_reward_logs=3)), TrainerState()
+    state.global_step = 5  # resumed at step 5: the first log covers steps 6 and 7
+    alarms.on_train_begin(args, state, TrainerControl())
+    constant = reward_log(accuracy_reward=(0.0, 0.0))
+    # logs every 2 steps; the eval log at step 9 carries no training rewards
+    for step, log in ((7, constant), (9, constant), (9, {"eval_loss": 1.0}), (11, constant)):
+        state.global_step = step
+        alarms.on_log(args, state, TrainerControl(), logs=log)
+    (alarm,) = alarms.alarms
+    assert alarm["step"] == 11 and "on all 72 completions (3 logs in a row)" in alarm["reason"]  # 6 steps x 4 x 3
+    suspect = json.loads((tmp_path / SUSPECT_FILE).read_text())
+    assert [(r["rule"], r["key"]) for r in suspect["reasons"]] == [("constant_reward", "rewards/accuracy_reward/mean")]
+
+
 def test_zoom_rate_alarms():
     """A zoom run's alarms on TRL's `tools/call_frequency` (calls per rollout), with a turn cap of 2."""
     zoom = AlarmConfig(zoom_cap=2)
@@ -122,6 +209,11 @@ def test_a_zoom_recipe_watches_its_zoom_rate_against_its_turn_cap(tmp_path):
     assert alarms(zoom=True, zoom_max_turns=3).config.zoom_cap == 3
     assert alarms().config.zoom_cap == 0  # no tool: no zoom rules
     assert feed(alarms(zoom=True, zoom_max_turns=3), "tools/call_frequency", [3.0] * 3) == ["zoom_always_cap"]
+    # Its shaping rewards are constant by design (zoom_cost 0 by default; no bonus until a zoom answers right): the
+    # constant_reward rule leaves them to the zoom rules, and still watches the recipe's own rewards.
+    zoom_logs = [reward_log(zoom_cost_reward=(0.0, 0.0), zoom_bonus_reward=(0.0, 0.0), accuracy_reward=(0.0, 0.0))] * 10
+    assert [key for _, key, _ in constant_alarms(alarms(zoom=True), zoom_logs)] == ["rewards/accuracy_reward/mean"]
+    assert len(constant_alarms(alarms(), zoom_logs)) == 3  # a run without the tool has no such rewards to skip
 
 
 def test_pipeline_alarms_ignore_format_learning_but_not_a_collapse():

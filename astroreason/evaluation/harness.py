@@ -236,18 +236,21 @@ def record_integrity(config: EvalConfig, result: dict) -> dict:
         description=config.description,
         experiment=config.experiment,
     )
-    reasons = [
-        r["reason"]
+    marks = [
+        r
         for d in dict.fromkeys((config.output_dir, config.model))
         if Path(d).is_dir()
         for r in (read_suspect(d) or {}).get("reasons", [])
     ]
+    reasons = [r["reason"] for r in marks]
     result["integrity"] = {
         "status": row["status"],
         "ceiling": config.ceiling,
         "ledger": str(project / LEDGER_FILE),
         "row_sha256": row["row_sha256"],
         "reasons": reasons,
+        # each mark as `rule: reason` (a training alarm on the model, the ceiling on this result), for the RESULT line
+        "suspect_reasons": list(dict.fromkeys(f"{r.get('rule', 'suspect')}: {r['reason']}" for r in marks)),
         "description": row["description"],
         "experiment": row["experiment"],
         "baseline": row["baseline"],
@@ -654,6 +657,7 @@ def result_summary(result: dict) -> dict:
         "output_dir": result["config"]["output_dir"],
         "dollars_this_run": ((result.get("spend") or {}).get("this_run") or {}).get("dollars", 0.0),
         "integrity": (result.get("integrity") or {}).get("status"),
+        "suspect_reasons": (result.get("integrity") or {}).get("suspect_reasons", []),
     }
     if result.get("zoom"):  # a zoom run's line says how often the model zoomed
         summary["zoom_rate"] = result["zoom"].get("zoom_rate")

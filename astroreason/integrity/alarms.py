@@ -4,7 +4,9 @@ A model that finds a shortcut (a row index, a duplicate, a leaked column) learns
 falls toward zero abruptly, accuracy or reward jumps, every completion of a GRPO group gets the same reward
 (TRL's `frac_reward_zero_std` climbs to 1) and the policy's entropy collapses. A GRPO run whose every group scores
 alike at every step has the opposite trouble: every advantage is 0, it learns nothing, and its result is the starting
-model's (`no_reward_signal`). Each rule fires once per metric; an alarm logs why and marks the run suspect
+model's (`no_reward_signal`). One reward function that gives every completion the same value for many logs (an
+accuracy of 0 on everything while the format reward still varies) teaches nothing either, though other rewards
+keep the groups apart (`constant_reward`). Each rule fires once per metric; an alarm logs why and marks the run suspect
 (`SUSPECT.json` in `output_dir`, which the ledger turns into the status `suspect`). It does not stop training
 unless asked: the run finishes and is judged with its mark.
 
@@ -23,6 +25,8 @@ from .gate import mark_suspect
 
 logger = logging.getLogger(__name__)
 ZOOM_RATE_KEY = "tools/call_frequency"  # TRL's GRPO log: mean tool calls per rollout
+REWARD_PREFIX = "rewards/"  # TRL's GRPO log: rewards/<func name>/mean and /std over every completion scored
+CONSTANT_TOL = 1e-9  # a std or a change of mean this small is 0 (a float mean of equal rewards may be off by an ulp)
 
 
 @dataclass
@@ -45,6 +49,13 @@ class AlarmConfig:
             (0: rule off). One such log is normal (an untrained policy often fails a whole batch); 10 keeps the tiny
             recipes' 8-step smoke runs quiet, and in a real run it is 10 x `logging_steps` steps without one group
             whose rewards differ.
+        constant_reward_logs: Consecutive logs in which one reward function gave every completion the same value
+            (its logged std 0 and its mean unchanged) after which the run is marked suspect, once per reward function
+            (0: rule off). It catches what `no_signal_logs` cannot see: an accuracy reward of 0 on every completion
+            while the format reward still varies, so some groups differ but nothing rewards a right answer.
+        constant_reward_skip: Reward functions (TRL's names, `zoom_cost_reward`) the rule leaves alone: shaping terms
+            that are constant by design (a zoom run's `zoom_cost_reward` at cost 0, or while no rollout zooms; its
+            `zoom_bonus_reward` until a zoom answers right), which the zoom rules watch instead.
         entropy_fraction: Entropy below this fraction of the first logged entropy is a collapse (0: rule off) ...
         entropy_floor: ... and so is entropy below this (nats per token).
         zoom_cap: A zoom run's turn cap (`zoom_max_turns`); 0 for a run without the zoom tool (the zoom rules off).
@@ -69,6 +80,16 @@ class AlarmConfig:
     zero_std_low: float = 0.5
     zero_std_patience: int = 3
     no_signal_logs: int = 10
+    constant_reward_logs: int = field(
+        default=10,
+        metadata={
+            "help": "Consecutive logs in which one reward function scored every completion alike (std 0, same mean) "
+            "before the run is marked suspect, once per reward (0: off)."
+        },
+    )
+    constant_reward_skip: tuple[str, ...] = field(
+        default=(), metadata={"help": "Reward functions (TRL's names) the constant_reward rule leaves alone."}
+    )
     entropy_fraction: float = 0.1
     entropy_floor: float = 0.02
     zoom_cap: int = 0
@@ -108,9 +129,46 @@ class AlarmState:
     zero_std_run: int = 0
     zero_std_was_low: bool = False
     no_signal_run: int = 0
+    # per reward function: (its one value, the logs in a row it was that value, the completions they scored)
+    constant: dict[str, tuple[float, int, int | None]] = field(default_factory=dict)
     zoomed: bool = False
     no_zoom_run: int = 0
     at_cap_run: int = 0
+
+
+def _number(raw) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def reward_names(logs: dict) -> list[str]:
+    """The reward functions a training log scores, by TRL's names (`accuracy_reward`); eval logs (`eval_...`) aside."""
+    return [k[len(REWARD_PREFIX) : -len("/mean")] for k in logs if k.startswith(REWARD_PREFIX) and k.endswith("/mean")]
+
+
+def logged_completions(args, steps: int) -> int:
+    """The completions GRPO scored in `steps` optimizer steps. GRPO's `per_device_train_batch_size` counts
+    completions: a step takes `gradient_accumulation_steps` micro-batches on each of `world_size` processes, and with
+    `num_iterations` > 1 each generation batch is reused that many times, so fewer completions are new (a log's
+    count is then off by at most one generation batch; N logs' total is right)."""
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    return round(steps * per_step / getattr(args, "num_iterations", 1))
+
+
+def constant_reward_reason(name: str, value: float, logs: int, completions: int | None) -> str:
+    """Why a constant reward teaches nothing: `accuracy reward was 0 on all 1,200 completions: ...`."""
+    friendly = name.removesuffix("_reward")
+    scope = f"all {completions:,} completions" if completions is not None else "every completion"
+    if value == 0:
+        why = "no right answer to learn from"
+    elif value == 1:
+        why = "every answer already right, nothing left to learn"
+    else:
+        why = "it cannot tell one completion from another, so it adds nothing to any advantage"
+    return f"{friendly} reward was {value:.4g} on {scope} ({logs} logs in a row): {why}"
 
 
 class TrainingAlarms(TrainerCallback):
@@ -120,12 +178,14 @@ class TrainingAlarms(TrainerCallback):
         self.config = config or AlarmConfig()
         self.state = AlarmState()
         self.alarms: list[dict] = []
+        self.last_scored_step = 0  # the step of the last log that carried rewards (GRPO flushes its scores there)
 
     # --- rules ------------------------------------------------------------------------------------------------------
-    def check(self, logs: dict, step: int) -> list[dict]:
-        """The alarms one log raises (pure: no file written); updates the history."""
+    def check(self, logs: dict, step: int, completions: int | None = None) -> list[dict]:
+        """The alarms one log raises (pure: no file written); updates the history. `completions`: how many GRPO
+        scored in the steps this log covers (`logged_completions`; None: unknown, the reasons then give no count)."""
         c, s = self.config, self.state
-        out = []
+        out = self._constant_rewards(logs, step, completions)
         # A log with rewards is a policy-gradient run (GRPO): its loss is no cross-entropy (0 on equal rewards).
         watch_loss = c.watch_loss and not any(k == "reward" or k.startswith("rewards/") for k in logs)
         for key, raw in logs.items():
@@ -220,6 +280,28 @@ class TrainingAlarms(TrainerCallback):
             past.append(value)
         return [a for a in out if a is not None]
 
+    def _constant_rewards(self, logs: dict, step: int, completions: int | None) -> list[dict | None]:
+        """`constant_reward`: per reward function, the run of logs in which it gave every completion one value."""
+        c, runs = self.config, self.state.constant
+        out = []
+        for name in reward_names(logs):
+            if name in c.constant_reward_skip:
+                continue
+            key = f"{REWARD_PREFIX}{name}/mean"
+            mean, std = _number(logs[key]), _number(logs.get(f"{REWARD_PREFIX}{name}/std"))
+            if mean is None or std is None or std > CONSTANT_TOL:  # TRL logs None when it scored nothing
+                runs.pop(name, None)
+                continue
+            value, n, total = runs.get(name, (mean, 0, 0))
+            if abs(value - mean) > CONSTANT_TOL:  # constant within each log, but not the same value: a new run
+                value, n, total = mean, 0, 0
+            total = None if total is None or completions is None else total + completions
+            runs[name] = (value, n + 1, total)
+            if c.constant_reward_logs and n + 1 >= c.constant_reward_logs:
+                reason = constant_reward_reason(name, value, n + 1, total)
+                out.append(self._alarm("constant_reward", key, step, value, reason))
+        return out
+
     def _zoom_rules(self, key: str, step: int, value: float) -> list[dict | None]:
         c, s = self.config, self.state
         s.zoomed = s.zoomed or value > 0
@@ -258,10 +340,17 @@ class TrainingAlarms(TrainerCallback):
         return {"rule": rule, "key": key, "step": int(step), "value": value, "reason": f"step {step}: {reason}"}
 
     # --- the callback -----------------------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.last_scored_step = state.global_step  # a resumed run counts from its checkpoint
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs:
             return
-        alarms = self.check(logs, state.global_step)
+        completions = None
+        if reward_names(logs):  # TRL's GRPO log: the mean over every completion scored since its last log
+            completions = logged_completions(args, state.global_step - self.last_scored_step)
+            self.last_scored_step = state.global_step
+        alarms = self.check(logs, state.global_step, completions)
         if not alarms:
             return
         self.alarms += alarms

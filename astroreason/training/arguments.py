@@ -110,6 +110,10 @@ class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmAr
         alarm_no_signal_logs: GRPO training alarm: consecutive logs in which every group's completions score the
             same (`frac_reward_zero_std` = 1: no gradient) before the run is marked suspect as learning nothing
             (default: `AlarmConfig.no_signal_logs`, 10; 0 turns the rule off). See docs/integrity.md.
+        alarm_constant_reward_logs: GRPO training alarm: consecutive logs in which one reward function gives every
+            completion the same value (its logged std 0, its mean unchanged: e.g. an accuracy of 0 on everything
+            while the format reward varies) before the run is marked suspect, once per reward function (default:
+            `AlarmConfig.constant_reward_logs`, 10; 0 turns the rule off). See docs/integrity.md.
         code_token_init: With `rendering: special`, how the rows of the added code tokens start
             (`astroreason.models.code_tokens`): `mean` (the existing rows' mean plus small seeded noise) or
             `codebook` (each code's codec vector through a seeded random projection, so similar codes start close).
@@ -132,6 +136,13 @@ class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmAr
         metadata={
             "help": "GRPO alarm: consecutive logs with every group's rewards equal (no gradient) before the run "
             "is marked suspect (default 10; 0: off)."
+        },
+    )
+    alarm_constant_reward_logs: int | None = field(
+        default=None,
+        metadata={
+            "help": "GRPO alarm: consecutive logs in which one reward function scores every completion alike (e.g. "
+            "accuracy 0 on all) before the run is marked suspect (default 10; 0: off)."
         },
     )
 
@@ -158,12 +169,10 @@ class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmAr
         self.check_zoom()
         self.check_parts()
         check_init(self.code_token_init)
-        if self.alarm_no_signal_logs is not None and (
-            isinstance(self.alarm_no_signal_logs, bool)
-            or not isinstance(self.alarm_no_signal_logs, int)
-            or self.alarm_no_signal_logs < 0
-        ):
-            raise UserError(f"alarm_no_signal_logs: expected a non-negative integer, got {self.alarm_no_signal_logs!r}")
+        for name in ("alarm_no_signal_logs", "alarm_constant_reward_logs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise UserError(f"{name}: expected a non-negative integer, got {value!r}")
         if isinstance(self.pilot_steps, bool) or not isinstance(self.pilot_steps, int) or self.pilot_steps < 0:
             raise UserError(f"pilot_steps: expected a non-negative integer, got {self.pilot_steps!r}")
         if self.estimate_only and not self.pilot_steps:
