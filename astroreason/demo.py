@@ -400,14 +400,16 @@ class Demo:
         self.stage(f"GRPO, {_title(arm)} arm", out / "config.json", run)
         return out
 
-    def evaluate(self, arm: str, model_dir: Path) -> dict:
-        """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm>."""
+    def evaluate(self, arm: str, model_dir: Path, stage: str | None = None) -> dict:
+        """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm> (the final model),
+        or eval/<arm>_<stage> for an earlier stage's model (`STAGES`)."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .evaluation.episodes import ZOOM_TURN_TOKENS
         from .evaluation.harness import EvalConfig, evaluate
 
         c, modality = self.config, _modality(arm)
-        out = self.out / "eval" / arm
+        name = f"{arm}_{stage}" if stage else arm
+        out = self.out / "eval" / name
         config = EvalConfig(
             model=str(model_dir),
             data_dir=str(self.prepared),
@@ -428,9 +430,30 @@ class Demo:
         )
         started = time.monotonic()
         result = evaluate(config)  # resumes from its per-sample cache
-        self.timings[f"evaluate {_title(arm)} arm"] = round(time.monotonic() - started, 1)
+        self.timings[f"evaluate {_title(arm)} arm" + (f" ({stage})" if stage else "")] = round(
+            time.monotonic() - started, 1
+        )
         return result
 
+    def start_model(self, arm: str) -> Path:
+        """The model an arm's SFT starts from: the warm-started model, or for a zoom arm its modality's SFT model."""
+        return self.out / _modality(arm) / "sft" if _zoomed(arm) else self.model
+
+    def train_and_evaluate(self, arm: str) -> tuple[dict, list[tuple[str, Path]]]:
+        """Train an arm (SFT, then GRPO) and evaluate the model of every stage on the same test galaxies: the start,
+        the SFT model, the GRPO model. Returns the final evaluation and the stages' evaluation directories in order."""
+        self.sft(arm)
+        grpo = self.grpo(arm)
+        for stage, model in (("start", self.start_model(arm)), ("sft", self.out / arm / "sft")):
+            self.evaluate(arm, model, stage)
+        final = self.evaluate(arm, grpo)
+        evals = self.out / "eval"
+        return final, [(STAGES[s], evals / f"{arm}_{s}") for s in ("start", "sft")] + [(STAGES["grpo"], evals / arm)]
+
+
+# The stages of an arm, as the report names them: the model SFT starts from (the warm start; a zoom arm's is its
+# modality's SFT model), the SFT model, the GRPO model.
+STAGES = {"start": "start (warm start)", "sft": "SFT", "grpo": "GRPO"}
 
 # GRPO, a zoom episode's every turn: up to 2 calls (~46 tokens each, the box digit by digit), their results (16 visual
 # or 64 code tokens each, in their turn) and the answer.
@@ -548,12 +571,12 @@ def run_demo(
     pretrain = demo.models()
     for line in warm_start_notes(pretrain, config):
         print(f"[demo] NOTE: {line}", flush=True)
-    results = {}
+    results, stage_dirs = {}, {}
     for arm in config.arms:
-        demo.sft(arm)
-        results[arm] = demo.evaluate(arm, demo.grpo(arm))
+        results[arm], stage_dirs[arm] = demo.train_and_evaluate(arm)
     report_started = time.monotonic()
-    report = write_report([out / "eval" / arm for arm in config.arms], out / "report")
+    report = write_report([out / "eval" / arm for arm in config.arms], out / "report", stages=stage_dirs)
+    stages = json.loads((report.parent / "report.json").read_text())["stages"]
     demo.timings["report"] = round(time.monotonic() - report_started, 1)
     wall = round(time.monotonic() - started, 1)
 
@@ -573,6 +596,7 @@ def run_demo(
         "zooms_after_training": zooms,
         "warm_starts": pretrain,
         "arms": {a: arm_summary(r, tokens_per_galaxy(r)) for a, r in results.items()},
+        "stages": stages,
         "config": wanted,
     }
     write_json_atomic(out / "demo_result.json", summary)
@@ -580,6 +604,8 @@ def run_demo(
     # The end of the output: the side-by-side table and the figures, then one RESULT line.
     table = [line for line in report.read_text().splitlines() if line.startswith("|")]
     print("\n" + "\n".join(table[: 2 + len(results)]))
+    print("\nWhat each stage adds (same test galaxies; gain over the stage before, exact McNemar p):")
+    print("\n".join(section_table(report.read_text(), "## What each stage adds")))
     if config.zoom:  # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
         print("\n" + "\n".join(line for line in table if "vs zoom (" in line or "vs no zoom (" in line))
     for a, s in summary["arms"].items():
@@ -616,6 +642,7 @@ def run_demo(
             line[f"{a}_beats_twice_majority"] = beats[a]
         if a in zooms:
             line[f"{a}_zoom_rate"] = r["zoom"]["zoom_rate"]
+        line |= stage_gains(a, stages[a])
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     if config.check and not passed:
         failed = [
@@ -628,6 +655,26 @@ def run_demo(
         failed += [f"{_title(a)} arm never zoomed after GRPO (zoom rate 0)" for a, ok in zooms.items() if not ok]
         raise CheckFailed("; ".join(failed))
     return summary
+
+
+def section_table(markdown: str, heading: str) -> list[str]:
+    """The table rows of one section of a Markdown page."""
+    lines = markdown.splitlines()
+    start = lines.index(heading) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [line for line in lines[start:end] if line.startswith("|")]
+
+
+def stage_gains(arm: str, stages: list[dict]) -> dict:
+    """The RESULT line's stage figures of an arm (from the report's stage table): each stage's gain over the stage
+    before it in accuracy points, and its exact McNemar p, e.g. `image_grpo_gain`, `image_grpo_gain_p`."""
+    keys = {STAGES["sft"]: "sft", STAGES["grpo"]: "grpo"}
+    out = {}
+    for row in stages:
+        if row["stage"] in keys and "gain" in row:
+            out[f"{arm}_{keys[row['stage']]}_gain"] = round(100 * row["gain"], 2)
+            out[f"{arm}_{keys[row['stage']]}_gain_p"] = row["mcnemar_p_value"]
+    return out
 
 
 def arm_summary(result: dict, tokens: float) -> dict:

@@ -196,3 +196,28 @@ def test_git_state_names_the_commit_and_a_dirty_tree(tmp_path):
     (tmp_path / "f.txt").write_text("b\n")
     assert git_state(tmp_path) == {"commit": head, "dirty": True}
     assert started.result()["commit"] == head
+
+
+def test_stage_table_compares_each_stage_with_the_one_before(two_runs, tmp_path):
+    """`write_report(..., stages=...)`: per arm, each stage's gain over the stage before it is the paired difference
+    of the per-sample files, with its exact McNemar p, and accuracy among parsed answers is read from them too."""
+    from astroreason.evaluation.report import write_report
+
+    _, runs = two_runs
+    stages = {"arm": [("first", runs["tokens"]), ("second", runs["image"])]}
+    write_report([runs["image"]], tmp_path / "report", stages=stages)
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["stages"]["arm"]
+    assert [r["stage"] for r in rows] == ["first", "second"] and "gain" not in rows[0]
+    first, second = _predictions(runs["tokens"]), _predictions(runs["image"])
+    right_1 = np.array([r["prediction"] == r["label"] for r in first])
+    right_2 = np.array([r["prediction"] == r["label"] for r in second])
+    assert rows[1]["gain"] == pytest.approx(right_2.mean() - right_1.mean())
+    only_2, only_1 = int(np.sum(right_2 & ~right_1)), int(np.sum(~right_2 & right_1))
+    assert (rows[1]["only_this_right"], rows[1]["only_previous_right"]) == (only_2, only_1)
+    assert rows[1]["mcnemar_p_value"] == pytest.approx(binomtest(only_2, only_2 + only_1, 0.5).pvalue)
+    for row, records in zip(rows, (first, second)):
+        parsed = [r for r in records if r["prediction"] is not None]
+        assert row["parsed_accuracy"] == pytest.approx(np.mean([r["prediction"] == r["label"] for r in parsed]))
+    page = (tmp_path / "report" / "report.md").read_text()
+    assert "## What each stage adds (same galaxies)" in page
+    assert f"| arm | second | {100 * right_2.mean():.1f}" in page and f"{rows[1]['mcnemar_p_value']:.3g}" in page

@@ -110,6 +110,48 @@ def pair_kind(a: dict, b: dict) -> str:
     return f"{arm_of(a)} vs {arm_of(b)}"
 
 
+def parsed_accuracy(run: dict) -> float | None:
+    """Accuracy among the parsed answers: a gain that is only a better parse rate leaves it unchanged."""
+    parsed = [r for r in run["records"] if r["prediction"] is not None]
+    return sum(r["prediction"] == r["label"] for r in parsed) / len(parsed) if parsed else None
+
+
+def stage_table(stages: dict[str, list[tuple[str, dict]]]) -> dict[str, list[dict]]:
+    """What each training stage of an arm adds: per arm, its stages in order (name, loaded run), each with its
+    accuracy, its accuracy among parsed answers and, from the second on, the paired comparison with the stage before
+    it on the same galaxies (the gain, its 95 % interval, the exact McNemar p)."""
+    table = {}
+    for arm, runs in stages.items():
+        rows, previous = [], None
+        for stage, run in runs:
+            m = run["result"]["metrics"]
+            row = {
+                "stage": stage,
+                "run": run["dir"],
+                "accuracy": m["accuracy"],
+                "accuracy_interval": m["interval"]["accuracy"],
+                "parse_failure_rate": m["parse_failure_rate"],
+                "parsed_accuracy": parsed_accuracy(run),
+            }
+            if previous is not None:
+                c = compare_runs(run, previous)
+                row |= {
+                    "gain": c["accuracy_difference"],
+                    "gain_interval": c["difference_interval"],
+                    "only_this_right": c["only_a_correct"],
+                    "only_previous_right": c["only_b_correct"],
+                    "mcnemar_p_value": c["mcnemar_p_value"],
+                }
+            rows.append(row)
+            previous = run
+        table[arm] = rows
+    return table
+
+
+def _maybe_pct(x: float | None) -> str:
+    return "-" if x is None else _pct(x)
+
+
 def _with_n(accuracy: float | None, n: int) -> str:
     return f"{_pct(accuracy)} ({n})" if accuracy is not None else f"- ({n})"
 
@@ -248,7 +290,37 @@ def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
     return [], None
 
 
-def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> str:
+def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
+    lines = [
+        "",
+        "## What each stage adds (same galaxies)",
+        "",
+        "Each stage is compared with the stage before it on the same galaxies: the gain in accuracy (points), its "
+        "paired bootstrap 95 % interval and the exact McNemar p. Accuracy among parsed answers shows whether a gain "
+        "is only a better parse rate.",
+        "",
+        "| arm | stage | accuracy [95 % CI] | unparseable | acc. among parsed | gain over previous stage [95 % CI] "
+        "| only this / only previous right | exact McNemar p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, rows in stages.items():
+        for row in rows:
+            lo, hi = row["accuracy_interval"]
+            gain = "- | - | -"
+            if "gain" in row:
+                glo, ghi = row["gain_interval"]
+                gain = (
+                    f"{100 * row['gain']:+.1f} [{100 * glo:+.1f}, {100 * ghi:+.1f}] "
+                    f"| {row['only_this_right']} / {row['only_previous_right']} | {row['mcnemar_p_value']:.3g}"
+                )
+            lines.append(
+                f"| {arm} | {row['stage']} | {_pct(row['accuracy'])} [{_pct(lo)}, {_pct(hi)}] "
+                f"| {_pct(row['parse_failure_rate'])} | {_maybe_pct(row['parsed_accuracy'])} | {gain} |"
+            )
+    return lines
+
+
+def render_report(runs: list[dict], comparisons: dict, figures: list[str], stages: dict | None = None) -> str:
     lines = [
         "# astroreason comparison report",
         "",
@@ -304,6 +376,8 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
                 f"| {a} vs {b} | {c['arms']} | {_pct(c['accuracy_difference'])} [{_pct(lo)}, {_pct(hi)}] "
                 f"| {c['only_a_correct']} | {c['only_b_correct']} | {c['mcnemar_p_value']:.3g} |"
             )
+    if stages:
+        lines += _stage_lines(stages)
     if any(run["warm_starts"] for run in runs):
         lines += [
             "",
@@ -338,10 +412,21 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str]) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
+def write_report(
+    run_dirs: list[str | Path], out_dir: str | Path, *, stages: dict[str, list[tuple[str, str | Path]]] | None = None
+) -> Path:
     """Write `report.md`, `report.json`, the figures and `report.html` (self-contained: the tables, the figures and
-    galleries of the galaxies) for these runs into `out_dir` (atomically)."""
+    galleries of the galaxies) for these runs into `out_dir` (atomically). `stages` names, per arm, the evaluations
+    of its training stages in order (stage name, run directory), e.g. warm start, SFT, GRPO: the report then says
+    what each stage adds over the one before it."""
     runs = [load_run(d) for d in run_dirs]
+    by_dir = {Path(r["dir"]).resolve(): r for r in runs}
+    staged = stage_table(
+        {
+            arm: [(name, by_dir.get(Path(d).resolve()) or load_run(d)) for name, d in arm_stages]
+            for arm, arm_stages in (stages or {}).items()
+        }
+    )
     comparisons = {}
     for a, b in combinations(runs, 2):
         if a["result"]["provenance"].get("manifest_sha256") == b["result"]["provenance"].get("manifest_sha256"):
@@ -351,7 +436,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         figures = _figures(runs, tmp)
-        markdown = render_report(runs, comparisons, figures)
+        markdown = render_report(runs, comparisons, figures, staged)
         write_text_atomic(tmp / "report.md", markdown)
         page, galleries = render_html(markdown, tmp, runs, list(comparisons))
         write_text_atomic(tmp / "report.html", page)
@@ -369,6 +454,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> Path:
                 for r in runs
             },
             "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
+            "stages": staged,
             "galleries": galleries,
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
