@@ -52,6 +52,12 @@ class DemoConfig:
         lr_merger: SFT learning rate of the merger into the language model.
         lr_language: SFT learning rate of the language model (random: it learns fast).
         grpo_lr: GRPO learning rate (language model and merger; the vision blocks are frozen).
+        grpo_galaxies: Galaxies (prompts) per GRPO step: the class prior a step pushes is that of these galaxies,
+            and with few of them it random-walks faster than the answers learn to depend on the galaxy.
+        grpo_generations: Completions per galaxy (the group whose mean is the advantage's baseline).
+        grpo_warmup: Steps of linear learning-rate warm-up (Adam's first steps move every weight by the full rate).
+        grpo_scale_rewards: TRL's `scale_rewards`: `group` divides each advantage by its group's reward spread, which
+            weights galaxies the model already answers confidently above the ones it gets wrong; `none` does not.
         rendering: How the token arm writes codec ids as text (`special`: one LM token per code).
         codec_levels: FSQ levels of the demo's codec (32 px in, 8x8 codes); [8, 5, 5] is 200 codes.
         codec_hidden: Channels of the codec's convolutions.
@@ -88,6 +94,10 @@ class DemoConfig:
     lr_merger: float = 1e-3
     lr_language: float = 5e-3
     grpo_lr: float = 2e-5
+    grpo_galaxies: int = 2
+    grpo_generations: int = 4
+    grpo_warmup: int = 0
+    grpo_scale_rewards: str = "group"
     rendering: str = "special"
     codec_levels: tuple[int, ...] = (8, 5, 5)
     codec_hidden: int = 32
@@ -342,16 +352,20 @@ class Demo:
         rows stay frozen."""
         c, zoomed = self.config, _zoomed(arm)
         parts = dict(freeze_vision_tower=True, merger_lr=c.grpo_lr, **self._held_rows(arm))
+        # A zoom episode costs up to ZOOM_COMPLETION_TOKENS: its steps keep the small shape (2 galaxies x 4 episodes).
+        galaxies, generations = (2, 4) if zoomed else (c.grpo_galaxies, c.grpo_generations)
         training = dict(
             output_dir=str(self.out / arm / "grpo"),
             max_steps=c.zoom_grpo_steps if zoomed else c.grpo_steps,
-            per_device_train_batch_size=8,
-            num_generations=4,
+            per_device_train_batch_size=galaxies * generations,
+            num_generations=generations,
             max_completion_length=ZOOM_COMPLETION_TOKENS if zoomed else 24,
             temperature=1.0,
             beta=0.0,
             learning_rate=c.grpo_lr,
-            lr_scheduler_type="constant",
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=c.grpo_warmup,
+            scale_rewards=c.grpo_scale_rewards,
             activation_checkpointing=False,
             **self._common(),
         )
