@@ -15,7 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
-from cli_helpers import assert_one_line_error, cli
+from cli_helpers import cli
 
 from astroreason.audit.permutation import ControlStart
 from astroreason.audit.probes import RunSpec, probe_random_reward
@@ -187,9 +187,3 @@ def test_a_user_reward_that_takes_the_label_is_not_replaced_blindly(planted):
     start.record["recipe"]["script_args"]["reward_funcs"] = ["format", "coin_reward.labelled_reward"]
     reason = random_rewards(start, run_log(start))
     assert isinstance(reason, str) and "coin_reward.labelled_reward takes the label" in reason
-
-
-@pytest.mark.parametrize("option", ["--random-reward-steps", "--random-reward-samples"])
-def test_bad_control_options_are_one_line_errors(option, prepared_dir, capsys):
-    status, _, err = cli(capsys, "audit", prepared_dir, option, 0)
-    assert_one_line_error(status, err, option)
