@@ -20,7 +20,7 @@ from cli_helpers import cli
 from astroreason.audit.permutation import ControlStart
 from astroreason.audit.probes import RunSpec, probe_random_reward
 from astroreason.audit.random_reward import grpo_start, random_rewards, rerun_steps, run_log
-from astroreason.data.splits import load_manifest
+from astroreason.data.splits import load_manifest, load_split
 from astroreason.integrity.fingerprint import FINGERPRINT_FILE
 from astroreason.integrity.history import TRAINING_LOG_FILE, logged_mean
 from astroreason.rewards import random_reward
@@ -187,3 +187,37 @@ def test_a_user_reward_that_takes_the_label_is_not_replaced_blindly(planted):
     start.record["recipe"]["script_args"]["reward_funcs"] = ["format", "coin_reward.labelled_reward"]
     reason = random_rewards(start, run_log(start))
     assert isinstance(reason, str) and "coin_reward.labelled_reward takes the label" in reason
+
+
+def test_a_zoom_runs_rerun_replaces_its_zoom_bonus_and_is_scored_in_episodes(planted, prepared_dir, tmp_path):
+    """A zoom run's rewards (the recipe's, then `zoom_cost` and `zoom_bonus`, added by `training.zoom.zoom_parts`):
+    the rerun keeps `zoom_cost` and pays a random `zoom_bonus` x Bernoulli in place of the real one, in the same
+    order; the three models are asked as zoom episodes with the run's tool."""
+    from astroreason.audit.permutation import rerun_trainer
+    from astroreason.audit.probes import _answers
+    from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
+    from astroreason.evaluation.episodes import ZOOM_TURN_TOKENS
+
+    start = grpo_start(str(planted))
+    start.record["recipe"]["script_args"].update(
+        reward_funcs=["format", "accuracy"], zoom=True, zoom_max_turns=1, zoom_bonus=0.3
+    )
+    start.record["recipe"]["training_args"]["reward_weights"] = None
+    log = {"log_history": [{"rewards/accuracy_reward/mean": 0.25, "rewards/zoom_bonus_reward/mean": 0.06}]}
+    funcs, overrides, replaced = random_rewards(start, log, seed=0)
+    names = ["format_reward", "random_accuracy", "zoom_cost_reward", "random_zoom_bonus"]
+    assert [f.__name__ for f in funcs] == names and overrides == {"zoom_bonus": 0.0}
+    assert replaced["zoom_bonus"] == {"mean": 0.06, "high": 0.3, "random": "random_zoom_bonus"}
+    bonus = funcs[3](["x"] * 20_000)
+    assert set(bonus) == {0.0, 0.3} and abs(np.mean(bonus) - 0.06) < 0.01
+
+    trainer = rerun_trainer(start, str(tmp_path / "rerun"), steps=1, script_overrides=overrides, reward_funcs=funcs)
+    assert trainer.reward_func_names == names  # the real zoom_bonus (it reads the label) is not added back
+
+    spec = RunSpec(model=str(planted), data_dir=str(prepared_dir), image_size=56, zoom=True, zoom_max_turns=1)
+    backend = TransformersBackend.from_pretrained(
+        str(planted), SamplingSettings(max_new_tokens=ZOOM_TURN_TOKENS), batch_size=16
+    )
+    predictions, labels = _answers(spec, backend, max_samples=4)
+    assert len(predictions) == len(labels) == 4
+    assert list(labels) == load_split(prepared_dir, "test")["label"][:4]  # the run's split, in its order

@@ -72,6 +72,12 @@ class ControlStart:
     def recipe(self) -> dict:
         return self.record["recipe"]
 
+    @property
+    def model_path(self) -> str:
+        """The root as a local directory where it is one (the recorded absolute path when the given one does not
+        resolve from here), else as recorded (a Hub name)."""
+        return str(_model_dir(self.root, self.record.get("resolved_path")) or self.root)
+
     def describe(self) -> str:
         names = " <- ".join(_short(p) for p in self.chain) + f" <- {_short(self.root)}"
         return (
@@ -189,7 +195,6 @@ def rerun_trainer(start: ControlStart, output_dir: str, *, steps: int, script_ov
 
     recipe = start.recipe
     grpo = recipe["kind"] == "grpo"
-    root = _model_dir(start.root, start.record.get("resolved_path"))
     script_args = _config(
         GalaxyScriptArguments,
         recipe["script_args"],
@@ -201,7 +206,7 @@ def rerun_trainer(start: ControlStart, output_dir: str, *, steps: int, script_ov
         callbacks=[],
         **(script_overrides or {}),
     )  # no pilot, no ledger: nothing charged; the user's own callbacks belong to the experiment, not its control
-    model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=str(root or start.root))
+    model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=start.model_path)
     use_cpu = bool(recipe["training_args"].get("use_cpu")) or not torch.cuda.is_available()
     device = dict(use_cpu=True, bf16=False, fp16=False) if use_cpu else {}
     training_args = _config(

@@ -50,7 +50,7 @@ from ..rewards import parse_answer
 from ..stats import paired_comparison
 from ..zoom import DEFAULT_MAX_ASPECT, ImageZoom, zoom_tool
 from ..zoom.chat import suppressing_placeholders
-from .permutation import _model_dir, check_base, control_start, control_steps, train_on_permuted_labels
+from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 from .random_reward import (
     DEFAULT_RANDOM_REWARD_SAMPLES,
     DEFAULT_RANDOM_REWARD_STEPS,
@@ -587,6 +587,30 @@ def _rates(predictions: list, labels: np.ndarray) -> dict:
     }
 
 
+def _three_models(spec: RunSpec, start: str, rerun, *, max_samples: int) -> dict:
+    """The start (a model directory), the run (`spec.model`) and the rerun (its model and processor), asked the same
+    galaxies (`_answers`): `n`, `split`, their `rates`, the run's and the rerun's `gains` over the start (points, and
+    among parsed answers), and the paired `comparison` of the run against the rerun (exact McNemar)."""
+    sampling = SamplingSettings(max_new_tokens=ZOOM_TURN_TOKENS if spec.zoom else 32)
+    backends = {
+        "rerun": lambda: TransformersBackend(*rerun, sampling, batch_size=16),
+        "start": lambda: TransformersBackend.from_pretrained(start, sampling, batch_size=16),
+        "run": lambda: TransformersBackend.from_pretrained(spec.model, sampling, batch_size=16),
+    }  # the saved models are loaded one at a time, as they are asked
+    answers = {which: _answers(spec, make(), max_samples=max_samples) for which, make in backends.items()}
+    labels = answers["run"][1]
+    rates = {which: _rates(predictions, labels) for which, (predictions, _) in answers.items()}
+    gains = {
+        which: {
+            "gain_points": 100 * (rates[which]["accuracy"] - rates["start"]["accuracy"]),
+            "gain_parsed_points": 100 * (rates[which]["accuracy_parsed"] - rates["start"]["accuracy_parsed"]),
+        }
+        for which in ("run", "rerun")
+    }
+    comparison = paired_comparison(labels, answers["run"][0], answers["rerun"][0])
+    return {"n": len(labels), "split": spec.split, "rates": rates, "gains": gains, "comparison": comparison}
+
+
 def _bernoulli(mean: float, high: float) -> str:
     return f"Bernoulli({mean:.3f})" if high == 1 else f"{high:g} x Bernoulli({mean / high:.3f})"
 
@@ -625,29 +649,9 @@ def probe_random_reward(
     funcs, overrides, replaced = made
     n_steps, run_steps = rerun_steps(start, log, steps)
     details.update(steps=n_steps, run_steps=run_steps, replaced=replaced, rewards=[f.__name__ for f in funcs])
-
-    sampling = SamplingSettings(max_new_tokens=ZOOM_TURN_TOKENS if spec.zoom else 32)
-    model, processor = train_with_random_rewards(start, funcs, overrides, steps=n_steps)
-    answers = {
-        "rerun": _answers(spec, TransformersBackend(model, processor, sampling, batch_size=16), max_samples=max_samples)
-    }
-    del model
-    start_dir = str(_model_dir(start.root, start.record.get("resolved_path")) or start.root)
-    for which, path in (("start", start_dir), ("run", spec.model)):
-        backend = TransformersBackend.from_pretrained(path, sampling, batch_size=16)
-        answers[which] = _answers(spec, backend, max_samples=max_samples)
-    labels = answers["run"][1]
-    rates = {which: _rates(predictions, labels) for which, (predictions, _) in answers.items()}
-    paired = paired_comparison(labels, answers["run"][0], answers["rerun"][0])
-    gains = {
-        which: {
-            "gain_points": 100 * (rates[which]["accuracy"] - rates["start"]["accuracy"]),
-            "gain_parsed_points": 100 * (rates[which]["accuracy_parsed"] - rates["start"]["accuracy_parsed"]),
-        }
-        for which in ("run", "rerun")
-    }
-    p = paired["mcnemar_p_value"]
-    details.update(n=len(labels), split=spec.split, rates=rates, gains=gains, comparison=paired)
+    rerun = train_with_random_rewards(start, funcs, overrides, steps=n_steps)
+    details.update(_three_models(spec, start.model_path, rerun, max_samples=max_samples))
+    rates, gains, p = details["rates"], details["gains"], details["comparison"]["mcnemar_p_value"]
     random_part = (
         ", ".join(f"{k} -> {_bernoulli(v['mean'], v['high'])} (its logged mean)" for k, v in replaced.items())
         if replaced
@@ -656,7 +660,7 @@ def probe_random_reward(
     line = (
         f"gain over the start {gains['run']['gain_points']:+.1f} points (run) vs "
         f"{gains['rerun']['gain_points']:+.1f} (GRPO rerun from the start with random rewards: {random_part}; "
-        f"{n_steps} steps), exact McNemar p={p:.2g} (n={len(labels)}, {spec.split}); among parsed answers "
+        f"{n_steps} steps), exact McNemar p={p:.2g} (n={details['n']}, {spec.split}); among parsed answers "
         f"{gains['run']['gain_parsed_points']:+.1f} vs {gains['rerun']['gain_parsed_points']:+.1f} points (parsed "
         f"{rates['start']['parsed']:.0%} -> {rates['run']['parsed']:.0%} run, {rates['rerun']['parsed']:.0%} rerun)"
     )
