@@ -13,6 +13,7 @@ from .budget.callback import DEFAULT_LEDGER, BudgetCallback, budget_callback
 from .dotted import import_dotted
 from .integrity.alarms import TrainingAlarms, pipeline_alarms
 from .integrity.fingerprint import RunFingerprint
+from .integrity.history import TrainingLog
 
 # A zoom run's shaping rewards are constant by design (0 at zoom_cost 0, or while no rollout zooms; the bonus until a
 # zoom answers right): the zoom-rate rules watch the tool, `constant_reward` leaves them alone.
@@ -44,7 +45,8 @@ def budget_callbacks(args, training_args) -> list:
 
 def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -> list:
     """The training alarms (a shortcut's shape in the logs marks the run suspect; the rules per trainer are in
-    `integrity.alarms.pipeline_alarms`) and the run's seed fingerprint, with its base record (`training.base_record`)."""
+    `integrity.alarms.pipeline_alarms`), the run's seed fingerprint, with its base record (`training.base_record`),
+    and its training log (`integrity.history`: the log history, kept in the run's directory)."""
     from dataclasses import asdict, replace
 
     alarms = pipeline_alarms("grpo" if grpo else "sft")
@@ -54,7 +56,7 @@ def integrity_callbacks(args, *, grpo: bool = False, base: dict | None = None) -
         alarms = replace(alarms, constant_reward_logs=args.alarm_constant_reward_logs)
     if grpo and args.zoom:  # the zoom-rate rules watch the turn cap of a zoom run
         alarms = replace(alarms, zoom_cap=args.zoom_max_turns, constant_reward_skip=ZOOM_SHAPING_REWARDS)
-    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base)]
+    return [TrainingAlarms(alarms), RunFingerprint(extra=asdict(args), base=base), TrainingLog()]
 
 
 def user_callbacks(args) -> list:

@@ -88,10 +88,17 @@ def test_honest_trained_run_passes_the_control(honest, capsys):
     # fine-tuned this checkpoint for a few steps on permuted labels, called exactly this a leak).
     assert trained["beats"], trained
 
-    status, probes = audit_json(grpo, capsys)
+    status, probes = audit_json(grpo, capsys, "--random-reward-samples", str(N))
     control = probes["label_permutation"]
     print(control["summary"], json.dumps({k: control["details"].get(k) for k in ("accuracy", "rate", "p_value")}))
-    assert status == 0 and control["status"] == "pass", control
+    assert control["status"] == "pass", control
+    # The random-reward control reruns the GRPO stage itself, from its own start (the SFT run), not the chain root.
+    random_reward = probes["random_reward"]
+    print(random_reward["summary"])
+    assert random_reward["details"]["start"] == str(sft) and random_reward["details"]["steps"] == SMALL.grpo_steps
+    assert random_reward["details"]["replaced"].keys() == {"accuracy"} and random_reward["details"]["n"] == N
+    failed = {name for name, p in probes.items() if p["status"] == "fail"}
+    assert failed <= {"random_reward"} and status == (1 if failed else 0), failed
     details = control["details"]
     # Back through the GRPO run and the SFT run to the pretrained model: the SFT recipe, all its 60 steps.
     assert details["root_base"] == str(demo.model) and details["recipe"] == "sft"

@@ -172,6 +172,7 @@ def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, tiny_model_dir,
         "metadata": "pass",
         "blank_input": "pass",
         "label_permutation": "pass",
+        "random_reward": "skip",  # an SFT run: the random-reward control is GRPO's
         "seeds": "skip",
     }
     permutation = probes["label_permutation"]

@@ -93,6 +93,11 @@ CLI_CASES = {
     "budget estimate: missing config": (["budget", "estimate", "--config", "missing.yaml"], "cannot read"),
     "audit: missing target": (["audit", "missing"], "no such file"),
     "audit: zero samples": (["audit", "prepared", "--max-samples", "0"], "--max-samples"),
+    "audit: zero random-reward steps": (["audit", "prepared", "--random-reward-steps", "0"], "--random-reward-steps"),
+    "audit: zero random-reward samples": (
+        ["audit", "prepared", "--random-reward-samples", "0"],
+        "--random-reward-samples",
+    ),
     "gate: missing result": (["gate", "missing.json"], "no result file"),
     "gate: malformed result": (["gate", "bad.json"], "not an evaluation result"),
     "gate: ledger parent is a file": (["gate", "bad.json", "--ledger", "afile/ledger"], "afile is a file"),

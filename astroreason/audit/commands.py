@@ -13,8 +13,9 @@ def add_parser(subparsers) -> None:
     audit = subparsers.add_parser(
         "audit",
         help="leak and shortcut probes on data, a run or a sweep (exit 1 if any fails)",
-        description="Row order, duplicates across splits, a metadata-only classifier, blank-input and "
-        "label-permutation controls, seed fingerprints and the ceiling. Exit 1 if any probe fails.",
+        description="Row order, duplicates across splits, a metadata-only classifier, blank-input, "
+        "label-permutation and (for a GRPO run) random-reward controls, seed fingerprints and the ceiling. Exit 1 "
+        "if any probe fails.",
     )
     audit.add_argument(
         "target",
@@ -30,7 +31,11 @@ def add_parser(subparsers) -> None:
     )
     audit.add_argument("--modality", choices=("image", "tokens"), default="image", help="modality of --template")
     audit.add_argument("--ceiling", type=float, default=None, help="accuracy above this is suspect (default 0.95)")
-    audit.add_argument("--no-controls", action="store_true", help="skip the model controls (blank input, permutation)")
+    audit.add_argument(
+        "--no-controls",
+        action="store_true",
+        help="skip the model controls (blank input, label permutation, random reward)",
+    )
     audit.add_argument("--max-samples", type=int, default=64, help="rows the model controls use")
     audit.add_argument(
         "--permutation-steps",
@@ -38,6 +43,21 @@ def add_parser(subparsers) -> None:
         default=None,
         help="cap on the training steps of the label-permutation control, which reruns the run's recipe "
         "from its base model on permuted labels for at most its own steps (default 200)",
+    )
+    audit.add_argument(
+        "--random-reward-steps",
+        type=int,
+        default=None,
+        help="cap on the training steps of a GRPO run's random-reward control, which reruns the run's GRPO stage "
+        "from its own start with each label-reading reward replaced by a random one of the same mean, for the "
+        "run's own steps but at most this many (default 500)",
+    )
+    audit.add_argument(
+        "--random-reward-samples",
+        type=int,
+        default=None,
+        help="galaxies of the run's split on which the random-reward control scores the start, the run and the "
+        "rerun, paired (default 512; fewer when the split is smaller)",
     )
     audit.set_defaults(func=run_audit)
 
@@ -59,6 +79,7 @@ def run_audit(args: argparse.Namespace) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from ..integrity.gate import DEFAULT_CEILING
     from .probes import DEFAULT_PERMUTATION_STEPS, audit
+    from .random_reward import DEFAULT_RANDOM_REWARD_SAMPLES, DEFAULT_RANDOM_REWARD_STEPS
 
     templates = None
     if args.template is not None:
@@ -68,6 +89,11 @@ def run_audit(args: argparse.Namespace) -> int:
     steps = DEFAULT_PERMUTATION_STEPS if args.permutation_steps is None else args.permutation_steps
     if args.max_samples < 1 or steps < 1:
         raise UserError("--max-samples and --permutation-steps must be >= 1")
+    rr_steps = DEFAULT_RANDOM_REWARD_STEPS if args.random_reward_steps is None else args.random_reward_steps
+    rr_samples = DEFAULT_RANDOM_REWARD_SAMPLES if args.random_reward_samples is None else args.random_reward_samples
+    for option, value in (("--random-reward-steps", rr_steps), ("--random-reward-samples", rr_samples)):
+        if value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
     report = audit(
         args.target,
         templates=templates,
@@ -75,6 +101,8 @@ def run_audit(args: argparse.Namespace) -> int:
         controls=not args.no_controls,
         max_samples=args.max_samples,
         permutation_steps=steps,
+        random_reward_steps=rr_steps,
+        random_reward_samples=rr_samples,
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=1, default=str))

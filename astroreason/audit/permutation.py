@@ -72,6 +72,12 @@ class ControlStart:
     def recipe(self) -> dict:
         return self.record["recipe"]
 
+    @property
+    def model_path(self) -> str:
+        """The root as a local directory where it is one (the recorded absolute path when the given one does not
+        resolve from here), else as recorded (a Hub name)."""
+        return str(_model_dir(self.root, self.record.get("resolved_path")) or self.root)
+
     def describe(self) -> str:
         names = " <- ".join(_short(p) for p in self.chain) + f" <- {_short(self.root)}"
         return (
@@ -174,19 +180,33 @@ def control_steps(start: ControlStart, max_steps: int) -> tuple[int, int | None]
 
 def control_trainer(start: ControlStart, output_dir: str, *, steps: int, seed: int = 0):
     """The first labelled stage's trainer, rebuilt by the recipe's own builder from the root base (a fresh LoRA
-    adapter when the stage used LoRA) with the training labels permuted, for `steps` steps. Nothing is charged to
-    the spend ledger (the audit is not the experiment) and nothing is printed on stdout."""
+    adapter when the stage used LoRA) with the training labels permuted, for `steps` steps (`rerun_trainer`)."""
+    return rerun_trainer(start, output_dir, steps=steps, permute_labels_seed=seed)
+
+
+def rerun_trainer(start: ControlStart, output_dir: str, *, steps: int, script_overrides=None, **build_kwargs):
+    """The recorded recipe of `start.stage`, rebuilt by its own builder from `start.root` (a fresh LoRA adapter when
+    the stage used LoRA) for `steps` steps, with the builder's keywords `build_kwargs` (`permute_labels_seed`,
+    `reward_funcs`) and script arguments changed by `script_overrides`. Nothing is charged to the spend ledger (the
+    audit is not the experiment) and nothing is printed on stdout."""
     import torch
     from transformers import PrinterCallback
     from trl import GRPOConfig, ModelConfig, SFTConfig
 
     recipe = start.recipe
     grpo = recipe["kind"] == "grpo"
-    root = _model_dir(start.root, start.record.get("resolved_path"))
     script_args = _config(
-        GalaxyScriptArguments, recipe["script_args"], resume=False, max_dollars=None, ledger=None, callbacks=[]
-    )  # the user's own callbacks belong to the experiment, not its control
-    model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=str(root or start.root))
+        GalaxyScriptArguments,
+        recipe["script_args"],
+        resume=False,
+        max_dollars=None,
+        ledger=None,
+        pilot_steps=0,
+        estimate_only=False,
+        callbacks=[],
+        **(script_overrides or {}),
+    )  # no pilot, no ledger: nothing charged; the user's own callbacks belong to the experiment, not its control
+    model_args = _config(ModelConfig, recipe["model_args"], model_name_or_path=start.model_path)
     use_cpu = bool(recipe["training_args"].get("use_cpu")) or not torch.cuda.is_available()
     device = dict(use_cpu=True, bf16=False, fp16=False) if use_cpu else {}
     training_args = _config(
@@ -199,7 +219,7 @@ def control_trainer(start: ControlStart, output_dir: str, *, steps: int, seed: i
         **device,
     )
     build = build_grpo_trainer if grpo else build_sft_trainer
-    trainer = build(script_args, training_args, model_args, permute_labels_seed=seed)
+    trainer = build(script_args, training_args, model_args, **build_kwargs)
     trainer.remove_callback(PrinterCallback)  # its log lines on stdout would break `astroreason audit --json`
     return trainer
 

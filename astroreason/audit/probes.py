@@ -18,6 +18,9 @@ Model controls (a run with a model):
 - `label_permutation`: the run's recipe rerun from its base model (the root of its base chain, never the trained
   checkpoint) on permuted training labels, for a bounded number of steps, must stay at chance on the true test labels
   (`audit.permutation`); runs that do not record their base are skipped.
+- `random_reward`: a GRPO run's gain over its own start must be larger than that of its GRPO stage rerun from the
+  same start with every label-reading reward replaced by a seeded random reward of the same mean
+  (`audit.random_reward`), on the same galaxies (exact McNemar p < 0.05); other runs are skipped.
 
 Run records: `seeds` (fingerprints of a sweep's runs) and `ceiling` (a result above the ceiling).
 """
@@ -44,12 +47,23 @@ from ..io import sha256_bytes
 from ..models import family_for
 from ..prompts import TEMPLATES, zoom_prompt
 from ..rewards import parse_answer
+from ..stats import paired_comparison
 from ..zoom import DEFAULT_MAX_ASPECT, ImageZoom, zoom_tool
 from ..zoom.chat import suppressing_placeholders
 from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
+from .random_reward import (
+    DEFAULT_RANDOM_REWARD_SAMPLES,
+    DEFAULT_RANDOM_REWARD_STEPS,
+    grpo_start,
+    random_rewards,
+    rerun_steps,
+    run_log,
+    train_with_random_rewards,
+)
 
 DEFAULT_PERMUTATION_STEPS = 200  # cap on the label-permutation control's steps (it reruns at most the recipe's own)
 ALPHA = 0.01  # one-sided significance of "beats the majority-class rate"
+RANDOM_REWARD_ALPHA = 0.05  # significance of "the run beats its random-reward rerun" (exact McNemar)
 MIN_GAIN = 0.05  # ... and by at least this much accuracy (tiny effects on huge splits are not shortcuts)
 
 
@@ -447,14 +461,26 @@ def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) 
     """The blank-input control of a zoom run, as zoom episodes (`evaluation.episodes`) on the run's model: a black
     first view whose zooms crop black (image arm), or another galaxy's codes whose zooms crop that other galaxy (the
     token arm's `control_order`), so no turn carries the asked galaxy."""
+    texts, labels, zoom_rate = _episode_texts(spec, backend, max_samples=max_samples, galaxy="blank", seed=seed)
+    return {**_score(texts, labels), "zoom_rate": zoom_rate}
+
+
+def _episode_texts(spec: RunSpec, backend, *, max_samples: int, galaxy: str, seed: int = 0):
+    """(final answers, labels, share of episodes that zoomed) of zoom episodes on the first rows of the run's split:
+    `galaxy` `real` asks about each galaxy with the run's own zoom tool and box limits; `blank` is the blank-input
+    control's (`_score_episodes`)."""
     arm = build_arm(spec.arm_settings(), spec.split, max_samples=max_samples, lint_template=False)
-    rows = arm.without_galaxy(seed)
     family = family_for(backend.model)
-    tool = control_zoom_tool(spec, arm, family)
-    if spec.modality == "image":
-        positions = [int(p) for p in arm.positions]
+    if galaxy == "real":
+        rows, positions = arm.rows(), [int(p) for p in arm.positions]
+        limits = {"min_side": spec.zoom_min_side, "max_aspect": spec.zoom_max_aspect, "manifest": arm.manifest}
+        tool = zoom_tool(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
     else:
-        positions = [int(arm.positions[j]) for j in arm.control_order(seed)]
+        rows, tool = arm.without_galaxy(seed), control_zoom_tool(spec, arm, family)
+        if spec.modality == "image":
+            positions = [int(p) for p in arm.positions]
+        else:
+            positions = [int(arm.positions[j]) for j in arm.control_order(seed)]
     backend.generation_kwargs = suppressing_placeholders(backend.generation_kwargs, backend.model.config)
     runner = ZoomEpisodes(LocalTurns(backend, family), tool, spec.split, max_turns=spec.zoom_max_turns)
     prompts = [zoom_prompt(r["prompt"], spec.modality) for r in rows]
@@ -464,7 +490,7 @@ def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) 
             if episode.done:
                 texts[k], zoomed = episode.text, zoomed + (episode.env.valid_calls > 0)
     labels = np.asarray([r["label"] for r in rows], np.int64)
-    return {**_score([texts[k] for k in range(len(rows))], labels), "zoom_rate": zoomed / len(rows)}
+    return [texts[k] for k in range(len(rows))], labels, zoomed / len(rows)
 
 
 def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> ProbeResult:
@@ -537,6 +563,116 @@ def probe_label_permutation(
     if score["beats"]:
         return ProbeResult("label_permutation", "fail", line + ": labels reach the model by another route", details)
     return ProbeResult("label_permutation", "pass", line, details)
+
+
+def _answers(spec: RunSpec, backend, *, max_samples: int) -> tuple[list, np.ndarray]:
+    """(parsed answers, labels) of a model on the first galaxies of the run's split, asked as the run asks: one
+    greedy answer, or a zoom run's episodes with its own tool (`_episode_texts`)."""
+    if spec.zoom:
+        texts, labels, _ = _episode_texts(spec, backend, max_samples=max_samples, galaxy="real")
+    else:
+        prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
+        texts = [g.text for g in backend.generate(prompts, images if spec.modality == "image" else None)]
+    return [parse_answer(t) for t in texts], labels
+
+
+def _rates(predictions: list, labels: np.ndarray) -> dict:
+    """Accuracy, the share of answers parsed, and the accuracy among parsed answers (format aside)."""
+    correct = int(sum(p == y for p, y in zip(predictions, labels)))
+    parsed = sum(p is not None for p in predictions)
+    return {
+        "accuracy": correct / len(labels),
+        "parsed": parsed / len(labels),
+        "accuracy_parsed": correct / parsed if parsed else 0.0,
+    }
+
+
+def _three_models(spec: RunSpec, start: str, rerun, *, max_samples: int) -> dict:
+    """The start (a model directory), the run (`spec.model`) and the rerun (its model and processor), asked the same
+    galaxies (`_answers`): `n`, `split`, their `rates`, the run's and the rerun's `gains` over the start (points, and
+    among parsed answers), and the paired `comparison` of the run against the rerun (exact McNemar)."""
+    sampling = SamplingSettings(max_new_tokens=ZOOM_TURN_TOKENS if spec.zoom else 32)
+    backends = {
+        "rerun": lambda: TransformersBackend(*rerun, sampling, batch_size=16),
+        "start": lambda: TransformersBackend.from_pretrained(start, sampling, batch_size=16),
+        "run": lambda: TransformersBackend.from_pretrained(spec.model, sampling, batch_size=16),
+    }  # the saved models are loaded one at a time, as they are asked
+    answers = {which: _answers(spec, make(), max_samples=max_samples) for which, make in backends.items()}
+    labels = answers["run"][1]
+    rates = {which: _rates(predictions, labels) for which, (predictions, _) in answers.items()}
+    gains = {
+        which: {
+            "gain_points": 100 * (rates[which]["accuracy"] - rates["start"]["accuracy"]),
+            "gain_parsed_points": 100 * (rates[which]["accuracy_parsed"] - rates["start"]["accuracy_parsed"]),
+        }
+        for which in ("run", "rerun")
+    }
+    comparison = paired_comparison(labels, answers["run"][0], answers["rerun"][0])
+    return {"n": len(labels), "split": spec.split, "rates": rates, "gains": gains, "comparison": comparison}
+
+
+def _bernoulli(mean: float, high: float) -> str:
+    return f"Bernoulli({mean:.3f})" if high == 1 else f"{high:g} x Bernoulli({mean / high:.3f})"
+
+
+def probe_random_reward(
+    spec: RunSpec,
+    *,
+    steps: int = DEFAULT_RANDOM_REWARD_STEPS,
+    max_samples: int = DEFAULT_RANDOM_REWARD_SAMPLES,
+    seed: int = 0,
+) -> ProbeResult:
+    """A GRPO run's gain over its own start must beat that of its GRPO stage rerun from the same start, with the
+    recorded recipe, for the same steps (at most `steps`), with every label-reading reward replaced by a seeded
+    random reward of the mean the run logged for it (`audit.random_reward`).
+
+    The start, the run and the rerun answer the same galaxies (the first `max_samples` of the run's split, greedy;
+    a zoom run's as zoom episodes with its own tool). `fail` unless the run is right more often than the rerun with
+    an exact McNemar p < 0.05. The gains are reported in points over the start, also among parsed answers only, so a
+    gain that is only a higher parse rate shows as such. A run that is not a GRPO run of the recipes, or whose records
+    cannot say where it started or what its rewards logged, or whose start changed since, is skipped with the
+    reason."""
+
+    name = "random_reward"
+    start = grpo_start(spec.model)
+    if isinstance(start, str):
+        return ProbeResult(name, "skip", start, {})
+    details = {"start": start.root, "run": str(start.stage), "lora": bool(start.record.get("lora")), "seed": seed}
+    if reason := check_base(start):
+        return ProbeResult(name, "skip", reason, details)
+    log = run_log(start)
+    if isinstance(log, str):
+        return ProbeResult(name, "skip", log, details)
+    made = random_rewards(start, log, seed=seed)
+    if isinstance(made, str):
+        return ProbeResult(name, "skip", made, details)
+    funcs, overrides, replaced = made
+    n_steps, run_steps = rerun_steps(start, log, steps)
+    details.update(steps=n_steps, run_steps=run_steps, replaced=replaced, rewards=[f.__name__ for f in funcs])
+    rerun = train_with_random_rewards(start, funcs, overrides, steps=n_steps)
+    details.update(_three_models(spec, start.model_path, rerun, max_samples=max_samples))
+    rates, gains, p = details["rates"], details["gains"], details["comparison"]["mcnemar_p_value"]
+    random_part = (
+        ", ".join(f"{k} -> {_bernoulli(v['mean'], v['high'])} (its logged mean)" for k, v in replaced.items())
+        if replaced
+        else "no reward reads the label, so the rerun is the run's own recipe"
+    )
+    line = (
+        f"gain over the start {gains['run']['gain_points']:+.1f} points (run) vs "
+        f"{gains['rerun']['gain_points']:+.1f} (GRPO rerun from the start with random rewards: {random_part}; "
+        f"{n_steps} steps), exact McNemar p={p:.2g} (n={details['n']}, {spec.split}); among parsed answers "
+        f"{gains['run']['gain_parsed_points']:+.1f} vs {gains['rerun']['gain_parsed_points']:+.1f} points (parsed "
+        f"{rates['start']['parsed']:.0%} -> {rates['run']['parsed']:.0%} run, {rates['rerun']['parsed']:.0%} rerun)"
+    )
+    if rates["run"]["accuracy"] > rates["rerun"]["accuracy"] and p < RANDOM_REWARD_ALPHA:
+        return ProbeResult(name, "pass", line, details)
+    return ProbeResult(
+        name,
+        "fail",
+        line + f": the run's gain is not larger than random rewards give with p < {RANDOM_REWARD_ALPHA} (no "
+        "evidence that its rewards' labels taught it)",
+        details,
+    )
 
 
 # --- run records ---------------------------------------------------------------------------------------------------
@@ -615,6 +751,8 @@ def audit(
     controls: bool = True,
     max_samples: int = 64,
     permutation_steps: int = DEFAULT_PERMUTATION_STEPS,
+    random_reward_steps: int = DEFAULT_RANDOM_REWARD_STEPS,
+    random_reward_samples: int = DEFAULT_RANDOM_REWARD_SAMPLES,
     blank_backend=None,
 ) -> AuditReport:
     """Run every probe that applies to `target`: a Galaxy10-schema HDF5 file, a prepared directory, a run directory
@@ -661,6 +799,7 @@ def audit(
     if spec is not None and spec.model and controls:
         report.probes.append(probe_blank_input(spec, backend=blank_backend, max_samples=max_samples))
         report.probes.append(probe_label_permutation(spec, steps=permutation_steps, max_samples=max_samples))
+        report.probes.append(probe_random_reward(spec, steps=random_reward_steps, max_samples=random_reward_samples))
     elif kind == "run" and controls:
         report.probes.append(ProbeResult("controls", "skip", "no model or data recorded for this run", {}))
     if kind in ("run", "sweep"):

@@ -301,16 +301,22 @@ def build_sft_trainer(
 
 
 def build_grpo_trainer(
-    args: GalaxyScriptArguments, training_args, model_args, *, permute_labels_seed: int | None = None
+    args: GalaxyScriptArguments,
+    training_args,
+    model_args,
+    *,
+    permute_labels_seed: int | None = None,
+    reward_funcs: list | None = None,
 ):
     """TRL's `GRPOTrainer` for a recipe: the arm's prompts, scored by `reward_funcs`; with `zoom`, multi-turn
-    episodes with the zoom tool (`training.zoom`)."""
+    episodes with the zoom tool (`training.zoom`). `reward_funcs` (callables) replaces the recipe's named ones: the
+    audit's random-reward control passes its own."""
     from trl import GRPOTrainer
 
     if args.zoom:
         apply_turn_cap(args, training_args)
     parts, code_ids = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
-    reward_funcs = get_reward_funcs(args.reward_funcs)
+    reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else list(reward_funcs)
     if args.zoom:
         zoom = zoom_parts(
             args, training_args, parts["model"], parts["processing_class"], reward_funcs, parts["train_dataset"]
