@@ -3,8 +3,10 @@
 surrogate data -> split manifest -> codec + token cache -> tiny Qwen2.5-VL -> warm start of each arm's input path
 on a second, disjoint surrogate file (the vision tower for the image arm; the code-token embeddings, one token per
 code, for the token arm) -> SFT then GRPO for the image arm and the token arm, both from that one model ->
-evaluation of both on the same test galaxies -> a side-by-side report (table + figures + the warm starts) -> the
-figures printed, and one `RESULT {json}` line.
+evaluation of both on the same test galaxies, and of each arm's earlier stages (the model SFT starts from, the SFT
+model) -> a side-by-side report (table + figures + the warm starts + what each stage adds, paired with the stage
+before it) -> the figures printed, and one `RESULT {json}` line (with each arm's `<arm>_sft_gain`, `<arm>_grpo_gain`
+and their exact McNemar p).
 
 Every stage writes into `--out` and is skipped when its output is already there, so a killed demo resumes. The demo
 checks its own claim: each arm must beat twice the majority-class rate with the lower end of its 95 % interval above
@@ -672,9 +674,9 @@ def run_demo(
 
 
 def section_table(markdown: str, heading: str) -> list[str]:
-    """The table rows of one section of a Markdown page."""
+    """The table rows of the section of a Markdown page whose heading starts with `heading`."""
     lines = markdown.splitlines()
-    start = lines.index(heading) + 1
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading)) + 1
     end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
     return [line for line in lines[start:end] if line.startswith("|")]
 

@@ -164,3 +164,17 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
         assert f'"{arm}_accuracy": {result["metrics"]["accuracy"]}' in proc.stdout
     report = (tmp_path / "report" / "report.md").read_text()
     assert "no zoom vs zoom (image)" in report and "no zoom vs zoom (tokens)" in report
+    # What each stage adds: every arm's start, SFT and GRPO models scored on the same galaxies, each stage paired
+    # with the one before it; the RESULT line's gains are the report's.
+    result_line = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
+    stages = json.loads((tmp_path / "report" / "report.json").read_text())["stages"]
+    assert stages == summary["stages"] and sorted(stages) == sorted(summary["arms"])
+    for arm, rows in stages.items():
+        assert [r["stage"] for r in rows] == ["start (warm start)", "SFT", "GRPO"]
+        for row, name in zip(rows, (f"{arm}_start", f"{arm}_sft", arm)):
+            result = json.loads((tmp_path / "eval" / name / "result.json").read_text())
+            assert row["accuracy"] == result["metrics"]["accuracy"]
+        for before, row, stage in zip(rows, rows[1:], ("sft", "grpo")):
+            assert row["gain"] == pytest.approx(row["accuracy"] - before["accuracy"])
+            assert result_line[f"{arm}_{stage}_gain"] == round(100 * row["gain"], 2)
+            assert result_line[f"{arm}_{stage}_gain_p"] == row["mcnemar_p_value"]
