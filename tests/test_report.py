@@ -4,6 +4,7 @@ carries its provenance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -221,3 +222,22 @@ def test_stage_table_compares_each_stage_with_the_one_before(two_runs, tmp_path)
     page = (tmp_path / "report" / "report.md").read_text()
     assert "## What each stage adds (same galaxies)" in page
     assert f"| arm | second | {100 * right_2.mean():.1f}" in page and f"{rows[1]['mcnemar_p_value']:.3g}" in page
+
+
+def test_a_grpo_runs_training_log_draws_its_reward_curve(two_runs, tmp_path):
+    """The recipes write `training_log.json` into the model's directory (no trainer_state.json when nothing is
+    saved): the report reads it from there, draws the GRPO reward beside the loss and hashes the file it read."""
+    _, runs = two_runs
+    model = tmp_path / "grpo_model"
+    model.mkdir()
+    history = [{"step": s, "loss": 0.01 * s, "reward": 0.2 + 0.1 * s} for s in range(1, 5)]
+    (model / "training_log.json").write_text(json.dumps({"global_step": 4, "max_steps": 4, "log_history": history}))
+    run = tmp_path / "image-grpo"
+    shutil.copytree(runs["image"], run)
+    result = json.loads((run / "result.json").read_text())
+    result["config"]["model"] = str(model)
+    (run / "result.json").write_text(json.dumps(result))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "training_curves.png").stat().st_size > 1000
+    files = json.loads((tmp_path / "r" / "report.json").read_text())["runs"]["image-grpo"]["files_sha256"]
+    assert files["training_log.json"] == hashlib.sha256((model / "training_log.json").read_bytes()).hexdigest()

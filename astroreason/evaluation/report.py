@@ -11,6 +11,7 @@ from pathlib import Path
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
+from ..integrity.history import TRAINING_LOG_FILE
 from ..io import atomic_path, sha256_file, write_text_atomic
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
@@ -44,7 +45,7 @@ def load_run(run_dir: str | Path) -> dict:
     log, log_path = training_log(run_dir, result["config"].get("model", ""))
     files = {RESULT_NAME: sha256_file(result_path), PREDICTIONS_NAME: sha256_file(predictions_path)}
     if log_path:
-        files["trainer_state.json"] = sha256_file(log_path)
+        files[Path(log_path).name] = sha256_file(log_path)
     return {
         "name": run_dir.name,
         "dir": str(run_dir),
@@ -259,16 +260,20 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
     fig.savefig(out_dir / names[-1], dpi=110)
     plt.close(fig)
 
-    # Training curves, where a run's trainer_state.json can be found (the run, the checkpoint or its parent).
+    # Training curves, where a run's training log can be found (`training_log`): the loss, and a GRPO run's reward.
     curves = [(run["name"], run["training_log"]) for run in runs if run.get("training_log")]
-    if curves:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for name, log in curves:
-            points = [(e["step"], e["loss"]) for e in log if "loss" in e and "step" in e]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.legend(fontsize=8)
+    panels = [(key, label) for key, label in (("loss", "training loss"), ("reward", "training reward (GRPO)"))]
+    panels = [(k, label) for k, label in panels if any(k in e for _, log in curves for e in log)]
+    if curves and panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+        for ax, (key, label) in zip(axes[0], panels):
+            for name, log in curves:
+                points = [(e["step"], e[key]) for e in log if key in e and "step" in e]
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
+            ax.set_xlabel("step")
+            ax.set_ylabel(label)
+            ax.legend(fontsize=8)
         fig.tight_layout()
         names.append("training_curves.png")
         fig.savefig(out_dir / names[-1], dpi=110)
@@ -277,10 +282,13 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
 
 
 def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
-    """The log history of the training that made the evaluated checkpoint, if a trainer_state.json is nearby."""
+    """The log history of the training that made the evaluated checkpoint, if it is nearby: a trainer_state.json
+    beside the evaluation, else the model's own training log (`training_log.json`, which the recipes write at train
+    end), its trainer_state.json or its last checkpoint's."""
     candidates = [run_dir / "trainer_state.json"]
     if model and Path(model).is_dir():
-        candidates += [Path(model) / "trainer_state.json", *sorted(Path(model).glob("checkpoint-*/trainer_state.json"))]
+        checkpoints = sorted(Path(model).glob("checkpoint-*/trainer_state.json"), key=lambda p: _step(p.parent))
+        candidates += [Path(model) / TRAINING_LOG_FILE, Path(model) / "trainer_state.json", *reversed(checkpoints)]
     for path in candidates:
         if path.is_file():
             try:
@@ -288,6 +296,11 @@ def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
             except json.JSONDecodeError:
                 raise UserError(f"{path}: not valid JSON") from None
     return [], None
+
+
+def _step(checkpoint: Path) -> int:
+    tail = checkpoint.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
