@@ -333,7 +333,6 @@ class Demo:
         rate per part (`astroreason.optim`); a zoom arm's is the zoom warm start: a short SFT on zoom trajectories
         from its modality's SFT model, which already answers."""
         c, zoomed = self.config, _zoomed(arm)
-        start = self.out / _modality(arm) / "sft" if zoomed else self.model
         language = c.zoom_sft_lr if zoomed else c.lr_language
         parts = dict(vision_lr=c.lr_vision, merger_lr=min(c.lr_merger, language), **self._held_rows(arm))
         training = dict(
@@ -346,7 +345,7 @@ class Demo:
             max_length=None,
             **self._common(),
         )
-        return _recipe(start, {**self._arm_values(arm), **parts}, training)
+        return _recipe(self.start_model(arm), {**self._arm_values(arm), **parts}, training)
 
     def grpo_recipe(self, arm: str) -> dict:
         """The GRPO stage's recipe: from the SFT model, format + accuracy rewards (a zoom arm's episodes also pay
