@@ -40,9 +40,12 @@ FLOAT_COLUMNS = ("ra", "dec", "redshift", "pxscale")
 STRING_COLUMNS = ("label_name",)
 METADATA_COLUMNS = INT_COLUMNS + FLOAT_COLUMNS + STRING_COLUMNS
 
-# A prompt carries a column if its own value appears this much more often than another row's, and at least this often.
+# A prompt carries a column if its own value appears this much more often than another row's, and at least this often,
+# and the excess is no chance: an exact one-sided test on the rows where only one of the two values appears (a few
+# rows whose codes are small integers hold their own position by chance as often as another's).
 MIN_EXCESS = 0.2
 MIN_OWN_RATE = 0.3
+MAX_P_VALUE = 0.01
 
 _NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
 
@@ -244,9 +247,10 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
         values = list(values)[:n]
         if len(values) < n:
             raise UserError(f"metadata: column {column} has {len(values)} rows for {n} prompts")
-        own = float(np.mean(_contained(column, values, by_text, numbers)))
-        chance = float(np.mean(_contained(column, [values[j] for j in other], by_text, numbers)))
-        if own >= MIN_OWN_RATE and own - chance >= MIN_EXCESS:
+        own_hits = _contained(column, values, by_text, numbers)
+        other_hits = _contained(column, [values[j] for j in other], by_text, numbers)
+        own, chance = float(np.mean(own_hits)), float(np.mean(other_hits))
+        if own >= MIN_OWN_RATE and own - chance >= MIN_EXCESS and _excess_p(own_hits, other_hits) < MAX_P_VALUE:
             out.append(
                 Finding(
                     "text",
@@ -257,6 +261,17 @@ def carried_columns(texts: list[str], meta: dict[str, np.ndarray], *, seed: int 
                 )
             )
     return out
+
+
+def _excess_p(own: np.ndarray, other: np.ndarray) -> float:
+    """One-sided exact p of "a row's own value appears more often than another row's", from the rows where only one
+    of the two appears (under no leak, each such row favours either with probability 1/2)."""
+    from scipy.stats import binomtest
+
+    only_own, only_other = int(np.sum(own & ~other)), int(np.sum(~own & other))
+    if not only_own + only_other:
+        return 1.0
+    return float(binomtest(only_own, only_own + only_other, 0.5, alternative="greater").pvalue)
 
 
 def split_metadata(
