@@ -11,7 +11,7 @@ from pathlib import Path
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
-from ..integrity.history import TRAINING_LOG_FILE
+from ..integrity.history import training_log_path
 from ..io import atomic_path, sha256_file, write_text_atomic
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
@@ -283,24 +283,17 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
 
 def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
     """The log history of the training that made the evaluated checkpoint, if it is nearby: a trainer_state.json
-    beside the evaluation, else the model's own training log (`training_log.json`, which the recipes write at train
-    end), its trainer_state.json or its last checkpoint's."""
+    beside the evaluation, else the model's own training log (`integrity.history.training_log_path`)."""
     candidates = [run_dir / "trainer_state.json"]
     if model and Path(model).is_dir():
-        checkpoints = sorted(Path(model).glob("checkpoint-*/trainer_state.json"), key=lambda p: _step(p.parent))
-        candidates += [Path(model) / TRAINING_LOG_FILE, Path(model) / "trainer_state.json", *reversed(checkpoints)]
+        candidates.append(training_log_path(model))
     for path in candidates:
-        if path.is_file():
+        if path is not None and path.is_file():
             try:
                 return json.loads(path.read_text()).get("log_history", []), str(path)
             except json.JSONDecodeError:
                 raise UserError(f"{path}: not valid JSON") from None
     return [], None
-
-
-def _step(checkpoint: Path) -> int:
-    tail = checkpoint.name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
 
 
 def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:

@@ -31,18 +31,23 @@ class TrainingLog(TrainerCallback):
             write_json_atomic(Path(args.output_dir) / TRAINING_LOG_FILE, record)
 
 
-def read_training_log(run_dir) -> dict | None:
-    """A run's training log: its `training_log.json`, else a `trainer_state.json` (the run's own, then its last
-    checkpoint's, which holds the history up to that checkpoint), or None when it has none."""
+def training_log_path(run_dir) -> Path | None:
+    """Where a run's training log is: its `training_log.json`, else its own `trainer_state.json`, else its last
+    checkpoint's (which holds the history up to that checkpoint); None when it has none."""
     run_dir = Path(run_dir)
-    if (log := read_json_record(run_dir / TRAINING_LOG_FILE, "training log")) is not None:
-        return log
     steps = {int(p.name.rsplit("-", 1)[1]): p for p in run_dir.glob("checkpoint-*") if p.name[11:].isdigit()}
-    for path in [run_dir / TRAINER_STATE_FILE, *(steps[s] / TRAINER_STATE_FILE for s in sorted(steps, reverse=True))]:
-        if (state := read_json_record(path, "trainer state")) is not None:
-            keys = ("global_step", "max_steps", "log_history")
-            return {k: state.get(k) for k in keys}
-    return None
+    candidates = [run_dir / TRAINING_LOG_FILE, run_dir / TRAINER_STATE_FILE]
+    candidates += [steps[s] / TRAINER_STATE_FILE for s in sorted(steps, reverse=True)]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def read_training_log(run_dir) -> dict | None:
+    """A run's training log (`training_log_path`), as `global_step`, `max_steps` and `log_history`, or None."""
+    path = training_log_path(run_dir)
+    if path is None:
+        return None
+    record = read_json_record(path, "training log" if path.name == TRAINING_LOG_FILE else "trainer state")
+    return {k: record.get(k) for k in ("global_step", "max_steps", "log_history")}
 
 
 def logged_mean(log: dict, key: str) -> float | None:
