@@ -1,11 +1,11 @@
 """GRPO's dynamics from a start model: TRL's logged metrics and the greedy held-out accuracy every N steps.
 
 The measurement behind docs/recipes.md ("Why GRPO did not raise held-out accuracy"): it trains the recipe's GRPO
-(`build_grpo_trainer`, format + accuracy rewards, the vision tower frozen unless `--vision_lr` is given) from
-`--start` on a demo's prepared data, prints one `LOG` line per logging step (reward mean and spread per reward,
-`frac_reward_zero_std`, entropy, clip ratios) and one `EVAL` line every `--every` steps: the greedy accuracy on the
-first `--n_eval` galaxies of `--split` (the validation split by default: settings are chosen there), the share of
-parsed answers and the three classes answered most often. Nothing is saved.
+(`build_grpo_trainer`; format + accuracy rewards unless `--rewards` says otherwise; the vision tower frozen unless
+`--vision_lr` is given) from `--start` on a demo's prepared data, prints one `LOG` line per logging step (reward mean
+and spread per reward, `frac_reward_zero_std`, entropy, clip ratios) and one `EVAL` line every `--every` steps: the
+greedy accuracy on the first `--n_eval` galaxies of `--split` (the validation split by default: settings are chosen
+there), the share of parsed answers and the three classes answered most often. Nothing is saved.
 
     astroreason demo --out runs/demo                        # the start models and the prepared data
     python bench/grpo_probe.py --start runs/demo/image/sft --demo runs/demo --lr 3e-4 --galaxies 8 --generations 8
@@ -35,6 +35,13 @@ def main() -> None:
     p.add_argument("--scale_rewards", default="group", choices=["group", "batch", "none"])
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--warmup", type=int, default=0)
+    p.add_argument(
+        "--top_entropy_quantile",
+        type=float,
+        default=1.0,
+        help="TRL's: the policy gradient only on this top fraction of completion tokens by entropy",
+    )
+    p.add_argument("--rewards", nargs="+", default=["format", "accuracy"], help="reward functions, by name")
     p.add_argument("--every", type=int, default=25, help="evaluate every N steps")
     p.add_argument("--split", default="val")
     p.add_argument("--n_eval", type=int, default=150)
@@ -62,6 +69,7 @@ def main() -> None:
         freeze_vision_tower=a.vision_lr is None,
         vision_lr=a.vision_lr,
         freeze_code_rows=tokens,
+        reward_funcs=a.rewards,
     )
     args = GRPOConfig(
         output_dir=a.out,
@@ -75,6 +83,7 @@ def main() -> None:
         learning_rate=a.lr,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=a.warmup,
+        top_entropy_quantile=a.top_entropy_quantile,
         optim="adamw_torch",
         activation_checkpointing=False,
         use_cpu=True,
