@@ -20,6 +20,8 @@ groups disagree from the first step). From that start:
 - GRPO on the real galaxies reaches >= 90 % held-out accuracy;
 - the same run on the blanked twin stays at chance (the project's one-sided binomial test against the majority
   rate), on its own held-out rows and on the real galaxies: the reward alone, without the galaxy, teaches nothing.
+- the audit's random-reward control (`probe_random_reward`) passes the token arm's run: its GRPO stage rerun with
+  the accuracy reward replaced by a coin of the same mean gains nothing.
 
 What it took, measured on this task (docs/recipes.md, "A GRPO run that learns the galaxy"): 16 galaxies a step (with
 4 the class prior random-walks faster than a read-out forms, and every group collapses onto one answer); a rate of
@@ -286,6 +288,8 @@ def run_arm(root: Path, arm: str, seed: int) -> dict:
     start = train_start(blank, warm_started_model(root, arm, codec, seed), root / "start", seed)
     run = {
         "arm": arm,
+        "root": root,
+        "codec": codec,
         "start_greedy": score(*answers(start, real)),
         "start_sampled": score(*answers(start, real, temperature=1.0, repeats=4, seed=seed)),
     }
@@ -328,3 +332,29 @@ def test_grpo_without_the_galaxy_stays_at_chance(arm_run):
     # ... and it is not above the majority rate on its own held-out rows, nor on the real galaxies.
     for result in (arm_run["blank"], arm_run["blank_on_real"]):
         assert not result["beats"] and result["accuracy"] < TARGET, result
+
+
+def test_the_run_that_learnt_passes_the_random_reward_control(arm_run):
+    """`astroreason audit`'s random-reward control on the run that learnt: its GRPO stage rerun from the same start
+    with the accuracy reward replaced by a seeded coin of the mean it logged gains nothing, and the run beats it."""
+    if arm_run["arm"] == "image":
+        pytest.skip("the token arm's run shows it; the image arm's 120-step rerun would add two minutes to CI")
+    from astroreason.audit.probes import RunSpec, probe_random_reward
+
+    root, arm = arm_run["root"], arm_run["arm"]
+    spec = RunSpec(
+        model=str(root / "grpo_real"),
+        data_dir=str(root / "prepared_real"),
+        modality=arm,
+        template=PROMPTS[arm],
+        codec=str(arm_run["codec"]),
+        rendering="special",
+        image_size=IMAGE_SIZE,
+    )
+    result = probe_random_reward(spec)
+    details = result.details
+    assert result.status == "pass", result.summary
+    assert details["steps"] == GRPO_STEPS[arm] and details["rewards"] == ["random_accuracy"]
+    gains = details["gains"]
+    assert gains["run"]["gain_points"] >= 30 and gains["rerun"]["gain_points"] <= 10, gains
+    assert details["comparison"]["mcnemar_p_value"] < 0.05
