@@ -233,28 +233,11 @@ class Demo:
         }
 
     def _pretrain_codes(self) -> None:
-        import h5py
-        import numpy as np
-
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
-        from .pretrain import CodePretrainConfig, pretrain_code_embeddings
-        from .tokens import load_codec
-        from .tokens.codec import read_inputs
+        from .pretrain import CodePretrainConfig, pretrain_code_embeddings_on_file
 
-        codec = load_codec(self.codec)
-        with h5py.File(self.pretrain_h5, "r") as f:
-            labels = f["ans"][()].astype(np.int64)
-        rows = np.arange(len(labels))
-        codes = np.concatenate([codec.encode(b) for b in read_inputs(self.pretrain_h5, rows, codec.input_spec)])
-        pretrain_code_embeddings(
-            self.vision_model,
-            codes,
-            labels,
-            codec.vocab_size,
-            self.model,
-            CodePretrainConfig(steps=self.config.code_pretrain_steps, seed=self.config.seed),
-            source=f"{self.pretrain_h5} encoded by {self.codec}",
-        )
+        config = CodePretrainConfig(steps=self.config.code_pretrain_steps, seed=self.config.seed)
+        pretrain_code_embeddings_on_file(self.vision_model, self.pretrain_h5, self.codec, self.model, config)
 
     def tokens(self) -> None:
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs

@@ -336,3 +336,26 @@ def pretrain_code_embeddings(
                 (tmp / name).write_bytes((Path(model_dir) / name).read_bytes())
         write_json_atomic(tmp / CODE_PRETRAIN_RECORD, record)
     return record
+
+
+def pretrain_code_embeddings_on_file(
+    model_dir: str | Path,
+    data_h5: str | Path,
+    codec_dir: str | Path,
+    out_dir: str | Path,
+    config: CodePretrainConfig | None = None,
+) -> dict:
+    """`pretrain_code_embeddings` on every galaxy of a labelled Galaxy10-schema file, encoded by the codec saved in
+    `codec_dir`: the token arm's warm start, as the vision tower's is `pretrain_vision_tower` on such a file."""
+    import h5py
+
+    # lazy: the tokens layer's codec; loading it here keeps `pretrain` light to import
+    from .tokens import load_codec
+    from .tokens.codec import read_inputs
+
+    codec = load_codec(codec_dir)
+    with h5py.File(data_h5, "r") as f:
+        labels = f["ans"][()].astype(np.int64)
+    codes = codec.encode_batches(read_inputs(data_h5, np.arange(len(labels)), codec.input_spec), total=len(labels))
+    source = f"{data_h5} encoded by {codec_dir}"
+    return pretrain_code_embeddings(model_dir, codes, labels, codec.vocab_size, out_dir, config, source=source)

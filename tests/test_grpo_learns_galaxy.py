@@ -144,7 +144,7 @@ def warm_started_model(root: Path, arm: str, codec: Path | None, seed: int) -> P
     from astroreason.pretrain import (
         CodePretrainConfig,
         VisionPretrainConfig,
-        pretrain_code_embeddings,
+        pretrain_code_embeddings_on_file,
         pretrain_vision_tower,
     )
 
@@ -155,18 +155,8 @@ def warm_started_model(root: Path, arm: str, codec: Path | None, seed: int) -> P
         config = VisionPretrainConfig(steps=PRETRAIN_STEPS[arm], batch_size=32, image_size=IMAGE_SIZE, seed=seed)
         record = pretrain_vision_tower(base, source, out, config, progress=False)
     else:
-        import h5py
-
-        from astroreason.tokens import load_codec
-        from astroreason.tokens.codec import read_inputs
-
-        loaded = load_codec(codec)
-        with h5py.File(source, "r") as f:
-            labels = f["ans"][()].astype(np.int64)
-        grids = read_inputs(source, np.arange(len(labels)), loaded.input_spec)
-        codes = np.concatenate([loaded.encode(batch) for batch in grids])
         config = CodePretrainConfig(steps=PRETRAIN_STEPS[arm], seed=seed)
-        record = pretrain_code_embeddings(base, codes, labels, loaded.vocab_size, out, config)
+        record = pretrain_code_embeddings_on_file(base, source, codec, out, config)
     assert record["held_out_accuracy"] >= 0.9, record  # the galaxy does reach the language model
     return out
 
