@@ -262,8 +262,11 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
 
     # Training curves, where a run's training log can be found (`training_log`): the loss, and a GRPO run's reward.
     curves = [(run["name"], run["training_log"]) for run in runs if run.get("training_log")]
-    panels = [(key, label) for key, label in (("loss", "training loss"), ("reward", "training reward (GRPO)"))]
-    panels = [(k, label) for k, label in panels if any(k in e for _, log in curves for e in log)]
+    panels = [
+        (key, label)
+        for key, label in (("loss", "training loss"), ("reward", "training reward (GRPO)"))
+        if any(key in e for _, log in curves for e in log)
+    ]
     if curves and panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (key, label) in zip(axes[0], panels):
