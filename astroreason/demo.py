@@ -291,14 +291,14 @@ class Demo:
             zoom_sft_fraction=c.zoom_sft_fraction,
         )
 
-    def _common(self) -> dict:
+    def _common(self, logging_steps: int = 10) -> dict:
         return dict(
             use_cpu=True,
             bf16=False,
             report_to="none",
             seed=self.config.seed,
             save_strategy="no",
-            logging_steps=10,
+            logging_steps=logging_steps,
             dataloader_num_workers=0,
             disable_tqdm=False,
             optim="adamw_torch",  # PyTorch's AdamW, not its fused kernel: the demo's numbers stay the same
@@ -351,7 +351,8 @@ class Demo:
             warmup_steps=c.grpo_warmup,
             scale_rewards=c.grpo_scale_rewards,
             activation_checkpointing=False,
-            **self._common(),
+            # Every step: the report compares the first and last log of what GRPO had to learn from.
+            **self._common(logging_steps=1),
         )
         return _recipe(self.out / arm / "sft", {**self._arm_values(arm), **parts}, training)
 
@@ -615,7 +616,8 @@ def run_demo(
         if "zoom" in s:
             z = s["zoom"]
             print(
-                f"{'':>18}zoom rate {_pct(z['zoom_rate'])}, {z['zooms_per_galaxy']:.2f} zooms per galaxy; accuracy "
+                f"{'':>18}zoom rate {_pct(z['zoom_rate'])} (homogenisation {_maybe_pct(z.get('homogenisation'))}), "
+                f"{z['zooms_per_galaxy']:.2f} zooms per galaxy; accuracy "
                 f"{_maybe_pct(z['accuracy_with_zoom'])} with a zoom (n = {z['n_with_zoom']}), "
                 f"{_maybe_pct(z['accuracy_without_zoom'])} without (n = {z['n_without_zoom']})"
             )
@@ -639,7 +641,7 @@ def run_demo(
         if a in beats:
             line[f"{a}_beats_twice_majority"] = beats[a]
         if a in zooms:
-            line[f"{a}_zoom_rate"] = r["zoom"]["zoom_rate"]
+            line |= zoom_keys(a, r["zoom"], stages[a])
         line |= stage_gains(a, stages[a])
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     if config.check and not passed:
@@ -673,6 +675,18 @@ def stage_gains(arm: str, stages: list[dict]) -> dict:
             out[f"{arm}_{keys[row['stage']]}_gain"] = round(100 * row["gain"], 2)
             out[f"{arm}_{keys[row['stage']]}_gain_p"] = row["mcnemar_p_value"]
     return out
+
+
+def zoom_keys(arm: str, zoom: dict, stages: list[dict]) -> dict:
+    """The RESULT line's zoom figures of a zoom arm: after GRPO its zoom rate, homogenisation and zoom rate per true
+    class, and the homogenisation of its warm start (the SFT stage) before GRPO, from the report's stage table."""
+    before = next((row["zoom"] for row in stages if row["stage"] == STAGES["sft"] and "zoom" in row), {})
+    return {
+        f"{arm}_zoom_rate": zoom["zoom_rate"],
+        f"{arm}_homogenisation": zoom.get("homogenisation"),
+        f"{arm}_homogenisation_before_grpo": before.get("homogenisation"),
+        f"{arm}_zoom_rate_per_class": zoom.get("zoom_rate_per_class"),
+    }
 
 
 def arm_summary(result: dict, tokens: float) -> dict:

@@ -41,6 +41,9 @@ def main() -> None:
         default=1.0,
         help="TRL's: the policy gradient only on this top fraction of completion tokens by entropy",
     )
+    p.add_argument(
+        "--entropy_coef", type=float, default=0.0, help="TRL's: a bonus of this times the mean per-token entropy"
+    )
     p.add_argument("--rewards", nargs="+", default=["format", "accuracy"], help="reward functions, by name")
     p.add_argument("--every", type=int, default=25, help="evaluate every N steps")
     p.add_argument("--split", default="val")
@@ -84,6 +87,7 @@ def main() -> None:
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=a.warmup,
         top_entropy_quantile=a.top_entropy_quantile,
+        entropy_coef=a.entropy_coef,
         optim="adamw_torch",
         activation_checkpointing=False,
         use_cpu=True,

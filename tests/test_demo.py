@@ -178,3 +178,14 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
             assert row["gain"] == pytest.approx(row["accuracy"] - before["accuracy"])
             assert result_line[f"{arm}_{stage}_gain"] == round(100 * row["gain"], 2)
             assert result_line[f"{arm}_{stage}_gain_p"] == row["mcnemar_p_value"]
+    # When each zoom arm zoomed, before GRPO (its warm start, the SFT stage) and after: read from the episodes.
+    for arm in ("image_zoom", "tokens_zoom"):
+        for name, key in ((f"{arm}_sft", f"{arm}_homogenisation_before_grpo"), (arm, f"{arm}_homogenisation")):
+            records = [json.loads(x) for x in (tmp_path / "eval" / name / "predictions.jsonl").read_text().splitlines()]
+            zoomed = [r["zoom"]["valid_calls"] > 0 for r in records]
+            assert result_line[key] == max(sum(zoomed), len(zoomed) - sum(zoomed)) / len(zoomed)
+        labels = sorted({r["label"] for r in records})
+        assert result_line[f"{arm}_zoom_rate_per_class"] == {
+            str(c): np.mean([z for z, r in zip(zoomed, records) if r["label"] == c]) for c in labels
+        }
+    assert "## When the model zoomed (zoom rate per true class)" in report

@@ -241,3 +241,40 @@ def test_a_grpo_runs_training_log_draws_its_reward_curve(two_runs, tmp_path):
     assert (tmp_path / "r" / "training_curves.png").stat().st_size > 1000
     files = json.loads((tmp_path / "r" / "report.json").read_text())["runs"]["image-grpo"]["files_sha256"]
     assert files["training_log.json"] == hashlib.sha256((model / "training_log.json").read_bytes()).hexdigest()
+
+
+def test_a_grpo_stage_shows_what_it_had_to_learn_from(two_runs, tmp_path):
+    """A stage whose model has a GRPO training log gets, in report.json and report.md, its first and last logged
+    reward, share of groups without reward spread and entropy; a gain whose p is not below 0.05 is listed as not
+    distinguishable from no change. An SFT-only log (no reward) gets no such row."""
+    from astroreason.evaluation.report import write_report
+
+    _, runs = two_runs
+    history = [
+        {"step": s, "reward": r, "frac_reward_zero_std": z, "entropy": e, "loss": 0.0}
+        for s, r, z, e in ((1, 0.4, 0.25, 0.3), (2, 0.5, 0.5, 0.2), (3, 0.75, 0.875, 0.1))
+    ]
+    staged = {}
+    for name, log in (("sft", [{"step": 1, "loss": 1.0, "entropy": 0.5}]), ("grpo", history)):
+        model = tmp_path / f"{name}_model"
+        model.mkdir()
+        (model / "training_log.json").write_text(json.dumps({"global_step": 3, "max_steps": 3, "log_history": log}))
+        staged[name] = tmp_path / f"image-{name}"
+        shutil.copytree(runs["image"], staged[name])
+        result = json.loads((staged[name] / "result.json").read_text())
+        result["config"]["model"] = str(model)
+        (staged[name] / "result.json").write_text(json.dumps(result))
+    write_report([staged["grpo"]], tmp_path / "r", stages={"image": [("SFT", staged["sft"]), ("GRPO", staged["grpo"])]})
+    sft, grpo = json.loads((tmp_path / "r" / "report.json").read_text())["stages"]["image"]
+    assert "grpo_signal" not in sft
+    assert grpo["grpo_signal"] == {
+        "logs": 3,
+        "last_step": 3,
+        "reward": [0.4, 0.75],
+        "frac_reward_zero_std": [0.25, 0.875],
+        "entropy": [0.3, 0.1],
+    }
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "| image | GRPO | 3 (3) | 0.400 -> 0.750 | 25.0 -> 87.5 | 0.300 -> 0.100 |" in page
+    # The same predictions twice: a gain of 0 with p 1, which the page says is no measurable change.
+    assert grpo["gain"] == 0 and "- image, GRPO: +0.0 points, p 1" in page

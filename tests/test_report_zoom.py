@@ -148,3 +148,16 @@ def test_zoom_and_no_zoom_of_each_modality_are_paired_on_the_same_galaxies(zoom_
     page = (out / "report.html").read_text()
     assert "<td>zoom vs no zoom (image)</td>" in page and "<td>zoom vs no zoom (tokens)</td>" in page
     assert 'alt="accuracy_vs_tokens"' in page and 'src="data:image/png;base64,' in page
+
+
+def test_the_report_says_when_each_zoom_run_zoomed(zoom_report):
+    """Per zoom run, the zoom rate per true class and the homogenisation, read from its episodes: the steered runs
+    zoomed on both galaxies (two classes), the same decision for every galaxy, so homogenisation 1.0."""
+    runs, out = zoom_report
+    rows = table((out / "report.md").read_text(), "## When the model zoomed (zoom rate per true class)")
+    assert set(rows) == {"image-zoom", "tokens-zoom"}  # the runs without zoom have no decisions to show
+    for name, row in rows.items():
+        records = [json.loads(x) for x in (runs[name] / "predictions.jsonl").read_text().splitlines()]
+        z = json.loads((runs[name] / "result.json").read_text())["zoom"]
+        assert z["homogenisation"] == 1.0 and z["zoom_rate_per_class"] == {str(r["label"]): 1.0 for r in records}
+        assert row[:3] == ["-", "100.0", "100.0"] and sorted(row[3:]) == ["-"] * (len(row) - 5) + ["100.0"] * 2

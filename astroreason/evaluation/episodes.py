@@ -266,7 +266,8 @@ class ZoomEpisodes:
 
 
 def zoom_summary(records: list[dict]) -> dict:
-    """`result.json`'s `zoom`: how often the model zoomed, what it cost, and accuracy with and without zoom."""
+    """`result.json`'s `zoom`: how often the model zoomed (over all galaxies and per true class, and how uniform its
+    decision was), what it cost, and accuracy with and without zoom."""
     episodes = [r for r in records if r.get("zoom")]
     if not episodes:
         return {"n": 0}
@@ -274,9 +275,16 @@ def zoom_summary(records: list[dict]) -> dict:
     unzoomed = [r for r in episodes if r["zoom"]["valid_calls"] == 0]
     accuracy = lambda rs: (sum(r["prediction"] == r["label"] for r in rs) / len(rs)) if rs else None  # noqa: E731
     n = len(episodes)
+    by_class: dict[int, list[bool]] = {}
+    for r in episodes:
+        by_class.setdefault(int(r["label"]), []).append(r["zoom"]["valid_calls"] > 0)
     return {
         "n": n,
         "zoom_rate": len(zoomed) / n,
+        # Whether the model chooses when to zoom: the share of galaxies whose decision (zoom or not) is the arm's
+        # majority decision; 1.0 is the same decision for every galaxy ("tool-usage homogenisation").
+        "homogenisation": max(len(zoomed), len(unzoomed)) / n,
+        "zoom_rate_per_class": {str(c): sum(d) / len(d) for c, d in sorted(by_class.items())},
         "zooms_per_galaxy": sum(r["zoom"]["n_calls"] for r in episodes) / n,
         "valid_zooms_per_galaxy": sum(r["zoom"]["valid_calls"] for r in episodes) / n,
         "turns_per_galaxy": sum(r["zoom"]["turns"] for r in episodes) / n,

@@ -12,7 +12,7 @@ from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
 from ..integrity.history import training_log_path
-from ..io import atomic_path, sha256_file, write_text_atomic
+from ..io import atomic_path, read_json_record, sha256_file, write_text_atomic
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
@@ -134,6 +134,10 @@ def stage_table(stages: dict[str, list[tuple[str, dict]]]) -> dict[str, list[dic
                 "parse_failure_rate": m["parse_failure_rate"],
                 "parsed_accuracy": parsed_accuracy(run),
             }
+            if signal := grpo_signal(run.get("training_log") or []):
+                row["grpo_signal"] = signal
+            if zoom := zoom_decisions(run["result"]):
+                row["zoom"] = zoom
             if previous is not None:
                 c = compare_runs(run, previous)
                 row |= {
@@ -287,16 +291,64 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
 def training_log(run_dir: Path, model: str) -> tuple[list[dict], str | None]:
     """The log history of the training that made the evaluated checkpoint, if it is nearby: a trainer_state.json
     beside the evaluation, else the model's own training log (`integrity.history.training_log_path`)."""
-    candidates = [run_dir / "trainer_state.json"]
-    if model and Path(model).is_dir():
-        candidates.append(training_log_path(model))
-    for path in candidates:
-        if path is not None and path.is_file():
-            try:
-                return json.loads(path.read_text()).get("log_history", []), str(path)
-            except json.JSONDecodeError:
-                raise UserError(f"{path}: not valid JSON") from None
-    return [], None
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        path = training_log_path(model) if model and Path(model).is_dir() else None
+    if path is None:
+        return [], None
+    return read_json_record(path, "training log").get("log_history", []), str(path)
+
+
+# What a GRPO stage had to learn from, first log against last: the reward, the share of groups whose completions all
+# earned the same reward (no advantage, nothing to learn from) and the policy's per-token entropy.
+SIGNAL_KEYS = ("reward", "frac_reward_zero_std", "entropy")
+
+
+def grpo_signal(log_history: list[dict]) -> dict | None:
+    """First and last logged value of each of `SIGNAL_KEYS` in a GRPO run's log history, and the number of logs;
+    None for a run that logged no reward (SFT)."""
+    logs = [r for r in log_history if all(isinstance(r.get(k), (int, float)) for k in SIGNAL_KEYS)]
+    if not logs:
+        return None
+    return {"logs": len(logs), "last_step": logs[-1].get("step")} | {k: [logs[0][k], logs[-1][k]] for k in SIGNAL_KEYS}
+
+
+def zoom_decisions(result: dict) -> dict | None:
+    """When a zoom run zoomed: its zoom rate, homogenisation and zoom rate per true class (None without zoom)."""
+    zoom = result.get("zoom") or {}
+    if not zoom.get("n"):
+        return None
+    return {k: zoom.get(k) for k in ("zoom_rate", "homogenisation", "zoom_rate_per_class")}
+
+
+def _zoom_decision_lines(runs: list[dict], stages: dict[str, list[dict]]) -> list[str]:
+    """Per zoom evaluation (each stage of a zoom arm when there are stages, else each run): the zoom rate per true
+    class and the homogenisation, so a zoom habit copied from the warm start shows beside what GRPO made of it."""
+    entries = [(arm, row["stage"], row["zoom"]) for arm, rows in stages.items() for row in rows if "zoom" in row]
+    if not entries:
+        entries = [(run["name"], "-", z) for run in runs if (z := zoom_decisions(run["result"]))]
+    if not entries:
+        return []
+    classes = sorted({int(c) for _, _, z in entries for c in z.get("zoom_rate_per_class") or {}})
+    lines = [
+        "",
+        "## When the model zoomed (zoom rate per true class)",
+        "",
+        "Homogenisation is the share of galaxies whose decision (zoom or not) is the run's majority decision: 1.0 is "
+        "the same decision for every galaxy, a habit rather than a choice.",
+        "",
+        "| run | stage | zoom rate | homogenisation | " + " | ".join(DECALS_CLASSES[c] for c in classes) + " |",
+        "|---|---|---|---|" + "---|" * len(classes),
+    ]
+    for name, stage, z in entries:
+        per_class = z.get("zoom_rate_per_class") or {}
+        cells = [_maybe_pct(per_class.get(str(c))) for c in classes]
+        lines.append(
+            f"| {name} | {stage} | {_pct(z['zoom_rate'])} | {_maybe_pct(z.get('homogenisation'))} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
 
 
 def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
@@ -325,6 +377,33 @@ def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
             lines.append(
                 f"| {arm} | {row['stage']} | {_pct(row['accuracy'])} [{_pct(lo)}, {_pct(hi)}] "
                 f"| {_pct(row['parse_failure_rate'])} | {_maybe_pct(row['parsed_accuracy'])} | {gain} |"
+            )
+    unclear = [
+        f"- {arm}, {row['stage']}: {100 * row['gain']:+.1f} points, p {row['mcnemar_p_value']:.3g}"
+        for arm, rows in stages.items()
+        for row in rows
+        if "gain" in row and row["mcnemar_p_value"] >= 0.05
+    ]
+    if unclear:
+        lines += ["", "Not distinguishable from no change at p < 0.05 (exact McNemar, two-sided):", "", *unclear]
+    signals = [(arm, row) for arm, rows in stages.items() for row in rows if "grpo_signal" in row]
+    if signals:
+        lines += [
+            "",
+            "What each GRPO stage had to learn from, from its training log (first log, then last): the mean reward, "
+            "the share of groups whose completions all earned the same reward (their advantages are zero: nothing "
+            "to learn from), and the policy's entropy per completion token. A GRPO gain is evidence of learning "
+            "from the reward only beside a random-reward control (`astroreason audit RUN`).",
+            "",
+            "| arm | stage | logs (last step) | reward | groups without reward spread | entropy (nats/token) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, row in signals:
+            g = row["grpo_signal"]
+            reward, zero, entropy = (g[k] for k in SIGNAL_KEYS)
+            lines.append(
+                f"| {arm} | {row['stage']} | {g['logs']} ({g['last_step']}) | {reward[0]:.3f} -> {reward[1]:.3f} "
+                f"| {_pct(zero[0])} -> {_pct(zero[1])} | {entropy[0]:.3f} -> {entropy[1]:.3f} |"
             )
     return lines
 
@@ -387,6 +466,7 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str], stage
             )
     if stages:
         lines += _stage_lines(stages)
+    lines += _zoom_decision_lines(runs, stages or {})
     if any(run["warm_starts"] for run in runs):
         lines += [
             "",
