@@ -136,6 +136,15 @@ class ZoomArguments:
             "answer at once. Which rows: a seeded choice."
         },
     )
+    zoom_sft_max_box: float | None = field(
+        default=None,
+        metadata={
+            "help": "SFT with zoom: teach a zoom only where it can help, on the rows whose focus box (the region "
+            "that decides the class, `data.focus`) has a longer side of at most this fraction of the image side, "
+            "where the downsampled first view shows that region smallest; the others answer at once. Instead of "
+            "zoom_sft_fraction's seeded choice, which teaches GRPO a habit that does not depend on the galaxy."
+        },
+    )
     zoom_skip_unanswered: bool = field(
         default=True,
         metadata={
@@ -157,6 +166,14 @@ class ZoomArguments:
             raise UserError(f"zoom_min_side: expected a fraction in (0, 1], got {self.zoom_min_side!r}")
         if not 0 <= self.zoom_sft_fraction <= 1:
             raise UserError(f"zoom_sft_fraction: expected a fraction in [0, 1], got {self.zoom_sft_fraction!r}")
+        if self.zoom_sft_max_box is not None:
+            if not 0 < self.zoom_sft_max_box <= 1:
+                raise UserError(f"zoom_sft_max_box: expected a fraction in (0, 1], got {self.zoom_sft_max_box!r}")
+            if self.zoom_sft_fraction != 1:
+                raise UserError(
+                    "zoom_sft_max_box: the rows taught a zoom are chosen by their focus box or at random "
+                    f"(zoom_sft_fraction {self.zoom_sft_fraction!r}), not both; leave zoom_sft_fraction at 1"
+                )
         if not self.zoom_max_aspect >= 1:
             raise UserError(f"zoom_max_aspect: expected a ratio of at least 1, got {self.zoom_max_aspect!r}")
 

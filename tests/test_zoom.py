@@ -459,6 +459,11 @@ def test_zoom_recipe_under_two_processes(prepared_dir, tiny_model_dir, tmp_path)
         (["--zoom_min_side", "1.5"], "zoom_min_side: expected a fraction in (0, 1]"),
         (["--zoom_max_aspect", "0.5"], "zoom_max_aspect: expected a ratio of at least 1"),
         (["--zoom_sft_fraction", "1.5"], "zoom_sft_fraction: expected a fraction in [0, 1]"),
+        (["--zoom_sft_max_box", "0"], "zoom_sft_max_box: expected a fraction in (0, 1]"),
+        (
+            ["--zoom_sft_max_box", "0.3", "--zoom_sft_fraction", "0.5"],
+            "zoom_sft_max_box: the rows taught a zoom are chosen by their focus box or at random",
+        ),
         (["--max_tool_calling_iterations", "3"], "max_tool_calling_iterations: 3 disagrees with zoom_max_turns 2"),
     ],
 )

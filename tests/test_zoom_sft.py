@@ -223,6 +223,18 @@ def test_the_fraction_of_rows_taught_a_zoom(prepared_dir, tiny_model_dir, codec,
     assert sum("<tool_response>" in t for t in text) == 4 and len(text) == 8
 
 
+def test_the_rows_taught_a_zoom_are_those_whose_focus_box_is_small(prepared_dir, tiny_model_dir, codec, tmp_path):
+    """`zoom_sft_max_box`: a zoom is taught where the region that decides the class is small in the first view,
+    row by row from the surrogate's focus boxes, and the others answer at once."""
+    boxes, _ = focus_boxes(prepared_dir, "train", list(range(8)), manifest=load_manifest(prepared_dir))
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    max_box = float(np.median(sides))
+    trainer, _ = sft_trainer(prepared_dir, tiny_model_dir, tmp_path, "tokens", codec, zoom_sft_max_box=max_box)
+    text = [trainer.processing_class.tokenizer.decode(r["input_ids"]) for r in trainer.train_dataset]
+    taught = ["<tool_response>" in t for t in text]
+    assert taught == (sides <= max_box).tolist() and 0 < sum(taught) < len(taught)
+
+
 # --- it teaches the call -----------------------------------------------------------------------------------------------
 
 

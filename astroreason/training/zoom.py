@@ -13,7 +13,7 @@ from ..rewards import get_reward_funcs, skip_unanswered
 from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, environment_factory, zoom_schema, zoom_tool
 from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
-from ..zoom.trajectories import zoom_trajectories
+from ..zoom.trajectories import small_focus_rows, zoom_trajectories
 from .arguments import GalaxyScriptArguments
 
 
@@ -128,10 +128,22 @@ def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor,
         split = dataset[0][SPLIT_COLUMN]
         focus, origin = focus_boxes(args.data_dir, split, dataset[POSITION_COLUMN], manifest=tool.manifest)
         parts[name] = zoom_trajectories(
-            dataset, tool, focus, fraction=args.zoom_sft_fraction, seed=training_args.seed, tools=tools
+            dataset,
+            tool,
+            focus,
+            fraction=args.zoom_sft_fraction,
+            seed=training_args.seed,
+            tools=tools,
+            max_box=args.zoom_sft_max_box,
         )
         if name == "train_dataset" and training_args.process_index == 0:
-            print(f"zoom warm start: {len(dataset)} trajectories, boxes from the {origin} focus (data.focus)")
+            taught = (
+                f"{small_focus_rows(focus, args.zoom_sft_max_box).mean():.0%} zoom (focus box side <= "
+                f"{args.zoom_sft_max_box})"
+                if args.zoom_sft_max_box is not None
+                else f"{args.zoom_sft_fraction:.0%} zoom (a seeded choice)"
+            )
+            print(f"zoom warm start: {len(dataset)} trajectories, {taught}, boxes from the {origin} focus (data.focus)")
     if args.modality == "image":
         parts["data_collator"] = DataCollatorForVisionLanguageModeling(
             processor,

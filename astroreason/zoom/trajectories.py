@@ -6,8 +6,10 @@ A trajectory is the zoom prompt (its system turn and the first view), one assist
 galaxy's focus box (`data.focus`: the region that decides its class, as the surrogate knows it, or the galaxy's
 light), the tool's own result for that box (the crop of the full-resolution source, as in training and
 evaluation), and the answer. The box is fitted to the tool's limits (`box.fit_box`) and written with two decimals,
-as a model writes one. A `fraction` of the rows is taught this way (a seeded choice); the others answer at once, so
-GRPO's samples hold both (greedy decoding follows the larger share: the choice does not depend on the galaxy). Only the assistant turns are trained (`assistant_only_loss`).
+as a model writes one. Which rows are taught this way: those whose focus box is small (`max_box`: the downsampled
+first view shows the region that decides the class smallest there, so a zoom can help), or a seeded `fraction` of
+them (then the choice does not depend on the galaxy, and greedy decoding follows the larger share). The others
+answer at once, so GRPO's samples hold both. Only the assistant turns are trained (`assistant_only_loss`).
 
 The rows are conversations of TRL's language-modeling type (`messages`). The image arm's carry both images inside
 their turns (the first view in the user turn, the crop in the tool turn) and an empty `images`: TRL's vision collator
@@ -50,6 +52,13 @@ def taught_rows(n: int, fraction: float, seed: int) -> np.ndarray:
     return taught
 
 
+def small_focus_rows(focus, max_box: float) -> np.ndarray:
+    """Which rows are taught a zoom where it can help: those whose focus box ([x1, y1, x2, y2] fractions) has a
+    longer side of at most `max_box`, as a boolean mask."""
+    focus = np.asarray(focus, np.float64).reshape(-1, 4)
+    return np.maximum(focus[:, 2] - focus[:, 0], focus[:, 3] - focus[:, 1]) <= max_box
+
+
 class Trajectories:
     """The trajectories of a zoom SFT dataset (`prompt`, `completion`, the zoom columns, the image arm's `image`),
     row by row: `messages(row, i)` calls the tool on row `i`'s fitted box where it is taught a zoom."""
@@ -80,13 +89,15 @@ def _text(message: dict) -> dict:
     return {"type": "text", "text": message["content"]}
 
 
-def zoom_trajectories(dataset, tool: ZoomTool, focus, *, fraction: float, seed: int, tools: list[dict]):
+def zoom_trajectories(
+    dataset, tool: ZoomTool, focus, *, fraction: float, seed: int, tools: list[dict], max_box: float | None = None
+):
     """The SFT trajectories of a zoom dataset (`zoom.with_zoom_columns` of an arm's SFT dataset): `focus` holds each
-    row's focus box (fitted here to the tool's limits), `fraction` of the rows are taught a zoom, `tools` is the tool
-    schema the chat template renders (the token arm's `tools` column; the image arm's collator is given it)."""
-    trajectories = Trajectories(
-        dataset, tool, [fit_box(b, tool.limits) for b in focus], taught_rows(len(dataset), fraction, seed)
-    )
+    row's focus box (fitted here to the tool's limits); the rows taught a zoom are those whose box is small
+    (`small_focus_rows`) with `max_box`, else a seeded `fraction` of them; `tools` is the tool schema the chat
+    template renders (the token arm's `tools` column; the image arm's collator is given it)."""
+    taught = small_focus_rows(focus, max_box) if max_box is not None else taught_rows(len(dataset), fraction, seed)
+    trajectories = Trajectories(dataset, tool, [fit_box(b, tool.limits) for b in focus], taught)
     if tool.modality == "image":
         from datasets import IterableDataset  # lazy: datasets loads with the arm's dataset
 
