@@ -14,12 +14,15 @@ that rate; otherwise it exits 1.
 
 `--zoom` (into runs/demo_zoom by default) renders the surrogate at Galaxy10's 256 px, so the 112 px first view is
 downsampled and a zoom can add detail (a bar, how tightly arms wind, a second nucleus), and adds a zoom arm of each
-modality: from that modality's SFT model, a short SFT on zoom trajectories (the warm start: a call on the galaxy's
-focus box, the tool's crop, the answer; `zoom.trajectories`), then multi-turn GRPO with the zoom tool, then
-evaluation as zoom episodes; and an image arm without zoom whose 168 px first view has the zoom arm's visual tokens.
-Its claim is honest measurement, not that zoom wins: each zoom arm must still call the tool after GRPO (zoom rate
-above 0); its accuracy, the accuracy with and without a zoom and the tokens per galaxy are reported beside the plain
-arms', all from the results files.
+modality: from that modality's SFT model, a short SFT on zoom trajectories (the warm start: on the galaxies whose
+focus box is small, a call on it, the tool's crop, the answer; on the others the answer at once;
+`zoom.trajectories`), then multi-turn GRPO with the zoom tool, then evaluation as zoom episodes; and an image arm
+without zoom whose 168 px first view has the zoom arm's visual tokens. The image zoom arm's GRPO model is also
+evaluated without zoom on its 112 px first view and on the 252 px full view: the zooming gap, what zooming could add.
+Its claim is honest measurement, not that zoom wins: after GRPO each zoom arm must still decide per galaxy
+(homogenisation below `MAX_HOMOGENISATION`: it zooms on some galaxies and not others); its accuracy, the accuracy
+with and without a zoom, the zoom rate per true class before and after GRPO and the tokens per galaxy are reported
+beside the plain arms', all from the results files.
 """
 
 from __future__ import annotations
@@ -68,11 +71,15 @@ class DemoConfig:
             nothing; the demo prints its codec's held-out codebook usage and perplexity.
         threads: Torch threads; tiny models are overhead-bound, and one thread is faster on a busy 2-core machine.
         seed: Seed of everything.
-        check: Whether to enforce the demo's claims (the plain arms' accuracy; the zoom arms' zoom rate).
+        check: Whether to enforce the demo's claims (the plain arms' accuracy; the zoom arms' homogenisation).
         zoom: Add a zoom arm of each modality (`--zoom`).
         zoom_sft_steps: SFT steps of a zoom arm's warm start on zoom trajectories, from its modality's SFT model.
         zoom_sft_lr: Learning rate of that warm start (language model; the merger's is at most this).
-        zoom_sft_fraction: Share of the warm start's rows taught a zoom; the others answer at once.
+        zoom_sft_fraction: Share of the warm start's rows taught a zoom (a seeded choice, blind to the galaxy); the
+            others answer at once. 1 with `zoom_sft_max_box`, which picks the rows instead.
+        zoom_sft_max_box: The warm start teaches a zoom on the galaxies whose focus box (the region deciding the
+            class) has sides of at most this fraction of the image, where the downsampled first view shows it
+            smallest; the others answer at once. 0.3 picks 46 % of the demo's training galaxies. None: by share.
         zoom_grpo_steps: GRPO steps of a zoom arm, with the zoom tool.
         zoom_max_turns: Turn cap of a zoom episode (rounds of tool calls), in GRPO and in evaluation.
         zoom_cost: GRPO reward taken off per zoom call.
@@ -80,6 +87,9 @@ class DemoConfig:
         matched_image_size: First view of the `image_matched` arm (no zoom), with at least as many visual tokens as
             the zoom arm's first view and its crops: 168 px = 36 visual tokens, against 16 + 16 at 112 px and one
             call. The token arm has no such control: its codec takes one input size.
+        full_view_size: The full-resolution view of the image zoom arm's zooming gap: the source's 256 px on the
+            model's 28 px grid (81 visual tokens). The token arm has no zooming gap: its codec takes one input size,
+            so its first view is already the whole source at the only resolution it encodes.
     """
 
     n_galaxies: int = 3000
@@ -110,12 +120,14 @@ class DemoConfig:
     zoom: bool = False
     zoom_sft_steps: int = 150
     zoom_sft_lr: float = 5e-3
-    zoom_sft_fraction: float = 0.75
+    zoom_sft_fraction: float = 1.0
+    zoom_sft_max_box: float | None = 0.3
     zoom_grpo_steps: int = 8
     zoom_max_turns: int = 2
     zoom_cost: float = 0.02
     zoom_bonus: float = 0.1
     matched_image_size: int = 168
+    full_view_size: int = 252
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -289,6 +301,7 @@ class Demo:
             zoom_cost=c.zoom_cost,
             zoom_bonus=c.zoom_bonus,
             zoom_sft_fraction=c.zoom_sft_fraction,
+            zoom_sft_max_box=c.zoom_sft_max_box,
         )
 
     def _common(self, logging_steps: int = 10) -> dict:
@@ -399,14 +412,18 @@ class Demo:
         self.stage(f"GRPO, {_title(arm)} arm", out / "config.json", run)
         return out
 
-    def evaluate(self, arm: str, model_dir: Path, stage: str | None = None) -> dict:
+    def evaluate(
+        self, arm: str, model_dir: Path, stage: str | None = None, *, image_size: int | None = None, zoom=None
+    ) -> dict:
         """The arm's evaluation on the test split (a zoom arm's as zoom episodes), into eval/<arm> (the final model),
-        or eval/<arm>_<stage> for an earlier stage's model (`STAGES`)."""
+        or eval/<arm>_<stage> for an earlier stage's model (`STAGES`) or another view of it (`image_size`, `zoom`:
+        the arm's own by default)."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .evaluation.episodes import ZOOM_TURN_TOKENS
         from .evaluation.harness import EvalConfig, evaluate
 
         c, modality = self.config, _modality(arm)
+        zoom = _zoomed(arm) if zoom is None else zoom
         name = f"{arm}_{stage}" if stage else arm
         out = self.out / "eval" / name
         config = EvalConfig(
@@ -416,12 +433,12 @@ class Demo:
             modality=modality,
             codec=str(self.codec) if modality == "tokens" else None,
             rendering=c.rendering,
-            image_size=c.arm_image_size(arm),
+            image_size=image_size or c.arm_image_size(arm),
             output_dir=str(out),
             batch_size=32,
-            max_new_tokens=ZOOM_TURN_TOKENS if _zoomed(arm) else 24,
+            max_new_tokens=ZOOM_TURN_TOKENS if zoom else 24,
             seed=c.seed,
-            zoom=_zoomed(arm),
+            zoom=zoom,
             zoom_max_turns=c.zoom_max_turns,
             # The demo runs on this machine's CPU: no marginal cost, and its ledger stays inside the demo's folder.
             price_gpu_hour=0.0,
@@ -433,6 +450,14 @@ class Demo:
             time.monotonic() - started, 1
         )
         return result
+
+    def zooming_gap(self, arm: str) -> tuple[Path, Path]:
+        """The zooming gap of an image zoom arm's final model (`report.zooming_gap`): evaluated without zoom on the
+        first view and on the full-resolution view, into eval/<arm>_first_view and eval/<arm>_full_view."""
+        views = {"first_view": self.config.image_size, "full_view": self.config.full_view_size}
+        for view, size in views.items():
+            self.evaluate(arm, self.out / arm / "grpo", view, image_size=size, zoom=False)
+        return tuple(self.out / "eval" / f"{arm}_{view}" for view in views)
 
     def start_model(self, arm: str) -> Path:
         """The model an arm's SFT starts from: the warm-started model, or for a zoom arm its modality's SFT model."""
@@ -519,14 +544,19 @@ def warm_start_notes(pretrain: dict, config: DemoConfig) -> list[str]:
     ] + (
         [
             f"zoom arms: each starts from its modality's SFT model and gets {config.zoom_sft_steps} more SFT steps on "
-            f"zoom trajectories ({_pct(config.zoom_sft_fraction)} of the rows zoom on the galaxy's focus box, the "
-            f"others answer at once), then {config.zoom_grpo_steps} GRPO steps with the zoom tool (up to "
+            f"zoom trajectories ({_taught(config)} zoom on the galaxy's focus box, the others answer at once), then {config.zoom_grpo_steps} GRPO steps with the zoom tool (up to "
             f"{config.zoom_max_turns} call(s) an episode, {config.zoom_cost} reward per call, {config.zoom_bonus} "
             "bonus for a right answer after a zoom): more training than the plain arms, which get none of it."
         ]
         if config.zoom
         else []
     )
+
+
+def _taught(config: DemoConfig) -> str:
+    if config.zoom_sft_max_box is None:
+        return f"{_pct(config.zoom_sft_fraction)} of the rows, a seeded choice,"
+    return f"the rows whose focus box has sides of at most {config.zoom_sft_max_box} of the image"
 
 
 def demo_config(*, quick: bool = False, zoom: bool = False) -> DemoConfig:
@@ -574,15 +604,17 @@ def run_demo(
     for arm in config.arms:
         results[arm], stage_dirs[arm] = demo.train_and_evaluate(arm)
     report_started = time.monotonic()
-    report = write_report([out / "eval" / arm for arm in config.arms], out / "report", stages=stage_dirs)
-    stages = json.loads((report.parent / "report.json").read_text())["stages"]
+    gaps = {"image_zoom": demo.zooming_gap("image_zoom")} if config.zoom else {}
+    report = write_report([out / "eval" / arm for arm in config.arms], out / "report", stages=stage_dirs, gaps=gaps)
+    report_json = json.loads((report.parent / "report.json").read_text())
+    stages = report_json["stages"]
     demo.timings["report"] = round(time.monotonic() - report_started, 1)
     wall = round(time.monotonic() - started, 1)
 
     majority = results["image"]["metrics"]["majority_rate"]
     plain = [a for a in config.arms if not _zoomed(a)]
     beats = {a: _beats_twice(results[a]["metrics"]) for a in plain}
-    zooms = {a: results[a]["zoom"]["zoom_rate"] > 0 for a in config.arms if _zoomed(a)}
+    zooms = {a: chooses_when_to_zoom(results[a]["zoom"]) for a in config.arms if _zoomed(a)}
     passed = all(beats.values()) and all(zooms.values())
     summary = {
         "wall_seconds_this_run": wall,
@@ -592,7 +624,8 @@ def run_demo(
         "majority_rate": majority,
         "twice_majority_rate": 2 * majority,
         "beats_twice_majority": beats,
-        "zooms_after_training": zooms,
+        "chooses_when_to_zoom": zooms,
+        "zooming_gaps": report_json["zooming_gaps"],
         "warm_starts": pretrain,
         "arms": {a: arm_summary(r, tokens_per_galaxy(r)) for a, r in results.items()},
         "stages": stages,
@@ -605,6 +638,10 @@ def run_demo(
     print("\n" + "\n".join(table[: 2 + len(results)]))
     print("\nWhat each stage adds (same test galaxies; gain over the stage before, exact McNemar p):")
     print("\n".join(section_table(report.read_text(), "## What each stage adds")))
+    if config.zoom:
+        print("\nWhen each zoom arm zoomed (zoom rate per true class), its warm start (SFT) and after GRPO:")
+        print("\n".join(section_table(report.read_text(), "## When the model zoomed")))
+        print("\n" + "\n".join(section_table(report.read_text(), "## The zooming gap")))
     if config.zoom:  # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
         print("\n" + "\n".join(line for line in table if "vs zoom (" in line or "vs no zoom (" in line))
     for a, s in summary["arms"].items():
@@ -628,8 +665,18 @@ def run_demo(
             for a, ok in beats.items()
         )
     )
+    for a, gap in report_json["zooming_gaps"].items():
+        first, full = gap["views"]["first"], gap["views"]["full"]
+        print(
+            f"{_title(a)} arm's zooming gap (its GRPO model without zoom, {full['image_size']} px view minus "
+            f"{first['image_size']} px): {100 * gap['gap']:+.1f} points (p {gap['mcnemar_p_value']:.3g})"
+        )
     for a, ok in zooms.items():
-        print(f"{_title(a)} arm {'still zooms' if ok else 'NEVER zooms'} after GRPO")
+        h = results[a]["zoom"].get("homogenisation")
+        print(
+            f"{_title(a)} arm after GRPO: homogenisation {_maybe_pct(h)} "
+            + ("(zooms on some galaxies, not others)" if ok else f"(NOT below {_pct(MAX_HOMOGENISATION)}: a habit)")
+        )
     print(f"report: {report}")
     for fig in summary["figures"]:
         print(f"figure: {fig}")
@@ -643,6 +690,8 @@ def run_demo(
         if a in zooms:
             line |= zoom_keys(a, r["zoom"], stages[a])
         line |= stage_gains(a, stages[a])
+    for a, gap in report_json["zooming_gaps"].items():
+        line |= {f"{a}_zooming_gap": round(100 * gap["gap"], 2), f"{a}_zooming_gap_p": gap["mcnemar_p_value"]}
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     if config.check and not passed:
         failed = [
@@ -652,17 +701,34 @@ def run_demo(
             for a, ok in beats.items()
             if not ok
         ]
-        failed += [f"{_title(a)} arm never zoomed after GRPO (zoom rate 0)" for a, ok in zooms.items() if not ok]
+        failed += [
+            f"{_title(a)} arm's homogenisation after GRPO {_maybe_pct(results[a]['zoom'].get('homogenisation'))} is "
+            f"not below {_pct(MAX_HOMOGENISATION)}: it zooms on (almost) every galaxy or on (almost) none"
+            for a, ok in zooms.items()
+            if not ok
+        ]
         raise CheckFailed("; ".join(failed))
     return summary
 
 
+# The demo's zoom claim: after GRPO each zoom arm still decides per galaxy, at most this share of them getting the
+# majority decision (1.0: it always zooms or never does).
+MAX_HOMOGENISATION = 0.9
+
+
+def chooses_when_to_zoom(zoom: dict) -> bool:
+    """Whether a zoom arm's evaluation zooms on some galaxies and not others (`MAX_HOMOGENISATION`)."""
+    h = zoom.get("homogenisation")
+    return h is not None and h < MAX_HOMOGENISATION
+
+
 def section_table(markdown: str, heading: str) -> list[str]:
-    """The table rows of the section of a Markdown page whose heading starts with `heading`."""
+    """The rows of the first table in the section of a Markdown page whose heading starts with `heading`."""
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(heading)) + 1
-    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return [line for line in lines[start:end] if line.startswith("|")]
+    start = next(i for i in range(start, len(lines)) if lines[i].startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
 
 
 def stage_gains(arm: str, stages: list[dict]) -> dict:
@@ -683,9 +749,11 @@ def zoom_keys(arm: str, zoom: dict, stages: list[dict]) -> dict:
     before = next((row["zoom"] for row in stages if row["stage"] == STAGES["sft"] and "zoom" in row), {})
     return {
         f"{arm}_zoom_rate": zoom["zoom_rate"],
+        f"{arm}_zoom_rate_before_grpo": before.get("zoom_rate"),
         f"{arm}_homogenisation": zoom.get("homogenisation"),
         f"{arm}_homogenisation_before_grpo": before.get("homogenisation"),
         f"{arm}_zoom_rate_per_class": zoom.get("zoom_rate_per_class"),
+        f"{arm}_zoom_rate_per_class_before_grpo": before.get("zoom_rate_per_class"),
     }
 
 

@@ -106,18 +106,25 @@ def ended_on_tool_call(completion) -> bool:
     return isinstance(completion, list) and bool(completion) and bool(completion[-1].get("tool_calls"))
 
 
-def zoom_cost_reward(completions, environments=None, log_metric=None, **kwargs) -> list[float]:
-    """Minus `zoom_cost` per zoom call (valid or not): the price of looking again. Also logs the zoom rate, the calls
-    and tokens per rollout, the share of invalid calls and of rollouts stopped at the turn cap."""
+def zoom_cost_reward(completions, environments=None, log_metric=None, label=None, **kwargs) -> list[float]:
+    """Minus `zoom_cost` per zoom call (valid or not): the price of looking again. Also logs the zoom rate (over all
+    rollouts, and per true class of the step's galaxies: `zoom/rate_class_<label>`, whether zooming depends on the
+    galaxy), the calls and tokens per rollout, the share of invalid calls and of rollouts stopped at the turn cap."""
     envs = _environments(environments, len(completions), "zoom_cost")
     if log_metric is not None and envs:
         calls = sum(e.n_calls for e in envs)
-        log_metric("zoom/rate", sum(e.n_calls > 0 for e in envs) / len(envs))
+        log_metric("zoom/rate", _zoom_rate(envs))
+        for y in sorted({int(v) for v in label or ()}):
+            log_metric(f"zoom/rate_class_{y}", _zoom_rate([e for e, v in zip(envs, label) if int(v) == y]))
         log_metric("zoom/calls_per_rollout", calls / len(envs))
         log_metric("zoom/tokens_per_rollout", sum(e.zoom_tokens for e in envs) / len(envs))
         log_metric("zoom/invalid_share", (calls - sum(e.valid_calls for e in envs)) / calls if calls else 0.0)
         log_metric("zoom/unanswered_share", sum(map(ended_on_tool_call, completions)) / len(completions))
     return [-e.zoom_cost * e.n_calls for e in envs]
+
+
+def _zoom_rate(envs) -> float:
+    return sum(e.n_calls > 0 for e in envs) / len(envs)
 
 
 def zoom_bonus_reward(completions, label, environments=None, **kwargs) -> list[float]:

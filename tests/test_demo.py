@@ -158,8 +158,8 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
             == (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
         )
         if arm.endswith("_zoom"):
-            assert figures["zoom"] == result["zoom"] and summary["zooms_after_training"][arm] == (
-                result["zoom"]["zoom_rate"] > 0
+            assert figures["zoom"] == result["zoom"] and summary["chooses_when_to_zoom"][arm] == (
+                result["zoom"]["homogenisation"] < 0.9
             )
         assert f'"{arm}_accuracy": {result["metrics"]["accuracy"]}' in proc.stdout
     report = (tmp_path / "report" / "report.md").read_text()
@@ -189,3 +189,16 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
             str(c): np.mean([z for z, r in zip(zoomed, records) if r["label"] == c]) for c in labels
         }
     assert "## When the model zoomed (zoom rate per true class)" in report
+    # The image zoom arm's zooming gap: its GRPO model without zoom, on the 112 px first view and the 252 px full
+    # view of the same galaxies; the RESULT line's gap is the report's, the difference of the two results.
+    gap = summary["zooming_gaps"]["image_zoom"]
+    accuracy = {}
+    for view, size in (("first", 112), ("full", 252)):
+        result = json.loads((tmp_path / "eval" / f"image_zoom_{view}_view" / "result.json").read_text())
+        assert (result["config"]["zoom"], result["config"]["image_size"]) == (False, size)
+        assert result["config"]["model"] == str(tmp_path / "image_zoom" / "grpo")
+        assert gap["views"][view]["accuracy"] == result["metrics"]["accuracy"]
+        accuracy[view] = result["metrics"]["accuracy"]
+    assert gap["gap"] == pytest.approx(accuracy["full"] - accuracy["first"])
+    assert result_line["image_zoom_zooming_gap"] == round(100 * gap["gap"], 2)
+    assert "## The zooming gap" in report and list(summary["zooming_gaps"]) == ["image_zoom"]

@@ -161,3 +161,35 @@ def test_the_report_says_when_each_zoom_run_zoomed(zoom_report):
         z = json.loads((runs[name] / "result.json").read_text())["zoom"]
         assert z["homogenisation"] == 1.0 and z["zoom_rate_per_class"] == {str(r["label"]): 1.0 for r in records}
         assert row[:3] == ["-", "100.0", "100.0"] and sorted(row[3:]) == ["-"] * (len(row) - 5) + ["100.0"] * 2
+
+
+def test_the_zooming_gap_pairs_one_model_s_two_views(tiny, tiny_model_dir, prepared_dir, tmp_path):  # noqa: F811
+    """One model without zoom, on the first view (56 px) and on the full-resolution view (112 px), steered so that
+    only the full view is right, on the first galaxy: the report's zooming gap is that paired difference, read from
+    the two runs' results."""
+    from astroreason.evaluation.report import write_report
+
+    model, processor = tiny
+    runs = {}
+    for view, size in (("first", 56), ("full", 112)):
+        cfg = config(tiny_model_dir, prepared_dir, tmp_path / view, modality="image", zoom=False, image_size=size)
+        labels = [r["label"] for r in evaluation_rows(cfg)]
+        wrong = next(k for k in range(len(DECALS_CLASSES)) if k not in labels)
+        steer = {
+            "sequence_bias": answer_steering(tiny_model_dir, "image", False, labels[0] if view == "full" else wrong)
+        }
+        b = SeenBackend(model, processor, SamplingSettings(max_new_tokens=24), batch_size=2, generation_kwargs=steer)
+        b.seen = []
+        assert evaluate(cfg, b, progress=False)["status"] == "complete"
+        runs[view] = tmp_path / view
+    report = write_report(list(runs.values()), tmp_path / "report", gaps={"image": (runs["first"], runs["full"])})
+    gap = json.loads((report.parent / "report.json").read_text())["zooming_gaps"]["image"]
+    expected = compare_runs(load_run(runs["full"]), load_run(runs["first"]))
+    assert gap["gap"] == expected["accuracy_difference"] == pytest.approx(0.5)
+    assert (gap["only_full_right"], gap["only_first_right"]) == (1, 0)
+    assert [gap["views"][v]["image_size"] for v in ("first", "full")] == [56, 112]
+    lo, hi = expected["difference_interval"]
+    row = table(report.read_text(), "## The zooming gap")["image"]
+    assert row[2:4] == [f"+50.0 [{100 * lo:+.1f}, {100 * hi:+.1f}]", "1 / 0"]
+    assert row[0].startswith("56, ") and row[1].startswith("112, ") and row[1].endswith(", 50.0")
+    assert "<h2>The zooming gap" in (report.parent / "report.html").read_text()

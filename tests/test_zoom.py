@@ -30,6 +30,7 @@ from astroreason.rewards import ended_on_tool_call, skip_unanswered, zoom_bonus_
 from astroreason.tokens import load_codec, render
 from astroreason.zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, environment_factory, with_zoom_columns
 from astroreason.zoom import zoom_tool as make_zoom_tool
+from astroreason.zoom.lint import result_text
 
 BICUBIC = Image.Resampling.BICUBIC
 CALL = '<tool_call>\n{{"name": "zoom", "arguments": {{"bbox_2d": {box}}}}}\n</tool_call><|im_end|>'
@@ -144,8 +145,18 @@ BAD_BOXES = [
 
 
 @pytest.mark.parametrize("box,why", BAD_BOXES, ids=[str(b) for b, _ in BAD_BOXES])
-def test_a_bad_box_is_a_tool_error_the_model_reads(prepared_dir, box, why):
-    env, _ = episode(prepared_dir, settings(prepared_dir))
+def test_a_bad_box_is_a_tool_error_the_model_reads(prepared_dir, surrogate_h5, codec, box, why):
+    """The error text in both arms; the image arm's refusal also returns the first view again (the whole source at
+    the first view's size, exactly the arm's own resize), so that every image-arm call adds an image."""
+    env, row = episode(prepared_dir, settings(prepared_dir))
+    image, text = env.zoom(box)
+    assert text["type"] == "text" and text["text"].startswith("error: ") and why in text["text"]
+    first_view = resize_image(source_image(surrogate_h5, row), 56)
+    assert image["type"] == "image" and np.array_equal(np.asarray(image["image"]), np.asarray(first_view))
+    assert [(c.valid, c.error, c.pixels) for c in env.calls] == [(False, text["text"], None)]
+    if why == "too small":  # the token arm's smallest box is one codec cell (0.25 here)
+        return
+    env, _ = episode(prepared_dir, settings(prepared_dir, codec))
     result = env.zoom(box)
     assert isinstance(result, str) and result.startswith("error: ") and why in result
     assert [(c.valid, c.error, c.pixels) for c in env.calls] == [(False, result, None)]
@@ -153,10 +164,10 @@ def test_a_bad_box_is_a_tool_error_the_model_reads(prepared_dir, box, why):
 
 def test_box_limits_and_quoted_boxes(prepared_dir):
     env, _ = episode(prepared_dir, settings(prepared_dir), min_side=0.1, max_aspect=3.0)
-    assert "too elongated" in env.zoom([0.0, 0.0, 0.95, 0.3])  # 3.17 : 1
+    assert "too elongated" in result_text(env.zoom([0.0, 0.0, 0.95, 0.3]))  # 3.17 : 1
     assert isinstance(env.zoom([0.0, 0.0, 0.9, 0.3]), list)  # 3 : 1
     assert isinstance(env.zoom(json.dumps([0.0, 0.0, 0.5, 0.5])), list)  # arguments given as a JSON string
-    assert "too small" in env.zoom([0.0, 0.0, 0.05, 0.5])
+    assert "too small" in result_text(env.zoom([0.0, 0.0, 0.05, 0.5]))
     assert [c.valid for c in env.calls] == [False, True, True, False]
 
 
@@ -212,9 +223,11 @@ def test_zoom_rewards_read_the_environments(prepared_dir):
     right = [{"role": "assistant", "content": "<answer>Merging</answer>"}]
     completions = [right, right, right]
     metrics = {}
-    costs = zoom_cost_reward(completions, environments=envs, log_metric=metrics.__setitem__)
+    costs = zoom_cost_reward(completions, environments=envs, log_metric=metrics.__setitem__, label=[4, 7, 4])
     assert costs == pytest.approx([-0.1, -0.2, 0.0])
     assert metrics["zoom/rate"] == pytest.approx(2 / 3) and metrics["zoom/invalid_share"] == pytest.approx(1 / 3)
+    # Per true class of the step's galaxies: class 4 zoomed once in two rollouts, class 7 in its one.
+    assert metrics["zoom/rate_class_4"] == 0.5 and metrics["zoom/rate_class_7"] == 1.0
     assert zoom_bonus_reward(completions, label=[1, 1, 1], environments=envs) == [0.5, 0.5, 0.0]
     assert zoom_bonus_reward(completions, label=[2, 1, 1], environments=envs) == [0.0, 0.5, 0.0]
     with pytest.raises(UserError, match="zoom episodes"):
@@ -240,13 +253,13 @@ def anchored_bias(tokenizer, conversation, tools, script: str, anchor: str) -> l
     return [[anchor + ids[: i + 1], 100.0] for i in range(len(ids))]
 
 
-def steering(model_dir, modality: str, *, again: bool) -> list:
-    """Write the zoom call after the user's prompt; with `again`, once more after the tool's result."""
+def steering(model_dir, modality: str, *, again: bool, box=BOX) -> list:
+    """Write the zoom call on `box` after the user's prompt; with `again`, once more after the tool's result."""
     from astroreason.models import load_processor
 
     tokenizer = load_processor(str(model_dir)).tokenizer
     prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], modality)
-    call = CALL.format(box=json.dumps(BOX))
+    call = CALL.format(box=json.dumps(box))
     # The user turn's end ("</answer>.<|im_end|>\n<|im_start|>assistant\n"): the first turn only.
     bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], call, anchor="</answer>.")
     if again:
@@ -271,6 +284,7 @@ def zoom_trainer(
     codec=None,
     *,
     again=False,
+    box=BOX,
     max_completion_length=256,
     image_size=56,
     **model_kwargs,
@@ -307,7 +321,7 @@ def zoom_trainer(
         disable_tqdm=True,
         dataloader_num_workers=0,
         seed=0,
-        generation_kwargs={"sequence_bias": steering(model_dir, modality, again=again)},
+        generation_kwargs={"sequence_bias": steering(model_dir, modality, again=again, box=box)},
     )
     trainer = build_grpo_trainer(args, config, ModelConfig(str(model_dir), dtype="float32", **model_kwargs))
     generated = []
@@ -391,6 +405,25 @@ def test_zoom_grpo_on_qwen3_vl_uses_its_own_template(prepared_dir, tiny_qwen3_vl
         assert all(len(images) == 1 and images[0].size == (64, 64) for images in tool_images)
     unchanged = [n for n, p in before.items() if torch.equal(p, trainer.model.get_parameter(n))]
     assert not unchanged, f"parameters unchanged after zoom GRPO: {unchanged[:5]}"
+
+
+def test_image_zoom_grpo_where_every_call_is_refused(prepared_dir, tiny_model_dir, tmp_path):
+    """Every episode calls on an inverted box: each refusal returns the first view again with the error, the next
+    turn sees it, and the step trains (TRL's tool loop fails on a round of an image batch whose calls add no image;
+    the demo's zoom GRPO stopped there before refusals carried the first view)."""
+    inverted = [0.6, 0.6, 0.4, 0.4]
+    trainer, generated = zoom_trainer(prepared_dir, tiny_model_dir, tmp_path, "image", box=inverted)
+    trainer.train()
+    assert logged(trainer, "zoom/rate") == [1.0, 1.0] and logged(trainer, "zoom/invalid_share") == [1.0, 1.0]
+    for *_, completions, _logprobs, _extra, _images, tool_images in generated:
+        assert all([m["role"] for m in c] == ["assistant", "tool", "assistant"] for c in completions)
+        assert all(len(images) == 1 and images[0].size == (56, 56) for images in tool_images)
+        assert all("inverted or empty" in result_text(c[1]["content"]) for c in completions)
+    assert all([(c.box, c.valid) for c in env.calls] == [(inverted, False)] for env in trainer.environments)
+    # A refusal costs its image's visual tokens and its text's.
+    tokenizer, call = trainer.processing_class.tokenizer, trainer.environments[0].calls[0]
+    visual = family_for(trainer.model).visual_tokens(trainer.processing_class, 56)
+    assert call.tokens == visual + len(tokenizer(call.error, add_special_tokens=False)["input_ids"]) > visual
 
 
 def test_episodes_stopped_at_the_turn_cap_are_left_out(prepared_dir, tiny_model_dir, tmp_path):

@@ -271,13 +271,14 @@ def zoom_summary(records: list[dict]) -> dict:
     episodes = [r for r in records if r.get("zoom")]
     if not episodes:
         return {"n": 0}
-    zoomed = [r for r in episodes if r["zoom"]["valid_calls"] > 0]
-    unzoomed = [r for r in episodes if r["zoom"]["valid_calls"] == 0]
+    did_zoom = [r["zoom"]["valid_calls"] > 0 for r in episodes]
+    zoomed = [r for r, z in zip(episodes, did_zoom) if z]
+    unzoomed = [r for r, z in zip(episodes, did_zoom) if not z]
     accuracy = lambda rs: (sum(r["prediction"] == r["label"] for r in rs) / len(rs)) if rs else None  # noqa: E731
     n = len(episodes)
     by_class: dict[int, list[bool]] = {}
-    for r in episodes:
-        by_class.setdefault(int(r["label"]), []).append(r["zoom"]["valid_calls"] > 0)
+    for r, z in zip(episodes, did_zoom):
+        by_class.setdefault(int(r["label"]), []).append(z)
     return {
         "n": n,
         "zoom_rate": len(zoomed) / n,

@@ -351,6 +351,58 @@ def _zoom_decision_lines(runs: list[dict], stages: dict[str, list[dict]]) -> lis
     return lines
 
 
+def zooming_gap(first: dict, full: dict) -> dict:
+    """The zooming gap of a model: its accuracy shown the full-resolution view at once (`full`) minus its accuracy on
+    the first view (`first`), both without zoom, on the same galaxies: the ceiling of what zooming can add to it."""
+    if first["result"]["config"]["model"] != full["result"]["config"]["model"]:
+        raise UserError(f"{first['name']} and {full['name']}: a zooming gap compares one model's two views")
+    c = compare_runs(full, first)
+    return {
+        "model": first["result"]["config"]["model"],
+        "views": {
+            name: {
+                "run": run["dir"],
+                "image_size": run["result"]["config"]["image_size"],
+                "accuracy": run["result"]["metrics"]["accuracy"],
+                "tokens_per_galaxy": tokens_per_galaxy(run["result"]),
+            }
+            for name, run in (("first", first), ("full", full))
+        },
+        "gap": c["accuracy_difference"],
+        "gap_interval": c["difference_interval"],
+        "only_full_right": c["only_a_correct"],
+        "only_first_right": c["only_b_correct"],
+        "mcnemar_p_value": c["mcnemar_p_value"],
+    }
+
+
+def _gap_lines(gaps: dict[str, dict]) -> list[str]:
+    if not gaps:
+        return []
+    lines = [
+        "",
+        "## The zooming gap (the same model without zoom: the full-resolution view at once vs the first view)",
+        "",
+        "The ceiling of what zooming can add to a model: its accuracy when shown the whole source at full resolution "
+        "minus its accuracy on the downsampled first view, on the same galaxies (paired bootstrap 95 % interval, "
+        "exact McNemar p).",
+        "",
+        "| arm | first view: px, tokens / galaxy, accuracy | full view: px, tokens / galaxy, accuracy "
+        "| gap [95 % CI] | only full / only first right | exact McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, g in gaps.items():
+        first, full = (g["views"][k] for k in ("first", "full"))
+        lo, hi = g["gap_interval"]
+        lines.append(
+            f"| {arm} | {first['image_size']}, {first['tokens_per_galaxy']:.0f}, {_pct(first['accuracy'])} "
+            f"| {full['image_size']}, {full['tokens_per_galaxy']:.0f}, {_pct(full['accuracy'])} "
+            f"| {100 * g['gap']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {g['only_full_right']} / "
+            f"{g['only_first_right']} | {g['mcnemar_p_value']:.3g} |"
+        )
+    return lines
+
+
 def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
     lines = [
         "",
@@ -408,7 +460,9 @@ def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def render_report(runs: list[dict], comparisons: dict, figures: list[str], stages: dict | None = None) -> str:
+def render_report(
+    runs: list[dict], comparisons: dict, figures: list[str], stages: dict | None = None, gaps: dict | None = None
+) -> str:
     lines = [
         "# astroreason comparison report",
         "",
@@ -467,6 +521,7 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str], stage
     if stages:
         lines += _stage_lines(stages)
     lines += _zoom_decision_lines(runs, stages or {})
+    lines += _gap_lines(gaps or {})
     if any(run["warm_starts"] for run in runs):
         lines += [
             "",
@@ -502,13 +557,19 @@ def render_report(runs: list[dict], comparisons: dict, figures: list[str], stage
 
 
 def write_report(
-    run_dirs: list[str | Path], out_dir: str | Path, *, stages: dict[str, list[tuple[str, str | Path]]] | None = None
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    stages: dict[str, list[tuple[str, str | Path]]] | None = None,
+    gaps: dict[str, tuple[str | Path, str | Path]] | None = None,
 ) -> Path:
     """Write `report.md`, `report.json`, the figures and `report.html` (self-contained: the tables, the figures and
     galleries of the galaxies) for these runs into `out_dir` (atomically). `stages` names, per arm, the evaluations
     of its training stages in order (stage name, run directory), e.g. warm start, SFT, GRPO: the report then says
-    what each stage adds over the one before it."""
+    what each stage adds over the one before it. `gaps` names, per arm, the evaluations of one model without zoom
+    on the first view and on the full-resolution view (`zooming_gap`)."""
     runs = [load_run(d) for d in run_dirs]
+    gap_table = {arm: zooming_gap(load_run(first), load_run(full)) for arm, (first, full) in (gaps or {}).items()}
     by_dir = {Path(r["dir"]).resolve(): r for r in runs}
     staged = stage_table(
         {
@@ -525,7 +586,7 @@ def write_report(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         figures = _figures(runs, tmp)
-        markdown = render_report(runs, comparisons, figures, staged)
+        markdown = render_report(runs, comparisons, figures, staged, gap_table)
         write_text_atomic(tmp / "report.md", markdown)
         page, galleries = render_html(markdown, tmp, runs, list(comparisons))
         write_text_atomic(tmp / "report.html", page)
@@ -544,6 +605,7 @@ def write_report(
             },
             "comparisons": {f"{a} vs {b}": c for (a, b), c in comparisons.items()},
             "stages": staged,
+            "zooming_gaps": gap_table,
             "galleries": galleries,
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")

@@ -13,7 +13,7 @@ from ..rewards import get_reward_funcs, skip_unanswered
 from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, environment_factory, zoom_schema, zoom_tool
 from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
-from ..zoom.trajectories import small_focus_rows, zoom_trajectories
+from ..zoom.trajectories import taught_rows, zoom_trajectories
 from .arguments import GalaxyScriptArguments
 
 
@@ -39,11 +39,16 @@ def suppress_video_tokens(training_args, model) -> None:
 
 
 def token_counter(args: GalaxyScriptArguments, processor, family):
-    """What a zoom result costs the model: the crop's visual tokens (asked of the processor once), or the text's."""
-    if args.modality == "image":
-        visual = family.visual_tokens(processor, args.image_size)
-        return lambda content: visual if isinstance(content, list) else _text_tokens(processor, content)
-    return lambda content: _text_tokens(processor, content)
+    """What a zoom result costs the model: its text's tokens, and each image's visual tokens (asked of the processor
+    once: every image the tool returns has the first view's size)."""
+    visual = family.visual_tokens(processor, args.image_size) if args.modality == "image" else None
+
+    def count(content) -> int:
+        if isinstance(content, str):
+            return _text_tokens(processor, content)
+        return sum(visual if b["type"] == "image" else _text_tokens(processor, b.get("text", "")) for b in content)
+
+    return count
 
 
 def _text_tokens(processor, text: str) -> int:
@@ -127,23 +132,15 @@ def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor,
             continue
         split = dataset[0][SPLIT_COLUMN]
         focus, origin = focus_boxes(args.data_dir, split, dataset[POSITION_COLUMN], manifest=tool.manifest)
-        parts[name] = zoom_trajectories(
-            dataset,
-            tool,
-            focus,
-            fraction=args.zoom_sft_fraction,
-            seed=training_args.seed,
-            tools=tools,
-            max_box=args.zoom_sft_max_box,
-        )
+        seed, max_box = training_args.seed, args.zoom_sft_max_box
+        taught = taught_rows(focus, fraction=args.zoom_sft_fraction, seed=seed, max_box=max_box)
+        parts[name] = zoom_trajectories(dataset, tool, focus, taught, seed=seed, tools=tools)
         if name == "train_dataset" and training_args.process_index == 0:
-            taught = (
-                f"{small_focus_rows(focus, args.zoom_sft_max_box).mean():.0%} zoom (focus box side <= "
-                f"{args.zoom_sft_max_box})"
-                if args.zoom_sft_max_box is not None
-                else f"{args.zoom_sft_fraction:.0%} zoom (a seeded choice)"
+            how = f"focus box side <= {max_box}" if max_box is not None else "a seeded choice"
+            print(
+                f"zoom warm start: {len(dataset)} trajectories, {taught.mean():.0%} zoom ({how}), boxes from the "
+                f"{origin} focus (data.focus)"
             )
-            print(f"zoom warm start: {len(dataset)} trajectories, {taught}, boxes from the {origin} focus (data.focus)")
     if args.modality == "image":
         parts["data_collator"] = DataCollatorForVisionLanguageModeling(
             processor,

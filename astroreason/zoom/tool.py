@@ -8,7 +8,10 @@
   crop). The crop is resized to the codec's input size (bicubic for rgb, bilinear for flux), encoded by the arm's
   codec and returned as its codes in the arm's rendering, as text.
 
-A box is refused (`box.parse_box`) with a message the model reads; the tool never raises. Every call returns a
+A box is refused (`box.parse_box`) with a message the model reads; the tool never raises. The image arm's refusal also
+returns the first view again (the whole source at the first view's size: nothing the model has not seen), so that
+every image-arm call adds an image: TRL 1.16's tool loop fails on a round whose calls returned no image in a batch
+whose prompts hold images (its list-valued prompt fields reach `split_pixel_values_by_grid`). Every call returns a
 `ZoomCall`: the box as given, whether it was valid, the error, the source pixels cropped, the tokens the result
 costs the model.
 """
@@ -114,11 +117,16 @@ class ZoomTool(ABC):
             box = parse_box(bbox_2d, self.limits)
         except BoxError as err:
             message = f"error: {err}"
-            return ZoomCall(bbox_2d, False, error=message, tokens=self._tokens(message), result=message)
+            result = self.refusal(message, split, int(position))
+            return ZoomCall(bbox_2d, False, error=message, tokens=self._tokens(result), result=result)
         source = self.source(split, int(position))
         pixels = pixel_box(box, *self.source_size(source))
         content = self.content(self.crop(source, pixels))
         return ZoomCall(bbox_2d, True, pixels=pixels, tokens=self._tokens(content), result=content)
+
+    def refusal(self, message: str, split: str, position: int):
+        """What a refused call returns: the error text."""
+        return message
 
     def _tokens(self, content) -> int | None:
         return None if self.count_tokens is None else int(self.count_tokens(content))
@@ -150,6 +158,12 @@ class ImageZoom(ZoomTool):
 
     def content(self, crop) -> list[dict]:
         return [{"type": "image", "image": crop}]
+
+    def refusal(self, message: str, split: str, position: int) -> list[dict]:
+        """The first view again (the whole source at `image_size`), then the error text (see the module's note)."""
+        source = self.source(split, position)
+        whole = self.crop(source, (0, 0, *self.source_size(source)))
+        return [*self.content(whole), {"type": "text", "text": message}]
 
 
 class TokenZoom(ZoomTool):

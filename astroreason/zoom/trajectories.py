@@ -45,18 +45,16 @@ def trajectory(prompt: list[dict], answer: str, box: list[float] | None = None, 
     ]
 
 
-def taught_rows(n: int, fraction: float, seed: int) -> np.ndarray:
-    """Which of `n` rows are taught a zoom (a seeded choice of round(fraction * n) of them), as a boolean mask."""
-    taught = np.zeros(n, bool)
-    taught[np.random.default_rng(seed).permutation(n)[: round(fraction * n)]] = True
-    return taught
-
-
-def small_focus_rows(focus, max_box: float) -> np.ndarray:
-    """Which rows are taught a zoom where it can help: those whose focus box ([x1, y1, x2, y2] fractions) has a
-    longer side of at most `max_box`, as a boolean mask."""
+def taught_rows(focus, *, fraction: float, seed: int, max_box: float | None = None) -> np.ndarray:
+    """Which rows (one focus box [x1, y1, x2, y2] each, in fractions) are taught a zoom, as a boolean mask: with
+    `max_box`, those whose focus box has a longer side of at most `max_box` (where a zoom can help); else a seeded
+    choice of round(fraction * n) of them."""
     focus = np.asarray(focus, np.float64).reshape(-1, 4)
-    return np.maximum(focus[:, 2] - focus[:, 0], focus[:, 3] - focus[:, 1]) <= max_box
+    if max_box is not None:
+        return np.maximum(focus[:, 2] - focus[:, 0], focus[:, 3] - focus[:, 1]) <= max_box
+    taught = np.zeros(len(focus), bool)
+    taught[np.random.default_rng(seed).permutation(len(focus))[: round(fraction * len(focus))]] = True
+    return taught
 
 
 class Trajectories:
@@ -89,14 +87,11 @@ def _text(message: dict) -> dict:
     return {"type": "text", "text": message["content"]}
 
 
-def zoom_trajectories(
-    dataset, tool: ZoomTool, focus, *, fraction: float, seed: int, tools: list[dict], max_box: float | None = None
-):
+def zoom_trajectories(dataset, tool: ZoomTool, focus, taught: np.ndarray, *, seed: int, tools: list[dict]):
     """The SFT trajectories of a zoom dataset (`zoom.with_zoom_columns` of an arm's SFT dataset): `focus` holds each
-    row's focus box (fitted here to the tool's limits); the rows taught a zoom are those whose box is small
-    (`small_focus_rows`) with `max_box`, else a seeded `fraction` of them; `tools` is the tool schema the chat
-    template renders (the token arm's `tools` column; the image arm's collator is given it)."""
-    taught = small_focus_rows(focus, max_box) if max_box is not None else taught_rows(len(dataset), fraction, seed)
+    row's focus box (fitted here to the tool's limits), `taught` which rows zoom on it (`taught_rows`); `seed`
+    shuffles the image arm's rows; `tools` is the tool schema the chat template renders (the token arm's `tools`
+    column; the image arm's collator is given it)."""
     trajectories = Trajectories(dataset, tool, [fit_box(b, tool.limits) for b in focus], taught)
     if tool.modality == "image":
         from datasets import IterableDataset  # lazy: datasets loads with the arm's dataset
