@@ -544,7 +544,8 @@ def warm_start_notes(pretrain: dict, config: DemoConfig) -> list[str]:
     ] + (
         [
             f"zoom arms: each starts from its modality's SFT model and gets {config.zoom_sft_steps} more SFT steps on "
-            f"zoom trajectories ({_taught(config)} zoom on the galaxy's focus box, the others answer at once), then {config.zoom_grpo_steps} GRPO steps with the zoom tool (up to "
+            f"zoom trajectories ({_taught(config)} zoom on the galaxy's focus box, the others answer at once), "
+            f"then {config.zoom_grpo_steps} GRPO steps with the zoom tool (up to "
             f"{config.zoom_max_turns} call(s) an episode, {config.zoom_cost} reward per call, {config.zoom_bonus} "
             "bonus for a right answer after a zoom): more training than the plain arms, which get none of it."
         ]
@@ -634,15 +635,16 @@ def run_demo(
     write_json_atomic(out / "demo_result.json", summary)
 
     # The end of the output: the side-by-side table and the figures, then one RESULT line.
-    table = [line for line in report.read_text().splitlines() if line.startswith("|")]
+    markdown = report.read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
     print("\n" + "\n".join(table[: 2 + len(results)]))
     print("\nWhat each stage adds (same test galaxies; gain over the stage before, exact McNemar p):")
-    print("\n".join(section_table(report.read_text(), "## What each stage adds")))
+    print("\n".join(section_table(markdown, "## What each stage adds")))
     if config.zoom:
         print("\nWhen each zoom arm zoomed (zoom rate per true class), its warm start (SFT) and after GRPO:")
-        print("\n".join(section_table(report.read_text(), "## When the model zoomed")))
-        print("\n" + "\n".join(section_table(report.read_text(), "## The zooming gap")))
-    if config.zoom:  # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
+        print("\n".join(section_table(markdown, "## When the model zoomed")))
+        print("\n" + "\n".join(section_table(markdown, "## The zooming gap")))
+        # the paired comparisons of each zoom arm with the plain arms of its modality (report.md)
         print("\n" + "\n".join(line for line in table if "vs zoom (" in line or "vs no zoom (" in line))
     for a, s in summary["arms"].items():
         lo, hi = s["accuracy_interval"]

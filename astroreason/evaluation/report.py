@@ -385,7 +385,8 @@ def _gap_lines(gaps: dict[str, dict]) -> list[str]:
         "",
         "The ceiling of what zooming can add to a model: its accuracy when shown the whole source at full resolution "
         "minus its accuracy on the downsampled first view, on the same galaxies (paired bootstrap 95 % interval, "
-        "exact McNemar p).",
+        "exact McNemar p). For a model never trained on views of the full view's size it measures how the model "
+        "copes with that size as much as what the detail is worth.",
         "",
         "| arm | first view: px, tokens / galaxy, accuracy | full view: px, tokens / galaxy, accuracy "
         "| gap [95 % CI] | only full / only first right | exact McNemar p |",

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..arms import ArmSettings
+from ..arms import ArmSettings, resize_image
 from ..data.splits import load_manifest, load_split, source_path
 from ..tokens import load_codec, load_codes, render
 from ..tokens.codec import read_inputs
@@ -161,9 +161,8 @@ class ImageZoom(ZoomTool):
 
     def refusal(self, message: str, split: str, position: int) -> list[dict]:
         """The first view again (the whole source at `image_size`), then the error text (see the module's note)."""
-        source = self.source(split, position)
-        whole = self.crop(source, (0, 0, *self.source_size(source)))
-        return [*self.content(whole), {"type": "text", "text": message}]
+        first_view = resize_image(self.source(split, position), self.settings.image_size)
+        return [*self.content(first_view), {"type": "text", "text": message}]
 
 
 class TokenZoom(ZoomTool):
