@@ -86,7 +86,11 @@ class DemoConfig:
         zoom_bonus: GRPO reward added to a right answer reached with a valid zoom.
         matched_image_size: First view of the `image_matched` arm (no zoom), with at least as many visual tokens as
             the zoom arm's first view and its crops: 168 px = 36 visual tokens, against 16 + 16 at 112 px and one
-            call. The token arm has no such control: its codec takes one input size.
+            call.
+        matched_token_crop: The `tokens_matched` arm (no zoom): its prompt carries the field's codes and those of the
+            centre box of this side, as many codes as the token zoom arm's first view and one call (64 + 64). 0.25:
+            the median side (0.245) of the focus boxes the zoom warm start teaches a call on, in the training split,
+            all centred on the field; the crop a zoom would ask for, fixed in advance for every galaxy.
         full_view_size: The full-resolution view of the image zoom arm's zooming gap: the source's 256 px on the
             model's 28 px grid (81 visual tokens). The token arm has no zooming gap: its codec takes one input size,
             so its first view is already the whole source at the only resolution it encodes.
@@ -127,20 +131,26 @@ class DemoConfig:
     zoom_cost: float = 0.02
     zoom_bonus: float = 0.1
     matched_image_size: int = 168
+    matched_token_crop: float = 0.25
     full_view_size: int = 252
 
     @property
     def arms(self) -> tuple[str, ...]:
-        """The arms, by name: `image`, `tokens`, and with `zoom` `image_zoom`, `tokens_zoom` and `image_matched`."""
+        """The arms, by name: `image`, `tokens`, and with `zoom` `image_zoom`, `tokens_zoom`, `image_matched` and
+        `tokens_matched`."""
         return ("image", "tokens", *(ZOOM_ARMS if self.zoom else ()))
 
     def arm_image_size(self, arm: str) -> int:
         return self.matched_image_size if arm == "image_matched" else self.image_size
 
+    def arm_token_crop(self, arm: str) -> float | None:
+        return self.matched_token_crop if arm == "tokens_matched" else None
+
 
 # `--zoom`: Galaxy10's 256 px, so the 112 px first view is downsampled and a crop can show more; a zoom arm of each
-# modality, and an image arm without zoom whose larger first view costs the zoom arm's visual tokens.
-ZOOM_ARMS = ("image_zoom", "tokens_zoom", "image_matched")
+# modality, and of each an arm without zoom at the zoom arm's budget: a larger first view costing its visual tokens,
+# and the field's codes with those of a fixed centre crop.
+ZOOM_ARMS = ("image_zoom", "tokens_zoom", "image_matched", "tokens_matched")
 ZOOM = dict(zoom=True, render_size=256)
 QUICK_ZOOM = dict(zoom_sft_steps=4, zoom_grpo_steps=2)
 
@@ -281,8 +291,7 @@ class Demo:
     # --- training and evaluation -----------------------------------------------------------------------------------
 
     def script_args(self, arm: str):
-        """The recipe arguments of an arm (`image`, `tokens`, `image_zoom`, `tokens_zoom`, `image_matched`), without
-        a stage's part options."""
+        """The recipe arguments of an arm (`DemoConfig.arms`), without a stage's part options."""
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
         from .training import GalaxyScriptArguments
 
@@ -296,6 +305,7 @@ class Demo:
             **({"codec": str(self.codec)} if modality == "tokens" else {}),
             rendering=c.rendering,
             image_size=c.arm_image_size(arm),
+            **({"token_crop": c.arm_token_crop(arm)} if c.arm_token_crop(arm) else {}),
             zoom=_zoomed(arm),
             zoom_max_turns=c.zoom_max_turns,
             zoom_cost=c.zoom_cost,
@@ -434,6 +444,7 @@ class Demo:
             codec=str(self.codec) if modality == "tokens" else None,
             rendering=c.rendering,
             image_size=image_size or c.arm_image_size(arm),
+            token_crop=c.arm_token_crop(arm),
             output_dir=str(out),
             batch_size=32,
             max_new_tokens=ZOOM_TURN_TOKENS if zoom else 24,
@@ -690,7 +701,7 @@ def run_demo(
         if a in beats:
             line[f"{a}_beats_twice_majority"] = beats[a]
         if a in zooms:
-            line |= zoom_keys(a, r["zoom"], stages[a])
+            line |= zoom_keys(a, r["zoom"], stages[a]) | matched_keys(a, report_json["comparisons"])
         line |= stage_gains(a, stages[a])
     for a, gap in report_json["zooming_gaps"].items():
         line |= {f"{a}_zooming_gap": round(100 * gap["gap"], 2), f"{a}_zooming_gap_p": gap["mcnemar_p_value"]}
@@ -756,6 +767,18 @@ def zoom_keys(arm: str, zoom: dict, stages: list[dict]) -> dict:
         f"{arm}_homogenisation_before_grpo": before.get("homogenisation"),
         f"{arm}_zoom_rate_per_class": zoom.get("zoom_rate_per_class"),
         f"{arm}_zoom_rate_per_class_before_grpo": before.get("zoom_rate_per_class"),
+    }
+
+
+def matched_keys(arm: str, comparisons: dict) -> dict:
+    """The RESULT line's equal-budget figures of a zoom arm: its accuracy minus that of its modality's matched arm
+    (no zoom, the same budget) in points, and the exact McNemar p, from the report's paired comparison."""
+    pair = comparisons.get(f"{arm} vs {_modality(arm)}_matched")
+    if pair is None:
+        return {}
+    return {
+        f"{arm}_vs_matched": round(100 * pair["accuracy_difference"], 2),
+        f"{arm}_vs_matched_p": pair["mcnemar_p_value"],
     }
 
 

@@ -70,16 +70,61 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json_record(path: str | os.PathLike, what: str) -> Any:
-    """A run's JSON record (`what` names it in the error), or None when the run has none; malformed is one line."""
-
+def read_json_record(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] = ()) -> Any:
+    """A run's JSON record (`what` names it in the error), or None when the run has none (`read_json_file`)."""
     path = Path(path)
-    if not path.is_file():
-        return None
+    return read_json_file(path, what, keys=keys) if path.is_file() else None
+
+
+def read_json_file(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] = ()) -> dict:
+    """An artefact a command reads, a JSON object: a missing, empty, cut short or unreadable file, another JSON type,
+    or one without `keys` (dotted for nested ones, e.g. `metrics.accuracy`) is one `UserError` line naming the file.
+    """
+    path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{path}: not a {what} (malformed JSON)") from None
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the {what} ({type(err).__name__})") from None
+    return parse_json_object(text, f"{path}", what, keys=keys)
+
+
+def parse_json_object(text: str, where: str, what: str, *, keys: tuple[str, ...] = ()) -> dict:
+    """`text` as a JSON object with `keys` (see `read_json_file`); `where` (a file, or file:line) names it."""
+    if not text.strip():
+        raise UserError(f"{where}: empty, not a valid {what}")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not a valid {what} (cut short or malformed JSON: {err.msg})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: not a valid {what} (a JSON {type(obj).__name__}, expected an object)")
+    missing = [key for key in keys if not _has(obj, key.split("."))]
+    if missing:
+        raise UserError(f"{where}: not a valid {what} (no {', '.join(missing)})")
+    return obj
+
+
+def read_json_lines(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] = ()) -> list[dict]:
+    """An artefact of JSON lines, each an object with `keys`: the first bad line is one `UserError` naming
+    file:line. For a finished artefact; an append-only cache whose last line a kill may cut reads its own way."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no {what}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read the {what} ({type(err).__name__})") from None
+    return [parse_json_object(line, f"{path}:{i}", what, keys=keys) for i, line in enumerate(lines, 1)]
+
+
+def _has(obj, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(obj, dict) or part not in obj:
+            return False
+        obj = obj[part]
+    return True
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

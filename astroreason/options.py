@@ -53,6 +53,14 @@ class ArmArguments:
             "processor resizes every image to its tower's (a fixed number of tokens). See docs/models.md."
         },
     )
+    token_crop: float | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens arm: the prompt also carries the codes of the field's centre box of this side (a "
+            "fraction, e.g. 0.25), encoded again at the codec's resolution: a zoom fixed in advance, the no-zoom "
+            "control of a token zoom arm at its code budget. Default: the whole field only."
+        },
+    )
     prompt_template: str | None = field(
         default=None,
         metadata={
@@ -79,6 +87,7 @@ class ArmArguments:
             codec=self.codec,
             rendering=self.rendering,
             image_size=self.image_size,
+            token_crop=self.token_crop,
             prompt_template=self.prompt_template,
             allow_prompt_fields=self.allow_prompt_fields,
             override_reason=self.override_reason,

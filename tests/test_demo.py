@@ -140,18 +140,26 @@ def test_refuses_a_folder_of_another_demo(tmp_path):
 
 
 def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
-    """`astroreason demo --quick --zoom`: five arms trained and evaluated, the zoom arms as zoom episodes; every
+    """`astroreason demo --quick --zoom`: six arms trained and evaluated, the zoom arms as zoom episodes; every
     figure of the summary is its arm's `result.json` (a smoke run: its claims are not checked)."""
     proc = _cli("--quick", "--zoom", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "demo_result.json").read_text())
-    assert sorted(summary["arms"]) == ["image", "image_matched", "image_zoom", "tokens", "tokens_zoom"]
-    assert summary["config"]["matched_image_size"] == 168
+    assert sorted(summary["arms"]) == [
+        "image",
+        "image_matched",
+        "image_zoom",
+        "tokens",
+        "tokens_matched",
+        "tokens_zoom",
+    ]
+    assert summary["config"]["matched_image_size"] == 168 and summary["config"]["matched_token_crop"] == 0.25
     assert summary["config"]["render_size"] == 256 and summary["config"]["image_size"] == 112
     for arm, figures in summary["arms"].items():
         result = json.loads((tmp_path / "eval" / arm / "result.json").read_text())
         assert result["config"]["zoom"] is arm.endswith("_zoom")
         assert result["config"]["image_size"] == (168 if arm == "image_matched" else 112)
+        assert result["config"]["token_crop"] == (0.25 if arm == "tokens_matched" else None)
         assert figures["accuracy"] == result["metrics"]["accuracy"]
         assert (
             figures["tokens_per_galaxy"]
@@ -164,6 +172,7 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
         assert f'"{arm}_accuracy": {result["metrics"]["accuracy"]}' in proc.stdout
     report = (tmp_path / "report" / "report.md").read_text()
     assert "no zoom vs zoom (image)" in report and "no zoom vs zoom (tokens)" in report
+    comparisons = json.loads((tmp_path / "report" / "report.json").read_text())["comparisons"]
     # What each stage adds: every arm's start, SFT and GRPO models scored on the same galaxies, each stage paired
     # with the one before it; the RESULT line's gains are the report's.
     result_line = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[len("RESULT ") :])
@@ -178,6 +187,11 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
             assert row["gain"] == pytest.approx(row["accuracy"] - before["accuracy"])
             assert result_line[f"{arm}_{stage}_gain"] == round(100 * row["gain"], 2)
             assert result_line[f"{arm}_{stage}_gain_p"] == row["mcnemar_p_value"]
+    # Each zoom arm against its modality's arm without zoom at the same budget, on the same galaxies.
+    for arm in ("image_zoom", "tokens_zoom"):
+        pair = comparisons[f"{arm} vs {arm.split('_')[0]}_matched"]
+        assert result_line[f"{arm}_vs_matched"] == round(100 * pair["accuracy_difference"], 2)
+        assert result_line[f"{arm}_vs_matched_p"] == pair["mcnemar_p_value"] and pair["n"] == summary["arms"][arm]["n"]
     # When each zoom arm zoomed, before GRPO (its warm start, the SFT stage) and after: read from the episodes.
     for arm in ("image_zoom", "tokens_zoom"):
         for name, key in ((f"{arm}_sft", f"{arm}_homogenisation_before_grpo"), (arm, f"{arm}_homogenisation")):

@@ -114,6 +114,31 @@ def test_token_zoom_is_the_codec_of_the_hand_made_crop(prepared_dir, surrogate_h
     assert env.zoom([0, 0, 1, 1]) == render(load_codec(codec).encode(np.asarray(whole)[None])[0], rendering)
 
 
+def test_token_crop_prompt_holds_the_field_then_the_centre_zoom(prepared_dir, surrogate_h5, codec):
+    """The token zoom arm's no-zoom control: each prompt carries the field's codes, then exactly what a zoom call on
+    the centre box returns for that galaxy (the hand-made crop, encoded), for every row of the split."""
+    from astroreason.arms.tokens import CENTRE_CROP_CAPTION
+
+    plain = build_arm(settings(prepared_dir, codec), "train", max_samples=8)
+    cropped = build_arm(settings(prepared_dir, codec, token_crop=0.5), "train", max_samples=8)
+    assert cropped.positions.tolist() == plain.positions.tolist()
+    assert cropped.labels == plain.labels
+    rows = cropped.rows()
+    for i in range(8):
+        env, row = episode(prepared_dir, settings(prepared_dir, codec), row=i)
+        patch = source_image(surrogate_h5, row).crop((16, 16, 48, 48)).resize((16, 16), BICUBIC)
+        crop = render(load_codec(codec).encode(np.asarray(patch)[None])[0], "ints")
+        assert env.zoom(BOX) == crop
+        representation = cropped.representation(cropped.view[i])
+        field = plain.representation(plain.view[i])
+        assert representation == f"{field}\n{CENTRE_CROP_CAPTION.format(side=0.5)}\n{crop}"
+        assert representation in rows[i]["prompt"][0]["content"]
+    with pytest.raises(UserError, match="token_crop: only the tokens arm"):
+        settings(prepared_dir, token_crop=0.5)
+    with pytest.raises(UserError, match=r"token_crop: a fraction of the field in \(0, 1\)"):
+        settings(prepared_dir, codec, token_crop=1.0)
+
+
 def test_flux_token_zoom_crops_the_field_the_codec_saw(prepared_dir, surrogate_h5, flux_codec):
     env, row = episode(prepared_dir, settings(prepared_dir, flux_codec))
     text = env.zoom(BOX)
@@ -556,7 +581,7 @@ def test_aion_token_zoom_reads_the_galaxy10_aion_flux(prepared_dir, surrogate_h5
     assert main(encode) == 0
     arm_settings = ArmSettings(data_dir=str(data), modality="tokens", codec=str(codec_dir))
     env, row = episode(data, arm_settings, row=5)
-    assert row in set(covered.tolist()) and env._tool.cache.meta["input"] == "galaxy10-aion"
+    assert row in set(covered.tolist()) and env._tool.inputs.cache.meta["input"] == "galaxy10-aion"
     text = env.zoom(BOX)
     with h5py.File(surrogate_h5) as f:
         patch = torch.from_numpy(f["flux"][row][:, 24:72, 24:72].copy())[None]

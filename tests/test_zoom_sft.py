@@ -19,10 +19,10 @@ import torch
 from evalkit import build_codec
 from PIL import Image
 
-from astroreason.data.focus import focus_boxes, light_box
+from astroreason.data.focus import focus_boxes, light_box, pixel_box
 from astroreason.data.galaxy10 import DECALS_CLASSES
 from astroreason.data.splits import load_manifest, prepare
-from astroreason.zoom.box import BoxLimits, fit_box, parse_box, pixel_box
+from astroreason.zoom.box import BoxLimits, fit_box, parse_box
 
 BICUBIC = Image.Resampling.BICUBIC
 

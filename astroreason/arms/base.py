@@ -27,6 +27,9 @@ class ArmSettings:
         codec: The codec directory, for `tokens`.
         rendering: How codec ids are written as text (`astroreason.tokens.render`), for `tokens`.
         image_size: Side in pixels images are resized to, for `image`.
+        token_crop: For `tokens`: the prompt also carries the codes of the field's centre box of this side (a
+            fraction of the field), encoded again at the codec's resolution: a zoom fixed in advance, the token zoom
+            arm's no-zoom control at its code budget (the whole field and one crop). None: the field only.
         prompt_template: The prompt (`str.format` string); default: the modality's template (`astroreason.prompts`).
         allow_prompt_fields: Lint override: the dataset columns a prompt may carry (deliberate experiments only).
         override_reason: Why the override is used (required with `allow_prompt_fields`).
@@ -37,6 +40,7 @@ class ArmSettings:
     codec: str | None = None
     rendering: str = "ints"
     image_size: int = 112
+    token_crop: float | None = None
     prompt_template: str | None = None
     allow_prompt_fields: list[str] | None = None
     override_reason: str | None = None
@@ -51,6 +55,11 @@ class ArmSettings:
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
             # The multiple the model's grid needs is checked once the model is known (`models.check_image_size`).
             raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
+        if self.token_crop is not None:
+            if self.modality != "tokens":
+                raise UserError("token_crop: only the tokens arm has a codec to encode a crop (modality image)")
+            if isinstance(self.token_crop, bool) or not 0 < self.token_crop < 1:
+                raise UserError(f"token_crop: a fraction of the field in (0, 1), got {self.token_crop!r}")
 
     def lint_override(self) -> LintOverride | None:
         """The explicit prompt-lint override these settings ask for, or None; a reason without columns is refused."""

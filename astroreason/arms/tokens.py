@@ -6,10 +6,14 @@ from itertools import islice
 
 import numpy as np
 
-from ..tokens import load_codec, token_split
+from ..tokens import load_codec, render, token_split
 from ..tokens.cache import load_codes
 from ..tokens.cache import split_positions as token_positions
+from ..tokens.crops import CodecInputs
 from .base import Arm
+
+# Between the field's codes and the centre crop's (`ArmSettings.token_crop`): what the second grid shows.
+CENTRE_CROP_CAPTION = "The field's centre, a box {side:g} of its side, encoded again:"
 
 
 class TokenArm(Arm):
@@ -21,7 +25,21 @@ class TokenArm(Arm):
         # The codec and its cache are opened once, with the arm's one manifest, for the view and its positions.
         self.codec = load_codec(s.codec)
         self.cache = load_codes(s.data_dir, self.codec, manifest=self.manifest)
-        return token_split(s.data_dir, self.split, self.codec, s.rendering, cache=self.cache, manifest=self.manifest)
+        view = token_split(s.data_dir, self.split, self.codec, s.rendering, cache=self.cache, manifest=self.manifest)
+        return view if s.token_crop is None else self.with_centre_crop(view)
+
+    def with_centre_crop(self, view):
+        """The view whose text also holds the codes of each galaxy's centre box (`ArmSettings.token_crop`), after
+        the whole field's, as a zoom call on that box would return them."""
+        side = self.settings.token_crop
+        rows = np.asarray(self.manifest.rows[self.split], np.int64)[self.split_positions()]
+        inputs = CodecInputs(self.settings.data_dir, self.codec, self.cache, self.manifest)
+        crops = [render(grid, self.settings.rendering) for grid in inputs.centre_codes(rows, side)]
+        texts = [
+            f"{field}\n{CENTRE_CROP_CAPTION.format(side=side)}\n{crop}"
+            for field, crop in zip(view["tokens_text"], crops)
+        ]
+        return view.remove_columns("tokens_text").add_column("tokens_text", texts)
 
     def split_positions(self) -> np.ndarray:
         # An AION cache holds only the rows with flux: the view's rows are a subset of the split.

@@ -395,6 +395,7 @@ class RunSpec:
     codec: str | None = None
     rendering: str = "ints"
     image_size: int = 112
+    token_crop: float | None = None
     split: str = "test"
     zoom: bool = False
     zoom_max_turns: int = 2
@@ -408,6 +409,7 @@ class RunSpec:
             codec=self.codec,
             rendering=self.rendering,
             image_size=self.image_size,
+            token_crop=self.token_crop,
             prompt_template=self.template,
         )
 
@@ -716,7 +718,17 @@ def run_spec(run_dir: Path) -> RunSpec | None:
         config = json.loads(result_path.read_text()).get("config", {})
         values = {
             k: config[k]
-            for k in ("model", "data_dir", "modality", "codec", "rendering", "image_size", "split", "zoom")
+            for k in (
+                "model",
+                "data_dir",
+                "modality",
+                "codec",
+                "rendering",
+                "image_size",
+                "token_crop",
+                "split",
+                "zoom",
+            )
             if config.get(k) is not None
         }
         if config.get("zoom"):
@@ -728,7 +740,7 @@ def run_spec(run_dir: Path) -> RunSpec | None:
             values[k] = v
         if k in ("image_size", "zoom_max_turns") and k not in values:
             values[k] = int(v)
-        if k in ("zoom_min_side", "zoom_max_aspect") and k not in values and v not in ("None", ""):
+        if k in ("zoom_min_side", "zoom_max_aspect", "token_crop") and k not in values and v not in ("None", ""):
             values[k] = float(v)
         if k == "zoom" and "zoom" not in values:
             values[k] = v in (True, "True", "true")

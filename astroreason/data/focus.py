@@ -10,6 +10,8 @@ fractions of the image from its top-left corner (the zoom tool's box).
 
 from __future__ import annotations
 
+import math
+
 import h5py
 import numpy as np
 
@@ -18,6 +20,15 @@ from .splits import Manifest, load_split, source_path
 FOCUS_KEY = "focus_box"
 LIGHT_SIGMAS = 2.0  # the light box spans the centre +- this many light-weighted standard deviations
 LIGHT_RADIUS = 0.35  # light is measured within this fraction of the side from the image centre (off the field)
+
+
+def pixel_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels (left, top, right, bottom) a normalised box covers on a width x height source: every pixel the box
+    touches (floor of the start, ceiling of the end), at least one."""
+    x1, y1, x2, y2 = box
+    left, top = math.floor(x1 * width + 1e-9), math.floor(y1 * height + 1e-9)
+    right, bottom = math.ceil(x2 * width - 1e-9), math.ceil(y2 * height - 1e-9)
+    return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
 def light_box(image) -> tuple[float, float, float, float]:

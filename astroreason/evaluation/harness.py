@@ -79,7 +79,8 @@ def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
     - `model_files`: a local checkpoint's weights, model and generation configs, tokenizer, chat template, processor
       configs, remote code, and for a peft adapter its base model's files too (`models.ANSWER_FILES`);
     - `backend`, and for `openai` the served model name (`trust_remote_code` for the local backends);
-    - the arm: the prompt template in use; the image size (image arm); the rendering and the codec's hash (token arm);
+    - the arm: the prompt template in use; the image size (image arm); the rendering, the codec's hash and any
+      `token_crop` (token arm);
     - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed;
     - with `zoom: true` only, `zoom` (`zoom_settings`): the turn cap, the tool and its box limits, the family's
       tool-calling templates. A run without zoom keys its samples exactly as before.
@@ -100,6 +101,8 @@ def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
         parts["image_size"] = config.image_size
     else:
         parts.update(rendering=config.rendering, codec=load_codec(config.codec).codec_hash)
+        if config.token_crop is not None:  # keyed only when set: a run without it keys its samples as before
+            parts["token_crop"] = config.token_crop
     if zoom is not None:
         parts["zoom"] = zoom
     return parts

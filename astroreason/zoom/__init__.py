@@ -7,7 +7,8 @@ reads, never an exception (`box`). `ZoomEnvironment` is one rollout's tool and r
 `environment_factory`; `with_zoom_columns` makes an arm's dataset carry what it needs. See docs/zoom.md.
 """
 
-from .box import BoxError, BoxLimits, parse_box, pixel_box
+from ..data.focus import pixel_box
+from .box import BoxError, BoxLimits, parse_box
 from .environment import (
     POSITION_COLUMN,
     SPLIT_COLUMN,

@@ -67,15 +67,6 @@ def parse_box(bbox_2d, limits: BoxLimits) -> tuple[float, float, float, float]:
     return x1, y1, x2, y2
 
 
-def pixel_box(box, width: int, height: int) -> tuple[int, int, int, int]:
-    """The pixels (left, top, right, bottom) a normalised box covers on a width x height source: every pixel the box
-    touches (floor of the start, ceiling of the end), at least one."""
-    x1, y1, x2, y2 = box
-    left, top = math.floor(x1 * width + 1e-9), math.floor(y1 * height + 1e-9)
-    right, bottom = math.ceil(x2 * width - 1e-9), math.ceil(y2 * height - 1e-9)
-    return left, top, max(right, left + 1), max(bottom, top + 1)
-
-
 def fit_box(box, limits: BoxLimits, *, decimals: int = 2) -> list[float]:
     """The smallest box around `box` that `parse_box` accepts, rounded as a model would write it: each side grown
     about the box's centre to `limits.min_side` and to within `limits.max_aspect` of the other, shifted inside

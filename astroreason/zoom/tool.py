@@ -3,10 +3,9 @@
 - Image arm (`ImageZoom`): the source is the split view's own image (stored at the source's size: Galaxy10's 256 px,
   the surrogate's native render), not the resized first view. The crop is resized (bicubic, as the arm resizes)
   to the arm's `image_size` x `image_size` and returned as an image block, which TRL adds to the sample's images.
-- Token arm (`TokenZoom`): the source is the codec's input for that galaxy as the token cache read it (the source
-  file's images or flux; a galaxy10-aion copy's flux), over the field the first view showed (a flux codec's centre
-  crop). The crop is resized to the codec's input size (bicubic for rgb, bilinear for flux), encoded by the arm's
-  codec and returned as its codes in the arm's rendering, as text.
+- Token arm (`TokenZoom`): the source is the codec's input for that galaxy as the token cache read it, over the field
+  the first view showed; the crop is resized to the codec's input size, encoded by the arm's codec
+  (`tokens.crops.CodecInputs`) and returned as its codes in the arm's rendering, as text.
 
 A box is refused (`box.parse_box`) with a message the model reads; the tool never raises. The image arm's refusal also
 returns the first view again (the whole source at the first view's size: nothing the model has not seen), so that
@@ -25,12 +24,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arms import ArmSettings, resize_image
-from ..data.splits import load_manifest, load_split, source_path
+from ..data.focus import pixel_box
+from ..data.splits import load_manifest, load_split
 from ..tokens import load_codec, load_codes, render
-from ..tokens.codec import read_inputs
-from .box import BoxError, BoxLimits, parse_box, pixel_box
+from ..tokens.crops import BICUBIC, CodecInputs
+from .box import BoxError, BoxLimits, parse_box
 
-BICUBIC = 3  # PIL.Image.BICUBIC, as `arms.resize_image`
 DEFAULT_MAX_ASPECT = 4.0
 
 
@@ -171,51 +170,22 @@ class TokenZoom(ZoomTool):
     def setup(self) -> None:
         s = self.settings
         self.codec = load_codec(s.codec)
-        self.spec = self.codec.input_spec
-        self.cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir, manifest=self.manifest)
-        self._flux = None
+        cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir, manifest=self.manifest)
+        self.inputs = CodecInputs(s.data_dir, self.codec, cache, self.manifest)
 
     def default_min_side(self, pixel_multiple: int | None) -> float:
         """One cell of the codec's grid: the smallest part of the first view a code describes."""
         return 1.0 / max(self.codec.grid_shape)
 
     def source(self, split: str, position: int) -> np.ndarray:
-        """The codec's input for the galaxy, as the token cache read it: rgb [H, W, 3] uint8 (the whole image, as
-        the codec resizes it) or flux [C, S, S] (the centre crop of the codec's size, as the codec crops it)."""
-        row = int(self.manifest.rows[split][position])
-        if self.cache.meta.get("input") == "galaxy10-aion":
-            # lazy: optional extra (polymathic-aion), as the cache itself opens it
-            from ..tokens.aion import Galaxy10AionFlux
-
-            if self._flux is None:
-                self._flux = Galaxy10AionFlux(self.cache.meta["flux_source"]["path"])
-            x = self._flux.flux(self._flux.positions_of([row]))[0]
-        else:
-            path = source_path(self.manifest, self.settings.data_dir)
-            x = next(read_inputs(path, [row], self.spec, batch_size=1))[0]
-        if self.spec.kind == "rgb":
-            return np.asarray(x, np.uint8)
-        top, left = (x.shape[1] - self.spec.size) // 2, (x.shape[2] - self.spec.size) // 2
-        return np.asarray(x[:, top : top + self.spec.size, left : left + self.spec.size], np.float32)
+        """The codec's input for the galaxy, as the token cache read it (`CodecInputs.source`)."""
+        return self.inputs.source(int(self.manifest.rows[split][position]))
 
     def source_size(self, source) -> tuple[int, int]:
-        return (source.shape[1], source.shape[0]) if self.spec.kind == "rgb" else (source.shape[2], source.shape[1])
+        return self.inputs.source_size(source)
 
     def crop(self, source, pixels) -> np.ndarray:
-        left, top, right, bottom = pixels
-        size = self.spec.size
-        if self.spec.kind == "rgb":
-            from PIL import Image  # lazy: PIL only once a crop is made
-
-            patch = Image.fromarray(source).crop(pixels).resize((size, size), resample=BICUBIC)
-            x = np.asarray(patch, np.uint8)[None]
-        else:
-            import torch  # lazy: torch only once a flux crop is made
-            import torch.nn.functional as F
-
-            patch = torch.from_numpy(np.ascontiguousarray(source[:, top:bottom, left:right]))[None]
-            x = F.interpolate(patch, size=(size, size), mode="bilinear", align_corners=False).numpy()
-        return self.codec.encode(x, source="zoom crop")[0]
+        return self.inputs.encode_crop(source, pixels)
 
     def content(self, crop) -> str:
         return render(crop, self.settings.rendering)
