@@ -100,6 +100,11 @@ def parse_json_object(text: str, where: str, what: str, *, keys: tuple[str, ...]
         raise UserError(f"{where}: not a valid {what} (cut short or malformed JSON: {err.msg})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: not a valid {what} (a JSON {type(obj).__name__}, expected an object)")
+    return require_keys(obj, keys, where, what)
+
+
+def require_keys(obj: dict, keys: tuple[str, ...], where: str, what: str) -> dict:
+    """`obj` when it holds every one of `keys` (dotted for nested ones); else one `UserError` line naming `where`."""
     missing = [key for key in keys if not _has(obj, key.split("."))]
     if missing:
         raise UserError(f"{where}: not a valid {what} (no {', '.join(missing)})")

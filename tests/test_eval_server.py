@@ -170,3 +170,46 @@ def test_timed_out_then_answered_is_charged_for_both(served, tmp_path):
     totals = ledger.totals()
     assert answer.dollars == pytest.approx(totals.dollars) == pytest.approx(first["dollars"] + real["dollars"])
     assert totals.open_reservations == 0
+
+
+def test_four_processes_share_one_request_cap(served, codec, prepared_dir, tmp_path):
+    """Four `astroreason eval` processes charge one spend ledger under a global cap of N requests, all at once against
+    the real server: the ledger holds at most N charges (the cap is checked and reserved under the ledger's lock), and
+    the server saw exactly the requests charged."""
+    import os
+    import subprocess
+    import sys
+
+    model, proxy = served
+    cap, ledger = 6, tmp_path / "spend.jsonl"
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(yaml.safe_dump({"api": {"tiny-text": {"input_per_million": 1.0, "output_per_million": 1.0}}}))
+    seen_before = proxy.count
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ASTRO_EVAL_TEST_KEY": SECRET}
+    procs = []
+    for i in range(4):
+        args = ["--model", str(model), "--server_model", str(model), "--backend", "openai", "--base_url", proxy.url]
+        args += ["--api_key_env", "ASTRO_EVAL_TEST_KEY", "--data_dir", str(prepared_dir), "--split", "test"]
+        args += ["--modality", "tokens", "--codec", str(codec), "--rendering", "ints", "--max_samples", str(N)]
+        args += ["--max_new_tokens", str(MAX_NEW), "--concurrency", "2", "--max_retries", "0", "--n_boot", "50"]
+        args += ["--prices", str(prices), "--price_key", "tiny-text", "--ledger", str(ledger)]
+        args += ["--max_requests", str(cap), "--output_dir", str(tmp_path / f"run{i}")]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "astroreason.cli", "eval", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    # The four ask 4 x N requests between them; the cap stops each once the ledger holds N.
+    assert all(code == 1 and "request cap" in err for code, err in outcomes), outcomes
+    charges = [r for r in ledger_rows(ledger) if r["kind"] == "charge"]
+    assert len(charges) == sum(r["attempts"] for r in charges) == cap
+    assert proxy.count - seen_before == len(charges)
+    assert sum(len(sample_lines(tmp_path / f"run{i}")) for i in range(4)) == cap

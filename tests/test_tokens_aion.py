@@ -129,7 +129,7 @@ def test_config_keys_and_weights_are_checked(aion_dir, tmp_path):
     with pytest.raises(UserError, match="does not match config.json"):
         load_codec(folder.parent.parent)
     (folder / "config.json").write_text(json.dumps({"hidden": 3}))
-    with pytest.raises(UserError, match="not an AION ImageCodec config"):
+    with pytest.raises(UserError, match=r"not a valid AION ImageCodec config \(no quantizer_levels\)"):
         load_codec(folder.parent.parent)
 
 

@@ -99,7 +99,7 @@ CLI_CASES = {
         "--random-reward-samples",
     ),
     "gate: missing result": (["gate", "missing.json"], "no result file"),
-    "gate: malformed result": (["gate", "bad.json"], "not an evaluation result"),
+    "gate: malformed result": (["gate", "bad.json"], "not a valid evaluation result"),
     "gate: ledger parent is a file": (["gate", "bad.json", "--ledger", "afile/ledger"], "afile is a file"),
     "ledger verify: no ledger": (["ledger", "verify", "old_run"], "no results.tsv"),
     "ledger log: not a ledger": (["ledger", "log", "afile"], "no results.tsv"),

@@ -27,7 +27,6 @@ Run records: `seeds` (fingerprints of a sweep's runs) and `ceiling` (a result ab
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from ..evaluation.episodes import ZOOM_TURN_TOKENS, LocalTurns, ZoomEpisodes
 from ..integrity.fingerprint import compare_fingerprints, read_fingerprint
 from ..integrity.gate import DEFAULT_CEILING, gate_result
 from ..integrity.lint import _numbers, read_lint_record, render_text
-from ..io import sha256_bytes
+from ..io import read_json_file, sha256_bytes
 from ..models import family_for
 from ..prompts import TEMPLATES, zoom_prompt
 from ..rewards import parse_answer
@@ -715,7 +714,7 @@ def run_spec(run_dir: Path) -> RunSpec | None:
     values: dict = {}
     result_path = run_dir / "result.json"
     if result_path.is_file():
-        config = json.loads(result_path.read_text()).get("config", {})
+        config = read_json_file(result_path, "evaluation result", keys=("config",))["config"]
         values = {
             k: config[k]
             for k in (

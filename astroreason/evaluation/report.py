@@ -12,11 +12,23 @@ from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
 from ..integrity.history import training_log_path
-from ..io import atomic_path, read_json_record, sha256_file, write_text_atomic
+from ..io import (
+    atomic_path,
+    read_json_file,
+    read_json_lines,
+    read_json_record,
+    require_keys,
+    sha256_file,
+    write_text_atomic,
+)
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
 from .report_html import render_html
+
+# What a report reads of a finished run's result.json and of each line of its predictions.jsonl.
+RESULT_KEYS = ("metrics.n", "config", "prompt_tokens", "completion_tokens")
+PREDICTION_KEYS = ("index", "label", "prediction")
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -26,19 +38,14 @@ def load_run(run_dir: str | Path) -> dict:
     result_path, predictions_path = run_dir / RESULT_NAME, run_dir / PREDICTIONS_NAME
     if not result_path.exists():
         raise UserError(f"{run_dir}: no result.json (run `astroreason eval` into it first)")
-    try:
-        result = json.loads(result_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{result_path}: not valid JSON ({err.msg})") from None
+    result = read_json_file(result_path, "evaluation result", keys=("status",))
     if result.get("status") != "complete":
         raise UserError(
             f"{run_dir}: the run is not complete (status {result.get('status')}: "
             f"{result.get('n_done')} of {result.get('n_total')} samples); resume it before reporting"
         )
-    try:
-        records = [json.loads(line) for line in predictions_path.read_text().splitlines()]
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{predictions_path}: unreadable ({err})") from None
+    require_keys(result, RESULT_KEYS, str(result_path), "evaluation result")
+    records = read_json_lines(predictions_path, "per-galaxy predictions file", keys=PREDICTION_KEYS)
     n = result["metrics"]["n"]
     if [r["index"] for r in records] != list(range(n)):
         raise UserError(f"{predictions_path}: per-sample records do not cover the {n} samples of result.json")

@@ -22,13 +22,12 @@ fingerprints are equal, and two runs of one sweep with the same configuration an
 from __future__ import annotations
 
 import hashlib
-import json
 from itertools import combinations
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from ..io import read_json_record, sha256_file, sha256_json, write_json_atomic
+from ..io import read_json_file, read_json_record, sha256_file, sha256_json, write_json_atomic
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Training arguments that name where a run writes, not what it does.
@@ -118,7 +117,7 @@ class RunFingerprint(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._path = Path(args.output_dir) / FINGERPRINT_FILE
         if state.global_step > 0 and self._path.is_file():  # resumed: keep the fingerprint of its true start
-            self.record = json.loads(self._path.read_text())
+            self.record = read_json_file(self._path, "fingerprint")
             return
         named = list(model.named_parameters())
         self.record = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import write_json_atomic
+from ..io import read_json_file, write_json_atomic
 from . import SUSPECT_FILE
 
 DEFAULT_CEILING = 0.95  # Galaxy10 DECaLS: best published CNN 95.5 %, a careful person by eye ~90 %
@@ -52,12 +52,7 @@ def read_result(path) -> dict:
         path = path / "result.json"
     if not path.is_file():
         raise UserError(f"{path}: no result file")
-    try:
-        result = json.loads(path.read_text())
-        result["metrics"]["accuracy"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: not an evaluation result (expected JSON with metrics.accuracy)") from None
-    return result
+    return read_json_file(path, "evaluation result", keys=("metrics.accuracy",))
 
 
 def gate_result(result_path, *, ceiling: float = DEFAULT_CEILING, metric: str = "accuracy") -> GateVerdict:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import CheckFailed, UserError
 from ..integrity.ledger import append_result, row_from_result, verify
-from ..io import sha256_file, write_json_atomic, write_text_atomic
+from ..io import read_json_file, sha256_file, write_json_atomic, write_text_atomic
 from .plan import Manifest
 from .task import DONE, read_state
 
@@ -31,7 +31,7 @@ MAX_REPORT_RUNS = 12  # the per-run figures get unreadable beyond this; sweep.md
 
 def _result(task_dir: str | Path) -> dict | None:
     path = Path(task_dir) / "result.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json_file(path, "evaluation result", keys=("metrics.accuracy", "provenance")) if path.exists() else None
 
 
 def task_table(manifest: Manifest, slurm_states: dict[int, str] | None = None) -> list[dict]:

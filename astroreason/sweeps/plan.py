@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import check_writable, sha256_json, write_json_atomic, write_text_atomic
+from ..io import check_writable, read_json_file, sha256_json, write_json_atomic, write_text_atomic
 from .config import Budget, Evaluation, Resources, SweepConfig, budget_aliases, load_sweep, refuse_second_meter
 
 MANIFEST = "manifest.json"
@@ -254,9 +254,4 @@ def load_manifest(path: str | Path) -> Manifest:
         path = path / MANIFEST
     if not path.is_file():
         raise UserError(f"{path}: no sweep manifest (run `astroreason sweep plan SWEEP.yaml` first)")
-    try:
-        data = json.loads(path.read_text())
-        data["tasks"], data["sweep"]  # noqa: B018  the two keys every reader needs
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UserError(f"{path}: not a sweep manifest") from None
-    return Manifest(path.resolve(), data)
+    return Manifest(path.resolve(), read_json_file(path, "sweep manifest", keys=("tasks", "sweep")))

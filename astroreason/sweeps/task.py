@@ -14,7 +14,6 @@ at every checkpoint), so a killed task has paid for all but its last few seconds
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ..errors import CheckFailed, UserError, exit_status
-from ..io import write_json_atomic
+from ..io import read_json_file, write_json_atomic
 from ..options import ArmArguments
 from .config import METERED, parse_time, refuse_second_meter
 from .plan import load_manifest, parse_task_config
@@ -68,7 +67,7 @@ def read_state(task_dir: str | Path) -> dict:
     path = Path(task_dir) / STATE
     if not path.exists():
         return {"status": "pending", "attempts": 0, "elapsed_s": 0.0, "dollars": 0.0, "history": []}
-    return json.loads(path.read_text())
+    return read_json_file(path, "task state", keys=("status", "attempts", "elapsed_s", "dollars", "history"))
 
 
 def write_state(task_dir: str | Path, state: dict) -> None:

@@ -8,7 +8,6 @@ silently mis-cropped (we refuse them), an unknown band raises a bare KeyError (w
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 from ..data.galaxy10 import FLUX_BANDS
 from ..data.sources import HubSource
 from ..errors import UserError
-from ..io import sha256_bytes, sha256_file
+from ..io import read_json_file, sha256_bytes, sha256_file
 from .codec import Codec, InputSpec
 
 AION_INPUT_SIZE = 96  # AION centre-crops to 96 px; smaller inputs come out as fewer tokens
@@ -132,12 +131,7 @@ class AionCodec(Codec):
         ImageCodec, _ = _import_aion()
         folder = find_codec_dir(path)
         config_path, weights = folder / "config.json", folder / "model.safetensors"
-        try:
-            saved = json.loads(config_path.read_text())
-        except json.JSONDecodeError as err:
-            raise UserError(f"{config_path}: not valid JSON ({err})") from None
-        if not isinstance(saved, dict) or "quantizer_levels" not in saved:
-            raise UserError(f"{config_path}: not an AION ImageCodec config (no quantizer_levels)")
+        saved = read_json_file(config_path, "AION ImageCodec config", keys=("quantizer_levels",))
         params = inspect.signature(ImageCodec.__init__).parameters
         config = {k: v for k, v in saved.items() if k in params and k != "self"}
         try:

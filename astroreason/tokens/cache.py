@@ -12,7 +12,6 @@ gives the image arm exactly those).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from ..data.sources import open_source
 from ..data.splits import load_manifest, load_split, source_path
 from ..errors import UserError
-from ..io import atomic_path, sha256_file, write_json_atomic
+from ..io import atomic_path, read_json_file, require_keys, sha256_file, write_json_atomic
 from .codec import Codec, check_bands, input_key, read_inputs
 from .loading import load_codec
 from .render import check_rendering, render
@@ -92,6 +91,9 @@ class TokenCache:
             return self.codes[[self._position[int(r)] for r in rows]]
         except KeyError as err:
             raise UserError(f"{self.path}: no codes for source row {err.args[0]}") from None
+
+
+CACHE_KEYS = ("manifest_hash", "source_sha256", "codec_hash")  # `_key`: what the codes were made from
 
 
 def _key(manifest, codec: Codec) -> dict:
@@ -219,14 +221,12 @@ def load_codes(path, codec, *, prepared_dir=None, manifest=None) -> TokenCache:
                 f"{prepared_dir}: no token cache for codec {codec.name} ({codec.codec_hash[:12]}); "
                 f"run: astroreason tokens encode --data {prepared_dir} --codec DIR"
             )
-    try:
-        meta = json.loads((path / META_NAME).read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path / META_NAME}: not valid JSON ({err})") from None
+    meta = read_json_file(path / META_NAME, "token cache record", keys=("version",))
     if meta.get("version") != CACHE_VERSION:
         raise UserError(
             f"{path}: token cache version {meta.get('version')}, expected {CACHE_VERSION}; re-run tokens encode"
         )
+    require_keys(meta, (*CACHE_KEYS, "source"), str(path / META_NAME), "token cache record")
     if meta["codec_hash"] != codec.codec_hash:
         raise UserError(
             f"{path}: codes were made by codec {meta.get('codec_name')} ({meta['codec_hash'][:12]}), not {codec.name} "

@@ -9,7 +9,6 @@ directory.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 from ..data.galaxy10 import FLUX_BANDS
 from ..data.sources import open_source
 from ..errors import UserError
+from ..io import read_json_file
 
 CONFIG_NAME = "codec.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -335,13 +335,9 @@ def input_key(source, spec: InputSpec) -> str:
     return source.flux_key if spec.kind == "flux" else source.image_key
 
 
-def read_config(path) -> dict:
+def read_config(path, *, keys: tuple[str, ...] = ("type",)) -> dict:
+    """A codec directory's `codec.json` (with `keys`); anything else is one line naming the file."""
     path = Path(path)
-    try:
-        return json.loads((path / CONFIG_NAME).read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{path}: no {CONFIG_NAME}; not a codec directory (train one with `astroreason tokens train`)"
-        ) from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path / CONFIG_NAME}: not valid JSON ({err})") from None
+    if not (path / CONFIG_NAME).is_file():
+        raise UserError(f"{path}: no {CONFIG_NAME}; not a codec directory (train one with `astroreason tokens train`)")
+    return read_json_file(path / CONFIG_NAME, "codec config", keys=keys)

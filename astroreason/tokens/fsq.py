@@ -322,7 +322,7 @@ class FSQCodec(Codec):
         from safetensors.torch import load_file
 
         path = Path(path)
-        meta = read_config(path)
+        meta = read_config(path, keys=("type", "config"))
         # Saved before `latent_norm` existed: those codecs had no normalisation layer.
         config = FSQConfig.from_json({"latent_norm": "none", **meta["config"]})
         weights = path / WEIGHTS_NAME

@@ -1,0 +1,43 @@
+"""Run `astroreason ARGS` and kill it with SIGKILL right after the K-th call of one function returns.
+
+    python tests/faultpoint.py MODULE:QUALNAME K ARGS...
+
+`MODULE:QUALNAME` names what writes an output record or file (`datasets.arrow_writer:ArrowWriter.write_table`: a
+batch of rows). Where the process dies is a count of outputs, never a time: the same on a fast and a slow machine.
+The process dies as a power cut would leave it: no `finally`, no `atexit`, no flush.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import sys
+
+
+def kill_after(target: str, k: int) -> None:
+    """Wrap `target` so that the process kills itself after its `k`-th call returns."""
+    module_name, qualname = target.split(":")
+    *path, name = qualname.split(".")
+    owner = importlib.import_module(module_name)
+    for part in path:
+        owner = getattr(owner, part)
+    original = getattr(owner, name)
+    calls = 0
+
+    def counted(*args, **kwargs):
+        nonlocal calls
+        result = original(*args, **kwargs)
+        calls += 1
+        if calls == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, name, counted)
+
+
+if __name__ == "__main__":
+    kill_after(sys.argv[1], int(sys.argv[2]))
+    from astroreason.cli import main
+
+    sys.exit(main(sys.argv[3:]))
