@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,17 +16,22 @@ from typing import Any
 
 from .errors import UserError
 
+# Whose temporary folder it is: this machine (its name, hashed) and the writing process, in the folder's name.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.
 
-    Works for a file or a directory written at the yielded path.
+    Works for a file or a directory written at the yielded path. A process killed while writing (SIGKILL: no
+    `finally` runs) leaves its temporary folder; the next write of `path` on this machine removes it (`remove_stale`).
     """
     path = Path(path)
     try:  # a parent that is a file, or read-only: one line (the commands check up front, see `check_writable`)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}@{_HOST}.", suffix=".tmp", dir=path.parent))
     except OSError as err:
         check_writable(path, "output")  # names the file in the way or the read-only directory, when it is that
         raise UserError(f"{path}: cannot write here ({err.strerror or err})") from None
@@ -36,6 +43,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(path: Path) -> None:
+    """Remove the temporary folders that writers of `path` on this machine left when killed: those whose process is
+    gone. A live writer's (another process writing the same path) and another machine's are left alone."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*@{_HOST}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split("@", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:

@@ -1,6 +1,7 @@
 """Run `astroreason ARGS` and kill it with SIGKILL right after the K-th call of one function returns.
 
     python tests/faultpoint.py MODULE:QUALNAME K ARGS...
+    python tests/faultpoint.py MODULE:QUALNAME K recipes/sft.py ARGS...     # a recipe, as `python recipes/sft.py`
 
 `MODULE:QUALNAME` names what writes an output record or file (`datasets.arrow_writer:ArrowWriter.write_table`: a
 batch of rows). Where the process dies is a count of outputs, never a time: the same on a fast and a slow machine.
@@ -38,6 +39,12 @@ def kill_after(target: str, k: int) -> None:
 
 if __name__ == "__main__":
     kill_after(sys.argv[1], int(sys.argv[2]))
-    from astroreason.cli import main
+    if sys.argv[3].endswith(".py"):
+        import runpy
 
-    sys.exit(main(sys.argv[3:]))
+        sys.argv = sys.argv[3:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    else:
+        from astroreason.cli import main
+
+        sys.exit(main(sys.argv[3:]))
