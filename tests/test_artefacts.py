@@ -21,6 +21,8 @@ from test_user_errors import snapshot
 
 from astroreason.cli import main
 from astroreason.integrity.ledger import NOISE_FILE
+from astroreason.tokens import load_codec
+from astroreason.tokens.cache import default_cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def artefacts(prepared_dir, tiny_model_dir, tmp_path_factory):
 
 
 def token_cache_meta(root: Path) -> Path:
-    return next((root / "prepared" / "tokens").glob("*/meta.json"))
+    """The record of this codec's cache (the session's prepared directory may hold other tests' caches too)."""
+    return default_cache_dir(root / "prepared", load_codec(root / "codec")) / "meta.json"
 
 
 def sweep_state(root: Path) -> Path:
