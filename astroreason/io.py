@@ -96,10 +96,10 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def read_json_record(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] = ()) -> Any:
+def read_json_record(path: str | os.PathLike, what: str) -> Any:
     """A run's JSON record (`what` names it in the error), or None when the run has none (`read_json_file`)."""
     path = Path(path)
-    return read_json_file(path, what, keys=keys) if path.is_file() else None
+    return read_json_file(path, what) if path.is_file() else None
 
 
 def read_json_file(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] = ()) -> dict:
@@ -107,13 +107,7 @@ def read_json_file(path: str | os.PathLike, what: str, *, keys: tuple[str, ...] 
     or one without `keys` (dotted for nested ones, e.g. `metrics.accuracy`) is one `UserError` line naming the file.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no {what}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read the {what} ({type(err).__name__})") from None
-    return parse_json_object(text, f"{path}", what, keys=keys)
+    return parse_json_object(_read_text(path, what), str(path), what, keys=keys)
 
 
 def parse_json_object(text: str, where: str, what: str, *, keys: tuple[str, ...] = ()) -> dict:
@@ -141,13 +135,18 @@ def read_json_lines(path: str | os.PathLike, what: str, *, keys: tuple[str, ...]
     """An artefact of JSON lines, each an object with `keys`: the first bad line is one `UserError` naming
     file:line. For a finished artefact; an append-only cache whose last line a kill may cut reads its own way."""
     path = Path(path)
+    lines = _read_text(path, what).splitlines()
+    return [parse_json_object(line, f"{path}:{i}", what, keys=keys) for i, line in enumerate(lines, 1)]
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The file's text; a missing or unreadable file is one `UserError` line naming it."""
     try:
-        lines = path.read_text().splitlines()
+        return path.read_text()
     except FileNotFoundError:
         raise UserError(f"{path}: no {what}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: cannot read the {what} ({type(err).__name__})") from None
-    return [parse_json_object(line, f"{path}:{i}", what, keys=keys) for i, line in enumerate(lines, 1)]
 
 
 def _has(obj, parts: list[str]) -> bool:

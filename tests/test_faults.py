@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from evalkit import build_codec
+from test_sweep import write_base_config
 
 from astroreason.cli import main
 from astroreason.data.splits import load_manifest
@@ -107,33 +108,14 @@ def test_evaluation_killed_then_rerun(prepared_dir, tiny_model_dir, tmp_path, k)
 
 
 def recipe_config(path: Path, recipe: str, prepared_dir, tiny_model_dir) -> Path:
-    """A tiny recipe: 4 steps, a checkpoint every 2 (image arm, 56 px = 4 visual tokens)."""
-    config = {
-        "model_name_or_path": str(tiny_model_dir),
-        "dtype": "float32",
-        "data_dir": str(prepared_dir),
-        "modality": "image",
-        "image_size": 56,
-        "use_cpu": True,
-        "bf16": False,
-        "learning_rate": 1.0e-3,
-        "lr_scheduler_type": "constant",
-        "per_device_train_batch_size": 4,
-        "max_steps": 4,
-        "save_strategy": "steps",
-        "save_steps": 2,
-        "logging_steps": 1,
-        "dataloader_num_workers": 0,
-        "report_to": "none",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
+    """The sweep tests' tiny recipe (image arm, 56 px = 4 visual tokens): 4 steps, a checkpoint every 2."""
+    write_base_config(path, prepared_dir, tiny_model_dir, max_steps=4, save_steps=2)
+    config = yaml.safe_load(path.read_text()) | {"per_device_train_batch_size": 4, "seed": 0}
     if recipe == "grpo":
+        del config["max_length"]  # SFT's; GRPO bounds its completions instead
         config.update(
             num_generations=2, max_completion_length=8, temperature=1.0, beta=0.0, activation_checkpointing=False
         )
-    else:
-        config.update(max_length=None)
     path.write_text(yaml.safe_dump(config))
     return path
 
