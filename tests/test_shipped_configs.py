@@ -1,0 +1,88 @@
+"""Every shipped recipe config runs one optimizer step, in both arms, on the tiny model of its family: its own batch,
+group size, lengths, LoRA and zoom settings, with only what a CPU cannot do changed (the checkpoint, bf16, vLLM, the
+data and codec paths, the step count). A config edited into one the recipes refuse, or that fails once built (an
+image side off the family's grid, a LoRA target the family lacks, a zoom setting the tool refuses), fails here.
+
+The steps run in this process, one after the other: a subprocess each would spend more on imports than on the step.
+`bench/real_shapes.py` runs the same configs at their checkpoints' real widths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from trl import GRPOConfig, SFTConfig
+
+from astroreason.models import build_tiny_model, family_for
+from astroreason.training import build_grpo_trainer, build_sft_trainer, parse_recipe_args, run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
+ARMS = ("image", "tokens")
+
+
+def family_of(config: Path) -> str:
+    """The family a config's directory is for: its checkpoint's (the tiny configs run the default tiny Qwen2.5-VL)."""
+    return "qwen3_vl" if config.parent.name.startswith("qwen3_vl") else "qwen2_5_vl"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_model_dir, tmp_path_factory):
+    qwen3 = build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3_vl", arch="qwen3_vl", seed=0)
+    return {"qwen2_5_vl": tiny_model_dir, "qwen3_vl": qwen3}
+
+
+@pytest.fixture(scope="module")
+def codec(prepared_dir, tmp_path_factory):
+    """A built-in codec of 4096 codes with its token cache in the session's prepared directory (fewer codes would
+    often equal a row's position, which the prompt lint refuses)."""
+    from astroreason.cli import main
+
+    out = tmp_path_factory.mktemp("configs_codec") / "codec"
+    train = ["--size", "16", "--levels", "8,8,8,8", "--hidden", "8", "--steps", "3", "--batch-size", "8"]
+    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), *train, "--max-images", "32"]) == 0
+    assert main(["tokens", "encode", "--data", str(prepared_dir), "--codec", str(out)]) == 0
+    return out
+
+
+def one_step_argv(config: Path, arm: str, model_dir: Path, data_dir: Path, codec: Path, out: Path) -> list[str]:
+    """The config, then what a CPU run must change; the arm's own options when the config is for the other one."""
+    argv = ["--config", str(config), "--model_name_or_path", str(model_dir), "--data_dir", str(data_dir)]
+    argv += ["--output_dir", str(out), "--max_steps", "1", "--save_strategy", "no", "--report_to", "none"]
+    argv += ["--bf16", "false", "--use_cpu", "true", "--dtype", "float32"]
+    if config.name.startswith("grpo"):
+        argv += ["--use_vllm", "false"]
+    if arm == "tokens":
+        return argv + ["--modality", "tokens", "--codec", str(codec)]
+    return argv + ["--modality", "image"]
+
+
+@pytest.mark.parametrize("arm", ARMS)
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_runs_one_step(config, arm, tiny_models, prepared_dir, codec, tmp_path):
+    grpo = config.name.startswith("grpo")
+    model_dir = tiny_models[family_of(config)]
+    argv = one_step_argv(config, arm, model_dir, prepared_dir, codec, tmp_path / "run")
+    script_args, training_args, model_args = parse_recipe_args(GRPOConfig if grpo else SFTConfig, argv)
+    shipped, _, shipped_model = parse_recipe_args(
+        GRPOConfig if grpo else SFTConfig, ["--config", str(config), "--bf16", "false", "--use_cpu", "true"]
+    )
+    trainer = (build_grpo_trainer if grpo else build_sft_trainer)(script_args, training_args, model_args)
+    run_training(trainer, script_args)
+
+    assert trainer.state.global_step == 1
+    assert family_for(trainer.model).model_type == family_of(config)
+    # The config's own shape reached the trainer: batch, accumulation, group size, adapters, zoom tool.
+    assert trainer.args.per_device_train_batch_size == training_args.per_device_train_batch_size
+    assert trainer.args.gradient_accumulation_steps == training_args.gradient_accumulation_steps
+    if grpo:
+        assert trainer.num_generations == training_args.num_generations
+    assert hasattr(trainer.model, "peft_config") == bool(shipped_model.use_peft)
+    zoom_tool = [t for t in getattr(trainer, "tools", None) or [] if getattr(t, "__name__", "") == "zoom"]
+    assert bool(zoom_tool) == bool(grpo and shipped.zoom)
+    if grpo and shipped.zoom:
+        assert "zoom/rate" in trainer.state.log_history[0]
+    saved = {p.name for p in (tmp_path / "run").iterdir()}
+    weights = "adapter_model.safetensors" if shipped_model.use_peft else "model.safetensors"
+    assert weights in saved, saved
