@@ -3,7 +3,7 @@
 The commands are run by bash, one process each, exactly as a user would paste them, in a temporary directory laid
 out like the repository's root (links to `eval/` and `recipes/`, whose configs, price table and recipe scripts the
 commands name), with an `astroreason` and a `python` on PATH that run this checkout's code. A comment `# exit N` is
-the status the page promises (0 otherwise), and `RESULT "key": value` (also `ESTIMATE`, `NOISE`, `STATUS`) a field
+the status the page promises (0 otherwise), and `RESULT "key": value` (also `ESTIMATE`, `MEMORY`, `NOISE`, `STATUS`) a field
 of that JSON line.
 """
 
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "AGENTS.md"
-JSON_LINES = ("RESULT", "ESTIMATE", "NOISE", "STATUS")
+JSON_LINES = ("RESULT", "ESTIMATE", "MEMORY", "NOISE", "STATUS")
 # One `"key": value` pair of a promised JSON field: a string, a number, true, false or null.
 FIELD = r'"(\w+)":\s*("[^"]*"|true|false|null|-?[\d.]+(?:e-?\d+)?)'
 FIELDS = "(?:[ ,]*" + re.sub(r"\((?!\?)", "(?:", FIELD) + ")+"  # one or more of them, nothing captured

@@ -8,11 +8,13 @@ galaxy's representation (the arm, `astroreason.arms`) differs.
 - `launch`: how the recipe was launched (process count, vLLM);
 - `checkpoints`: resume and the refusal to train over a run's own checkpoints;
 - `records`: the base record of `fingerprint.json`;
+- `memory`: the memory plan per GPU that `estimate_only` prints;
 - `builders`: the datasets, the model, the trainers and the run loop.
 """
 
 from .arguments import (
     GalaxyScriptArguments,
+    MemoryPlanArguments,
     PartArguments,
     check_lora,
     check_precision,
@@ -34,12 +36,14 @@ from .builders import (
 )
 from .checkpoints import check_output_dir, has_checkpoints, last_checkpoint, load_checkpoint_weights, resume_point
 from .launch import VLLM_MODES, VLLM_RANGE, check_launch, check_vllm
+from .memory import count_parameters, memory_plan, model_shape
 from .records import base_record, training_args_record
 
 __all__ = [
     "VLLM_MODES",
     "VLLM_RANGE",
     "GalaxyScriptArguments",
+    "MemoryPlanArguments",
     "PartArguments",
     "base_record",
     "build_grpo_trainer",
@@ -50,6 +54,7 @@ __all__ = [
     "check_precision",
     "check_recipe_values",
     "check_vllm",
+    "count_parameters",
     "code_tokens_for",
     "galaxy_dataset",
     "galaxy_rows",
@@ -58,6 +63,8 @@ __all__ = [
     "lint_datasets",
     "load_checkpoint_weights",
     "load_model",
+    "memory_plan",
+    "model_shape",
     "parse_recipe_args",
     "peft_config",
     "prepare_inputs",

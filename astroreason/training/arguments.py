@@ -17,6 +17,7 @@ from ..models import (
 from ..optim import FREEZE_OPTIONS
 from ..options import ArmArguments, BudgetArguments, ZoomArguments
 from ..rewards import get_reward_funcs
+from .memory import check_gpu_memory, check_processes, check_strategy
 
 
 @dataclass
@@ -91,11 +92,51 @@ class PartArguments:
 
 
 @dataclass
-class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmArguments):
+class MemoryPlanArguments:
+    """The memory plan `estimate_only` prints (`training.memory`, docs/gpu.md): per GPU, under the launch's
+    strategy and process count unless another layout is asked for here.
+
+    Args:
+        gpu_memory_gib: One GPU's memory in GiB that the plan must fit in (80 for an 80 GB H100 or A100).
+        plan_strategy: Plan for this layout instead of the launch's (ddp, zero1, zero2, zero3, fsdp), without
+            launching it.
+        plan_processes: Plan for this many processes (GPUs) instead of the launch's.
+    """
+
+    gpu_memory_gib: float = field(
+        default=80.0,
+        metadata={
+            "help": "estimate_only: one GPU's memory in GiB that the memory plan (MEMORY {json}) must fit in "
+            "(default 80: an 80 GB H100 or A100)."
+        },
+    )
+    plan_strategy: str | None = field(
+        default=None,
+        metadata={
+            "help": "estimate_only: plan memory for this layout (ddp, zero1, zero2, zero3, fsdp) instead of the "
+            "launch's accelerate config, without launching it."
+        },
+    )
+    plan_processes: int | None = field(
+        default=None,
+        metadata={"help": "estimate_only: plan memory for this many processes (GPUs) instead of the launch's."},
+    )
+
+    def check_memory_plan(self) -> None:
+        """Refuse a plan no GPU can have (one line each)."""
+        check_gpu_memory(self.gpu_memory_gib)
+        if self.plan_strategy is not None:
+            check_strategy(self.plan_strategy)
+        if self.plan_processes is not None:
+            check_processes(self.plan_processes)
+
+
+@dataclass
+class GalaxyScriptArguments(PartArguments, MemoryPlanArguments, ZoomArguments, BudgetArguments, ArmArguments):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
     options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's, and
     SFT's warm start on zoom trajectories; the part options (`PartArguments`: freezing, a learning rate per part)
-    are the recipes'.
+    and the memory plan's (`MemoryPlanArguments`) are the recipes'.
 
     Args:
         train_split: Split used for training.
@@ -168,6 +209,7 @@ class GalaxyScriptArguments(PartArguments, ZoomArguments, BudgetArguments, ArmAr
         self.arm_settings()  # the arm's own checks: modality, codec, image size
         self.check_zoom()
         self.check_parts()
+        self.check_memory_plan()
         check_init(self.code_token_init)
         for name in ("alarm_no_signal_logs", "alarm_constant_reward_logs"):
             value = getattr(self, name)

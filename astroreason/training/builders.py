@@ -29,6 +29,7 @@ from ..zoom import with_zoom_columns
 from .arguments import GalaxyScriptArguments
 from .checkpoints import check_output_dir, load_checkpoint_weights, resume_point
 from .launch import check_launch, check_vllm
+from .memory import print_memory_plan
 from .records import base_record
 from .zoom import apply_turn_cap, zoom_parts, zoom_sft_parts
 
@@ -175,10 +176,12 @@ def peft_config(model_args, model=None, code_ids: list[int] | None = None, *, fr
 def run_training(trainer, args: GalaxyScriptArguments) -> None:
     """Train (resuming if asked), then save the final model and processor in `output_dir`.
 
-    With `estimate_only`: only the pilot steps, neither charged nor saved; the estimate is printed (by the budget
-    callback) and a run that would not fit is refused (`BudgetExhausted`, exit 1)."""
+    With `estimate_only`: first the memory plan per GPU (`MEMORY {json}`, `training.memory`), then only the pilot
+    steps, neither charged nor saved; the estimate is printed (by the budget callback) and a run that would not fit
+    the dollar cap is refused (`BudgetExhausted`, exit 1)."""
     output_dir = trainer.args.output_dir
     if args.estimate_only:
+        print_memory_plan(trainer, args)  # before the pilot: it is read even when the pilot runs out of memory
         estimate_training(trainer)
         release_processes(trainer.accelerator)
         return
