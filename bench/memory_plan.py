@@ -4,7 +4,7 @@
     python bench/memory_plan.py --gpu-memory-gib 141  # an H200
     python bench/memory_plan.py --out FILE            # default bench/results/memory_plan.json
 
-Each model is built on the meta device from its config fields written out below (as bench/gpu_check.py does), with
+Each model is built on the meta device from its published shape (`astroreason/models/shapes.py`), with
 LoRA applied by peft when the config asks for it, so the parameter counts are the real model's (checked against
 the published totals: Qwen2.5-VL-3B 3.75B, 7B 8.29B, Qwen3-VL-4B 4.44B, 8B 8.77B). A sequence's length is counted
 with the tiny model's tokenizer of the same family (trained offline on these prompts; Qwen's own tokenizer may
@@ -29,113 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "memory_plan.json"
 sys.path.insert(0, str(ROOT))
 
-QWEN2_5_VL_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
-QWEN3_VL_ROPE = {
-    "rope_type": "default",
-    "rope_theta": 5000000.0,
-    "mrope_section": [24, 20, 20],
-    "mrope_interleaved": True,
-}
-QWEN2_5_VL_VISION = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    hidden_act="silu",
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    window_size=112,
-    fullatt_block_indexes=[7, 15, 23, 31],
-)
-# Each Hub model's config.json, the fields that set its shape (and so its parameter count).
-MODELS = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": dict(
-        model_type="qwen2_5_vl",
-        tied=True,
-        text=dict(
-            vocab_size=151936,
-            hidden_size=2048,
-            intermediate_size=11008,
-            num_hidden_layers=36,
-            num_attention_heads=16,
-            num_key_value_heads=2,
-            rope_parameters=QWEN2_5_VL_ROPE,
-        ),
-        vision=dict(QWEN2_5_VL_VISION, out_hidden_size=2048),
-    ),
-    "Qwen/Qwen2.5-VL-7B-Instruct": dict(
-        model_type="qwen2_5_vl",
-        tied=False,
-        text=dict(
-            vocab_size=152064,
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            rope_parameters=QWEN2_5_VL_ROPE,
-        ),
-        vision=dict(QWEN2_5_VL_VISION, out_hidden_size=3584),
-    ),
-    "Qwen/Qwen3-VL-4B-Instruct": dict(
-        model_type="qwen3_vl",
-        tied=True,
-        text=dict(
-            vocab_size=151936,
-            hidden_size=2560,
-            intermediate_size=9728,
-            num_hidden_layers=36,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            rope_parameters=QWEN3_VL_ROPE,
-        ),
-        vision=dict(
-            depth=24,
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_heads=16,
-            out_hidden_size=2560,
-            patch_size=16,
-            spatial_merge_size=2,
-            num_position_embeddings=2304,
-            deepstack_visual_indexes=[5, 11, 17],
-        ),
-    ),
-    "Qwen/Qwen3-VL-8B-Instruct": dict(
-        model_type="qwen3_vl",
-        tied=False,
-        text=dict(
-            vocab_size=151936,
-            hidden_size=4096,
-            intermediate_size=12288,
-            num_hidden_layers=36,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            head_dim=128,
-            rope_parameters=QWEN3_VL_ROPE,
-        ),
-        vision=dict(
-            depth=27,
-            hidden_size=1152,
-            intermediate_size=4304,
-            num_heads=16,
-            out_hidden_size=4096,
-            patch_size=16,
-            spatial_merge_size=2,
-            num_position_embeddings=2304,
-            deepstack_visual_indexes=[8, 16, 24],
-        ),
-    ),
-}
-# The published totals the meta-device counts must equal (full model, tied weights once).
-PUBLISHED_PARAMS = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": 3_754_622_976,
-    "Qwen/Qwen2.5-VL-7B-Instruct": 8_292_166_656,
-    "Qwen/Qwen3-VL-4B-Instruct": 4_437_815_808,
-    "Qwen/Qwen3-VL-8B-Instruct": 8_767_123_696,
-}
 LAYOUTS = ("ddp", "zero2", "zero3", "fsdp")  # recipes/accelerate/<name>.yaml, each at its num_processes (8)
 LARGEST_CODE = 9999  # tokens arm: codes rendered as ints, assumed at most 4 digits (aion-base's codebook not read)
 
@@ -144,24 +37,14 @@ def meta_model(name: str, settings: dict):
     """The Hub model `name` on the meta device in the config's dtype, with the config's LoRA when it asks."""
     import torch
 
-    from astroreason.models import family_for
+    from astroreason.models.shapes import checkpoint_shape, meta_model
 
-    fields = MODELS[name]
-    family = family_for(fields["model_type"])
-    config = family.config_class()(
-        text_config=fields["text"], vision_config=fields["vision"], tie_word_embeddings=fields["tied"]
-    )
-    dtype = getattr(torch, settings.get("dtype") or "float32")
-    with torch.device("meta"):
-        model = family.model_class()._from_config(config, dtype=dtype)
-        if settings.get("use_peft"):
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=settings["lora_r"], lora_alpha=settings["lora_alpha"], target_modules=settings["lora_target_modules"]
-            )
-            model = get_peft_model(model, lora)
-    return model
+    lora = None
+    if settings.get("use_peft"):
+        lora = dict(
+            r=settings["lora_r"], lora_alpha=settings["lora_alpha"], target_modules=settings["lora_target_modules"]
+        )
+    return meta_model(checkpoint_shape(name), dtype=getattr(torch, settings.get("dtype") or "float32"), lora=lora)
 
 
 def tiny_processors(work: Path) -> dict:
@@ -214,12 +97,13 @@ def config_plans(path: Path, processors: dict, gpu_memory_gib: float, layouts: d
     import yaml
 
     from astroreason.models import family_for
+    from astroreason.models.shapes import checkpoint_shape
     from astroreason.training.memory import RunShape, count_parameters, memory_plan, model_shape
 
     settings = yaml.safe_load(path.read_text())
     name = settings["model_name_or_path"]
     model = meta_model(name, settings)
-    family = family_for(MODELS[name]["model_type"])
+    family = family_for(checkpoint_shape(name).arch)
     tokens, visual, note = longest_row_tokens(settings, processors[family.model_type], family)
     batch = settings["per_device_train_batch_size"]
     checkpointing = bool(settings.get("activation_checkpointing") or settings.get("gradient_checkpointing"))
@@ -257,8 +141,8 @@ def config_plans(path: Path, processors: dict, gpu_memory_gib: float, layouts: d
         "config": str(path.relative_to(ROOT)),
         "model": name,
         "params": counts.params,
-        "published_params": PUBLISHED_PARAMS[name],
-        "params_match_published": base == PUBLISHED_PARAMS[name],
+        "published_params": checkpoint_shape(name).parameters,
+        "params_match_published": base == checkpoint_shape(name).parameters,
         "trainable_params": counts.trainable,
         "note": note,
         "one_gpu": plan("ddp", 1),

@@ -76,21 +76,15 @@ def config_values(config: Path) -> dict:
     return yaml.safe_load(config.read_text())
 
 
-def trainable_parameters(model_dir: Path, values: dict) -> tuple[int, int]:
-    """(all parameters, trainable ones) of the config's model, counted on the meta device with the config's LoRA."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def trainable_parameters(shape, values: dict) -> tuple[int, int]:
+    """(all parameters, trainable ones) of the cut model, counted on the meta device with the config's LoRA."""
+    from astroreason.models.shapes import meta_model
 
-    with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir))
-    total = sum(p.numel() for p in model.parameters())
-    if not values.get("use_peft"):
-        return total, total
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=values["lora_r"], lora_alpha=values["lora_alpha"], target_modules=values["lora_target_modules"])
-    model = get_peft_model(model, lora)
-    return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = None
+    if values.get("use_peft"):
+        lora = dict(r=values["lora_r"], lora_alpha=values["lora_alpha"], target_modules=values["lora_target_modules"])
+    model = meta_model(shape, lora=lora)
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def bytes_needed(total: int, trainable: int, dtype_bytes: int) -> int:
@@ -162,7 +156,10 @@ def main(argv=None) -> int:
     from astroreason.models.shapes import build_shaped_model, checkpoint_shape, cut_depth
 
     torch.set_num_threads(os.cpu_count() or 1)
-    configs = sorted({c for g in args.configs for c in (ROOT / "recipes" / "configs").glob(g + ".yaml")})
+    # In the order the globs are given (each glob's matches sorted), each config once.
+    configs = list(
+        dict.fromkeys(c for g in args.configs for c in sorted((ROOT / "recipes" / "configs").glob(g + ".yaml")))
+    )
     work = args.work or Path(tempfile.mkdtemp(prefix="real_shapes-"))
     work.mkdir(parents=True, exist_ok=True)
     data, codec = build_material(work)
@@ -195,7 +192,7 @@ def main(argv=None) -> int:
         dtype = getattr(torch, args.dtype)
         if name not in models:
             models[name] = build_shaped_model(work / "models" / name.split("/")[-1], shape, dtype=dtype)
-        total, trainable = trainable_parameters(models[name], values)
+        total, trainable = trainable_parameters(shape, values)
         need = bytes_needed(total, trainable, torch.finfo(dtype).bits // 8)
         for arm in args.arms:
             run = {"config": str(config.relative_to(ROOT)), "arm": arm, "checkpoint": name, "dtype": str(dtype)}

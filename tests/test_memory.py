@@ -5,7 +5,6 @@ under ZeRO and FSDP; the strategy read from accelerate's launch; and the recipe'
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -234,15 +233,14 @@ def test_grpo_sequence_is_the_prompt_the_model_reads_plus_the_completion(tiny_mo
     assert plan["parts_bytes"]["generation_cache"] > 0  # generated with transformers, no vLLM
 
 
-def test_the_plan_script_builds_the_real_models_on_the_meta_device():
-    spec = importlib.util.spec_from_file_location("memory_plan_script", ROOT / "bench" / "memory_plan.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_the_published_shapes_build_the_real_models_on_the_meta_device():
+    """The shapes the plan (and bench/real_shapes.py) build models from give the published parameter counts."""
+    from astroreason.models.shapes import SHAPES, meta_model
 
-    for name, published in script.PUBLISHED_PARAMS.items():
-        counts = count_parameters(script.meta_model(name, {"dtype": "bfloat16"}))
-        assert counts.params == published and counts.weight_bytes == 2 * published, name
-    lora = {"dtype": "bfloat16", "use_peft": True, "lora_r": 64, "lora_alpha": 128, "lora_target_modules": ["q_proj"]}
-    counts = count_parameters(script.meta_model("Qwen/Qwen2.5-VL-3B-Instruct", lora))
+    for name, shape in SHAPES.items():
+        counts = count_parameters(meta_model(shape, dtype=torch.bfloat16))
+        assert counts.params == shape.parameters and counts.weight_bytes == 2 * shape.parameters, name
+    lora = {"r": 64, "lora_alpha": 128, "target_modules": ["q_proj"]}
+    counts = count_parameters(meta_model(SHAPES["Qwen/Qwen2.5-VL-3B-Instruct"], dtype=torch.bfloat16, lora=lora))
     # q_proj of 36 decoder layers, 2048 -> 2048: A (64 x 2048) and B (2048 x 64) each, in float32.
     assert counts.trainable == 36 * 2 * 64 * 2048 and counts.trainable_bytes == 4 * counts.trainable

@@ -8,7 +8,7 @@ from whichever tokenizer the built model is saved with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import UserError
 
@@ -22,6 +22,8 @@ class CheckpointShape:
         text: The language model's shape fields (`text_config`).
         vision: The vision tower's shape fields (`vision_config`).
         tied: Whether the LM head shares the embedding matrix (`tie_word_embeddings`).
+        parameters: The published parameter count (tied weights once; None for a cut model); a model built from
+            the fields has exactly this many (tests/test_memory.py counts them on the meta device).
         depth_fields: The vision fields that list block indexes, which a depth-cut model must keep inside its depth.
     """
 
@@ -29,6 +31,7 @@ class CheckpointShape:
     text: dict
     vision: dict
     tied: bool
+    parameters: int | None
     depth_fields: tuple[str, ...] = field(default=())
 
 
@@ -77,6 +80,7 @@ SHAPES: dict[str, CheckpointShape] = {
         ),
         vision=dict(_QWEN2_5_VL_VISION, out_hidden_size=2048),
         tied=True,
+        parameters=3_754_622_976,
         depth_fields=("fullatt_block_indexes",),
     ),
     "Qwen/Qwen2.5-VL-7B-Instruct": CheckpointShape(
@@ -92,6 +96,7 @@ SHAPES: dict[str, CheckpointShape] = {
         ),
         vision=dict(_QWEN2_5_VL_VISION, out_hidden_size=3584),
         tied=False,
+        parameters=8_292_166_656,
         depth_fields=("fullatt_block_indexes",),
     ),
     "Qwen/Qwen3-VL-4B-Instruct": CheckpointShape(
@@ -115,6 +120,7 @@ SHAPES: dict[str, CheckpointShape] = {
             deepstack_visual_indexes=[5, 11, 17],
         ),
         tied=True,
+        parameters=4_437_815_808,
         depth_fields=("deepstack_visual_indexes",),
     ),
     "Qwen/Qwen3-VL-8B-Instruct": CheckpointShape(
@@ -138,6 +144,7 @@ SHAPES: dict[str, CheckpointShape] = {
             deepstack_visual_indexes=[8, 16, 24],
         ),
         tied=False,
+        parameters=8_767_123_696,
         depth_fields=("deepstack_visual_indexes",),
     ),
 }
@@ -159,13 +166,7 @@ def cut_depth(shape: CheckpointShape, layers: int, blocks: int) -> CheckpointSha
     for name in shape.depth_fields:
         count = min(len(shape.vision[name]), blocks - 1)
         vision[name] = list(range(blocks - count, blocks))
-    return CheckpointShape(
-        arch=shape.arch,
-        text=dict(shape.text, num_hidden_layers=layers),
-        vision=vision,
-        tied=shape.tied,
-        depth_fields=shape.depth_fields,
-    )
+    return replace(shape, text=dict(shape.text, num_hidden_layers=layers), vision=vision, parameters=None)
 
 
 def shaped_config(shape: CheckpointShape, token_ids: dict):
@@ -181,6 +182,22 @@ def shaped_config(shape: CheckpointShape, token_ids: dict):
         tie_word_embeddings=shape.tied,
         **top_ids,
     )
+
+
+def meta_model(shape: CheckpointShape, *, dtype=None, lora: dict | None = None):
+    """A model of `shape` on the meta device (no memory, no weights), with peft's LoRA when `lora` gives its
+    `r`, `lora_alpha` and `target_modules`: what a plan counts parameters on."""
+    import torch
+
+    from .family import family_for
+
+    with torch.device("meta"):
+        model = family_for(shape.arch).model_class()._from_config(shaped_config(shape, {}), dtype=dtype)
+        if lora:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(**lora))
+    return model
 
 
 def build_shaped_model(out_dir, shape: CheckpointShape, *, seed: int = 0, dtype=None):
