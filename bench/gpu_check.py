@@ -47,39 +47,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "gpu_check.json"
 sys.path.insert(0, str(ROOT))
+from astroreason.models.shapes import SHAPES  # noqa: E402  (after the path: the script runs from a checkout)
 
-# Qwen2.5-VL-3B-Instruct's config.json, the fields that set its shape (token ids come from the tokenizer used).
-QWEN2_5_VL_3B_TEXT = dict(
-    vocab_size=151936,
-    hidden_size=2048,
-    intermediate_size=11008,
-    num_hidden_layers=36,
-    num_attention_heads=16,
-    num_key_value_heads=2,
-    hidden_act="silu",
-    max_position_embeddings=128000,
-    rms_norm_eps=1e-6,
-    use_sliding_window=False,
-    sliding_window=32768,
-    max_window_layers=70,
-    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-)
-QWEN2_5_VL_3B_VISION = dict(
-    depth=32,
-    hidden_size=1280,
-    intermediate_size=3420,
-    num_heads=16,
-    hidden_act="silu",
-    in_channels=3,
-    patch_size=14,
-    spatial_merge_size=2,
-    temporal_patch_size=2,
-    tokens_per_second=2,
-    window_size=112,
-    out_hidden_size=2048,
-    fullatt_block_indexes=[7, 15, 23, 31],
-)
-QWEN2_5_VL_3B_TIED = True  # tie_word_embeddings: the 3B shares its embedding with the LM head
+# Qwen2.5-VL-3B-Instruct's published shape (astroreason/models/shapes.py; token ids come from the tokenizer used).
+QWEN2_5_VL_3B = SHAPES["Qwen/Qwen2.5-VL-3B-Instruct"]
+QWEN2_5_VL_3B_TEXT, QWEN2_5_VL_3B_VISION = QWEN2_5_VL_3B.text, QWEN2_5_VL_3B.vision
+QWEN2_5_VL_3B_TIED = QWEN2_5_VL_3B.tied  # tie_word_embeddings: the 3B shares its embedding with the LM head
 
 # The dry run builds the same way, at a size a CPU steps through in well under a second.
 DRY_TEXT = dict(
