@@ -1,19 +1,32 @@
-"""Seconds and peak memory of `astroreason data inspect` and `data prepare` on Galaxy10-sized files.
+"""Seconds and peak memory of `astroreason data inspect` and `data prepare` against the time to read the file.
 
-For each size (default 2,000, 8,000 and 17,736 rows, the last the full Galaxy10 DECaLS file) it draws a file in
-Galaxy10 DECaLS's schema under a temporary directory: 256 x 256 x 3 uint8 images (a class's blob plus noise, so
-every image is distinct), class-sorted with Galaxy10's class shares, random sky positions, and the traps scaled
-to the size (at full size 59 exact duplicates, same pixels and position, with conflicting labels, and 18 near pairs
-2-4.5 arcsec apart). Each command runs as the CLI in a fresh child process; its peak RSS is read from the child's
-resource usage (os.wait4), its time is the child's wall clock (imports included). Before each command the file's
-pages are evicted from the page cache (posix_fadvise), so it is read from disk (`--warm` keeps them). The files are
-deleted after use.
+For each size (default 2,000 and 17,736 rows, the latter the full Galaxy10 DECaLS file) and each layout of the
+`images` dataset (default all four) it draws a file in Galaxy10 DECaLS's schema under a temporary directory:
 
-    python bench/data_bench.py                        # 2000 8000 17736 rows; writes bench/results/data_bench.json
-    python bench/data_bench.py --sizes 500 2000 --out /tmp/x.json
+    contiguous   one contiguous, uncompressed block
+    chunked      one image per chunk, uncompressed
+    gzip_auto    gzip (level 4) with h5py's automatic chunks (chunks=True: 555 x 16 x 16 x 1 at full size)
+    gzip_image   gzip (level 4), one image per chunk, (1, 256, 256, 3)
 
-Disk: the full-size file is 3.25 GiB and its prepared directory 3.5 GB (plus as much again while it is written);
-the bench checks free space first.
+Images are 256 x 256 x 3 uint8: a class's blob on a dark sky plus uniform 0-39 noise, so every image is distinct
+and gzip works as hard as on the real file: the drawn files are 0.71 (gzip_auto) and 0.73 (gzip_image) of their
+pixels' size, the real Galaxy10_DECals.h5 0.73 (2.54 GB for 3.49 GB). Rows are class-sorted with Galaxy10's class
+shares, at random sky positions, with the traps scaled to the size (at full size 59 exact duplicates, same pixels
+and position, with conflicting labels, and 18 near pairs 2-4.5 arcsec apart). The same size and seed give the same
+pixels in every layout.
+
+For each file it measures, in the same run: the read time (every image read and decompressed once, in order, with
+h5py in this process, whole chunks at a time: what reading the file costs), then `data inspect` and `data prepare`,
+each as the CLI in a fresh child process: its wall clock (imports included) and peak RSS (os.wait4). Before each
+step the file's pages are evicted from the page cache (posix_fadvise), so it is read from disk (`--warm` keeps
+them). It prints per layout the seconds, the ratio to the read time, the target (inspect within max(10 s, 1.3 x
+read), prepare within max(40 s, 2 x read), peak RSS within 1 GiB) and pass or FAIL. The files are deleted after use.
+
+    python bench/data_bench.py                        # 2000 and 17736 rows; writes bench/results/data_bench.json
+    python bench/data_bench.py --sizes 2000 --layouts gzip_auto gzip_image --out /tmp/x.json
+
+Disk and time: a full-size file is 3.25 GiB (2.3 GiB compressed) and its prepared directory 3.5 GB, plus as much
+again while it is written; one layout at a time. Drawing a full-size gzip file takes ~5 minutes (one core).
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ SIDE = 256
 CLASS_COUNTS = (1081, 1853, 2645, 2027, 334, 2043, 1829, 2628, 1423, 1873)  # Galaxy10 DECaLS, 17,736 rows
 FULL_EXACT, FULL_NEAR = 59, 18  # conflicting exact duplicates and near pairs in the real file
 BLOCK = 256  # rows drawn and written at a time
+MAX_RSS_MIB = 1024  # peak RSS allowed to either command
 
 
 def class_counts(n: int) -> np.ndarray:
@@ -60,8 +74,22 @@ def class_templates(side: int) -> np.ndarray:
     return np.stack(out)
 
 
-def write_galaxy10_like(path: Path, n: int, seed: int = 0) -> dict:
-    """Draw an n-row Galaxy10 DECaLS-schema file at `path`; returns what was planted (file rows)."""
+LAYOUTS = {  # name -> h5py create_dataset keywords for `images` (chunks=(1, ...): one image per chunk)
+    "contiguous": {},
+    "chunked": {"chunks": (1, SIDE, SIDE, 3)},
+    "gzip_auto": {"chunks": True, "compression": "gzip"},
+    "gzip_image": {"chunks": (1, SIDE, SIDE, 3), "compression": "gzip"},
+}
+
+
+def row_noise(seed: int, row: int) -> np.ndarray:
+    """The noise of one row, drawn from its own stream: a copied row is redrawn rather than read back."""
+    return np.random.default_rng([seed, row]).integers(0, 40, (SIDE, SIDE, 3), dtype=np.uint8)
+
+
+def write_galaxy10_like(path: Path, n: int, seed: int = 0, layout: str = "contiguous") -> dict:
+    """Draw an n-row Galaxy10 DECaLS-schema file at `path` with `images` stored as `layout`; returns what was
+    planted (file rows). The same n and seed give the same pixels in every layout."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(10), class_counts(n))
     ra = rng.uniform(0, 360, n)
@@ -86,17 +114,18 @@ def write_galaxy10_like(path: Path, n: int, seed: int = 0) -> dict:
         d, angle = rng.uniform(2, 4.5) / 3600, rng.uniform(0, 2 * np.pi)
         ra[b] = ra[a] + d * np.cos(angle) / np.cos(np.radians(dec[a]))
         dec[b] = dec[a] + d * np.sin(angle)
-    copy_of = {b: a for a, b in exact}
+    pixels_of = np.arange(n)  # whose pixels each row shows: a copy shows its original's
+    for a, b in exact:
+        pixels_of[b] = a
 
     templates = class_templates(SIDE)
     with h5py.File(path, "w") as f:
-        images = f.create_dataset("images", (n, SIDE, SIDE, 3), np.uint8)
-        for start in range(0, n, BLOCK):
-            stop = min(start + BLOCK, n)
-            noise = rng.integers(0, 40, (stop - start, SIDE, SIDE, 3), dtype=np.uint8)
-            images[start:stop] = templates[labels[start:stop]] + noise
-        for b, a in copy_of.items():
-            images[b] = images[a]
+        images = f.create_dataset("images", (n, SIDE, SIDE, 3), np.uint8, **LAYOUTS[layout])
+        # Whole chunks at a time: a compressed chunk written in parts is decompressed and recompressed per part.
+        step = images.chunks[0] * max(1, BLOCK // images.chunks[0]) if images.chunks else BLOCK
+        for start in range(0, n, step):
+            src = pixels_of[start : min(start + step, n)]
+            images[start : start + len(src)] = templates[labels[src]] + np.stack([row_noise(seed, r) for r in src])
         f["ans"] = labels.astype(np.uint8)
         f["ra"], f["dec"] = ra, dec
         f["redshift"] = rng.uniform(0.01, 0.3, n)
@@ -143,13 +172,78 @@ def check_disk(workdir: Path, largest: int) -> None:
         sys.exit(f"data_bench: {workdir} has {free / 2**30:.1f} GiB free, needs {need / 2**30:.1f} GiB")
 
 
+def read_seconds(path: Path) -> float:
+    """Seconds to read and decompress every image once, in order: h5py in this process, whole chunks at a time
+    (about 64 rows, a multiple of the chunk's rows), nothing else done with them. What reading the file costs."""
+    t = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        images = f["images"]
+        chunk_rows = (images.chunks or (1,))[0]
+        step = max(1, 64 // chunk_rows) * chunk_rows
+        for start in range(0, len(images), step):
+            images[start : start + step]
+    return time.perf_counter() - t
+
+
+def targets(read: float) -> dict:
+    """The targets, in seconds, for a file whose images take `read` seconds to read."""
+    return {"inspect": max(10.0, 1.3 * read), "prepare": max(40.0, 2.0 * read)}
+
+
+def bench_file(path: Path, out: Path, n: int, layout: str, planted: dict, warm: bool) -> dict:
+    """Read, inspect and prepare one file, each from disk unless `warm`; the record of the three."""
+    if not warm:
+        evict_from_page_cache(path)
+    record = {"layout": layout, "n": n, "file_gib": path.stat().st_size / 2**30, "planted": planted}
+    record["compression_ratio"] = path.stat().st_size / (n * SIDE * SIDE * 3)
+    record["read_seconds"] = read_seconds(path)
+    goal = targets(record["read_seconds"])
+    for step, cli in (
+        ("inspect", ["data", "inspect", str(path)]),
+        ("prepare", ["data", "prepare", str(path), "--out", str(out)]),
+    ):
+        if not warm:
+            evict_from_page_cache(path)
+        r = run_cli(cli)
+        r["ms_per_row"] = 1000 * r["seconds"] / n
+        r["ratio_to_read"] = r["seconds"] / record["read_seconds"]
+        r["target_seconds"] = goal[step]
+        r["passes"] = r["seconds"] <= goal[step] and r["peak_rss_mib"] <= MAX_RSS_MIB
+        record[step] = r
+    manifest = json.loads((out / "manifest.json").read_text())
+    record["prepare"]["prepared_gib"] = du_bytes(out) / 2**30
+    record["prepare"]["split_rows"] = {k: len(v) for k, v in manifest["rows"].items()}
+    record["prepare"]["dropped_groups"] = len(manifest["dropped"])
+    return record
+
+
+def print_row(r: dict) -> None:
+    i, p = r["inspect"], r["prepare"]
+    print(
+        f"{r['n']:>6} {r['layout']:<11} {r['compression_ratio']:5.2f} {r['read_seconds']:7.1f} | "
+        f"{i['seconds']:9.1f} {i['ratio_to_read']:6.2f} {i['target_seconds']:6.1f} {'pass' if i['passes'] else 'FAIL'} "
+        f"{i['peak_rss_mib']:4.0f} | {p['seconds']:9.1f} {p['ratio_to_read']:6.2f} {p['target_seconds']:6.1f} "
+        f"{'pass' if p['passes'] else 'FAIL'} {p['peak_rss_mib']:4.0f}",
+        flush=True,
+    )
+
+
+HEADER = (
+    "  rows layout     file/px  read s | inspect s  /read target      MiB | prepare s  /read target      MiB\n"
+    "  (targets: inspect max(10 s, 1.3 x read), prepare max(40 s, 2 x read), peak RSS 1 GiB)"
+)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, FULL_ROWS], help="rows of each file")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, FULL_ROWS], help="rows of each file")
+    parser.add_argument(
+        "--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS), help="how `images` is stored"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawn files")
     parser.add_argument("--workdir", default=None, help="where the files go (default: a new temporary directory)")
     parser.add_argument(
-        "--warm", action="store_true", help="leave the file in the page cache (default: evicted before each command)"
+        "--warm", action="store_true", help="leave the file in the page cache (default: evicted before each step)"
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "data_bench.json"))
     args = parser.parse_args(argv)
@@ -161,61 +255,33 @@ def main(argv=None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="astroreason-data-bench-", dir=base) as tmp:
         for n in args.sizes:
-            path, out = Path(tmp) / f"galaxy10_like_{n}.h5", Path(tmp) / f"prepared_{n}"
-            t = time.perf_counter()
-            planted = write_galaxy10_like(path, n, args.seed)
-            print(f"n={n}: drew {path.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - t:.0f} s {planted}")
-            for step, cli in (
-                ("inspect", ["data", "inspect", str(path)]),
-                ("prepare", ["data", "prepare", str(path), "--out", str(out)]),
-            ):
-                if not args.warm:
-                    evict_from_page_cache(path)
-                r = run_cli(cli)
-                r.update(step=step, n=n, file_gib=path.stat().st_size / 2**30, planted=planted)
-                r["ms_per_row"] = 1000 * r["seconds"] / n
-                if step == "prepare":
-                    r["prepared_gib"] = du_bytes(out) / 2**30
-                    r["split_rows"] = {
-                        k: len(v) for k, v in json.loads((out / "manifest.json").read_text())["rows"].items()
-                    }
-                    r["dropped_groups"] = len(json.loads((out / "manifest.json").read_text())["dropped"])
-                runs.append(r)
-                print(
-                    f"  {step:8s} {r['seconds']:6.1f} s ({r['ms_per_row']:.2f} ms/row), peak RSS {r['peak_rss_mib']:.0f} MiB"
-                )
-            shutil.rmtree(out)
-            path.unlink()
-
-    ratios = {}
-    smallest = min(args.sizes)
-    for step in ("inspect", "prepare"):
-        ref = next(r for r in runs if r["step"] == step and r["n"] == smallest)
-        ratios[step] = {
-            str(r["n"]): {
-                "seconds_per_row_ratio": r["ms_per_row"] / ref["ms_per_row"],
-                "peak_rss_ratio": r["peak_rss_mib"] / ref["peak_rss_mib"],
-            }
-            for r in runs
-            if r["step"] == step
-        }
-        for n, ratio in ratios[step].items():
-            print(
-                f"{step} n={n} vs n={smallest}: time per row x{ratio['seconds_per_row_ratio']:.2f}, "
-                f"peak RSS x{ratio['peak_rss_ratio']:.2f}"
-            )
+            for layout in args.layouts:
+                path, out = Path(tmp) / f"galaxy10_like_{n}_{layout}.h5", Path(tmp) / f"prepared_{n}_{layout}"
+                t = time.perf_counter()
+                planted = write_galaxy10_like(path, n, args.seed, layout)
+                print(f"n={n} {layout}: drew {path.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - t:.0f} s")
+                runs.append(bench_file(path, out, n, layout, planted, args.warm))
+                print_row(runs[-1])
+                shutil.rmtree(out)
+                path.unlink()
+    print(HEADER)
+    for r in runs:
+        print_row(r)
     result = {
         "bench": "data_bench",
         "command": "python bench/data_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "side_px": SIDE,
         "sizes": args.sizes,
+        "layouts": {name: {k: str(v) for k, v in LAYOUTS[name].items()} for name in args.layouts},
         "seed": args.seed,
-        "page_cache": "warm" if args.warm else "the file evicted from the page cache before each command",
+        "page_cache": "warm" if args.warm else "the file evicted from the page cache before each step",
+        "targets": "inspect <= max(10 s, 1.3 x read), prepare <= max(40 s, 2 x read), peak RSS <= 1 GiB",
+        "all_pass": all(r[step]["passes"] for r in runs for step in ("inspect", "prepare")),
         "runs": runs,
-        "ratios_vs_smallest": ratios,
         "machine": {
             "cpus": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
+            "h5py": h5py.__version__,
             "load_average_before": load_before,
             "load_average_after": os.getloadavg(),
             "note": "shared machine: other processes ran alongside (load average above)",

@@ -13,6 +13,8 @@ side, e.g. the surrogate's) and the older Galaxy10 SDSS (`Galaxy10.h5`, 69 px, a
 from __future__ import annotations
 
 import hashlib
+import itertools
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ SDSS_SIDE = 69  # Galaxy10 SDSS images are 69 x 69 x 3
 SDSS_REQUIRED_KEYS = ("images", "ans")
 COLUMN_KEYS = ("ra", "dec", "redshift", "pxscale")  # one float per row
 CHUNK_ROWS = 64  # rows per read: 64 x 256 x 256 x 3 bytes = 12 MiB, whatever the file's size
+READ_THREADS = 2  # blocks read at once: gzip chunks are inflated by zlib, which releases the GIL (`read_rows`)
 
 
 @dataclass(frozen=True)
@@ -176,11 +179,23 @@ class Galaxy10File(Source):
         return self._rows("flux", rows)
 
     def image_examples(self, rows) -> Iterator[tuple[int, np.ndarray]]:
-        """(row, image) for rows, read CHUNK_ROWS at a time."""
+        """(row, image) for sorted, unique rows, read a chunk-aligned block at a time (`row_blocks`)."""
+        for row, image, _ in self.hashed_examples(rows, hashes=False):
+            yield row, image
+
+    def hashed_examples(self, rows, *, hashes: bool = True) -> Iterator[tuple[int, np.ndarray, str | None]]:
+        """(row, image, SHA-256 of its bytes as in `image_hashes`) for sorted, unique rows, read and hashed on the
+        reading threads a chunk-aligned block at a time (`row_blocks`)."""
         rows = np.asarray(rows, np.int64)
-        for start in range(0, len(rows), CHUNK_ROWS):
-            chunk = rows[start : start + CHUNK_ROWS]
-            yield from zip(chunk.tolist(), self._rows("images", chunk))
+        wanted = [(a, b, rows[np.searchsorted(rows, a) : np.searchsorted(rows, b)]) for a, b in self.row_blocks()]
+        wanted = [(a, b, r) for a, b, r in wanted if len(r)]
+
+        def read(a, b, r):
+            block = self._read("images", slice(a, b))[r - a]
+            return block, [_sha256(img) if hashes else None for img in block]
+
+        for (_, _, r), (block, digests) in zip(wanted, self._map_blocks(read, wanted)):
+            yield from zip(r.tolist(), block, digests)
 
     def flux_reasons(self) -> dict[int, str]:
         """Row -> why its `flux` is unusable (only non-finite rows; nothing without `flux`)."""
@@ -199,17 +214,44 @@ class Galaxy10File(Source):
         out[order] = block
         return out
 
+    def row_blocks(self, key: str = "images", rows: int = CHUNK_ROWS) -> list[tuple[int, int]]:
+        """(start, stop) row ranges covering the file, each made of whole chunks of `key` and about `rows` long.
+
+        A read that cuts a chunk decompresses it again for each block it touches; h5py's automatic chunks span
+        hundreds of rows (e.g. 555 x 16 x 16 x 1), so a fixed 64-row block would decompress each chunk ~9 times.
+        """
+        chunk_rows = (self._f[key].chunks or (1,))[0]  # contiguous: any row boundary is aligned
+        step = max(1, rows // chunk_rows) * chunk_rows
+        return [(start, min(start + step, self.n_rows)) for start in range(0, self.n_rows, step)]
+
     def chunks(self, key: str = "images", chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, block) over the whole file, `chunk_rows` rows at a time: memory stays flat."""
-        for start in range(0, self.n_rows, chunk_rows):
-            yield start, self._read(key, slice(start, min(start + chunk_rows, self.n_rows)))
+        """(first row, block) over the whole file in `row_blocks`: memory stays flat."""
+        blocks = self.row_blocks(key, chunk_rows)
+        yield from zip((a for a, _ in blocks), self._map_blocks(lambda a, b: self._read(key, slice(a, b)), blocks))
 
     def image_hashes(self, chunk_rows: int = CHUNK_ROWS) -> list[str]:
-        """SHA-256 of each row's image bytes, read in chunks. Identical images have identical hashes."""
-        hashes = []
-        for _, block in self.chunks("images", chunk_rows):
-            hashes.extend(hashlib.sha256(np.ascontiguousarray(img).data).hexdigest() for img in block)
-        return hashes
+        """SHA-256 of each row's image bytes, read in chunk-aligned blocks, READ_THREADS blocks at once (hashlib
+        too releases the GIL). Identical images have identical hashes."""
+
+        def hash_block(a, b):
+            return [_sha256(img) for img in self._read("images", slice(a, b))]
+
+        blocks = self.row_blocks("images", chunk_rows)
+        return [h for hashes in self._map_blocks(hash_block, blocks) for h in hashes]
+
+    def _map_blocks(self, work, blocks: list[tuple]) -> Iterator:
+        """work(*block) for each block, in order, on READ_THREADS threads, at most READ_THREADS blocks ahead of the
+        one in use: memory stays a few blocks."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(READ_THREADS) as pool:
+            pending = []
+            for block in blocks:
+                pending.append(pool.submit(work, *block))
+                if len(pending) > READ_THREADS:
+                    yield pending.pop(0).result()
+            for future in pending:
+                yield future.result()
 
     def finite_flux_rows(self, chunk_rows: int = CHUNK_ROWS) -> np.ndarray:
         """Boolean mask of rows whose `flux` cutout is present and finite everywhere (all False without `flux`)."""
@@ -220,11 +262,52 @@ class Galaxy10File(Source):
         return mask
 
     def _read(self, key: str, index):
+        """`key`[index]; a slice of rows through `read_rows`."""
         # A file that validated can still fail mid-read (a damaged chunk): keep it to one line.
+        dataset = self._f[key]
         try:
-            return self._f[key][index]
+            return read_rows(dataset, index.start, index.stop) if isinstance(index, slice) else dataset[index]
         except (OSError, ValueError) as err:
             raise UserError(f"{self.path}: cannot read `{key}` ({_first_line(err)})") from None
+
+
+def _sha256(image: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(image).data).hexdigest()
+
+
+def read_rows(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop-1 of `dataset`, fastest when they are whole chunks along rows (`row_blocks`).
+
+    A gzip-only chunked dataset is read as its stored chunks, each inflated here by zlib, which releases the GIL
+    (h5py holds it while it decompresses): threads reading other blocks meanwhile use the other cores. Anything
+    else (another filter, a chunk never written, a damaged one) is h5py's own read, with h5py's own errors.
+    """
+    if not _gzip_only(dataset) or start % dataset.chunks[0]:
+        return dataset[start:stop]
+    try:
+        return _inflate_rows(dataset, start, stop)
+    except (zlib.error, ValueError, OSError, KeyError):
+        return dataset[start:stop]
+
+
+def _gzip_only(dataset: h5py.Dataset) -> bool:
+    plist = dataset.id.get_create_plist()
+    return plist.get_nfilters() == 1 and plist.get_filter(0)[0] == h5py.h5z.FILTER_DEFLATE
+
+
+def _inflate_rows(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    out = np.empty((stop - start, *dataset.shape[1:]), dataset.dtype)
+    chunk = dataset.chunks
+    starts = [range(start, stop, chunk[0])] + [range(0, n, c) for n, c in zip(dataset.shape[1:], chunk[1:])]
+    for offset in itertools.product(*starts):
+        mask, stored = dataset.id.read_direct_chunk(offset)
+        data = stored if mask & 1 else zlib.decompress(stored)  # mask bit 0: stored without its gzip filter
+        # Chunks at the dataset's edge reach past it: keep the part inside.
+        inside = tuple(slice(0, min(c, end - o)) for o, c, end in zip(offset, chunk, (stop, *dataset.shape[1:])))
+        into = (slice(offset[0] - start, offset[0] - start + inside[0].stop),)
+        into += tuple(slice(o, o + part.stop) for o, part in zip(offset[1:], inside[1:]))
+        out[into] = np.frombuffer(data, dataset.dtype).reshape(chunk)[inside]
+    return out
 
 
 def open_galaxy10(path, *, sha256: str | None = None) -> Galaxy10File:

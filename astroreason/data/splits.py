@@ -20,6 +20,7 @@ inputs it is refused. Later steps (`load_split`, the token cache, evaluation) re
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import numpy as np
 from ..errors import UserError
 from ..io import atomic_path, sha256_bytes, sha256_json
 from .inspect import DEFAULT_RADIUS_ARCSEC, describe_group, duplicate_groups, split_leaks
+from .reader import Galaxy10File
 from .sources import open_source
 
 MANIFEST_NAME = "manifest.json"
@@ -208,6 +210,16 @@ def assign_units(
     return out
 
 
+def _check_settings(fractions, subset: str, radius_arcsec: float):
+    """The split settings checked before anything is read; returns the parsed fractions."""
+    fractions = _parse_fractions(fractions)
+    if subset not in SUBSETS:
+        raise UserError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
+    if not radius_arcsec >= 0:
+        raise UserError(f"radius: must be >= 0 arcsec, got {radius_arcsec}")
+    return fractions
+
+
 def make_manifest(
     source,
     *,
@@ -217,17 +229,16 @@ def make_manifest(
     subset: str = "all",
     include_rows=None,
     sha256: str | None = None,
+    hashes: list[str] | None = None,
+    source_sha256: str | None = None,
 ) -> Manifest:
-    """Compute the split of a source (an HDF5 file or a Hub-layout directory; nothing written)."""
-    fractions = _parse_fractions(fractions)
-    if subset not in SUBSETS:
-        raise UserError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
-    if not radius_arcsec >= 0:
-        raise UserError(f"radius: must be >= 0 arcsec, got {radius_arcsec}")
+    """Compute the split of a source (an HDF5 file or a Hub-layout directory; nothing written). `hashes` and
+    `source_sha256`: its image hashes and its file's SHA-256 when already computed (`_stage`), else read here."""
+    fractions = _check_settings(fractions, subset, radius_arcsec)
     with open_source(source, sha256=sha256) as g10:
         source = Path(g10.path)  # a Hub cache folder or repo id: the snapshot it resolved to
         labels, n, ids, own_splits = g10.labels, g10.n_rows, g10.ids, g10.source_splits
-        hashes = g10.image_hashes()
+        hashes = g10.image_hashes() if hashes is None else hashes
         keep = np.ones(n, bool)
         excluded_rows = []
         if subset == "flux" and not g10.has_flux:
@@ -255,7 +266,7 @@ def make_manifest(
         ra, dec = g10.column("ra"), g10.column("dec")
         groups = duplicate_groups(ra, dec, hashes, radius_arcsec).combined
         release, classes = g10.release.name, list(g10.classes)
-        source_sha = sha256.strip().lower() if sha256 else g10.sha256()
+        source_sha = sha256.strip().lower() if sha256 else source_sha256 or g10.sha256()
         id_name = g10.id_name
     leaks = [describe_group(g, labels, classes, ids=ids, splits=own_splits) for g in split_leaks(groups, own_splits)]
     for leak in leaks:
@@ -352,38 +363,53 @@ def view_image(image) -> dict:
     return {"bytes": b"P6\n%d %d\n255\n" % (width, height) + np.ascontiguousarray(image).tobytes(), "path": None}
 
 
-def _stage(manifest: Manifest, rows: np.ndarray, features, staging: Path, progress: bool) -> None:
-    """The view cells of `rows`, read once in the source's order, into an Arrow IPC file of one-row record batches,
-    so that any row can then be read alone (`get_batch`)."""
+def _stage(source, staging: Path, progress: bool, *, hash_file: bool) -> tuple[list[str] | None, str | None]:
+    """Every row's view cells, read once in the source's order (chunk-aligned blocks: `image_examples`), into an
+    Arrow IPC file of one-row record batches, so that any row can then be read alone (`get_batch`).
+
+    For an HDF5 source, returns its image hashes, computed on the reading threads, and (`hash_file`) its file's
+    SHA-256, computed on a thread of its own meanwhile: the manifest then needs no second read of the source.
+    For a Hub source, (None, None): its hashes are of decoded pixels, and its cells keep the encoded bytes.
+    """
     import pyarrow as pa  # lazy: pyarrow and datasets load only for commands that write views
 
-    schema = features.arrow_schema
-    with open_source(manifest.source_path) as g10, pa.OSFile(str(staging), "wb") as sink:
-        examples = g10.image_examples(rows)
+    with (
+        open_source(source) as g10,
+        pa.OSFile(str(staging), "wb") as sink,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        features = _features(g10.classes)
+        schema = features.arrow_schema
+        hdf5 = isinstance(g10, Galaxy10File)
+        file_sha = pool.submit(g10.sha256) if hdf5 and hash_file else None
+        rows = np.arange(g10.n_rows)
+        examples = g10.hashed_examples(rows) if hdf5 else ((r, img, None) for r, img in g10.image_examples(rows))
         if progress:
             from rich.progress import track  # lazy: only with a progress bar
 
-            examples = track(examples, total=len(rows), description="reading images")
+            examples = track(examples, total=g10.n_rows, description="reading images")
+        hashes = []
         with pa.ipc.new_file(sink, schema) as writer:
             batch = []
-            for row, image in examples:
+            for row, image, digest in examples:
+                hashes.append(digest)
                 label = int(g10.labels[row])
-                cells = {"image": view_image(image), "label": label, "label_name": manifest.classes[label]}
+                cells = {"image": view_image(image), "label": label, "label_name": g10.classes[label]}
                 batch.append(features.encode_example(cells))
                 if len(batch) == VIEW_BATCH_ROWS:
                     writer.write_table(pa.Table.from_pylist(batch, schema=schema), max_chunksize=1)
                     batch = []
             if batch:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema), max_chunksize=1)
+        return (hashes if hdf5 else None), (file_sha.result() if file_sha else None)
 
 
-def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) -> None:
-    """One Arrow file per split under `out_dir/splits/`, streamed from the source.
+def write_views(manifest: Manifest, out_dir: Path, staging: Path, *, progress: bool = False) -> None:
+    """One Arrow file per split under `out_dir/splits/`, from `staging` (every source row: `_stage`).
 
-    The source is read once in its own order (a parquet row group or an HDF5 chunk at a time) into a staging file
-    of one-row batches; each split is then read from it row by row in the split's order (plain reads, not a memory
-    map, whose pages would count as this process's memory) and written with datasets' own `ArrowWriter`, a batch
-    at a time: no builder cache, no `save_to_disk` copy, memory flat in the number of rows.
+    Each split is read from the staging file row by row in the split's order (plain reads, not a memory map, whose
+    pages would count as this process's memory) and written with datasets' own `ArrowWriter`, a batch at a time:
+    no builder cache, no `save_to_disk` copy, memory flat in the number of rows.
     """
     # lazy: pyarrow and datasets load only for commands that write views
     import pyarrow as pa
@@ -391,15 +417,9 @@ def write_views(manifest: Manifest, out_dir: Path, *, progress: bool = False) ->
 
     features = _features(manifest.classes)
     (out_dir / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
-    rows = np.unique(
-        np.concatenate([np.asarray(r, np.int64) for r in manifest.rows.values()] + [np.empty(0, np.int64)])
-    )
-    staging = out_dir / "staging.arrow"
-    _stage(manifest, rows, features, staging, progress)
     with pa.OSFile(str(staging)) as source:
         staged = pa.ipc.open_file(source)
-        for name, split in manifest.rows.items():
-            positions = np.searchsorted(rows, np.asarray(split, np.int64)).tolist()
+        for name, positions in manifest.rows.items():  # staged batch k is source row k
             path = str(split_path(out_dir, name))
             starts = range(0, len(positions), VIEW_BATCH_ROWS)
             if progress:
@@ -438,8 +458,7 @@ def prepare(
             existing = load_manifest(out)
         elif not out.is_dir() or any(out.iterdir()):
             raise UserError(f"{out}: exists and is not a prepared directory; choose another --out")
-    manifest = make_manifest(
-        source,
+    settings = dict(
         seed=seed,
         fractions=fractions,
         radius_arcsec=radius_arcsec,
@@ -447,22 +466,27 @@ def prepare(
         include_rows=include_rows,
         sha256=sha256,
     )
-    if existing is not None:
-        if existing.identity() != manifest.identity():
-            raise UserError(
-                f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); "
-                "choose another --out"
-            )
-        missing = [s for s in existing.rows if not split_path(out, s).is_file()]
-        if missing:
-            raise UserError(
-                f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again"
-            )
+    if existing is None:
+        _check_settings(fractions, subset, radius_arcsec)
+        if sha256 is not None:
+            open_source(source, sha256=sha256).close()  # a wrong checksum fails before the long read
+        # The source's pixels are read once: staged (every row) with their hashes, then split from the staging file.
+        with atomic_path(out) as tmp:
+            tmp.mkdir()
+            staging = tmp / "staging.arrow"
+            hashes, file_sha = _stage(source, staging, progress, hash_file=sha256 is None)
+            settings.update(sha256=None, source_sha256=sha256.strip().lower() if sha256 else file_sha)
+            manifest = make_manifest(source, **settings, hashes=hashes)
+            write_views(manifest, tmp, staging, progress=progress)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
         return out
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
-        write_views(manifest, tmp, progress=progress)
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
+    if existing.identity() != make_manifest(source, **settings).identity():
+        raise UserError(
+            f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); choose another --out"
+        )
+    missing = [s for s in existing.rows if not split_path(out, s).is_file()]
+    if missing:
+        raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
     return out
 
 
