@@ -86,3 +86,18 @@ def test_config_runs_one_step(config, arm, tiny_models, prepared_dir, codec, tmp
     saved = {p.name for p in (tmp_path / "run").iterdir()}
     weights = "adapter_model.safetensors" if shipped_model.use_peft else "model.safetensors"
     assert weights in saved, saved
+
+
+def test_depth_cut_keeps_the_widths_and_every_kind_of_block():
+    """bench/real_shapes.py's models: the published widths, the cut depth, and the block index lists (Qwen2.5-VL's
+    full-attention blocks, Qwen3-VL's deepstack ones) inside it with block 0 left plain."""
+    from astroreason.models.shapes import SHAPES, cut_depth, meta_model
+
+    for name, shape in SHAPES.items():
+        model = meta_model(cut_depth(shape, layers=3, blocks=4))
+        text, vision = model.config.text_config, model.config.vision_config
+        assert text.num_hidden_layers == 3 and len(model.model.language_model.layers) == 3, name
+        assert vision.depth == 4 and len(model.model.visual.blocks) == 4, name
+        assert model.get_input_embeddings().weight.shape == (shape.text["vocab_size"], shape.text["hidden_size"])
+        for field in shape.depth_fields:
+            assert getattr(vision, field) == [1, 2, 3], (name, field)
