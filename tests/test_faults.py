@@ -130,15 +130,16 @@ def weights(run: Path) -> dict[str, str]:
     return {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in load_file(str(run / "model.safetensors")).items()}
 
 
-@pytest.mark.parametrize("recipe", ["sft", "grpo"])
-def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, prepared_dir, tiny_model_dir, tmp_path):
-    """Killed right after saving checkpoint-2, a recipe resumed with `--resume true` ends at the same step with the
-    same weights as the same checkpoint resumed by a run that was never killed (a copy of it)."""
+@pytest.mark.parametrize("recipe,k", [("sft", 1), ("grpo", 1), ("sft", 2)])
+def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, k, prepared_dir, tiny_model_dir, tmp_path):
+    """Killed right after saving checkpoint-2 (or checkpoint-4, the last), a recipe resumed with `--resume true` ends
+    at step 4, no step beyond, with the same weights as the same checkpoint resumed by a run that was never killed (a
+    copy of it)."""
     config = recipe_config(tmp_path / f"{recipe}.yaml", recipe, prepared_dir, tiny_model_dir)
     script = str(ROOT / "recipes" / f"{recipe}.py")
     out = tmp_path / "run"
-    killed(SAVED, 1, script, "--config", str(config), "--output_dir", str(out))
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    killed(SAVED, k, script, "--config", str(config), "--output_dir", str(out))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{2 * i}" for i in range(1, k + 1)]
     assert not (out / "model.safetensors").exists()  # no final model for a later step to take as the result
     shutil.copytree(out, tmp_path / "copy")
     for run in (out, tmp_path / "copy"):
@@ -150,7 +151,9 @@ def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, prepared_dir, tin
             timeout=600,
         )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "Resuming from" in resumed.stdout + resumed.stderr and "after 4 steps" in resumed.stdout
+        assert f"checkpoint-{2 * k} (global step {2 * k})" in resumed.stdout + resumed.stderr
+        assert "after 4 steps" in resumed.stdout
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert weights(out) == weights(tmp_path / "copy")
 
 
