@@ -2,6 +2,7 @@
 
     python tests/faultpoint.py MODULE:QUALNAME K ARGS...
     python tests/faultpoint.py MODULE:QUALNAME K recipes/sft.py ARGS...     # a recipe, as `python recipes/sft.py`
+    python tests/faultpoint.py MODULE:QUALNAME K -m astroreason.sweeps.task ARGS...    # a module's `main(ARGS)`
 
 `MODULE:QUALNAME` names what writes an output record or file (`datasets.arrow_writer:ArrowWriter.write_table`: a
 batch of rows). Where the process dies is a count of outputs, never a time: the same on a fast and a slow machine.
@@ -44,6 +45,8 @@ if __name__ == "__main__":
 
         sys.argv = sys.argv[3:]
         runpy.run_path(sys.argv[0], run_name="__main__")
+    elif sys.argv[3] == "-m":  # its own `main(ARGS)`: a `__main__` copy of the module would not call what is wrapped
+        sys.exit(importlib.import_module(sys.argv[4]).main(sys.argv[5:]))
     else:
         from astroreason.cli import main
 

@@ -5,6 +5,7 @@ finished output."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -14,13 +15,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from evalkit import build_codec
-from test_sweep import write_base_config
+from evalkit import ScriptedServer, build_codec, ledger_rows, sample_lines
+from test_sweep import check_charges, write_base_config, write_sweep
 
+from astroreason.budget import Ledger
 from astroreason.cli import main
 from astroreason.data.splits import load_manifest
 from astroreason.errors import UserError
 from astroreason.evaluation.report import load_run
+from astroreason.integrity.ledger import LEDGER_FILE, LOG_FILE, verify, write_log
+from astroreason.sweeps.task import read_state
 from astroreason.tokens import load_codes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,15 +130,16 @@ def weights(run: Path) -> dict[str, str]:
     return {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in load_file(str(run / "model.safetensors")).items()}
 
 
-@pytest.mark.parametrize("recipe", ["sft", "grpo"])
-def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, prepared_dir, tiny_model_dir, tmp_path):
-    """Killed right after saving checkpoint-2, a recipe resumed with `--resume true` ends at the same step with the
-    same weights as the same checkpoint resumed by a run that was never killed (a copy of it)."""
+@pytest.mark.parametrize("recipe,k", [("sft", 1), ("grpo", 1), ("sft", 2)])
+def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, k, prepared_dir, tiny_model_dir, tmp_path):
+    """Killed right after saving checkpoint-2 (or checkpoint-4, the last), a recipe resumed with `--resume true` ends
+    at step 4, no step beyond, with the same weights as the same checkpoint resumed by a run that was never killed (a
+    copy of it)."""
     config = recipe_config(tmp_path / f"{recipe}.yaml", recipe, prepared_dir, tiny_model_dir)
     script = str(ROOT / "recipes" / f"{recipe}.py")
     out = tmp_path / "run"
-    killed(SAVED, 1, script, "--config", str(config), "--output_dir", str(out))
-    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    killed(SAVED, k, script, "--config", str(config), "--output_dir", str(out))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [f"checkpoint-{2 * i}" for i in range(1, k + 1)]
     assert not (out / "model.safetensors").exists()  # no final model for a later step to take as the result
     shutil.copytree(out, tmp_path / "copy")
     for run in (out, tmp_path / "copy"):
@@ -146,5 +151,209 @@ def test_recipe_killed_after_a_checkpoint_then_resumed(recipe, prepared_dir, tin
             timeout=600,
         )
         assert resumed.returncode == 0, resumed.stderr[-3000:]
-        assert "Resuming from" in resumed.stdout + resumed.stderr and "after 4 steps" in resumed.stdout
+        assert f"checkpoint-{2 * k} (global step {2 * k})" in resumed.stdout + resumed.stderr
+        assert "after 4 steps" in resumed.stdout
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert weights(out) == weights(tmp_path / "copy")
+
+
+# --- a sweep task -----------------------------------------------------------------------------------------------
+
+STATE = "astroreason.sweeps.task:write_state"  # the task's state file written (the 1st: at the start, before training)
+
+
+def plan_task(root: Path, base: Path) -> tuple[Path, dict]:
+    """A one-task sweep (`task.yaml`, its own spend ledger) of `base`, planned under `root`: its folder and its task."""
+    root.mkdir(parents=True)
+    sweep = write_sweep(root / "task.yaml", base, grid={}, seeds=1, evaluation={"batch_size": 4})
+    assert main(["sweep", "plan", str(sweep)]) == 0
+    out = root / "task-out"
+    return out, json.loads((out / "manifest.json").read_text())["tasks"][0]
+
+
+def run_task(out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "astroreason.sweeps.task", str(out), "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def sweep_base(prepared_dir, tiny_model_dir, tmp_path_factory):
+    """The sweep tests' tiny recipe: 4 steps, a checkpoint every 2."""
+    path = tmp_path_factory.mktemp("sweep") / "base.yaml"
+    return write_base_config(path, prepared_dir, tiny_model_dir, max_steps=4, save_steps=2)
+
+
+@pytest.fixture(scope="module")
+def whole_task(sweep_base, tmp_path_factory):
+    """The task never killed: its folder."""
+    out, task = plan_task(tmp_path_factory.mktemp("whole") / "sweep", sweep_base)
+    run_task(out)
+    return Path(task["dir"])
+
+
+def check_ledger(ledger: Path, task: dict) -> None:
+    """Every row of the spend ledger is whole, and its charges for the task are the dollars in its state file."""
+    assert all(json.loads(line) for line in ledger.read_text().splitlines())
+    check_charges(ledger, "task", [task])
+
+
+@pytest.mark.parametrize(
+    "target,k",
+    [(STATE, 1), (SAVED, 1), (SAVED, 2), (ANSWERS, 1)],
+    ids=["state", "checkpoint-2", "checkpoint-4", "answers"],
+)
+def test_sweep_task_killed_then_rerun(target, k, sweep_base, whole_task, tmp_path):
+    """A sweep task killed after writing its state at the start, after checkpoint-2 or checkpoint-4 of 4 steps, or
+    after a saved batch of answers: its state file is whole whenever read, it has no result until the rerun, the spend
+    ledger's charges for it are the dollars its state names, and the rerun (attempt 2) ends as the task never killed:
+    the same weights and answers. After checkpoint-2, also the same weights as a copy of that checkpoint resumed by a
+    task never killed; after checkpoint-4, the rerun trains no step more; after answers, it does not train again."""
+    out, task = plan_task(tmp_path / "killed", sweep_base)
+    task_dir, ledger = Path(task["dir"]), tmp_path / "killed" / "ledger.jsonl"
+    train = task_dir / "train"
+    killed(target, k, "-m", "astroreason.sweeps.task", str(out), "0")
+    state = read_state(task_dir)  # whole: written atomically
+    assert (state["status"], state["attempts"], state.get("trained", False)) == ("running", 1, target == ANSWERS)
+    assert not (task_dir / "result.json").exists()
+    check_ledger(ledger, task)
+    saved = [f"checkpoint-{2 * i}" for i in range(1, k + 1)] if target == SAVED else None
+    if target == SAVED:
+        assert sorted(p.name for p in train.glob("checkpoint-*")) == saved
+        assert not (train / "model.safetensors").exists()  # no final model for the evaluation to take
+    if (target, k) == (SAVED, 1):
+        # The same checkpoint, resumed by a task never killed: a second sweep of the same config.
+        copy_out, copy = plan_task(tmp_path / "copy", sweep_base)
+        shutil.copytree(train / "checkpoint-2", Path(copy["dir"]) / "train" / "checkpoint-2")
+        run_task(copy_out)
+    run_task(out)
+    state = read_state(task_dir)
+    assert (state["status"], state["attempts"], state["trained"]) == ("done", 2, True)
+    assert (task_dir / "result.json").exists()
+    check_ledger(ledger, task)
+    rerun = state["history"][1]
+    if target == SAVED:
+        assert (rerun["resumed_from"], rerun["step"]) == (saved[-1], 4)
+        assert sorted(p.name for p in train.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    elif target == ANSWERS:
+        assert "resumed_from" not in rerun  # trained once: the rerun only evaluates the rest
+    else:
+        assert rerun["resumed_from"] is None  # nothing saved yet: trained from the start
+    if (target, k) == (SAVED, 1):
+        assert weights(train) == weights(Path(copy["dir"]) / "train")
+    assert weights(train) == weights(whole_task / "train")
+    ours, theirs = (task_dir / "predictions.jsonl").read_bytes(), (whole_task / "predictions.jsonl").read_bytes()
+    if (target, k) == (SAVED, 2):
+        # Not trained again, its tokenizer saved as loaded: the task never killed saved its tokenizer after padding
+        # batches, and tokenizer.json records that padding, so the answers' cache keys (which hash the model's
+        # files) differ. The answers themselves are the same.
+        ours, theirs = ([{**json.loads(line), "key": None} for line in p.splitlines()] for p in (ours, theirs))
+    assert ours == theirs
+
+
+# --- the spend ledger and the results ledger ----------------------------------------------------------------------
+
+ROW = "astroreason.budget.ledger:Ledger.transaction"  # one locked append (a reservation or a charge) to the ledger
+RECORDED = "astroreason.integrity.ledger:write_text_atomic"  # results.tsv, then experiment_log.md, rewritten
+N_SERVED = 6
+
+
+def served_eval_args(url: str, data_dir: Path, out: Path, ledger: Path) -> list[str]:
+    """An evaluation of the scripted server over HTTP, one request at a time: a reservation row, then its charge."""
+    args = {
+        "model": "scripted-vlm",
+        "backend": "openai",
+        "base_url": url,
+        "data_dir": data_dir,
+        "split": "test",
+        "modality": "image",
+        "image_size": 56,
+        "output_dir": str(out),
+        "max_samples": N_SERVED,
+        "max_new_tokens": 16,
+        "concurrency": 1,
+        "max_retries": 0,
+        "request_timeout": 30,
+        "n_boot": 50,
+        "price_input_per_million": 1.0,
+        "price_output_per_million": 2.0,
+        "image_tokens_bound": 64,
+        "ledger": str(ledger),
+        "max_dollars": 1.0,
+    }
+    return ["eval", *(x for k, v in args.items() for x in (f"--{k}", str(v)))]
+
+
+@pytest.fixture(scope="module")
+def whole_served(prepared_dir, tmp_path_factory):
+    """The served evaluation never killed: its folder."""
+    root = tmp_path_factory.mktemp("served")
+    server = ScriptedServer()
+    try:
+        assert main(served_eval_args(server.url, prepared_dir, root / "run", root / "spend.jsonl")) == 0
+    finally:
+        server.stop()
+    return root / "run"
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_spend_ledger_killed_then_rerun(prepared_dir, whole_served, tmp_path, k):
+    """Killed right after the k-th ledger row (1: the first reservation, the request not sent; 3: the second
+    reservation; 4: the second charge, its answer lost before it was saved), an evaluation rerun asks only what is
+    missing. Every ledger row is whole; each request the server saw is charged once, the one whose answer the kill
+    lost included (asked and charged again); a reservation the kill left open stays committed (its request may have
+    been billed), never counted as spent; and the answers equal an uninterrupted run's byte for byte."""
+    out, ledger = tmp_path / "run", tmp_path / "spend.jsonl"
+    server = ScriptedServer()
+    try:
+        args = served_eval_args(server.url, prepared_dir, out, ledger)
+        killed(ROW, k, *args)
+        rows = ledger_rows(ledger)  # each line parses whole
+        assert [r["kind"] for r in rows] == ["reserve", "charge"] * (k // 2) + ["reserve"] * (k % 2)
+        assert server.count == k // 2 and len(sample_lines(out)) == (k - 1) // 2
+        with pytest.raises(UserError, match="no result.json|not complete"):
+            load_run(out)
+        assert main(args) == 0
+    finally:
+        server.stop()
+    distinct = json.loads((out / "result.json").read_text())["n_distinct_inputs"]
+    rows = ledger_rows(ledger)
+    charges = [r for r in rows if r["kind"] == "charge"]
+    assert server.count == len(charges) == sum(r["requests"] for r in charges) == distinct + (k % 2 == 0)
+    assert len({r["id"] for r in charges}) == len(charges)  # none charged twice
+    totals = Ledger(ledger).totals()
+    assert totals.requests == server.count and totals.open_reservations == k % 2
+    assert totals.committed_requests == server.count + k % 2
+    assert (out / "predictions.jsonl").read_bytes() == (whole_served / "predictions.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_results_ledger_killed_then_rerun(prepared_dir, tmp_path, k):
+    """Killed after results.tsv (k=1) or also experiment_log.md (k=2) was rewritten for a finished evaluation, before
+    its result.json named its row: the ledger verifies, the rerun leaves exactly one row for the run, and the log is
+    the one results.tsv generates."""
+    out, project = tmp_path / "run", tmp_path / "project"
+    server = ScriptedServer()
+    try:
+        args = served_eval_args(server.url, prepared_dir, out, tmp_path / "spend.jsonl")
+        args += ["--results_dir", str(project), "--description", "killed while recording"]
+        killed(RECORDED, k, *args)
+        assert len(verify(project)) == 1  # the row written whole
+        assert "integrity" not in json.loads((out / "result.json").read_text())
+        asked = server.count
+        assert main(args) == 0
+        assert server.count == asked  # every answer from the cache
+    finally:
+        server.stop()
+    (row,) = verify(project)
+    assert json.loads((out / "result.json").read_text())["integrity"]["row_sha256"] == row["row_sha256"]
+    assert main(["ledger", "verify", str(project)]) == 0
+    shutil.copy(project / LEDGER_FILE, tmp_path / LEDGER_FILE)
+    write_log(tmp_path)
+    assert (tmp_path / LOG_FILE).read_text() == (project / LOG_FILE).read_text()

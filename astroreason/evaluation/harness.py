@@ -24,8 +24,8 @@ from ..data.galaxy10 import DECALS_CLASSES
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import read_suspect
-from ..integrity.ledger import LEDGER_FILE, record_result
-from ..io import sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
+from ..integrity.ledger import LEDGER_FILE, record_result, recorded_row, write_log
+from ..io import read_json_file, sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
 from ..models import answer_files_hash, check_code_tokens, check_image_size, checkpoint_family, weights_hash
 from ..prompts import TEMPLATES, zoom_prompt
 from ..provenance import GitState, provenance
@@ -225,20 +225,39 @@ def evaluation_rows(config: EvalConfig) -> list[dict]:
     return evaluation_arm(config).rows()
 
 
-def record_integrity(config: EvalConfig, result: dict) -> dict:
+def unrecorded(output_dir) -> bool:
+    """Whether `output_dir` holds a finished `result.json` that names no results-ledger row: its run was killed
+    between writing it and recording it, and its row may be in the ledger already (`record_integrity`)."""
+    path = Path(output_dir) / RESULT_NAME
+    try:
+        result = read_json_file(path, "evaluation result", keys=("status",)) if path.is_file() else {}
+    except UserError:  # cut short: not a result
+        return False
+    return result.get("status") == "complete" and "integrity" not in result
+
+
+def record_integrity(config: EvalConfig, result: dict, *, resumed: bool = False) -> dict:
     """After `result.json` is written: the ceiling gate and one row in the results ledger. A result above the
     ceiling, or from a run marked suspect (training alarms, an audit), gets status `suspect`; the verdict is added
-    to `result.json` as `integrity`."""
+    to `result.json` as `integrity`.
+
+    `resumed`: the run took over from one killed while recording (`unrecorded`); the row that run appended for these
+    same predictions, if it got that far, is this run's row (and the log is regenerated from the ledger), not a second
+    one."""
 
     project = config.project_dir()
-    row = record_result(
-        project,
-        result,
-        run_dir=config.output_dir,
-        ceiling=config.ceiling,
-        description=config.description,
-        experiment=config.experiment,
-    )
+    row = recorded_row(project, config.output_dir) if resumed else None
+    if row is not None:
+        write_log(project)
+    else:
+        row = record_result(
+            project,
+            result,
+            run_dir=config.output_dir,
+            ceiling=config.ceiling,
+            description=config.description,
+            experiment=config.experiment,
+        )
     marks = [
         r
         for d in dict.fromkeys((config.output_dir, config.model))
@@ -601,6 +620,7 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
 
     if config.estimate_only:
         raise UserError("estimate_only: call estimate_evaluation (an estimate is not a result)")
+    resumed = unrecorded(config.output_dir)  # read before this run's result.json replaces it
     run = Evaluation(config, backend, progress=progress)
     estimate = None
     try:
@@ -624,7 +644,7 @@ def evaluate(config: EvalConfig, backend=None, *, progress: bool = True) -> dict
         raise IncompleteRun(str(err), run.finish("budget_exhausted", str(err), estimate)) from None
     except BackendError as err:
         raise IncompleteRun(str(err), run.finish("backend_error", str(err), estimate)) from None
-    return record_integrity(config, run.finish("complete", None, estimate))
+    return record_integrity(config, run.finish("complete", None, estimate), resumed=resumed)
 
 
 def estimate_evaluation(config: EvalConfig) -> dict:

@@ -536,8 +536,21 @@ def row_from_result(
         row.manifest_sha256, row.split = prov.get("manifest_sha256") or "", config.get("split", "")
         row.n = str(len(records))
         row.galaxies_sha256 = galaxies_hash(row.manifest_sha256, row.split, records)
+    if run and (Path(run) / PREDICTIONS_FILE).is_file():  # the verdict's baseline check; `recorded_row`'s key
         row.predictions_sha256 = sha256_file(Path(run) / PREDICTIONS_FILE)
     return row
+
+
+def recorded_row(project_dir, run_dir) -> dict | None:
+    """The last row of `run_dir` recorded with its `predictions.jsonl` as it is now, if any: what an evaluation killed
+    after appending its row, before its `result.json` named it, recorded (its rerun adopts the row, never adds a
+    second one)."""
+    predictions = Path(run_dir) / PREDICTIONS_FILE
+    if not predictions.is_file():
+        return None
+    where, digest = _relative(run_dir, project_dir), sha256_file(predictions)
+    rows = [r for r in verify(project_dir) if r["run_dir"] == where and r["predictions_sha256"] == digest]
+    return rows[-1] if rows else None
 
 
 def result_cost(result: dict) -> str:

@@ -248,6 +248,7 @@ def run_task(manifest_path: str | Path, index: int) -> int:
             if not _train(task, sweep, stop, meter):
                 return _requeue(state, meter, sweep)
             state["trained"] = True
+            meter.flush()  # on disk before evaluating: a task killed while evaluating is never trained again
         _evaluate(task, sweep, stop)
     except Interrupted:
         return _requeue(state, meter, sweep)

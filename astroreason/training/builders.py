@@ -186,6 +186,7 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
         release_processes(trainer.accelerator)
         return
     checkpoint = resume_point(args, output_dir)
+    finished = False
     if checkpoint:
         step = int(Path(checkpoint).name.rsplit("-", 1)[1])
         trainer.accelerator.print(f"Resuming from {checkpoint} (global step {step})")
@@ -194,9 +195,17 @@ def run_training(trainer, args: GalaxyScriptArguments) -> None:
                 f"Weights loaded from {Path(checkpoint).name} with from_pretrained (the "
                 "Trainer's own raw load may still report every key missing: it loads nothing)"
             )
+            # The last step's checkpoint (a run killed before its final save): `Trainer.train` would train one step
+            # more (its loop looks at max_steps only after a step), so its state is taken as it is.
+            finished = 0 < trainer.args.max_steps <= step
     elif args.resume:
         trainer.accelerator.print(f"Nothing to resume in {output_dir}: starting from step 0")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if finished:
+        from transformers.trainer import TRAINER_STATE_NAME, TrainerState
+
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process and trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(output_dir)
