@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import sha256_bytes, sha256_file
+from ..io import sha256_bytes, sha256_file, sha256_json
 
 # The files of a checkpoint that decide what it answers: weights, model and generation configs, tokenizer, chat
 # template, processor configs, a peft adapter's config and remote code. Training state, logs and records beside them
@@ -42,6 +42,18 @@ def file_hash(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
+def answer_file_hash(path: Path) -> str:
+    """`file_hash`, but a tokenizer.json without its padding and truncation: the tokenizer's runtime state when it was
+    saved (a model saved after training on padded batches records their padding), which every call of transformers
+    sets anew, so it decides no answer. The same model saved with and without it keys the same answers."""
+    if path.name != "tokenizer.json":
+        return file_hash(path)
+    tokenizer = json.loads(path.read_text(encoding="utf-8"))
+    tokenizer.pop("padding", None)
+    tokenizer.pop("truncation", None)
+    return sha256_json(tokenizer)
+
+
 def weights_hash(model_dir: str | Path) -> str:
     """SHA-256 over a checkpoint's safetensors files (names and contents)."""
     model_dir = Path(model_dir)
@@ -57,7 +69,7 @@ def answer_files_hash(model_dir: str | Path) -> str:
     model_dir = Path(model_dir)
     weights_hash(model_dir)  # a directory without weights is refused here, as before
     files = sorted({f for pattern in ANSWER_FILES for f in model_dir.glob(pattern) if f.is_file()})
-    parts = [part for f in files for part in (f.relative_to(model_dir).as_posix(), file_hash(f))]
+    parts = [part for f in files for part in (f.relative_to(model_dir).as_posix(), answer_file_hash(f))]
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
         parts += ["base", answer_files_hash(adapter_base_dir(model_dir))]
     return sha256_bytes(*parts)
