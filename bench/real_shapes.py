@@ -19,7 +19,6 @@ parameters, in `--dtype`) is recorded as not run, with the bytes it needs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -142,17 +141,11 @@ def run_one(argv: list[str], timeout: int) -> dict:
     return record
 
 
-def write(out: Path, record: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from astroreason.io import write_json_atomic
     from astroreason.models.shapes import build_shaped_model, checkpoint_shape, cut_depth
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -207,7 +200,7 @@ def main(argv=None) -> int:
                 run.update(run_one(run_argv(config, arm, models[name], data, codec, out, args), args.timeout))
                 shutil.rmtree(out, ignore_errors=True)
             record["runs"].append(run)
-            write(args.out, record)
+            write_json_atomic(args.out, record)
             state = "ok" if run["ok"] else ("not run" if run["ok"] is None else "FAILED")
             print(
                 f"{run['config']:<45} {arm:<7} {state:<8} {run.get('seconds', '-')!s:>7} s  "

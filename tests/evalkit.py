@@ -317,8 +317,9 @@ def sample_lines(run_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def build_codec(prepared_dir: Path, out: Path) -> Path:
-    """A tiny built-in FSQ codec (a few training steps) and its token cache for `prepared_dir`."""
+def build_codec(prepared_dir: Path, out: Path, levels: str = "5,5") -> Path:
+    """A tiny built-in FSQ codec (a few training steps) and its token cache for `prepared_dir`. `levels` "8,8,8,8"
+    gives 4096 codes: a small vocabulary's ids would often equal a row's position, which the prompt lint refuses."""
     from astroreason.cli import main
 
     assert (
@@ -333,7 +334,7 @@ def build_codec(prepared_dir: Path, out: Path) -> Path:
                 "--size",
                 "16",
                 "--levels",
-                "5,5",
+                levels,
                 "--hidden",
                 "8",
                 "--steps",

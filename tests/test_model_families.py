@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from evalkit import build_codec
 from PIL import Image
 
 from astroreason.errors import UserError
@@ -282,39 +283,11 @@ def test_code_token_surgery(model_dirs, tmp_path, arch):
 
 @pytest.fixture(scope="module")
 def q3_data(surrogate_h5, tmp_path_factory):
-    """A prepared split of its own and a tiny codec with its token cache (the token arm). 4096 codes: a small
-    vocabulary's ids would often equal a row's position, which the prompt lint rightly refuses."""
-    from astroreason.cli import main
+    """A prepared split of its own and a tiny codec of 4096 codes with its token cache (the token arm)."""
     from astroreason.data.splits import prepare
 
     data = prepare(surrogate_h5, tmp_path_factory.mktemp("q3data") / "prepared", seed=0)
-    codec = tmp_path_factory.mktemp("q3codec") / "codec"
-    assert (
-        main(
-            [
-                "tokens",
-                "train",
-                "--data",
-                str(data),
-                "--out",
-                str(codec),
-                "--size",
-                "16",
-                "--levels",
-                "8,8,8,8",
-                "--hidden",
-                "8",
-                "--steps",
-                "3",
-                "--batch-size",
-                "8",
-                "--max-images",
-                "32",
-            ]
-        )
-        == 0
-    )
-    assert main(["tokens", "encode", "--data", str(data), "--codec", str(codec)]) == 0
+    codec = build_codec(data, tmp_path_factory.mktemp("q3codec") / "codec", levels="8,8,8,8")
     return data, codec
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from evalkit import build_codec
 from trl import GRPOConfig, SFTConfig
 
 from astroreason.models import build_tiny_model, family_for
@@ -35,15 +36,8 @@ def tiny_models(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def codec(prepared_dir, tmp_path_factory):
-    """A built-in codec of 4096 codes with its token cache in the session's prepared directory (fewer codes would
-    often equal a row's position, which the prompt lint refuses)."""
-    from astroreason.cli import main
-
-    out = tmp_path_factory.mktemp("configs_codec") / "codec"
-    train = ["--size", "16", "--levels", "8,8,8,8", "--hidden", "8", "--steps", "3", "--batch-size", "8"]
-    assert main(["tokens", "train", "--data", str(prepared_dir), "--out", str(out), *train, "--max-images", "32"]) == 0
-    assert main(["tokens", "encode", "--data", str(prepared_dir), "--codec", str(out)]) == 0
-    return out
+    """A built-in codec of 4096 codes with its token cache in the session's prepared directory."""
+    return build_codec(prepared_dir, tmp_path_factory.mktemp("configs_codec") / "codec", levels="8,8,8,8")
 
 
 def one_step_argv(config: Path, arm: str, model_dir: Path, data_dir: Path, codec: Path, out: Path) -> list[str]:
