@@ -278,3 +278,37 @@ def test_a_grpo_stage_shows_what_it_had_to_learn_from(two_runs, tmp_path):
     assert "| image | GRPO | 3 (3) | 0.400 -> 0.750 | 25.0 -> 87.5 | 0.300 -> 0.100 |" in page
     # The same predictions twice: a gain of 0 with p 1, which the page says is no measurable change.
     assert grpo["gain"] == 0 and "- image, GRPO: +0.0 points, p 1" in page
+
+
+def test_every_figure_of_the_report_is_a_named_value_with_its_source(two_runs, tmp_path):
+    """values.json: each run's accuracy and interval as printed in report.md, the paired comparison's difference and
+    p, `NTest`, each with the sha256 of the files it was read from."""
+    from astroreason.evaluation.report import write_report
+
+    _, runs = two_runs
+    write_report(
+        [runs["image"], runs["tokens"]],
+        tmp_path / "report",
+        stages={"image": [("SFT", runs["tokens"]), ("GRPO", runs["image"])]},
+    )
+    values = {v["name"]: v for v in json.loads((tmp_path / "report" / "values.json").read_text())}
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    page = (tmp_path / "report" / "report.md").read_text()
+    m = report["runs"]["image"]["metrics"]
+    assert values["ImageAccuracy"]["value"] == m["accuracy"] and values["ImageAccuracy"]["percent"]
+    lo, hi = m["interval"]["accuracy"]
+    assert (
+        f"{values['ImageAccuracy']['text']} [{values['ImageAccuracyLow']['text']}, {values['ImageAccuracyHigh']['text']}]"
+        in page
+    )
+    assert (values["ImageAccuracyLow"]["value"], values["ImageAccuracyHigh"]["value"]) == (lo, hi)
+    c = report["comparisons"]["image vs tokens"]
+    assert values["ImageVsTokensDiff"]["value"] == c["accuracy_difference"]
+    assert values["ImageVsTokensP"]["text"] == f"{c['mcnemar_p_value']:.3g}"
+    assert values["NTest"]["value"] == m["n"]
+    assert values["ImageGrpoGain"]["value"] == pytest.approx(report["stages"]["image"][1]["gain"])
+    source = {s["file"]: s["sha256"] for s in values["ImageVsTokensP"]["sources"]}
+    for run in ("image", "tokens"):
+        for name in ("result.json", "predictions.jsonl"):
+            path = runs[run] / name
+            assert source[str(path)] == hashlib.sha256(path.read_bytes()).hexdigest()

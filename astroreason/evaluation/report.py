@@ -25,6 +25,10 @@ from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .metrics import paired_comparison
 from .report_html import render_html
+from .values import report_values
+
+# Every figure of the report, named, with its source files and their sha256 (`values.report_values`).
+VALUES_NAME = "values.json"
 
 # What a report reads of a finished run's result.json and of each line of its predictions.jsonl.
 RESULT_KEYS = ("metrics.n", "config", "prompt_tokens", "completion_tokens")
@@ -564,6 +568,16 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
+def paired_comparisons(runs: list[dict]) -> dict[tuple[str, str], dict]:
+    """Every pair of runs on the same galaxies (the same split manifest), zoom against no zoom of one modality
+    included: the paired comparison, named by its runs and by the arms it compares."""
+    comparisons = {}
+    for a, b in combinations(runs, 2):
+        if a["result"]["provenance"].get("manifest_sha256") == b["result"]["provenance"].get("manifest_sha256"):
+            comparisons[(a["name"], b["name"])] = {**compare_runs(a, b), "arms": pair_kind(a, b)}
+    return comparisons
+
+
 def write_report(
     run_dirs: list[str | Path],
     out_dir: str | Path,
@@ -577,19 +591,15 @@ def write_report(
     what each stage adds over the one before it. `gaps` names, per arm, the evaluations of one model without zoom
     on the first view and on the full-resolution view (`zooming_gap`)."""
     runs = [load_run(d) for d in run_dirs]
-    gap_table = {arm: zooming_gap(load_run(first), load_run(full)) for arm, (first, full) in (gaps or {}).items()}
+    gap_runs = {arm: (load_run(first), load_run(full)) for arm, (first, full) in (gaps or {}).items()}
+    gap_table = {arm: zooming_gap(first, full) for arm, (first, full) in gap_runs.items()}
     by_dir = {Path(r["dir"]).resolve(): r for r in runs}
-    staged = stage_table(
-        {
-            arm: [(name, by_dir.get(Path(d).resolve()) or load_run(d)) for name, d in arm_stages]
-            for arm, arm_stages in (stages or {}).items()
-        }
-    )
-    comparisons = {}
-    for a, b in combinations(runs, 2):
-        if a["result"]["provenance"].get("manifest_sha256") == b["result"]["provenance"].get("manifest_sha256"):
-            # Every pair on the same galaxies, zoom against no zoom of one modality included, named by its arms.
-            comparisons[(a["name"], b["name"])] = {**compare_runs(a, b), "arms": pair_kind(a, b)}
+    stage_runs = {
+        arm: [(name, by_dir.get(Path(d).resolve()) or load_run(d)) for name, d in arm_stages]
+        for arm, arm_stages in (stages or {}).items()
+    }
+    staged = stage_table(stage_runs)
+    comparisons = paired_comparisons(runs)
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
@@ -617,4 +627,6 @@ def write_report(
             "galleries": galleries,
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        values = report_values(runs, comparisons, stage_runs, gap_runs)
+        write_text_atomic(tmp / VALUES_NAME, json.dumps([v.to_json() for v in values], indent=1) + "\n")
     return out_dir / "report.md"
