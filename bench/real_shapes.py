@@ -10,7 +10,10 @@ autocast, no vLLM, and a smaller
 batch (`--batch`, `--generations`, `--completion-length`: the widths are the point here, the CI test runs the
 configs' own batch shapes). The data is the GalSim surrogate at 256 px; the token arm uses a built-in codec of 4096
 codes. A run that would not fit this machine's memory (weights, gradients and AdamW states of the trainable
-parameters, in `--dtype`) is recorded as not run, with the bytes it needs.
+parameters, in `--dtype`) runs in `--fallback-dtype` (the configs' own bfloat16: half the bytes, many times the
+time) or, if that does not fit either, is recorded as not run, with the bytes it needs. Runs of configs and arms not
+selected this time are kept from the existing record when it was made with the same cut and changes, so families can
+be run one at a time.
 
     python bench/real_shapes.py                                  # writes bench/results/real_shapes.json
     python bench/real_shapes.py --configs 'qwen3_vl_4b/*' --arms image
@@ -48,6 +51,11 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one run may take")
     parser.add_argument(
         "--dtype", default="float32", help="weights' dtype (the configs' bfloat16 is many times slower on a CPU)"
+    )
+    parser.add_argument(
+        "--fallback-dtype",
+        default="bfloat16",
+        help="weights' dtype of a run that does not fit this machine's memory in --dtype ('none': record it not run)",
     )
     return parser.parse_args(argv)
 
@@ -99,12 +107,32 @@ def available_bytes() -> int:
     return 0
 
 
-def run_argv(config: Path, arm: str, model_dir: Path, data: Path, codec: Path, out: Path, args) -> list[str]:
+def run_key(run: dict) -> tuple[str, str]:
+    return run["config"], run["arm"]
+
+
+def kept_runs(out: Path, record: dict, configs: list[Path], arms: list[str]) -> list[dict]:
+    """The runs of an existing record at `out` that this invocation does not redo, if that record was made with the
+    same cut and the same changes to the configs (otherwise its runs are not comparable and are dropped)."""
+    if not out.exists():
+        return []
+    import json
+
+    old = json.loads(out.read_text())
+    if old.get("cut") != record["cut"] or old.get("changed") != record["changed"]:
+        return []
+    redone = {(str(c.relative_to(ROOT)), arm) for c in configs for arm in arms}
+    return [run for run in old.get("runs", []) if run_key(run) not in redone]
+
+
+def run_argv(
+    config: Path, arm: str, model_dir: Path, data: Path, codec: Path, out: Path, args, *, dtype: str
+) -> list[str]:
     grpo = config.name.startswith("grpo")
     argv = [sys.executable, str(ROOT / "recipes" / ("grpo.py" if grpo else "sft.py")), "--config", str(config)]
     argv += ["--model_name_or_path", str(model_dir), "--data_dir", str(data), "--output_dir", str(out)]
     argv += ["--max_steps", "1", "--save_strategy", "no", "--report_to", "none", "--bf16", "false", "--use_cpu", "true"]
-    argv += ["--dtype", args.dtype]
+    argv += ["--dtype", dtype]
     argv += ["--per_device_train_batch_size", str(args.batch), "--gradient_accumulation_steps", "1"]
     if grpo:
         argv += ["--use_vllm", "false", "--num_generations", str(args.generations)]
@@ -177,6 +205,7 @@ def main(argv=None) -> int:
         },
         "runs": [],
     }
+    kept = kept_runs(args.out, record, configs, args.arms)
     models: dict[str, Path] = {}
     for config in configs:
         values = config_values(config)
@@ -187,6 +216,9 @@ def main(argv=None) -> int:
             models[name] = build_shaped_model(work / "models" / name.split("/")[-1], shape, dtype=dtype)
         total, trainable = trainable_parameters(shape, values)
         need = bytes_needed(total, trainable, torch.finfo(dtype).bits // 8)
+        if need > 0.9 * available_bytes() and args.fallback_dtype != "none":
+            dtype = getattr(torch, args.fallback_dtype)
+            need = bytes_needed(total, trainable, torch.finfo(dtype).bits // 8)
         for arm in args.arms:
             run = {"config": str(config.relative_to(ROOT)), "arm": arm, "checkpoint": name, "dtype": str(dtype)}
             run.update(parameters=total, trainable=trainable, need_gib=need / 2**30)
@@ -197,16 +229,18 @@ def main(argv=None) -> int:
                 )
             else:
                 out = work / "runs" / f"{config.parent.name}-{config.stem}-{arm}"
-                run.update(run_one(run_argv(config, arm, models[name], data, codec, out, args), args.timeout))
+                argv = run_argv(config, arm, models[name], data, codec, out, args, dtype=str(dtype).split(".")[-1])
+                run.update(run_one(argv, args.timeout))
                 shutil.rmtree(out, ignore_errors=True)
             record["runs"].append(run)
-            write_json_atomic(args.out, record)
+            write_json_atomic(args.out, {**record, "runs": sorted(kept + record["runs"], key=run_key)})
             state = "ok" if run["ok"] else ("not run" if run["ok"] is None else "FAILED")
             print(
                 f"{run['config']:<45} {arm:<7} {state:<8} {run.get('seconds', '-')!s:>7} s  "
                 f"{run.get('peak_rss_gib', 0):5.1f} GiB peak  {run.get('not_run', '')}",
                 flush=True,
             )
+    record["runs"] = sorted(kept + record["runs"], key=run_key)
     failed = [r for r in record["runs"] if r["ok"] is False]
     print(
         f"{len(record['runs'])} runs: {sum(r['ok'] is True for r in record['runs'])} ok, {len(failed)} failed, "
