@@ -184,13 +184,13 @@ def plain_log_x(ax) -> None:
     ax.set_xscale("log")
     lo, hi = ax.get_xlim()
     ticks = lambda locator: sum(lo <= t <= hi for t in locator.tick_values(lo, hi))  # noqa: E731  (in view)
-    # Ticks at 1, 2 and 5 of each decade; a range holding fewer than two of them gets a few evenly spaced ones, and
-    # one spanning several decades only the decades (their labels would crowd).
-    major = ticker.LogLocator(subs=(1.0, 2.0, 5.0))
-    if ticks(major) < 2:
+    # Ticks at 1, 2 and 5 of each decade, or 1 and 3, or the decades: the densest of them with at most 7 labels in
+    # view (more would crowd). A range holding fewer than three 1-2-5 ticks gets a few evenly spaced ones instead.
+    dense, sparse, decades = (ticker.LogLocator(subs=subs) for subs in ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,)))
+    if ticks(dense) < 3:
         major = ticker.MaxNLocator(nbins=4)
-    elif ticks(major) > 7:
-        major = ticker.LogLocator()
+    else:
+        major = next((locator for locator in (dense, sparse) if ticks(locator) <= 7), decades)
     ax.xaxis.set_major_locator(major)
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
@@ -205,10 +205,15 @@ def draw_figures(runs: list[dict]):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    # Confusion matrices, one panel per run (rows normalised to recall).
+    # Confusion matrices, one panel per run (rows normalised to recall), at most three to a row: one long row of six
+    # squeezed the panels' titles and labels off the figure.
+    cols = min(len(runs), 3)
+    rows = -(-len(runs) // cols)
     # Constrained layout: it makes room for the colour bar, which tight_layout would let the panels run into.
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs) + 0.8, 4.6), squeeze=False, layout="constrained")
-    for ax, run in zip(axes[0], runs):
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 0.8, 4.6 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(runs) :]:
+        ax.set_axis_off()
+    for ax, run in zip(axes.flat, runs):
         m = np.array(run["result"]["metrics"]["confusion_matrix"], dtype=float)
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
         image = ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
@@ -218,7 +223,7 @@ def draw_figures(runs: list[dict]):
         ax.set_xlabel("predicted (? = unparseable)")
         ax.set_ylabel("true class")
     # One scale for every panel (they share vmin and vmax): without it the shades are not numbers.
-    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label="share of the true class")
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label="share of the true class")
     yield "confusion.png", runs, fig
 
     # Per-class recall, runs side by side.
@@ -241,7 +246,7 @@ def draw_figures(runs: list[dict]):
     yield "per_class_recall.png", runs, fig
 
     # Accuracy against prompt cost (tokens per galaxy), with the interval.
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
         m = run["result"]["metrics"]
         cost = run["result"]["prompt_tokens"] / m["n"]
@@ -259,12 +264,13 @@ def draw_figures(runs: list[dict]):
     plain_log_x(ax)
     ax.set_xlabel("prompt tokens per galaxy")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8)
+    # Beside the axes, not in them: with six runs the legend covered a point.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     yield "accuracy_vs_cost.png", runs, fig
 
     # Accuracy against every token an answer cost (prompt + completion, all turns of a zoom episode), by arm.
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     markers, colours, seen = {"image": "o", "tokens": "s"}, {False: "C0", True: "C3"}, {}
     # Names above and below by turns along the cost axis, so runs of about the same cost stay legible.
     rank = {id(r): k for k, r in enumerate(sorted(runs, key=lambda r: tokens_per_galaxy(r["result"])))}
@@ -287,7 +293,16 @@ def draw_figures(runs: list[dict]):
     plain_log_x(ax)
     ax.set_xlabel("tokens per galaxy (prompt + completion, all turns)")
     ax.set_ylabel("accuracy (95 % interval)")
-    ax.legend(list(seen.values()), list(seen), fontsize=8, title="modality, zoom", title_fontsize=8)
+    # Beside the axes, not in them: inside, it covered part of an interval.
+    ax.legend(
+        list(seen.values()),
+        list(seen),
+        fontsize=8,
+        title="modality, zoom",
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+    )
     fig.tight_layout()
     yield "accuracy_vs_tokens.png", runs, fig
 
