@@ -617,7 +617,14 @@ def run_demo(
         results[arm], stage_dirs[arm] = demo.train_and_evaluate(arm)
     report_started = time.monotonic()
     gaps = {"image_zoom": demo.zooming_gap("image_zoom")} if config.zoom else {}
-    report = write_report([out / "eval" / arm for arm in config.arms], out / "report", stages=stage_dirs, gaps=gaps)
+    report = write_report(
+        [out / "eval" / arm for arm in config.arms],
+        out / "report",
+        stages=stage_dirs,
+        gaps=gaps,
+        tex=True,  # the report's figures as LaTeX macros and a Markdown table, each naming its source files
+        macros=True,
+    )
     report_json = json.loads((report.parent / "report.json").read_text())
     stages = report_json["stages"]
     demo.timings["report"] = round(time.monotonic() - report_started, 1)

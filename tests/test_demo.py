@@ -11,6 +11,7 @@ class prior), the accuracies are the same.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -216,3 +217,8 @@ def test_the_quick_zoom_demo_reports_every_arm_from_its_results(tmp_path):
     assert gap["gap"] == pytest.approx(accuracy["full"] - accuracy["first"])
     assert result_line["image_zoom_zooming_gap"] == round(100 * gap["gap"], 2)
     assert "## The zooming gap" in report and list(summary["zooming_gaps"]) == ["image_zoom"]
+    # The report's figures as LaTeX macros and a Markdown table, one per value of values.json.
+    values = json.loads((tmp_path / "report" / "values.json").read_text())
+    tex = (tmp_path / "report" / "macros.tex").read_text()
+    assert sorted(re.findall(r"^\\newcommand\{\\(\w+)\}", tex, flags=re.M)) == sorted(v["name"] for v in values)
+    assert (tmp_path / "report" / "macros.md").read_text().count("| `\\") == len(values)

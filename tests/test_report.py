@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from evalkit import ScriptedServer, build_codec
 from scipy.stats import binomtest
 
 from astroreason.cli import main
+from astroreason.data.galaxy10 import DECALS_CLASSES
 
 
 @pytest.fixture(scope="module")
@@ -108,15 +111,37 @@ def test_comparison_matches_the_per_sample_files(two_runs, capsys):
         assert (root / "report" / figure).stat().st_size > 1000
 
 
+def assert_figures_name_their_runs(report_dir, expected):
+    """Each PNG of the report carries its provenance (`figure_provenance`): the runs drawn in it, as `expected`
+    (figure name -> run names) says, and the sha256 of each of their files, equal to the file's on disk now."""
+    from astroreason.evaluation.figure_provenance import read_figure_provenance
+
+    assert sorted(p.name for p in report_dir.glob("*.png")) == sorted(expected)
+    for figure, names in expected.items():
+        record = read_figure_provenance(report_dir / figure)
+        assert [r["run"] for r in record["runs"]] == names, figure
+        for run in record["runs"]:
+            assert set(run["files_sha256"]) >= {"result.json", "predictions.jsonl"}
+            for name, sha in run["files_sha256"].items():
+                assert sha == hashlib.sha256((Path(run["dir"]) / name).read_bytes()).hexdigest(), (figure, name)
+
+
 def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_path):
     root, runs = two_runs
     first, second = tmp_path / "r1", tmp_path / "r2"
-    assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(first)]) == 0
-    assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(second)]) == 0
-    assert (first / "report.md").read_bytes() == (second / "report.md").read_bytes()
-    assert (first / "report.json").read_bytes() == (second / "report.json").read_bytes()
-    assert (first / "report.html").read_bytes() == (second / "report.html").read_bytes()
+    for out in (first, second):
+        assert main(["report", str(runs["image"]), str(runs["tokens"]), "--out", str(out), "--tex", "--macros"]) == 0
+    written = sorted(p.name for p in first.iterdir())
+    assert {"report.md", "report.json", "report.html", "values.json", "macros.tex", "macros.md"} <= set(written)
+    assert written == sorted(p.name for p in second.iterdir())
+    for name in written:  # every file, the figures with their provenance chunks included, byte for byte
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert not (first / "training_curves.png").exists()
+    both = ["image", "tokens"]
+    assert_figures_name_their_runs(
+        first,
+        {f: both for f in ("confusion.png", "per_class_recall.png", "accuracy_vs_cost.png", "accuracy_vs_tokens.png")},
+    )
 
     # A trainer_state.json beside a run (as a real Trainer writes it) adds the training-curve figure.
     from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer, TrainingArguments
@@ -149,6 +174,18 @@ def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_
     assert main(["report", str(with_curve), str(runs["tokens"]), "--out", str(tmp_path / "r3")]) == 0
     assert (tmp_path / "r3" / "training_curves.png").stat().st_size > 1000
     assert "training_curves.png" in (tmp_path / "r3" / "report.md").read_text()
+    # The training curves name only the run whose log they draw, with the sha256 of that log.
+    pair = ["image-trained", "tokens"]
+    assert_figures_name_their_runs(
+        tmp_path / "r3",
+        {
+            **{
+                f: pair
+                for f in ("confusion.png", "per_class_recall.png", "accuracy_vs_cost.png", "accuracy_vs_tokens.png")
+            },
+            "training_curves.png": ["image-trained"],
+        },
+    )
 
 
 def test_report_refuses_an_incomplete_or_missing_run(two_runs, tmp_path, capsys):
@@ -312,3 +349,90 @@ def test_every_figure_of_the_report_is_a_named_value_with_its_source(two_runs, t
         for name in ("result.json", "predictions.jsonl"):
             path = runs[run] / name
             assert source[str(path)] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def visible_tick_labels(ax):
+    """The x tick labels drawn inside the axis' view, major and minor, as matplotlib rendered them."""
+    lo, hi = ax.get_xlim()
+    labels = ax.xaxis.get_ticklabels(minor=False) + ax.xaxis.get_ticklabels(minor=True)
+    return [t for t in labels if t.get_visible() and t.get_text() and lo <= t.get_position()[0] <= hi]
+
+
+def assert_plain_ticks(ax):
+    """At least two plain-number labels (no 1.3x10^2 mathtext), none overlapping another."""
+    ax.figure.canvas.draw()
+    labels = visible_tick_labels(ax)
+    assert len(labels) >= 2, [t.get_text() for t in labels]
+    for t in labels:
+        assert "\\times" not in t.get_text() and "10^" not in t.get_text() and "$" not in t.get_text()
+        assert float(t.get_text()) == pytest.approx(t.get_position()[0])  # the label is the tick's own number
+    assert_apart(labels)
+
+
+def assert_apart(labels):
+    """No two of these drawn texts overlap along the axis."""
+    boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in labels]
+
+
+def test_the_log_axes_of_the_figures_have_plain_readable_ticks(two_runs):
+    """accuracy_vs_cost and accuracy_vs_tokens put tokens on a log axis: as the report draws them, their tick labels
+    are plain numbers that do not overlap; the helper gives that on a narrow range (the default's 1.3x10^2, 1.4x10^2,
+    ... overlapped there), on one decade and on several. The per-class recall's class names do not overlap either."""
+    import matplotlib.pyplot as plt
+
+    from astroreason.evaluation.report import draw_figures, load_run, plain_log_x
+
+    _, runs = two_runs
+    drawn = {}
+    for name, _, fig in draw_figures([load_run(runs["image"]), load_run(runs["tokens"])]):
+        drawn[name] = fig
+    for name in ("accuracy_vs_cost.png", "accuracy_vs_tokens.png"):
+        assert_plain_ticks(drawn[name].axes[0])
+    # The per-class recall names each class whole (with its number in the confusion matrices), labels apart.
+    recall = drawn["per_class_recall.png"].axes[0]
+    recall.figure.canvas.draw()
+    labels = visible_tick_labels(recall)
+    assert [" ".join(t.get_text().split()) for t in labels] == [f"{k} {c}" for k, c in enumerate(DECALS_CLASSES)]
+    assert_apart(labels)
+    for fig in drawn.values():
+        plt.close(fig)
+    for lo, hi in ((130, 190), (40, 180), (20, 5000), (3, 3e5)):
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.plot([lo, hi], [0.2, 0.5], "o")
+        plain_log_x(ax)
+        fig.tight_layout()
+        assert_plain_ticks(ax)
+        plt.close(fig)
+
+
+def test_the_warm_start_table_names_each_record_relative_to_the_report(two_runs, tmp_path, monkeypatch):
+    """A model with a pretraining record (`astroreason.pretrain`'s file): the warm-start table of report.md names it
+    by its path from the report's directory, which leads to the record, and no absolute path of this machine."""
+    from astroreason.pretrain import PRETRAIN_RECORD
+
+    _, runs = two_runs
+    model = tmp_path / "models" / "warm"
+    model.mkdir(parents=True)
+    record = {
+        "what": "vision tower pretrained",
+        "n_train": 120,
+        "config": {"steps": 7},
+        "held_out_accuracy": 0.5,
+        "held_out_majority_rate": 0.25,
+    }
+    (model / PRETRAIN_RECORD).write_text(json.dumps(record))
+    run = tmp_path / "evals" / "image-warm"
+    shutil.copytree(runs["image"], run)
+    result = json.loads((run / "result.json").read_text())
+    result["config"]["model"] = str(model)
+    (run / "result.json").write_text(json.dumps(result))
+    monkeypatch.chdir(tmp_path)
+    for out in (tmp_path / "reports" / "r", "r"):  # an absolute --out, and one relative to the working directory
+        assert main(["report", str(run), "--out", str(out)]) == 0
+        page = (tmp_path / out / "report.md").read_text()
+        rows = [line for line in page.splitlines() if line.startswith("| image-warm | vision tower pretrained |")]
+        assert len(rows) == 1
+        cell = rows[0].split("|")[-2].strip()
+        assert not os.path.isabs(cell) and str(tmp_path) not in page.split("## Figures")[0]
+        assert ((tmp_path / out) / cell).resolve() == (model / PRETRAIN_RECORD).resolve()

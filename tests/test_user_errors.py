@@ -87,6 +87,10 @@ CLI_CASES = {
     "eval: mistyped config value": (["eval", "--config", "eval_typed.yaml"], "max_new_tokens: expected an integer"),
     "report: no results": (["report", "no-run", "--out", "report"], "no result.json"),
     "report: out parent is a file": (["report", "old_run", "--out", "afile/report"], "afile is a file"),
+    "report --tex --macros: out parent is a file": (
+        ["report", "old_run", "--out", "afile/report", "--tex", "--macros"],
+        "afile is a file",
+    ),
     "budget status: negative cap": (["budget", "status", "--max-dollars", "-1"], "--max-dollars"),
     "budget status: not a number": (["budget", "status", "--max-dollars", "ten"], "invalid float value: 'ten'"),
     "budget status: not a ledger": (["budget", "status", "--ledger", "afile"], "afile is not a spend ledger"),

@@ -78,7 +78,7 @@ def run_report(args) -> int:
     from .report import write_report
 
     check_writable(args.out, "--out", directory=True)
-    path = write_report(args.runs, args.out)
+    path = write_report(args.runs, args.out, tex=args.tex, macros=args.macros)
     print(f"report written to {path}")
     return 0
 
@@ -136,6 +136,12 @@ def add_parser(subparsers) -> None:
     r = subparsers.add_parser("report", help="Markdown + PNG report of evaluation runs, read from their results files.")
     r.add_argument("runs", nargs="+", help="Evaluation output directories (each with result.json and samples.jsonl).")
     r.add_argument("--out", default="runs/report", help="Report directory (replaced atomically).")
+    r.add_argument(
+        "--tex",
+        action="store_true",
+        help="Also write macros.tex: every figure of the report as a LaTeX macro, each with its source files' sha256.",
+    )
+    r.add_argument("--macros", action="store_true", help="Also write macros.md: the same values as a Markdown table.")
     r.set_defaults(func=run_report)
 
     # prefix_chars="+": every `--key value` goes through untouched to the TRL-style parser of EvalConfig.

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import os
+import textwrap
 from itertools import combinations
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from ..io import (
     write_text_atomic,
 )
 from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
+from .figure_provenance import figure_metadata
 from .harness import PREDICTIONS_NAME, RESULT_NAME
+from .macros import MARKDOWN_NAME, TEX_NAME, render_markdown, render_tex
 from .metrics import paired_comparison
 from .report_html import render_html
 from .values import report_values
@@ -172,52 +176,77 @@ def _with_n(accuracy: float | None, n: int) -> str:
     return f"{_pct(accuracy)} ({n})" if accuracy is not None else f"- ({n})"
 
 
-def _figures(runs: list[dict], out_dir: Path) -> list[str]:
+def plain_log_x(ax) -> None:
+    """A log x axis with plain tick labels (130, 200, 500): by default matplotlib labels the minor ticks of a narrow
+    range 1.3x10^2, 1.4x10^2, ..., which overlap. Call it once the data are drawn: it reads the axis' limits."""
+    import matplotlib.ticker as ticker
+
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = lambda locator: sum(lo <= t <= hi for t in locator.tick_values(lo, hi))  # noqa: E731  (in view)
+    # Ticks at 1, 2 and 5 of each decade, or 1 and 3, or the decades: the densest of them with at most 7 labels in
+    # view (more would crowd). A range holding fewer than three 1-2-5 ticks gets a few evenly spaced ones instead.
+    dense, sparse, decades = (ticker.LogLocator(subs=subs) for subs in ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,)))
+    if ticks(dense) < 3:
+        major = ticker.MaxNLocator(nbins=4)
+    else:
+        major = next((locator for locator in (dense, sparse) if ticks(locator) <= 7), decades)
+    ax.xaxis.set_major_locator(major)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def draw_figures(runs: list[dict]):
+    """The report's figures, one at a time: (file name, the runs drawn in it, the matplotlib figure). The caller
+    saves and closes each."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = []
-    # Confusion matrices, one panel per run (rows normalised to recall).
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 4.6), squeeze=False)
-    for ax, run in zip(axes[0], runs):
+    # Confusion matrices, one panel per run (rows normalised to recall), at most three to a row: one long row of six
+    # squeezed the panels' titles and labels off the figure.
+    cols = min(len(runs), 3)
+    rows = -(-len(runs) // cols)
+    # Constrained layout: it makes room for the colour bar, which tight_layout would let the panels run into.
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + 0.8, 4.6 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(runs) :]:
+        ax.set_axis_off()
+    for ax, run in zip(axes.flat, runs):
         m = np.array(run["result"]["metrics"]["confusion_matrix"], dtype=float)
         m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-        ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
+        image = ax.imshow(m, vmin=0, vmax=1, cmap="Blues")
         ax.set_title(f"{run['name']}: confusion (recall)")
         ax.set_xticks(range(m.shape[1]), [str(i) for i in range(m.shape[1] - 1)] + ["?"])
         ax.set_yticks(range(m.shape[0]))
         ax.set_xlabel("predicted (? = unparseable)")
         ax.set_ylabel("true class")
-    fig.tight_layout()
-    names.append("confusion.png")
-    fig.savefig(out_dir / names[-1], dpi=110)
-    plt.close(fig)
+    # One scale for every panel (they share vmin and vmax): without it the shades are not numbers.
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.85, label="share of the true class")
+    yield "confusion.png", runs, fig
 
     # Per-class recall, runs side by side.
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(11.5, 4))
     width = 0.8 / len(runs)
     for k, run in enumerate(runs):
         recall = [r if r is not None else 0 for r in run["result"]["metrics"]["per_class_recall"]]
         ax.bar(np.arange(len(recall)) + k * width, recall, width, label=run["name"])
+    # Whole class names, wrapped (cut to 14 letters, "Edge-on withou" and "Edge-on with B" were riddles), with the
+    # class number the confusion matrices use.
     ax.set_xticks(
         np.arange(len(DECALS_CLASSES)) + 0.4 - width / 2,
-        [c[:14] for c in DECALS_CLASSES],
-        rotation=35,
-        ha="right",
+        [textwrap.fill(f"{k} {c}", 13, break_on_hyphens=False) for k, c in enumerate(DECALS_CLASSES)],
         fontsize=8,
     )
+    ax.set_ylim(0, 1)
     ax.set_ylabel("recall")
     ax.legend()
     fig.tight_layout()
-    names.append("per_class_recall.png")
-    fig.savefig(out_dir / names[-1], dpi=110)
-    plt.close(fig)
+    yield "per_class_recall.png", runs, fig
 
     # Accuracy against prompt cost (tokens per galaxy), with the interval.
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7, 4))
     for run in runs:
         m = run["result"]["metrics"]
         cost = run["result"]["prompt_tokens"] / m["n"]
@@ -232,17 +261,16 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
         )
     majority = runs[0]["result"]["metrics"]["majority_rate"]
     ax.axhline(majority, color="grey", ls="--", lw=1, label="majority class")
-    ax.set_xscale("log")
+    plain_log_x(ax)
     ax.set_xlabel("prompt tokens per galaxy")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8)
+    # Beside the axes, not in them: with six runs the legend covered a point.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
-    names.append("accuracy_vs_cost.png")
-    fig.savefig(out_dir / names[-1], dpi=110)
-    plt.close(fig)
+    yield "accuracy_vs_cost.png", runs, fig
 
     # Accuracy against every token an answer cost (prompt + completion, all turns of a zoom episode), by arm.
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     markers, colours, seen = {"image": "o", "tokens": "s"}, {False: "C0", True: "C3"}, {}
     # Names above and below by turns along the cost axis, so runs of about the same cost stay legible.
     rank = {id(r): k for k, r in enumerate(sorted(runs, key=lambda r: tokens_per_galaxy(r["result"])))}
@@ -262,40 +290,53 @@ def _figures(runs: list[dict], out_dir: Path) -> list[str]:
         offset = (6, 4) if rank[id(run)] % 2 == 0 else (6, -11)
         ax.annotate(run["name"], (x, m["accuracy"]), textcoords="offset points", xytext=offset, fontsize=8)
     seen["majority class"] = ax.axhline(majority, color="grey", ls="--", lw=1)
-    ax.set_xscale("log")
-    # Plain numbers at 1, 2 and 5 of each decade (the default minor labels overlap).
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    plain_log_x(ax)
     ax.set_xlabel("tokens per galaxy (prompt + completion, all turns)")
     ax.set_ylabel("accuracy (95 % interval)")
-    ax.legend(list(seen.values()), list(seen), fontsize=8, title="modality, zoom", title_fontsize=8)
+    # Beside the axes, not in them: inside, it covered part of an interval.
+    ax.legend(
+        list(seen.values()),
+        list(seen),
+        fontsize=8,
+        title="modality, zoom",
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+    )
     fig.tight_layout()
-    names.append("accuracy_vs_tokens.png")
-    fig.savefig(out_dir / names[-1], dpi=110)
-    plt.close(fig)
+    yield "accuracy_vs_tokens.png", runs, fig
 
     # Training curves, where a run's training log can be found (`training_log`): the loss, and a GRPO run's reward.
-    curves = [(run["name"], run["training_log"]) for run in runs if run.get("training_log")]
+    curves = [run for run in runs if run.get("training_log")]
     panels = [
         (key, label)
         for key, label in (("loss", "training loss"), ("reward", "training reward (GRPO)"))
-        if any(key in e for _, log in curves for e in log)
+        if any(key in e for run in curves for e in run["training_log"])
     ]
     if curves and panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
         for ax, (key, label) in zip(axes[0], panels):
-            for name, log in curves:
-                points = [(e["step"], e[key]) for e in log if key in e and "step" in e]
+            for run in curves:
+                points = [(e["step"], e[key]) for e in run["training_log"] if key in e and "step" in e]
                 if points:
-                    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=name)
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=run["name"])
             ax.set_xlabel("step")
             ax.set_ylabel(label)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        names.append("training_curves.png")
-        fig.savefig(out_dir / names[-1], dpi=110)
+        # Only the runs whose logs are drawn: the figure's provenance names what it shows.
+        yield "training_curves.png", curves, fig
+
+
+def _figures(runs: list[dict], out_dir: Path) -> list[str]:
+    """Save the report's figures as PNGs, each carrying the runs drawn and their files' sha256 (`figure_provenance`)."""
+    import matplotlib.pyplot as plt
+
+    names = []
+    for name, drawn, fig in draw_figures(runs):
+        fig.savefig(out_dir / name, dpi=110, metadata=figure_metadata(drawn))
         plt.close(fig)
+        names.append(name)
     return names
 
 
@@ -473,8 +514,15 @@ def _stage_lines(stages: dict[str, list[dict]]) -> list[str]:
 
 
 def render_report(
-    runs: list[dict], comparisons: dict, figures: list[str], stages: dict | None = None, gaps: dict | None = None
+    runs: list[dict],
+    comparisons: dict,
+    figures: list[str],
+    stages: dict | None = None,
+    gaps: dict | None = None,
+    *,
+    out_dir: str | Path = ".",
 ) -> str:
+    """report.md's text; `out_dir` is where it will be, which the paths it prints are relative to."""
     lines = [
         "# astroreason comparison report",
         "",
@@ -544,9 +592,11 @@ def render_report(
         ]
         for run in runs:
             for w in run["warm_starts"]:
+                # Relative to the report: the page moves with the runs, and names no home directory of this machine.
+                record = os.path.relpath(w["record"], out_dir)
                 lines.append(
                     f"| {run['name']} | {w['what']} | {w['n_train']} | {w['config']['steps']} "
-                    f"| {_pct(w['held_out_accuracy'])} ({_pct(w['held_out_majority_rate'])}) | {w['record']} |"
+                    f"| {_pct(w['held_out_accuracy'])} ({_pct(w['held_out_majority_rate'])}) | {record} |"
                 )
     lines += ["", "## Figures", ""]
     for name in figures:
@@ -584,12 +634,15 @@ def write_report(
     *,
     stages: dict[str, list[tuple[str, str | Path]]] | None = None,
     gaps: dict[str, tuple[str | Path, str | Path]] | None = None,
+    tex: bool = False,
+    macros: bool = False,
 ) -> Path:
     """Write `report.md`, `report.json`, the figures and `report.html` (self-contained: the tables, the figures and
     galleries of the galaxies) for these runs into `out_dir` (atomically). `stages` names, per arm, the evaluations
     of its training stages in order (stage name, run directory), e.g. warm start, SFT, GRPO: the report then says
     what each stage adds over the one before it. `gaps` names, per arm, the evaluations of one model without zoom
-    on the first view and on the full-resolution view (`zooming_gap`)."""
+    on the first view and on the full-resolution view (`zooming_gap`). Every figure of it is also in `values.json`,
+    named; `tex` adds them as LaTeX macros (`macros.tex`), `macros` as a Markdown table (`macros.md`)."""
     runs = [load_run(d) for d in run_dirs]
     gap_runs = {arm: (load_run(first), load_run(full)) for arm, (first, full) in (gaps or {}).items()}
     gap_table = {arm: zooming_gap(first, full) for arm, (first, full) in gap_runs.items()}
@@ -600,11 +653,13 @@ def write_report(
     }
     staged = stage_table(stage_runs)
     comparisons = paired_comparisons(runs)
+    # Before anything is drawn: two runs that would share a macro name are refused in one line.
+    values = report_values(runs, comparisons, stage_runs, gap_runs)
     out_dir = Path(out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         figures = _figures(runs, tmp)
-        markdown = render_report(runs, comparisons, figures, staged, gap_table)
+        markdown = render_report(runs, comparisons, figures, staged, gap_table, out_dir=out_dir)
         write_text_atomic(tmp / "report.md", markdown)
         page, galleries = render_html(markdown, tmp, runs, list(comparisons))
         write_text_atomic(tmp / "report.html", page)
@@ -627,6 +682,9 @@ def write_report(
             "galleries": galleries,
         }
         write_text_atomic(tmp / "report.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        values = report_values(runs, comparisons, stage_runs, gap_runs)
         write_text_atomic(tmp / VALUES_NAME, json.dumps([v.to_json() for v in values], indent=1) + "\n")
+        if tex:
+            write_text_atomic(tmp / TEX_NAME, render_tex(values))
+        if macros:
+            write_text_atomic(tmp / MARKDOWN_NAME, render_markdown(values))
     return out_dir / "report.md"
