@@ -6,6 +6,7 @@ number is read from the report's values.json."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -49,6 +50,7 @@ def values_of(report_dir):
 
 def check(capsys, draft, *sources, verbose=False):
     """Run `astroreason claims`: its exit status, its finding lines and its CLAIMS counts."""
+    capsys.readouterr()  # what came before (an evaluation's RESULT line) is not its output
     status = main(["claims", str(draft), *map(str, sources), *(["--verbose"] if verbose else [])])
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith("CLAIMS ")
@@ -170,6 +172,13 @@ def test_latex_macros_expand_and_an_unknown_one_of_ours_is_flagged(reported, tmp
         [f"{draft}:5", "significance"],
     ], lines
     assert "\\ImagAccuracy" in lines[1] and v["ImageVsTokensP"]["text"] in lines[2]
+    # A Markdown placeholder that names no value is flagged the same way.
+    (tmp_path / "unknown.md").write_text("The image arm reaches {{ImageAccuracy}} %.\n\nAnd {{ImageAcuracy}} %.\n")
+    status, lines, _ = check(capsys, tmp_path / "unknown.md", root / "report")
+    assert (status, lines) == (
+        1,
+        [f"{tmp_path / 'unknown.md'}:3: no source: {{{{ImageAcuracy}}}} is not a value of the given runs"],
+    )
 
 
 def save_figure(path, runs):
@@ -211,14 +220,16 @@ def test_a_figure_of_other_runs_or_of_changed_files_is_flagged(reported, tmp_pat
     assert "result.json" in lines[0] and "changed" in lines[0]
 
 
-def macro_draft():
-    return (
-        "# Results\n\n"
+def macro_drafts():
+    """The same paragraph in Markdown placeholders and in LaTeX macros: no number typed by hand."""
+    text = (
         "The image arm reaches {{ImageAccuracy}} % [{{ImageAccuracyLow}}, {{ImageAccuracyHigh}}] on n = {{NTest}},\n"
         "the tokens arm {{TokensAccuracy}} % [{{TokensAccuracyLow}}, {{TokensAccuracyHigh}}];\n"
-        "the difference is {{ImageVsTokensDiff}} points (p = {{ImageVsTokensP}}), at {{ImageTokensPerGalaxy}} tokens "
-        "per galaxy.\n"
+        "the difference is {{ImageVsTokensDiff}} points (p = {{ImageVsTokensP}}), not significant, at\n"
+        "{{ImageTokensPerGalaxy}} tokens per galaxy and ${{ImageCost}}.\n"
     )
+    latex = re.sub(r"\{\{(\w+)\}\}", r"\\\1{}", text).replace("%", "\\%").replace("$", "\\$")
+    return {"macros.md": "# Results\n\n" + text, "macros.tex": "\\input{macros}\n\\section{Results}\n" + latex}
 
 
 def test_a_macro_draft_survives_a_redo_and_a_typed_one_does_not(reported, prepared_dir, tmp_path, capsys):
@@ -229,10 +240,11 @@ def test_a_macro_draft_survives_a_redo_and_a_typed_one_does_not(reported, prepar
     write_report([redo["image"], redo["tokens"]], tmp_path / "report")
     old = values_of(tmp_path / "report")
     shutil.copytree(tmp_path / "report", tmp_path / "report-old")
-    (tmp_path / "macros.md").write_text(macro_draft())
+    for name, text in macro_drafts().items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "typed.md").write_text(clean_markdown(old))
-    for draft in ("macros.md", "typed.md"):
-        assert check(capsys, tmp_path / draft, tmp_path / "report")[0] == 0
+    for draft in ("macros.md", "macros.tex", "typed.md"):
+        assert check(capsys, tmp_path / draft, tmp_path / "report")[:2] == (0, [])
 
     # The runs redone with other answers, the values regenerated.
     for name, seed in (("image", 9), ("tokens", 7)):
@@ -241,8 +253,9 @@ def test_a_macro_draft_survives_a_redo_and_a_typed_one_does_not(reported, prepar
     write_report([redo["image"], redo["tokens"]], tmp_path / "report")
     new = values_of(tmp_path / "report")
     assert new["ImageAccuracy"]["text"] != old["ImageAccuracy"]["text"]
-    assert check(capsys, tmp_path / "macros.md", tmp_path / "report")[0] == 0
-    assert check(capsys, tmp_path / "macros.md", redo["image"], redo["tokens"])[0] == 0
+    for draft in ("macros.md", "macros.tex"):
+        assert check(capsys, tmp_path / draft, tmp_path / "report")[:2] == (0, [])
+        assert check(capsys, tmp_path / draft, redo["image"], redo["tokens"])[:2] == (0, [])
     status, lines, counts = check(capsys, tmp_path / "typed.md", tmp_path / "report")
     assert status == 1 and counts["mismatch"] + counts["no_source"] + counts["interval"] >= 1
     assert any(line.startswith(f"{tmp_path / 'typed.md'}:5: ") for line in lines), lines
@@ -250,6 +263,9 @@ def test_a_macro_draft_survives_a_redo_and_a_typed_one_does_not(reported, prepar
     status, lines, counts = check(capsys, tmp_path / "typed.md", tmp_path / "report-old")
     assert status == 1 and counts["stale"] >= 1
     assert any(": stale: " in line and "changed since" in line for line in lines), lines
+    status, lines, counts = check(capsys, tmp_path / "macros.tex", tmp_path / "report-old")
+    assert status == 1 and counts["stale"] == counts["checked"] - counts["matched"] > 0
+    assert lines[0].startswith(f"{tmp_path / 'macros.tex'}:3: stale: \\ImageAccuracy: ")
 
 
 def test_bad_input_is_one_line(reported, tmp_path, capsys):

@@ -99,7 +99,7 @@ NEGATION = re.compile(r"(?:\b(?:not|no|never|nor|neither|without|non)|n't)\W+(?:
 # Numbers that name things rather than results, blanked before numbers are read.
 NOT_RESULTS = re.compile(
     r"\b(?:Figure|Fig\.|Table|Tab\.|Section|Sec\.|Appendix|Chapter|Equation|Eq\.|Eqs\.|Algorithm|Line)\s*\(?[\d.]+\)?"
-    r"|§\s*[\d.]+|\b95\s*%\s*(?:CI|confidence|credible|interval|bootstrap|percentile)",
+    r"|§\s*[\d.]+|\b95\s*%(?=\s*(?:CI|confidence|credible|interval|bootstrap|percentile|\]|\)))",
     re.I,
 )
 UNIT = re.compile(
@@ -112,10 +112,9 @@ P_BEFORE = re.compile(r"\bp(?:[- ]value)?\s*(?:of\s+|is\s+)?(=|<=|>=|<|>|≤|≥
 
 @dataclass(frozen=True)
 class Known:
-    """A value of a source, where it came from, and why it is stale (None when its files are as they were)."""
+    """A value of a source, and why it is stale (None when its files are as they were)."""
 
     value: ReportValue
-    origin: str
     stale: str | None = None
 
 
@@ -158,7 +157,7 @@ def load_sources(paths: list[str | Path]) -> Sources:
             run_dirs.append(path)
         elif (path / VALUES_NAME).is_file():
             for v in read_values(path / VALUES_NAME):
-                values.append(Known(v, str(path / VALUES_NAME), stale_reason(v, digests)))
+                values.append(Known(v, stale_reason(v, digests)))
                 for s in v.sources:
                     runs.setdefault(s.run, Path(s.file).parent)
         else:
@@ -166,7 +165,7 @@ def load_sources(paths: list[str | Path]) -> Sources:
     if run_dirs:  # computed now: fresh, and checked first
         loaded = [load_run(d) for d in run_dirs]
         computed = report_values(loaded, paired_comparisons(loaded))
-        values = [Known(v, str(Path(v.sources[0].file).parent)) for v in computed] + values
+        values = [Known(v) for v in computed] + values
         runs |= {r["name"]: Path(r["dir"]) for r in loaded}
     return Sources(values, runs)
 
@@ -285,7 +284,8 @@ def expand(text: str, fmt: str, sources: Sources, findings: list, file: str, num
             out.append(known.value.text)
             macros.append((start, start + len(known.value.text), known))
         elif fmt == "md" or looks_ours(name):
-            findings.append(Finding(file, number, "no source", f"\\{name} is not a value of the given runs"))
+            shown = f"{{{{{name}}}}}" if fmt == "md" else f"\\{name}"
+            findings.append(Finding(file, number, "no source", f"{shown} is not a value of the given runs"))
             out.append(" ")
         else:
             out.append("%" if name == "percent" else " ")
@@ -570,7 +570,7 @@ class Checker:
             point.ok and re.fullmatch(r"[\s%(:,]*(?:points?|pp)?[\s(:,]*", text[point.end : start])
         ):
             point = None
-        pairs = self.pairs(ends)
+        pairs = self.pairs(ends, self.fresh())
         if point is not None:
             wanted, what = [k.value.name for k in point.candidates], f"the interval of the {point.text} before it"
         elif named:
@@ -582,6 +582,9 @@ class Checker:
         if good := [p for p in pairs if p in wanted]:
             low = self.sources.named(good[0] + "Low")
             return self.passed(unit, start, f"{shown} is the interval of \\{good[0]}", low)
+        if stale := self.pairs(ends, [k for k in self.sources.values if k.stale]):
+            low = self.sources.named(stale[0] + "Low")
+            return self.flag(unit, start, "stale", f"{shown} is the interval of \\{stale[0]}, but {low.stale}")
         expected = [
             f"\\{w}: [{lo.value.text}, {hi.value.text}]"
             for w in wanted
@@ -591,12 +594,13 @@ class Checker:
         message += f"; it is the interval of \\{pairs[0]}" if pairs else "; it is no interval of the given runs"
         self.flag(unit, start, "interval", message)
 
-    def pairs(self, ends: list[Number]) -> list[str]:
-        """The values whose Low and High the two ends are (macros by name, typed numbers within their rounding)."""
-        out = []
-        for k in self.fresh():
+    def pairs(self, ends: list[Number], values: list[Known]) -> list[str]:
+        """The values (of `values`) whose Low and High the two ends are (macros by name, typed numbers within their
+        rounding)."""
+        by_name, out = {k.value.name: k for k in values}, []
+        for k in values:
             prefix = k.value.name.removesuffix("Low")
-            if k.value.kind == "interval_low" and (high := self.sources.named(prefix + "High")):
+            if k.value.kind == "interval_low" and (high := by_name.get(prefix + "High")):
                 if self.is_value(ends[0], k) and self.is_value(ends[1], high):
                     out.append(prefix)
         return out
