@@ -10,7 +10,7 @@ What is checked, per unit (a sentence of prose or a caption, a table row, a head
 - numbers that look like results: followed by `%` / `points` / `pp` (a percentage: matched against values in
   points), after `p =` / `p <` (a p-value), after `n =` (a count), after `$` (dollars), before `tokens`, any decimal
   number in a table row or in a sentence that speaks of results (`accuracy`, `F1`, `gain`, `difference`, `cost`,
-  `tokens`, ...), and a table cell that is only a number in a row that names a run;
+  `tokens`, ...), and a table cell that is only a number (an integer too);
 - intervals `[a, b]` with a decimal or a `%` in them;
 - claim words (`significant(ly)`, `outperforms`, `better than`, `beats`), unless negated (`not`, `no`, ...);
 - figures: `\\includegraphics{x}` and `![...](x)`, read relative to the draft;
@@ -48,7 +48,6 @@ from ..io import sha256_file
 from .values import ReportValue
 
 DRAFT_FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md"}
-VALUES_NAME = "values.json"
 FLAG_KINDS = ("no source", "mismatch", "interval", "significance", "figure", "stale")
 
 # What a value's name ends with after its run's (or pair's, stage's) prefix: a `\Name` ending in one of these that
@@ -148,7 +147,7 @@ class Sources:
 def load_sources(paths: list[str | Path]) -> Sources:
     """The values of every SOURCE: run directories together (compared pairwise), report directories as written."""
     from .harness import RESULT_NAME
-    from .report import load_run, paired_comparisons
+    from .report import VALUES_NAME, load_run, paired_comparisons
     from .values import report_values
 
     run_dirs, values, runs, digests = [], [], {}, {}
@@ -340,6 +339,7 @@ def units(lines: list[Line]) -> list[Unit]:
 
 
 def sentences(paragraph: list[Line]) -> list[Unit]:
+    """A paragraph's sentences (split at `. ` before a capital, a command or a bracket), each character's line kept."""
     text, lines, macros = "", [], []
     for line in paragraph:
         macros += [(s + len(text), e + len(text), k) for s, e, k in line.macros]
