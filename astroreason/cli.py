@@ -46,6 +46,7 @@ COMMAND_MODULES = [
     "astroreason.tokens_commands",
     "astroreason.model_commands",
     "astroreason.evaluation.commands",
+    "astroreason.evaluation.claims_commands",
     "astroreason.sweeps.commands",
     "astroreason.audit.commands",
     "astroreason.integrity.commands",

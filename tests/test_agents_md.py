@@ -1,10 +1,10 @@
 """AGENTS.md runs as written: every command of its ```bash blocks, in order, exits as the page says.
 
-The commands are run by bash, one process each, exactly as a user would paste them, in a temporary directory laid
-out like the repository's root (links to `eval/` and `recipes/`, whose configs, price table and recipe scripts the
-commands name), with an `astroreason` and a `python` on PATH that run this checkout's code. A comment `# exit N` is
-the status the page promises (0 otherwise), and `RESULT "key": value` (also `ESTIMATE`, `MEMORY`, `NOISE`, `STATUS`) a field
-of that JSON line.
+The commands are run by bash, one process each (a here-document with its lines), exactly as a user would paste
+them, in a temporary directory laid out like the repository's root (links to `eval/` and `recipes/`, whose configs,
+price table and recipe scripts the commands name), with an `astroreason` and a `python` on PATH that run this
+checkout's code. A comment `# exit N` is the status the page promises (0 otherwise), and `RESULT "key": value` (also
+`ESTIMATE`, `MEMORY`, `NOISE`, `STATUS`, `CLAIMS`) a field of that JSON line.
 """
 
 from __future__ import annotations
@@ -20,25 +20,34 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "AGENTS.md"
-JSON_LINES = ("RESULT", "ESTIMATE", "MEMORY", "NOISE", "STATUS")
+JSON_LINES = ("RESULT", "ESTIMATE", "MEMORY", "NOISE", "STATUS", "CLAIMS")
 # One `"key": value` pair of a promised JSON field: a string, a number, true, false or null.
 FIELD = r'"(\w+)":\s*("[^"]*"|true|false|null|-?[\d.]+(?:e-?\d+)?)'
 FIELDS = "(?:[ ,]*" + re.sub(r"\((?!\?)", "(?:", FIELD) + ")+"  # one or more of them, nothing captured
 
 
 def page_commands(text: str) -> list[str]:
-    """Every command of the page's ```bash blocks, in order (backslash continuations joined, blank lines dropped)."""
+    """Every command of the page's ```bash blocks, in order (backslash continuations joined, blank lines dropped, a
+    here-document's lines kept with the command that reads them)."""
     commands = []
     for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
-        for command in block.replace("\\\n", " ").splitlines():
+        lines = iter(block.replace("\\\n", " ").splitlines())
+        for command in lines:
             if command.strip() and not command.lstrip().startswith("#"):
+                if heredoc := re.search(r"<<-?\s*'?(\w+)'?", command):
+                    end, body = heredoc.group(1), []
+                    for line in lines:
+                        if line.strip() == end:
+                            break
+                        body.append(line)
+                    command = "\n".join([command, *body, end])
                 commands.append(command.strip())
     return commands
 
 
 def promises(command: str) -> tuple[int, dict[str, dict]]:
     """What the command's comment promises: its exit status, and fields of its JSON lines."""
-    comment = command.partition("  #")[2]
+    comment = command.splitlines()[0].partition("  #")[2]  # a here-document's lines are not its comment
     status = re.search(r"\bexit (\d+)", comment)
     fields = {}
     for word in JSON_LINES:
@@ -87,6 +96,9 @@ def test_page_parsing():
         "a    b",
         "c  # exit 2",
     ]
+    heredoc = "```bash\ncat > f.md <<'EOF'\n# a heading\nx  # not a comment\nEOF\nd\n```\n"
+    assert page_commands(heredoc) == ["cat > f.md <<'EOF'\n# a heading\nx  # not a comment\nEOF", "d"]
+    assert promises("cat > f.md <<'EOF'\nx  # exit 1\nEOF") == (0, {})
 
 
 def test_readme_links_agents_md():
@@ -99,7 +111,7 @@ def test_every_command_of_agents_md_runs_as_written(workdir):
     assert len(commands) >= 10, commands
     statuses = set()
     for command in commands:
-        assert command.startswith(("astroreason ", "python recipes/")), f"not an astroreason command: {command}"
+        assert command.startswith(("astroreason ", "python recipes/", "cat > runs/agents/")), f"not ours: {command}"
         expected, fields = promises(command)
         done = subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True)
         where = f"{command}\n--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-3000:]}"
