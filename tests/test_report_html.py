@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_report import two_runs  # noqa: F401  (the module's fixture: two real evaluation runs)
@@ -177,3 +178,27 @@ def test_the_page_renders_its_images_in_a_headless_browser(report, tmp_path):
     assert total == page.count("<img ") and n_thumbs > 0
     assert decoded == total  # every image, figures and thumbnails, decoded by the browser
     assert thumbs == n_thumbs  # each thumbnail at its own size
+
+    # A screenshot of the page as a reader sees it (kept in the test's tmp_path for a person to look at): the
+    # tables and figures drew, not a blank page.
+    shot = tmp_path / "report_screenshot.png"
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,3000",
+            f"--screenshot={shot}",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (3000, 1200) and pixels.std() > 20, pixels.std()

@@ -27,9 +27,8 @@ from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .figure_provenance import figure_metadata
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .macros import MARKDOWN_NAME, TEX_NAME, render_markdown, render_tex
-from .metrics import paired_comparison
 from .report_html import render_html
-from .values import report_values
+from .values import compare_runs, report_values, tokens_per_galaxy
 
 # Every figure of the report, named, with its source files and their sha256 (`values.report_values`).
 VALUES_NAME = "values.json"
@@ -87,29 +86,8 @@ def warm_starts(model: str) -> list[dict]:
     return list(found.values())
 
 
-def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
-    """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
-    pa, pb = a["result"]["provenance"], b["result"]["provenance"]
-    if (
-        pa.get("manifest_sha256") != pb.get("manifest_sha256")
-        or a["result"]["config"]["split"] != b["result"]["config"]["split"]
-    ):
-        raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
-    labels_a = [r["label"] for r in a["records"]]
-    if labels_a != [r["label"] for r in b["records"]]:
-        raise UserError(f"{a['name']} and {b['name']} disagree on the labels of their samples: not the same galaxies")
-    return paired_comparison(
-        labels_a, [r["prediction"] for r in a["records"]], [r["prediction"] for r in b["records"]], seed=seed
-    )
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
-
-
-def tokens_per_galaxy(result: dict) -> float:
-    """Prompt and completion tokens per galaxy, every turn of a zoom episode counted: what an answer cost."""
-    return (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
 
 
 def arm_of(run: dict) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .harness import PREDICTIONS_NAME, RESULT_NAME
+from .metrics import paired_comparison
 
 DIGITS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
@@ -62,6 +63,27 @@ def camel(name: str) -> str:
     return out
 
 
+def tokens_per_galaxy(result: dict) -> float:
+    """Prompt and completion tokens per galaxy, every turn of a zoom episode counted: what an answer cost."""
+    return (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
+
+
+def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
+    """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
+    pa, pb = a["result"]["provenance"], b["result"]["provenance"]
+    if (
+        pa.get("manifest_sha256") != pb.get("manifest_sha256")
+        or a["result"]["config"]["split"] != b["result"]["config"]["split"]
+    ):
+        raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
+    labels_a = [r["label"] for r in a["records"]]
+    if labels_a != [r["label"] for r in b["records"]]:
+        raise UserError(f"{a['name']} and {b['name']} disagree on the labels of their samples: not the same galaxies")
+    return paired_comparison(
+        labels_a, [r["prediction"] for r in a["records"]], [r["prediction"] for r in b["records"]], seed=seed
+    )
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -92,8 +114,6 @@ def _comparison(prefix: str, c: dict, sources) -> list[ReportValue]:
 
 def run_values(run: dict) -> list[ReportValue]:
     """One run's figures, as the report's tables print them."""
-    from .report import tokens_per_galaxy
-
     r, m, R = run["result"], run["result"]["metrics"], camel(run["name"])
     src = _run_sources(run, RESULT_NAME)
     values = _interval(R + "Accuracy", "accuracy", m["accuracy"], m["interval"]["accuracy"], src)
@@ -132,8 +152,6 @@ def report_values(
     zooming gap (`ArmZoomingGap...`) and `N<Split>` when every run scored the same number of galaxies of one split.
     `runs` are `report.load_run` dicts, `comparisons` as `report.paired_comparisons` gives them, `stages` per arm
     (stage name, loaded run) in order, `gaps` per arm (first view, full view) loaded runs."""
-    from .report import compare_runs
-
     by_name = {run["name"]: run for run in runs}
     values = [v for run in runs for v in run_values(run)]
     for (a, b), c in comparisons.items():
