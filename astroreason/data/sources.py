@@ -176,7 +176,7 @@ def _split_key(name: str):
     return (SPLIT_ORDER.index(name) if name in SPLIT_ORDER else len(SPLIT_ORDER), name)
 
 
-def _find_parts(root: Path) -> tuple[str, list]:
+def find_parts(root: Path) -> tuple[str, list]:
     """The parts of a dataset directory and its format: `save_to_disk` (Arrow) or `parquet`."""
     if (root / "dataset_dict.json").is_file():
         try:
@@ -235,7 +235,7 @@ def _state_split(folder: Path) -> str:
 # --- column conversion ---------------------------------------------------------------------------------------------
 
 
-def _storage(chunked):
+def arrow_storage(chunked):
     """A ChunkedArray without datasets' extension types (Array3D and friends are lists underneath)."""
     import pyarrow as pa
 
@@ -248,7 +248,7 @@ def _flux_block(chunked, where: str) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = _storage(chunked).combine_chunks()
+    arr = arrow_storage(chunked).combine_chunks()
     n = len(arr)
     null = np.asarray(arr.is_null().to_numpy(zero_copy_only=False), bool)
     values, dims = (arr.filter(pc.invert(arr.is_null())) if null.any() else arr), []
@@ -309,7 +309,7 @@ class HubSource(Source):
         """`images=False` opens a flux table (e.g. a galaxy10-aion copy joined to an HDF5 file): no image column
         and no label needed; the flux column is the first of `flux_columns` present."""
         self.path = Path(root)
-        self.format, self.parts = _find_parts(self.path)
+        self.format, self.parts = find_parts(self.path)
         if not self.parts:
             raise UserError(f"{self.path}: the dataset has no splits")
         self.n_rows = sum(p.n_rows for p in self.parts)
@@ -396,7 +396,7 @@ class HubSource(Source):
 
     # --- small columns --------------------------------------------------------------------------------------------
     def _whole(self, column: str) -> np.ndarray:
-        values = [_storage(p.whole(column)).to_numpy(zero_copy_only=False) for p in self.parts]
+        values = [arrow_storage(p.whole(column)).to_numpy(zero_copy_only=False) for p in self.parts]
         return np.concatenate(values) if values else np.empty(0)
 
     def _labels(self) -> np.ndarray:

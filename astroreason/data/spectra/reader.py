@@ -21,7 +21,7 @@ import numpy as np
 
 from ...errors import UserError
 from ..inspect import DEFAULT_RADIUS_ARCSEC, EXACT_ARCSEC, describe_group, duplicate_groups, ordering
-from ..sources import _find_parts, _storage
+from ..sources import arrow_storage, find_parts
 from .stars import SPECTRAL_CLASSES
 
 SPECTRUM_COLUMN = "spectrum"
@@ -127,7 +127,7 @@ def read_spectra(path, *, label_column: str, unit: str = "Angstrom", spectrum_co
     if not path.is_dir():
         what = "is not a directory" if path.exists() else "no such directory"
         raise UserError(f"{path}: {what} (a spectra dataset is a directory of parquet or Arrow files)")
-    _, parts = _find_parts(path)
+    _, parts = find_parts(path)
     if not parts:
         raise UserError(f"{path}: the dataset has no splits")
     names = set(parts[0].schema.names)
@@ -140,7 +140,7 @@ def read_spectra(path, *, label_column: str, unit: str = "Angstrom", spectrum_co
     if spectrum_column not in names:
         raise UserError(f"{where}: no spectrum column `{spectrum_column}` (has: {', '.join(sorted(names))})")
 
-    structs = pa.concat_arrays([_storage(p.whole(spectrum_column)).combine_chunks() for p in parts])
+    structs = pa.concat_arrays([arrow_storage(p.whole(spectrum_column)).combine_chunks() for p in parts])
     if not pa.types.is_struct(structs.type):
         raise UserError(f"{where}: `{spectrum_column}` must be a struct of flux, ivar, lambda; got {structs.type}")
     fields = {structs.type.field(i).name for i in range(structs.type.num_fields)}
@@ -163,7 +163,7 @@ def read_spectra(path, *, label_column: str, unit: str = "Angstrom", spectrum_co
 
     catalogue = {}
     for name in sorted(names - {spectrum_column}):
-        column = pa.chunked_array([c for p in parts for c in _storage(p.whole(name)).chunks])
+        column = pa.chunked_array([c for p in parts for c in arrow_storage(p.whole(name)).chunks])
         if pa.types.is_list(column.type) or pa.types.is_struct(column.type) or pa.types.is_large_list(column.type):
             continue  # only one-value-per-row columns make the catalogue
         catalogue[name] = column.to_numpy()
