@@ -192,7 +192,7 @@ def save_figure(path, runs):
 
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [0, 1])
-    fig.savefig(path, metadata=figure_metadata([load_run(r) for r in runs]))
+    fig.savefig(path, metadata=figure_metadata([load_run(r) for r in runs], path.parent))
     plt.close(fig)
 
 
@@ -283,3 +283,39 @@ def test_bad_input_is_one_line(reported, tmp_path, capsys):
         err = captured.err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("astroreason: error: ") and named in err[0], err
         assert "CLAIMS" not in captured.out
+
+
+def test_a_report_written_with_relative_paths_is_checked_from_anywhere(
+    reported, prepared_dir, tmp_path, monkeypatch, capsys
+):
+    """As the demo writes it (`runs/demo/eval/...` from the project's root): the report, its runs and a figure copied
+    beside the draft are moved elsewhere, and the draft is checked from another directory: its numbers match, its
+    figure is recognised by its runs' files, and nothing is stale or gone."""
+    project = tmp_path / "project"
+    root, runs, codec, _ = reported
+    for name, run in (("image", "image"), ("tokens", "tokens"), ("image_sft", "tokens")):
+        shutil.copytree(runs[run], project / "runs" / name)
+    evaluate(prepared_dir, codec, project / "runs" / "image_start", "image", seed=7)
+    monkeypatch.chdir(project)
+    # The image arm's stages, named as the demo names them: the SFT stage's values read none of run `image`'s files.
+    stages = {"image": [("start", "runs/image_start"), ("SFT", "runs/image_sft"), ("GRPO", "runs/image")]}
+    write_report(["runs/image", "runs/tokens"], "runs/report", stages=stages, tex=True)
+    assert str(project) not in (project / "runs" / "report" / "values.json").read_text()
+    assert str(project) not in (project / "runs" / "report" / "macros.tex").read_text()
+    moved = shutil.move(project, tmp_path / "elsewhere")
+    v = values_of(moved / "runs" / "report")
+    draft = moved / "paper" / "draft.md"
+    draft.parent.mkdir()
+    shutil.copy(moved / "runs" / "report" / "accuracy_vs_tokens.png", draft.parent / "figure.png")
+    t = {name: value["text"] for name, value in v.items()}
+    stage = f"SFT adds {t['ImageSftGain']} points to the image arm (p = {t['ImageSftGainP']}).\n"
+    draft.write_text(clean_markdown(v) + "\n" + stage + "\n![accuracy against tokens](figure.png)\n")
+    monkeypatch.chdir(tmp_path)
+    status, lines, counts = check(capsys, draft, moved / "runs" / "report")
+    assert status == 0 and lines == [] and counts["stale"] == counts["figure"] == 0, lines
+    # The same figure once a run's results changed: flagged on its line.
+    result = moved / "runs" / "image" / "result.json"
+    result.write_text(result.read_text().replace('"status"', ' "status"', 1))
+    status, lines, _ = check(capsys, draft, moved / "runs" / "image", moved / "runs" / "tokens")
+    figure_line = len(draft.read_text().splitlines())
+    assert status == 1 and any(line.startswith(f"{draft}:{figure_line}: figure: ") for line in lines), lines

@@ -123,7 +123,9 @@ def assert_figures_name_their_runs(report_dir, expected):
         for run in record["runs"]:
             assert set(run["files_sha256"]) >= {"result.json", "predictions.jsonl"}
             for name, sha in run["files_sha256"].items():
-                assert sha == hashlib.sha256((Path(run["dir"]) / name).read_bytes()).hexdigest(), (figure, name)
+                # The run's directory is written relative to the report (no path of this machine).
+                assert not Path(run["dir"]).is_absolute()
+                assert sha == hashlib.sha256((report_dir / run["dir"] / name).read_bytes()).hexdigest(), (figure, name)
 
 
 def test_report_regenerates_identically_and_draws_training_curves(two_runs, tmp_path):
@@ -344,11 +346,13 @@ def test_every_figure_of_the_report_is_a_named_value_with_its_source(two_runs, t
     assert values["ImageVsTokensP"]["text"] == f"{c['mcnemar_p_value']:.3g}"
     assert values["NTest"]["value"] == m["n"]
     assert values["ImageGrpoGain"]["value"] == pytest.approx(report["stages"]["image"][1]["gain"])
+    # Each file relative to the report, with its sha256.
     source = {s["file"]: s["sha256"] for s in values["ImageVsTokensP"]["sources"]}
     for run in ("image", "tokens"):
         for name in ("result.json", "predictions.jsonl"):
             path = runs[run] / name
-            assert source[str(path)] == hashlib.sha256(path.read_bytes()).hexdigest()
+            relative = os.path.relpath(path, tmp_path / "report")
+            assert source[relative] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def visible_tick_labels(ax):

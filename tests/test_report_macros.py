@@ -46,7 +46,7 @@ def test_macros_tex_defines_every_value_under_its_sources(report):
         comments = lines[lines.index(define) - len(v.sources) : lines.index(define)]
         for comment, s in zip(comments, v.sources):
             assert comment == f"% {v.name}: {s.run}, {s.file} sha256 {s.sha256}"
-            assert s.sha256 == hashlib.sha256(open(s.file, "rb").read()).hexdigest()
+            assert s.sha256 == hashlib.sha256((out / s.file).read_bytes()).hexdigest()
     assert sum(line.startswith("\\newcommand") for line in lines) == len(values)
     # The value is the report's text: ImageAccuracy in points, one decimal, as report.md prints it.
     accuracy = next(v for v in values if v.name == "ImageAccuracy")

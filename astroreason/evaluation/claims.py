@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 
 from ..errors import UserError
 from ..io import sha256_file
-from .values import ReportValue
+from .values import ReportValue, camel
 
 DRAFT_FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md"}
 FLAG_KINDS = ("no source", "mismatch", "interval", "significance", "figure", "stale")
@@ -156,6 +157,8 @@ def load_sources(paths: list[str | Path]) -> Sources:
             run_dirs.append(path)
         elif (path / VALUES_NAME).is_file():
             for v in read_values(path / VALUES_NAME):
+                # A report writes its files relative to itself (`values.relative_to`).
+                v = replace(v, sources=tuple(replace(s, file=os.path.normpath(path / s.file)) for s in v.sources))
                 values.append(Known(v, stale_reason(v, digests)))
                 for s in v.sources:
                     runs.setdefault(s.run, Path(s.file).parent)
@@ -466,10 +469,21 @@ def runs_named(unit: Unit, sources: Sources) -> set[str]:
     named = {k.value.runs for _, _, k in unit.macros}
     runs = {r for rs in named for r in rs if len(rs) == 1}  # a comparison's macro names a pair, not one run
     for run in sources.runs:
-        pattern = r"(?<![\w-])" + r"[\s_-]".join(map(re.escape, re.split(r"[\s_-]", run))) + r"(?![\w-])"
+        words = [re.escape(w) for w in re.split(r"[\s_-]", run)]
+        if len(words[-1]) > 3 and words[-1].endswith("s"):
+            words[-1] += "?"  # `the token arm` names the run `tokens`
+        pattern = r"(?<![\w-])" + r"[\s_-]".join(words) + r"(?![\w-])"
         if re.search(pattern, unit.text, re.I):
             runs.add(run)
     return runs
+
+
+def belongs(value: ReportValue, named: set[str]) -> bool:
+    """A value is of a named run when it reads that run's files, or when its name is the run's, as an arm's: `SFT adds
+    44.2 points to the image arm` quotes \\ImageSftGain, read from the runs of the image arm's stages."""
+    if set(value.runs) & named:
+        return True
+    return any(re.match(camel(run) + r"[A-Z]", value.name) for run in named)
 
 
 def describe(k: Known) -> str:
@@ -525,9 +539,9 @@ class Checker:
         kinds = FORM_KINDS[number.form]
         every = [k for k in self.sources.values if kinds(k.value) and matches(number.text, k.value, number.form)]
         number.candidates = [k for k in every if not k.stale]
-        ours = [k for k in number.candidates if not named or set(k.value.runs) & named]
+        ours = [k for k in number.candidates if not named or belongs(k.value, named)]
         shown = number.text + (" %" if number.form == "percent" else "")
-        theirs = [k for k in self.fresh() if kinds(k.value) and set(k.value.runs) & named]
+        theirs = [k for k in self.fresh() if kinds(k.value) and belongs(k.value, named)]
         if ours or (number.candidates and not theirs):
             number.candidates, number.ok = ours or number.candidates, True
             self.passed(unit, number.start, f"{shown} is {describe(number.candidates[0])}", number.candidates[0])
@@ -574,7 +588,7 @@ class Checker:
         if point is not None:
             wanted, what = [k.value.name for k in point.candidates], f"the interval of the {point.text} before it"
         elif named:
-            wanted = [p for p in pairs if set(self.sources.named(p + "Low").value.runs) & named]
+            wanted = [p for p in pairs if belongs(self.sources.named(p + "Low").value, named)]
             what = f"an interval of {', '.join(sorted(named))}"
         else:
             wanted, what = pairs, "an interval of the given runs"
@@ -655,6 +669,7 @@ def check_figures(path: Path, figures: list[tuple[int, str]], sources: Sources) 
 def figure_problems(figure: Path, sources: Sources) -> list[str]:
     """What is wrong with where a figure came from (nothing for a report PNG of the given runs as they are)."""
     from .figure_provenance import read_figure_provenance
+    from .harness import PREDICTIONS_NAME, RESULT_NAME
 
     if not figure.suffix and figure.with_suffix(".png").is_file():
         figure = figure.with_suffix(".png")  # \includegraphics{x} of x.png
@@ -666,18 +681,28 @@ def figure_problems(figure: Path, sources: Sources) -> list[str]:
         record = None
     if record is None:
         return ["carries no provenance (not a report PNG): cannot say which runs it shows"]
-    given, problems = {name: d.resolve() for name, d in sources.runs.items()}, []
+    # A drawn run is a given one by its name and its results file's bytes, wherever either lies now (a report and its
+    # runs move together; a figure is copied beside the draft).
+    given = {name: (d, _sha256_or_none(d / RESULT_NAME)) for name, d in sources.runs.items()}
+    problems = []
     for run in record["runs"]:
-        name, run_dir = run.get("run"), Path(run.get("dir", ""))
-        if name not in given or run_dir.resolve() != given[name]:
-            problems.append(f"drawn from run {name} ({run_dir}), not one of the given runs")
+        name, files = run.get("run"), run.get("files_sha256", {})
+        if name not in given:
+            problems.append(f"drawn from run {name} ({run.get('dir')}), not one of the given runs")
             continue
-        for file, digest in run.get("files_sha256", {}).items():
-            if not (run_dir / file).is_file():
-                problems.append(f"drawn from {run_dir / file}, which is gone")
-            elif sha256_file(run_dir / file) != digest:
-                problems.append(f"drawn from {run_dir / file} as it was before: the file changed since")
+        run_dir = given[name][0]
+        # The run's own files (a training log it lists may live beside the model instead).
+        for file in (RESULT_NAME, PREDICTIONS_NAME):
+            if file in files and _sha256_or_none(run_dir / file) != files[file]:
+                problems.append(
+                    f"drawn from other results than {run_dir / file} holds now (the file changed since, or it is "
+                    "another run of that name)"
+                )
     return problems
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
 
 
 def check_claims(draft: str | Path, source_paths: list[str | Path]) -> tuple[list[Finding], list[Finding], dict]:

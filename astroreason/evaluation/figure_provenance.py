@@ -5,6 +5,7 @@ reads it back and flags a figure of other runs, or of results changed since)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -13,9 +14,19 @@ from ..errors import UserError
 KEY = "astroreason"
 
 
-def figure_metadata(runs: list[dict]) -> dict[str, str]:
-    """`savefig(..., metadata=...)` for a figure of these runs (`report.load_run` dicts)."""
-    drawn = [{"run": r["name"], "dir": r["dir"], "files_sha256": r["files_sha256"]} for r in runs]
+def figure_metadata(runs: list[dict], report_dir: str | Path) -> dict[str, str]:
+    """`savefig(..., metadata=...)` for a figure of these runs (`report.load_run` dicts) saved in `report_dir`: each
+    run's directory relative to it, so the record does not hold this machine's paths. A copy of the figure elsewhere
+    is still recognised by the sha256 of its runs' files."""
+    report_dir = Path(report_dir).resolve()
+    drawn = [
+        {
+            "run": r["name"],
+            "dir": os.path.relpath(Path(r["dir"]).resolve(), report_dir),
+            "files_sha256": r["files_sha256"],
+        }
+        for r in runs
+    ]
     return {KEY: json.dumps({"runs": drawn}, sort_keys=True)}
 
 

@@ -28,7 +28,7 @@ from .figure_provenance import figure_metadata
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .macros import MARKDOWN_NAME, TEX_NAME, render_markdown, render_tex
 from .report_html import render_html
-from .values import compare_runs, report_values, tokens_per_galaxy
+from .values import compare_runs, relative_to, report_values, tokens_per_galaxy
 
 # Every figure of the report, named, with its source files and their sha256 (`values.report_values`).
 VALUES_NAME = "values.json"
@@ -306,13 +306,14 @@ def draw_figures(runs: list[dict]):
         yield "training_curves.png", curves, fig
 
 
-def _figures(runs: list[dict], out_dir: Path) -> list[str]:
-    """Save the report's figures as PNGs, each carrying the runs drawn and their files' sha256 (`figure_provenance`)."""
+def _figures(runs: list[dict], tmp: Path, out_dir: Path) -> list[str]:
+    """Save the report's figures as PNGs into `tmp` (to become `out_dir`), each carrying the runs drawn and their
+    files' sha256 (`figure_provenance`)."""
     import matplotlib.pyplot as plt
 
     names = []
     for name, drawn, fig in draw_figures(runs):
-        fig.savefig(out_dir / name, dpi=110, metadata=figure_metadata(drawn))
+        fig.savefig(tmp / name, dpi=110, metadata=figure_metadata(drawn, out_dir))
         plt.close(fig)
         names.append(name)
     return names
@@ -634,9 +635,10 @@ def write_report(
     # Before anything is drawn: two runs that would share a macro name are refused in one line.
     values = report_values(runs, comparisons, stage_runs, gap_runs)
     out_dir = Path(out_dir)
+    values = relative_to(values, out_dir)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        figures = _figures(runs, tmp)
+        figures = _figures(runs, tmp, out_dir)
         markdown = render_report(runs, comparisons, figures, staged, gap_table, out_dir=out_dir)
         write_text_atomic(tmp / "report.md", markdown)
         page, galleries = render_html(markdown, tmp, runs, list(comparisons))

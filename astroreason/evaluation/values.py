@@ -10,8 +10,9 @@ its sha256, so a macro can say where it came from and a check can tell when the 
 
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -193,6 +194,17 @@ def report_values(
         (split, n), src = next(iter(splits)), tuple(s for run in runs for s in _run_sources(run, RESULT_NAME))
         values.append(ReportValue("N" + camel(split), "n", n, str(n), False, src))
     return unique(values)
+
+
+def relative_to(values: list[ReportValue], folder: str | Path) -> list[ReportValue]:
+    """The values with each source file written relative to `folder` (a report's directory): the report and the runs
+    can then move together, and `claims` reads the files from wherever the report now is."""
+    folder = Path(folder).resolve()
+
+    def rel(s: Source) -> Source:
+        return replace(s, file=os.path.relpath(Path(s.file).resolve(), folder))
+
+    return [replace(v, sources=tuple(rel(s) for s in v.sources)) for v in values]
 
 
 def unique(values: list[ReportValue]) -> list[ReportValue]:
