@@ -147,6 +147,17 @@ COUNTER = (
 )
 
 
+def headless(tmp_path, *args) -> subprocess.CompletedProcess:
+    """Headless chromium with a profile of its own in `tmp_path` and `args`."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+    return subprocess.run(
+        [CHROMIUM, *flags, f"--user-data-dir={tmp_path / 'profile'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @needs_chromium
 def test_the_page_renders_its_images_in_a_headless_browser(report, tmp_path):
     assert CHROMIUM, "ASTROREASON_REQUIRE_CHROMIUM=1 but chromium is not installed: run .ci/browser_setup.sh"
@@ -154,22 +165,7 @@ def test_the_page_renders_its_images_in_a_headless_browser(report, tmp_path):
     page = (out / "report.html").read_text()
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", COUNTER + "</body>"))
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=10000",
-            "--dump-dom",
-            probe.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = headless(tmp_path, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r"DECODED (\d+) OF (\d+) THUMBS (\d+)", done.stdout)
     assert found, done.stdout[-2000:]
@@ -182,22 +178,8 @@ def test_the_page_renders_its_images_in_a_headless_browser(report, tmp_path):
     # A screenshot of the page as a reader sees it (kept in the test's tmp_path for a person to look at): the
     # tables and figures drew, not a blank page.
     shot = tmp_path / "report_screenshot.png"
-    done = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=1200,3000",
-            f"--screenshot={shot}",
-            (out / "report.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = headless(
+        tmp_path, "--hide-scrollbars", "--window-size=1200,3000", f"--screenshot={shot}", (out / "report.html").as_uri()
     )
     assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
