@@ -9,7 +9,6 @@ and the rows left out for non-finite flux, with the reason. `splits.prepare` use
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,18 +83,13 @@ class DuplicateGroups:
     separations: dict[tuple[int, int], float]  # arcsec, for each position pair
 
 
-def sky_pairs(ra, dec, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`position_pairs`, or none when `ra`/`dec` is None (the SDSS release has no positions)."""
-    if ra is None or dec is None:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
-    return position_pairs(ra, dec, radius_arcsec)
-
-
-def duplicate_groups(ra, dec, hashes: list[str], radius_arcsec: float, *, pairs=None) -> DuplicateGroups:
-    """Group rows that show the same galaxy. `ra`/`dec` may be None (the SDSS release has no positions); `pairs`:
-    their `sky_pairs` when already computed."""
+def duplicate_groups(ra, dec, hashes: list[str], radius_arcsec: float) -> DuplicateGroups:
+    """Group rows that show the same galaxy. `ra`/`dec` may be None (the SDSS release has no positions)."""
     n = len(hashes)
-    pi, pj, sep = sky_pairs(ra, dec, radius_arcsec) if pairs is None else pairs
+    if ra is not None and dec is not None:
+        pi, pj, sep = position_pairs(ra, dec, radius_arcsec)
+    else:
+        pi, pj, sep = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     exact = sep < EXACT_ARCSEC
     exact_groups = groups_from_pairs(n, pi[exact], pj[exact])
     exact_sets = {tuple(g) for g in exact_groups}
@@ -193,12 +187,8 @@ def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: 
     with open_source(path, sha256=sha256) as g10:
         labels, classes, ids, splits = g10.labels, g10.classes, g10.ids, g10.source_splits
         counts = np.bincount(labels, minlength=len(classes))
-        ra, dec = g10.column("ra"), g10.column("dec")
-        with ThreadPoolExecutor(1) as pool:
-            # The sky search runs while the images are read and hashed: astropy's import alone is a second or more.
-            pairs = pool.submit(sky_pairs, ra, dec, radius_arcsec)
-            hashes = g10.image_hashes(CHUNK_ROWS)
-            groups = duplicate_groups(ra, dec, hashes, radius_arcsec, pairs=pairs.result())
+        hashes = g10.image_hashes(CHUNK_ROWS)
+        groups = duplicate_groups(g10.column("ra"), g10.column("dec"), hashes, radius_arcsec)
 
         def describe(gs, seps=None):
             return [describe_group(g, labels, classes, seps, ids=ids, splits=splits) for g in gs]
