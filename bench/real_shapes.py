@@ -22,6 +22,7 @@ be run one at a time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -116,8 +117,6 @@ def kept_runs(out: Path, record: dict, configs: list[Path], arms: list[str]) -> 
     same cut and the same changes to the configs (otherwise its runs are not comparable and are dropped)."""
     if not out.exists():
         return []
-    import json
-
     old = json.loads(out.read_text())
     if old.get("cut") != record["cut"] or old.get("changed") != record["changed"]:
         return []
@@ -211,16 +210,23 @@ def main(argv=None) -> int:
         values = config_values(config)
         name = values["model_name_or_path"]
         shape = cut_depth(checkpoint_shape(name), args.layers, args.blocks)
-        dtype = getattr(torch, args.dtype)
+        dtype_name = args.dtype
         if name not in models:
-            models[name] = build_shaped_model(work / "models" / name.split("/")[-1], shape, dtype=dtype)
+            models[name] = build_shaped_model(
+                work / "models" / name.split("/")[-1], shape, dtype=getattr(torch, dtype_name)
+            )
         total, trainable = trainable_parameters(shape, values)
-        need = bytes_needed(total, trainable, torch.finfo(dtype).bits // 8)
+        need = bytes_needed(total, trainable, torch.finfo(getattr(torch, dtype_name)).bits // 8)
         if need > 0.9 * available_bytes() and args.fallback_dtype != "none":
-            dtype = getattr(torch, args.fallback_dtype)
-            need = bytes_needed(total, trainable, torch.finfo(dtype).bits // 8)
+            dtype_name = args.fallback_dtype
+            need = bytes_needed(total, trainable, torch.finfo(getattr(torch, dtype_name)).bits // 8)
         for arm in args.arms:
-            run = {"config": str(config.relative_to(ROOT)), "arm": arm, "checkpoint": name, "dtype": str(dtype)}
+            run = {
+                "config": str(config.relative_to(ROOT)),
+                "arm": arm,
+                "checkpoint": name,
+                "dtype": f"torch.{dtype_name}",
+            }
             run.update(parameters=total, trainable=trainable, need_gib=need / 2**30)
             if need > 0.9 * available_bytes():
                 run.update(
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
                 )
             else:
                 out = work / "runs" / f"{config.parent.name}-{config.stem}-{arm}"
-                argv = run_argv(config, arm, models[name], data, codec, out, args, dtype=str(dtype).split(".")[-1])
+                argv = run_argv(config, arm, models[name], data, codec, out, args, dtype=dtype_name)
                 run.update(run_one(argv, args.timeout))
                 shutil.rmtree(out, ignore_errors=True)
             record["runs"].append(run)

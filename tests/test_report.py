@@ -346,6 +346,10 @@ def test_every_figure_of_the_report_is_a_named_value_with_its_source(two_runs, t
     assert values["ImageVsTokensP"]["text"] == f"{c['mcnemar_p_value']:.3g}"
     assert values["NTest"]["value"] == m["n"]
     assert values["ImageGrpoGain"]["value"] == pytest.approx(report["stages"]["image"][1]["gain"])
+    # Every name but N<split> ends with one of the suffixes `claims` knows a misspelt macro of ours by.
+    from astroreason.evaluation.values import SUFFIXES
+
+    assert all(name == "NTest" or name.endswith(SUFFIXES) for name in values), sorted(values)
     # Each file relative to the report, with its sha256.
     source = {s["file"]: s["sha256"] for s in values["ImageVsTokensP"]["sources"]}
     for run in ("image", "tokens"):

@@ -46,42 +46,14 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..io import sha256_file
-from .values import ReportValue, camel
+from .figure_provenance import read_figure_provenance
+from .harness import PREDICTIONS_NAME, RESULT_NAME
+from .report import VALUES_NAME, load_run, paired_comparisons
+from .values import SUFFIXES, ReportValue, camel, report_values
 
 DRAFT_FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md"}
 FLAG_KINDS = ("no source", "mismatch", "interval", "significance", "figure", "stale")
 
-# What a value's name ends with after its run's (or pair's, stage's) prefix: a `\Name` ending in one of these that
-# is not a value is one of ours misspelt, or of a run not given.
-SUFFIXES = (
-    "Accuracy",
-    "AccuracyLow",
-    "AccuracyHigh",
-    "BalancedAccuracy",
-    "MacroFOne",
-    "Unparseable",
-    "MajorityRate",
-    "N",
-    "PromptTokens",
-    "TokensPerGalaxy",
-    "Cost",
-    "ZoomRate",
-    "ZoomsPerGalaxy",
-    "Diff",
-    "DiffLow",
-    "DiffHigh",
-    "P",
-    "OnlyFirstRight",
-    "OnlySecondRight",
-    "Gain",
-    "GainLow",
-    "GainHigh",
-    "GainP",
-    "ZoomingGap",
-    "ZoomingGapLow",
-    "ZoomingGapHigh",
-    "ZoomingGapP",
-)
 OURS = re.compile(r"(?:[A-Z][a-z]*){2,}")
 
 NUMBER = re.compile(r"(?<![\w.\-/−+])([+\-−]?\d+(?:\.\d+)?(?:[eE][+\-]?\d+)?)(?!\w|\.\d)")
@@ -147,10 +119,6 @@ class Sources:
 
 def load_sources(paths: list[str | Path]) -> Sources:
     """The values of every SOURCE: run directories together (compared pairwise), report directories as written."""
-    from .harness import RESULT_NAME
-    from .report import VALUES_NAME, load_run, paired_comparisons
-    from .values import report_values
-
     run_dirs, values, runs, digests = [], [], {}, {}
     for path in map(Path, paths):
         if (path / RESULT_NAME).is_file():
@@ -668,9 +636,6 @@ def check_figures(path: Path, figures: list[tuple[int, str]], sources: Sources) 
 
 def figure_problems(figure: Path, sources: Sources) -> list[str]:
     """What is wrong with where a figure came from (nothing for a report PNG of the given runs as they are)."""
-    from .figure_provenance import read_figure_provenance
-    from .harness import PREDICTIONS_NAME, RESULT_NAME
-
     if not figure.suffix and figure.with_suffix(".png").is_file():
         figure = figure.with_suffix(".png")  # \includegraphics{x} of x.png
     if not figure.is_file():

@@ -84,3 +84,8 @@ def classification_metrics(
         "majority_rate": float(counts.max() / len(y)),
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def tokens_per_galaxy(result: dict) -> float:
+    """Prompt and completion tokens per galaxy, every turn of a zoom episode counted: what an answer cost."""
+    return (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]

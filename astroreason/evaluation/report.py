@@ -27,8 +27,9 @@ from ..pretrain import CODE_PRETRAIN_RECORD, PRETRAIN_RECORD
 from .figure_provenance import figure_metadata
 from .harness import PREDICTIONS_NAME, RESULT_NAME
 from .macros import MARKDOWN_NAME, TEX_NAME, render_markdown, render_tex
+from .metrics import paired_comparison, tokens_per_galaxy
 from .report_html import render_html
-from .values import compare_runs, relative_to, report_values, tokens_per_galaxy
+from .values import relative_to, report_values
 
 # Every figure of the report, named, with its source files and their sha256 (`values.report_values`).
 VALUES_NAME = "values.json"
@@ -84,6 +85,22 @@ def warm_starts(model: str) -> list[dict]:
         base = ((read_fingerprint(path) or {}).get("base") or {}).get("model_name_or_path")
         path = Path(base) if base else None
     return list(found.values())
+
+
+def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
+    """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
+    pa, pb = a["result"]["provenance"], b["result"]["provenance"]
+    if (
+        pa.get("manifest_sha256") != pb.get("manifest_sha256")
+        or a["result"]["config"]["split"] != b["result"]["config"]["split"]
+    ):
+        raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
+    labels_a = [r["label"] for r in a["records"]]
+    if labels_a != [r["label"] for r in b["records"]]:
+        raise UserError(f"{a['name']} and {b['name']} disagree on the labels of their samples: not the same galaxies")
+    return paired_comparison(
+        labels_a, [r["prediction"] for r in a["records"]], [r["prediction"] for r in b["records"]], seed=seed
+    )
 
 
 def _pct(x: float) -> str:
@@ -633,7 +650,12 @@ def write_report(
     staged = stage_table(stage_runs)
     comparisons = paired_comparisons(runs)
     # Before anything is drawn: two runs that would share a macro name are refused in one line.
-    values = report_values(runs, comparisons, stage_runs, gap_runs)
+    values = report_values(
+        runs,
+        comparisons,
+        {arm: list(zip(staged[arm], (run for _, run in stage_runs[arm]))) for arm in staged},
+        {arm: (gap_table[arm], *gap_runs[arm]) for arm in gap_table},
+    )
     out_dir = Path(out_dir)
     values = relative_to(values, out_dir)
     with atomic_path(out_dir) as tmp:

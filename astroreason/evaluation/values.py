@@ -17,8 +17,39 @@ from pathlib import Path
 
 from ..errors import UserError
 from .harness import PREDICTIONS_NAME, RESULT_NAME
-from .metrics import paired_comparison
+from .metrics import tokens_per_galaxy
 
+# What the names below end with after their run's (or pair's, stage's) prefix; `claims` reads a `\Name` ending in one
+# of these that is no value as one of ours misspelt, or of a run not given. A new kind of value adds its suffix here.
+SUFFIXES = (
+    "Accuracy",
+    "AccuracyLow",
+    "AccuracyHigh",
+    "BalancedAccuracy",
+    "MacroFOne",
+    "Unparseable",
+    "MajorityRate",
+    "N",
+    "PromptTokens",
+    "TokensPerGalaxy",
+    "Cost",
+    "ZoomRate",
+    "ZoomsPerGalaxy",
+    "Diff",
+    "DiffLow",
+    "DiffHigh",
+    "P",
+    "OnlyFirstRight",
+    "OnlySecondRight",
+    "Gain",
+    "GainLow",
+    "GainHigh",
+    "GainP",
+    "ZoomingGap",
+    "ZoomingGapLow",
+    "ZoomingGapHigh",
+    "ZoomingGapP",
+)
 DIGITS = ("Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine")
 
 
@@ -64,33 +95,17 @@ def camel(name: str) -> str:
     return out
 
 
-def tokens_per_galaxy(result: dict) -> float:
-    """Prompt and completion tokens per galaxy, every turn of a zoom episode counted: what an answer cost."""
-    return (result["prompt_tokens"] + result["completion_tokens"]) / result["metrics"]["n"]
-
-
-def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
-    """Paired comparison of two runs that scored the same galaxies of the same split manifest."""
-    pa, pb = a["result"]["provenance"], b["result"]["provenance"]
-    if (
-        pa.get("manifest_sha256") != pb.get("manifest_sha256")
-        or a["result"]["config"]["split"] != b["result"]["config"]["split"]
-    ):
-        raise UserError(f"{a['name']} and {b['name']} were not evaluated on the same split of the same manifest")
-    labels_a = [r["label"] for r in a["records"]]
-    if labels_a != [r["label"] for r in b["records"]]:
-        raise UserError(f"{a['name']} and {b['name']} disagree on the labels of their samples: not the same galaxies")
-    return paired_comparison(
-        labels_a, [r["prediction"] for r in a["records"]], [r["prediction"] for r in b["records"]], seed=seed
-    )
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
 def _run_sources(run: dict, *files: str) -> tuple[Source, ...]:
     return tuple(Source(run["name"], str(Path(run["dir"]) / f), run["files_sha256"][f]) for f in files)
+
+
+def _pair_sources(a: dict, b: dict) -> tuple[Source, ...]:
+    """What a paired comparison of two runs reads: each run's result and per-galaxy predictions."""
+    return _run_sources(a, RESULT_NAME, PREDICTIONS_NAME) + _run_sources(b, RESULT_NAME, PREDICTIONS_NAME)
 
 
 def _interval(prefix: str, kind: str, point: float, interval, sources) -> list[ReportValue]:
@@ -102,12 +117,26 @@ def _interval(prefix: str, kind: str, point: float, interval, sources) -> list[R
     ]
 
 
+def _paired(name: str, p_name: str, difference: float, interval, p: float, sources) -> list[ReportValue]:
+    """A paired difference in points with its interval (`name`, `nameLow`, `nameHigh`) and its exact McNemar p."""
+    return [
+        *_interval(name, "difference", difference, interval, sources),
+        ReportValue(p_name, "p_value", p, f"{p:.3g}", False, sources),
+    ]
+
+
 def _comparison(prefix: str, c: dict, sources) -> list[ReportValue]:
     """A paired comparison's values: the difference in points with its interval, the exact McNemar p and the counts
     of galaxies only one side got right. `c` is `metrics.paired_comparison`'s dict."""
     return [
-        *_interval(prefix + "Diff", "difference", c["accuracy_difference"], c["difference_interval"], sources),
-        ReportValue(prefix + "P", "p_value", c["mcnemar_p_value"], f"{c['mcnemar_p_value']:.3g}", False, sources),
+        *_paired(
+            prefix + "Diff",
+            prefix + "P",
+            c["accuracy_difference"],
+            c["difference_interval"],
+            c["mcnemar_p_value"],
+            sources,
+        ),
         ReportValue(prefix + "OnlyFirstRight", "n", c["only_a_correct"], str(c["only_a_correct"]), False, sources),
         ReportValue(prefix + "OnlySecondRight", "n", c["only_b_correct"], str(c["only_b_correct"]), False, sources),
     ]
@@ -145,49 +174,33 @@ def run_values(run: dict) -> list[ReportValue]:
 def report_values(
     runs: list[dict],
     comparisons: dict[tuple[str, str], dict],
-    stages: dict[str, list[tuple[str, dict]]] | None = None,
-    gaps: dict[str, tuple[dict, dict]] | None = None,
+    stages: dict[str, list[tuple[dict, dict]]] | None = None,
+    gaps: dict[str, tuple[dict, dict, dict]] | None = None,
 ) -> list[ReportValue]:
     """Every figure of a report, named: each run's (`run_values`), each paired comparison's (`AVsB...`), each
     training stage's accuracy and gain over the stage before (`ArmStage...`, the stage named by its first word), each
     zooming gap (`ArmZoomingGap...`) and `N<Split>` when every run scored the same number of galaxies of one split.
     `runs` are `report.load_run` dicts, `comparisons` as `report.paired_comparisons` gives them, `stages` per arm
-    (stage name, loaded run) in order, `gaps` per arm (first view, full view) loaded runs."""
+    (its `report.stage_table` row, the loaded run) in order, `gaps` per arm (its `report.zooming_gap`, the first
+    view's and the full view's loaded runs): the figures the report printed, with the files they were read from."""
     by_name = {run["name"]: run for run in runs}
     values = [v for run in runs for v in run_values(run)]
     for (a, b), c in comparisons.items():
-        src = _run_sources(by_name[a], RESULT_NAME, PREDICTIONS_NAME) + _run_sources(
-            by_name[b], RESULT_NAME, PREDICTIONS_NAME
-        )
-        values += _comparison(f"{camel(a)}Vs{camel(b)}", c, src)
+        values += _comparison(f"{camel(a)}Vs{camel(b)}", c, _pair_sources(by_name[a], by_name[b]))
     for arm, arm_stages in (stages or {}).items():
         previous = None
-        for stage, run in arm_stages:
-            prefix = camel(arm) + camel(stage.split()[0])
-            m, src = run["result"]["metrics"], _run_sources(run, RESULT_NAME)
-            values += _interval(prefix + "Accuracy", "accuracy", m["accuracy"], m["interval"]["accuracy"], src)
+        for row, run in arm_stages:
+            prefix = camel(arm) + camel(row["stage"].split()[0])
+            src = _run_sources(run, RESULT_NAME)
+            values += _interval(prefix + "Accuracy", "accuracy", row["accuracy"], row["accuracy_interval"], src)
             if previous is not None:
-                both = _run_sources(run, RESULT_NAME, PREDICTIONS_NAME) + _run_sources(
-                    previous, RESULT_NAME, PREDICTIONS_NAME
-                )
-                c = compare_runs(run, previous)
-                values += [
-                    *_interval(prefix + "Gain", "difference", c["accuracy_difference"], c["difference_interval"], both),
-                    ReportValue(
-                        prefix + "GainP", "p_value", c["mcnemar_p_value"], f"{c['mcnemar_p_value']:.3g}", False, both
-                    ),
-                ]
+                gain = row["gain"], row["gain_interval"], row["mcnemar_p_value"]
+                values += _paired(prefix + "Gain", prefix + "GainP", *gain, _pair_sources(run, previous))
             previous = run
-    for arm, (first, full) in (gaps or {}).items():
-        src = _run_sources(full, RESULT_NAME, PREDICTIONS_NAME) + _run_sources(first, RESULT_NAME, PREDICTIONS_NAME)
-        c = compare_runs(full, first)
-        values += _interval(
-            camel(arm) + "ZoomingGap", "difference", c["accuracy_difference"], c["difference_interval"], src
-        )
-        values.append(
-            ReportValue(
-                camel(arm) + "ZoomingGapP", "p_value", c["mcnemar_p_value"], f"{c['mcnemar_p_value']:.3g}", False, src
-            )
+    for arm, (gap, first, full) in (gaps or {}).items():
+        name = camel(arm) + "ZoomingGap"
+        values += _paired(
+            name, name + "P", gap["gap"], gap["gap_interval"], gap["mcnemar_p_value"], _pair_sources(full, first)
         )
     splits = {(run["result"]["config"]["split"], run["result"]["metrics"]["n"]) for run in runs}
     if len(splits) == 1:
