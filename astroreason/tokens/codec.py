@@ -1,9 +1,9 @@
-"""The codec interface: a galaxy (RGB image or multi-band flux) <-> an integer grid of discrete tokens.
+"""The codec interface: a galaxy (RGB image or multi-band flux) or a spectrum <-> an integer grid of discrete tokens.
 
 Every codec (the built-in FSQ autoencoder, the AION-1 adapter) has the same surface: `encode` a batch into an
 integer grid [B, H', W'], `decode` it back into the input's units, its `vocab_size`, `grid_shape`, `input_spec` and a
-stable `codec_hash` (config + weights) that keys the token cache. `load_codec(path)` opens either kind from a local
-directory.
+stable `codec_hash` (config + weights) that keys the token cache. `load_codec(path)` opens any kind from a local
+directory. A spectrum codec's grid is one row, [B, 1, L'], so the renderings and the prompt cost take it unchanged.
 """
 
 from __future__ import annotations
@@ -40,16 +40,29 @@ class InputSpec:
             the field of view, as the image arm does) or centre-cropped (`flux`, as AION does); smaller inputs are
             refused.
         bands: Band names of a `flux` input, in channel order.
+        wavelength_range: A `spectrum` input's grid, (first, last) pixel centre in Angstrom: the codec resamples
+            each spectrum onto `size` pixels uniform in log wavelength between them (`kind` `spectrum`, channels 1).
     """
 
-    kind: Literal["rgb", "flux"]
+    kind: Literal["rgb", "flux", "spectrum"]
     channels: int
     size: int
     bands: tuple[str, ...] = ()
+    wavelength_range: tuple[float, ...] = ()
 
     def __post_init__(self):
-        if self.kind not in ("rgb", "flux"):
-            raise UserError(f"input kind: expected rgb or flux, got {self.kind!r}")
+        if self.kind not in ("rgb", "flux", "spectrum"):
+            raise UserError(f"input kind: expected rgb, flux or spectrum, got {self.kind!r}")
+        if self.kind == "spectrum":
+            lo_hi = self.wavelength_range
+            if self.channels != 1:
+                raise UserError(f"input channels: a spectrum codec takes 1 channel, got {self.channels}")
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] < lo_hi[1]:
+                raise UserError(f"input wavelength_range: expected (min, max) Angstrom with 0 < min < max, got {lo_hi}")
+            if self.size < 2:
+                raise UserError(f"input size: a spectrum grid needs at least 2 pixels, got {self.size}")
+        elif self.wavelength_range:
+            raise UserError(f"input wavelength_range: only a spectrum input has one, not {self.kind}")
         if self.kind == "rgb" and self.channels != 3:
             raise UserError(f"input channels: an rgb codec takes 3 channels, got {self.channels}")
         if self.kind == "flux" and len(self.bands) != self.channels:
@@ -63,12 +76,19 @@ class InputSpec:
         return "images" if self.kind == "rgb" else "flux"
 
     def to_json(self) -> dict:
-        return {**asdict(self), "bands": list(self.bands)}
+        obj = {**asdict(self), "bands": list(self.bands), "wavelength_range": list(self.wavelength_range)}
+        if self.kind != "spectrum":  # image codecs' JSON as before the field existed (their caches record it)
+            del obj["wavelength_range"]
+        return obj
 
     @classmethod
     def from_json(cls, obj: dict) -> InputSpec:
         return cls(
-            kind=obj["kind"], channels=int(obj["channels"]), size=int(obj["size"]), bands=tuple(obj.get("bands", ()))
+            kind=obj["kind"],
+            channels=int(obj["channels"]),
+            size=int(obj["size"]),
+            bands=tuple(obj.get("bands", ())),
+            wavelength_range=tuple(float(v) for v in obj.get("wavelength_range", ())),
         )
 
 
@@ -95,7 +115,11 @@ class Codec(ABC):
 
     @abstractmethod
     def _encode(self, x: np.ndarray) -> np.ndarray:
-        """Encode inputs already checked and fitted to `input_spec` (see `check_inputs`) -> int [B, H', W']."""
+        """Encode inputs already checked and fitted to `input_spec` (see `fit_inputs`) -> int [B, H', W']."""
+
+    def fit_inputs(self, x, *, source: str = "input") -> np.ndarray:
+        """Check a batch and fit it to what `_encode` takes: `check_inputs` for images; a spectrum codec resamples."""
+        return check_inputs(x, self.input_spec, source=source)
 
     @abstractmethod
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -110,7 +134,7 @@ class Codec(ABC):
         bad row fails before minutes of encoding), then encoded `batch_size` at a time (default
         `default_batch_size`), with a progress bar on stderr when `progress` is true.
         """
-        x = check_inputs(x, self.input_spec, source=source)
+        x = self.fit_inputs(x, source=source)
         size = batch_size or self.default_batch_size
         if size < 1:
             raise UserError(f"batch size: must be at least 1, got {size}")
@@ -131,7 +155,7 @@ class Codec(ABC):
         bar = _progress_bar(f"encoding ({self.name})", total) if progress else None
         with bar if bar is not None else contextlib.nullcontext():
             for batch in batches:
-                x = batch if fitted else check_inputs(batch, self.input_spec, source=source)
+                x = batch if fitted else self.fit_inputs(batch, source=source)
                 out.append(self._encode_fitted(x))
                 if bar is not None:
                     bar.advance(bar.task_ids[0], len(x))
@@ -149,8 +173,12 @@ class Codec(ABC):
 
     def describe(self) -> str:
         s = self.input_spec
+        if s.kind == "spectrum":
+            shape = f"{s.size} px {s.wavelength_range[0]:g}-{s.wavelength_range[1]:g} A"
+        else:
+            shape = f"{s.channels}x{s.size}x{s.size}"
         return (
-            f"{self.name}: {s.kind} {s.channels}x{s.size}x{s.size} -> {self.grid_shape[0]}x{self.grid_shape[1]} codes, "
+            f"{self.name}: {s.kind} {shape} -> {self.grid_shape[0]}x{self.grid_shape[1]} codes, "
             f"vocabulary {self.vocab_size}, hash {self.codec_hash[:12]}"
         )
 
@@ -202,6 +230,8 @@ def check_inputs(x, spec: InputSpec, *, source: str = "input") -> np.ndarray:
     """
     import torch
 
+    if spec.kind == "spectrum":
+        raise UserError(f"{source}: a spectrum codec takes (wavelength, flux[, ivar]) per row, not image arrays")
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     if arr.ndim != 4:
         raise UserError(f"{source}: expected a batch of 4 dimensions, got shape {arr.shape}")

@@ -138,7 +138,7 @@ class FSQ(nn.Module):
         return torch.tanh(z + torch.atanh(offset / half)) * half - offset
 
     def forward(self, z):
-        """z [B, D, H, W] -> quantised z in [-1, 1] (same shape) and integer codes [B, H, W]."""
+        """z [B, D, H, W] (or [B, D, L]) -> quantised z in [-1, 1] (same shape) and integer codes [B, H, W] ([B, L])."""
         z = z.movedim(1, -1)
         bounded = self._bound(z)
         rounded = bounded + (bounded.round() - bounded).detach()  # straight-through estimator
@@ -147,20 +147,22 @@ class FSQ(nn.Module):
         return (rounded / half_width).movedim(-1, 1), codes
 
     def dequantize(self, codes):
-        """Integer codes [B, H, W] -> quantised z [B, D, H, W]."""
+        """Integer codes [B, H, W] (or [B, L]) -> quantised z [B, D, H, W] ([B, D, L])."""
         digits = (codes.long().unsqueeze(-1) // self.basis) % self.levels
         half_width = self.levels // 2
         return ((digits - half_width) / half_width).movedim(-1, 1)
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int):
+    """Two 3-wide convolutions and a skip; `conv` is nn.Conv2d for images, nn.Conv1d for spectra."""
+
+    def __init__(self, channels: int, conv=nn.Conv2d):
         super().__init__()
         self.body = nn.Sequential(
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
             nn.SiLU(),
-            nn.Conv2d(channels, channels, 3, padding=1),
+            conv(channels, channels, 3, padding=1),
         )
 
     def forward(self, x):
@@ -249,8 +251,68 @@ class Scaler:
         return (torch.sinh(y * self.flux_norm) * cfg.flux_softening).numpy()
 
 
-class FSQCodec(Codec):
+class TorchCodec(Codec):
+    """A codec whose network is a torch module saved as `model.safetensors` beside `codec.json` (`type`
+    `codec_type`, its dataclass `config`); subclasses build `model` and say what `codec_hash` covers."""
+
+    codec_type: str
+    config: object
+    model: nn.Module
+    _weights_sha256: str | None = None
+
+    def _state_dict(self):
+        return {k: v.contiguous() for k, v in self.model.state_dict().items()}
+
+    def _weights_hash(self) -> str:
+        if self._weights_sha256 is None:  # not saved yet: hash the weights in memory
+            from safetensors.torch import save
+
+            self._weights_sha256 = sha256_bytes(save(self._state_dict()))
+        return self._weights_sha256
+
+    def save(self, out_dir, *, training: dict | None = None, metrics: dict | None = None) -> Path:
+        """Write `codec.json`, `model.safetensors` (and `metrics.json`) into `out_dir`, atomically as a whole."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        with atomic_path(out_dir) as tmp:
+            tmp.mkdir()
+            save_file(self._state_dict(), str(tmp / WEIGHTS_NAME))
+            self._weights_sha256 = sha256_file(tmp / WEIGHTS_NAME)
+            config = {
+                "type": self.codec_type,
+                "name": self.name,
+                "config": asdict(self.config),
+                "training": training or {},
+            }
+            config.update(
+                vocab_size=self.vocab_size, grid_shape=list(self.grid_shape), input_spec=self.input_spec.to_json()
+            )
+            config["codec_hash"] = self.codec_hash
+            write_json_atomic(tmp / CONFIG_NAME, config)
+            if metrics is not None:
+                write_json_atomic(tmp / METRICS_NAME, metrics)
+        return out_dir
+
+
+def load_weights(path: Path, model: nn.Module) -> str:
+    """Load a codec directory's weights into `model` strictly (a mismatch is one line); returns their SHA-256."""
+    from safetensors.torch import load_file
+
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise UserError(f"{weights}: missing; the codec directory is incomplete")
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{weights}: does not match {CONFIG_NAME} ({str(err).splitlines()[0]})") from None
+    return sha256_file(weights)
+
+
+class FSQCodec(TorchCodec):
     """The built-in codec behind the `Codec` interface."""
+
+    codec_type = "fsq"
 
     def __init__(
         self,
@@ -271,17 +333,10 @@ class FSQCodec(Codec):
 
     @property
     def codec_hash(self) -> str:
-        if self._weights_sha256 is None:  # not saved yet: hash the weights in memory
-            from safetensors.torch import save
-
-            self._weights_sha256 = sha256_bytes(save(self._state_dict()))
         config = asdict(self.config)
         if config["latent_norm"] == "none":  # hashed as before the field existed: old codecs keep their caches
             del config["latent_norm"]
-        return sha256_bytes("fsq", json.dumps(config, sort_keys=True), self._weights_sha256)
-
-    def _state_dict(self):
-        return {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        return sha256_bytes("fsq", json.dumps(config, sort_keys=True), self._weights_hash())
 
     @torch.inference_mode()
     def _encode(self, x: np.ndarray) -> np.ndarray:
@@ -298,42 +353,15 @@ class FSQCodec(Codec):
             )
         return self.scaler.backward(self.model.decode(codes))
 
-    def save(self, out_dir, *, training: dict | None = None, metrics: dict | None = None) -> Path:
-        """Write `codec.json`, `model.safetensors` (and `metrics.json`) into `out_dir`, atomically as a whole."""
-        from safetensors.torch import save_file
-
-        out_dir = Path(out_dir)
-        with atomic_path(out_dir) as tmp:
-            tmp.mkdir()
-            save_file(self._state_dict(), str(tmp / WEIGHTS_NAME))
-            self._weights_sha256 = sha256_file(tmp / WEIGHTS_NAME)
-            config = {"type": "fsq", "name": self.name, "config": asdict(self.config), "training": training or {}}
-            config.update(
-                vocab_size=self.vocab_size, grid_shape=list(self.grid_shape), input_spec=self.input_spec.to_json()
-            )
-            config["codec_hash"] = self.codec_hash
-            write_json_atomic(tmp / CONFIG_NAME, config)
-            if metrics is not None:
-                write_json_atomic(tmp / METRICS_NAME, metrics)
-        return out_dir
-
     @classmethod
     def load(cls, path) -> FSQCodec:
-        from safetensors.torch import load_file
-
         path = Path(path)
         meta = read_config(path, keys=("type", "config"))
         # Saved before `latent_norm` existed: those codecs had no normalisation layer.
         config = FSQConfig.from_json({"latent_norm": "none", **meta["config"]})
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            raise UserError(f"{weights}: missing; the codec directory is incomplete")
         model = FSQAutoencoder(config)
-        try:
-            model.load_state_dict(load_file(str(weights)), strict=True)
-        except RuntimeError as err:
-            raise UserError(f"{weights}: does not match {CONFIG_NAME} ({str(err).splitlines()[0]})") from None
-        return cls(config, model, name=meta.get("name", path.name), weights_sha256=sha256_file(weights))
+        sha = load_weights(path, model)
+        return cls(config, model, name=meta.get("name", path.name), weights_sha256=sha)
 
 
 def codebook_stats(codes: np.ndarray, vocab_size: int) -> dict:
@@ -379,6 +407,15 @@ def _augment(x: torch.Tensor, generator: torch.Generator, crop: int | None = Non
     return torch.flip(x, dims=(3,)) if torch.rand(1, generator=generator) < 0.5 else x
 
 
+def make_optimizer(model: nn.Module, train: TrainConfig):
+    """AdamW at `train.lr` with a cosine decay to 10 % of it over `train.steps`: (optimizer, scheduler)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / max(train.steps, 1)))
+    )
+    return optimizer, schedule
+
+
 def train_fsq(
     config: FSQConfig,
     train_inputs: np.ndarray,
@@ -399,10 +436,7 @@ def train_fsq(
     codec = FSQCodec(config, name=name)
     model = codec.model.train()
     data = codec.scaler.forward(train_inputs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, train.steps) / max(train.steps, 1)))
-    )
+    optimizer, schedule = make_optimizer(model, train)
     start, cpu_start, loss_value = time.perf_counter(), time.process_time(), float("nan")
     for step in range(1, train.steps + 1):
         idx = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
