@@ -1,4 +1,5 @@
-"""Opening a codec directory: the built-in FSQ codec or the AION-1 adapter, told apart by what the directory holds.
+"""Opening a codec directory: a built-in FSQ codec (images or spectra) or the AION-1 adapter, told apart by what the
+directory holds.
 
 Kept apart from `codec` (the interface every codec implements) so that the implementations import the interface and
 nothing imports back.
@@ -13,8 +14,9 @@ from .codec import CONFIG_NAME, Codec, read_config
 
 
 def load_codec(path) -> Codec:
-    """Open a codec from a local directory: a built-in FSQ codec (`codec.json` + `model.safetensors`) or an AION-1
-    image codec (a local copy of polymathic-ai/aion-base holding `codecs/image/`, or that folder itself)."""
+    """Open a codec from a local directory: a built-in FSQ codec for images (`type` fsq) or spectra (fsq1d), each
+    `codec.json` + `model.safetensors`, or an AION-1 image codec (a local copy of polymathic-ai/aion-base holding
+    `codecs/image/`, or that folder itself)."""
     if isinstance(path, Codec):
         return path
     path = Path(path)
@@ -27,8 +29,12 @@ def load_codec(path) -> Codec:
             from .fsq import FSQCodec
 
             return FSQCodec.load(path)
+        if kind == "fsq1d":
+            from .spectrum_fsq import SpectrumFSQCodec
+
+            return SpectrumFSQCodec.load(path)
         if kind != "aion":
-            raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq or aion)")
+            raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq, fsq1d or aion)")
     # lazy: optional extra (polymathic-aion)
     from .aion import AionCodec
 
