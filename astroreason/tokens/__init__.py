@@ -1,4 +1,5 @@
 """The token arm: discrete image tokens (built-in FSQ codec, AION-1 adapter), their text renderings, the token cache.
+A built-in spectrum codec (`spectrum_fsq`) gives stellar spectra codes of the same form, a one-row grid.
 
 Images or flux -> codec ids (`Codec.encode`) -> cached on disk per manifest + codec (`encode_prepared`,
 `load_codes`) -> rendered to prompt text (`render`) -> the token arm's split (`token_split`).
