@@ -139,6 +139,16 @@ def test_inspect_reports_the_traps(mmu):
     assert [(g["ids"], g["conflict"]) for g in dupes["identical_flux"]] == [(list(CONFLICT_PAIR), True)]
     assert [(e["id"], e["reason"]) for e in report["flux_excluded"]] == [(NAN_ID, "flux holds 1 NaN value(s)")]
 
+    # The same rows permuted, as save_to_disk: the same groups, no longer in class order.
+    status, text, err = run_cli("data", "inspect", mmu[1], "--label-column", "subclass", "--json")
+    assert status == 0, err
+    saved = json.loads(text)
+    assert not saved["ordering"]["sorted_by_class"] and saved["n_rows"] == report["n_rows"]
+    for kind in ("exact_position", "identical_flux", "combined"):
+        groups = [(sorted(g["ids"]), g["conflict"]) for g in report["duplicates"][kind]]
+        assert sorted(groups) == sorted((sorted(g["ids"]), g["conflict"]) for g in saved["duplicates"][kind])
+    assert [e["id"] for e in saved["flux_excluded"]] == [NAN_ID]
+
     status, text, err = run_cli("data", "inspect", mmu[0], "--label-column", "subclass")
     assert status == 0, err
     assert "sorted by class" in text and "yes (dropped by prepare)" in text
@@ -258,6 +268,9 @@ def test_bad_input_is_one_line(mmu, tmp_path, capsys):
     assert_one_line_error(status, err, part, "`spectrum`.flux", "differ in length")
 
     # Image-only options on spectra.
+    status, _, err = cli(capsys, "data", "synth", "--spectra", "--out", tmp_path / "stars", "--size", 64)
+    assert_one_line_error(status, err, "--spectra", "--size")
+    assert not (tmp_path / "stars").exists()
     status, _, err = cli(capsys, "data", "prepare", parquet, "--out", tmp_path / "s", "--label-column", "subclass", "--subset", "flux")  # fmt: skip
     assert_one_line_error(status, err, "--subset", "spectra")
 

@@ -49,11 +49,11 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--spectra", action="store_true", help="write stellar spectra (docs/spectra.md) instead of galaxies")
     p.add_argument("--n", type=int, default=None, help="rows (default 2000; 700 stars with --spectra)")
-    p.add_argument("--size", type=int, default=256, help="RGB side in pixels (default 256)")
+    p.add_argument("--size", type=int, default=None, help="RGB side in pixels (default 256)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the surrogate's galaxies (default 0)")
     p.add_argument("--sorted", action="store_true", help="order rows by class, as the real file is")
     p.add_argument("--flux", action="store_true", help="also write g,r,i,z flux (nanomaggies) of the same galaxies")
-    p.add_argument("--flux-size", type=int, default=96, help="flux cutout side in pixels (default 96)")
+    p.add_argument("--flux-size", type=int, default=None, help="flux cutout side in pixels (default 96)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: available cores)")
     p.add_argument(
         "--layout",
@@ -165,21 +165,22 @@ def run_synth(args) -> int:
 
     check_writable(args.out, "--out", directory=args.layout != "hdf5")
     n = 2000 if args.n is None else args.n
+    size = 256 if args.size is None else args.size
     path = synthesize(
         args.out,
         n=n,
-        size=args.size,
+        size=size,
         seed=args.seed,
         sort_by_class=args.sorted,
         flux=args.flux,
-        flux_size=args.flux_size,
+        flux_size=96 if args.flux_size is None else args.flux_size,
         workers=args.workers,
         progress=True,
         layout=args.layout,
         traps=args.traps,
     )
     flux = args.flux or args.layout != "hdf5"
-    print(f"wrote {path} ({n} galaxies, {args.size} px{', with flux' if flux else ''}, layout {args.layout})")
+    print(f"wrote {path} ({n} galaxies, {size} px{', with flux' if flux else ''}, layout {args.layout})")
     return 0
 
 
@@ -187,8 +188,16 @@ def _run_synth_spectra(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .spectra.surrogate import synthesize_spectra
 
-    if args.flux or args.layout != "hdf5":
-        raise UserError("--spectra: writes Multimodal Universe's spectra layout; --flux and --layout are for images")
+    given = {
+        "--flux": args.flux,
+        "--layout": args.layout != "hdf5",
+        "--size": args.size is not None,
+        "--flux-size": args.flux_size is not None,
+        "--workers": args.workers is not None,
+    }
+    image_only = [flag for flag, v in given.items() if v]
+    if image_only:
+        raise UserError(f"--spectra: writes Multimodal Universe's spectra layout; {image_only[0]} is for images")
     check_writable(args.out, "--out", directory=True)
     n = 700 if args.n is None else args.n
     path = synthesize_spectra(args.out, n=n, seed=args.seed, sort_by_class=args.sorted, traps=args.traps)
