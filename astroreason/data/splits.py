@@ -50,7 +50,7 @@ class Manifest:
             Hub-layout dataset directory (parquet, save_to_disk, a Hub cache snapshot).
         source_sha256: SHA-256 of that file (HDF5), or the content fingerprint of the dataset (`HubSource.sha256`):
             every later step checks its data against it.
-        release: `decals` or `sdss`.
+        release: `decals` or `sdss`; `mmu-spectra` for a spectra split (`spectra`).
         classes: Class names, by label.
         n_source_rows: Rows in the source file.
         seed: Seed of the split.
@@ -65,7 +65,8 @@ class Manifest:
         dropped: Duplicate groups dropped because their labels conflict: rows and labels.
         excluded: Rows left out by the subset or the row list, counted (dropped rows are counted in `dropped`,
             unless the subset left them out already).
-        id_name: What a source id is: `row` (HDF5) or `Galaxy10_DECals_index` (galaxy10-aion).
+        id_name: What a source id is: `row` (HDF5), `Galaxy10_DECals_index` (galaxy10-aion) or `object_id`
+            (spectra: the ids are strings).
         ids: Source id of each split's rows, in the same order as `rows`: every kept galaxy by name.
         excluded_rows: Rows left out for unusable flux, each `{row, id, reason}` (rows outside a row list or the
             subset of an HDF5 file are only counted in `excluded`).
