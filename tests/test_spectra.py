@@ -303,7 +303,7 @@ def test_bad_input_is_one_line(tmp_path, trapped):
     for unit in ("bananas", "kg"):
         with pytest.raises(UserError) as err:
             read_spectra(path, label_column="label", unit=unit)
-        one_line(err, "--unit", unit)
+        one_line(err, "--wavelength-unit", unit)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UserError) as err:

@@ -50,7 +50,7 @@ class Manifest:
             Hub-layout dataset directory (parquet, save_to_disk, a Hub cache snapshot).
         source_sha256: SHA-256 of that file (HDF5), or the content fingerprint of the dataset (`HubSource.sha256`):
             every later step checks its data against it.
-        release: `decals` or `sdss`.
+        release: `decals` or `sdss`; `mmu-spectra` for a spectra split (`spectra`).
         classes: Class names, by label.
         n_source_rows: Rows in the source file.
         seed: Seed of the split.
@@ -65,12 +65,16 @@ class Manifest:
         dropped: Duplicate groups dropped because their labels conflict: rows and labels.
         excluded: Rows left out by the subset or the row list, counted (dropped rows are counted in `dropped`,
             unless the subset left them out already).
-        id_name: What a source id is: `row` (HDF5) or `Galaxy10_DECals_index` (galaxy10-aion).
+        id_name: What a source id is: `row` (HDF5), `Galaxy10_DECals_index` (galaxy10-aion) or `object_id`
+            (spectra: the ids are strings).
         ids: Source id of each split's rows, in the same order as `rows`: every kept galaxy by name.
         excluded_rows: Rows left out for unusable flux, each `{row, id, reason}` (rows outside a row list or the
             subset of an HDF5 file are only counted in `excluded`).
         source_split_leaks: Duplicate groups that span the source's own splits (its train and test files):
             `{rows, ids, source_splits, labels, conflict}`. Empty for a source without splits.
+        spectra: None for an image split. For a spectra split (`release` `mmu-spectra`, `spectra.splits`): how its
+            source was read, `{label_column, wavelength_unit, n_pixels}`, so that later steps read it the same way.
+            Left out of the saved manifest and of its hash when None: image manifests are as they always were.
         hash: SHA-256 of everything above: the manifest's identity in every result.
     """
 
@@ -94,11 +98,14 @@ class Manifest:
     excluded_rows: list[dict] = field(default_factory=list)
     source_split_leaks: list[dict] = field(default_factory=list)
     version: int = MANIFEST_VERSION
+    spectra: dict | None = None
     hash: str = field(default="")
 
     def body(self) -> dict:
         out = asdict(self)
         out.pop("hash")
+        if out["spectra"] is None:
+            out.pop("spectra")
         return out
 
     def compute_hash(self) -> str:
@@ -210,6 +217,71 @@ def assign_units(
     return out
 
 
+@dataclass
+class SplitPlan:
+    """What `split_units` decides: each split's rows in order, their content hashes, the duplicate groups kept whole
+    and the conflicting ones dropped (as the manifest lists them)."""
+
+    rows: dict[str, list[int]]
+    split_sha256: dict[str, str]
+    groups: list[list[int]]
+    dropped: list[dict]
+
+
+def split_units(
+    labels: np.ndarray,
+    hashes: list[str],
+    groups: list[np.ndarray],
+    keep: np.ndarray,
+    ids: np.ndarray,
+    order_keys: list[np.ndarray],
+    *,
+    fractions,
+    seed: int,
+) -> SplitPlan:
+    """The split of any source, images or spectra, from what it is made of: each row's label and content hash, its
+    duplicate groups (`duplicate_groups(...).combined`), the rows usable at all (`keep`), the source ids, and the
+    content order within a split (`order_keys`, primary first: the hash rank, then e.g. the position).
+
+    Units are the duplicate groups and every other row alone. A group with conflicting labels is dropped whole,
+    even where `keep` leaves out some of its rows: the kept label of a contradicted object is suspect too. Units are
+    dealt to splits by `assign_units`; within a split the rows are put in content order, then shuffled with `seed`,
+    so the source's row order never shows.
+    """
+    keep = keep.copy()
+    n = len(labels)
+    unit_of = np.arange(n)
+    kept_groups, dropped = [], []
+    for g in groups:
+        group_labels = labels[g]
+        if len(set(group_labels.tolist())) > 1:
+            dropped.append({"rows": g.tolist(), "ids": ids[g].tolist(), "labels": group_labels.tolist()})
+            keep[g] = False
+        else:
+            unit_of[g] = g[0]
+            if keep[g].sum() > 1:
+                kept_groups.append(g[keep[g]].tolist())
+    rows = np.flatnonzero(keep)
+    units, unit_index = np.unique(unit_of[rows], return_inverse=True)
+    unit_sizes = np.bincount(unit_index, minlength=len(units))
+    unit_labels = labels[units]
+    # A unit's content key: the smallest hash among its rows (independent of which row comes first).
+    unit_keys = [""] * len(units)
+    for r, u in zip(rows, unit_index):
+        unit_keys[u] = hashes[r] if not unit_keys[u] else min(unit_keys[u], hashes[r])
+    split_of_unit = assign_units(unit_labels, unit_sizes, unit_keys, fractions, seed)
+    split_of_row = split_of_unit[unit_index]
+
+    split_rows, split_sha = {}, {}
+    for k, name in enumerate(SPLIT_NAMES):
+        members = rows[split_of_row == k]
+        members = members[np.lexsort([key[members] for key in reversed(order_keys)])]
+        members = members[np.random.default_rng([seed, 100 + k]).permutation(len(members))]
+        split_rows[name] = [int(r) for r in members]
+        split_sha[name] = sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in members))
+    return SplitPlan(split_rows, split_sha, kept_groups, dropped)
+
+
 def _check_settings(fractions, subset: str, radius_arcsec: float):
     """The split settings checked before anything is read; returns the parsed fractions."""
     fractions = _parse_fractions(fractions)
@@ -272,47 +344,14 @@ def make_manifest(
     for leak in leaks:
         leak.pop("label_names")
 
-    # Units: each duplicate group, and every other row alone. A group with conflicting labels is dropped whole,
-    # even where the subset leaves out some of its rows: the kept label of a contradicted galaxy is suspect too.
     excluded = int(n - keep.sum())
-    unit_of = np.arange(n)
-    kept_groups, dropped = [], []
-    for g in groups:
-        group_labels = labels[g]
-        if len(set(group_labels.tolist())) > 1:
-            dropped.append({"rows": g.tolist(), "ids": ids[g].tolist(), "labels": group_labels.tolist()})
-            keep[g] = False
-        else:
-            unit_of[g] = g[0]
-            if keep[g].sum() > 1:
-                kept_groups.append(g[keep[g]].tolist())
-    rows = np.flatnonzero(keep)
-    if len(rows) == 0:
-        raise UserError(
-            f"{source}: no rows left to split (subset {subset!r}, {len(dropped)} conflicting groups dropped)"
-        )
-    units, unit_index = np.unique(unit_of[rows], return_inverse=True)
-    unit_sizes = np.bincount(unit_index)
-    unit_labels = labels[units]
-    # A unit's content key: the smallest image hash among its rows (independent of which row comes first).
-    unit_keys = [""] * len(units)
-    for r, u in zip(rows, unit_index):
-        unit_keys[u] = hashes[r] if not unit_keys[u] else min(unit_keys[u], hashes[r])
-    split_of_unit = assign_units(unit_labels, unit_sizes, unit_keys, fractions, seed)
-    split_of_row = split_of_unit[unit_index]
-
-    # Content order (image hash; identical images then by position), then a seeded shuffle: row order never shows.
     hash_rank = np.unique(np.asarray(hashes), return_inverse=True)[1]
-    content_keys = [hash_rank] + (
-        [np.nan_to_num(ra, nan=-1.0), np.nan_to_num(dec, nan=-99.0)] if ra is not None else []
-    )
-    split_rows, split_sha = {}, {}
-    for k, name in enumerate(SPLIT_NAMES):
-        members = rows[split_of_row == k]
-        members = members[np.lexsort([key[members] for key in reversed(content_keys)])]
-        members = members[np.random.default_rng([seed, 100 + k]).permutation(len(members))]
-        split_rows[name] = [int(r) for r in members]
-        split_sha[name] = sha256_bytes(*(f"{hashes[r]}:{labels[r]}" for r in members))
+    order_keys = [hash_rank] + ([np.nan_to_num(ra, nan=-1.0), np.nan_to_num(dec, nan=-99.0)] if ra is not None else [])
+    plan = split_units(labels, hashes, groups, keep, ids, order_keys, fractions=fractions, seed=seed)
+    if not any(plan.rows.values()):
+        raise UserError(
+            f"{source}: no rows left to split (subset {subset!r}, {len(plan.dropped)} conflicting groups dropped)"
+        )
     return Manifest(
         source_path=str(source.resolve()),
         source_sha256=source_sha,
@@ -324,13 +363,13 @@ def make_manifest(
         radius_arcsec=float(radius_arcsec),
         subset=subset,
         include_rows_sha256=include_sha,
-        rows=split_rows,
-        split_sha256=split_sha,
-        groups=kept_groups,
-        dropped=dropped,
+        rows=plan.rows,
+        split_sha256=plan.split_sha256,
+        groups=plan.groups,
+        dropped=plan.dropped,
         excluded=excluded,
         id_name=id_name,
-        ids={name: [int(ids[r]) for r in members] for name, members in split_rows.items()},
+        ids={name: [int(ids[r]) for r in members] for name, members in plan.rows.items()},
         excluded_rows=excluded_rows,
         source_split_leaks=leaks,
     )

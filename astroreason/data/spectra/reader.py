@@ -68,6 +68,19 @@ class Spectra:
         return [hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest() for row in self.flux]
 
 
+def is_spectra_dataset(path) -> bool:
+    """Is `path` a Hub-layout dataset directory with a `spectrum` column (what `data inspect|prepare` read as
+    spectra)? Anything else (an HDF5 file, an image dataset, no dataset at all) is not."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        _, parts = find_parts(path)
+    except UserError:
+        return False
+    return bool(parts) and SPECTRUM_COLUMN in parts[0].schema.names
+
+
 def angstrom_factor(unit: str) -> float:
     """How many Angstrom one `unit` is ('Angstrom', 'Å', 'nm', 'um', 'micron', 'µm', ...); else one UserError."""
     from astropy import units as u
@@ -77,7 +90,9 @@ def angstrom_factor(unit: str) -> float:
         parsed = u.Unit(UNIT_ALIASES.get(text, text))
         return float(parsed.to(u.AA))
     except (ValueError, TypeError, u.UnitConversionError):
-        raise UserError(f"--unit: {unit!r} is not a unit of wavelength astropy knows (e.g. Angstrom, nm, um)") from None
+        raise UserError(
+            f"--wavelength-unit: {unit!r} is not a unit of wavelength astropy knows (e.g. Angstrom, nm, um)"
+        ) from None
 
 
 def _label_codes(values: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
