@@ -13,19 +13,17 @@ from .io import check_writable, sha256_file, write_json_atomic
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("tokens", help="discrete image tokens: train a codec, encode a dataset, prompt cost")
+    parser = subparsers.add_parser(
+        "tokens", help="discrete image or spectrum tokens: train a codec, encode a dataset, prompt cost"
+    )
     sub = parser.add_subparsers(dest="tokens_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("train", help="train a built-in FSQ codec on Galaxy10-schema data, or on spectra")
-    p.add_argument("--data", help="prepared split directory, or a Galaxy10-schema HDF5 file")
+    p = sub.add_parser("train", help="train a built-in FSQ codec on Galaxy10-schema data or on prepared spectra")
     p.add_argument(
-        "--spectra-source",
-        help="instead of --data: a spectra dataset in Multimodal Universe's layout (directory); trains the spectrum "
-        "codec, its grid from --config (pixels, wavelength_min, wavelength_max)",
-    )
-    p.add_argument("--label-column", help="with --spectra-source: the dataset's label column")
-    p.add_argument(
-        "--unit", default="Angstrom", help="with --spectra-source: the unit of the spectra's lambda (default Angstrom)"
+        "--data",
+        required=True,
+        help="prepared split directory (images or spectra: trains on train, measures on val), or a Galaxy10-schema "
+        "HDF5 file",
     )
     p.add_argument("--out", required=True, help="codec directory to write, e.g. tokenizers/<name>/")
     p.add_argument(
@@ -58,17 +56,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="re-encode even when the cache is up to date")
     p.set_defaults(func=run_encode)
 
-    p = sub.add_parser("cost", help="LM tokens per galaxy of each rendering vs the image's visual tokens")
+    p = sub.add_parser("cost", help="LM tokens per galaxy or spectrum of each rendering vs the image's visual tokens")
     p.add_argument("--codec", required=True, help="codec directory")
     p.add_argument("--model", required=True, help="model directory whose tokenizer and image processor count")
     p.add_argument("--rendering", default="all", help="ints, rows, special, or all (default), comma-separated")
-    p.add_argument("--data", help="prepared directory: measure real galaxies of --split (default: random code grids)")
+    p.add_argument(
+        "--data", help="prepared directory: measure real galaxies or spectra of --split (default: random code grids)"
+    )
     p.add_argument("--split", default="test", help="split of --data to measure (default test)")
-    p.add_argument("--n", type=int, default=16, help="galaxies to measure (default 16)")
+    p.add_argument("--n", type=int, default=16, help="galaxies or spectra to measure (default 16)")
     p.add_argument(
         "--image-size",
         type=int,
-        help="side of the image the image arm shows (default: the data's, else the codec's input size)",
+        help="side of the image the image arm shows (default: the data's, else the codec's input size; for spectra, "
+        "the side of a plot, else no image is compared)",
     )
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(func=run_cost)
@@ -128,9 +129,7 @@ def run_train(args) -> int:
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .tokens.fsq import FSQConfig, TrainConfig, train_fsq
 
-    spectra = args.spectra_source is not None
-    if (args.data is None) != spectra:
-        raise UserError("--data, --spectra-source: give one of them (images or spectra to train on)")
+    spectra = _spectra_manifest(Path(args.data)) is not None
     if spectra:
         image_only = [flag for flag in ("input", "size", "crop") if getattr(args, flag) is not None]
         if image_only:
@@ -138,8 +137,6 @@ def run_train(args) -> int:
                 f"--{image_only[0]}: an image codec's flag; the spectrum codec's grid comes from --config "
                 "(pixels, wavelength_min, wavelength_max)"
             )
-        if not args.label_column:
-            raise UserError("--label-column: needed with --spectra-source (the dataset's label column)")
     fields_json, training_json = {}, {}
     if args.config:
         try:
@@ -224,61 +221,70 @@ def run_train(args) -> int:
     return 0
 
 
-def _train_spectra(args, config, train) -> int:
-    """`tokens train --spectra-source`: the spectrum codec on a seeded 90 % of the usable rows, measured on the rest."""
+def _spectra_manifest(data: Path):
+    """The manifest of a spectra prepared directory; None for an image one or an HDF5 file."""
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
-    from .data.spectra.reader import read_spectra
+    from .data.splits import MANIFEST_NAME, load_manifest
+
+    if not (data / MANIFEST_NAME).is_file():
+        return None
+    manifest = load_manifest(data)
+    return manifest if manifest.spectra is not None else None
+
+
+def _train_spectra(args, config, train) -> int:
+    """`tokens train --data PREPARED` on spectra: the spectrum codec on the train split, measured on val.
+
+    Never on val or test rows, and never measured on test: the codec that makes the arm's tokens has seen only what
+    the arm trains on, as for images. The spectra come from the split views (Angstrom, rows already checked finite
+    by `data prepare`)."""
+    # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
+    from .data.spectra.splits import split_spectra
     from .tokens.spectrum_fsq import train_spectrum_fsq
 
-    spectra = read_spectra(args.spectra_source, label_column=args.label_column, unit=args.unit)
-    unusable = spectra.flux_reasons()  # NaN or infinite flux: left out, said below, rather than the whole run refused
-    usable = np.setdiff1d(np.arange(spectra.n_rows), sorted(unusable))
-    if len(usable) < 2:
-        raise UserError(f"{spectra.path}: {len(usable)} spectra with finite flux; training needs at least 2")
-    ivar = spectra.ivar
-    if "mask" in spectra.extra:  # the survey's bad pixels: weight 0, so the codec masks them
-        ivar = np.where(spectra.extra["mask"], 0, ivar)
+    data = Path(args.data)
+    manifest = _spectra_manifest(data)
+    sizes = manifest.split_sizes()
+    for split in ("train", "val"):
+        if not sizes.get(split):
+            raise UserError(
+                f"{data}: the {split} split is empty; the spectrum codec trains on train and is measured on val"
+            )
     rng = np.random.default_rng(train.seed)
-    order = rng.permutation(usable)
-    cut = max(1, len(order) // 10)
-    eval_rows, train_rows = np.sort(order[:cut]), np.sort(order[cut:])
-    if len(train_rows) > train.max_images:
-        train_rows = np.sort(rng.choice(train_rows, train.max_images, replace=False))
-    if len(eval_rows) > train.max_eval_images:
-        eval_rows = np.sort(rng.choice(eval_rows, train.max_eval_images, replace=False))
-
-    def rows(which):
-        return spectra.wavelength[which], spectra.flux[which], ivar[which]
-
+    train_pos = np.arange(sizes["train"])
+    eval_pos = np.arange(sizes["val"])
+    if len(train_pos) > train.max_images:
+        train_pos = np.sort(rng.choice(train_pos, train.max_images, replace=False))
+    if len(eval_pos) > train.max_eval_images:
+        eval_pos = np.sort(rng.choice(eval_pos, train.max_eval_images, replace=False))
     out = Path(args.out)
-    dropped = f", {len(unusable)} rows with NaN or infinite flux left out" if unusable else ""
     print(
         f"training spectrum codec {out.name}: {config.pixels} px {config.wavelength_min:g}-{config.wavelength_max:g} A "
-        f"-> {config.codes} codes, levels {config.levels} ({config.vocab_size} codes), {len(train_rows)} train / "
-        f"{len(eval_rows)} held-out spectra from {spectra.path}{dropped}"
+        f"-> {config.codes} codes, levels {config.levels} ({config.vocab_size} codes), {len(train_pos)} train / "
+        f"{len(eval_pos)} val spectra from {data}"
     )
     codec, metrics = train_spectrum_fsq(
         config,
-        rows(train_rows),
-        rows(eval_rows),
+        split_spectra(data, "train", manifest=manifest, positions=train_pos),
+        split_spectra(data, "val", manifest=manifest, positions=eval_pos),
         train,
         name=out.name,
         progress=lambda step, loss: print(f"  step {step}/{train.steps}  loss {loss:.5f}", flush=True),
     )
     training = {
         **asdict(train),
-        "source_path": str(spectra.path),
-        "label_column": args.label_column,
-        "unit": args.unit,
-        "held_out": "seeded 10 % of usable rows",
-        "unusable_rows": sorted(unusable),
+        "prepared_dir": str(data),
+        "manifest_hash": manifest.hash,
+        "train_split": "train",
+        "held_out_split": "val",
     }
     codec.save(out, training=training, metrics=metrics)
     m = metrics["held_out"]
     print(f"wrote {out} ({codec.describe()})")
     print(
-        f"held-out ({m['n_spectra']} spectra): MSE {m['mse']:.5f} ({m['mse_vs_mean']:.3f} of each spectrum's mean's)  "
-        f"codebook usage {m['codebook_usage']:.1%}  perplexity {m['perplexity']:.1f}  ({metrics['train_seconds']} s)"
+        f"held-out (val, {m['n_spectra']} spectra): MSE {m['mse']:.5f} ({m['mse_vs_mean']:.3f} of each spectrum's "
+        f"mean's)  codebook usage {m['codebook_usage']:.1%}  perplexity {m['perplexity']:.1f}  "
+        f"({metrics['train_seconds']} s)"
     )
     return 0
 
@@ -335,20 +341,28 @@ def _load_model_parts(model_dir: Path):
 
 
 def _galaxy_codes(args, codec):
-    """Code grids to measure and the side of the matching images, with a description of where they come from."""
+    """Code grids to measure and the side of the image to compare them with (None: no image to compare, a spectrum
+    codec without --image-size), with a description of where they come from."""
+    spectra = codec.input_spec.kind == "spectrum"
+    # A spectrum has no image of its own: its visual tokens are those of a plot, counted when --image-size says its side.
+    side = args.image_size or (None if spectra else codec.input_spec.size)
     if args.data is None:
         rng = np.random.default_rng(0)
         codes = rng.integers(0, codec.vocab_size, size=(args.n, *codec.grid_shape))
-        return codes, args.image_size or codec.input_spec.size, f"{args.n} random code grids (uniform, seed 0)"
+        return codes, side, f"{args.n} random code grids (uniform, seed 0)"
     # lazy: a command module, imported at `astroreason --help`; the library loads only when the command runs
     from .data.sources import open_source
-    from .data.splits import load_manifest, source_path
+    from .data.spectra.splits import iter_split_spectra
+    from .data.splits import load_manifest, source_path, split_path
     from .tokens.cache import load_codes
     from .tokens.codec import read_inputs
 
     manifest = load_manifest(args.data)
     if args.split not in manifest.rows:
         raise UserError(f"--split: {args.data} has no split {args.split!r} (has {', '.join(manifest.rows)})")
+    if (manifest.spectra is not None) != spectra:
+        what = "spectra" if manifest.spectra is not None else "images"
+        raise UserError(f"--data: {args.data} holds {what}; codec {codec.name} takes {codec.input_spec.kind} input")
     rows = np.asarray(manifest.rows[args.split])[: args.n]
     source = source_path(manifest, args.data)
     try:
@@ -356,14 +370,20 @@ def _galaxy_codes(args, codec):
         rows = np.asarray([r for r in rows if r in cache])
         codes, how = cache.codes_for(rows), "from the token cache"
     except UserError:
-        spec = codec.input_spec
-        codes = np.concatenate(
-            [codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)]
-        )
+        if spectra:  # the split view holds the spectra: its first rows are `rows`
+            batches = iter_split_spectra(args.data, args.split, manifest=manifest, positions=np.arange(len(rows)))
+            codes = codec.encode_batches(batches, source=str(split_path(args.data, args.split)))
+        else:
+            spec = codec.input_spec
+            codes = np.concatenate(
+                [codec.encode(b, source=f"{source}:{spec.h5_key}") for b in read_inputs(source, rows, spec)]
+            )
         how = "encoded now"
-    with open_source(source) as src:  # an HDF5 file or a Hub-layout dataset
-        side = int(src.height)
-    return codes, args.image_size or side, f"{len(codes)} galaxies of {args.data} split {args.split} ({how})"
+    if not spectra and args.image_size is None:
+        with open_source(source) as src:  # an HDF5 file or a Hub-layout dataset
+            side = int(src.height)
+    noun = "spectra" if spectra else "galaxies"
+    return codes, side, f"{len(codes)} {noun} of {args.data} split {args.split} ({how})"
 
 
 def run_cost(args) -> int:
@@ -389,22 +409,31 @@ def run_cost(args) -> int:
         check_fits(r, codec.vocab_size)
     codes, side, where = _galaxy_codes(args, codec)
     costs = prompt_costs(codes, tokenizer, vocab_size=codec.vocab_size, renderings=renderings, model_dir=model_dir)
-    family = family_for(read_config(model_dir, local_files_only=True))
-    n_visual = family.visual_tokens(load_processor(model_dir), side)  # the whole processor: Gemma 3's counts there
+    n_visual = None
+    if side is not None:
+        family = family_for(read_config(model_dir, local_files_only=True))
+        n_visual = family.visual_tokens(load_processor(model_dir), side)  # the whole processor: Gemma 3's counts there
+    item = "spectrum" if codec.input_spec.kind == "spectrum" else "galaxy"
 
     print(codec.describe())
     print(f"model {model_dir}: {type(tokenizer).__name__}, {type(image_processor).__name__}; {where}")
-    print(f"{'rendering':<10} {'LM tokens/galaxy':>17} {'min-max':>13} {'tokens/code':>12} {'prompt/galaxy':>14}")
+    per = f"LM tokens/{item}"
+    print(f"{'rendering':<10} {per:>18} {'min-max':>13} {'tokens/code':>12} {f'prompt/{item}':>15}")
     for c in costs:
         note = f"  ({c.note})" if c.note else ""
         print(
-            f"{c.rendering:<10} {c.lm_tokens_mean:>17.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} "
-            f"{c.tokens_per_code:>12.3f} {c.prompt_tokens_mean:>14.1f}{note}"
+            f"{c.rendering:<10} {c.lm_tokens_mean:>18.1f} {f'{c.lm_tokens_min}-{c.lm_tokens_max}':>13} "
+            f"{c.tokens_per_code:>12.3f} {c.prompt_tokens_mean:>15.1f}{note}"
         )
     print(
-        f"(prompt/galaxy: the default template's {costs[0].template_tokens} tokens with the codes, chat template included)"
+        f"(prompt/{item}: the default template's {costs[0].template_tokens} tokens with the codes, chat template "
+        "included)"
     )
-    print(f"{'image':<10} {n_visual:>17d} {'':>13} {'':>12}  (visual tokens of a {side}x{side} px image)")
+    if n_visual is None:
+        print("image: none to compare (a spectrum; --image-size N counts the visual tokens of an N px plot)")
+    else:
+        what = "a plot" if item == "spectrum" else "an image"
+        print(f"{'image':<10} {n_visual:>18d} {'':>13} {'':>12}  (visual tokens of {what} of {side}x{side} px)")
     if args.json:
         write_json_atomic(
             args.json,
@@ -418,7 +447,7 @@ def run_cost(args) -> int:
                 "model": str(model_dir),
                 "galaxies": where,
                 "renderings": [c.to_json() for c in costs],
-                "image": {"side_px": side, "visual_tokens": n_visual},
+                "image": None if side is None else {"side_px": side, "visual_tokens": n_visual},
             },
         )
     return 0

@@ -250,38 +250,3 @@ def test_renderings_and_cost_take_the_one_row_grid(trained, data, tiny_model_dir
     assert special.codes_per_galaxy == 32 and special.lm_tokens_mean == 32  # one added token per code
     ints = rendering_cost(codes, "ints", tokenizer, vocab_size=codec.vocab_size)
     assert ints.lm_tokens_mean > 32 and ints.n_galaxies == 4
-
-
-def test_tokens_train_on_a_spectra_dataset(tmp_path, capsys):
-    """`tokens train --spectra-source`: reads a Multimodal-Universe-layout directory, leaves out rows whose flux is
-    unusable (saying so), trains and saves a codec `load_codec` opens; the same seed gives the same codec."""
-    from cli_helpers import assert_one_line_error, cli
-
-    from astroreason.data.spectra.surrogate import synthesize_spectra
-
-    source = synthesize_spectra(tmp_path / "stars", n=70, seed=3, traps=True)
-    planted = json.loads((source / "planted.json").read_text())
-    config = tmp_path / "spectrum.json"
-    config.write_text(json.dumps({"config": {"pixels": 128, "downsample": 8}, "training": {"batch_size": 16}}))
-    args = ["--spectra-source", source, "--label-column", "spectral_class", "--config", config, "--steps", "10"]
-    status, out, err = cli(capsys, "tokens", "train", *args, "--out", tmp_path / "codec")
-    assert status == 0, err
-    assert "2 rows with NaN or infinite flux left out" in out and "62 train / 6 held-out spectra" in out
-    codec = load_codec(tmp_path / "codec")
-    assert isinstance(codec, SpectrumFSQCodec) and codec.grid_shape == (1, 16)
-    meta = json.loads((tmp_path / "codec" / "codec.json").read_text())
-    assert meta["training"]["unusable_rows"] == sorted([planted["nan_flux"], planted["inf_flux"]])
-    assert meta["training"]["batch_size"] == 16 and meta["training"]["label_column"] == "spectral_class"
-    assert json.loads((tmp_path / "codec" / "metrics.json").read_text())["held_out"]["n_spectra"] == 6
-    assert cli(capsys, "tokens", "train", *args, "--out", tmp_path / "again")[0] == 0
-    assert load_codec(tmp_path / "again").codec_hash == codec.codec_hash
-
-    def refused(*flags):
-        status, _, err = cli(capsys, "tokens", "train", *flags, "--out", tmp_path / "bad")
-        return status, err
-
-    assert_one_line_error(*refused(*args, "--data", source), "--data, --spectra-source")
-    assert_one_line_error(*refused(*args, "--size", "96"), "--size: an image codec's")
-    assert_one_line_error(*refused(*args[:2]), "--label-column: needed")
-    assert_one_line_error(*refused(*args, "--unit", "kg"), "--unit")
-    assert not (tmp_path / "bad").exists()

@@ -1,13 +1,14 @@
 """The token cache: codes for every row of a prepared split manifest, encoded once and reused by every later step.
 
-A cache is a directory with `codes.safetensors` (`rows`: Galaxy10 row indices, `codes`: [N, H', W'] ids) and
+A cache is a directory with `codes.safetensors` (`rows`: source row indices, `codes`: [N, H', W'] ids) and
 `meta.json`, keyed by the manifest hash, the source data hash and the codec hash. `load_codes` refuses a cache whose
 key does not match the data and codec in hand: a changed codec or dataset never reuses stale codes. By default it
 lives in the prepared directory, `tokens/<codec name>-<codec hash[:12]>/`.
 
 `token_split` turns a split into the token arm's dataset with the same rows, in the same order, as the image arm's
 `load_split` (restricted, for a galaxy10-aion flux source, to the galaxies that have flux; `matched_image_split`
-gives the image arm exactly those).
+gives the image arm exactly those). A spectra prepared directory works the same way with a spectrum codec: its codes
+are one-row grids [N, 1, L'] read from the split views, every row of every split.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..data.sources import open_source
-from ..data.splits import load_manifest, load_split, source_path
+from ..data.spectra.splits import iter_split_spectra
+from ..data.splits import SPLITS_DIR, load_manifest, load_split, source_path, split_path
 from ..errors import UserError
 from ..io import atomic_path, read_json_file, require_keys, sha256_file, write_json_atomic
 from .codec import Codec, check_bands, input_key, read_inputs
@@ -52,9 +54,21 @@ def _source_stat(source) -> dict:
     return {"path": str(Path(source.path).resolve()), "files": [_file_stat(f) for f in source.files]}
 
 
+def _file_unchanged(recorded: dict) -> bool:
+    """A file still holds what was recorded (its stat and `sha256`): same size and mtime, or else the same hash."""
+    path = Path(recorded["path"])
+    if not path.is_file():
+        return False
+    if _file_stat(path) == {k: recorded[k] for k in ("path", "size", "mtime_ns")}:
+        return True
+    return path.stat().st_size == recorded["size"] and sha256_file(path) == recorded["sha256"]
+
+
 def _unchanged(recorded: dict, sha256: str) -> bool:
     """A source still holds what was recorded: same sizes and mtimes, or else (touched, copied) the same hash."""
     path = Path(recorded["path"])
+    if "files" in recorded and all("sha256" in f for f in recorded["files"]):  # a spectra prepared dir's views
+        return all(_file_unchanged(f) for f in recorded["files"])
     if "files" in recorded:  # a dataset directory: its files' stats, else its content fingerprint
         if all(Path(f["path"]).is_file() and _file_stat(f["path"]) == f for f in recorded["files"]):
             return True
@@ -120,7 +134,9 @@ def encode_prepared(
     `flux` key, galaxy10-aion's `image_bands`) for flux codecs, its images (`images`, `image_rgb`) for rgb codecs,
     a batch at a time (`progress`: a bar over the batches). Or, with
     `flux_source`, from a local galaxy10-aion copy joined by Galaxy10 row: rows without flux are left out, and a
-    row whose label there disagrees with the source file's is refused. An up-to-date cache is kept unless `force`; a cache at `out` made for other data or another codec is
+    row whose label there disagrees with the source file's is refused. A spectra prepared directory (its manifest's
+    `spectra`) is read from its split views, split by split, by a spectrum codec (`_encode_spectra`); a codec of the
+    other kind is refused. An up-to-date cache is kept unless `force`; a cache at `out` made for other data or another codec is
     refused (one line) unless `force`, so stale codes are never served and a shared cache is never clobbered.
     """
     from safetensors.numpy import save_file
@@ -137,17 +153,26 @@ def encode_prepared(
         except UserError as err:
             # Never overwrite silently: the cache may serve another prepared directory or codec.
             raise UserError(f"{err} (or pass --force to overwrite {out})") from None
-    path = source_path(manifest, prepared_dir)
-    if not path.exists():
-        raise UserError(f"{path}: source data of {prepared_dir} not found")
-    with open_source(path) as source:
-        if source.sha256() != manifest.source_sha256:
-            raise UserError(f"{path}: changed since {prepared_dir} was prepared (its hash differs); prepare it again")
-        rows = manifest_rows(manifest)
-        meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
-        meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())
-        meta.update(prepared_dir=str(prepared_dir.resolve()), source=_source_stat(source))
-        rows, codes = _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, progress)
+    _check_kind(prepared_dir, manifest, codec)
+    meta = {"version": CACHE_VERSION, **key, "codec_name": codec.name, "vocab_size": codec.vocab_size}
+    meta.update(grid_shape=list(codec.grid_shape), input_spec=codec.input_spec.to_json())
+    meta["prepared_dir"] = str(prepared_dir.resolve())
+    if manifest.spectra is not None:
+        if flux_source is not None:
+            raise UserError("--flux-source: a spectra prepared directory's spectra come from its split views")
+        rows, codes = _encode_spectra(prepared_dir, codec, manifest, meta, batch_size, progress)
+    else:
+        path = source_path(manifest, prepared_dir)
+        if not path.exists():
+            raise UserError(f"{path}: source data of {prepared_dir} not found")
+        with open_source(path) as source:
+            if source.sha256() != manifest.source_sha256:
+                raise UserError(
+                    f"{path}: changed since {prepared_dir} was prepared (its hash differs); prepare it again"
+                )
+            meta["source"] = _source_stat(source)
+            rows = manifest_rows(manifest)
+            rows, codes = _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, progress)
     meta["n_rows"] = int(len(rows))
     meta["n_manifest_rows"] = int(len(manifest_rows(manifest)))
     with atomic_path(out) as tmp:
@@ -155,6 +180,39 @@ def encode_prepared(
         save_file({"rows": rows.astype(np.int64), "codes": codes.astype(np.int32)}, str(tmp / CODES_NAME))
         write_json_atomic(tmp / META_NAME, meta)
     return out
+
+
+def _check_kind(prepared_dir, manifest, codec) -> None:
+    """A spectrum codec reads a spectra prepared directory, an image codec an image one."""
+    spectra, spectrum_codec = manifest.spectra is not None, codec.input_spec.kind == "spectrum"
+    if spectra != spectrum_codec:
+        what = "spectra" if spectra else "images"
+        raise UserError(
+            f"{prepared_dir}: a prepared directory of {what}; codec {codec.name} takes {codec.input_spec.kind} input"
+        )
+
+
+def _encode_spectra(prepared_dir, codec, manifest, meta, batch_size, progress):
+    """(rows, codes) of a spectra prepared directory: each split's view encoded in the manifest's order.
+
+    The views hold the spectra (Angstrom, as `data prepare` read them), so the source dataset is not needed; the
+    cache records the views' stat and hash in `source`, and `load_codes` refuses codes of views changed since."""
+    meta["input"] = "split views"
+    meta["source"] = {
+        "path": str((prepared_dir / SPLITS_DIR).resolve()),
+        "files": [
+            {**_file_stat(split_path(prepared_dir, s)), "sha256": sha256_file(split_path(prepared_dir, s))}
+            for s in manifest.rows
+        ],
+    }
+    rows = np.concatenate([np.asarray(r, np.int64) for r in manifest.rows.values()])
+    batches = (
+        batch
+        for split in manifest.rows
+        for batch in iter_split_spectra(prepared_dir, split, manifest=manifest, batch_size=batch_size)
+    )
+    where = str(prepared_dir / SPLITS_DIR)
+    return rows, codec.encode_batches(batches, source=where, total=len(rows), progress=progress)
 
 
 def _encode_rows(source, rows, codec, manifest, meta, flux_source, batch_size, progress):

@@ -34,6 +34,7 @@ from ..splits import (
     Manifest,
     _check_settings,
     load_manifest,
+    load_split,
     split_path,
     split_units,
 )
@@ -215,3 +216,37 @@ def prepare_spectra(
     if missing:
         raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
     return out
+
+
+def iter_split_spectra(prepared_dir, split: str, *, manifest: Manifest | None = None, positions=None, batch_size=None):
+    """Yield a prepared split's spectra as (wavelength, flux, ivar), each float32 [rows, pixels], `batch_size` rows
+    at a time (default `VIEW_BATCH_ROWS`): every row in the manifest's order, or the rows at `positions` in the
+    split, in the order given. What a spectrum codec's `encode` takes; read from the split's view, never the source."""
+    manifest = load_manifest(prepared_dir) if manifest is None else manifest
+    if manifest.spectra is None:
+        raise UserError(f"{prepared_dir}: an image prepared directory, not spectra (its manifest has no `spectra`)")
+    view = load_split(prepared_dir, split, manifest=manifest).with_format("arrow")
+    positions = np.arange(len(view)) if positions is None else np.asarray(positions, np.int64)
+    pixels = int(manifest.spectra["n_pixels"])
+    size = batch_size or VIEW_BATCH_ROWS
+    for start in range(0, len(positions), size):
+        table = view[positions[start : start + size]]
+        arrays = []
+        for name in ("wavelength", "flux", "ivar"):
+            values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            if values.size != len(table) * pixels:
+                raise UserError(
+                    f"{split_path(prepared_dir, split)}: `{name}` rows are not {pixels} pixels each, as the manifest "
+                    "says; prepare again"
+                )
+            arrays.append(values.reshape(len(table), pixels).astype(np.float32, copy=False))
+        yield tuple(arrays)
+
+
+def split_spectra(prepared_dir, split: str, *, manifest: Manifest | None = None, positions=None) -> tuple:
+    """`iter_split_spectra` in one piece: (wavelength, flux, ivar), each float32 [rows, pixels]."""
+    manifest = load_manifest(prepared_dir) if manifest is None else manifest
+    parts = list(iter_split_spectra(prepared_dir, split, manifest=manifest, positions=positions))
+    if not parts:
+        return tuple(np.zeros((0, int(manifest.spectra["n_pixels"])), np.float32) for _ in range(3))
+    return tuple(np.concatenate(column) for column in zip(*parts))
