@@ -156,3 +156,100 @@ def test_a_codec_of_the_other_kind_is_refused(trained, tiny_model_dir, tmp_path,
     assert not (images / "tokens").exists()
     cost = ["tokens", "cost", "--codec", trained, "--model", tiny_model_dir, "--data", images]
     assert_one_line_error(*_status_err(cli(capsys, *cost)), "holds images", "takes spectrum input")
+
+
+# --- the AION-1 spectrum codec, from a local aion-base-like folder with random weights ------------------------------
+
+
+@pytest.fixture(scope="module")
+def aion_spectrum_dir(tmp_path_factory):
+    """A small random AION `SpectrumCodec` saved by AION itself in the Hub layout (`codecs/spectrum/`): a 1024-pixel
+    grid from 3500 Angstrom at 6 Angstrom a pixel, 32 codes after the normalisation token."""
+    codecs = pytest.importorskip("aion.codecs", reason="the AION adapter needs the `aion` extra (polymathic-aion)")
+    import torch
+    from aion.modalities import Spectrum
+
+    torch.manual_seed(0)
+    small = {"encoder_dims": (8, 16, 16, 32), "decoder_dims": (16, 16, 8, 1), "latent_channels": 32}
+    depths = {"encoder_depths": (1, 1, 1, 1), "decoder_depths": (1, 1, 1, 1), "embedding_dim": 10}
+    codec = codecs.SpectrumCodec(**small, **depths, num_pixels=1024, lambda_min=3500.0, resolution=6.0)
+    out = tmp_path_factory.mktemp("aion") / "aion-base"
+    codec.save_pretrained(str(out), modality=Spectrum)
+    return out
+
+
+def test_aion_spectrum_codec_loads_and_gives_aions_own_codes(aion_spectrum_dir, prepared):
+    import torch
+    from aion.modalities import Spectrum
+
+    from astroreason.tokens.aion import AionSpectrumCodec
+
+    codec = load_codec(aion_spectrum_dir)
+    assert isinstance(codec, AionSpectrumCodec) and codec.grid_shape == (1, 33) and codec.vocab_size == 1024
+    assert codec.input_spec.kind == "spectrum" and codec.input_spec.wavelength_range == (3500.0, 3500.0 + 6 * 1023)
+    assert load_codec(aion_spectrum_dir / "codecs" / "spectrum").codec_hash == codec.codec_hash  # the folder opens
+
+    wave, flux, ivar = split_spectra(prepared, "val")
+    ivar[:, :50] = 0  # masked pixels: AION's mask comes from ivar
+    before = flux.copy()
+    codes = codec.encode((wave, flux, ivar))
+    assert codes.shape == (len(flux), 1, 33) and codes.dtype == np.int32
+    assert codes.min() >= 0 and codes.max() < 1024 and np.array_equal(flux, before)
+    reference = codec.codec.encode(
+        Spectrum(
+            flux=torch.tensor(flux),
+            ivar=torch.tensor(ivar),
+            mask=torch.tensor(ivar == 0),
+            wavelength=torch.tensor(wave),
+        )
+    )
+    assert np.array_equal(codes[:, 0], reference.numpy())
+    # A decreasing grid is the same spectrum (AION's own interpolation assumes increasing wavelength).
+    assert np.array_equal(codec.encode((wave[:, ::-1], flux[:, ::-1], ivar[:, ::-1])), codes)
+    assert codec.decode(codes).shape == (len(flux), 1024)
+    assert load_codec(aion_spectrum_dir).codec_hash == codec.codec_hash  # stable across loads
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("nan", "flux row 1 holds 1 NaN"),
+        ("no ivar", "needs ivar"),
+        ("outside", "outside the codec's grid 3500-9638"),
+        ("lengths", "rows differ in length"),
+    ],
+)
+def test_aion_spectrum_codec_refuses_bad_input_in_one_line(aion_spectrum_dir, prepared, case, message):
+    codec = load_codec(aion_spectrum_dir)
+    wave, flux, ivar = split_spectra(prepared, "val", positions=[0, 1])
+    if case == "nan":
+        flux[1, 7] = np.nan
+    spectra = {
+        "nan": (wave, flux, ivar),
+        "no ivar": (wave, flux),
+        "outside": (wave + 20000, flux, ivar),
+        "lengths": ([wave[0], wave[1][:-1]], [flux[0], flux[1][:-1]], [ivar[0], ivar[1][:-1]]),
+    }[case]
+    with pytest.raises(UserError, match=message) as err:
+        codec.encode(spectra)
+    assert "\n" not in str(err.value)
+
+
+def test_aion_spectrum_codec_fills_the_token_cache(aion_spectrum_dir, prepared, tmp_path, capsys):
+    import shutil
+
+    status, out, err = cli(capsys, "tokens", "encode", "--data", prepared, "--codec", aion_spectrum_dir)
+    assert status == 0, err
+    assert "codes for 140 of 140 manifest rows (140 x 1x33)" in out
+    assert (
+        len(token_split(prepared, "test", aion_spectrum_dir, "rows")) == load_manifest(prepared).split_sizes()["test"]
+    )
+    # Weights that do not fit the config: refused in one line, never half-loaded.
+    broken = tmp_path / "aion-base"
+    shutil.copytree(aion_spectrum_dir, broken)
+    config = broken / "codecs" / "spectrum" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_pixels": 2048}))  # the grid is a buffer
+    assert_one_line_error(
+        *_status_err(cli(capsys, "tokens", "encode", "--data", prepared, "--codec", broken)),
+        "model.safetensors: does not match config.json",
+    )

@@ -1,9 +1,11 @@
-"""The AION-1 image codec behind the `Codec` interface, and a reader for the galaxy10-aion flux cutouts.
+"""The AION-1 image and spectrum codecs behind the `Codec` interface, and a reader for the galaxy10-aion flux cutouts.
 
-The codec (optional extra `aion` = PyPI `polymathic-aion`) loads from a LOCAL directory: its weights live on the
-Hugging Face Hub (polymathic-ai/aion-base, `codecs/image/`), which nothing here reaches. AION's traps are handled
-here, not by the caller (docs/facts.md): `encode` mutates its input (we pass a copy), inputs under 96 px are
-silently mis-cropped (we refuse them), an unknown band raises a bare KeyError (we check band names first).
+The codecs (optional extra `aion` = PyPI `polymathic-aion`) load from a LOCAL directory: their weights live on the
+Hugging Face Hub (polymathic-ai/aion-base, `codecs/image/`, `codecs/spectrum/`), which nothing here reaches. AION's
+traps are handled here, not by the caller (docs/facts.md): the image `encode` mutates its input (we pass a copy),
+inputs under 96 px are silently mis-cropped (we refuse them), an unknown band raises a bare KeyError (we check band
+names first); the spectrum `encode` zeroes NaN flux silently, interpolates a decreasing wavelength grid wrongly and
+takes pixels outside its grid as flux 0 (we refuse, flip, and refuse a spectrum wholly outside).
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ from .codec import Codec, InputSpec
 
 AION_INPUT_SIZE = 96  # AION centre-crops to 96 px; smaller inputs come out as fewer tokens
 AION_HUB_REPO = "polymathic-ai/aion-base"
-HOW_TO_GET = (
-    f"download it once on a machine with network: hf download {AION_HUB_REPO} --include 'codecs/image/*' "
-    "--local-dir DIR, then pass DIR"
-)
+
+
+def how_to_get(modality: str = "image") -> str:
+    return (
+        f"download it once on a machine with network: hf download {AION_HUB_REPO} --include 'codecs/{modality}/*' "
+        "--local-dir DIR, then pass DIR"
+    )
+
+
+HOW_TO_GET = how_to_get()
 
 
 def _import_aion():
@@ -41,12 +49,12 @@ def _import_aion():
 HUB_CACHE_NAME = "models--" + AION_HUB_REPO.replace("/", "--")
 
 
-def resolve_snapshot(path: Path) -> Path:
+def resolve_snapshot(path: Path, modality: str = "image") -> Path:
     """A local Hugging Face Hub cache of aion-base -> its snapshot folder, offline; any other path as given.
 
     Accepted: the cache root holding `models--polymathic-ai--aion-base` (e.g. ~/.cache/huggingface/hub), or that
     folder itself. The snapshot is the one `refs/main` names (huggingface_hub's own lookup, `local_files_only`: no
-    network); without a usable ref, the one snapshot that holds the image codec.
+    network); without a usable ref, the one snapshot that holds the codec of `modality` (`image`, `spectrum`).
     """
     if (path / HUB_CACHE_NAME).is_dir():
         path = path / HUB_CACHE_NAME
@@ -61,25 +69,70 @@ def resolve_snapshot(path: Path) -> Path:
         return Path(snapshot_download(AION_HUB_REPO, cache_dir=str(path.parent), local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass  # no refs/main (or a cache folder under another name): pick the snapshot by its content
-    found = sorted(p for p in snapshots.iterdir() if (p / "codecs" / "image" / "config.json").is_file())
+    found = sorted(p for p in snapshots.iterdir() if (p / "codecs" / modality / "config.json").is_file())
     if len(found) == 1:
         return found[0]
     if not found:
-        raise UserError(f"{path}: no snapshot holds an AION image codec (codecs/image/config.json); {HOW_TO_GET}")
+        raise UserError(
+            f"{path}: no snapshot holds an AION {modality} codec (codecs/{modality}/config.json); "
+            f"{how_to_get(modality)}"
+        )
     raise UserError(
-        f"{path}: {len(found)} snapshots hold an image codec ({', '.join(p.name[:12] for p in found)}) and no "
+        f"{path}: {len(found)} snapshots hold a {modality} codec ({', '.join(p.name[:12] for p in found)}) and no "
         "refs/main names one; pass the snapshots/<revision> folder to use"
     )
 
 
-def find_codec_dir(path) -> Path:
-    """The folder holding AION's image codec `config.json` + `model.safetensors`: under an aion-base snapshot root,
-    that `codecs/image` folder itself, or the snapshot a local Hub cache folder points to (`resolve_snapshot`)."""
-    path = resolve_snapshot(Path(path))
-    for candidate in (path / "codecs" / "image", path):
+def find_codec_dir(path, modality: str = "image") -> Path:
+    """The folder holding AION's `modality` codec `config.json` + `model.safetensors`: under an aion-base snapshot
+    root, that `codecs/<modality>` folder itself, or the snapshot a local Hub cache folder points to
+    (`resolve_snapshot`)."""
+    path = resolve_snapshot(Path(path), modality)
+    for candidate in (path / "codecs" / modality, path):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
-    raise UserError(f"{path}: no AION image codec weights (codecs/image/config.json + model.safetensors); {HOW_TO_GET}")
+    raise UserError(
+        f"{path}: no AION {modality} codec weights (codecs/{modality}/config.json + model.safetensors); "
+        f"{how_to_get(modality)}"
+    )
+
+
+def aion_modality(path) -> str:
+    """Which AION codec a local folder is: `spectrum` for the `codecs/spectrum` folder itself (its config has
+    `lambda_min`) or an aion-base copy or Hub cache that holds a spectrum codec and no image codec; else `image`
+    (an aion-base copy with both opens its image codec: pass its `codecs/spectrum` folder for the other)."""
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return "spectrum" if "lambda_min" in read_json_file(path / "config.json", "AION codec config") else "image"
+    held = {p.parent.name for p in path.glob("**/codecs/*/config.json")}
+    return "spectrum" if held == {"spectrum"} else "image"
+
+
+def _load_hub_codec(cls, folder: Path, what: str):
+    """AION's codec class `cls` built from `folder`'s `config.json` and its `model.safetensors` loaded strictly
+    -> (codec, the config's constructor arguments, config path, weights path).
+
+    This is what AION's own `cls.from_pretrained(repo, modality=...)` does (huggingface_hub's
+    `PyTorchModelHubMixin`: constructor arguments taken from config.json, other keys ignored; weights through
+    `safetensors.torch.load_model`), minus the Hub lookup and with `strict=True` (the mixin's default is lenient: a
+    mismatched checkpoint would load half-random)."""
+    import inspect
+
+    from safetensors.torch import load_model
+
+    config_path, weights = folder / "config.json", folder / "model.safetensors"
+    saved = read_json_file(config_path, f"AION {what} config")
+    params = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in saved.items() if k in params and k != "self"}
+    try:
+        codec = cls(**config)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UserError(f"{config_path}: not an AION {what} config ({err})") from None
+    try:
+        load_model(codec, str(weights), strict=True)
+    except (RuntimeError, OSError) as err:
+        raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
+    return codec, config, config_path, weights
 
 
 def codec_name(folder: Path) -> str:
@@ -117,31 +170,12 @@ class AionCodec(Codec):
 
     @classmethod
     def load(cls, path) -> AionCodec:
-        """Build AION's `ImageCodec` from its local `config.json` and load `model.safetensors` strictly.
-
-        This is what AION's own `ImageCodec.from_pretrained(repo, modality=LegacySurveyImage)` does (huggingface_hub's
-        `PyTorchModelHubMixin`: constructor arguments taken from config.json, other keys ignored; weights through
-        `safetensors.torch.load_model`), minus the Hub lookup and with `strict=True` (the mixin's default is lenient:
-        a mismatched checkpoint would load half-random).
-        """
-        import inspect
-
-        from safetensors.torch import load_model
-
+        """Build AION's `ImageCodec` from its local `config.json` and load `model.safetensors` strictly
+        (`_load_hub_codec`)."""
         ImageCodec, _ = _import_aion()
         folder = find_codec_dir(path)
-        config_path, weights = folder / "config.json", folder / "model.safetensors"
-        saved = read_json_file(config_path, "AION ImageCodec config", keys=("quantizer_levels",))
-        params = inspect.signature(ImageCodec.__init__).parameters
-        config = {k: v for k, v in saved.items() if k in params and k != "self"}
-        try:
-            codec = ImageCodec(**config)
-        except (TypeError, ValueError) as err:
-            raise UserError(f"{config_path}: not an AION ImageCodec config ({err})") from None
-        try:
-            load_model(codec, str(weights), strict=True)
-        except (RuntimeError, OSError) as err:
-            raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
+        read_json_file(folder / "config.json", "AION ImageCodec config", keys=("quantizer_levels",))
+        codec, config, config_path, weights = _load_hub_codec(ImageCodec, folder, "ImageCodec")
         return cls(
             codec,
             config,
@@ -172,6 +206,103 @@ class AionCodec(Codec):
         with torch.inference_mode():
             image = self.codec.decode(codes.reshape(len(codes), -1), bands=list(self.input_spec.bands))
         return image.flux.numpy()
+
+
+class AionSpectrumCodec(Codec):
+    """AION-1's spectrum codec: (wavelength, flux, ivar) -> one normalisation token then the spectrum's codes, a
+    one-row grid [B, 1, 1 + L] (273 ids for the released codec, all in [0, codebook_size)).
+
+    AION interpolates each spectrum linearly onto its own grid (`lambda_min` + `resolution` x pixel, Angstrom: 3500
+    to 10462 for the released codec), divides it by its mean flux over unmasked pixels (quantised into the first
+    token) and encodes it. Flux is taken in the survey's units (DESI and SDSS: 1e-17 erg/s/cm2/Angstrom); nothing
+    here can check that. The mask AION wants is derived from ivar (0: masked). Before AION sees a batch, each row is
+    checked as the built-in spectrum codec checks it (`spectrum_fsq.check_row`: finite flux, ivar >= 0, a strictly
+    monotonic wavelength overlapping the grid) and flipped to increasing wavelength: AION itself zeroes NaN flux,
+    interpolates a decreasing grid wrongly and reads pixels outside its grid as flux 0. Every row of a batch must
+    have the same length (AION takes [B, L] tensors); ivar is required (AION encodes the noise as a second channel).
+    """
+
+    default_batch_size = 16
+
+    def __init__(self, codec, config: dict, *, name: str, config_sha256: str, weights_sha256: str):
+        import torch
+
+        self.codec = codec.eval()
+        self.name = name
+        self.config = config
+        grid = codec.latent_grid.wavelength
+        self.input_spec = InputSpec(
+            kind="spectrum",
+            channels=1,
+            size=len(grid),
+            wavelength_range=(float(grid[0]), float(grid[-1])),
+        )
+        self.vocab_size = int(codec.quantizer.codebook_size)
+        with torch.inference_mode():  # the encoder's downsampling decides the code length: measured, not assumed
+            latent = codec.encoder(torch.zeros(1, 2, len(grid)))
+        self.grid_shape = (1, 1 + int(latent.shape[-1]))
+        self._hash = sha256_bytes("aion-spectrum", config_sha256, weights_sha256)
+
+    @property
+    def codec_hash(self) -> str:
+        return self._hash
+
+    @property
+    def wavelength(self) -> np.ndarray:
+        """AION's grid (Angstrom): where `decode`'s flux lies."""
+        return self.codec.latent_grid.wavelength.numpy()
+
+    @classmethod
+    def load(cls, path) -> AionSpectrumCodec:
+        """Build AION's `SpectrumCodec` from its local `config.json` and load `model.safetensors` strictly
+        (`_load_hub_codec`)."""
+        try:
+            from aion.codecs import SpectrumCodec
+        except ImportError:
+            _import_aion()  # the one-line message about the extra
+            raise
+        folder = find_codec_dir(path, "spectrum")
+        codec, config, config_path, weights = _load_hub_codec(SpectrumCodec, folder, "SpectrumCodec")
+        return cls(
+            codec,
+            config,
+            name=codec_name(folder),
+            config_sha256=sha256_file(config_path),
+            weights_sha256=sha256_file(weights),
+        )
+
+    def fit_inputs(self, x, *, source: str = "spectra") -> np.ndarray:
+        """Check spectra (see the class) -> float32 [B, 3, P] of (wavelength increasing, flux, ivar)."""
+        from .spectrum_fsq import check_row, spectrum_arrays
+
+        wavelength, flux, ivar = spectrum_arrays(x, source)
+        if ivar is None:
+            raise UserError(f"{source}: the AION spectrum codec needs ivar: pass (wavelength, flux, ivar)")
+        if len({len(row) for row in flux}) > 1:
+            raise UserError(f"{source}: flux rows differ in length; the AION spectrum codec takes one length a batch")
+        grid = self.input_spec.wavelength_range
+        rows = [check_row(*parts, i, source, grid) for i, parts in enumerate(zip(wavelength, flux, ivar))]
+        return np.array(rows, dtype=np.float32).reshape(len(rows), 3, -1)
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        import torch
+        from aion.modalities import Spectrum
+
+        wave, flux, ivar = (torch.tensor(x[:, i]) for i in range(3))  # fresh tensors, never the caller's
+        spectrum = Spectrum(flux=flux, ivar=ivar, mask=ivar <= 0, wavelength=wave)
+        with torch.inference_mode():
+            tokens = self.codec.encode(spectrum)
+        return tokens.reshape(len(tokens), *self.grid_shape).numpy()
+
+    def decode(self, codes) -> np.ndarray:
+        """Codes [B, 1, 1 + L] -> flux [B, pixels] on AION's grid (`wavelength`), in the input's units."""
+        import torch
+
+        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
+            raise UserError(f"codes: expected [B, 1, {self.grid_shape[1]}], got {list(codes.shape)}")
+        with torch.inference_mode():
+            return self.codec.decode(codes[:, 0]).flux.numpy()
 
 
 # --- galaxy10-aion: 96x96 g,r,i,z flux cutouts keyed by their Galaxy10 row ------------------------------------------

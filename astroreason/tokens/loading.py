@@ -15,8 +15,9 @@ from .codec import CONFIG_NAME, Codec, read_config
 
 def load_codec(path) -> Codec:
     """Open a codec from a local directory: a built-in FSQ codec for images (`type` fsq) or spectra (fsq1d), each
-    `codec.json` + `model.safetensors`, or an AION-1 image codec (a local copy of polymathic-ai/aion-base holding
-    `codecs/image/`, or that folder itself)."""
+    `codec.json` + `model.safetensors`, or an AION-1 codec: a local copy of polymathic-ai/aion-base holding
+    `codecs/image/` (or that folder itself) for images, its `codecs/spectrum/` folder (or a copy holding only that)
+    for spectra (`aion.aion_modality`)."""
     if isinstance(path, Codec):
         return path
     path = Path(path)
@@ -36,6 +37,6 @@ def load_codec(path) -> Codec:
         if kind != "aion":
             raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq, fsq1d or aion)")
     # lazy: optional extra (polymathic-aion)
-    from .aion import AionCodec
+    from .aion import AionCodec, AionSpectrumCodec, aion_modality
 
-    return AionCodec.load(path)
+    return (AionSpectrumCodec if aion_modality(path) == "spectrum" else AionCodec).load(path)

@@ -128,7 +128,7 @@ def _edges(log_centres: np.ndarray) -> np.ndarray:
     return np.concatenate([[2 * log_centres[0] - mid[0]], mid, [2 * log_centres[-1] - mid[-1]]])
 
 
-def _rows(values, name: str, source: str, n_rows: int | None) -> list[np.ndarray]:
+def spectrum_rows(values, name: str, source: str, n_rows: int | None) -> list[np.ndarray]:
     """One float64 array per row from an array [B, P] or a sequence of 1D arrays (rows may differ in length)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
@@ -160,6 +160,18 @@ def spectrum_parts(x) -> tuple:
     )
 
 
+def spectrum_arrays(x, source: str) -> tuple:
+    """(wavelength, flux, ivar or None) of spectra `x` (see `spectrum_parts`), each a list of float64 rows; one
+    wavelength array [P] is every row's grid."""
+    wavelength, flux, ivar = spectrum_parts(x)
+    flux = spectrum_rows(flux, "flux", source, None)
+    if isinstance(wavelength, (np.ndarray, torch.Tensor)) and np.ndim(wavelength) == 1:
+        wavelength = [np.asarray(wavelength)] * len(flux)  # one grid for every row
+    wavelength = spectrum_rows(wavelength, "wavelength", source, len(flux))
+    ivar = None if ivar is None else spectrum_rows(ivar, "ivar", source, len(flux))
+    return wavelength, flux, ivar
+
+
 def fit_spectra(x, config: SpectrumFSQConfig, *, source: str = "spectra") -> np.ndarray:
     """Check spectra and resample them onto the codec's grid: float32 [B, 2, pixels] of (normalised flux, weight).
 
@@ -169,12 +181,7 @@ def fit_spectra(x, config: SpectrumFSQConfig, *, source: str = "spectra") -> np.
     non-finite flux or wavelength, negative or non-finite ivar, lengths that do not match, a wavelength grid that is
     not strictly monotonic or covers none of the codec's grid, a median flux that is not positive.
     """
-    wavelength, flux, ivar = spectrum_parts(x)
-    flux = _rows(flux, "flux", source, None)
-    if isinstance(wavelength, (np.ndarray, torch.Tensor)) and np.ndim(wavelength) == 1:
-        wavelength = [np.asarray(wavelength)] * len(flux)  # one grid for every row
-    wavelength = _rows(wavelength, "wavelength", source, len(flux))
-    ivar = None if ivar is None else _rows(ivar, "ivar", source, len(flux))
+    wavelength, flux, ivar = spectrum_arrays(x, source)
     target = _edges(np.log(config.wavelength))
     out = np.zeros((len(flux), 2, config.pixels), np.float32)
     for i in range(len(flux)):
@@ -182,7 +189,11 @@ def fit_spectra(x, config: SpectrumFSQConfig, *, source: str = "spectra") -> np.
     return out
 
 
-def _fit_row(wave, flux, ivar, target, config: SpectrumFSQConfig, row: int, source: str) -> np.ndarray:
+def check_row(wave, flux, ivar, row: int, source: str, grid: tuple[float, float]) -> tuple:
+    """Refuse a spectrum no codec can read (one line naming the field); returns it with wavelength increasing.
+
+    `grid` is the codec's (first, last) wavelength in Angstrom: a row that covers none of it is refused. Shared by
+    every spectrum codec (this one, the AION-1 adapter)."""
     for name, values in (("wavelength", wave), ("ivar", ivar)):
         if values is not None and len(values) != len(flux):
             raise UserError(f"{source}: {name} row {row} has {len(values)} values, flux has {len(flux)}")
@@ -202,11 +213,17 @@ def _fit_row(wave, flux, ivar, target, config: SpectrumFSQConfig, row: int, sour
         wave, flux, ivar = wave[::-1], flux[::-1], None if ivar is None else ivar[::-1]
     elif not (step > 0).all():
         raise UserError(f"{source}: wavelength row {row} is not strictly increasing or decreasing")
-    if wave[-1] <= config.wavelength_min or wave[0] >= config.wavelength_max:
+    if wave[-1] <= grid[0] or wave[0] >= grid[1]:
         raise UserError(
             f"{source}: wavelength row {row} spans {wave[0]:g}-{wave[-1]:g}, outside the codec's grid "
-            f"{config.wavelength_min:g}-{config.wavelength_max:g} Angstrom"
+            f"{grid[0]:g}-{grid[1]:g} Angstrom"
         )
+    return wave, flux, ivar
+
+
+def _fit_row(wave, flux, ivar, target, config: SpectrumFSQConfig, row: int, source: str) -> np.ndarray:
+    grid = (config.wavelength_min, config.wavelength_max)
+    wave, flux, ivar = check_row(wave, flux, ivar, row, source, grid)
 
     # Averages over each codec pixel from the running integrals of the input, piecewise constant over its pixels:
     # interpolating an integral at the codec's pixel edges is exact for any overlap, and 0 outside the data.
