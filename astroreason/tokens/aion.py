@@ -78,7 +78,7 @@ def resolve_snapshot(path: Path, modality: str = "image") -> Path:
             f"{how_to_get(modality)}"
         )
     raise UserError(
-        f"{path}: {len(found)} snapshots hold a {modality} codec ({', '.join(p.name[:12] for p in found)}) and no "
+        f"{path}: {len(found)} snapshots hold {'an' if modality == 'image' else 'a'} {modality} codec ({', '.join(p.name[:12] for p in found)}) and no "
         "refs/main names one; pass the snapshots/<revision> folder to use"
     )
 

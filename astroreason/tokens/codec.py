@@ -41,7 +41,8 @@ class InputSpec:
             refused.
         bands: Band names of a `flux` input, in channel order.
         wavelength_range: A `spectrum` input's grid, (first, last) pixel centre in Angstrom: the codec resamples
-            each spectrum onto `size` pixels uniform in log wavelength between them (`kind` `spectrum`, channels 1).
+            each spectrum onto `size` pixels between them (`kind` `spectrum`, channels 1), uniform in log wavelength
+            for the built-in codec, linear for AION-1's.
     """
 
     kind: Literal["rgb", "flux", "spectrum"]

@@ -9,5 +9,6 @@ with an inspection of what would make a naive split of it leak, and prepared spl
   prints it);
 * `splits`: `prepare_spectra` writes prepared splits in the image layout (`data.splits`), split by the same code.
 
-`astroreason data synth --spectra|inspect|prepare` reach them; no arm reads the splits yet (docs/spectra.md).
+`astroreason data synth --spectra|inspect|prepare` reach them; `split_spectra` reads a split back for the spectrum
+codecs (`astroreason tokens train|encode|cost`); no arm reads the splits yet (docs/spectra.md).
 """
