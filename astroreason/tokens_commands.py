@@ -51,7 +51,8 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="images per encode batch (default: the codec's own, 256 for the built-in codec, 32 for AION-1)",
+        help="images or spectra per encode batch (default: the codec's own, 256 for the built-in codecs, 32 for "
+        "AION-1's image codec, 16 for its spectrum codec)",
     )
     p.add_argument("--force", action="store_true", help="re-encode even when the cache is up to date")
     p.set_defaults(func=run_encode)

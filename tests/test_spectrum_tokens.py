@@ -253,3 +253,19 @@ def test_aion_spectrum_codec_fills_the_token_cache(aion_spectrum_dir, prepared, 
         *_status_err(cli(capsys, "tokens", "encode", "--data", prepared, "--codec", broken)),
         "model.safetensors: does not match config.json",
     )
+
+
+def test_aion_spectrum_codec_opens_from_a_local_hub_cache(aion_spectrum_dir, tmp_path):
+    """A Hub cache (snapshots/<rev>/, refs/main) whose aion-base snapshot holds only the spectrum codec opens it,
+    offline, from the cache root, the repo folder or the snapshot."""
+    import shutil
+
+    repo = tmp_path / "hub" / "models--polymathic-ai--aion-base"
+    snapshot = repo / "snapshots" / ("d" * 40)
+    shutil.copytree(aion_spectrum_dir / "codecs", snapshot / "codecs")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("d" * 40)
+    reference = load_codec(aion_spectrum_dir)
+    for path in (tmp_path / "hub", repo, snapshot):
+        codec = load_codec(path)
+        assert codec.input_spec.kind == "spectrum" and codec.codec_hash == reference.codec_hash

@@ -104,7 +104,9 @@ def aion_modality(path) -> str:
     path = Path(path)
     if (path / "config.json").is_file():
         return "spectrum" if "lambda_min" in read_json_file(path / "config.json", "AION codec config") else "image"
-    held = {p.parent.name for p in path.glob("**/codecs/*/config.json")}
+    root = path / HUB_CACHE_NAME if (path / HUB_CACHE_NAME).is_dir() else path  # a Hub cache root: only aion-base
+    configs = (*root.glob("codecs/*/config.json"), *root.glob("snapshots/*/codecs/*/config.json"))
+    held = {p.parent.name for p in configs}
     return "spectrum" if held == {"spectrum"} else "image"
 
 
