@@ -212,10 +212,10 @@ class AionCodec(Codec):
 
 class AionSpectrumCodec(Codec):
     """AION-1's spectrum codec: (wavelength, flux, ivar) -> one normalisation token then the spectrum's codes, a
-    one-row grid [B, 1, 1 + L] (273 ids for the released codec, all in [0, codebook_size)).
+    one-row grid [B, 1, 1 + L] (273 ids with `SpectrumCodec`'s defaults, all in [0, codebook_size)).
 
     AION interpolates each spectrum linearly onto its own grid (`lambda_min` + `resolution` x pixel, Angstrom: 3500
-    to 10462 for the released codec), divides it by its mean flux over unmasked pixels (quantised into the first
+    to 10462 with its defaults), divides it by its mean flux over unmasked pixels (quantised into the first
     token) and encodes it. Flux is taken in the survey's units (DESI and SDSS: 1e-17 erg/s/cm2/Angstrom); nothing
     here can check that. The mask AION wants is derived from ivar (0: masked). Before AION sees a batch, each row is
     checked as the built-in spectrum codec checks it (`spectrum_fsq.check_row`: finite flux, ivar >= 0, a strictly
