@@ -5,7 +5,7 @@
 source was read) and `splits/<train|val|test>.arrow`, read back by `splits.load_split`. A split's rows hold
 
     object_id   string
-    flux, ivar  list of float32 (the source's values)
+    flux, ivar  list of float32 (the source's values; ivar 0 where the survey's `mask` flags a pixel bad)
     wavelength  list of float32, Angstrom (the source's `lambda` times the unit's factor)
     label       ClassLabel of the classes; label_name  string
 
@@ -55,9 +55,16 @@ def spectra_sha256(spectra: Spectra) -> str:
         split = "" if spectra.source_splits is None else spectra.source_splits[row]
         label = spectra.classes[spectra.labels[row]]
         digest.update(f"{split}:{spectra.ids[row]}:{label}:{pos}:".encode())
-        for array in (spectra.flux, spectra.ivar, spectra.wavelength):
+        for array in (spectra.flux, spectra.ivar, spectra.wavelength, *spectra.extra.values()):
             digest.update(np.ascontiguousarray(array[row]).data)
     return digest.hexdigest()
+
+
+def usable_ivar(spectra: Spectra) -> np.ndarray:
+    """The inverse variance with the survey's bad pixels (`mask` True) at 0: the one way every consumer (the codecs,
+    a plot) tells a bad pixel, so the mask need not travel beside it."""
+    mask = spectra.extra.get("mask")
+    return spectra.ivar if mask is None else np.where(mask, np.float32(0), spectra.ivar)
 
 
 def _positions(spectra: Spectra):
@@ -160,6 +167,7 @@ def write_spectra_views(manifest: Manifest, spectra: Spectra, out_dir: Path) -> 
     features = spectra_features(manifest.classes)
     schema = features.arrow_schema
     (out_dir / SPLITS_DIR).mkdir(parents=True, exist_ok=True)
+    ivar = usable_ivar(spectra)
     for name, rows in manifest.rows.items():
         with ArrowWriter(features=features, path=str(split_path(out_dir, name))) as writer:
             for start in range(0, len(rows), VIEW_BATCH_ROWS):
@@ -168,7 +176,7 @@ def write_spectra_views(manifest: Manifest, spectra: Spectra, out_dir: Path) -> 
                 columns = {
                     "object_id": pa.array([str(spectra.ids[r]) for r in take], pa.string()),
                     "flux": _list_column(spectra.flux[take]),
-                    "ivar": _list_column(spectra.ivar[take]),
+                    "ivar": _list_column(ivar[take]),
                     "wavelength": _list_column(spectra.wavelength[take]),
                     "label": pa.array(labels, pa.int64()),
                     "label_name": pa.array([spectra.classes[c] for c in labels], pa.string()),
