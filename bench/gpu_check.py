@@ -345,14 +345,14 @@ def bare_grpo_trainer(script_args, training_args, model_args, dtype):
     from trl import GRPOTrainer
 
     from astroreason.models import load_processor
-    from astroreason.prompts import TEMPLATES
+    from astroreason.prompts import IMAGE_TEMPLATE
     from astroreason.rewards import get_reward_funcs
 
     size = script_args.image_size
 
     def to_prompt(example):
         image = example["image"].convert("RGB").resize((size, size), resample=Image.BICUBIC)
-        return {"prompt": [{"role": "user", "content": TEMPLATES["image"]}], "image": image}
+        return {"prompt": [{"role": "user", "content": IMAGE_TEMPLATE}], "image": image}
 
     split = Dataset.from_file(str(Path(script_args.data_dir) / "splits" / f"{script_args.train_split}.arrow"))
     split = split.map(to_prompt, remove_columns=[c for c in split.column_names if c not in ("label", "image")])
