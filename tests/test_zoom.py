@@ -212,8 +212,8 @@ def test_token_arm_min_side_is_one_codec_cell(prepared_dir, codec):
 def test_the_lint_reads_the_tool_turns(prepared_dir, codec):
     """Every tool result is linted like a prompt: the honest tools pass in both arms; a tool that also returns its
     galaxy's source row (a leak, Galaxy10 being sorted by class) is refused before anything trains."""
-    from astroreason.errors import CheckFailed
     from astroreason.arms import TokenZoom
+    from astroreason.errors import CheckFailed
     from astroreason.zoom.lint import LINT_BOXES, lint_tool_turns
 
     positions = build_arm(settings(prepared_dir), "train").positions

@@ -84,4 +84,5 @@ def with_zoom_columns(dataset, arm):
     columns the environment reads (`zoom_split`, `zoom_position`), which no prompt carries."""
     positions = [int(p) for p in arm.positions[: len(dataset)]]
     dataset = dataset.add_column(POSITION_COLUMN, positions).add_column(SPLIT_COLUMN, [arm.split] * len(dataset))
-    return dataset.map(lambda row: {"prompt": zoom_prompt(row["prompt"], type(arm))}, desc="zoom prompts")
+    arm_class = type(arm)  # what the map's function closes over is hashed: the class, not the arm's open views
+    return dataset.map(lambda row: {"prompt": zoom_prompt(row["prompt"], arm_class)}, desc="zoom prompts")
