@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .arms import ARMS
 from .errors import CheckFailed, UserError
 from .io import check_writable, write_json_atomic
 
@@ -138,7 +139,7 @@ class DemoConfig:
     def arms(self) -> tuple[str, ...]:
         """The arms, by name: `image`, `tokens`, and with `zoom` `image_zoom`, `tokens_zoom`, `image_matched` and
         `tokens_matched`."""
-        return ("image", "tokens", *(ZOOM_ARMS if self.zoom else ()))
+        return (*PLAIN_ARMS, *(ZOOM_ARMS if self.zoom else ()))
 
     def arm_image_size(self, arm: str) -> int:
         return self.matched_image_size if arm == "image_matched" else self.image_size
@@ -146,6 +147,9 @@ class DemoConfig:
     def arm_token_crop(self, arm: str) -> float | None:
         return self.matched_token_crop if arm == "tokens_matched" else None
 
+
+# The arms without zoom, one per modality, each named by its modality (`_modality`).
+PLAIN_ARMS = ("image", "tokens")
 
 # `--zoom`: Galaxy10's 256 px, so the 112 px first view is downsampled and a crop can show more; a zoom arm of each
 # modality, and of each an arm without zoom at the zoom arm's budget: a larger first view costing its visual tokens,
@@ -249,10 +253,8 @@ class Demo:
             ),
         )
         self.stage("pretrain code-token embeddings", self.model, self._pretrain_codes)
-        return {
-            "image": json.loads((self.model / PRETRAIN_RECORD).read_text()),
-            "tokens": json.loads((self.model / CODE_PRETRAIN_RECORD).read_text()),
-        }
+        records = (PRETRAIN_RECORD, CODE_PRETRAIN_RECORD)  # each plain arm's input path: the tower, the code rows
+        return {arm: json.loads((self.model / record).read_text()) for arm, record in zip(PLAIN_ARMS, records)}
 
     def _pretrain_codes(self) -> None:
         # lazy: a command module, imported at `astroreason --help`; training and evaluation load only when it runs
@@ -302,7 +304,7 @@ class Demo:
         return dict(
             data_dir=str(self.prepared),
             modality=modality,
-            **({"codec": str(self.codec)} if modality == "tokens" else {}),
+            **({"codec": str(self.codec)} if ARMS[modality].uses_codec else {}),
             rendering=c.rendering,
             image_size=c.arm_image_size(arm),
             **({"token_crop": c.arm_token_crop(arm)} if c.arm_token_crop(arm) else {}),
@@ -331,7 +333,7 @@ class Demo:
         """On the token arm the pretrained code rows are held fixed, the counterpart of the pretrained vision tower's
         slow (SFT) or zero (GRPO) rate: rows of the embedding matrix cannot have a rate of their own. Without it, on
         small data, SFT's language-model rate washes out what the rows learnt."""
-        special = _modality(arm) == "tokens" and self.config.rendering == "special"
+        special = ARMS[_modality(arm)].needs_code_tokens(self.config)
         return {"freeze_code_rows": True} if special else {}
 
     def sft_recipe(self, arm: str) -> dict:
@@ -441,7 +443,7 @@ class Demo:
             data_dir=str(self.prepared),
             split="test",
             modality=modality,
-            codec=str(self.codec) if modality == "tokens" else None,
+            codec=str(self.codec) if ARMS[modality].uses_codec else None,
             rendering=c.rendering,
             image_size=image_size or c.arm_image_size(arm),
             token_crop=c.arm_token_crop(arm),

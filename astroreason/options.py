@@ -1,6 +1,7 @@
 """Options shared by several command lines, each declared once: the recipes' `GalaxyScriptArguments`, the
 evaluation's `EvalConfig` (and so `astroreason eval` and the sweeps' evaluation tasks) inherit these dataclasses,
-so an option has one name, one type, one default and one help text everywhere.
+so an option has one name, one type, one default and one help text everywhere. The arm's options are
+`arms.ArmSettings`, beside the arms that read them.
 
 Each field's `help` is what `--help` prints (`HfArgumentParser`/`TrlParser` read `metadata["help"]`, and accept
 both `--data_dir` and `--data-dir`). `help_from_docstring` gives the fields of a config without `metadata` help
@@ -14,84 +15,11 @@ import inspect
 import re
 import types
 from dataclasses import dataclass, field
-from typing import Literal
 
-from .arms import ArmSettings
+from .arms import DEFAULT_MAX_ASPECT
 from .budget.ledger import DEFAULT_LEDGER
 from .budget.prices import DEFAULT_PRICES
 from .errors import UserError
-from .zoom import DEFAULT_MAX_ASPECT
-
-MODALITIES = ("image", "tokens")
-
-
-@dataclass
-class ArmArguments:
-    """How a galaxy reaches the model (its arm): the prepared data, the modality and its settings, the prompt."""
-
-    data_dir: str = field(
-        default="runs/demo/prepared",
-        metadata={"help": "Prepared split directory (`astroreason data prepare`), read by both arms."},
-    )
-    modality: Literal["image", "tokens"] = field(
-        default="image",
-        metadata={"help": "`image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text."},
-    )
-    codec: str | None = field(
-        default=None,
-        metadata={"help": "Codec directory (`astroreason tokens train`, or an AION-1 codec); required for tokens."},
-    )
-    rendering: str = field(
-        default="ints", metadata={"help": "How codec ids are written as text: ints, rows or special (token arm)."}
-    )
-    image_size: int = field(
-        default=112,
-        metadata={
-            "help": "Side in pixels images are resized to before the processor; a multiple of the model "
-            "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
-            "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16); any side on Gemma 3, whose "
-            "processor resizes every image to its tower's (a fixed number of tokens). See docs/models.md."
-        },
-    )
-    token_crop: float | None = field(
-        default=None,
-        metadata={
-            "help": "Tokens arm: the prompt also carries the codes of the field's centre box of this side (a "
-            "fraction, e.g. 0.25), encoded again at the codec's resolution: a zoom fixed in advance, the no-zoom "
-            "control of a token zoom arm at its code budget. Default: the whole field only."
-        },
-    )
-    prompt_template: str | None = field(
-        default=None,
-        metadata={
-            "help": "The prompt (a str.format string; default: the modality's template). A dataset column in "
-            "it is refused by the prompt lint unless allow_prompt_fields allows it."
-        },
-    )
-    allow_prompt_fields: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Lint override, for deliberate experiments only: the columns a prompt may carry (e.g. "
-            "row_index). Needs override_reason; recorded in prompt_lint.json and the results ledger."
-        },
-    )
-    override_reason: str | None = field(
-        default=None, metadata={"help": "Why the lint override is used (required with allow_prompt_fields)."}
-    )
-
-    def arm_settings(self) -> ArmSettings:
-        """The arm these options describe (`astroreason.arms`): training and evaluation build the same one."""
-        return ArmSettings(
-            data_dir=self.data_dir,
-            modality=self.modality,
-            codec=self.codec,
-            rendering=self.rendering,
-            image_size=self.image_size,
-            token_crop=self.token_crop,
-            prompt_template=self.prompt_template,
-            allow_prompt_fields=self.allow_prompt_fields,
-            override_reason=self.override_reason,
-        )
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Prompt templates: one per modality, identical except for how the galaxy is represented.
+"""Prompt templates: one per arm, identical except for how the galaxy is represented.
 
-A template is a `str.format` string whose only field is the galaxy's representation: none for the image arm (TRL
-inserts the image block itself, from the dataset's `image` column) and `{tokens}` for the token arm (the codec ids
-rendered as text). Nothing else may enter a prompt: a row index, an id, a sky position or any other dataset column
-can leak the label (Galaxy10 DECaLS is sorted by class; docs/facts.md). `template_fields` lists a template's fields
-so that the integrity lint can check this.
+A template is a `str.format` string whose only field is the galaxy's representation (`Arm.representation_fields`):
+none for the image arm (TRL inserts the image block itself, from the dataset's `image` column) and `{tokens}` for
+the token arm (the codec ids rendered as text). The functions here take the arm (anything with its `modality`,
+`representation_fields`, `default_template` and `zoom_instruction`), never a modality's name. Nothing else may
+enter a prompt: a row index, an id, a sky position or any other dataset column can leak the label (Galaxy10 DECaLS
+is sorted by class; docs/facts.md). `template_fields` lists a template's fields so that the integrity lint can check
+this.
 """
 
 from __future__ import annotations
@@ -14,11 +16,6 @@ import string
 from .data.galaxy10 import DECALS_CLASSES
 from .errors import UserError
 
-MODALITIES = ("image", "tokens")
-
-# The one field each modality's template must carry (and the only one it may carry).
-REPRESENTATION_FIELDS: dict[str, tuple[str, ...]] = {"image": (), "tokens": ("tokens",)}
-
 # The shared instruction: the ten class names and the answer format. Reasoning before the answer is allowed.
 INSTRUCTION = (
     "Classify the galaxy's morphology as exactly one of these ten Galaxy10 DECaLS classes: "
@@ -27,37 +24,33 @@ INSTRUCTION = (
     "like this: <answer>CLASS NAME</answer>."
 )
 
-TEMPLATES: dict[str, str] = {
-    "image": "The image shows a galaxy.\n" + INSTRUCTION,
-    "tokens": (
-        "The galaxy is given as the discrete tokens of an image codec, written as text:\n{tokens}\n" + INSTRUCTION
-    ),
-}
+# Each arm's default template (`Arm.default_template`): the text is recorded in runs (its sha256 in fingerprints).
+IMAGE_TEMPLATE = "The image shows a galaxy.\n" + INSTRUCTION
+TOKENS_TEMPLATE = (
+    "The galaxy is given as the discrete tokens of an image codec, written as text:\n{tokens}\n" + INSTRUCTION
+)
 
 
-# The zoom episodes' system turn (`astroreason.zoom`): the tool exists, what a box is, what comes back. The tool's
-# own schema (name, argument, docstring) is rendered by the chat template beside it.
+# The zoom episodes' system turn (`astroreason.zoom`, `Arm.zoom_instruction`): the tool exists, what a box is, what
+# comes back. The tool's own schema (name, argument, docstring) is rendered by the chat template beside it.
 _ZOOM_BOX = (
     "a box [x1, y1, x2, y2] given as fractions (0 to 1) of the galaxy's width and height from the top-left corner"
 )
-ZOOM_INSTRUCTIONS: dict[str, str] = {
-    "image": (
-        "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
-        f"give it {_ZOOM_BOX}. Each call returns that part as a new image. Calls are limited; answer in the end."
-    ),
-    "tokens": (
-        "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
-        f"give it {_ZOOM_BOX}. Each call returns the codec tokens of that part, encoded again from the "
-        "full-resolution image, written as text like the first ones. Calls are limited; answer in the end."
-    ),
-}
+IMAGE_ZOOM_INSTRUCTION = (
+    "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
+    f"give it {_ZOOM_BOX}. Each call returns that part as a new image. Calls are limited; answer in the end."
+)
+TOKENS_ZOOM_INSTRUCTION = (
+    "Before you answer, you may call the zoom tool to look again at part of the galaxy at full resolution: "
+    f"give it {_ZOOM_BOX}. Each call returns the codec tokens of that part, encoded again from the "
+    "full-resolution image, written as text like the first ones. Calls are limited; answer in the end."
+)
 
 
-def zoom_prompt(prompt: list[dict], modality: str) -> list[dict]:
-    """A prompt with the zoom instruction as its system turn (before the user turn TRL puts the image into)."""
-    if modality not in ZOOM_INSTRUCTIONS:
-        raise UserError(f"modality: expected one of {', '.join(ZOOM_INSTRUCTIONS)}, got {modality!r}")
-    return [{"role": "system", "content": ZOOM_INSTRUCTIONS[modality]}, *prompt]
+def zoom_prompt(prompt: list[dict], arm) -> list[dict]:
+    """A prompt with the arm's zoom instruction (`Arm.zoom_instruction`) as its system turn (before the user turn TRL
+    puts the image into)."""
+    return [{"role": "system", "content": arm.zoom_instruction}, *prompt]
 
 
 def template_fields(template: str) -> tuple[str, ...]:
@@ -73,38 +66,33 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(fields)
 
 
-def check_template(modality: str, template: str) -> None:
-    """Refuse a template whose fields are anything but the modality's representation."""
-    if modality not in MODALITIES:
-        raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {modality!r}")
+def check_template(arm, template: str) -> None:
+    """Refuse a template whose fields are anything but the arm's representation (`Arm.representation_fields`)."""
     fields = template_fields(template)
-    expected = REPRESENTATION_FIELDS[modality]
+    expected = arm.representation_fields
     if fields != expected:
         want = ", ".join("{" + f + "}" for f in expected) or "no field"
         got = ", ".join("{" + f + "}" for f in fields) or "no field"
         raise UserError(
-            f"template: the {modality} template must carry {want} (the galaxy's representation) and nothing else; "
-            f"it has {got}"
+            f"template: the {arm.modality} template must carry {want} (the galaxy's representation) and nothing "
+            f"else; it has {got}"
         )
 
 
-def build_prompt(modality: str, *, tokens_text: str | None = None, template: str | None = None) -> list[dict]:
-    """A conversational prompt for TRL: one user turn whose content is a plain string.
-
-    For `image`, the galaxy is the dataset's `image` column and TRL inserts the image block before this text; for
-    `tokens`, `tokens_text` (the rendered codec ids) is written into the text.
-    """
-    template = TEMPLATES.get(modality) if template is None else template
-    check_template(modality, template)
-    if modality == "image":
-        if tokens_text is not None:
-            raise UserError("tokens_text: the image prompt carries no tokens (the image comes from the `image` column)")
-        text = template.format()
-    else:
-        if not tokens_text:
-            raise UserError("tokens_text: the tokens prompt needs the galaxy's rendered token text")
-        text = template.format(tokens=tokens_text)
-    return [{"role": "user", "content": text}]
+def build_prompt(arm, text: str | None = None, template: str | None = None) -> list[dict]:
+    """A conversational prompt for TRL: one user turn whose content is a plain string, `template` (default: the arm's,
+    `Arm.default_template`) with the galaxy's representation as text in its field (the token arm's rendered codec
+    ids). An arm without such a field (the image arm) has no `text`: TRL inserts its galaxy before this text."""
+    template = arm.default_template if template is None else template
+    check_template(arm, template)
+    (field, *_) = arm.representation_fields or (None,)
+    if field is None:
+        if text is not None:
+            raise UserError(f"text: the {arm.modality} prompt carries no text representation (the galaxy is beside it)")
+        return [{"role": "user", "content": template.format()}]
+    if not text:
+        raise UserError(f"text: the {arm.modality} prompt needs the galaxy's representation as text")
+    return [{"role": "user", "content": template.format(**{field: text})}]
 
 
 def answer_text(label: int) -> str:

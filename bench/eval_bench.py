@@ -60,13 +60,14 @@ def bare_rows(config) -> list[dict]:
     from datasets import Dataset
     from PIL import Image
 
+    from astroreason.arms import ImageArm
     from astroreason.data.splits import split_path
     from astroreason.prompts import build_prompt
 
     split = Dataset.from_file(str(split_path(config.data_dir, config.split)))
     size = (config.image_size, config.image_size)
     return [
-        {"prompt": build_prompt("image"), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
+        {"prompt": build_prompt(ImageArm), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
         for i in range(min(config.max_samples, len(split)))
     ]
 

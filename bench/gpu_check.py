@@ -345,14 +345,14 @@ def bare_grpo_trainer(script_args, training_args, model_args, dtype):
     from trl import GRPOTrainer
 
     from astroreason.models import load_processor
-    from astroreason.prompts import TEMPLATES
+    from astroreason.prompts import IMAGE_TEMPLATE
     from astroreason.rewards import get_reward_funcs
 
     size = script_args.image_size
 
     def to_prompt(example):
         image = example["image"].convert("RGB").resize((size, size), resample=Image.BICUBIC)
-        return {"prompt": [{"role": "user", "content": TEMPLATES["image"]}], "image": image}
+        return {"prompt": [{"role": "user", "content": IMAGE_TEMPLATE}], "image": image}
 
     split = Dataset.from_file(str(Path(script_args.data_dir) / "splits" / f"{script_args.train_split}.arrow"))
     split = split.map(to_prompt, remove_columns=[c for c in split.column_names if c not in ("label", "image")])
@@ -477,13 +477,14 @@ def bare_rows(config) -> list[dict]:
     from datasets import Dataset
     from PIL import Image
 
+    from astroreason.arms import ImageArm
     from astroreason.data.splits import split_path
     from astroreason.prompts import build_prompt
 
     split = Dataset.from_file(str(split_path(config.data_dir, config.split)))
     size = (config.image_size, config.image_size)
     return [
-        {"prompt": build_prompt("image"), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
+        {"prompt": build_prompt(ImageArm), "image": split[i]["image"].convert("RGB").resize(size, Image.BICUBIC)}
         for i in range(min(config.max_samples, len(split)))
     ]
 

@@ -100,7 +100,7 @@ def main() -> None:
         seed=a.seed,
     )
     trainer = build_grpo_trainer(script, args, ModelConfig(a.start, dtype="float32"))
-    rows = build_arm(script.arm_settings(), a.split, max_samples=a.n_eval).rows()
+    rows = build_arm(script, a.split, max_samples=a.n_eval).rows()
     _, processor = load_model_and_processor(a.start)  # its own: the backend sets left padding on its tokenizer
 
     def evaluate(model, step: int) -> None:

@@ -62,22 +62,23 @@ def longest_row_tokens(settings: dict, processor, family) -> tuple[int, int, str
     for SFT the longest answer, and its images' visual tokens."""
     import numpy as np
 
+    from astroreason.arms import ARMS
     from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.prompts import answer_text, build_prompt, zoom_prompt
     from astroreason.tokens.render import render
     from astroreason.training.memory import row_tokens
 
-    modality, note = settings.get("modality", "image"), "prompt counted with the tiny tokenizer"
-    if modality == "tokens":
+    arm, note = ARMS[settings.get("modality", "image")], "prompt counted with the tiny tokenizer"
+    if arm.uses_codec:
         grid = np.full((24, 24), LARGEST_CODE)  # aion-base: 24x24 codes a view
-        prompt = build_prompt("tokens", tokens_text=render(grid, settings.get("rendering", "ints")))
+        prompt = build_prompt(arm, render(grid, settings.get("rendering", "ints")))
         note += f"; tokens arm: 24x24 codes of {len(str(LARGEST_CODE))} digits assumed"
     else:
-        prompt = build_prompt("image")
+        prompt = build_prompt(arm)
     if settings.get("zoom"):
-        prompt = zoom_prompt(prompt, modality)
-    per_image = family.visual_tokens(processor, settings["image_size"]) if modality == "image" else 0
-    images = 1 if modality == "image" else 0
+        prompt = zoom_prompt(prompt, arm)
+    per_image = family.visual_tokens(processor, settings["image_size"]) if arm.carries_image else 0
+    images = int(arm.carries_image)
     rows = [{"prompt": prompt, "image": True if images else None}]
     if "num_generations" not in settings:  # SFT: every answer, the longest kept
         rows = [

@@ -69,14 +69,14 @@ def bare_trainer(script_args, training_args, model_args):
     from trl import GRPOTrainer
 
     from astroreason.models import load_processor  # AutoProcessor needs torchvision for Qwen's video half
-    from astroreason.prompts import TEMPLATES
+    from astroreason.prompts import IMAGE_TEMPLATE
     from astroreason.rewards import get_reward_funcs
 
     size = script_args.image_size
 
     def to_prompt(example):
         image = example["image"].convert("RGB").resize((size, size), resample=Image.BICUBIC)
-        return {"prompt": [{"role": "user", "content": TEMPLATES["image"]}], "image": image}
+        return {"prompt": [{"role": "user", "content": IMAGE_TEMPLATE}], "image": image}
 
     # The prepared split is one Arrow file (astroreason.data.splits.split_path): read it with datasets directly.
     split = Dataset.from_file(str(Path(script_args.data_dir) / "splits" / f"{script_args.train_split}.arrow"))

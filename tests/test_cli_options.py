@@ -64,9 +64,10 @@ def test_shared_options_are_one_definition():
     """The arm and budget options are the same fields (name, type, default) in training and evaluation."""
     from dataclasses import fields
 
-    from astroreason.options import ArmArguments, BudgetArguments
+    from astroreason.arms import ArmSettings
+    from astroreason.options import BudgetArguments
 
-    for shared in (ArmArguments, BudgetArguments):
+    for shared in (ArmSettings, BudgetArguments):
         for f in fields(shared):
             train = GalaxyScriptArguments.__dataclass_fields__[f.name]
             evaluate = EvalConfig.__dataclass_fields__[f.name]

@@ -117,9 +117,9 @@ def write_training_state(model: Path) -> None:
 
 
 def _default_template() -> str:
-    from astroreason.prompts import TEMPLATES
+    from astroreason.prompts import IMAGE_TEMPLATE
 
-    return TEMPLATES["image"]
+    return IMAGE_TEMPLATE
 
 
 @pytest.mark.parametrize("name", sorted(UNCHANGED))

@@ -23,7 +23,6 @@ from astroreason.evaluation.backends import SamplingSettings, TransformersBacken
 from astroreason.evaluation.harness import EvalConfig, IncompleteRun, estimate_evaluation, evaluate, result_summary
 from astroreason.models import load_model_and_processor
 from astroreason.rewards import parse_answer
-from astroreason.zoom import zoom_tool
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = {"max_samples": 2, "batch_size": 1, "max_new_tokens": 96, "n_boot": 50, "image_size": 56}
@@ -79,8 +78,8 @@ def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, 
     assert len(samples) == 2
     from astroreason.arms import build_arm
 
-    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
-    tool = zoom_tool(cfg.arm_settings(), pixel_multiple=28)
+    positions = build_arm(cfg, "test", max_samples=2).positions
+    tool = cfg.arm_class().zoom_tool(cfg, pixel_multiple=28)
     for s in samples:
         zoom = s["zoom"]
         # The scripted call, run by the tool: the 64 px surrogate's pixels 16-48, then an answer turn (no call).
@@ -110,7 +109,7 @@ def test_a_zoom_episode_crops_records_charges_and_resumes(tiny, tiny_model_dir, 
     assert sum(r["prompt_tokens"] for r in paid) == sum(s["prompt_tokens"] for s in samples)
 
     z = result["zoom"]
-    n_split = len(build_arm(cfg.arm_settings(), "test").split_positions())
+    n_split = len(build_arm(cfg, "test").split_positions())
     assert z["tool_lint_calls"] == 3 * min(32, n_split)  # the tool's turns linted on the split's first rows, 3 boxes
     assert z["zoom_rate"] == 1.0 and z["zooms_per_galaxy"] == 1.0 and z["capped"] == 0
     assert z["n_with_zoom"] == 2 and z["n_without_zoom"] == 0 and z["accuracy_without_zoom"] is None
@@ -254,11 +253,12 @@ def served_steering(model_dir) -> str:
     from test_zoom import CALL, anchored_bias
     from transformers import AutoTokenizer
 
+    from astroreason.arms import TokenArm
     from astroreason.prompts import zoom_prompt
     from astroreason.zoom import ZoomEnvironment
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], "tokens")
+    prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], TokenArm)
     bias = anchored_bias(
         tokenizer, prompt, [ZoomEnvironment.zoom], CALL.format(box=json.dumps(BOX)), anchor="</answer>."
     )
@@ -294,8 +294,8 @@ def test_served_zoom_episodes_over_the_chat_api(served, codec, prepared_dir, tmp
     samples = sorted(sample_lines(out), key=lambda r: r["index"])
     from astroreason.arms import build_arm
 
-    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
-    tool = zoom_tool(cfg.arm_settings())
+    positions = build_arm(cfg, "test", max_samples=2).positions
+    tool = cfg.arm_class().zoom_tool(cfg)
     for s in samples:
         zoom = s["zoom"]
         assert [(c["box"], c["valid"], tuple(c["pixels"])) for c in zoom["calls"]] == [(BOX, True, (16, 16, 48, 48))]
@@ -367,8 +367,8 @@ def test_served_image_episode_sends_the_crop_in_the_tool_message(tiny_model_dir,
         server.stop()
     assert result["zoom"]["zoom_rate"] == 1.0 and result["metrics"]["n"] == 2
     assert all(b["tools"][0]["function"]["name"] == "zoom" for b in bodies) and len(bodies) == 4
-    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
-    tool = zoom_tool(cfg.arm_settings(), pixel_multiple=28)
+    positions = build_arm(cfg, "test", max_samples=2).positions
+    tool = cfg.arm_class().zoom_tool(cfg, pixel_multiple=28)
     seconds = [b for b in bodies if b["messages"][-1]["role"] == "tool"]
     for s in sorted(sample_lines(out), key=lambda r: r["index"]):
         by_tool = np.asarray(tool("test", int(positions[s["index"]]), BOX).result[0]["image"])
@@ -402,8 +402,8 @@ def test_a_local_token_arm_episode_gets_the_codes_of_the_crop(tiny, tiny_model_d
     result = evaluate(cfg, b, progress=False)
     from astroreason.arms import build_arm
 
-    positions = build_arm(cfg.arm_settings(), "test", max_samples=2).positions
-    tool = zoom_tool(cfg.arm_settings())
+    positions = build_arm(cfg, "test", max_samples=2).positions
+    tool = cfg.arm_class().zoom_tool(cfg)
     for s in sorted(sample_lines(out), key=lambda r: r["index"]):
         assert [(c["box"], c["valid"]) for c in s["zoom"]["calls"]] == [(BOX, True)] and s["zoom"]["turns"] == 2
         codes = tool("test", int(positions[s["index"]]), BOX).result

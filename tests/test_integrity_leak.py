@@ -20,6 +20,7 @@ from datasets import Dataset
 from integrity_helpers import PromptNumberBackend, PromptNumberModel, prompt_features, sorted_copy
 from transformers import Trainer, TrainingArguments
 
+from astroreason.arms import ImageArm
 from astroreason.audit.probes import RunSpec, probe_blank_input
 from astroreason.cli import main as cli
 from astroreason.data.splits import load_manifest, load_split, prepare
@@ -31,11 +32,11 @@ from astroreason.integrity.fingerprint import RunFingerprint
 from astroreason.integrity.ledger import record_result, verify
 from astroreason.integrity.lint import LintOverride, check_dataset, check_template, render_text, split_metadata
 from astroreason.io import write_json_atomic
-from astroreason.prompts import TEMPLATES
+from astroreason.prompts import IMAGE_TEMPLATE
 from astroreason.provenance import provenance
 
-LEAKY = "Galaxy number {row_index} of the catalogue.\n" + TEMPLATES["image"]
-CLEAN = TEMPLATES["image"]
+LEAKY = "Galaxy number {row_index} of the catalogue.\n" + IMAGE_TEMPLATE
+CLEAN = IMAGE_TEMPLATE
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def split_prompts(data_dir, split, template):
     meta = split_metadata(data_dir, split)
     rows = [{k: v[i] for k, v in meta.items()} for i in range(len(meta["row_index"]))]
     view = load_split(data_dir, split)
-    prompts = [[{"role": "user", "content": render_text(template, "image", r)}] for r in rows]
+    prompts = [[{"role": "user", "content": render_text(template, ImageArm, r)}] for r in rows]
     return Dataset.from_dict({"prompt": prompts, "label": view["label"]})
 
 
@@ -63,14 +64,14 @@ def test_sorted_copy_splits_like_the_shuffled_file(sorted_prepared, prepared_dir
 
 def test_lint_refuses_the_leak(sorted_prepared):
     with pytest.raises(CheckFailed, match=r"template field \{row_index\} is a dataset column"):
-        check_template("image", LEAKY)
-    assert check_template("image", LEAKY, override=LintOverride(("row_index",), "test")).overridden
+        check_template(ImageArm, LEAKY)
+    assert check_template(ImageArm, LEAKY, override=LintOverride(("row_index",), "test")).overridden
     leaky = split_prompts(sorted_prepared, "train", LEAKY)
     # The template check alone refuses; the rendered texts are caught as well, with the template not given.
     with pytest.raises(CheckFailed, match=r"own row's row_index"):
-        check_dataset(leaky, data_dir=sorted_prepared, split="train", modality="image", template=CLEAN)
+        check_dataset(leaky, data_dir=sorted_prepared, split="train", arm=ImageArm, template=CLEAN)
     clean = split_prompts(sorted_prepared, "train", CLEAN)
-    report = check_dataset(clean, data_dir=sorted_prepared, split="train", modality="image")
+    report = check_dataset(clean, data_dir=sorted_prepared, split="train", arm=ImageArm)
     assert report.findings == [] and report.overridden == []
 
 
@@ -163,7 +164,7 @@ def test_leaky_training_is_caught_and_clean_training_is_not(sorted_prepared, tmp
             train,
             data_dir=sorted_prepared,
             split="train",
-            modality="image",
+            arm=ImageArm,
             template=template,
             override=override,
             record_dir=out,

@@ -26,17 +26,18 @@ from pathlib import Path
 import pytest
 from integrity_helpers import PromptNumberBackend, PromptNumberModel, prompt_features, sorted_copy
 
+from astroreason.arms import ImageArm
 from astroreason.cli import main as cli
 from astroreason.integrity import SUSPECT_FILE
 from astroreason.integrity.ledger import verify
-from astroreason.prompts import TEMPLATES
+from astroreason.prompts import IMAGE_TEMPLATE
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "recipes" / "configs" / "tiny" / "sft_image.yaml"
 PRICES = ROOT / "eval" / "prices.yaml"
-LEAKY = "Galaxy number {row_index} of the catalogue.\n" + TEMPLATES["image"]
+LEAKY = "Galaxy number {row_index} of the catalogue.\n" + IMAGE_TEMPLATE
 OVERRIDE = ["--allow_prompt_fields", "row_index", "--override_reason", "planted leak: the integrity pipeline test"]
 
 
@@ -160,7 +161,7 @@ def test_clean_recipe_passes_the_lint_and_the_audit(recipe_runs, tiny_model_dir,
     check_ok(clean)
     lint = json.loads((out / "prompt_lint.json").read_text())
     assert lint["findings"] == lint["overridden"] == [] and lint["override"] is None
-    assert lint["template"] == TEMPLATES["image"] and lint["n_prompts"] == 16
+    assert lint["template"] == IMAGE_TEMPLATE and lint["n_prompts"] == 16
     assert not (out / SUSPECT_FILE).exists()  # no training alarm on a 2-step run
 
     # The audit of the run: data probes on its recorded data and template, then the model controls on its model.
@@ -272,7 +273,7 @@ def test_clean_eval_is_kept(recipe_runs, prepared_dir, tmp_path, capsys):
     assert cli(eval_args(model, prepared_dir, tmp_path / "eval", tmp_path / "project")) == 0
     assert result_line(capsys.readouterr().out)["integrity"] == "keep"
     lint = json.loads((tmp_path / "eval" / "prompt_lint.json").read_text())
-    assert lint["findings"] == lint["overridden"] == [] and lint["template"] == TEMPLATES["image"]
+    assert lint["findings"] == lint["overridden"] == [] and lint["template"] == IMAGE_TEMPLATE
     (row,) = verify(tmp_path / "project")
     assert row["status"] == "keep" and "LINT OVERRIDE" not in row["description"] and "SUSPECT" not in row["description"]
     assert not (tmp_path / "eval" / SUSPECT_FILE).exists()
@@ -288,7 +289,7 @@ def number_reader(data_dir):
     from astroreason.integrity.lint import render_text, split_metadata
 
     meta = split_metadata(data_dir, "train")
-    texts = [render_text(LEAKY, "image", {k: v[i] for k, v in meta.items()}) for i in range(len(meta["row_index"]))]
+    texts = [render_text(LEAKY, ImageArm, {k: v[i] for k, v in meta.items()}) for i in range(len(meta["row_index"]))]
     max_value = float(load_manifest(data_dir).n_source_rows)
     dataset = Dataset.from_dict({"x": prompt_features(texts, max_value).tolist(), "labels": meta["label"].tolist()})
     model = PromptNumberModel()

@@ -12,8 +12,10 @@ to a unit (its top-level package or module: `astroreason.tokens.cache` -> `token
     tokens                                       codecs, renderings, the token cache
     models                                       loading, tiny builders, checkpoint hashes
     integrity, provenance                        guards: prompt lint, ceiling gate, results ledger, alarms, fingerprints
-    arms                                         how a galaxy reaches the model (image, tokens), built once per split
-    zoom                                         the zoom tool of each arm and its TRL environment
+    arms                                         how a galaxy reaches the model (image, tokens), built once per split;
+                                                 each arm's settings, model checks and zoom tool
+    zoom                                         the episode around an arm's zoom tool: its TRL environment, chat
+                                                 templates, tool-turn lint and trajectories
     budget                                       prices, the spend ledger, caps
     defaults, optim, pretrain, callbacks,        tiny defaults, learning rates per part, vision pretraining, the
     options                                      trainer's callbacks (chosen in one place), options shared by commands

@@ -17,6 +17,7 @@ from PIL import Image
 from test_eval_zoom import SeenBackend, codec, config, tiny  # noqa: F401 (fixtures)
 from test_zoom import BOX, anchored_bias, steering
 
+from astroreason import arms
 from astroreason.cli import main
 from astroreason.data.galaxy10 import DECALS_CLASSES
 from astroreason.evaluation.backends import SamplingSettings
@@ -44,7 +45,7 @@ def answer_steering(model_dir, modality: str, zoom: bool, label: int) -> list:
         return anchored_bias(tokenizer, user, None, answer, anchor="</answer>.")
     called = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {}}]}
     called["tool_calls"][0]["function"] = {"name": "zoom", "arguments": {"bbox_2d": BOX}}
-    turn = [*zoom_prompt(user, modality), called, {"role": "tool", "name": "zoom", "content": "x"}]
+    turn = [*zoom_prompt(user, arms.ARMS[modality]), called, {"role": "tool", "name": "zoom", "content": "x"}]
     return anchored_bias(tokenizer, turn, [ZoomEnvironment.zoom], answer, anchor="</tool_response>")
 
 

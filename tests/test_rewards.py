@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from astroreason.arms import ImageArm
 from astroreason.data.galaxy10 import DECALS_CLASSES
 from astroreason.errors import UserError
 from astroreason.prompts import answer_text, build_prompt
@@ -44,7 +45,7 @@ def conversational(text: str) -> list[dict]:
 def trl_call(func, texts, labels, *, as_conversation: bool):
     """Call a reward exactly as GRPOTrainer does: prompts, completions, completion_ids, then every dataset column."""
     completions = [conversational(t) if as_conversation else t for t in texts]
-    prompts = [build_prompt("image") for _ in texts] if as_conversation else ["prompt"] * len(texts)
+    prompts = [build_prompt(ImageArm) for _ in texts] if as_conversation else ["prompt"] * len(texts)
     return func(prompts=prompts, completions=completions, completion_ids=[[0]] * len(texts), label=labels)
 
 

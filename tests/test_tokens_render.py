@@ -15,6 +15,7 @@ import pytest
 import torch
 from cli_helpers import assert_one_line_error, cli
 
+from astroreason.arms import TokenArm
 from astroreason.data.splits import load_manifest, load_split
 from astroreason.errors import UserError
 from astroreason.models import add_code_tokens, load_model_and_processor, save_with_code_tokens
@@ -133,7 +134,7 @@ def test_saved_model_with_code_tokens_reloads_and_runs(coded_model_dir):
     model, processor = load_model_and_processor(coded_model_dir)
     tok = processor.tokenizer
     grid = np.random.default_rng(2).integers(0, VOCAB, (24, 24))
-    messages = build_prompt("tokens", tokens_text=render(grid, "special"))
+    messages = build_prompt(TokenArm, render(grid, "special"))
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], return_tensors="pt")
     ids = inputs["input_ids"][0].tolist()

@@ -21,7 +21,7 @@ import torch
 from evalkit import build_codec
 from PIL import Image
 
-from astroreason.arms import ArmSettings, build_arm, resize_image
+from astroreason.arms import ARMS, ArmSettings, build_arm, resize_image
 from astroreason.data.splits import load_manifest
 from astroreason.errors import UserError
 from astroreason.models import family_for
@@ -29,7 +29,6 @@ from astroreason.prompts import zoom_prompt
 from astroreason.rewards import ended_on_tool_call, skip_unanswered, zoom_bonus_reward, zoom_cost_reward
 from astroreason.tokens import load_codec, render
 from astroreason.zoom import POSITION_COLUMN, SPLIT_COLUMN, ZoomEnvironment, environment_factory, with_zoom_columns
-from astroreason.zoom import zoom_tool as make_zoom_tool
 from astroreason.zoom.lint import result_text
 
 BICUBIC = Image.Resampling.BICUBIC
@@ -60,6 +59,11 @@ def settings(prepared_dir, codec=None, **kwargs) -> ArmSettings:
     if codec is not None:
         kwargs.update(modality="tokens", codec=str(codec))
     return ArmSettings(data_dir=str(prepared_dir), image_size=56, **kwargs)
+
+
+def make_zoom_tool(settings: ArmSettings, **kwargs):
+    """The arm's own zoom tool (`Arm.zoom_tool`)."""
+    return settings.arm_class().zoom_tool(settings, **kwargs)
 
 
 def episode(prepared_dir, arm_settings, *, row: int = 3, **tool_kwargs) -> tuple[ZoomEnvironment, int]:
@@ -208,8 +212,8 @@ def test_token_arm_min_side_is_one_codec_cell(prepared_dir, codec):
 def test_the_lint_reads_the_tool_turns(prepared_dir, codec):
     """Every tool result is linted like a prompt: the honest tools pass in both arms; a tool that also returns its
     galaxy's source row (a leak, Galaxy10 being sorted by class) is refused before anything trains."""
+    from astroreason.arms import TokenZoom
     from astroreason.errors import CheckFailed
-    from astroreason.zoom import TokenZoom
     from astroreason.zoom.lint import LINT_BOXES, lint_tool_turns
 
     positions = build_arm(settings(prepared_dir), "train").positions
@@ -235,7 +239,7 @@ def test_zoom_rows_carry_the_galaxy_outside_the_prompt(prepared_dir):
     report = arm.lint(dataset["prompt"])
     assert not report.findings
     with pytest.raises(UserError, match="modality"):
-        zoom_prompt([], "pixels")
+        settings(prepared_dir, modality="pixels")
 
 
 def test_zoom_rewards_read_the_environments(prepared_dir):
@@ -283,7 +287,7 @@ def steering(model_dir, modality: str, *, again: bool, box=BOX) -> list:
     from astroreason.models import load_processor
 
     tokenizer = load_processor(str(model_dir)).tokenizer
-    prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], modality)
+    prompt = zoom_prompt([{"role": "user", "content": "x <answer>CLASS NAME</answer>."}], ARMS[modality])
     call = CALL.format(box=json.dumps(box))
     # The user turn's end ("</answer>.<|im_end|>\n<|im_start|>assistant\n"): the first turn only.
     bias = anchored_bias(tokenizer, prompt, [ZoomEnvironment.zoom], call, anchor="</answer>.")

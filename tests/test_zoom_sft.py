@@ -19,10 +19,10 @@ import torch
 from evalkit import build_codec
 from PIL import Image
 
+from astroreason.arms.box import BoxLimits, fit_box, parse_box
 from astroreason.data.focus import focus_boxes, light_box, pixel_box
 from astroreason.data.galaxy10 import DECALS_CLASSES
 from astroreason.data.splits import load_manifest, prepare
-from astroreason.zoom.box import BoxLimits, fit_box, parse_box
 
 BICUBIC = Image.Resampling.BICUBIC
 
@@ -136,7 +136,7 @@ def zoom_prompt_ids(trainer, args, row: int) -> list[int]:
     from astroreason.arms import build_arm
     from astroreason.zoom import ZoomEnvironment, with_zoom_columns
 
-    arm = build_arm(args.arm_settings(), "train", max_samples=8)
+    arm = build_arm(args, "train", max_samples=8)
     dataset = with_zoom_columns(arm.dataset(with_completion=False), arm)
     images = [dataset[row]["image"]] if args.modality == "image" else []
     prompt = prepare_multimodal_messages(dataset[row]["prompt"], images=images)
@@ -167,7 +167,7 @@ def test_an_image_trajectory_is_the_rollout_trained_on_the_assistant_only(
     # Which galaxy a (shuffled) row is: its first view is the arm's resized image of one of the 8 training rows.
     from astroreason.arms import build_arm
 
-    arm = build_arm(args.arm_settings(), "train", max_samples=8)
+    arm = build_arm(args, "train", max_samples=8)
     views = [np.asarray(im) for im in arm.dataset(with_completion=False)["image"]]
     first_view = np.asarray(row["messages"][1]["content"][0]["image"])
     k = next(i for i, v in enumerate(views) if np.array_equal(v, first_view))
@@ -192,16 +192,15 @@ def test_an_image_trajectory_is_the_rollout_trained_on_the_assistant_only(
 
 
 def test_a_token_trajectory_carries_the_codes_of_the_crop(prepared_dir, tiny_model_dir, codec, tmp_path):
-    from astroreason.zoom import zoom_tool
 
     trainer, args = sft_trainer(prepared_dir, tiny_model_dir, tmp_path, "tokens", codec)
     dataset = trainer.train_dataset  # tokenized by TRL, with its assistant mask
     manifest = load_manifest(prepared_dir)
     from astroreason.arms import build_arm
 
-    arm = build_arm(args.arm_settings(), "train", max_samples=8)
+    arm = build_arm(args, "train", max_samples=8)
     focus, _ = focus_boxes(prepared_dir, "train", arm.positions, manifest=manifest)
-    tool = zoom_tool(args.arm_settings(), pixel_multiple=28)
+    tool = args.arm_class().zoom_tool(args, pixel_multiple=28)
     tokenizer = trainer.processing_class.tokenizer
     for k in range(2):
         box = fit_box(focus[k], tool.limits)
@@ -288,9 +287,7 @@ def test_the_warm_start_teaches_the_model_to_zoom(prepared_dir, tiny_model_dir, 
 
 
 def test_the_blank_controls_zoom_sees_no_galaxy(prepared_dir, codec):
-    from astroreason.arms import ArmSettings, build_arm
-    from astroreason.audit.probes import BlankImageZoom
-    from astroreason.zoom import zoom_tool
+    from astroreason.arms import ArmSettings, BlankImageZoom, build_arm
 
     settings = ArmSettings(data_dir=str(prepared_dir), image_size=56)
     crop = BlankImageZoom(settings, pixel_multiple=28)("test", 3, [0.2, 0.2, 0.8, 0.8]).result[0]["image"]
@@ -302,7 +299,7 @@ def test_the_blank_controls_zoom_sees_no_galaxy(prepared_dir, codec):
     rows = arm.without_galaxy(0)
     assert [r["prompt"] for r in rows] == [arm.prompt(arm.view[int(j)], k) for k, j in enumerate(order)]
     assert sorted(order) == list(range(8)) and (order != np.arange(8)).any()
-    tool = zoom_tool(tokens)
+    tool = tokens.arm_class().zoom_tool(tokens)
     whole = tool("test", int(arm.positions[order[0]]), [0, 0, 1, 1]).result
     assert whole == arm.view[int(order[0])]["tokens_text"]  # the whole box: the first view's codes again
 

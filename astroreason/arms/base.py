@@ -1,10 +1,12 @@
-"""What every arm shares: its settings, the split's rows and positions, prompts from the template, the lint."""
+"""What every arm shares: its settings, the split's rows and positions, prompts from the template, the lint; and
+what each modality must say about itself (its template, its zoom tool, its model checks), so that nothing outside
+`astroreason.arms` asks which modality it has."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import islice
 from typing import ClassVar
@@ -14,52 +16,85 @@ import numpy as np
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..integrity.lint import LintOverride, check_dataset, check_template, render_text, split_metadata
-from ..prompts import MODALITIES, REPRESENTATION_FIELDS, answer_text, build_prompt, template_fields
+from ..prompts import answer_text, build_prompt, template_fields
 
 
 @dataclass
 class ArmSettings:
-    """How the galaxies of a prepared directory reach the model (the recipes' and the evaluation's shared fields).
+    """How a galaxy reaches the model (its arm): the prepared data, the modality and its settings, the prompt. The
+    recipes' `GalaxyScriptArguments` and the evaluation's `EvalConfig` inherit these fields, and an arm, its zoom
+    tool and its model checks take any of them as they are. Each field's `help` is what `--help` prints."""
 
-    Args:
-        data_dir: A prepared split directory (`astroreason data prepare`).
-        modality: `image` (pixels) or `tokens` (codec ids written into the prompt as text).
-        codec: The codec directory, for `tokens`.
-        rendering: How codec ids are written as text (`astroreason.tokens.render`), for `tokens`.
-        image_size: Side in pixels images are resized to, for `image`.
-        token_crop: For `tokens`: the prompt also carries the codes of the field's centre box of this side (a
-            fraction of the field), encoded again at the codec's resolution: a zoom fixed in advance, the token zoom
-            arm's no-zoom control at its code budget (the whole field and one crop). None: the field only.
-        prompt_template: The prompt (`str.format` string); default: the modality's template (`astroreason.prompts`).
-        allow_prompt_fields: Lint override: the dataset columns a prompt may carry (deliberate experiments only).
-        override_reason: Why the override is used (required with `allow_prompt_fields`).
-    """
-
-    data_dir: str
-    modality: str = "image"
-    codec: str | None = None
-    rendering: str = "ints"
-    image_size: int = 112
-    token_crop: float | None = None
-    prompt_template: str | None = None
-    allow_prompt_fields: list[str] | None = None
-    override_reason: str | None = None
+    data_dir: str = field(
+        default="runs/demo/prepared",
+        metadata={"help": "Prepared split directory (`astroreason data prepare`), read by both arms."},
+    )
+    modality: str = field(
+        default="image",
+        metadata={"help": "`image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text."},
+    )
+    codec: str | None = field(
+        default=None,
+        metadata={"help": "Codec directory (`astroreason tokens train`, or an AION-1 codec); required for tokens."},
+    )
+    rendering: str = field(
+        default="ints", metadata={"help": "How codec ids are written as text: ints, rows or special (token arm)."}
+    )
+    image_size: int = field(
+        default=112,
+        metadata={
+            "help": "Side in pixels images are resized to before the processor; a multiple of the model "
+            "family's grid, checked once the model is known: one visual token per 28x28 px on Qwen2.5-VL "
+            "(112 px = 16 tokens), per 32x32 px on Qwen3-VL (128 px = 16); any side on Gemma 3, whose "
+            "processor resizes every image to its tower's (a fixed number of tokens). See docs/models.md."
+        },
+    )
+    token_crop: float | None = field(
+        default=None,
+        metadata={
+            "help": "Tokens arm: the prompt also carries the codes of the field's centre box of this side (a "
+            "fraction, e.g. 0.25), encoded again at the codec's resolution: a zoom fixed in advance, the no-zoom "
+            "control of a token zoom arm at its code budget. Default: the whole field only."
+        },
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "The prompt (a str.format string; default: the modality's template). A dataset column in "
+            "it is refused by the prompt lint unless allow_prompt_fields allows it."
+        },
+    )
+    allow_prompt_fields: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Lint override, for deliberate experiments only: the columns a prompt may carry (e.g. "
+            "row_index). Needs override_reason; recorded in prompt_lint.json and the results ledger."
+        },
+    )
+    override_reason: str | None = field(
+        default=None, metadata={"help": "Why the lint override is used (required with allow_prompt_fields)."}
+    )
 
     def __post_init__(self):
-        if self.modality not in MODALITIES:
-            raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {self.modality!r}")
-        if self.modality == "tokens" and not self.codec:
-            raise UserError(
-                "codec: modality=tokens needs --codec DIR (a trained codec, see `astroreason tokens train`)"
-            )
+        self.check_arm()
+
+    def check_arm(self) -> None:
+        """Refuse settings no arm can have: an unknown modality, a size that is no size, then the modality's own
+        checks (`Arm.check_settings`). The one place they run; a subclass's `__post_init__` calls it."""
+        from . import ARMS  # the registry is built from the arm classes, which import this module
+
+        if self.modality not in ARMS:
+            raise UserError(f"modality: expected one of {', '.join(ARMS)}, got {self.modality!r}")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size <= 0:
-            # The multiple the model's grid needs is checked once the model is known (`models.check_image_size`).
+            # The multiple the model's grid needs is checked once the model is known (`Arm.check_model`).
             raise UserError(f"image_size: must be a positive number of pixels, got {self.image_size!r}")
-        if self.token_crop is not None:
-            if self.modality != "tokens":
-                raise UserError("token_crop: only the tokens arm has a codec to encode a crop (modality image)")
-            if isinstance(self.token_crop, bool) or not 0 < self.token_crop < 1:
-                raise UserError(f"token_crop: a fraction of the field in (0, 1), got {self.token_crop!r}")
+        self.arm_class().check_settings(self)
+
+    def arm_class(self) -> type[Arm]:
+        """The arm of `modality` (`arms.ARMS`)."""
+        from . import ARMS
+
+        return ARMS[self.modality]
 
     def lint_override(self) -> LintOverride | None:
         """The explicit prompt-lint override these settings ask for, or None; a reason without columns is refused."""
@@ -98,6 +133,14 @@ class Arm(ABC):
 
     modality: ClassVar[str]
     columns: ClassVar[tuple[str, ...]]  # the view's columns a row keeps beside its prompt (TRL inserts images itself)
+    default_template: ClassVar[str]  # the prompt when `prompt_template` is unset (`astroreason.prompts`)
+    representation_fields: ClassVar[tuple[str, ...]]  # the template's field for the galaxy as text (none: beside it)
+    zoom_instruction: ClassVar[str]  # the zoom episodes' system turn (`prompts.zoom_prompt`)
+    blank_input: ClassVar[str]  # what the blank-input control shows instead of the galaxy, in the audit's words
+    carries_image: ClassVar[bool] = False  # rows carry the galaxy as an `image` (backends and collators get it)
+    uses_codec: ClassVar[bool] = False  # the arm reads `codec`
+    zoom_needs_family: ClassVar[bool] = False  # the tool's default smallest box is one of the family's patches
+    marker: ClassVar[str]  # its runs' matplotlib marker in the report's figures
 
     def __init__(
         self,
@@ -114,15 +157,57 @@ class Arm(ABC):
         self.n = len(self.view) if max_samples is None else min(max_samples, len(self.view))
         self.template = settings.prompt_template
         self.meta = None
-        if self.template is not None and set(template_fields(self.template)) - set(
-            REPRESENTATION_FIELDS[self.modality]
-        ):
+        if self.template is not None and set(template_fields(self.template)) - set(self.representation_fields):
             if lint_template:
                 with override_hint():
-                    check_template(self.modality, self.template, override=settings.lint_override())
+                    check_template(self, self.template, override=settings.lint_override())
             self.meta = split_metadata(settings.data_dir, split, positions=self.positions, manifest=self.manifest)
 
     # --- what each modality defines ---
+
+    @classmethod
+    @abstractmethod
+    def check_settings(cls, settings: ArmSettings) -> None:
+        """Refuse (one line) settings this modality cannot use; run by `ArmSettings.check_arm`."""
+
+    @classmethod
+    @abstractmethod
+    def check_model(cls, settings: ArmSettings, model: str | None) -> None:
+        """Refuse (one line) a model (a local directory or a Hub name, read from its config only) that this arm's
+        galaxies do not fit, before anything is loaded: the image size against the family's grid, the codec
+        against the rendering."""
+
+    @classmethod
+    def check_checkpoint(cls, settings: ArmSettings, model: str) -> None:
+        """`check_model` for a checkpoint that is asked as it is (evaluation): nothing will be added to it."""
+        cls.check_model(settings, model)
+
+    @classmethod
+    def needs_code_tokens(cls, settings: ArmSettings) -> bool:
+        """Whether the model needs one added token per code id (the special rendering's surgery)."""
+        return False
+
+    @classmethod
+    def visual_tokens(cls, family, processor, settings: ArmSettings) -> int | None:
+        """Visual tokens of one of this arm's images on the family's processor; None for an arm without images."""
+        return None
+
+    @classmethod
+    def answer_settings(cls, settings: ArmSettings) -> dict:
+        """What of these settings decides an answer besides the prompt text (part of every evaluation sample's
+        key, `evaluation.harness.answer_settings`)."""
+        return {}
+
+    @classmethod
+    @abstractmethod
+    def zoom_tool(cls, settings: ArmSettings, **kwargs):
+        """The arm's zoom tool (keyword arguments as `ZoomTool`'s)."""
+
+    @classmethod
+    def control_zoom_tool(cls, settings: ArmSettings, **kwargs):
+        """The zoom tool of the blank-input control, whose crops must not bring the asked galaxy back; by default
+        the arm's own (it crops the galaxy that `without_galaxy` shows)."""
+        return cls.zoom_tool(settings, **kwargs)
 
     @abstractmethod
     def load_view(self):
@@ -144,6 +229,10 @@ class Arm(ABC):
     def without_galaxy(self, seed: int = 0) -> list[dict]:
         """`rows()` with the galaxy taken out: the blank-input control."""
 
+    def control_positions(self, seed: int = 0) -> list[int]:
+        """The split position of the galaxy each row of `without_galaxy(seed)` shows (its zoom tool crops that one)."""
+        return [int(p) for p in self.positions]
+
     # --- shared ---
 
     @cached_property
@@ -159,9 +248,9 @@ class Arm(ABC):
         """The conversational prompt of used row `index` (one user turn); `representation` replaces the galaxy's."""
         text = self.representation(example) if representation is None else representation
         if self.meta is not None:
-            content = render_text(self.template, self.modality, {k: v[index] for k, v in self.meta.items()}, text or "")
+            content = render_text(self.template, self, {k: v[index] for k, v in self.meta.items()}, text or "")
             return [{"role": "user", "content": content}]
-        return build_prompt(self.modality, tokens_text=text, template=self.template)
+        return build_prompt(self, text, self.template)
 
     def conversation(self, example, index: int, *, with_completion: bool) -> dict:
         """Row `index` as TRL's conversational columns: `prompt`, the galaxy and, for SFT, `completion`."""
@@ -205,7 +294,7 @@ class Arm(ABC):
                 {"prompt": prompts},
                 data_dir=self.settings.data_dir,
                 split=self.split,
-                modality=self.modality,
+                arm=self,
                 template=self.template,
                 override=self.settings.lint_override(),
                 record_dir=record_dir,

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..arms import ARMS
 from ..errors import CheckFailed, UserError
 
 
@@ -29,7 +30,7 @@ def add_parser(subparsers) -> None:
         help="file holding the prompt template to probe (default: the run's "
         "recorded template, else the standard templates)",
     )
-    audit.add_argument("--modality", choices=("image", "tokens"), default="image", help="modality of --template")
+    audit.add_argument("--modality", choices=tuple(ARMS), default="image", help="modality of --template")
     audit.add_argument("--ceiling", type=float, default=None, help="accuracy above this is suspect (default 0.95)")
     audit.add_argument(
         "--no-controls",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..arms import ArmSettings, build_arm
+from ..arms import ARMS, ArmSettings, build_arm
 from ..data.inspect import duplicate_groups, ordering
 from ..data.sources import open_source
 from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
@@ -44,10 +44,10 @@ from ..integrity.gate import DEFAULT_CEILING, gate_result
 from ..integrity.lint import _numbers, read_lint_record, render_text
 from ..io import read_json_file, sha256_bytes
 from ..models import family_for
-from ..prompts import TEMPLATES, zoom_prompt
+from ..prompts import zoom_prompt
 from ..rewards import parse_answer
 from ..stats import paired_comparison
-from ..zoom import DEFAULT_MAX_ASPECT, ImageZoom, zoom_tool
+from ..zoom import DEFAULT_MAX_ASPECT
 from ..zoom.chat import suppressing_placeholders
 from .permutation import check_base, control_start, control_steps, train_on_permuted_labels
 from .random_reward import (
@@ -344,8 +344,8 @@ def probe_metadata(data: SplitData, templates: dict[str, str]) -> ProbeResult:
     details: dict = {"carried": {}, "columns_alone": {}}
     failures = []
     for modality, template in templates.items():
-        texts_fit = [render_text(template, modality, r) for r in fit_meta]
-        texts_eval = [render_text(template, modality, r) for r in eval_meta]
+        texts_fit = [render_text(template, ARMS[modality], r) for r in fit_meta]
+        texts_eval = [render_text(template, ARMS[modality], r) for r in eval_meta]
         features = text_features(texts_fit + texts_eval)
         score = _fit_score(features[: len(fit_rows)], y_fit, features[len(fit_rows) :], y_eval)
         details["carried"][modality] = score
@@ -439,23 +439,11 @@ def _score_backend(backend, prompts, images, labels) -> dict:
     return _score([g.text for g in backend.generate(prompts, images)], labels)
 
 
-class BlankImageZoom(ImageZoom):
-    """The image arm's zoom over a black source of the galaxy's size: the blank-input control of a zoom run, whose
-    crops must not bring the galaxy back."""
-
-    def source(self, split: str, position: int):
-        from PIL import Image  # lazy: as the tool's own
-
-        return Image.new("RGB", super().source(split, position).size)
-
-
 def control_zoom_tool(spec: RunSpec, arm, family):
-    """The zoom tool of a zoom run's blank-input control, with the run's box limits: `BlankImageZoom` (image arm)
-    or the arm's own tool, which crops the other galaxy the control's prompt shows (token arm)."""
+    """The zoom tool of a zoom run's blank-input control, with the run's box limits (`Arm.control_zoom_tool`): the
+    image arm's crops black (`arms.BlankImageZoom`), the token arm's the other galaxy the control's prompt shows."""
     limits = {"min_side": spec.zoom_min_side, "max_aspect": spec.zoom_max_aspect, "manifest": arm.manifest}
-    if spec.modality == "image":
-        return BlankImageZoom(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
-    return zoom_tool(arm.settings, **limits)
+    return arm.control_zoom_tool(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
 
 
 def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) -> dict:
@@ -475,16 +463,13 @@ def _episode_texts(spec: RunSpec, backend, *, max_samples: int, galaxy: str, see
     if galaxy == "real":
         rows, positions = arm.rows(), [int(p) for p in arm.positions]
         limits = {"min_side": spec.zoom_min_side, "max_aspect": spec.zoom_max_aspect, "manifest": arm.manifest}
-        tool = zoom_tool(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
+        tool = arm.zoom_tool(arm.settings, pixel_multiple=family.pixel_multiple, **limits)
     else:
         rows, tool = arm.without_galaxy(seed), control_zoom_tool(spec, arm, family)
-        if spec.modality == "image":
-            positions = [int(p) for p in arm.positions]
-        else:
-            positions = [int(arm.positions[j]) for j in arm.control_order(seed)]
+        positions = arm.control_positions(seed)
     backend.generation_kwargs = suppressing_placeholders(backend.generation_kwargs, backend.model.config)
     runner = ZoomEpisodes(LocalTurns(backend, family), tool, spec.split, max_turns=spec.zoom_max_turns)
-    prompts = [zoom_prompt(r["prompt"], spec.modality) for r in rows]
+    prompts = [zoom_prompt(r["prompt"], arm) for r in rows]
     texts, zoomed = {}, 0
     for ended in runner.stream(prompts, [r.get("image") for r in rows], positions):
         for k, episode in ended:
@@ -509,7 +494,7 @@ def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> 
     else:
         prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
         score = _score_backend(backend, prompts, images, labels)
-    what = "a blank image" if spec.modality == "image" else "another galaxy's codes"
+    what = ARMS[spec.modality].blank_input
     if spec.zoom:
         what += f" in zoom episodes whose zooms see it too ({score['zoom_rate']:.0%} zoomed)"
     line = (
@@ -551,7 +536,8 @@ def probe_label_permutation(
     model, processor = train_on_permuted_labels(start, steps=n_steps, seed=seed)
     backend = TransformersBackend(model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
     test_prompts, test_images, test_labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
-    score = _score_backend(backend, test_prompts, test_images if spec.modality == "image" else None, test_labels)
+    images = test_images if ARMS[spec.modality].carries_image else None
+    score = _score_backend(backend, test_prompts, images, test_labels)
     details.update(score)
     of = f" of the recipe's {recipe_steps}" if recipe_steps and recipe_steps != n_steps else ""
     adapter = ", a fresh LoRA adapter" if details["lora"] else ""
@@ -573,7 +559,7 @@ def _answers(spec: RunSpec, backend, *, max_samples: int) -> tuple[list, np.ndar
         texts, labels, _ = _episode_texts(spec, backend, max_samples=max_samples, galaxy="real")
     else:
         prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
-        texts = [g.text for g in backend.generate(prompts, images if spec.modality == "image" else None)]
+        texts = [g.text for g in backend.generate(prompts, images if ARMS[spec.modality].carries_image else None)]
     return [parse_answer(t) for t in texts], labels
 
 
@@ -802,7 +788,7 @@ def audit(
         report.probes.append(probe_row_order(data))
         report.probes.append(probe_duplicates(data))
         if templates is None:
-            templates = dict(TEMPLATES)
+            templates = {name: arm.default_template for name, arm in ARMS.items()}
             lint = read_lint_record(path) if path.is_dir() else None
             if lint and lint.get("template"):
                 templates = {lint["modality"]: lint["template"]}

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..arms import ArmSettings
 from ..budget import Caps
 from ..errors import UserError
 from ..integrity.gate import DEFAULT_CEILING
-from ..options import ArmArguments, BudgetArguments, ZoomArguments, help_from_docstring
+from ..options import BudgetArguments, ZoomArguments, help_from_docstring
 
 BACKENDS = ("transformers", "vllm", "openai")
 
@@ -41,7 +42,7 @@ class SamplingSettings:
 
 @help_from_docstring
 @dataclass
-class EvalConfig(ZoomArguments, BudgetArguments, ArmArguments):
+class EvalConfig(ZoomArguments, BudgetArguments, ArmSettings):
     """One evaluation run (with the arm, budget and zoom options it shares with training, `astroreason.options`;
     with `zoom: true` each galaxy is a zoom episode, `evaluation.episodes`, and `zoom_cost`, `zoom_bonus` and
     `zoom_skip_unanswered`, which only shape training's reward, do nothing).
@@ -124,8 +125,7 @@ class EvalConfig(ZoomArguments, BudgetArguments, ArmArguments):
         self.ledger = self.spend_ledger()  # an evaluation always charges the ledger
         if self.backend not in BACKENDS:
             raise UserError(f"backend: expected one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.modality not in ("image", "tokens"):
-            raise UserError(f"modality: expected image or tokens, got {self.modality!r}")
+        self.check_arm()
         if self.backend == "openai" and not self.base_url:
             raise UserError("base_url: backend openai needs --base_url http://HOST:PORT/v1")
         numbers = {
@@ -178,7 +178,7 @@ class EvalConfig(ZoomArguments, BudgetArguments, ArmArguments):
                     "zoom: zoom episodes run on the transformers and openai backends, not vllm (docs/zoom.md, "
                     "Zoom in evaluation); serve the model with `vllm serve` and use --backend openai"
                 )
-        self.arm_settings().lint_override()  # a lint override without a reason is refused before anything runs
+        self.lint_override()  # a lint override without a reason is refused before anything runs
 
     def project_dir(self) -> Path:
         """Where the results ledger lives: `results_dir`, else beside the spend ledger."""

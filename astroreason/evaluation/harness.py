@@ -26,13 +26,10 @@ from ..errors import CheckFailed, UserError
 from ..integrity.gate import read_suspect
 from ..integrity.ledger import LEDGER_FILE, record_result, recorded_row, write_log
 from ..io import read_json_file, sha256_bytes, sha256_json, write_json_atomic, write_text_atomic
-from ..models import answer_files_hash, check_code_tokens, check_image_size, checkpoint_family, weights_hash
-from ..prompts import TEMPLATES, zoom_prompt
+from ..models import answer_files_hash, checkpoint_family, weights_hash
+from ..prompts import zoom_prompt
 from ..provenance import GitState, provenance
 from ..rewards import parse_answer
-from ..tokens import load_codec
-from ..tokens.render import check_fits
-from ..zoom import zoom_tool
 from ..zoom.chat import suppressing_placeholders
 from ..zoom.lint import lint_tool_turns
 from .backends import BackendError, OpenAIBackend, TransformersBackend, VLLMBackend
@@ -86,7 +83,7 @@ def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
       tool-calling templates. A run without zoom keys its samples exactly as before.
     """
 
-    served = config.backend == "openai"
+    served, arm = config.backend == "openai", config.arm_class()
     parts = {
         "version": CACHE_KEY_VERSION,
         "backend": config.backend,
@@ -94,15 +91,10 @@ def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
         "model_files": answer_files_hash(config.model) if Path(config.model).is_dir() else None,
         "trust_remote_code": None if served else config.trust_remote_code,
         "modality": config.modality,
-        "prompt_template": sha256_bytes(config.prompt_template or TEMPLATES[config.modality]),
+        "prompt_template": sha256_bytes(config.prompt_template or arm.default_template),
         "decoding": config.sampling().deciding(),
+        **arm.answer_settings(config),
     }
-    if config.modality == "image":
-        parts["image_size"] = config.image_size
-    else:
-        parts.update(rendering=config.rendering, codec=load_codec(config.codec).codec_hash)
-        if config.token_crop is not None:  # keyed only when set: a run without it keys its samples as before
-            parts["token_crop"] = config.token_crop
     if zoom is not None:
         parts["zoom"] = zoom
     return parts
@@ -126,13 +118,13 @@ def evaluation_zoom_tool(config: EvalConfig, arm: Arm):
     the checkpoint's family (whose merged patch is the image arm's default smallest box; None for a served model
     without a local directory)."""
     family = checkpoint_family(config.model) if Path(config.model).is_dir() else None
-    if family is None and config.modality == "image" and config.zoom_min_side is None:
+    if family is None and arm.zoom_needs_family and config.zoom_min_side is None:
         raise UserError(
             f"zoom_min_side: {config.model} is no local checkpoint of a model family astroreason knows, so the "
             "image arm's smallest box (one merged patch) is unknown; set --zoom_min_side"
         )
-    tool = zoom_tool(
-        arm.settings,
+    tool = arm.zoom_tool(
+        config,
         min_side=config.zoom_min_side,
         max_aspect=config.zoom_max_aspect,
         pixel_multiple=family.pixel_multiple if family is not None else None,
@@ -194,17 +186,6 @@ def append_records(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def check_token_arm(config: EvalConfig) -> None:
-    """Refuse (one line) a codec the rendering cannot carry and, for `special`, a local checkpoint whose own
-    tokenizer (an adapter's when it saved one) lacks a code token: codes would be split into BPE pieces. A served
-    model without a local directory is the server's to tokenize."""
-    codec = load_codec(config.codec)
-    if Path(config.model).is_dir():
-        check_code_tokens(config.model, config.rendering, codec.vocab_size)
-    else:
-        check_fits(config.rendering, codec.vocab_size)
-
-
 def evaluation_arm(config: EvalConfig) -> Arm:
     """The evaluated split's arm, built once (its manifest loaded once): its rows are decoded once, the keys hash
     these exact rows and the backend is sent these exact rows."""
@@ -214,7 +195,7 @@ def evaluation_arm(config: EvalConfig) -> Arm:
     if config.split in manifest.rows and len(manifest.rows[config.split]) == 0:
         # Checked here: `datasets` cannot even load an empty split from disk (IndexError in concat_tables).
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
-    arm = build_arm(config.arm_settings(), config.split, max_samples=config.max_samples, manifest=manifest)
+    arm = build_arm(config, config.split, max_samples=config.max_samples, manifest=manifest)
     if arm.n == 0:
         raise UserError(f"split: {config.split!r} of {config.data_dir} has no rows to evaluate")
     return arm
@@ -349,10 +330,9 @@ class Evaluation:
         self.out = Path(config.output_dir)
         self.cache_path = self.out / CACHE_NAME
         self.weights = model_fingerprint(config)
-        if config.modality == "image":  # the model's family fits this side (read from a local config only)
-            check_image_size(config.model, config.image_size)
-        else:  # before any row is built or model loaded: codes never silently split into several tokens
-            check_token_arm(config)
+        # Before any row is built or model loaded: the family fits the image size, codes are never silently split
+        # into several tokens (read from a local config or tokenizer only).
+        config.arm_class().check_checkpoint(config, config.model)
         self.arm = evaluation_arm(config)
         self.rows = self.arm.rows()
         self.labels = [int(r["label"]) for r in self.rows]
@@ -364,7 +344,7 @@ class Evaluation:
         zoom = None
         self.tool = self.family = None
         if config.zoom:  # the zoom system turn before each prompt, as in training (`zoom.with_zoom_columns`)
-            self.rows = [{**r, "prompt": zoom_prompt(r["prompt"], config.modality)} for r in self.rows]
+            self.rows = [{**r, "prompt": zoom_prompt(r["prompt"], self.arm)} for r in self.rows]
             self.tool, self.family = evaluation_zoom_tool(config, self.arm)
             zoom = zoom_settings(config, self.tool, self.family)
         self.lint = self.arm.lint([r["prompt"] for r in self.rows], record_dir=record_dir)

@@ -10,6 +10,7 @@ import textwrap
 from itertools import combinations
 from pathlib import Path
 
+from ..arms import ARMS
 from ..data.galaxy10 import DECALS_CLASSES
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
@@ -266,7 +267,7 @@ def draw_figures(runs: list[dict]):
 
     # Accuracy against every token an answer cost (prompt + completion, all turns of a zoom episode), by arm.
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    markers, colours, seen = {"image": "o", "tokens": "s"}, {False: "C0", True: "C3"}, {}
+    colours, seen = {False: "C0", True: "C3"}, {}
     # Names above and below by turns along the cost axis, so runs of about the same cost stay legible.
     rank = {id(r): k for k, r in enumerate(sorted(runs, key=lambda r: tokens_per_galaxy(r["result"])))}
     for run in runs:
@@ -277,7 +278,7 @@ def draw_figures(runs: list[dict]):
             [x],
             [m["accuracy"]],
             yerr=[[m["accuracy"] - lo], [hi - m["accuracy"]]],
-            fmt=markers.get(modality, "^"),
+            fmt=ARMS[modality].marker if modality in ARMS else "^",
             color=colours[zoom],
             capsize=4,
         )

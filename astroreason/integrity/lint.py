@@ -4,7 +4,8 @@ Galaxy10 DECaLS is sorted by class, so a row index in a prompt is the label (doc
 a redshift or any other dataset column can leak it as well. The lint runs before any training or evaluation and
 checks two things:
 
-1. the template's fields: only the modality's representation (`{tokens}` for the token arm, none for the image arm);
+1. the template's fields: only the arm's representation (`{tokens}` for the token arm, none for the image arm); the
+   functions take the arm (or its class), which knows its representation and default template;
 2. the rendered prompt texts of a split against that split's metadata: for each column (row index, position in the
    split, ra, dec, redshift, pixel scale, label, label name) the share of prompts that contain *their own row's*
    value is compared with the share that contain *another row's* value. A column that appears in its own prompt far
@@ -29,7 +30,6 @@ from ..data.sources import open_source
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..io import read_json_record, sha256_bytes, write_json_atomic
-from ..prompts import MODALITIES, REPRESENTATION_FIELDS, TEMPLATES
 from ..prompts import template_fields as fields
 
 LINT_RECORD = "prompt_lint.json"
@@ -127,12 +127,11 @@ def template_fields(template: str) -> tuple[str, ...]:
     return fields(template)
 
 
-def lint_template(modality: str, template: str) -> list[Finding]:
-    """Findings for every field of `template` that is not the modality's representation."""
+def lint_template(arm, template: str) -> list[Finding]:
+    """Findings for every field of `template` that is not the arm's representation (`Arm.representation_fields`;
+    `arm` is the arm or its class)."""
 
-    if modality not in MODALITIES:
-        raise UserError(f"modality: expected one of {', '.join(MODALITIES)}, got {modality!r}")
-    allowed = REPRESENTATION_FIELDS[modality]
+    allowed = arm.representation_fields
     out = []
     for name in template_fields(template):
         if name in allowed:
@@ -141,16 +140,18 @@ def lint_template(modality: str, template: str) -> list[Finding]:
         out.append(Finding("template_field", name or "{}", f"template field {{{name}}} is {what}"))
     missing = [f for f in allowed if f not in template_fields(template)]
     if missing:
-        raise UserError(f"template: the {modality} template must carry {{{missing[0]}}} (the galaxy's representation)")
+        raise UserError(
+            f"template: the {arm.modality} template must carry {{{missing[0]}}} (the galaxy's representation)"
+        )
     return out
 
 
-def render_text(template: str, modality: str, meta_row: dict, representation: str = "") -> str:
+def render_text(template: str, arm, meta_row: dict, representation: str = "") -> str:
     """A template rendered with the galaxy's representation and any metadata fields it names (for deliberate
     experiments and for the audit's metadata probe, which renders it with the representation left empty)."""
 
     values = {name: _format_value(v) for name, v in meta_row.items()}
-    for name in REPRESENTATION_FIELDS[modality]:
+    for name in arm.representation_fields:
         values[name] = representation
     missing = [f for f in template_fields(template) if f not in values]
     if missing:
@@ -304,19 +305,20 @@ def split_metadata(
 
 
 def lint_prompts(
-    modality: str,
+    arm,
     prompts,
     meta: dict[str, np.ndarray] | None = None,
     *,
     template: str | None = None,
     override: LintOverride | None = None,
 ) -> LintReport:
-    """Lint a template and/or rendered prompts; raise `CheckFailed` on any finding the override does not allow."""
+    """Lint a template and/or rendered prompts of `arm` (the arm or its class); raise `CheckFailed` on any finding the
+    override does not allow."""
     texts = [prompt_text(p) for p in prompts]
-    findings = lint_template(modality, template) if template is not None else []
+    findings = lint_template(arm, template) if template is not None else []
     if meta is not None:
         findings += carried_columns(texts, meta)
-    report = LintReport(modality, template, len(texts), override=override)
+    report = LintReport(arm.modality, template, len(texts), override=override)
     for f in findings:
         (report.overridden if override is not None and override.allows(f.name) else report.findings).append(f)
     if report.findings:
@@ -329,9 +331,10 @@ def lint_prompts(
     return report
 
 
-def check_template(modality: str, template: str, *, override: LintOverride | None = None) -> LintReport:
-    """Lint a template alone (before any data is rendered); `CheckFailed` on a field the override does not allow."""
-    return lint_prompts(modality, [], None, template=template, override=override)
+def check_template(arm, template: str, *, override: LintOverride | None = None) -> LintReport:
+    """Lint a template of `arm` alone (before any data is rendered); `CheckFailed` on a field the override does not
+    allow."""
+    return lint_prompts(arm, [], None, template=template, override=override)
 
 
 def check_dataset(
@@ -339,26 +342,26 @@ def check_dataset(
     *,
     data_dir,
     split: str,
-    modality: str,
+    arm,
     template: str | None = None,
     override: LintOverride | None = None,
     record_dir=None,
     positions=None,
     manifest=None,
 ) -> LintReport:
-    """The lint of one training or evaluation dataset before it is used: its template and its prompts against the
-    split's metadata. Rows are the split's first rows in the manifest's order (as `astroreason.arms` makes them)
-    unless `positions` gives each row's position in the split. Writes `prompt_lint.json` into `record_dir`
-    when given (the run's record; the ledger reads an override from it)."""
+    """The lint of one training or evaluation dataset of `arm` (the arm or its class) before it is used: its template
+    (default: the arm's) and its prompts against the split's metadata. Rows are the split's first rows in the
+    manifest's order (as `astroreason.arms` makes them) unless `positions` gives each row's position in the split.
+    Writes `prompt_lint.json` into `record_dir` when given (the run's record; the ledger reads an override from it)."""
 
-    template = TEMPLATES[modality] if template is None else template
+    template = arm.default_template if template is None else template
     prompts = dataset["prompt"]
     meta = split_metadata(data_dir, split, n=len(prompts), positions=positions, manifest=manifest)
     if len(meta["row_index"]) != len(prompts):
         raise UserError(
             f"dataset: {len(prompts)} prompts, but split {split!r} of {data_dir} has {len(meta['row_index'])} rows"
         )
-    report = lint_prompts(modality, prompts, meta, template=template, override=override)
+    report = lint_prompts(arm, prompts, meta, template=template, override=override)
     if record_dir is not None:
         write_lint_record(record_dir, report, data_dir=data_dir, split=split)
     return report

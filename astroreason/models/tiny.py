@@ -15,7 +15,7 @@ from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 
 # prompts sits above models in the layers; see docs/models.md
-from ..prompts import TEMPLATES, ZOOM_INSTRUCTIONS, answer_text
+from ..prompts import IMAGE_TEMPLATE, IMAGE_ZOOM_INSTRUCTION, TOKENS_TEMPLATE, TOKENS_ZOOM_INSTRUCTION, answer_text
 from .family import families
 
 SIZES = ("tiny", "small")
@@ -102,11 +102,11 @@ def tokenizer_corpus() -> list[str]:
     episode's system turn, tool schema and call."""
 
     numbers = " ".join(str(i) for i in range(0, 5000, 7))  # digits in every position, as codec ids appear
-    lines = [t.replace("{tokens}", numbers) for t in TEMPLATES.values()]
+    lines = [t.replace("{tokens}", numbers) for t in (IMAGE_TEMPLATE, TOKENS_TEMPLATE)]
     lines += list(DECALS_CLASSES) + [answer_text(i) for i in range(len(DECALS_CLASSES))]
     lines += [f"<think>{r}</think> {answer_text(i % 10)}" for i, r in enumerate(_REASONING)]
     lines += ["0 1 2 3 4 5 6 7 8 9", numbers, "You are a helpful assistant."]
-    lines += [*ZOOM_INSTRUCTIONS.values(), *_TOOL_TEXT]
+    lines += [IMAGE_ZOOM_INSTRUCTION, TOKENS_ZOOM_INSTRUCTION, *_TOOL_TEXT]
     return lines
 
 

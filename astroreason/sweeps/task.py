@@ -23,9 +23,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from ..arms import ArmSettings
 from ..errors import CheckFailed, UserError, exit_status
 from ..io import read_json_file, write_json_atomic
-from ..options import ArmArguments
 from .config import METERED, parse_time, refuse_second_meter
 from .plan import load_manifest, parse_task_config
 from .spend import open_ledger, remaining, task_budget
@@ -174,7 +174,7 @@ def _evaluate(task, sweep, stop: _Stop):
         model=str(task.train_dir),
         # The arm options are one dataclass shared by the recipe and the evaluation: the task evaluates its model on
         # the arm it trained on, whatever options the arm gains.
-        **{f.name: getattr(script_args, f.name) for f in fields(ArmArguments)},
+        **{f.name: getattr(script_args, f.name) for f in fields(ArmSettings)},
         split=e.split,
         output_dir=task.dir,
         max_samples=e.max_samples,

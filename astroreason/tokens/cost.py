@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..prompts import TEMPLATES
+from ..prompts import TOKENS_TEMPLATE
 from .render import RENDERINGS, add_code_token_strings, check_fits, check_rendering, missing_code_tokens, render
 
 
@@ -73,7 +73,7 @@ def prompt_tokens(messages: list[dict], processor) -> int:
 def token_prompt(tokens_text: str, template: str | None = None) -> list[dict]:
     """The token arm's prompt of one galaxy (the default template unless given); an empty `tokens_text` gives the
     template alone."""
-    template = TEMPLATES["tokens"] if template is None else template
+    template = TOKENS_TEMPLATE if template is None else template
     return [{"role": "user", "content": template.format(tokens=tokens_text)}]
 
 

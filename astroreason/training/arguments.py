@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Literal
 
 from ..arguments import parse_config_args
+from ..arms import ArmSettings
 from ..errors import UserError
 from ..io import check_writable
 from ..models import (
     check_init,
 )
 from ..optim import FREEZE_OPTIONS
-from ..options import ArmArguments, BudgetArguments, ZoomArguments
+from ..options import BudgetArguments, ZoomArguments
 from ..rewards import get_reward_funcs
 from .memory import check_gpu_memory, check_processes, check_strategy
 
@@ -81,10 +82,7 @@ class PartArguments:
                 raise UserError(f"{name}: expected a positive learning rate, got {value!r} (to freeze: {frozen[part]})")
             if getattr(self, frozen[part]):
                 raise UserError(f"{name}: {frozen[part]} freezes that part, so it has no learning rate")
-        if self.freeze_code_rows and (getattr(self, "modality", None), getattr(self, "rendering", None)) != (
-            "tokens",
-            "special",
-        ):
+        if self.freeze_code_rows and not (isinstance(self, ArmSettings) and self.arm_class().needs_code_tokens(self)):
             raise UserError(
                 "freeze_code_rows: only the tokens arm with rendering special has code-token rows (here modality "
                 f"{getattr(self, 'modality', None)}, rendering {getattr(self, 'rendering', None)})"
@@ -132,7 +130,7 @@ class MemoryPlanArguments:
 
 
 @dataclass
-class GalaxyScriptArguments(PartArguments, MemoryPlanArguments, ZoomArguments, BudgetArguments, ArmArguments):
+class GalaxyScriptArguments(PartArguments, MemoryPlanArguments, ZoomArguments, BudgetArguments, ArmSettings):
     """How the galaxies reach the model; parsed beside TRL's training config and `ModelConfig`. The arm and budget
     options are the evaluation's too (`astroreason.options`); the zoom options (`ZoomArguments`) are GRPO's, and
     SFT's warm start on zoom trajectories; the part options (`PartArguments`: freezing, a learning rate per part)
@@ -206,7 +204,7 @@ class GalaxyScriptArguments(PartArguments, MemoryPlanArguments, ZoomArguments, B
     )
 
     def __post_init__(self):
-        self.arm_settings()  # the arm's own checks: modality, codec, image size
+        self.check_arm()  # the arm's own checks: modality, codec, image size
         self.check_zoom()
         self.check_parts()
         self.check_memory_plan()
@@ -224,10 +222,6 @@ class GalaxyScriptArguments(PartArguments, MemoryPlanArguments, ZoomArguments, B
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                 raise UserError(f"{name}: expected a non-negative number, got {value!r}")
         self.lint_override()  # an override without a reason (or a reason without an override) is refused up front
-
-    def lint_override(self):
-        """The explicit prompt-lint override these arguments ask for, or None."""
-        return self.arm_settings().lint_override()
 
 
 def parse_recipe_args(config_class, argv: list[str] | None = None, *, check_device: bool = True) -> tuple:

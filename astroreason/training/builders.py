@@ -15,7 +15,6 @@ from ..errors import UserError
 from ..integrity.lint import write_lint_record
 from ..models import (
     add_code_tokens,
-    check_image_size,
     codec_vectors,
     family_for,
     load_model_and_processor,
@@ -44,14 +43,14 @@ def galaxy_dataset(
 ):
     """The conversational dataset of one split for one arm (`Arm.dataset`): `prompt`, `label`, `completion` (SFT
     targets, when asked) and the image arm's `image`; `permute_labels_seed` is the label-permutation control's."""
-    return build_arm(args.arm_settings(), split, max_samples=max_samples).dataset(
+    return build_arm(args, split, max_samples=max_samples).dataset(
         with_completion=with_completion, permute_labels_seed=permute_labels_seed
     )
 
 
 def galaxy_rows(args: GalaxyScriptArguments, split: str, *, max_samples: int | None = None) -> list[dict]:
     """`galaxy_dataset`'s rows (prompt, label, image), built in memory (`Arm.rows`)."""
-    return build_arm(args.arm_settings(), split, max_samples=max_samples).rows()
+    return build_arm(args, split, max_samples=max_samples).rows()
 
 
 def lint_datasets(args: GalaxyScriptArguments, training_args, arms: list[tuple[Arm, object]]):
@@ -82,11 +81,10 @@ def training_datasets(
 
     The evaluation split is built only when the trainer evaluates (`eval_strategy` is not `no`). With `zoom`, the
     datasets are made for zoom episodes (`zoom.with_zoom_columns`) before the lint reads their prompts."""
-    settings = args.arm_settings()
-    train_arm = build_arm(settings, args.train_split, max_samples=args.max_train_samples)
+    train_arm = build_arm(args, args.train_split, max_samples=args.max_train_samples)
     arms = [(train_arm, train_arm.dataset(with_completion=with_completion, permute_labels_seed=permute_labels_seed))]
     if training_args.eval_strategy != "no":
-        eval_arm = build_arm(settings, args.eval_split, max_samples=args.max_eval_samples, manifest=train_arm.manifest)
+        eval_arm = build_arm(args, args.eval_split, max_samples=args.max_eval_samples, manifest=train_arm.manifest)
         arms.append((eval_arm, eval_arm.dataset(with_completion=with_completion)))
     if zoom:
         arms = [(arm, with_zoom_columns(dataset, arm)) for arm, dataset in arms]
@@ -99,13 +97,9 @@ def prepare_inputs(args: GalaxyScriptArguments, model_args) -> None:
     size the model's family does not fit (read from its config, before any image is resized) and, for the special
     rendering, a codec whose vocabulary is too large to add one token per code."""
 
-    ensure_tiny_defaults(
-        args.data_dir, model_args.model_name_or_path, args.codec if args.modality == "tokens" else None
-    )
-    if args.modality == "image" and model_args.model_name_or_path:
-        check_image_size(model_args.model_name_or_path, args.image_size)
-    if args.modality == "tokens" and args.rendering == "special":  # a codec too large for one token per code
-        check_fits(args.rendering, load_codec(args.codec).vocab_size)
+    arm = args.arm_class()
+    ensure_tiny_defaults(args.data_dir, model_args.model_name_or_path, args.codec if arm.uses_codec else None)
+    arm.check_model(args, model_args.model_name_or_path)
 
 
 def load_model(model_args, training_args):
@@ -130,7 +124,7 @@ def code_tokens_for(
     trained with special, rows warm-started elsewhere) are kept as they are. Refuses a codec that does not fit, and
     a tokenizer that still would not read each code as one token (one built for another codec). With `lora` and
     `freeze_code_rows`, the rows stay out of the adapter, so they must be the base model's own."""
-    if args.modality != "tokens" or args.rendering != "special":
+    if not args.arm_class().needs_code_tokens(args):
         return None
     codec = load_codec(args.codec)
     check_fits("special", codec.vocab_size)

@@ -333,7 +333,7 @@ def trainer_run_shape(trainer, args) -> RunShape:
     from ..models import family_for
 
     targs, processor = trainer.args, trainer.processing_class
-    per_image = family_for(trainer.model).visual_tokens(processor, args.image_size) if args.modality == "image" else 0
+    per_image = args.arm_class().visual_tokens(family_for(trainer.model), processor, args) or 0
     rows = trainer.train_dataset.select(range(min(SAMPLE_ROWS, len(trainer.train_dataset))))
     lengths = [row_tokens(row, processor, per_image) for row in rows]
     tokens, visual = max(t for t, _ in lengths), max(v for _, v in lengths)

@@ -10,7 +10,7 @@ from ..data.focus import focus_boxes
 from ..errors import UserError
 from ..models import family_for
 from ..rewards import get_reward_funcs, skip_unanswered
-from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, environment_factory, zoom_schema, zoom_tool
+from ..zoom import POSITION_COLUMN, SPLIT_COLUMN, environment_factory, zoom_schema
 from ..zoom.chat import suppressing_placeholders, tool_capable
 from ..zoom.lint import lint_tool_turns
 from ..zoom.trajectories import taught_rows, zoom_trajectories
@@ -41,7 +41,7 @@ def suppress_video_tokens(training_args, model) -> None:
 def token_counter(args: GalaxyScriptArguments, processor, family):
     """What a zoom result costs the model: its text's tokens, and each image's visual tokens (asked of the processor
     once: every image the tool returns has the first view's size)."""
-    visual = family.visual_tokens(processor, args.image_size) if args.modality == "image" else None
+    visual = args.arm_class().visual_tokens(family, processor, args)
 
     def count(content) -> int:
         if isinstance(content, str):
@@ -61,8 +61,8 @@ def linted_tool(args: GalaxyScriptArguments, model, processor, train_dataset):
     rows (`zoom.lint`): what the tool returns must carry the galaxy and nothing else."""
     family = family_for(model)
     tool_capable(processor, family)
-    tool = zoom_tool(
-        args.arm_settings(),
+    tool = args.arm_class().zoom_tool(
+        args,
         min_side=args.zoom_min_side,
         max_aspect=args.zoom_max_aspect,
         pixel_multiple=family.pixel_multiple,
@@ -141,7 +141,7 @@ def zoom_sft_parts(args: GalaxyScriptArguments, training_args, model, processor,
                 f"zoom warm start: {len(dataset)} trajectories, {taught.mean():.0%} zoom ({how}), boxes from the "
                 f"{origin} focus (data.focus)"
             )
-    if args.modality == "image":
+    if args.arm_class().carries_image:
         parts["data_collator"] = DataCollatorForVisionLanguageModeling(
             processor,
             max_length=training_args.max_length,

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 
-from ..arms import ArmSettings
+from ..arms import ZoomCall, ZoomTool
 from ..prompts import zoom_prompt
-from .tool import ZOOM_TOOLS, ZoomCall, ZoomTool
 
 SPLIT_COLUMN = "zoom_split"
 POSITION_COLUMN = "zoom_position"
@@ -75,11 +74,6 @@ def zoom_schema() -> list[dict]:
     return [get_json_schema(ZoomEnvironment(None).zoom)]
 
 
-def zoom_tool(settings: ArmSettings, **kwargs) -> ZoomTool:
-    """The zoom of an arm (`ImageZoom` or `TokenZoom`; keyword arguments as `ZoomTool`'s)."""
-    return ZOOM_TOOLS[settings.modality](settings, **kwargs)
-
-
 def environment_factory(tool: ZoomTool, *, zoom_cost: float = 0.0, zoom_bonus: float = 0.0):
     """TRL's `environment_factory`: a fresh `ZoomEnvironment` sharing one tool (its open views and codec)."""
     return functools.partial(ZoomEnvironment, tool, zoom_cost=zoom_cost, zoom_bonus=zoom_bonus)
@@ -90,5 +84,5 @@ def with_zoom_columns(dataset, arm):
     columns the environment reads (`zoom_split`, `zoom_position`), which no prompt carries."""
     positions = [int(p) for p in arm.positions[: len(dataset)]]
     dataset = dataset.add_column(POSITION_COLUMN, positions).add_column(SPLIT_COLUMN, [arm.split] * len(dataset))
-    modality = arm.modality
-    return dataset.map(lambda row: {"prompt": zoom_prompt(row["prompt"], modality)}, desc="zoom prompts")
+    arm_class = type(arm)  # what the map's function closes over is hashed: the class, not the arm's open views
+    return dataset.map(lambda row: {"prompt": zoom_prompt(row["prompt"], arm_class)}, desc="zoom prompts")

@@ -10,9 +10,9 @@ row's?). An image result has no text; its caption, if a tool gave one, would be 
 
 from __future__ import annotations
 
+from ..arms import ZoomTool
 from ..errors import CheckFailed
 from ..integrity.lint import carried_columns, split_metadata
-from .tool import ZoomTool
 
 LINT_BOXES = ([0.0, 0.0, 1.0, 1.0], [0.25, 0.25, 0.75, 0.75], [0.6, 0.6, 0.4, 0.4])  # whole, centre, inverted
 LINT_ROWS = 32

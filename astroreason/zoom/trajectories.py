@@ -5,7 +5,7 @@ outcome-only reward, one that never calls it never learns to).
 A trajectory is the zoom prompt (its system turn and the first view), one assistant turn that calls `zoom` on the
 galaxy's focus box (`data.focus`: the region that decides its class, as the surrogate knows it, or the galaxy's
 light), the tool's own result for that box (the crop of the full-resolution source, as in training and
-evaluation), and the answer. The box is fitted to the tool's limits (`box.fit_box`) and written with two decimals,
+evaluation), and the answer. The box is fitted to the tool's limits (`arms.box.fit_box`) and written with two decimals,
 as a model writes one. Which rows are taught this way: those whose focus box is small (`max_box`: the downsampled
 first view shows the region that decides the class smallest there, so a zoom can help), or a seeded `fraction` of
 them (then the choice does not depend on the galaxy, and greedy decoding follows the larger share). The others
@@ -24,9 +24,8 @@ import json
 
 import numpy as np
 
-from .box import fit_box
+from ..arms import ZoomTool, fit_box
 from .environment import POSITION_COLUMN, SPLIT_COLUMN
-from .tool import ZoomTool
 
 SHUFFLE_BUFFER = 1024  # the image arm's trajectories are reshuffled each epoch within this many rows
 
@@ -66,7 +65,7 @@ class Trajectories:
 
     def messages(self, row: dict, i: int) -> list[dict]:
         system, user = row["prompt"]
-        if self.tool.modality == "image":  # the first view inside its turn, before the text, as TRL puts it
+        if self.tool.arm.carries_image:  # the first view inside its turn, before the text, as TRL puts it
             user = {"role": "user", "content": [{"type": "image", "image": row["image"]}, _text(user)]}
         answer = row["completion"][0]["content"]
         if not self.taught[i]:
@@ -93,7 +92,7 @@ def zoom_trajectories(dataset, tool: ZoomTool, focus, taught: np.ndarray, *, see
     shuffles the image arm's rows; `tools` is the tool schema the chat template renders (the token arm's `tools`
     column; the image arm's collator is given it)."""
     trajectories = Trajectories(dataset, tool, [fit_box(b, tool.limits) for b in focus], taught)
-    if tool.modality == "image":
+    if tool.arm.carries_image:
         from datasets import IterableDataset  # lazy: datasets loads with the arm's dataset
 
         # Iterable: its rows pass through as Python objects (no Arrow), made as the trainer reads them.

@@ -1,10 +1,12 @@
-"""The zoom tool of each arm: a normalised box -> a crop of the galaxy's full-resolution source, in the arm's modality.
+"""The zoom tool every arm builds (`Arm.zoom_tool`): a normalised box -> a crop of the galaxy's full-resolution
+source, in the arm's modality. `ZoomTool` is what the tools share; each arm's module holds its own:
 
-- Image arm (`ImageZoom`): the source is the split view's own image (stored at the source's size: Galaxy10's 256 px,
-  the surrogate's native render), not the resized first view. The crop is resized (bicubic, as the arm resizes)
-  to the arm's `image_size` x `image_size` and returned as an image block, which TRL adds to the sample's images.
-- Token arm (`TokenZoom`): the source is the codec's input for that galaxy as the token cache read it, over the field
-  the first view showed; the crop is resized to the codec's input size, encoded by the arm's codec
+- Image arm (`arms.image.ImageZoom`): the source is the split view's own image (stored at the source's size:
+  Galaxy10's 256 px, the surrogate's native render), not the resized first view. The crop is resized (bicubic, as
+  the arm resizes) to the arm's `image_size` x `image_size` and returned as an image block, which TRL adds to the
+  sample's images.
+- Token arm (`arms.tokens.TokenZoom`): the source is the codec's input for that galaxy as the token cache read it,
+  over the field the first view showed; the crop is resized to the codec's input size, encoded by the arm's codec
   (`tokens.crops.CodecInputs`) and returned as its codes in the arm's rendering, as text.
 
 A box is refused (`box.parse_box`) with a message the model reads; the tool never raises. The image arm's refusal also
@@ -20,14 +22,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import numpy as np
-
-from ..arms import ArmSettings, resize_image
 from ..data.focus import pixel_box
-from ..data.splits import load_manifest, load_split
-from ..tokens import load_codec, load_codes, render
-from ..tokens.crops import BICUBIC, CodecInputs
+from ..data.splits import load_manifest
+from .base import Arm, ArmSettings
 from .box import BoxError, BoxLimits, parse_box
 
 DEFAULT_MAX_ASPECT = 4.0
@@ -69,7 +68,7 @@ class ZoomTool(ABC):
         manifest: The prepared directory's manifest, when the caller (an arm) has loaded it already.
     """
 
-    modality: str
+    arm: ClassVar[type[Arm]]  # the arm whose galaxies it crops
 
     def __init__(
         self,
@@ -129,66 +128,3 @@ class ZoomTool(ABC):
 
     def _tokens(self, content) -> int | None:
         return None if self.count_tokens is None else int(self.count_tokens(content))
-
-
-class ImageZoom(ZoomTool):
-    modality = "image"
-
-    def setup(self) -> None:
-        self._views = {}
-
-    def default_min_side(self, pixel_multiple: int | None) -> float:
-        """One merged patch of the first view: the family's pixel multiple over `image_size`."""
-        if not pixel_multiple:
-            raise ValueError("ImageZoom: the default min_side needs the model family's pixel_multiple")
-        return min(1.0, pixel_multiple / self.settings.image_size)
-
-    def source(self, split: str, position: int):
-        if split not in self._views:
-            self._views[split] = load_split(self.settings.data_dir, split, manifest=self.manifest)
-        return self._views[split][position]["image"].convert("RGB")
-
-    def source_size(self, source) -> tuple[int, int]:
-        return source.size
-
-    def crop(self, source, pixels):
-        size = self.settings.image_size
-        return source.crop(pixels).resize((size, size), resample=BICUBIC)
-
-    def content(self, crop) -> list[dict]:
-        return [{"type": "image", "image": crop}]
-
-    def refusal(self, message: str, split: str, position: int) -> list[dict]:
-        """The first view again (the whole source at `image_size`), then the error text (see the module's note)."""
-        first_view = resize_image(self.source(split, position), self.settings.image_size)
-        return [*self.content(first_view), {"type": "text", "text": message}]
-
-
-class TokenZoom(ZoomTool):
-    modality = "tokens"
-
-    def setup(self) -> None:
-        s = self.settings
-        self.codec = load_codec(s.codec)
-        cache = load_codes(s.data_dir, self.codec, prepared_dir=s.data_dir, manifest=self.manifest)
-        self.inputs = CodecInputs(s.data_dir, self.codec, cache, self.manifest)
-
-    def default_min_side(self, pixel_multiple: int | None) -> float:
-        """One cell of the codec's grid: the smallest part of the first view a code describes."""
-        return 1.0 / max(self.codec.grid_shape)
-
-    def source(self, split: str, position: int) -> np.ndarray:
-        """The codec's input for the galaxy, as the token cache read it (`CodecInputs.source`)."""
-        return self.inputs.source(int(self.manifest.rows[split][position]))
-
-    def source_size(self, source) -> tuple[int, int]:
-        return self.inputs.source_size(source)
-
-    def crop(self, source, pixels) -> np.ndarray:
-        return self.inputs.encode_crop(source, pixels)
-
-    def content(self, crop) -> str:
-        return render(crop, self.settings.rendering)
-
-
-ZOOM_TOOLS: dict[str, type[ZoomTool]] = {"image": ImageZoom, "tokens": TokenZoom}
