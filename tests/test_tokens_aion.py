@@ -291,7 +291,7 @@ def test_a_local_hub_cache_opens_offline(aion_dir, tmp_path, capsys):
     # Two snapshots and no refs/main: which one is meant is not guessed.
     shutil.rmtree(repo / "refs")
     status, _, err = cli(capsys, "tokens", "cost", "--codec", repo, "--model", tmp_path)
-    assert_one_line_error(status, err, "2 snapshots hold an image codec", "snapshots/<revision>")
+    assert_one_line_error(status, err, "2 snapshots hold AION image codec", "snapshots/<revision>")
     # One snapshot and no ref: that one.
     single = hub_cache(aion_dir, tmp_path / "hub1", ref=False)
     assert load_codec(single).codec_hash == reference.codec_hash

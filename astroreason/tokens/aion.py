@@ -25,9 +25,9 @@ AION_INPUT_SIZE = 96  # AION centre-crops to 96 px; smaller inputs come out as f
 AION_HUB_REPO = "polymathic-ai/aion-base"
 
 
-def how_to_get(modality: str = "image") -> str:
+def how_to_get(kind: str = "image") -> str:
     return (
-        f"download it once on a machine with network: hf download {AION_HUB_REPO} --include 'codecs/{modality}/*' "
+        f"download it once on a machine with network: hf download {AION_HUB_REPO} --include 'codecs/{kind}/*' "
         "--local-dir DIR, then pass DIR"
     )
 
@@ -49,12 +49,12 @@ def _import_aion():
 HUB_CACHE_NAME = "models--" + AION_HUB_REPO.replace("/", "--")
 
 
-def resolve_snapshot(path: Path, modality: str = "image") -> Path:
+def resolve_snapshot(path: Path, kind: str = "image") -> Path:
     """A local Hugging Face Hub cache of aion-base -> its snapshot folder, offline; any other path as given.
 
     Accepted: the cache root holding `models--polymathic-ai--aion-base` (e.g. ~/.cache/huggingface/hub), or that
     folder itself. The snapshot is the one `refs/main` names (huggingface_hub's own lookup, `local_files_only`: no
-    network); without a usable ref, the one snapshot that holds the codec of `modality` (`image`, `spectrum`).
+    network); without a usable ref, the one snapshot that holds the codec of `kind` (`image`, `spectrum`).
     """
     if (path / HUB_CACHE_NAME).is_dir():
         path = path / HUB_CACHE_NAME
@@ -69,35 +69,33 @@ def resolve_snapshot(path: Path, modality: str = "image") -> Path:
         return Path(snapshot_download(AION_HUB_REPO, cache_dir=str(path.parent), local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError):
         pass  # no refs/main (or a cache folder under another name): pick the snapshot by its content
-    found = sorted(p for p in snapshots.iterdir() if (p / "codecs" / modality / "config.json").is_file())
+    found = sorted(p for p in snapshots.iterdir() if (p / "codecs" / kind / "config.json").is_file())
     if len(found) == 1:
         return found[0]
     if not found:
         raise UserError(
-            f"{path}: no snapshot holds an AION {modality} codec (codecs/{modality}/config.json); "
-            f"{how_to_get(modality)}"
+            f"{path}: no snapshot holds an AION {kind} codec (codecs/{kind}/config.json); {how_to_get(kind)}"
         )
     raise UserError(
-        f"{path}: {len(found)} snapshots hold {'an' if modality == 'image' else 'a'} {modality} codec ({', '.join(p.name[:12] for p in found)}) and no "
+        f"{path}: {len(found)} snapshots hold AION {kind} codec ({', '.join(p.name[:12] for p in found)}) and no "
         "refs/main names one; pass the snapshots/<revision> folder to use"
     )
 
 
-def find_codec_dir(path, modality: str = "image") -> Path:
-    """The folder holding AION's `modality` codec `config.json` + `model.safetensors`: under an aion-base snapshot
-    root, that `codecs/<modality>` folder itself, or the snapshot a local Hub cache folder points to
+def find_codec_dir(path, kind: str = "image") -> Path:
+    """The folder holding AION's `kind` codec `config.json` + `model.safetensors`: under an aion-base snapshot
+    root, that `codecs/<kind>` folder itself, or the snapshot a local Hub cache folder points to
     (`resolve_snapshot`)."""
-    path = resolve_snapshot(Path(path), modality)
-    for candidate in (path / "codecs" / modality, path):
+    path = resolve_snapshot(Path(path), kind)
+    for candidate in (path / "codecs" / kind, path):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise UserError(
-        f"{path}: no AION {modality} codec weights (codecs/{modality}/config.json + model.safetensors); "
-        f"{how_to_get(modality)}"
+        f"{path}: no AION {kind} codec weights (codecs/{kind}/config.json + model.safetensors); {how_to_get(kind)}"
     )
 
 
-def aion_modality(path) -> str:
+def aion_codec_kind(path) -> str:
     """Which AION codec a local folder is: `spectrum` for the `codecs/spectrum` folder itself (its config has
     `lambda_min`) or an aion-base copy or Hub cache that holds a spectrum codec and no image codec; else `image`
     (an aion-base copy with both opens its image codec: pass its `codecs/spectrum` folder for the other)."""

@@ -17,7 +17,7 @@ def load_codec(path) -> Codec:
     """Open a codec from a local directory: a built-in FSQ codec for images (`type` fsq) or spectra (fsq1d), each
     `codec.json` + `model.safetensors`, or an AION-1 codec: a local copy of polymathic-ai/aion-base holding
     `codecs/image/` (or that folder itself) for images, its `codecs/spectrum/` folder (or a copy holding only that)
-    for spectra (`aion.aion_modality`)."""
+    for spectra (`aion.aion_codec_kind`)."""
     if isinstance(path, Codec):
         return path
     path = Path(path)
@@ -37,6 +37,6 @@ def load_codec(path) -> Codec:
         if kind != "aion":
             raise UserError(f"{path / CONFIG_NAME}: unknown codec type {kind!r} (expected fsq, fsq1d or aion)")
     # lazy: optional extra (polymathic-aion)
-    from .aion import AionCodec, AionSpectrumCodec, aion_modality
+    from .aion import AionCodec, AionSpectrumCodec, aion_codec_kind
 
-    return (AionSpectrumCodec if aion_modality(path) == "spectrum" else AionCodec).load(path)
+    return (AionSpectrumCodec if aion_codec_kind(path) == "spectrum" else AionCodec).load(path)
