@@ -103,3 +103,13 @@ def test_the_tiny_tokenizer_corpus_carries_the_tasks_classes():
 def test_a_result_names_its_classes():
     assert class_names({"classes": list(SPECTRAL_CLASSES)}) == SPECTRAL_CLASSES
     assert class_names({}) == DECALS_CLASSES  # a result written before the classes were recorded
+
+
+def test_a_tiny_model_for_a_task_records_its_classes(tmp_path):
+    from astroreason.models import build_record, build_tiny_model, load_model_and_processor
+
+    out = build_tiny_model(tmp_path / "tiny", task=SPECTRA)
+    assert build_record(out)["classes"] == list(SPECTRAL_CLASSES)
+    _, processor = load_model_and_processor(out)
+    ids = processor.tokenizer("<answer>G</answer>", add_special_tokens=False)["input_ids"]
+    assert processor.tokenizer.decode(ids) == "<answer>G</answer>"
