@@ -25,6 +25,7 @@ import numpy as np
 
 from .arms import resize_image
 from .data.galaxy10 import DECALS_CLASSES
+from .data.reader import release_for_side
 from .errors import UserError
 from .io import atomic_path, sha256_file, write_json_atomic
 from .models import check_image_size, family_for, load_model_and_processor
@@ -89,12 +90,14 @@ def _held_out_record(predicted: np.ndarray, labels: np.ndarray, held: np.ndarray
     }
 
 
-def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _read_h5(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """The images, labels and class names (its release's, by label) of a Galaxy10-schema file."""
     import h5py
 
     try:
         with h5py.File(path, "r") as f:
-            return f["images"][:], f["ans"][:].astype(np.int64)
+            images = f["images"][:]
+            return images, f["ans"][:].astype(np.int64), release_for_side(images.shape[1]).classes
     except (OSError, KeyError) as err:
         raise UserError(f"{path}: not a Galaxy10-schema HDF5 file ({err})") from None
 
@@ -159,13 +162,13 @@ def pretrain_vision_tower(
         raise UserError(f"pretrain: steps and batch_size must be >= 1, got {config.steps} and {config.batch_size}")
     check_image_size(model_dir, config.image_size, "pretrain image_size")  # the size the model's grid fits
     data_h5, out_dir = Path(data_h5), Path(out_dir)
-    images, labels = _read_h5(data_h5)
+    images, labels, classes = _read_h5(data_h5)
     images = _resized(images, config.image_size)  # once, not per batch: the augmentation commutes with it
     held, train, rng = _held_out_split(labels, config, str(data_h5))
 
     model, processor = load_model_and_processor(model_dir, dtype="float32")
     model.train()
-    tower = _Tower(model, processor, len(DECALS_CLASSES), config.seed)
+    tower = _Tower(model, processor, len(classes), config.seed)
     params = tower.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     schedule = _warmup_cosine(optimizer, config.steps)
@@ -262,12 +265,14 @@ def pretrain_code_embeddings(
     config: CodePretrainConfig | None = None,
     *,
     source: str = "",
+    classes=DECALS_CLASSES,
 ) -> dict:
     """Give the model one token per code id (the `special` rendering) and pretrain those tokens' embedding rows on
     labelled code grids `codes` [N, H', W'] (from a file disjoint from the evaluation), with a linear head on the mean
     of a galaxy's code embeddings: what the vision tower's pretraining does with the mean of its visual tokens. The
     head is thrown away; every other parameter (the rest of the vocabulary included) is left as it was. Saves the
-    model and its processor (with the code tokens) in `out_dir`; returns the record also saved there."""
+    model and its processor (with the code tokens) in `out_dir`; returns the record also saved there. `classes` are
+    the labels' class names (the head has one output per class)."""
     import torch
 
     # lazy: the tokens layer's rendering names the code tokens; loading it here keeps `pretrain` light to import
@@ -293,7 +298,7 @@ def pretrain_code_embeddings(
     rows = torch.nn.Parameter(embeddings.detach()[ids].clone())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        head = torch.nn.Linear(rows.shape[1], len(DECALS_CLASSES))
+        head = torch.nn.Linear(rows.shape[1], len(classes))
     optimizer = torch.optim.AdamW([rows, *head.parameters()], lr=config.lr, weight_decay=config.weight_decay)
     schedule = _warmup_cosine(optimizer, config.steps)
     grids, targets = torch.as_tensor(codes), torch.as_tensor(labels)
@@ -356,6 +361,9 @@ def pretrain_code_embeddings_on_file(
     codec = load_codec(codec_dir)
     with h5py.File(data_h5, "r") as f:
         labels = f["ans"][()].astype(np.int64)
+        classes = release_for_side(f["images"].shape[1]).classes
     codes = codec.encode_batches(read_inputs(data_h5, np.arange(len(labels)), codec.input_spec), total=len(labels))
     source = f"{data_h5} encoded by {codec_dir}"
-    return pretrain_code_embeddings(model_dir, codes, labels, codec.vocab_size, out_dir, config, source=source)
+    return pretrain_code_embeddings(
+        model_dir, codes, labels, codec.vocab_size, out_dir, config, source=source, classes=classes
+    )

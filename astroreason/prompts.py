@@ -13,22 +13,35 @@ from __future__ import annotations
 
 import string
 
-from .data.galaxy10 import DECALS_CLASSES
+from .data.task import GALAXY10, Task
 from .errors import UserError
 
-# The shared instruction: the ten class names and the answer format. Reasoning before the answer is allowed.
-INSTRUCTION = (
-    "Classify the galaxy's morphology as exactly one of these ten Galaxy10 DECaLS classes: "
-    + ", ".join(DECALS_CLASSES)
-    + ".\nYou may reason briefly first. Then give the class name inside answer tags, "
-    "like this: <answer>CLASS NAME</answer>."
-)
+# The shared instruction of Galaxy10 DECaLS: the ten class names and the answer format. Reasoning before the answer
+# is allowed. A split's own instruction is its task's (`data.task.task_of(manifest)`).
+INSTRUCTION = GALAXY10.instruction
 
-# Each arm's default template (`Arm.default_template`): the text is recorded in runs (its sha256 in fingerprints).
-IMAGE_TEMPLATE = "The image shows a galaxy.\n" + INSTRUCTION
-TOKENS_TEMPLATE = (
-    "The galaxy is given as the discrete tokens of an image codec, written as text:\n{tokens}\n" + INSTRUCTION
-)
+
+def _literal(text: str) -> str:
+    """`text` as literal text inside a format string (class names are data: a brace in one is no field)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def image_template(task: Task) -> str:
+    """The image arm's default template for `task` (`Arm.default_template`)."""
+    return f"The image shows a {task.noun}.\n" + _literal(task.instruction)
+
+
+def tokens_template(task: Task) -> str:
+    """The token arm's default template for `task` (`Arm.default_template`): `{tokens}` is the codec ids as text."""
+    return (
+        f"The {task.noun} is given as the discrete tokens of an image codec, written as text:\n{{tokens}}\n"
+        + _literal(task.instruction)
+    )
+
+
+# The templates of Galaxy10 DECaLS: their text is recorded in runs (its sha256 in fingerprints), byte for byte.
+IMAGE_TEMPLATE = image_template(GALAXY10)
+TOKENS_TEMPLATE = tokens_template(GALAXY10)
 
 
 # The zoom episodes' system turn (`astroreason.zoom`, `Arm.zoom_instruction`): the tool exists, what a box is, what
@@ -95,12 +108,13 @@ def build_prompt(arm, text: str | None = None, template: str | None = None) -> l
     return [{"role": "user", "content": template.format(**{field: text})}]
 
 
-def answer_text(label: int) -> str:
-    """The SFT target for a class index: `<answer>Round Smooth</answer>`."""
+def answer_text(label: int, classes) -> str:
+    """The SFT target for a class index, naming its class in `classes` (the split's, by label):
+    `<answer>Round Smooth</answer>`."""
     try:
         index = int(label)
     except (TypeError, ValueError):
-        raise UserError(f"label: expected a class index 0-{len(DECALS_CLASSES) - 1}, got {label!r}") from None
-    if index != label or not 0 <= index < len(DECALS_CLASSES):
-        raise UserError(f"label: expected a class index 0-{len(DECALS_CLASSES) - 1}, got {label!r}")
-    return f"<answer>{DECALS_CLASSES[index]}</answer>"
+        raise UserError(f"label: expected a class index 0-{len(classes) - 1}, got {label!r}") from None
+    if index != label or not 0 <= index < len(classes):
+        raise UserError(f"label: expected a class index 0-{len(classes) - 1}, got {label!r}")
+    return f"<answer>{classes[index]}</answer>"

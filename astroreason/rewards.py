@@ -6,12 +6,14 @@ TRL calls a reward function as `f(prompts, completions, completion_ids, **column
 
 An answer is the text inside the last `<answer>...</answer>` tags, matched to a class name exactly (case and
 surrounding whitespace aside). Anything else is unparseable: `parse_answer` returns None and no reward ever maps it
-to a class.
+to a class. The class names are the split's (`data.task`, from its manifest): `get_reward_funcs` binds them to the
+rewards of a run (a reward called without them scores against Galaxy10 DECaLS's, as every run did before).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable
 
@@ -24,9 +26,8 @@ from .errors import UserError
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 # The whole completion: optional reasoning, then exactly one answer block at the end.
 _FORMAT = re.compile(r"^(?:(?!<answer>).)*<answer>[^<]*</answer>\s*$", re.DOTALL | re.IGNORECASE)
-_CLASS_INDEX = {name.lower(): i for i, name in enumerate(DECALS_CLASSES)}
 
-# Groups of classes Galaxy10 itself confuses: a wrong answer inside the true class's group earns partial credit.
+# Groups of classes Galaxy10 DECaLS itself confuses: a wrong answer inside the true class's group earns partial credit.
 CONFUSABLE_GROUPS: tuple[tuple[int, ...], ...] = (
     (0, 1),  # Disturbed, Merging
     (2, 3, 4),  # Round, In-between round, Cigar-shaped smooth
@@ -48,38 +49,55 @@ def completion_text(completion) -> str:
     raise TypeError(f"completion: expected a string or a list of messages, got {type(completion).__name__}")
 
 
-def parse_answer(text: str) -> int | None:
-    """The class index named in the last `<answer>` block, or None if there is none or it names no class."""
+@functools.cache
+def _class_index(classes: tuple[str, ...]) -> dict[str, int]:
+    return {" ".join(name.split()).lower(): i for i, name in enumerate(classes)}
+
+
+def parse_answer(text: str, classes) -> int | None:
+    """The index in `classes` of the class named in the last `<answer>` block, or None if there is none or it names
+    no class."""
     answers = _ANSWER.findall(text)
     if not answers:
         return None
-    return _CLASS_INDEX.get(" ".join(answers[-1].split()).lower())
+    return _class_index(tuple(classes)).get(" ".join(answers[-1].split()).lower())
 
 
-def format_reward(completions, **kwargs) -> list[float]:
+def format_reward(completions, classes=DECALS_CLASSES, **kwargs) -> list[float]:
     """1 for reasoning (optional) followed by exactly one `<answer>` block naming a class, else 0."""
     out = []
     for completion in completions:
         text = completion_text(completion)
-        ok = bool(_FORMAT.match(text)) and len(_ANSWER.findall(text)) == 1 and parse_answer(text) is not None
+        ok = bool(_FORMAT.match(text)) and len(_ANSWER.findall(text)) == 1 and parse_answer(text, classes) is not None
         out.append(1.0 if ok else 0.0)
     return out
 
 
-def accuracy_reward(completions, label, **kwargs) -> list[float]:
+def accuracy_reward(completions, label, classes=DECALS_CLASSES, **kwargs) -> list[float]:
     """1 when the parsed answer is the true class, else 0 (unparseable answers included)."""
-    return [1.0 if parse_answer(completion_text(c)) == int(y) else 0.0 for c, y in zip(completions, label)]
+    return [1.0 if parse_answer(completion_text(c), classes) == int(y) else 0.0 for c, y in zip(completions, label)]
 
 
 def _group_of(label: int) -> tuple[int, ...]:
     return next((g for g in CONFUSABLE_GROUPS if label in g), (label,))
 
 
-def partial_credit_reward(completions, label, **kwargs) -> list[float]:
-    """1 for the true class, `PARTIAL_CREDIT` for a confusable one (same morphology group), 0 otherwise."""
+def check_partial_credit(classes) -> None:
+    """Refuse partial credit for classes other than Galaxy10 DECaLS's: its groups (`CONFUSABLE_GROUPS`) are theirs."""
+    if tuple(classes) != DECALS_CLASSES:
+        raise UserError(
+            f"reward_funcs: partial credit groups Galaxy10 DECaLS's classes, not these ({', '.join(classes)}); "
+            "use accuracy"
+        )
+
+
+def partial_credit_reward(completions, label, classes=DECALS_CLASSES, **kwargs) -> list[float]:
+    """1 for the true class, `PARTIAL_CREDIT` for a confusable one (same morphology group), 0 otherwise. Galaxy10
+    DECaLS's classes only (`check_partial_credit`)."""
+    check_partial_credit(classes)
     out = []
     for completion, y in zip(completions, label):
-        predicted = parse_answer(completion_text(completion))
+        predicted = parse_answer(completion_text(completion), classes)
         if predicted is None:
             out.append(0.0)
         elif predicted == int(y):
@@ -127,11 +145,11 @@ def _zoom_rate(envs) -> float:
     return sum(e.n_calls > 0 for e in envs) / len(envs)
 
 
-def zoom_bonus_reward(completions, label, environments=None, **kwargs) -> list[float]:
+def zoom_bonus_reward(completions, label, environments=None, classes=DECALS_CLASSES, **kwargs) -> list[float]:
     """`zoom_bonus` for a right answer reached with at least one valid zoom, else 0: a tool bonus that only
     correctness earns, against the zoom rate collapsing to 0 under an outcome-only reward."""
     envs = _environments(environments, len(completions), "zoom_bonus")
-    right = accuracy_reward(completions, label)
+    right = accuracy_reward(completions, label, classes)
     return [e.zoom_bonus if r and e.valid_calls else 0.0 for e, r in zip(envs, right)]
 
 
@@ -185,10 +203,12 @@ def random_reward(mean: float, *, seed, high: float = 1.0, name: str = "random_r
     return reward
 
 
-def get_reward_funcs(names) -> list[Callable]:
+def get_reward_funcs(names, classes=DECALS_CLASSES) -> list[Callable]:
     """Reward functions by registry name (`REWARD_FUNCS`) or, for user code, by dotted path (`my_module.my_reward`,
     importable from the working directory or `PYTHONPATH`, called the way TRL calls every reward). A list, or one
-    comma-separated string; an unknown name, or a path that does not import, is one clear error."""
+    comma-separated string; an unknown name, or a path that does not import, is one clear error. The registry's
+    rewards that read answers score them against `classes` (the split's class names, by label); `partial` is
+    refused for classes other than Galaxy10 DECaLS's."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     unknown = [n for n in names if n not in REWARD_FUNCS and "." not in n]
@@ -197,7 +217,22 @@ def get_reward_funcs(names) -> list[Callable]:
             f"reward_funcs: unknown {unknown or 'empty list'} (known: {', '.join(REWARD_FUNCS)}, "
             "or a dotted path module.function)"
         )
-    return [REWARD_FUNCS[n] if n in REWARD_FUNCS else _user_reward(n) for n in names]
+    if "partial" in names:
+        check_partial_credit(classes)
+    return [_with_classes(REWARD_FUNCS[n], classes) if n in REWARD_FUNCS else _user_reward(n) for n in names]
+
+
+def _with_classes(func: Callable, classes) -> Callable:
+    """`func` scoring against `classes`, under its own name (TRL logs a reward by `__name__`)."""
+    if "classes" not in inspect.signature(func).parameters:
+        return func
+    classes = tuple(classes)
+
+    @functools.wraps(func)
+    def bound(*args, **kwargs):
+        return func(*args, classes=classes, **kwargs)
+
+    return bound
 
 
 def _user_reward(path: str) -> Callable:

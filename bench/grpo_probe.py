@@ -100,7 +100,8 @@ def main() -> None:
         seed=a.seed,
     )
     trainer = build_grpo_trainer(script, args, ModelConfig(a.start, dtype="float32"))
-    rows = build_arm(script, a.split, max_samples=a.n_eval).rows()
+    arm = build_arm(script, a.split, max_samples=a.n_eval)
+    rows = arm.rows()
     _, processor = load_model_and_processor(a.start)  # its own: the backend sets left padding on its tokenizer
 
     def evaluate(model, step: int) -> None:
@@ -108,7 +109,7 @@ def main() -> None:
         backend = TransformersBackend(model, processor, SamplingSettings(max_new_tokens=24), batch_size=50)
         texts = [g.text for g in backend.generate([r["prompt"] for r in rows], [r.get("image") for r in rows])]
         model.train(was_training)
-        answers = [parse_answer(t) for t in texts]
+        answers = [parse_answer(t, arm.task.classes) for t in texts]
         accuracy = sum(p == r["label"] for p, r in zip(answers, rows)) / len(rows)
         parsed = sum(p is not None for p in answers) / len(rows)
         print(f"EVAL step {step} accuracy {accuracy:.3f} parsed {parsed:.2f} top {Counter(answers).most_common(3)}")

@@ -82,7 +82,7 @@ def longest_row_tokens(settings: dict, processor, family) -> tuple[int, int, str
     rows = [{"prompt": prompt, "image": True if images else None}]
     if "num_generations" not in settings:  # SFT: every answer, the longest kept
         rows = [
-            dict(rows[0], completion=[{"role": "assistant", "content": answer_text(label)}])
+            dict(rows[0], completion=[{"role": "assistant", "content": answer_text(label, DECALS_CLASSES)}])
             for label in range(len(DECALS_CLASSES))
         ]
         if settings.get("zoom"):  # a zoom trajectory adds its crop (as large as the view); its call text is left out

@@ -68,13 +68,14 @@ class PromptNumberBackend:
 
     @torch.no_grad()
     def generate(self, prompts, images=None):
+        from astroreason.data.galaxy10 import DECALS_CLASSES
         from astroreason.evaluation.backends import Generation
         from astroreason.integrity.lint import prompt_text
         from astroreason.prompts import answer_text
 
         x = torch.from_numpy(prompt_features([prompt_text(p) for p in prompts], self.max_value))
         predictions = self.model(x)["logits"].argmax(-1).tolist()
-        return [Generation(answer_text(int(c)), 0, 0) for c in predictions]
+        return [Generation(answer_text(int(c), DECALS_CLASSES), 0, 0) for c in predictions]
 
 
 SCORED: list[int] = []  # the completions each call of `letter_share_reward` scored, in order

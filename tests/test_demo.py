@@ -46,10 +46,11 @@ def trained(tmp_path_factory):
 
 
 def _accuracy(backend, rows, images) -> float:
+    from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.rewards import parse_answer
 
     generations = backend.generate([r["prompt"] for r in rows], images)
-    return float(np.mean([parse_answer(g.text) == r["label"] for g, r in zip(generations, rows)]))
+    return float(np.mean([parse_answer(g.text, DECALS_CLASSES) == r["label"] for g, r in zip(generations, rows)]))
 
 
 def test_image_matters(trained):

@@ -87,6 +87,7 @@ def test_stopped_and_torn_run_resumes_without_reasking(tiny_model_dir, prepared_
     after = [json.loads(line) for line in lines[:3] + lines[4:]]
     assert after[:3] == before and len(after) == 10 and len({r["key"] for r in after}) == 10
     assert result["provenance"]["manifest_sha256"] and result["weights_sha256"]
+    assert result["classes"] == json.loads((prepared_dir / "manifest.json").read_text())["classes"]  # the split's
     # Both runs charged the same ledger (GPU-hours at the table's CPU price), one request per answer.
     charges = [r for r in ledger_rows(ledger) if r["kind"] == "charge"]
     assert sum(c["requests"] for c in charges) == 10 and all(c["model"] == "cpu" for c in charges)

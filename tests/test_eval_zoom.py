@@ -19,6 +19,7 @@ import pytest
 from evalkit import ledger_rows, sample_lines
 from test_zoom import BOX, steering
 
+from astroreason.data.galaxy10 import DECALS_CLASSES
 from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
 from astroreason.evaluation.harness import EvalConfig, IncompleteRun, estimate_evaluation, evaluate, result_summary
 from astroreason.models import load_model_and_processor
@@ -377,7 +378,8 @@ def test_served_image_episode_sends_the_crop_in_the_tool_message(tiny_model_dir,
             url = b["messages"][-1]["content"][0]["image_url"]["url"]
             sent.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))))
         assert any(x.shape == by_tool.shape and np.array_equal(x, by_tool) for x in sent)
-        assert s["prediction"] == parse_answer("<answer>Round Smooth</answer>")  # the second turn's answer
+        # the second turn's answer
+        assert s["prediction"] == parse_answer("<answer>Round Smooth</answer>", DECALS_CLASSES)
     assert [m["role"] for m in seconds[0]["messages"]] == ["system", "user", "assistant", "tool"]
     assert seconds[0]["messages"][2]["tool_calls"][0]["id"] == seconds[0]["messages"][3]["tool_call_id"] == "c1"
     assert len(charges(out)) == 4
@@ -424,8 +426,6 @@ class ZoomServer:
         from http.server import BaseHTTPRequestHandler
 
         from evalkit import _Server
-
-        from astroreason.data.galaxy10 import DECALS_CLASSES
 
         self.bodies: dict[tuple[str, int], list[dict]] = {}  # (galaxy, messages) -> every body that asked it
         self.in_flight = self.max_in_flight = self.n = 0

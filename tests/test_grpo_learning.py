@@ -84,7 +84,9 @@ def answer_vocab_reward_for(tokenizer):
     from astroreason.prompts import answer_text
 
     vocabulary = {
-        t for i in range(len(DECALS_CLASSES)) for t in tokenizer(answer_text(i), add_special_tokens=False)["input_ids"]
+        t
+        for i in range(len(DECALS_CLASSES))
+        for t in tokenizer(answer_text(i, DECALS_CLASSES), add_special_tokens=False)["input_ids"]
     }
 
     def answer_vocab_reward(completions, completion_ids, **kwargs) -> list[float]:

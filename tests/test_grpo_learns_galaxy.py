@@ -244,6 +244,7 @@ def answers(model_dir: Path, args, *, temperature: float = 0.0, repeats: int = 1
     """The parsed answers (class index or None) to the held-out galaxies of `args`' data, and their labels."""
     import torch
 
+    from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.evaluation.backends import SamplingSettings, TransformersBackend
     from astroreason.rewards import parse_answer
     from astroreason.training import galaxy_rows
@@ -254,7 +255,7 @@ def answers(model_dir: Path, args, *, temperature: float = 0.0, repeats: int = 1
     torch.manual_seed(seed)  # sampled answers (temperature > 0) are reproducible
     images = [r["image"] for r in rows] if "image" in rows[0] else None
     generations = backend.generate([r["prompt"] for r in rows], images)
-    return [parse_answer(g.text) for g in generations], [int(r["label"]) for r in rows]
+    return [parse_answer(g.text, DECALS_CLASSES) for g in generations], [int(r["label"]) for r in rows]
 
 
 def score(predictions: list, labels: list) -> dict:

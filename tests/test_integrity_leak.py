@@ -130,10 +130,11 @@ def train_prompt_model(data_dir, template, out_dir, *, steps=200):
 
 def evaluate_to_result(backend, data_dir, template, out_dir) -> dict:
     """Score the model on the test split and write `result.json` in the evaluation harness's format."""
+    from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.rewards import parse_answer
 
     test = split_prompts(data_dir, "test", template)
-    predictions = [parse_answer(g.text) for g in backend.generate(test["prompt"])]
+    predictions = [parse_answer(g.text, DECALS_CLASSES) for g in backend.generate(test["prompt"])]
     config = {
         "model": str(out_dir),
         "data_dir": str(data_dir),

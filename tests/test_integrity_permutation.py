@@ -56,7 +56,7 @@ def score(model_dir, spec) -> dict:
 
     backend = TransformersBackend.from_pretrained(str(model_dir), SamplingSettings(max_new_tokens=32), batch_size=32)
     prompts, images, labels = control_rows(spec, "test", max_samples=N, galaxy="real")
-    return _score_backend(backend, prompts, images, labels)
+    return _score_backend(backend, prompts, images, labels, spec.classes())
 
 
 def audit_json(target, capsys, *extra, max_samples=N) -> tuple[int, dict]:

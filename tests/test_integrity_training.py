@@ -21,13 +21,14 @@ def test_sft_on_a_trivial_task_raises_alarms(tiny_model_dir, tmp_path):
     """Every prompt has the same answer: TRL's logged loss falls toward zero and its entropy collapses."""
     from trl import SFTConfig, SFTTrainer
 
+    from astroreason.data.galaxy10 import DECALS_CLASSES
     from astroreason.models import load_model_and_processor
     from astroreason.prompts import answer_text
 
     model, processor = load_model_and_processor(tiny_model_dir)
     rows = {
         "prompt": [[{"role": "user", "content": f"Galaxy {i}."}] for i in range(32)],
-        "completion": [[{"role": "assistant", "content": answer_text(2)}]] * 32,
+        "completion": [[{"role": "assistant", "content": answer_text(2, DECALS_CLASSES)}]] * 32,
     }
     alarms, fingerprint = TrainingAlarms(), RunFingerprint(extra={"task": "trivial"})
     config = SFTConfig(

@@ -60,7 +60,9 @@ def _one_line(err: UserError, *needles: str) -> None:
 def test_user_reward_by_dotted_path_is_called_the_trl_way(tmp_path, monkeypatch):
     module = _user_module(tmp_path, monkeypatch, "astro_user_rewards_a", USER_REWARDS)
     funcs = get_reward_funcs(f"accuracy, {module}.brevity_reward")
-    assert funcs[0] is accuracy_reward and funcs[1].__name__ == "brevity_reward"  # TRL logs rewards/<__name__>
+    assert (
+        funcs[0].__wrapped__ is accuracy_reward and funcs[1].__name__ == "brevity_reward"
+    )  # TRL logs rewards/<__name__>
     completions = [
         [{"role": "assistant", "content": "<answer>Merging</answer>"}],
         [{"role": "assistant", "content": "a long reasoning first, then <answer>Merging</answer>"}],

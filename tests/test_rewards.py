@@ -51,7 +51,7 @@ def trl_call(func, texts, labels, *, as_conversation: bool):
 
 @pytest.mark.parametrize("text,expected,_", COMPLETIONS)
 def test_parse_answer(text, expected, _):
-    assert parse_answer(text) == expected
+    assert parse_answer(text, DECALS_CLASSES) == expected
 
 
 @pytest.mark.parametrize("as_conversation", [True, False], ids=["conversational", "plain"])
@@ -73,10 +73,10 @@ def test_accuracy_reward(as_conversation):
 @pytest.mark.parametrize("as_conversation", [True, False], ids=["conversational", "plain"])
 def test_partial_credit_reward(as_conversation):
     texts = [
-        answer_text(ROUND),
-        answer_text(IN_BETWEEN),
-        answer_text(CIGAR),
-        answer_text(BARRED),
+        answer_text(ROUND, DECALS_CLASSES),
+        answer_text(IN_BETWEEN, DECALS_CLASSES),
+        answer_text(CIGAR, DECALS_CLASSES),
+        answer_text(BARRED, DECALS_CLASSES),
         "Round Smooth",
         "<answer>Smooth</answer>",
     ]
@@ -84,12 +84,15 @@ def test_partial_credit_reward(as_conversation):
     # exact; same smooth group twice; a spiral is no credit; unparseable (even naming the right class untagged) is 0
     assert rewards == [1.0, PARTIAL_CREDIT, PARTIAL_CREDIT, 0.0, 0.0, 0.0]
     # Edge-on with bulge vs without: confusable; edge-on vs merging: not.
-    assert partial_credit_reward([answer_text(8), answer_text(1)], label=[9, 9]) == [PARTIAL_CREDIT, 0.0]
+    assert partial_credit_reward([answer_text(8, DECALS_CLASSES), answer_text(1, DECALS_CLASSES)], label=[9, 9]) == [
+        PARTIAL_CREDIT,
+        0.0,
+    ]
 
 
 def test_every_sft_target_is_rewarded_in_full():
     """The SFT answers and the GRPO rewards agree: every class's target text earns full format and accuracy."""
-    texts = [answer_text(i) for i in range(len(DECALS_CLASSES))]
+    texts = [answer_text(i, DECALS_CLASSES) for i in range(len(DECALS_CLASSES))]
     labels = list(range(len(DECALS_CLASSES)))
     for func in (format_reward, accuracy_reward, partial_credit_reward):
         assert trl_call(func, texts, labels, as_conversation=True) == [1.0] * len(texts), func.__name__
@@ -103,8 +106,11 @@ def test_content_parts_and_numpy_labels():
 
 
 def test_reward_funcs_by_name():
-    assert get_reward_funcs(["format", "accuracy"]) == [format_reward, accuracy_reward]
-    assert get_reward_funcs("format, partial") == [format_reward, partial_credit_reward]
+    # Each bound to the run's classes (`classes`, here Galaxy10 DECaLS's), under its own name (TRL logs by it).
+    unbound = [f.__wrapped__ for f in get_reward_funcs(["format", "accuracy"])]
+    assert unbound == [format_reward, accuracy_reward]
+    assert [f.__wrapped__ for f in get_reward_funcs("format, partial")] == [format_reward, partial_credit_reward]
+    assert [f.__name__ for f in get_reward_funcs("format, partial")] == ["format_reward", "partial_credit_reward"]
     assert set(REWARD_FUNCS) == {"format", "accuracy", "partial", "zoom_cost", "zoom_bonus"}
     with pytest.raises(UserError, match="unknown"):
         get_reward_funcs(["format", "accuracy_typo"])

@@ -5,6 +5,7 @@ what each modality must say about itself (its template, its zoom tool, its model
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,6 +15,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..data.splits import load_manifest
+from ..data.task import Task, task_of
 from ..errors import CheckFailed, UserError
 from ..integrity.lint import LintOverride, check_dataset, check_template, render_text, split_metadata
 from ..prompts import answer_text, build_prompt, template_fields
@@ -133,7 +135,11 @@ class Arm(ABC):
 
     modality: ClassVar[str]
     columns: ClassVar[tuple[str, ...]]  # the view's columns a row keeps beside its prompt (TRL inserts images itself)
-    default_template: ClassVar[str]  # the prompt when `prompt_template` is unset (`astroreason.prompts`)
+    # The arm's template for a split's task (`astroreason.prompts`). An arm's `default_template`, the prompt when
+    # `prompt_template` is unset, is the one for its manifest's task (`data.task.task_of`); the class's is Galaxy10
+    # DECaLS's, for callers with no split at hand (the benches).
+    template_for: ClassVar[Callable[[Task], str]]
+    default_template: ClassVar[str]
     representation_fields: ClassVar[tuple[str, ...]]  # the template's field for the galaxy as text (none: beside it)
     zoom_instruction: ClassVar[str]  # the zoom episodes' system turn (`prompts.zoom_prompt`)
     blank_input: ClassVar[str]  # what the blank-input control shows instead of the galaxy, in the audit's words
@@ -153,6 +159,8 @@ class Arm(ABC):
     ):
         self.settings, self.split = settings, split
         self.manifest = load_manifest(settings.data_dir) if manifest is None else manifest
+        self.task = task_of(self.manifest)
+        self.default_template = self.template_for(self.task)
         self.view = self.load_view()
         self.n = len(self.view) if max_samples is None else min(max_samples, len(self.view))
         self.template = settings.prompt_template
@@ -256,7 +264,7 @@ class Arm(ABC):
         """Row `index` as TRL's conversational columns: `prompt`, the galaxy and, for SFT, `completion`."""
         row = {"prompt": self.prompt(example, index), **self.galaxy(example)}
         if with_completion:
-            row["completion"] = [{"role": "assistant", "content": answer_text(example["label"])}]
+            row["completion"] = [{"role": "assistant", "content": answer_text(example["label"], self.task.classes)}]
         return row
 
     def dataset(self, *, with_completion: bool, permute_labels_seed: int | None = None):

@@ -10,7 +10,7 @@ import numpy as np
 from ..data.splits import load_split
 from ..errors import UserError
 from ..models import check_image_size
-from ..prompts import IMAGE_TEMPLATE, IMAGE_ZOOM_INSTRUCTION
+from ..prompts import IMAGE_TEMPLATE, IMAGE_ZOOM_INSTRUCTION, image_template
 from ..tokens.crops import BICUBIC
 from .base import Arm, ArmSettings
 from .zoom_tool import ZoomTool
@@ -25,6 +25,7 @@ def resize_image(image, size: int):
 class ImageArm(Arm):
     modality = "image"
     columns = ("label", "image")
+    template_for = staticmethod(image_template)
     default_template = IMAGE_TEMPLATE
     representation_fields = ()
     zoom_instruction = IMAGE_ZOOM_INSTRUCTION

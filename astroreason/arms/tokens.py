@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import check_code_tokens
-from ..prompts import TOKENS_TEMPLATE, TOKENS_ZOOM_INSTRUCTION
+from ..prompts import TOKENS_TEMPLATE, TOKENS_ZOOM_INSTRUCTION, tokens_template
 from ..tokens import load_codec, render, token_split
 from ..tokens.cache import load_codes
 from ..tokens.cache import split_positions as token_positions
@@ -26,6 +26,7 @@ CENTRE_CROP_CAPTION = "The field's centre, a box {side:g} of its side, encoded a
 class TokenArm(Arm):
     modality = "tokens"
     columns = ("label",)
+    template_for = staticmethod(tokens_template)
     default_template = TOKENS_TEMPLATE
     representation_fields = ("tokens",)
     zoom_instruction = TOKENS_ZOOM_INSTRUCTION

@@ -36,6 +36,7 @@ from ..arms import ARMS, ArmSettings, build_arm
 from ..data.inspect import duplicate_groups, ordering
 from ..data.sources import open_source
 from ..data.splits import MANIFEST_NAME, SPLIT_NAMES, assign_units, load_manifest, make_manifest
+from ..data.task import task_of
 from ..errors import UserError
 from ..evaluation.backends import SamplingSettings, TransformersBackend
 from ..evaluation.episodes import ZOOM_TURN_TOKENS, LocalTurns, ZoomEpisodes
@@ -412,6 +413,10 @@ class RunSpec:
             prompt_template=self.template,
         )
 
+    def classes(self) -> list[str]:
+        """The run's class names, by label (its split's manifest): what its answers name."""
+        return load_manifest(self.data_dir).classes
+
 
 def control_rows(spec: RunSpec, split: str, *, max_samples: int, galaxy: str = "blank", seed: int = 0):
     """(prompts, images, labels) of the first rows of a split, from the run's arm with its recorded template. `galaxy`
@@ -427,16 +432,17 @@ def _majority_rate(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / len(labels))
 
 
-def _score(texts: list[str], labels) -> dict:
-    """The answers' accuracy against the majority-class rate, and the share of answers parsed."""
-    predictions = [parse_answer(t) for t in texts]
+def _score(texts: list[str], labels, classes) -> dict:
+    """The answers' accuracy against the majority-class rate, and the share of answers parsed (naming one of
+    `classes`)."""
+    predictions = [parse_answer(t, classes) for t in texts]
     correct = int(sum(p == y for p, y in zip(predictions, labels)))
     parsed = sum(p is not None for p in predictions) / max(len(predictions), 1)
     return {**beats_rate(correct, len(labels), _majority_rate(labels)), "parsed": parsed}
 
 
-def _score_backend(backend, prompts, images, labels) -> dict:
-    return _score([g.text for g in backend.generate(prompts, images)], labels)
+def _score_backend(backend, prompts, images, labels, classes) -> dict:
+    return _score([g.text for g in backend.generate(prompts, images)], labels, classes)
 
 
 def control_zoom_tool(spec: RunSpec, arm, family):
@@ -451,7 +457,7 @@ def _score_episodes(spec: RunSpec, backend, *, max_samples: int, seed: int = 0) 
     first view whose zooms crop black (image arm), or another galaxy's codes whose zooms crop that other galaxy (the
     token arm's `control_order`), so no turn carries the asked galaxy."""
     texts, labels, zoom_rate = _episode_texts(spec, backend, max_samples=max_samples, galaxy="blank", seed=seed)
-    return {**_score(texts, labels), "zoom_rate": zoom_rate}
+    return {**_score(texts, labels, spec.classes()), "zoom_rate": zoom_rate}
 
 
 def _episode_texts(spec: RunSpec, backend, *, max_samples: int, galaxy: str, seed: int = 0):
@@ -493,7 +499,7 @@ def probe_blank_input(spec: RunSpec, *, backend=None, max_samples: int = 64) -> 
         score = _score_episodes(spec, backend, max_samples=max_samples)
     else:
         prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="blank")
-        score = _score_backend(backend, prompts, images, labels)
+        score = _score_backend(backend, prompts, images, labels, spec.classes())
     what = ARMS[spec.modality].blank_input
     if spec.zoom:
         what += f" in zoom episodes whose zooms see it too ({score['zoom_rate']:.0%} zoomed)"
@@ -537,7 +543,7 @@ def probe_label_permutation(
     backend = TransformersBackend(model, processor, SamplingSettings(max_new_tokens=32), batch_size=16)
     test_prompts, test_images, test_labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
     images = test_images if ARMS[spec.modality].carries_image else None
-    score = _score_backend(backend, test_prompts, images, test_labels)
+    score = _score_backend(backend, test_prompts, images, test_labels, spec.classes())
     details.update(score)
     of = f" of the recipe's {recipe_steps}" if recipe_steps and recipe_steps != n_steps else ""
     adapter = ", a fresh LoRA adapter" if details["lora"] else ""
@@ -560,7 +566,7 @@ def _answers(spec: RunSpec, backend, *, max_samples: int) -> tuple[list, np.ndar
     else:
         prompts, images, labels = control_rows(spec, spec.split, max_samples=max_samples, galaxy="real")
         texts = [g.text for g in backend.generate(prompts, images if ARMS[spec.modality].carries_image else None)]
-    return [parse_answer(t) for t in texts], labels
+    return [parse_answer(t, spec.classes()) for t in texts], labels
 
 
 def _rates(predictions: list, labels: np.ndarray) -> dict:
@@ -788,7 +794,8 @@ def audit(
         report.probes.append(probe_row_order(data))
         report.probes.append(probe_duplicates(data))
         if templates is None:
-            templates = {name: arm.default_template for name, arm in ARMS.items()}
+            task = task_of(manifest)
+            templates = {name: arm.template_for(task) for name, arm in ARMS.items()}
             lint = read_lint_record(path) if path.is_dir() else None
             if lint and lint.get("template"):
                 templates = {lint["modality"]: lint["template"]}

@@ -21,6 +21,8 @@ import inspect
 import tempfile
 from pathlib import Path
 
+from ..arms import ArmSettings
+from ..data.splits import load_manifest
 from ..errors import UserError
 from ..integrity.fingerprint import read_fingerprint
 from ..integrity.history import TRAINING_LOG_FILE, logged_mean, read_training_log
@@ -64,8 +66,9 @@ def random_rewards(start: ControlStart, log: dict, *, seed: int = 0) -> tuple[li
     random}) for the run at `start`, whose training log is `log`; or why the rewards cannot be replaced."""
     script = start.recipe["script_args"]
     names = reward_names(script)
-    try:
-        funcs = get_reward_funcs(names)
+    try:  # the rewards kept as they are score answers against the run's class names, as in the run
+        classes = load_manifest(script.get("data_dir") or ArmSettings.data_dir).classes
+        funcs = get_reward_funcs(names, classes)
     except UserError as err:
         return f"the run's rewards cannot be rebuilt here: {err}"
     out, replaced = [], {}

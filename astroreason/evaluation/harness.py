@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ..arms import Arm, build_arm
 from ..budget import Budget, BudgetExhausted, Ledger, api_price, gpu_price, local_device
-from ..data.galaxy10 import DECALS_CLASSES
 from ..data.splits import load_manifest
 from ..errors import CheckFailed, UserError
 from ..integrity.gate import read_suspect
@@ -69,7 +68,7 @@ def model_fingerprint(config: EvalConfig) -> str:
     return sha256_bytes("served", config.server_model or config.model)
 
 
-def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
+def answer_settings(config: EvalConfig, zoom: dict | None = None, *, arm: Arm | None = None) -> dict:
     """Everything besides the prompt and the image that decides an answer, part by part (`cache_key` in
     result.json); each sample's key hashes all of it. Files are hashed once per process, not per sample.
 
@@ -81,9 +80,13 @@ def answer_settings(config: EvalConfig, zoom: dict | None = None) -> dict:
     - `decoding`: max_new_tokens and, when sampling, temperature, top_p and the seed;
     - with `zoom: true` only, `zoom` (`zoom_settings`): the turn cap, the tool and its box limits, the family's
       tool-calling templates. A run without zoom keys its samples exactly as before.
+
+    `arm` is the evaluated arm (`evaluation_arm`, built here when not given): its default template is its split's.
     """
 
-    served, arm = config.backend == "openai", config.arm_class()
+    if arm is None:  # the default template is the one for the split's task (its classes): the arm knows it
+        arm = evaluation_arm(config)
+    served = config.backend == "openai"
     parts = {
         "version": CACHE_KEY_VERSION,
         "backend": config.backend,
@@ -351,7 +354,7 @@ class Evaluation:
         if self.tool is not None:  # the tool's turns are prompt text too: CheckFailed before anything is asked
             # on the split's first rows, not only those evaluated (a few galaxies would test nothing)
             self.tool_lint_calls = lint_tool_turns(self.tool, config.split, self.arm.split_positions())
-        self.settings = answer_settings(config, zoom)
+        self.settings = answer_settings(config, zoom, arm=self.arm)
         settings = sha256_json(self.settings)
         self.keys = [sample_key(row["prompt"], row.get("image"), settings) for row in self.rows]
         self.done = read_cache(self.cache_path)
@@ -414,7 +417,7 @@ class Evaluation:
         """The cache record of sample `i`'s answer: its key, index, label, completion and parsed prediction, and the
         answer's costs and extras (`fields`)."""
         base = {"key": self.keys[i], "index": i, "label": self.labels[i], "completion": text}
-        return {**base, "prediction": parse_answer(text), **fields}
+        return {**base, "prediction": parse_answer(text, self.arm.task.classes), **fields}
 
     def _keep(self, records: list[dict]) -> None:
         """Append answers to the cache as they arrive (a killed run keeps them) and count them as asked."""
@@ -518,7 +521,7 @@ class Evaluation:
             metrics = classification_metrics(
                 [r["label"] for r in finished],
                 [r["prediction"] for r in finished],
-                len(DECALS_CLASSES),
+                len(self.arm.task.classes),
                 n_boot=self.config.n_boot,
                 seed=self.config.seed,
             )
@@ -561,6 +564,8 @@ class Evaluation:
             "spend": spend,
             "estimate": estimate,
             "metrics": metrics,
+            # The class names, by label: what `prediction` and `label` index (older results have none: Galaxy10's).
+            "classes": list(self.arm.task.classes),
         }
         if self.tool is not None:  # zoom rate, zooms and tokens per galaxy, accuracy with and without zoom
             result["zoom"] = {

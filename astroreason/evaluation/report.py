@@ -104,6 +104,11 @@ def compare_runs(a: dict, b: dict, *, seed: int = 0) -> dict:
     )
 
 
+def class_names(result: dict) -> tuple[str, ...]:
+    """A result's class names, by label (`classes`; a result written before it was recorded is Galaxy10 DECaLS's)."""
+    return tuple(result.get("classes") or DECALS_CLASSES)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -230,9 +235,10 @@ def draw_figures(runs: list[dict]):
         ax.bar(np.arange(len(recall)) + k * width, recall, width, label=run["name"])
     # Whole class names, wrapped (cut to 14 letters, "Edge-on withou" and "Edge-on with B" were riddles), with the
     # class number the confusion matrices use.
+    names = class_names(runs[0]["result"])  # the runs of one report share their split's classes
     ax.set_xticks(
-        np.arange(len(DECALS_CLASSES)) + 0.4 - width / 2,
-        [textwrap.fill(f"{k} {c}", 13, break_on_hyphens=False) for k, c in enumerate(DECALS_CLASSES)],
+        np.arange(len(names)) + 0.4 - width / 2,
+        [textwrap.fill(f"{k} {c}", 13, break_on_hyphens=False) for k, c in enumerate(names)],
         fontsize=8,
     )
     ax.set_ylim(0, 1)
@@ -379,6 +385,7 @@ def _zoom_decision_lines(runs: list[dict], stages: dict[str, list[dict]]) -> lis
     if not entries:
         return []
     classes = sorted({int(c) for _, _, z in entries for c in z.get("zoom_rate_per_class") or {}})
+    names = class_names(runs[0]["result"]) if runs else DECALS_CLASSES
     lines = [
         "",
         "## When the model zoomed (zoom rate per true class)",
@@ -386,7 +393,7 @@ def _zoom_decision_lines(runs: list[dict], stages: dict[str, list[dict]]) -> lis
         "Homogenisation is the share of galaxies whose decision (zoom or not) is the run's majority decision: 1.0 is "
         "the same decision for every galaxy, a habit rather than a choice.",
         "",
-        "| run | stage | zoom rate | homogenisation | " + " | ".join(DECALS_CLASSES[c] for c in classes) + " |",
+        "| run | stage | zoom rate | homogenisation | " + " | ".join(names[c] for c in classes) + " |",
         "|---|---|---|---|" + "---|" * len(classes),
     ]
     for name, stage, z in entries:

@@ -133,9 +133,10 @@ class ModelFamily(ABC):
         return None
 
     @abstractmethod
-    def build_tiny(self, out_dir, spec, seed: int):
+    def build_tiny(self, out_dir, spec, seed: int, task):
         """(model, processor) of a tiny random member of the family, built offline from `spec`
-        (`astroreason.models.tiny.TinyModelSpec`)."""
+        (`astroreason.models.tiny.TinyModelSpec`), its tokenizer trained on `task`'s prompts and answers
+        (`tokenizer_corpus`)."""
 
 
 def _has_prefix(name: str, prefixes: tuple[str, ...]) -> bool:

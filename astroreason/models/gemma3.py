@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 
+from ..data.task import GALAXY10, Task
 from .family import ModelFamily, register
 from .tiny import TinyModelSpec, tokenizer_corpus
 
@@ -87,8 +88,8 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(vocab_size: int, chat_template: str | None = None):
-    """A Gemma tokenizer (BPE with byte fallback, spaces as `▁`) trained on `tokenizer_corpus()`, with Gemma 3's
+def train_tokenizer(vocab_size: int, chat_template: str | None = None, task: Task = GALAXY10):
+    """A Gemma tokenizer (BPE with byte fallback, spaces as `▁`) trained on `tokenizer_corpus(task)`, with Gemma 3's
     turn and image tokens. Deterministic. Digits are split one by one in training, so no merge joins two digits."""
     from transformers import GemmaTokenizer
 
@@ -101,7 +102,7 @@ def train_tokenizer(vocab_size: int, chat_template: str | None = None):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *byte_tokens], show_progress=False
     )
-    bpe.train_from_iterator(tokenizer_corpus(), trainer)
+    bpe.train_from_iterator(tokenizer_corpus(task), trainer)
     trained = json.loads(bpe.to_str())["model"]
     tokenizer = GemmaTokenizer(
         vocab=trained["vocab"],
@@ -159,12 +160,12 @@ class Gemma3(ModelFamily):
         fields = dict(qwen3_template["fields"], content={"close_pattern": r"<end_of_turn>\s*", "content": "text"})
         return {**qwen3_template, "start_anchor": f"{START_TURN}model\n", "fields": fields}
 
-    def build_tiny(self, out_dir, spec: TinyModelSpec, seed: int):
+    def build_tiny(self, out_dir, spec: TinyModelSpec, seed: int, task):
         import torch
         from transformers import Gemma3ForConditionalGeneration, Gemma3Processor, GenerationConfig
         from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-        tokenizer = train_tokenizer(spec.vocab_size, self.chat_template)
+        tokenizer = train_tokenizer(spec.vocab_size, self.chat_template, task)
         tokenizer.response_template = self.response_template()  # saved with the tokenizer: TRL parses tool calls
         side = self.tiny_image_side
         image_processor = Gemma3ImageProcessorPil(size={"height": side, "width": side})

@@ -17,6 +17,7 @@ from abc import abstractmethod
 
 import numpy as np
 
+from ..data.task import GALAXY10, Task
 from .family import ModelFamily
 from .tiny import TinyModelSpec, tokenizer_corpus
 
@@ -97,8 +98,8 @@ CHAT_TEMPLATE = _CONTENT + (
 )
 
 
-def train_tokenizer(vocab_size: int, chat_template: str | None = None):
-    """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer) trained on `tokenizer_corpus()`. Deterministic."""
+def train_tokenizer(vocab_size: int, chat_template: str | None = None, task: Task = GALAXY10):
+    """A Qwen2 tokenizer (byte-level BPE, Qwen's pre-tokenizer) trained on `tokenizer_corpus(task)`. Deterministic."""
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
@@ -119,7 +120,7 @@ def train_tokenizer(vocab_size: int, chat_template: str | None = None):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(tokenizer_corpus(), trainer)
+    bpe.train_from_iterator(tokenizer_corpus(task), trainer)
     trained = json.loads(bpe.to_str())["model"]
     tokenizer = Qwen2Tokenizer(
         vocab=trained["vocab"],
@@ -204,12 +205,12 @@ class QwenVLFamily(ModelFamily):
 
         return qwen3_template
 
-    def build_tiny(self, out_dir, spec: TinyModelSpec, seed: int):
+    def build_tiny(self, out_dir, spec: TinyModelSpec, seed: int, task):
         import torch
         from transformers import GenerationConfig
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        tokenizer = train_tokenizer(spec.vocab_size, self.chat_template)
+        tokenizer = train_tokenizer(spec.vocab_size, self.chat_template, task)
         tokenizer.response_template = self.response_template()  # saved with the tokenizer: TRL parses tool calls
         image_processor = Qwen2VLImageProcessorPil(
             patch_size=self.patch_size, merge_size=self.merge_size, temporal_patch_size=2

@@ -10,12 +10,12 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from ..data.galaxy10 import DECALS_CLASSES
+from ..data.task import GALAXY10, Task
 from ..errors import UserError
 from ..io import atomic_path, write_json_atomic
 
 # prompts sits above models in the layers; see docs/models.md
-from ..prompts import IMAGE_TEMPLATE, IMAGE_ZOOM_INSTRUCTION, TOKENS_TEMPLATE, TOKENS_ZOOM_INSTRUCTION, answer_text
+from ..prompts import IMAGE_ZOOM_INSTRUCTION, TOKENS_ZOOM_INSTRUCTION, answer_text, image_template, tokens_template
 from .family import families
 
 SIZES = ("tiny", "small")
@@ -97,24 +97,32 @@ _TOOL_TEXT = (
 )
 
 
-def tokenizer_corpus() -> list[str]:
-    """The built-in corpus: the prompt templates, class names and answers, digits, some reasoning text, and a zoom
-    episode's system turn, tool schema and call."""
+def tokenizer_corpus(task: Task = GALAXY10) -> list[str]:
+    """The built-in corpus: the prompt templates of `task` (`data.task`: default Galaxy10 DECaLS), its class names
+    and answers, digits, some reasoning text, and a zoom episode's system turn, tool schema and call."""
 
+    classes = task.classes
     numbers = " ".join(str(i) for i in range(0, 5000, 7))  # digits in every position, as codec ids appear
-    lines = [t.replace("{tokens}", numbers) for t in (IMAGE_TEMPLATE, TOKENS_TEMPLATE)]
-    lines += list(DECALS_CLASSES) + [answer_text(i) for i in range(len(DECALS_CLASSES))]
-    lines += [f"<think>{r}</think> {answer_text(i % 10)}" for i, r in enumerate(_REASONING)]
+    lines = [t(task).replace("{tokens}", numbers) for t in (image_template, tokens_template)]
+    lines += list(classes) + [answer_text(i, classes) for i in range(len(classes))]
+    lines += [f"<think>{r}</think> {answer_text(i % len(classes), classes)}" for i, r in enumerate(_REASONING)]
     lines += ["0 1 2 3 4 5 6 7 8 9", numbers, "You are a helpful assistant."]
     lines += [IMAGE_ZOOM_INSTRUCTION, TOKENS_ZOOM_INSTRUCTION, *_TOOL_TEXT]
     return lines
 
 
 def build_tiny_model(
-    out_dir: str | Path, *, arch: str = "qwen2_5_vl", seed: int = 0, size: str = "tiny", **overrides
+    out_dir: str | Path,
+    *,
+    arch: str = "qwen2_5_vl",
+    seed: int = 0,
+    size: str = "tiny",
+    task: Task = GALAXY10,
+    **overrides,
 ) -> Path:
     """Build a tiny random model of the family `arch` (a `model_type`: model, tokenizer, processor, chat template)
-    offline and save it in `out_dir`.
+    offline and save it in `out_dir`. Its tokenizer is trained on `task`'s prompts and answers (`data.task`; default
+    Galaxy10 DECaLS): a task's class names are a few tokens each, as in a real vocabulary.
 
     `overrides` change fields of `TinyModelSpec` (e.g. `hidden_size=32`). The same arguments give the same files.
     Reload with `load_model_and_processor(out_dir)`.
@@ -134,7 +142,7 @@ def build_tiny_model(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise UserError(f"out: {out_dir} already exists and is not empty; choose another directory")
 
-    model, processor = archs[arch].build_tiny(out_dir, spec, seed)
+    model, processor = archs[arch].build_tiny(out_dir, spec, seed, task)
     n_params = sum(p.numel() for p in model.parameters())
     record = {
         "arch": arch,
@@ -143,6 +151,7 @@ def build_tiny_model(
         "spec": asdict(spec),
         "parameters": n_params,
         "vocab_size": len(processor.tokenizer),
+        "classes": list(task.classes),
     }
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..arms import Arm, build_arm
 from ..budget import BudgetExhausted
 from ..callbacks import budget_callbacks, budget_estimate, budget_stop, integrity_callbacks, user_callbacks
+from ..data.splits import load_manifest
 from ..defaults import ensure_tiny_defaults
 from ..errors import UserError
 from ..integrity.lint import write_lint_record
@@ -322,10 +323,17 @@ def build_grpo_trainer(
     if args.zoom:
         apply_turn_cap(args, training_args)
     parts, code_ids = _trainer_parts("grpo", args, training_args, model_args, permute_labels_seed=permute_labels_seed)
-    reward_funcs = get_reward_funcs(args.reward_funcs) if reward_funcs is None else list(reward_funcs)
+    classes = load_manifest(args.data_dir).classes  # the rewards score answers against the split's class names
+    reward_funcs = get_reward_funcs(args.reward_funcs, classes) if reward_funcs is None else list(reward_funcs)
     if args.zoom:
         zoom = zoom_parts(
-            args, training_args, parts["model"], parts["processing_class"], reward_funcs, parts["train_dataset"]
+            args,
+            training_args,
+            parts["model"],
+            parts["processing_class"],
+            reward_funcs,
+            parts["train_dataset"],
+            classes=classes,
         )
         trainer = GRPOTrainer(**zoom, **parts)
     else:

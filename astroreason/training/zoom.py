@@ -72,16 +72,18 @@ def linted_tool(args: GalaxyScriptArguments, model, processor, train_dataset):
     return tool
 
 
-def zoom_parts(args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list, train_dataset) -> dict:
+def zoom_parts(
+    args: GalaxyScriptArguments, training_args, model, processor, reward_funcs: list, train_dataset, *, classes
+) -> dict:
     """The `GRPOTrainer` keywords of a zoom run: `environment_factory` and the reward functions (the recipe's, then
     `zoom_cost`, which also logs the zoom metrics, and `zoom_bonus` when asked; all of them skip unanswered
     episodes unless `zoom_skip_unanswered` is off), with the tool of `linted_tool`; keeps the video token out of
-    sampling (`suppress_video_tokens`)."""
+    sampling (`suppress_video_tokens`). `classes` are the split's class names (`zoom_bonus` scores against them)."""
     suppress_video_tokens(training_args, model)
     tool = linted_tool(args, model, processor, train_dataset)
     names = [getattr(f, "__name__", "") for f in reward_funcs]
     extra = ["zoom_cost"] + (["zoom_bonus"] if args.zoom_bonus else [])
-    funcs = reward_funcs + [f for f in get_reward_funcs(extra) if f.__name__ not in names]
+    funcs = reward_funcs + [f for f in get_reward_funcs(extra, classes) if f.__name__ not in names]
     if args.zoom_skip_unanswered:
         funcs = [skip_unanswered(f) for f in funcs]
     factory = environment_factory(tool, zoom_cost=args.zoom_cost, zoom_bonus=args.zoom_bonus)
