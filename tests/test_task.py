@@ -51,6 +51,16 @@ def test_a_galaxy10_split_gets_the_recorded_template(prepared_dir):
     assert sha256(arm.rows()[0]["prompt"][0]["content"]) == RECORDED_SHA256["image"]
 
 
+def test_a_prepared_spectra_split_names_the_spectral_classes(tmp_path):
+    """The task read from a spectra directory that `prepare_spectra` wrote is the one the other tests use."""
+    from astroreason.data.spectra.splits import prepare_spectra
+    from astroreason.data.spectra.surrogate import synthesize_spectra
+
+    source = synthesize_spectra(tmp_path / "stars", n=35, seed=2, dloglam=1e-3)
+    out = prepare_spectra(source, tmp_path / "prepared", label_column="spectral_class")
+    assert task_of(load_manifest(out)) == SPECTRA
+
+
 def test_a_spectra_task_names_the_spectral_classes():
     assert SPECTRA.classes == ("O", "B", "A", "F", "G", "K", "M")
     assert SPECTRA.noun == "star"
