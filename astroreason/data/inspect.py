@@ -229,6 +229,43 @@ def inspect_file(path, *, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC, sha256: 
         }
 
 
+def print_classes_and_order(report: dict, console, *, within: str = "") -> None:
+    """The report's class counts and row order as rich tables (images and spectra alike); `within` qualifies an
+    order found inside each of the source's own splits."""
+    from rich.table import Table
+
+    n = report["n_rows"]
+    classes = Table(title="Classes")
+    for col, justify in (("label", "right"), ("name", "left"), ("count", "right"), ("share", "right")):
+        classes.add_column(col, justify=justify)
+    for c in report["classes"]:
+        classes.add_row(str(c["label"]), c["name"], str(c["count"]), f"{100 * c['count'] / n:.1f} %")
+    console.print(classes)
+
+    order = report["ordering"]
+    verdict = (
+        f"[red]sorted by class{within}[/red]"
+        if order["sorted_by_class"]
+        else f"[red]grouped by class{within}[/red]"
+        if order["grouped_by_class"]
+        else f"[red]clustered by class{within}[/red] (neighbours mostly share a label)"
+        if order.get("clustered_by_class")
+        else "not ordered by class"
+    )
+    same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
+    console.print(
+        f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
+        f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)"
+    )
+    if order["runs"] and (order["sorted_by_class"] or order["grouped_by_class"]):
+        runs = Table(title="Class runs (row boundaries)")
+        for col in ("label", "name", "rows"):
+            runs.add_column(col)
+        for r in order["runs"]:
+            runs.add_row(str(r["label"]), r["name"], f"{r['start']}-{r['stop'] - 1}")
+        console.print(runs)
+
+
 def print_report(report: dict, console=None) -> None:
     """The report as rich tables."""
     from rich.console import Console
@@ -257,37 +294,7 @@ def print_report(report: dict, console=None) -> None:
         schema.add_row(key, str(tuple(info["shape"])) if info["shape"] else "-", info["dtype"], str(nan))
     console.print(schema)
 
-    n = report["n_rows"]
-    classes = Table(title="Classes")
-    for col, justify in (("label", "right"), ("name", "left"), ("count", "right"), ("share", "right")):
-        classes.add_column(col, justify=justify)
-    for c in report["classes"]:
-        classes.add_row(str(c["label"]), c["name"], str(c["count"]), f"{100 * c['count'] / n:.1f} %")
-    console.print(classes)
-
-    order = report["ordering"]
-    within = " within each of its splits" if report["source_splits"] else ""
-    verdict = (
-        f"[red]sorted by class{within}[/red]"
-        if order["sorted_by_class"]
-        else f"[red]grouped by class{within}[/red]"
-        if order["grouped_by_class"]
-        else f"[red]clustered by class{within}[/red] (neighbours mostly share a label)"
-        if order.get("clustered_by_class")
-        else "not ordered by class"
-    )
-    same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
-    console.print(
-        f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
-        f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)"
-    )
-    if order["runs"] and (order["sorted_by_class"] or order["grouped_by_class"]):
-        runs = Table(title="Class runs (row boundaries)")
-        for col in ("label", "name", "rows"):
-            runs.add_column(col)
-        for r in order["runs"]:
-            runs.add_row(str(r["label"]), r["name"], f"{r['start']}-{r['stop'] - 1}")
-        console.print(runs)
+    print_classes_and_order(report, console, within=" within each of its splits" if report["source_splits"] else "")
 
     dupes = report["duplicates"]
     if not dupes["positions_checked"]:

@@ -519,7 +519,13 @@ def prepare(
             write_views(manifest, tmp, staging, progress=progress)
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
         return out
-    if existing.identity() != make_manifest(source, **settings).identity():
+    return reuse_prepared(out, existing, make_manifest(source, **settings))
+
+
+def reuse_prepared(out: Path, existing: Manifest, manifest: Manifest) -> Path:
+    """`out` as it is, when it was prepared as `manifest` says (same data, same settings) and every split view is
+    there; anything else is refused, so a split is never silently replaced under the runs that used it."""
+    if existing.identity() != manifest.identity():
         raise UserError(
             f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); choose another --out"
         )

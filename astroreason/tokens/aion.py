@@ -143,6 +143,16 @@ def codec_name(folder: Path) -> str:
     return f"aion-{root.name}"
 
 
+def _codes_tensor(codes, grid_shape: tuple[int, int]):
+    """Codes [B, *grid_shape] as the long tensor AION decodes; any other shape refused in one line."""
+    import torch
+
+    codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+    if codes.ndim != 3 or tuple(codes.shape[1:]) != tuple(grid_shape):
+        raise UserError(f"codes: expected [B, {grid_shape[0]}, {grid_shape[1]}], got {list(codes.shape)}")
+    return codes
+
+
 class AionCodec(Codec):
     """AION-1's image codec: 4-band DES g,r,i,z flux in nanomaggies, 96 px -> 24x24 = 576 ids in [0, 4374].
 
@@ -200,9 +210,7 @@ class AionCodec(Codec):
     def decode(self, codes) -> np.ndarray:
         import torch
 
-        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
-        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
-            raise UserError(f"codes: expected [B, {self.grid_shape[0]}, {self.grid_shape[1]}], got {list(codes.shape)}")
+        codes = _codes_tensor(codes, self.grid_shape)
         with torch.inference_mode():
             image = self.codec.decode(codes.reshape(len(codes), -1), bands=list(self.input_spec.bands))
         return image.flux.numpy()
@@ -298,9 +306,7 @@ class AionSpectrumCodec(Codec):
         """Codes [B, 1, 1 + L] -> flux [B, pixels] on AION's grid (`wavelength`), in the input's units."""
         import torch
 
-        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
-        if codes.ndim != 3 or tuple(codes.shape[1:]) != self.grid_shape:
-            raise UserError(f"codes: expected [B, 1, {self.grid_shape[1]}], got {list(codes.shape)}")
+        codes = _codes_tensor(codes, self.grid_shape)
         with torch.inference_mode():
             return self.codec.decode(codes[:, 0]).flux.numpy()
 

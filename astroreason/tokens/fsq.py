@@ -416,6 +416,31 @@ def make_optimizer(model: nn.Module, train: TrainConfig):
     return optimizer, schedule
 
 
+def run_steps(model: nn.Module, data, train: TrainConfig, generator, loss_of, progress=None) -> dict:
+    """The training loop of every built-in codec: `train.steps` AdamW steps (`make_optimizer`), each on a batch of
+    `data` drawn with `generator` and scored by `loss_of(batch)`; `progress(step, loss)` every few steps. Leaves the
+    model in eval mode; returns the metrics of the run (final loss, wall and CPU seconds, steps)."""
+    optimizer, schedule = make_optimizer(model, train)
+    start, cpu_start, loss_value = time.perf_counter(), time.process_time(), float("nan")
+    for step in range(1, train.steps + 1):
+        idx = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
+        loss = loss_of(data[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_value = loss.item()
+        if progress is not None and (step % 25 == 0 or step == train.steps):
+            progress(step, loss_value)
+    model.eval()
+    return {
+        "final_train_loss": loss_value,
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 2),  # all threads; wall time depends on the load
+        "steps": train.steps,
+    }
+
+
 def train_fsq(
     config: FSQConfig,
     train_inputs: np.ndarray,
@@ -436,28 +461,13 @@ def train_fsq(
     codec = FSQCodec(config, name=name)
     model = codec.model.train()
     data = codec.scaler.forward(train_inputs)
-    optimizer, schedule = make_optimizer(model, train)
-    start, cpu_start, loss_value = time.perf_counter(), time.process_time(), float("nan")
-    for step in range(1, train.steps + 1):
-        idx = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
-        x = _augment(data[idx], generator, train.crop)
+
+    def loss_of(batch):
+        x = _augment(batch, generator, train.crop)
         recon, _ = model(x)
-        loss = nn.functional.mse_loss(recon, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()
-        if progress is not None and (step % 25 == 0 or step == train.steps):
-            progress(step, loss_value)
-    model.eval()
+        return nn.functional.mse_loss(recon, x)
+
+    trained = run_steps(model, data, train, generator, loss_of, progress)
     codec._weights_sha256 = None
-    metrics = {
-        "held_out": evaluate(codec, eval_inputs),
-        "final_train_loss": loss_value,
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "train_cpu_seconds": round(time.process_time() - cpu_start, 2),  # all threads; wall time depends on the load
-        "steps": train.steps,
-        "n_train_images": int(len(train_inputs)),
-    }
+    metrics = {"held_out": evaluate(codec, eval_inputs), **trained, "n_train_images": int(len(train_inputs))}
     return codec, metrics

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torch import nn
 from ..errors import UserError
 from ..io import sha256_bytes
 from .codec import InputSpec, read_config
-from .fsq import FSQ, ChannelNorm, ResBlock, TorchCodec, TrainConfig, codebook_stats, load_weights, make_optimizer
+from .fsq import FSQ, ChannelNorm, ResBlock, TorchCodec, TrainConfig, codebook_stats, load_weights, run_steps
 
 CODEC_TYPE = "fsq1d"
 
@@ -433,27 +432,12 @@ def train_spectrum_fsq(
     codec = SpectrumFSQCodec(config, name=name)
     model = codec.model.train()
     data = torch.from_numpy(train_x)
-    optimizer, schedule = make_optimizer(model, train)
-    start, cpu_start, loss_value = time.perf_counter(), time.process_time(), float("nan")
-    for step in range(1, train.steps + 1):
-        idx = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
-        recon, _ = model(data[idx])
-        loss = _weighted_mse(recon, data[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        loss_value = loss.item()
-        if progress is not None and (step % 25 == 0 or step == train.steps):
-            progress(step, loss_value)
-    model.eval()
+
+    def loss_of(batch):
+        recon, _ = model(batch)
+        return _weighted_mse(recon, batch)
+
+    trained = run_steps(model, data, train, generator, loss_of, progress)
     codec._weights_sha256 = None
-    metrics = {
-        "held_out": evaluate_spectra(codec, eval_x),
-        "final_train_loss": loss_value,
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "train_cpu_seconds": round(time.process_time() - cpu_start, 2),  # all threads; wall time depends on the load
-        "steps": train.steps,
-        "n_train_spectra": int(len(train_x)),
-    }
+    metrics = {"held_out": evaluate_spectra(codec, eval_x), **trained, "n_train_spectra": int(len(train_x))}
     return codec, metrics

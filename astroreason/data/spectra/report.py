@@ -3,6 +3,8 @@ image report (`..inspect.print_report`)."""
 
 from __future__ import annotations
 
+from ..inspect import print_classes_and_order
+
 
 def print_spectra_report(report: dict, console=None) -> None:
     """The report as rich tables: classes, row order, duplicate groups with their conflicts, unusable flux."""
@@ -16,36 +18,7 @@ def print_spectra_report(report: dict, console=None) -> None:
         f"{lo:.1f}-{hi:.1f} Angstrom; labels from `{report['label_column']}`"
     )
 
-    n = report["n_rows"]
-    classes = Table(title="Classes")
-    for col, justify in (("label", "right"), ("name", "left"), ("count", "right"), ("share", "right")):
-        classes.add_column(col, justify=justify)
-    for c in report["classes"]:
-        classes.add_row(str(c["label"]), c["name"], str(c["count"]), f"{100 * c['count'] / n:.1f} %")
-    console.print(classes)
-
-    order = report["ordering"]
-    verdict = (
-        "[red]sorted by class[/red]"
-        if order["sorted_by_class"]
-        else "[red]grouped by class[/red]"
-        if order["grouped_by_class"]
-        else "[red]clustered by class[/red] (neighbours mostly share a label)"
-        if order["clustered_by_class"]
-        else "not ordered by class"
-    )
-    same, shuffled = order["adjacent_same_label"], order["adjacent_same_label_if_shuffled"]
-    console.print(
-        f"Row order: {verdict}; {order['n_runs']} class runs; neighbours share a label "
-        f"{100 * (same or 0):.1f} % of the time ({100 * shuffled:.1f} % if shuffled)"
-    )
-    if order["runs"] and (order["sorted_by_class"] or order["grouped_by_class"]):
-        runs = Table(title="Class runs (row boundaries)")
-        for col in ("label", "name", "rows"):
-            runs.add_column(col)
-        for r in order["runs"]:
-            runs.add_row(str(r["label"]), r["name"], f"{r['start']}-{r['stop'] - 1}")
-        console.print(runs)
+    print_classes_and_order(report, console)
 
     dupes = report["duplicates"]
     if not dupes["positions_checked"]:

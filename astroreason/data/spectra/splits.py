@@ -35,6 +35,7 @@ from ..splits import (
     _check_settings,
     load_manifest,
     load_split,
+    reuse_prepared,
     split_path,
     split_units,
 )
@@ -216,14 +217,7 @@ def prepare_spectra(
             write_spectra_views(manifest, spectra, tmp)
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest.to_json(), indent=1, sort_keys=True) + "\n")
         return out
-    if existing.identity() != manifest.identity():
-        raise UserError(
-            f"{out}: already prepared with other data or settings (manifest {existing.hash[:12]}); choose another --out"
-        )
-    missing = [s for s in existing.rows if not split_path(out, s).is_file()]
-    if missing:
-        raise UserError(f"{out}: split view(s) {', '.join(missing)} missing; remove the directory and prepare again")
-    return out
+    return reuse_prepared(out, existing, manifest)
 
 
 def iter_split_spectra(prepared_dir, split: str, *, manifest: Manifest | None = None, positions=None, batch_size=None):
