@@ -21,21 +21,21 @@ from .errors import UserError
 INSTRUCTION = GALAXY10.instruction
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
     """`text` as literal text inside a format string (class names are data: a brace in one is no field)."""
     return text.replace("{", "{{").replace("}", "}}")
 
 
 def image_template(task: Task) -> str:
     """The image arm's default template for `task` (`Arm.default_template`)."""
-    return f"The image shows a {task.noun}.\n" + _literal(task.instruction)
+    return f"The image shows a {task.noun}.\n" + literal(task.instruction)
 
 
 def tokens_template(task: Task) -> str:
     """The token arm's default template for `task` (`Arm.default_template`): `{tokens}` is the codec ids as text."""
     return (
         f"The {task.noun} is given as the discrete tokens of an image codec, written as text:\n{{tokens}}\n"
-        + _literal(task.instruction)
+        + literal(task.instruction)
     )
 
 

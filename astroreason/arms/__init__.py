@@ -18,11 +18,13 @@ from __future__ import annotations
 from .base import Arm, ArmSettings, override_hint, permuted_labels
 from .box import BoxError, BoxLimits, fit_box, parse_box
 from .image import BlankImageZoom, ImageArm, ImageZoom, resize_image
+from .spectrum_plot import SpectrumPlotArm, SpectrumPlotter
+from .spectrum_tokens import SpectrumTokenArm
 from .tokens import TokenArm, TokenZoom
 from .zoom_tool import DEFAULT_MAX_ASPECT, ZoomCall, ZoomTool
 
 # The registry of modalities: `ArmSettings.modality` names one of these.
-ARMS: dict[str, type[Arm]] = {arm.modality: arm for arm in (ImageArm, TokenArm)}
+ARMS: dict[str, type[Arm]] = {arm.modality: arm for arm in (ImageArm, TokenArm, SpectrumPlotArm, SpectrumTokenArm)}
 
 
 def build_arm(
@@ -45,6 +47,9 @@ __all__ = [
     "BoxLimits",
     "ImageArm",
     "ImageZoom",
+    "SpectrumPlotArm",
+    "SpectrumPlotter",
+    "SpectrumTokenArm",
     "TokenArm",
     "TokenZoom",
     "ZoomCall",

@@ -29,11 +29,15 @@ class ArmSettings:
 
     data_dir: str = field(
         default="runs/demo/prepared",
-        metadata={"help": "Prepared split directory (`astroreason data prepare`), read by both arms."},
+        metadata={"help": "Prepared split directory (`astroreason data prepare`), read by every arm."},
     )
     modality: str = field(
         default="image",
-        metadata={"help": "`image` shows the galaxy as pixels; `tokens` writes its codec ids into the prompt as text."},
+        metadata={
+            "help": "The arm (`arms.ARMS`): `image` shows the galaxy as pixels; `tokens` writes its codec ids into the "
+            "prompt as text; on a spectra split, `spectrum_plot` shows the spectrum as a plot and `spectrum_tokens` "
+            "writes its spectrum codec's ids."
+        },
     )
     codec: str | None = field(
         default=None,
@@ -147,6 +151,7 @@ class Arm(ABC):
     uses_codec: ClassVar[bool] = False  # the arm reads `codec`
     zoom_needs_family: ClassVar[bool] = False  # the tool's default smallest box is one of the family's patches
     marker: ClassVar[str]  # its runs' matplotlib marker in the report's figures
+    reads_spectra: ClassVar[bool] = False  # its prepared directory holds spectra (`Manifest.spectra`), not images
 
     def __init__(
         self,
@@ -159,6 +164,10 @@ class Arm(ABC):
     ):
         self.settings, self.split = settings, split
         self.manifest = load_manifest(settings.data_dir) if manifest is None else manifest
+        held = "spectra" if self.manifest.spectra else "images"
+        read = "spectra" if self.reads_spectra else "images"
+        if held != read:
+            raise UserError(f"data_dir: {settings.data_dir} holds {held}; the {self.modality} arm reads {read}")
         self.task = task_of(self.manifest)
         self.default_template = self.template_for(self.task)
         self.view = self.load_view()

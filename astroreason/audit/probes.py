@@ -795,7 +795,12 @@ def audit(
         report.probes.append(probe_duplicates(data))
         if templates is None:
             task = task_of(manifest)
-            templates = {name: arm.template_for(task) for name, arm in ARMS.items()}
+            # The templates of the arms that read this kind of data (images or spectra).
+            templates = {
+                name: arm.template_for(task)
+                for name, arm in ARMS.items()
+                if arm.reads_spectra == bool(manifest.spectra)
+            }
             lint = read_lint_record(path) if path.is_dir() else None
             if lint and lint.get("template"):
                 templates = {lint["modality"]: lint["template"]}
