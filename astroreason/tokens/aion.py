@@ -110,7 +110,8 @@ def aion_codec_kind(path) -> str:
 
 def _load_hub_codec(cls, folder: Path, what: str):
     """AION's codec class `cls` built from `folder`'s `config.json` and its `model.safetensors` loaded strictly
-    -> (codec, the config's constructor arguments, config path, weights path).
+    -> (codec, the config's constructor arguments, the adapter's identity: its `name`, `config_sha256` and
+    `weights_sha256` keywords).
 
     This is what AION's own `cls.from_pretrained(repo, modality=...)` does (huggingface_hub's
     `PyTorchModelHubMixin`: constructor arguments taken from config.json, other keys ignored; weights through
@@ -132,7 +133,12 @@ def _load_hub_codec(cls, folder: Path, what: str):
         load_model(codec, str(weights), strict=True)
     except (RuntimeError, OSError) as err:
         raise UserError(f"{weights}: does not match {config_path.name} ({str(err).splitlines()[0]})") from None
-    return codec, config, config_path, weights
+    identity = {
+        "name": codec_name(folder),
+        "config_sha256": sha256_file(config_path),
+        "weights_sha256": sha256_file(weights),
+    }
+    return codec, config, identity
 
 
 def codec_name(folder: Path) -> str:
@@ -185,14 +191,8 @@ class AionCodec(Codec):
         ImageCodec, _ = _import_aion()
         folder = find_codec_dir(path)
         read_json_file(folder / "config.json", "AION ImageCodec config", keys=("quantizer_levels",))
-        codec, config, config_path, weights = _load_hub_codec(ImageCodec, folder, "ImageCodec")
-        return cls(
-            codec,
-            config,
-            name=codec_name(folder),
-            config_sha256=sha256_file(config_path),
-            weights_sha256=sha256_file(weights),
-        )
+        codec, config, identity = _load_hub_codec(ImageCodec, folder, "ImageCodec")
+        return cls(codec, config, **identity)
 
     def _encode(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -270,14 +270,8 @@ class AionSpectrumCodec(Codec):
             _import_aion()  # the one-line message about the extra
             raise
         folder = find_codec_dir(path, "spectrum")
-        codec, config, config_path, weights = _load_hub_codec(SpectrumCodec, folder, "SpectrumCodec")
-        return cls(
-            codec,
-            config,
-            name=codec_name(folder),
-            config_sha256=sha256_file(config_path),
-            weights_sha256=sha256_file(weights),
-        )
+        codec, config, identity = _load_hub_codec(SpectrumCodec, folder, "SpectrumCodec")
+        return cls(codec, config, **identity)
 
     def fit_inputs(self, x, *, source: str = "spectra") -> np.ndarray:
         """Check spectra (see the class) -> float32 [B, 3, P] of (wavelength increasing, flux, ivar)."""
