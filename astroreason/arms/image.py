@@ -22,22 +22,17 @@ def resize_image(image, size: int):
     return image if image.size == (size, size) else image.resize((size, size), resample=3)  # PIL.Image.BICUBIC
 
 
-class ImageArm(Arm):
-    modality = "image"
-    columns = ("label", "image")
-    template_for = staticmethod(image_template)
-    default_template = IMAGE_TEMPLATE
+class PixelArm(Arm):
+    """What every arm whose rows carry an `image_size` square image shares (the image arm, the spectrum plot arm):
+    the model's processor takes it as pixels, so the family's grid decides the valid sides and its visual tokens."""
+
     representation_fields = ()
-    zoom_instruction = IMAGE_ZOOM_INSTRUCTION
-    blank_input = "a blank image"
     carries_image = True
-    zoom_needs_family = True
-    marker = "o"
 
     @classmethod
     def check_settings(cls, settings: ArmSettings) -> None:
         if settings.token_crop is not None:
-            raise UserError("token_crop: only the tokens arm has a codec to encode a crop (modality image)")
+            raise UserError(f"token_crop: only the tokens arm has a codec to encode a crop (modality {cls.modality})")
 
     @classmethod
     def check_model(cls, settings: ArmSettings, model: str | None) -> None:
@@ -52,6 +47,17 @@ class ImageArm(Arm):
     @classmethod
     def answer_settings(cls, settings: ArmSettings) -> dict:
         return {"image_size": settings.image_size}
+
+
+class ImageArm(PixelArm):
+    modality = "image"
+    columns = ("label", "image")
+    template_for = staticmethod(image_template)
+    default_template = IMAGE_TEMPLATE
+    zoom_instruction = IMAGE_ZOOM_INSTRUCTION
+    blank_input = "a blank image"
+    zoom_needs_family = True
+    marker = "o"
 
     @classmethod
     def zoom_tool(cls, settings: ArmSettings, **kwargs) -> ImageZoom:

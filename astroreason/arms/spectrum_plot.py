@@ -11,9 +11,9 @@ from ..data.spectra.stars import SPECTRAL_CLASSES
 from ..data.splits import load_split
 from ..data.task import Task, make_task
 from ..errors import UserError
-from ..models import check_image_size
 from ..prompts import literal
-from .base import Arm, ArmSettings
+from .base import ArmSettings
+from .image import PixelArm
 
 PLOT_DPI = 100
 
@@ -67,36 +67,15 @@ def plot_template(task: Task) -> str:
     )
 
 
-class SpectrumPlotArm(Arm):
+class SpectrumPlotArm(PixelArm):
     modality = "spectrum_plot"
     columns = ("label",)  # the plot is drawn from the view's arrays (`galaxy`), not kept from it
     template_for = staticmethod(plot_template)
     default_template = plot_template(make_task("mmu-spectra", SPECTRAL_CLASSES))
-    representation_fields = ()
     zoom_instruction = ""  # no zoom tool yet (`zoom_tool`)
     blank_input = "a flat spectrum"
-    carries_image = True
     reads_spectra = True
     marker = "D"
-
-    @classmethod
-    def check_settings(cls, settings: ArmSettings) -> None:
-        if settings.token_crop is not None:
-            raise UserError("token_crop: only a tokens arm has a codec to encode a crop (modality spectrum_plot)")
-
-    @classmethod
-    def check_model(cls, settings: ArmSettings, model: str | None) -> None:
-        """The plot's side against the family's grid (a model whose family is unknown is left to its processor)."""
-        if model:
-            check_image_size(model, settings.image_size)
-
-    @classmethod
-    def visual_tokens(cls, family, processor, settings: ArmSettings) -> int:
-        return family.visual_tokens(processor, settings.image_size)
-
-    @classmethod
-    def answer_settings(cls, settings: ArmSettings) -> dict:
-        return {"image_size": settings.image_size}
 
     @classmethod
     def zoom_tool(cls, settings: ArmSettings, **kwargs):
